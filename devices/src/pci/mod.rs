@@ -1,0 +1,58 @@
+//! The PCI model shared by emulated and passed-through functions.
+//!
+//! A [`PciDevice`] is one function: config space plus BARs. Config writes do not
+//! reach into buses; they return the BAR moves they caused ([`BarMove`]) and the
+//! caller (the VMM's device manager) re-maps. This keeps the model testable with
+//! no KVM and no VFIO.
+
+/// Which address space a BAR decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    Io,
+    Mem32,
+    Mem64 { prefetchable: bool },
+}
+
+/// One BAR as programmed in the guest's view of config space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarInfo {
+    /// BAR index 0..=5 (a 64-bit BAR occupies `index` and `index + 1`), 6 for the ROM.
+    pub index: u8,
+    pub kind: BarKind,
+    /// Size in bytes, a power of two.
+    pub size: u64,
+    /// Guest address currently programmed.
+    pub addr: u64,
+}
+
+/// A BAR the guest moved by writing config space (and then re-enabled decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarMove {
+    pub index: u8,
+    pub kind: BarKind,
+    pub size: u64,
+    pub old: u64,
+    pub new: u64,
+}
+
+/// What a config write changed, for the caller to act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConfigWriteResult {
+    pub bar_moves: Vec<BarMove>,
+    /// Memory or I/O decode was switched (command register); `Some(enabled)`.
+    pub mem_decode: Option<bool>,
+    pub io_decode: Option<bool>,
+}
+
+/// One PCI function as the guest sees it.
+pub trait PciDevice: Send {
+    /// Read the 32-bit config register `reg` (byte offset `reg * 4`, 0..1024 for PCIe).
+    fn config_read(&mut self, reg: usize) -> u32;
+    /// Write `data` (1, 2 or 4 bytes) at byte `offset` inside register `reg`.
+    fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult;
+    /// The BARs as currently programmed (only implemented, non-empty ones).
+    fn bars(&self) -> Vec<BarInfo>;
+    /// A trapped access to BAR `index` at `offset`.
+    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]);
+}
