@@ -78,7 +78,10 @@ impl Bus {
 
     /// Remove the device whose range starts at `base`.
     pub fn remove(&mut self, base: u64) -> Result<SharedDevice, BusError> {
-        self.ranges.remove(&base).map(|e| e.device).ok_or(BusError::NotFound { base })
+        self.ranges
+            .remove(&base)
+            .map(|e| e.device)
+            .ok_or(BusError::NotFound { base })
     }
 
     /// Find the device covering `addr`: (range start, device).
@@ -151,10 +154,25 @@ mod tests {
         bus.insert(dev(0), 0x1000, 0x10).unwrap();
         assert_eq!(
             bus.insert(dev(0), 0x100f, 1),
-            Err(BusError::Overlap { base: 0x100f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x100f,
+                len: 1
+            })
         );
-        assert_eq!(bus.insert(dev(0), 0xff8, 0x10), Err(BusError::Overlap { base: 0xff8, len: 0x10 }));
-        assert_eq!(bus.insert(dev(0), 0x2000, 0), Err(BusError::EmptyRange { base: 0x2000, len: 0 }));
+        assert_eq!(
+            bus.insert(dev(0), 0xff8, 0x10),
+            Err(BusError::Overlap {
+                base: 0xff8,
+                len: 0x10
+            })
+        );
+        assert_eq!(
+            bus.insert(dev(0), 0x2000, 0),
+            Err(BusError::EmptyRange {
+                base: 0x2000,
+                len: 0
+            })
+        );
         bus.insert(dev(0), 0x1010, 0x10).unwrap();
     }
 

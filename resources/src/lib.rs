@@ -1,1 +1,23 @@
-//! placeholder
+//! Guest resource allocation: the one source of truth for the guest memory map.
+//!
+//! - [`AddressAllocator`]: tagged first-fit ranges for MMIO and I/O windows.
+//! - [`BusNumberAllocator`], [`GsiAllocator`]: PCI bus numbers and MSI GSIs.
+//! - [`plan_mmio64`]: the 64-bit PCI MMIO window above RAM, sized from the BARs.
+//! - [`place_bars`]: BAR addresses and the bridge windows of each root port.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod address;
+mod ids;
+mod placement;
+mod plan;
+
+pub use address::{AddressAllocator, AllocError, Allocation};
+pub use ids::{
+    BusNumberAllocator, GsiAllocator, IdError, DEFAULT_MAX_GSI, FIRST_MSI_GSI, LEGACY_GSI_COUNT,
+};
+pub use placement::{
+    place_bars, BarClass, BarRequest, PortPlacement, PortRequest, Window, Windows,
+    BRIDGE_IO_GRANULE, BRIDGE_MEM_GRANULE, MIN_IO_BAR_SLOT, MIN_MEM_BAR_SLOT,
+};
+pub use plan::{plan_mmio64, PlanError, Size, MMIO64_ALIGN, MMIO64_MIN_START};

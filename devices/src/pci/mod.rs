@@ -4,6 +4,41 @@
 //! reach into buses; they return the BAR moves they caused ([`BarMove`]) and the
 //! caller (the VMM's device manager) re-maps. This keeps the model testable with
 //! no KVM and no VFIO.
+//!
+//! - [`config`]: config space with write masks, headers, capabilities; BARs in `bar.rs`.
+//! - [`root`]: the bus tree of a segment; [`config_access`]: its ECAM and CF8 front-ends.
+//! - [`host_bridge`], [`root_port`]: the emulated functions of the root complex.
+//! - [`msi`], [`msix`]: message-signalled interrupt capabilities.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod bar;
+pub mod bdf;
+pub mod config;
+pub mod config_access;
+mod error;
+pub mod host_bridge;
+pub mod msi;
+pub mod msix;
+mod ratelimit;
+pub mod regs;
+pub mod root;
+pub mod root_port;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use bar::ROM_BAR_INDEX;
+pub use bdf::{Bdf, BdfError};
+pub use config::{
+    walk_capabilities, walk_ext_capabilities, ConfigSize, HeaderType, PciConfigSpace, PciIds,
+};
+pub use config_access::{ConfigWriteHandler, PciCf8, PciEcam};
+pub use error::PciError;
+pub use host_bridge::HostBridge;
+pub use msi::Msi;
+pub use msix::{Msix, MsixLayout};
+pub use root::{lock_pci, PciRoot, SharedPciDevice};
+pub use root_port::{LinkSpeed, RootPort, RootPortConfig};
 
 /// Which address space a BAR decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
