@@ -1,0 +1,486 @@
+//! A passed-through PCI function as the guest sees it ([`PciDevice`]), over a
+//! [`VfioDeviceOps`] backend (Documentation/driver-api/vfio.rst, "VFIO PCI").
+//!
+//! Config space: BARs, the ROM BAR and the command register are virtual (a
+//! `devices` config space holds the guest's view: sizes from the VFIO regions,
+//! addresses the guest programs, BAR moves reported); MSI and MSI-X are
+//! emulated ([`emulated`]); the header type's multi-function bit follows the
+//! guest topology; SR-IOV, ARI and Resizable BAR are hidden from the extended
+//! list ([`crate::caps`]); everything else is read from and written to the
+//! device's config region, which the kernel's vfio-pci filters further.
+//! Command writes also reach the device, so its decode and bus mastering
+//! follow the guest.
+//!
+//! BARs: [`crate::bars`] decides what is mapped (see [`VfioPciDevice::direct_mappings`])
+//! and what traps to `bar_read`/`bar_write`: the MSI-X table and PBA are
+//! emulated, the rest is forwarded to the VFIO region. The ROM (index 6) is
+//! read through the ROM region.
+//!
+//! Lifetime: the device is reset when taken and when let go. Dropping it (on
+//! every exit path) turns interrupts off, clears bus mastering, resets, then
+//! drops its hold on the guest DMA mapping and closes the device.
+
+mod emulated;
+#[cfg(test)]
+mod fixture;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use devices::legacy::LogLimiter;
+use devices::limited_debug;
+use devices::pci::{
+    walk_capabilities, BarInfo, ConfigSize, ConfigWriteResult, PciConfigSpace, PciDevice,
+    ROM_BAR_INDEX,
+};
+use log::{error, info, warn};
+
+use crate::addr::HostPciAddress;
+use crate::caps::ExtCapView;
+use crate::container::GuestDma;
+use crate::device::{IrqIndex, VfioDeviceOps, CONFIG_REGION, ROM_REGION};
+use crate::error::{Error, Result};
+use crate::irq::{IntxLine, IrqProvider};
+use emulated::{msix_layout, CapError, EmulatedMsi, EmulatedMsix};
+use setup::MappedBar;
+
+static GUEST_ODDITY: LogLimiter = LogLimiter::new();
+
+const COMMAND: usize = 0x04;
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
+const HEADER_DWORD: usize = 0x0c;
+const MULTIFUNCTION: u32 = 0x80 << 16;
+const BAR_REGS: std::ops::Range<usize> = 0x10..0x28;
+const ROM_REG: usize = 0x30;
+const INTERRUPT_PIN: usize = 0x3d;
+const CAP_ID_MSI: u8 = 0x05;
+const CAP_ID_MSIX: u8 = 0x11;
+
+/// How the VMM places this function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VfioPciParams {
+    /// Host address, for logs and errors.
+    pub addr: HostPciAddress,
+    /// Set the multi-function bit (function 0 of a slot holding several functions).
+    pub multifunction: bool,
+}
+
+/// A BAR span the guest reaches without exits: the VMM registers a KVM memory
+/// slot at `bar address + offset` of `size` bytes backed by `host_addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectMapping {
+    pub bar: u8,
+    pub offset: u64,
+    pub size: u64,
+    pub host_addr: u64,
+}
+
+/// A host PCI function passed through to the guest.
+pub struct VfioPciDevice {
+    addr: HostPciAddress,
+    shadow: PciConfigSpace,
+    config_len: usize,
+    multifunction: bool,
+    ext: ExtCapView,
+    bars: Vec<MappedBar>,
+    msix: Option<EmulatedMsix>,
+    msi: Option<EmulatedMsi>,
+    intx: Option<IntxLine>,
+    torn_down: bool,
+    // Dropped last, in this order: DMA stays mapped until the device is reset,
+    // the device fd closes after.
+    _dma: Arc<GuestDma>,
+    ops: Box<dyn VfioDeviceOps>,
+}
+
+fn cap_error(addr: HostPciAddress, what: &'static str, e: CapError) -> Error {
+    match e {
+        CapError::Wire(source) => Error::WireIrqs { addr, what, source },
+        CapError::Model(source) => Error::EmulateCap { addr, what, source },
+    }
+}
+
+/// Reset the device, or say loudly that it cannot be.
+fn reset_or_warn(ops: &dyn VfioDeviceOps, addr: HostPciAddress) {
+    if !ops.reset_supported() {
+        warn!("{addr}: no reset mechanism (no FLR/PM reset); device state may leak between VMs");
+        return;
+    }
+    if let Err(source) = ops.reset() {
+        warn!("{}", Error::Reset { addr, source });
+    }
+}
+
+impl VfioPciDevice {
+    /// Take the device: reset it, read its config space, set up the guest's
+    /// view, mmap the directly mapped BAR spans and wire its interrupts
+    /// through `irqs` (INTx is enabled right away, as after a reset).
+    pub fn new(
+        ops: Box<dyn VfioDeviceOps>,
+        dma: Arc<GuestDma>,
+        irqs: &mut dyn IrqProvider,
+        params: VfioPciParams,
+    ) -> Result<Self> {
+        let addr = params.addr;
+        reset_or_warn(&*ops, addr);
+        let cfg = setup::read_config(&*ops, addr)?;
+        let size = if cfg.len() > 256 {
+            ConfigSize::Pcie
+        } else {
+            ConfigSize::Pci
+        };
+        let mut shadow = PciConfigSpace::new_type0(setup::ids(&cfg), size);
+        let dev_bars = setup::add_bars(&mut shadow, &*ops, &cfg, addr)?;
+        let (msix, msi) = Self::emulate_msi(&*ops, &cfg, irqs, addr)?;
+        let mut bars = Vec::new();
+        for b in &dev_bars {
+            let holes = msix.as_ref().map(|m| m.holes(b.index)).unwrap_or_default();
+            bars.push(setup::map_bar(&*ops, b, &holes, addr)?);
+        }
+        let intx = Self::wire_intx(&*ops, &cfg, irqs, addr)?;
+        info!(
+            "{addr}: {} BARs, MSI-X {}, MSI {}, INTx {}",
+            bars.len(),
+            msix.is_some(),
+            msi.is_some(),
+            intx.is_some()
+        );
+        Ok(VfioPciDevice {
+            addr,
+            shadow,
+            config_len: cfg.len(),
+            multifunction: params.multifunction,
+            ext: ExtCapView::from_config(&cfg),
+            bars,
+            msix,
+            msi,
+            intx,
+            torn_down: false,
+            _dma: dma,
+            ops,
+        })
+    }
+
+    /// Emulate the device's MSI-X and MSI capabilities, when VFIO can deliver them.
+    fn emulate_msi(
+        ops: &dyn VfioDeviceOps,
+        cfg: &[u8],
+        irqs: &mut dyn IrqProvider,
+        addr: HostPciAddress,
+    ) -> Result<(Option<EmulatedMsix>, Option<EmulatedMsi>)> {
+        let caps = walk_capabilities(cfg);
+        let find = |id| caps.iter().find(|c| c.0 == id).map(|c| c.1);
+        let vfio_has = |i| ops.irq_info(i).is_some_and(|x| x.count > 0);
+        let msix = find(CAP_ID_MSIX)
+            .filter(|_| vfio_has(IrqIndex::Msix))
+            .map(|at| EmulatedMsix::new(msix_layout(cfg, at), at, irqs))
+            .transpose()
+            .map_err(|e| cap_error(addr, "MSI-X", e))?;
+        let msi = find(CAP_ID_MSI)
+            .filter(|_| vfio_has(IrqIndex::Msi))
+            .map(|at| EmulatedMsi::new(cfg, at, irqs))
+            .transpose()
+            .map_err(|e| cap_error(addr, "MSI", e))?;
+        Ok((msix, msi))
+    }
+
+    fn wire_intx(
+        ops: &dyn VfioDeviceOps,
+        cfg: &[u8],
+        irqs: &mut dyn IrqProvider,
+        addr: HostPciAddress,
+    ) -> Result<Option<IntxLine>> {
+        let pin = cfg.get(INTERRUPT_PIN).copied().unwrap_or(0);
+        let has_intx = ops.irq_info(IrqIndex::Intx).is_some_and(|i| i.count > 0);
+        if !(1..=4).contains(&pin) || !has_intx {
+            return Ok(None);
+        }
+        let fds = irqs.intx(pin).map_err(|source| Error::WireIrqs {
+            addr,
+            what: "INTx",
+            source,
+        })?;
+        let mut line = IntxLine::new(fds);
+        line.enable(ops).map_err(|source| Error::SetIrqs {
+            addr,
+            index: IrqIndex::Intx as u32,
+            source,
+        })?;
+        Ok(Some(line))
+    }
+
+    /// Host address of the device.
+    pub fn host_address(&self) -> HostPciAddress {
+        self.addr
+    }
+
+    /// Place BAR `index` (6: ROM) at guest address `gpa`, as firmware would.
+    pub fn place_bar(&mut self, index: u8, gpa: u64) -> Result<()> {
+        let addr = self.addr;
+        self.shadow
+            .set_bar_addr(index, gpa)
+            .map_err(|source| Error::PlaceBar {
+                addr,
+                index,
+                gpa,
+                source,
+            })
+    }
+
+    /// The BAR spans to register as KVM memory slots (at the BAR's current
+    /// address plus `offset`). The mappings live as long as the device: the
+    /// VMM removes the slots before dropping it.
+    pub fn direct_mappings(&self) -> Vec<DirectMapping> {
+        let spans = self.bars.iter().flat_map(|b| {
+            b.maps.iter().map(|(s, m)| DirectMapping {
+                bar: b.plan.index,
+                offset: s.offset,
+                size: s.size,
+                host_addr: m.addr(),
+            })
+        });
+        spans.collect()
+    }
+
+    /// What each BAR maps and traps.
+    pub fn bar_plans(&self) -> Vec<crate::bars::BarPlan> {
+        self.bars.iter().map(|b| b.plan.clone()).collect()
+    }
+
+    fn device_dword(&self, off: usize) -> u32 {
+        let mut b = [0u8; 4];
+        match self.ops.region_read(CONFIG_REGION, off as u64, &mut b) {
+            Ok(()) => u32::from_le_bytes(b),
+            Err(e) => {
+                limited_debug!(GUEST_ODDITY, "{}: config read at {off:#x}: {e}", self.addr);
+                u32::MAX
+            }
+        }
+    }
+
+    fn device_write(&self, at: usize, data: &[u8]) {
+        if let Err(e) = self.ops.region_write(CONFIG_REGION, at as u64, data) {
+            limited_debug!(GUEST_ODDITY, "{}: config write at {at:#x}: {e}", self.addr);
+        }
+    }
+
+    /// Replay what the guest did to MSI/MSI-X as VFIO interrupt changes.
+    /// SET_IRQS failing is a host problem the guest cannot see; it is logged.
+    fn sync_irqs(&mut self) {
+        let ops = &*self.ops;
+        let (msix, msi, intx) = (&mut self.msix, &mut self.msi, &mut self.intx);
+        let mut any_on = false;
+        let mut turned_off = false;
+        if let Some(m) = msix.as_mut() {
+            let mut before = || {
+                intx.as_mut().map_or(Ok(()), |i| i.disable(ops))?;
+                msi.as_mut().map_or(Ok(()), |m| m.line.disable(ops))
+            };
+            log_irq_result(self.addr, m.line.sync(ops, &mut before), &mut turned_off);
+            any_on |= m.line.enabled();
+        }
+        if let Some(m) = msi.as_mut() {
+            let mut before = || {
+                intx.as_mut().map_or(Ok(()), |i| i.disable(ops))?;
+                msix.as_mut().map_or(Ok(()), |m| m.line.disable(ops))
+            };
+            log_irq_result(self.addr, m.line.sync(ops, &mut before), &mut turned_off);
+            any_on |= m.line.enabled();
+        }
+        if turned_off && !any_on {
+            if let Some(Err(e)) = intx.as_mut().map(|i| i.enable(ops)) {
+                error!("{}: re-enabling INTx: {e}", self.addr);
+            }
+        }
+    }
+}
+
+fn log_irq_result(addr: HostPciAddress, res: std::io::Result<Option<bool>>, turned_off: &mut bool) {
+    match res {
+        Ok(Some(false)) => *turned_off = true,
+        Ok(_) => {}
+        Err(e) => error!("{addr}: VFIO_DEVICE_SET_IRQS: {e}"),
+    }
+}
+
+/// A guest config access that is 1, 2 or 4 bytes inside one register.
+fn access_ok(offset: u64, len: usize) -> bool {
+    matches!(len, 1 | 2 | 4) && offset < 4 && offset as usize + len <= 4
+}
+
+impl VfioPciDevice {
+    /// Interrupts off, bus mastering off, reset. Runs once, from `Drop` or
+    /// earlier if the VMM wants the device quiet before tearing down more.
+    pub fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
+        let ops = &*self.ops;
+        let addr = self.addr;
+        let off = |what: &str, r: std::io::Result<()>| {
+            if let Err(e) = r {
+                error!("{addr}: turning {what} off: {e}");
+            }
+        };
+        if let Some(m) = self.msix.as_mut() {
+            off("MSI-X", m.line.disable(ops));
+        }
+        if let Some(m) = self.msi.as_mut() {
+            off("MSI", m.line.disable(ops));
+        }
+        if let Some(i) = self.intx.as_mut() {
+            off("INTx", i.disable(ops));
+        }
+        // Stop DMA before the reset, in case the device has no reset at all.
+        let cmd = (self.device_dword(COMMAND) & 0xffff) as u16;
+        if cmd != 0xffff && cmd & COMMAND_BUS_MASTER != 0 {
+            self.device_write(COMMAND, &(cmd & !COMMAND_BUS_MASTER).to_le_bytes());
+        }
+        reset_or_warn(ops, addr);
+        info!("{addr}: released");
+    }
+
+    fn write_command(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
+        let res = self.shadow.write(reg, offset, data);
+        self.device_write(reg * 4 + offset as usize, data);
+        res
+    }
+}
+
+impl PciDevice for VfioPciDevice {
+    fn config_read(&mut self, reg: usize) -> u32 {
+        let Some(off) = reg.checked_mul(4).filter(|o| *o < self.config_len) else {
+            return u32::MAX;
+        };
+        match off {
+            COMMAND => {
+                (self.device_dword(off) & 0xffff_0000) | (self.shadow.read_u32(off) & 0xffff)
+            }
+            HEADER_DWORD => {
+                let v = self.device_dword(off) & !MULTIFUNCTION;
+                if self.multifunction {
+                    v | MULTIFUNCTION
+                } else {
+                    v
+                }
+            }
+            o if BAR_REGS.contains(&o) || o == ROM_REG => self.shadow.read_u32(off),
+            o if self.msix.as_ref().is_some_and(|m| m.cap.covers(o)) => {
+                let dev = self.device_dword(off);
+                self.msix
+                    .as_ref()
+                    .map_or(u32::MAX, |m| m.cap.read(off, dev))
+            }
+            o if self.msi.as_ref().is_some_and(|m| m.cap.covers(o)) => {
+                let dev = self.device_dword(off);
+                self.msi.as_ref().map_or(u32::MAX, |m| m.cap.read(off, dev))
+            }
+            o if o >= 0x100 => self.ext.read(off, self.device_dword(off)),
+            _ => self.device_dword(off),
+        }
+    }
+
+    fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
+        let off = reg.saturating_mul(4);
+        if !access_ok(offset, data.len()) || off >= self.config_len {
+            limited_debug!(
+                GUEST_ODDITY,
+                "{}: dropped config write reg {reg:#x}+{offset}",
+                self.addr
+            );
+            return ConfigWriteResult::default();
+        }
+        match off {
+            COMMAND => return self.write_command(reg, offset, data),
+            o if BAR_REGS.contains(&o) || o == ROM_REG => {
+                return self.shadow.write(reg, offset, data)
+            }
+            // Header type (read-only) shares this dword with cache line size,
+            // latency timer and BIST, which the device handles.
+            o if self.msix.as_ref().is_some_and(|m| m.cap.covers(o)) => {
+                if let Some(m) = self.msix.as_mut() {
+                    m.config_write(off, offset, data);
+                }
+                self.sync_irqs();
+            }
+            o if self.msi.as_ref().is_some_and(|m| m.cap.covers(o)) => {
+                if let Some(m) = self.msi.as_mut() {
+                    m.config_write(off, offset, data);
+                }
+                self.sync_irqs();
+            }
+            o if o >= 0x100 && (self.ext.hidden_at(o) || self.ext.is_header(o)) => {
+                limited_debug!(
+                    GUEST_ODDITY,
+                    "{}: dropped write to ext cap at {o:#x}",
+                    self.addr
+                );
+            }
+            _ => self.device_write(off + offset as usize, data),
+        }
+        ConfigWriteResult::default()
+    }
+
+    fn bars(&self) -> Vec<BarInfo> {
+        self.shadow.bars()
+    }
+
+    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
+        if index == ROM_BAR_INDEX {
+            if let Err(e) = self.ops.region_read(ROM_REGION, offset, data) {
+                limited_debug!(GUEST_ODDITY, "{}: ROM read at {offset:#x}: {e}", self.addr);
+                data.fill(0xff);
+            }
+            return;
+        }
+        if self
+            .msix
+            .as_mut()
+            .is_some_and(|m| m.emu.read(index, offset, data))
+        {
+            return;
+        }
+        if let Err(e) = self.ops.region_read(index.into(), offset, data) {
+            limited_debug!(
+                GUEST_ODDITY,
+                "{}: BAR {index} read at {offset:#x}: {e}",
+                self.addr
+            );
+            data.fill(0xff);
+        }
+    }
+
+    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        if index == ROM_BAR_INDEX {
+            limited_debug!(
+                GUEST_ODDITY,
+                "{}: dropped ROM write at {offset:#x}",
+                self.addr
+            );
+            return;
+        }
+        if self
+            .msix
+            .as_mut()
+            .is_some_and(|m| m.emu.write(index, offset, data))
+        {
+            self.sync_irqs();
+            return;
+        }
+        if let Err(e) = self.ops.region_write(index.into(), offset, data) {
+            limited_debug!(
+                GUEST_ODDITY,
+                "{}: BAR {index} write at {offset:#x}: {e}",
+                self.addr
+            );
+        }
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,421 @@
+//! Guest-level behaviour of [`VfioPciDevice`] over the fake backend.
+
+use devices::pci::{BarKind, BarMove, PciDevice};
+
+use super::fixture::*;
+use super::*;
+use crate::device::Span;
+use crate::fake::{Call, CallLog};
+use crate::irq::MsiKind;
+
+#[test]
+fn bar_sizes_come_from_vfio_regions() {
+    let mut f = fixture();
+    let bars: Vec<(u8, BarKind, u64)> = f
+        .dev
+        .bars()
+        .iter()
+        .map(|b| (b.index, b.kind, b.size))
+        .collect();
+    assert_eq!(
+        bars,
+        vec![
+            (
+                0,
+                BarKind::Mem64 {
+                    prefetchable: false
+                },
+                4 * PAGE
+            ),
+            (2, BarKind::Io, 0x20),
+            (3, BarKind::Mem32, 256),
+            (4, BarKind::Mem64 { prefetchable: true }, 0x10_0000),
+            (6, BarKind::Mem32, 0x1_0000),
+        ]
+    );
+    f.write(0x10, &u32::MAX.to_le_bytes());
+    f.write(0x14, &u32::MAX.to_le_bytes());
+    assert_eq!(f.read(0x10), 0xffff_c004);
+    assert_eq!(f.read(0x14), u32::MAX);
+    f.write(0x1c, &u32::MAX.to_le_bytes());
+    assert_eq!(f.read(0x1c), 0xffff_ff00);
+}
+
+#[test]
+fn bar_writes_never_reach_the_device() {
+    let mut f = fixture();
+    f.log.take();
+    f.write(0x10, &0xc000_0000u32.to_le_bytes());
+    f.write(0x30, &0xc010_0001u32.to_le_bytes());
+    assert!(f.log.calls().is_empty());
+}
+
+#[test]
+fn command_register_is_virtualised_and_forwarded() {
+    let mut f = fixture();
+    f.log.take();
+    let r = f.write(0x04, &0x0006u16.to_le_bytes());
+    assert_eq!(r.mem_decode, Some(true));
+    assert_eq!(r.io_decode, None);
+    assert_eq!(
+        f.log.calls(),
+        vec![Call::RegionWrite {
+            index: CONFIG_REGION,
+            offset: 4,
+            data: vec![6, 0]
+        }]
+    );
+    // Status comes from the device, command from the guest's view.
+    assert_eq!(f.read(0x04), 0x0010_0006);
+}
+
+#[test]
+fn moved_bar_is_reported_once_decode_is_on() {
+    let mut f = fixture();
+    f.dev.place_bar(0, 0xc000_0000).unwrap();
+    assert!(f
+        .write(0x10, &0xc001_0000u32.to_le_bytes())
+        .bar_moves
+        .is_empty());
+    let r = f.write(0x04, &0x0002u16.to_le_bytes());
+    assert_eq!(
+        r.bar_moves,
+        vec![BarMove {
+            index: 0,
+            kind: BarKind::Mem64 {
+                prefetchable: false
+            },
+            size: 4 * PAGE,
+            old: 0xc000_0000,
+            new: 0xc001_0000
+        }]
+    );
+}
+
+#[test]
+fn misplaced_bar_is_rejected() {
+    let mut f = fixture();
+    assert!(matches!(
+        f.dev.place_bar(0, 0xc000_1000),
+        Err(Error::PlaceBar { index: 0, .. })
+    ));
+}
+
+#[test]
+fn sr_iov_and_ari_are_hidden_from_the_extended_list() {
+    let mut f = fixture();
+    assert_eq!(f.read(0x100) >> 20, 0x1c0);
+    assert_eq!(f.read(0x140), 0);
+    assert_eq!(f.read(0x148), 0);
+    assert_eq!(f.read(0x180), 0);
+    assert_eq!(f.read(0x1c0) & 0xffff, 0x18);
+    f.log.take();
+    f.write(0x148, &[1, 2, 3, 4]);
+    f.write(0x100, &[0xff; 4]);
+    assert!(f.log.calls().is_empty());
+}
+
+#[test]
+fn looping_capability_list_is_walked_once() {
+    let log = CallLog::default();
+    let mut cfg = config();
+    cfg[0x51] = 0x50; // MSI points at itself; MSI-X is no longer reachable
+    let f = build(fake(&log, &cfg), log, false);
+    assert!(f.dev.msi.is_some());
+    assert!(f.dev.msix.is_none());
+}
+
+#[test]
+fn msix_table_and_pba_pages_trap_the_rest_maps() {
+    let f = fixture();
+    let plan = &f.dev.bar_plans()[0];
+    assert_eq!(
+        plan.mapped,
+        vec![Span {
+            offset: 0,
+            size: 2 * PAGE
+        }]
+    );
+    assert_eq!(
+        plan.trapped,
+        vec![Span {
+            offset: 2 * PAGE,
+            size: 2 * PAGE
+        }]
+    );
+    let direct = f.dev.direct_mappings();
+    let bar0: Vec<_> = direct
+        .iter()
+        .filter(|d| d.bar == 0)
+        .map(|d| (d.offset, d.size))
+        .collect();
+    assert_eq!(bar0, vec![(0, 2 * PAGE)]);
+}
+
+#[test]
+fn sparse_areas_and_sub_page_bars_are_planned() {
+    let f = fixture();
+    let direct: Vec<_> = f
+        .dev
+        .direct_mappings()
+        .iter()
+        .map(|d| (d.bar, d.offset, d.size))
+        .collect();
+    assert_eq!(direct, vec![(0, 0, 2 * PAGE), (4, 0, 0x8_0000)]);
+    let plans = f.dev.bar_plans();
+    assert!(plans[1].mapped.is_empty(), "I/O BAR traps");
+    assert!(plans[2].mapped.is_empty(), "256-byte BAR traps");
+}
+
+#[test]
+fn msix_table_is_emulated_not_forwarded() {
+    let mut f = fixture();
+    f.log.take();
+    f.msix_entry(1, true);
+    let mut d = [0u8; 4];
+    f.dev.bar_read(0, 0x2018, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0x41);
+    f.dev.bar_read(0, 0x3000, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0, "PBA is emulated");
+    assert!(f.log.calls().is_empty());
+}
+
+#[test]
+fn trapped_bar_accesses_outside_the_table_reach_the_device() {
+    let mut f = fixture();
+    f.log.take();
+    f.dev.bar_write(0, 0x2800, &[1, 2, 3, 4]);
+    f.dev.bar_write(3, 0x10, &[5]);
+    f.dev.bar_write(2, 0x4, &[6, 7]);
+    assert_eq!(
+        f.log.calls(),
+        vec![
+            Call::RegionWrite {
+                index: 0,
+                offset: 0x2800,
+                data: vec![1, 2, 3, 4]
+            },
+            Call::RegionWrite {
+                index: 3,
+                offset: 0x10,
+                data: vec![5]
+            },
+            Call::RegionWrite {
+                index: 2,
+                offset: 0x4,
+                data: vec![6, 7]
+            },
+        ]
+    );
+}
+
+#[test]
+fn intx_is_wired_at_creation_and_pin_passes_through() {
+    let mut f = fixture();
+    let (t, r) = f.vmm.intx_fds.unwrap();
+    assert_eq!(
+        f.log.irq_calls(),
+        vec![
+            Call::IrqTrigger {
+                index: IrqIndex::Intx,
+                start: 0,
+                fds: vec![t]
+            },
+            Call::IrqResample {
+                index: IrqIndex::Intx,
+                fd: r
+            },
+        ]
+    );
+    assert_eq!((f.read(0x3c) >> 8) & 0xff, 1);
+}
+
+#[test]
+fn msix_enable_mask_and_disable_make_these_set_irqs_calls() {
+    let mut f = fixture();
+    f.log.take();
+    // Linux: enable with the function masked, program, unmask the function.
+    f.msix_control(0xc000);
+    for v in 0..3 {
+        f.msix_entry(v, false);
+    }
+    f.msix_control(0x8000);
+    let fds = f.vmm.msix_fds.clone();
+    assert_eq!(
+        f.log.irq_calls(),
+        vec![
+            Call::IrqDisable {
+                index: IrqIndex::Intx
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Msix,
+                start: 0,
+                fds: vec![-1; 4]
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Msix,
+                start: 0,
+                fds: vec![fds[0]]
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Msix,
+                start: 1,
+                fds: vec![fds[1]]
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Msix,
+                start: 2,
+                fds: vec![fds[2]]
+            },
+        ]
+    );
+    f.log.take();
+    f.routed();
+    // Masking a vector is route masking in the VMM, no VFIO call.
+    f.dev.bar_write(0, 0x2000 + 16 + 12, &1u32.to_le_bytes());
+    assert!(f.log.irq_calls().is_empty());
+    assert_eq!(f.routed(), vec![Routed::Update(MsiKind::Msix, 1, true)]);
+    // Disabling: MSI-X off with count 0, then INTx back.
+    f.msix_control(0);
+    let (t, r) = f.vmm.intx_fds.unwrap();
+    assert_eq!(
+        f.log.irq_calls(),
+        vec![
+            Call::IrqDisable {
+                index: IrqIndex::Msix
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Intx,
+                start: 0,
+                fds: vec![t]
+            },
+            Call::IrqResample {
+                index: IrqIndex::Intx,
+                fd: r
+            },
+        ]
+    );
+}
+
+#[test]
+fn msix_capability_writes_stay_in_the_emulation() {
+    let mut f = fixture();
+    f.log.take();
+    f.msix_control(0x8000);
+    assert!(!f
+        .log
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::RegionWrite { .. })));
+    // The guest reads its own control bits, the device's table size and links.
+    assert_eq!(f.read(0x70), 0x8003_8011);
+    assert_eq!(f.read(0x74), 0x2000);
+}
+
+#[test]
+fn msi_enable_attaches_the_enabled_vectors() {
+    let mut f = fixture();
+    f.log.take();
+    f.write(0x54, &0xfee0_0000u32.to_le_bytes());
+    f.write(0x5c, &0x0041u16.to_le_bytes());
+    f.write(0x52, &0x0095u16.to_le_bytes()); // enable, 2 vectors (MME = 1)
+    let fds = f.vmm.msi_fds.clone();
+    assert_eq!(
+        f.log.irq_calls(),
+        vec![
+            Call::IrqDisable {
+                index: IrqIndex::Intx
+            },
+            Call::IrqTrigger {
+                index: IrqIndex::Msi,
+                start: 0,
+                fds: fds[..2].to_vec()
+            },
+        ]
+    );
+    assert_eq!(f.read(0x50) & 0xffff_00ff, 0x0095_0005);
+}
+
+#[test]
+fn option_rom_is_read_through_the_rom_region() {
+    let mut f = fixture();
+    let mut d = [0xffu8; 4];
+    f.dev.bar_read(6, 0x10, &mut d);
+    assert_eq!(d, [0, 0, 0, 0]);
+    f.log.take();
+    f.dev.bar_write(6, 0, &[1]);
+    assert!(f.log.calls().is_empty());
+}
+
+#[test]
+fn multifunction_bit_follows_the_guest_topology() {
+    let mut f = fixture();
+    assert_eq!(f.read(0x0c) & MULTIFUNCTION, 0);
+    let log = CallLog::default();
+    let mut g = build(fake(&log, &config()), log, true);
+    assert_eq!(g.read(0x0c) & MULTIFUNCTION, MULTIFUNCTION);
+}
+
+#[test]
+fn bad_config_accesses_are_dropped() {
+    let mut f = fixture();
+    f.log.take();
+    f.dev.config_write(1, 3, &[1, 2]);
+    f.dev.config_write(1, 0, &[1, 2, 3]);
+    f.dev.config_write(2000, 0, &[1]);
+    assert!(f.log.calls().is_empty());
+    assert_eq!(f.dev.config_read(2000), u32::MAX);
+}
+
+#[test]
+fn device_is_reset_when_taken() {
+    let f = fixture();
+    assert_eq!(
+        f.log.calls().first(),
+        Some(&Call::DmaMap {
+            iova: 0,
+            size: 0x10000
+        })
+    );
+    assert!(f.log.calls().contains(&Call::Reset));
+}
+
+#[test]
+fn teardown_order_irqs_bus_master_reset_dma_close() {
+    let mut f = fixture();
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.msix_control(0x8000);
+    f.log.take();
+    drop(f.dev);
+    assert_eq!(
+        f.log.calls(),
+        vec![
+            Call::IrqDisable {
+                index: IrqIndex::Msix
+            },
+            Call::RegionWrite {
+                index: CONFIG_REGION,
+                offset: 4,
+                data: vec![2, 0]
+            },
+            Call::Reset,
+            Call::DmaUnmap {
+                iova: 0,
+                size: 0x10000
+            },
+            Call::ContainerClosed,
+            Call::DeviceClosed,
+        ]
+    );
+}
+
+#[test]
+fn device_without_reset_is_not_reset_on_teardown() {
+    let log = CallLog::default();
+    let f = build(fake(&log, &config()).without_reset(), log.clone(), false);
+    drop(f.dev);
+    assert!(!log.calls().contains(&Call::Reset));
+    assert!(log.calls().contains(&Call::IrqDisable {
+        index: IrqIndex::Intx
+    }));
+}

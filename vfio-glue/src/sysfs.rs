@@ -1,0 +1,222 @@
+//! Read-only queries of the host's sysfs for VFIO: a device's driver, IOMMU
+//! group and reset methods, and the members of an IOMMU group
+//! (Documentation/ABI/testing/sysfs-bus-pci, sysfs-kernel-iommu_groups).
+//!
+//! The root is a path prefix so that tests build a fake tree in a temporary
+//! directory; production uses `/sys`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::addr::HostPciAddress;
+use crate::error::{Error, Result};
+
+/// A sysfs tree rooted at `root` (normally `/sys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Sysfs::new("/sys")
+    }
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::ReadSysfs {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The last component of a symlink's target, or `None` when `link` does not exist.
+fn link_name(link: &Path) -> Result<Option<String>> {
+    match std::fs::read_link(link) {
+        Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(read_err(link)(e)),
+    }
+}
+
+impl Sysfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Sysfs { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `/sys/bus/pci/devices/<addr>`: what VFIO opens the device by.
+    pub fn device_dir(&self, addr: &HostPciAddress) -> PathBuf {
+        self.root.join("bus/pci/devices").join(addr.to_string())
+    }
+
+    fn group_devices_dir(&self, group: u32) -> PathBuf {
+        self.root
+            .join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices")
+    }
+
+    /// The driver `addr` is bound to, `None` when unbound.
+    pub fn driver(&self, addr: &HostPciAddress) -> Result<Option<String>> {
+        link_name(&self.device_dir(addr).join("driver"))
+    }
+
+    /// The IOMMU group of `addr`, `None` when the device has none (IOMMU off).
+    pub fn iommu_group(&self, addr: &HostPciAddress) -> Result<Option<u32>> {
+        let link = self.device_dir(addr).join("iommu_group");
+        let Some(name) = link_name(&link)? else {
+            return Ok(None);
+        };
+        let group = name.parse().map_err(|_| {
+            read_err(&link)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("iommu_group link names {name:?}, not a number"),
+            ))
+        })?;
+        Ok(Some(group))
+    }
+
+    /// sysfs names of every device in `group`, sorted.
+    pub fn group_members(&self, group: u32) -> Result<Vec<String>> {
+        let dir = self.group_devices_dir(group);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(read_err(&dir))? {
+            let entry = entry.map_err(read_err(&dir))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Driver of a group member named as in [`Sysfs::group_members`].
+    pub fn member_driver(&self, group: u32, name: &str) -> Result<Option<String>> {
+        link_name(&self.group_devices_dir(group).join(name).join("driver"))
+    }
+
+    /// Reset methods the kernel found for `addr` (`flr`, `pm`, `bus`, ...), in
+    /// the order it tries them. `None` when the kernel does not publish the
+    /// file (before 5.15); an empty list when the device has no reset.
+    pub fn reset_methods(&self, addr: &HostPciAddress) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.device_dir(addr).join("reset_method")).ok()?;
+        Some(text.split_whitespace().map(str::to_string).collect())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A fake sysfs tree: the symlinks VFIO's checks follow, nothing more.
+
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::Sysfs;
+
+    pub struct FakeSysfs {
+        pub dir: TempDir,
+    }
+
+    impl FakeSysfs {
+        pub fn new() -> Self {
+            let dir = TempDir::new().expect("tempdir");
+            FakeSysfs { dir }
+        }
+
+        pub fn root(&self) -> &Path {
+            self.dir.as_path()
+        }
+
+        pub fn sysfs(&self) -> Sysfs {
+            Sysfs::new(self.root())
+        }
+
+        /// Add PCI function `name`, bound to `driver`, in `group`.
+        pub fn add(&self, name: &str, driver: Option<&str>, group: Option<u32>) {
+            let root = self.root();
+            let dev = root.join("devices/pci0000:00").join(name);
+            std::fs::create_dir_all(&dev).expect("mkdir dev");
+            let bus_dir = root.join("bus/pci/devices");
+            std::fs::create_dir_all(&bus_dir).expect("mkdir bus");
+            symlink(&dev, bus_dir.join(name)).expect("bus link");
+            if let Some(drv) = driver {
+                let d = root.join("bus/pci/drivers").join(drv);
+                std::fs::create_dir_all(&d).expect("mkdir drv");
+                symlink(&d, dev.join("driver")).expect("driver link");
+            }
+            if let Some(g) = group {
+                let gdir = root.join("kernel/iommu_groups").join(g.to_string());
+                std::fs::create_dir_all(gdir.join("devices")).expect("mkdir group");
+                symlink(&gdir, dev.join("iommu_group")).expect("group link");
+                symlink(&dev, gdir.join("devices").join(name)).expect("member link");
+            }
+        }
+
+        pub fn set_reset_methods(&self, name: &str, methods: &str) {
+            let dev = self.root().join("devices/pci0000:00").join(name);
+            std::fs::write(dev.join("reset_method"), methods).expect("reset_method");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeSysfs;
+    use super::*;
+
+    fn a(s: &str) -> HostPciAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn reads_driver_group_and_members() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(7));
+        fs.add("0000:01:00.1", Some("snd_hda_intel"), Some(7));
+        let s = fs.sysfs();
+        assert_eq!(
+            s.driver(&a("0000:01:00.0")).unwrap().as_deref(),
+            Some("vfio-pci")
+        );
+        assert_eq!(s.iommu_group(&a("0000:01:00.0")).unwrap(), Some(7));
+        assert_eq!(
+            s.group_members(7).unwrap(),
+            vec!["0000:01:00.0", "0000:01:00.1"]
+        );
+    }
+
+    #[test]
+    fn unbound_device_without_group_reads_as_none() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:02:00.0", None, None);
+        let s = fs.sysfs();
+        assert_eq!(s.driver(&a("0000:02:00.0")).unwrap(), None);
+        assert_eq!(s.iommu_group(&a("0000:02:00.0")).unwrap(), None);
+    }
+
+    #[test]
+    fn reset_methods_split_on_whitespace() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:02:00.0", None, None);
+        let s = fs.sysfs();
+        assert_eq!(s.reset_methods(&a("0000:02:00.0")), None);
+        fs.set_reset_methods("0000:02:00.0", "flr bus\n");
+        assert_eq!(
+            s.reset_methods(&a("0000:02:00.0")),
+            Some(vec!["flr".to_string(), "bus".to_string()])
+        );
+    }
+
+    #[test]
+    fn missing_group_directory_is_a_read_error() {
+        let fs = FakeSysfs::new();
+        assert!(matches!(
+            fs.sysfs().group_members(3),
+            Err(Error::ReadSysfs { .. })
+        ));
+    }
+}
