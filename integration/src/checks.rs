@@ -1,0 +1,211 @@
+//! The guest-side (L2) checks, as busybox shell. Each check is the body of a
+//! shell function that prints one line of detail and returns 0 for PASS; the
+//! L2 /init runs them in order and prints `TESTBED-CHECK <name> PASS|FAIL
+//! <detail>` for each (see `scripts.rs`). Devices are found by PCI
+//! vendor:device id, never by address, because each VMM numbers buses its own way.
+
+use crate::scenario::{Check, Device};
+
+/// The value the `ivshmem-bar` check writes at offset 0 of ivshmem's BAR2;
+/// the host reads it back from the backing file after L0 exits.
+pub const IVSHMEM_MAGIC: u32 = 0x5712_A17E;
+
+/// Shell helpers sourced by L2's /init before the checks run.
+pub const L2_LIB: &str = r#"# testbed helpers for the L2 checks (busybox sh)
+find_pci() { # VENDOR DEVICE -> sysfs directory of the first match
+	for d in /sys/bus/pci/devices/*; do
+		[ -e "$d/vendor" ] || continue
+		read v < "$d/vendor"; read i < "$d/device"
+		if [ "$v" = "$1" ] && [ "$i" = "$2" ]; then echo "$d"; return 0; fi
+	done
+	return 1
+}
+wait_for() { # PATH SECONDS
+	n=0
+	while [ ! -e "$1" ]; do
+		[ $n -ge $(($2 * 10)) ] && return 1
+		n=$((n + 1)); usleep 100000
+	done
+}
+driver_of() { [ -e "$1/driver" ] && basename "$(readlink "$1/driver")"; }
+irq_total() { # sums the per-CPU counts of one /proc/interrupts line
+	set -- $1; shift; t=0
+	for c in "$@"; do case $c in *[!0-9]*) break;; esac; t=$((t + c)); done
+	echo $t
+}
+bar_start() { sed -n "$(($2 + 1))p" "$1/resource" | cut -d' ' -f1; }
+run_check() { # NAME FUNCTION
+	if detail=$($2 2>&1); then status=PASS; else status=FAIL; FAILED=$((FAILED + 1)); fi
+	echo "TESTBED-CHECK $1 $status $(echo "$detail" | tr '\n' ' ')"
+}
+"#;
+
+fn pci_lookup(device: Device) -> String {
+    let (vendor, id) = device.pci_id();
+    format!(
+        "d=$(find_pci 0x{vendor:04x} 0x{id:04x}) || {{ echo \"no {} ({vendor:04x}:{id:04x}) on the PCI bus\"; return 1; }}\n",
+        device.name()
+    )
+}
+
+fn check(name: &str, body: String) -> Check {
+    Check {
+        name: name.to_string(),
+        body,
+        broken: false,
+    }
+}
+
+/// The stock nvme driver bound the controller and created /dev/nvme0n1.
+pub fn nvme_bound() -> Check {
+    let mut body = pci_lookup(Device::Nvme);
+    body.push_str(
+        r#"wait_for /dev/nvme0n1 30 || { echo "${d##*/}: no /dev/nvme0n1 after 30 s, driver '$(driver_of $d)'"; return 1; }
+drv=$(driver_of $d)
+[ "$drv" = nvme ] || { echo "${d##*/} bound to '$drv', want nvme"; return 1; }
+echo "${d##*/} bound to nvme, /dev/nvme0n1 present""#,
+    );
+    check("nvme-bound", body)
+}
+
+/// 1 MiB of random data written to the namespace, caches dropped, read back
+/// with O_DIRECT and compared.
+pub fn nvme_pattern() -> Check {
+    let body = r#"[ -b /dev/nvme0n1 ] || { echo "/dev/nvme0n1 missing"; return 1; }
+dd if=/dev/urandom of=/tmp/pattern bs=64k count=16 2>/dev/null || { echo "cannot make a pattern"; return 1; }
+dd if=/tmp/pattern of=/dev/nvme0n1 bs=64k oflag=direct conv=fsync 2>/tmp/dd.err || { echo "write failed: $(cat /tmp/dd.err)"; return 1; }
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/nvme0n1 of=/tmp/readback bs=64k count=16 iflag=direct 2>/tmp/dd.err || { echo "read failed: $(cat /tmp/dd.err)"; return 1; }
+want=$(md5sum < /tmp/pattern); got=$(md5sum < /tmp/readback)
+[ "$want" = "$got" ] || { echo "read back ${got%% *}, wrote ${want%% *}"; return 1; }
+echo "1 MiB random pattern round-tripped through /dev/nvme0n1 (md5 ${want%% *})""#;
+    check("nvme-pattern", body.to_string())
+}
+
+/// The controller uses MSI-X: vectors of kind msix in sysfs, and the admin
+/// queue's interrupt (nvme0q0) on an MSI chip in /proc/interrupts has fired.
+pub fn nvme_msix() -> Check {
+    let mut body = pci_lookup(Device::Nvme);
+    body.push_str(
+        r#"n=0
+for f in $d/msi_irqs/*; do [ -f "$f" ] && [ "$(cat $f)" = msix ] && n=$((n + 1)); done
+line=$(grep nvme0q0 /proc/interrupts) || { echo "no nvme0q0 in /proc/interrupts"; return 1; }
+total=$(irq_total "$line")
+case "$line" in *MSI*) ;; *) echo "nvme0q0 not on an MSI chip: $line"; return 1;; esac
+[ $n -gt 0 ] || { echo "no MSI-X vectors in ${d##*/}/msi_irqs: $line"; return 1; }
+[ $total -gt 0 ] || { echo "nvme0q0 never fired: $line"; return 1; }
+echo "$n MSI-X vectors; nvme0q0 fired $total times:" $line"#,
+    );
+    check("nvme-msix", body)
+}
+
+/// With `pci=nomsi` the controller falls back to INTx, delivered through an
+/// IO-APIC pin.
+pub fn nvme_intx() -> Check {
+    let mut body = pci_lookup(Device::Nvme);
+    body.push_str(
+        r#"ls $d/msi_irqs 2>/dev/null | grep -q . && { echo "MSI vectors allocated despite pci=nomsi"; return 1; }
+line=$(grep nvme0q0 /proc/interrupts) || { echo "no nvme0q0 in /proc/interrupts"; return 1; }
+total=$(irq_total "$line")
+case "$line" in *IO-APIC*) ;; *) echo "nvme0q0 not on an IO-APIC pin: $line"; return 1;; esac
+[ $total -gt 0 ] || { echo "nvme0q0 never fired: $line"; return 1; }
+echo "INTx: nvme0q0 fired $total times:" $line"#,
+    );
+    check("nvme-intx", body)
+}
+
+/// The guest sees exactly `vcpus` processors.
+pub fn cpus(vcpus: u32) -> Check {
+    let body = format!(
+        r#"n=$(grep -c '^processor' /proc/cpuinfo)
+[ "$n" = {vcpus} ] || {{ echo "saw $n CPUs in /proc/cpuinfo, want {vcpus}"; return 1; }}
+echo "$n CPUs in /proc/cpuinfo""#
+    );
+    check("cpus", body)
+}
+
+/// MemTotal lies between 80% and 100% of the configured RAM (the kernel
+/// keeps its image and early reservations out of MemTotal).
+pub fn memory(memory_mib: u32) -> Check {
+    let high = u64::from(memory_mib) * 1024;
+    let low = high * 80 / 100;
+    let body = format!(
+        r#"kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+[ "$kb" -ge {low} ] && [ "$kb" -le {high} ] || {{ echo "MemTotal $kb kB, want {low}..{high} kB for {memory_mib} MiB"; return 1; }}
+echo "MemTotal $kb kB for {memory_mib} MiB""#
+    );
+    check("memory", body)
+}
+
+/// The stock bochs-drm driver bound the display and created /dev/dri/card0.
+pub fn bochs_drm() -> Check {
+    let mut body = pci_lookup(Device::Bochs);
+    body.push_str(
+        r#"wait_for /dev/dri/card0 30 || { echo "${d##*/}: no /dev/dri/card0 after 30 s, driver '$(driver_of $d)'"; return 1; }
+drv=$(driver_of $d)
+[ "$drv" = bochs-drm ] || { echo "${d##*/} bound to '$drv', want bochs-drm"; return 1; }
+echo "${d##*/} bound to bochs-drm, /dev/dri/card0 present""#,
+    );
+    check("bochs-drm", body)
+}
+
+/// ivshmem's 8 GiB BAR2 sits above 4 GiB and a word written through it
+/// reads back (the host later finds it in the backing file).
+pub fn ivshmem_bar() -> Check {
+    let mut body = pci_lookup(Device::Ivshmem);
+    body.push_str(&format!(
+        r#"bar=$(bar_start $d 2)
+[ $((bar)) -ge $((0x100000000)) ] || {{ echo "BAR2 at $bar, want above 4 GiB"; return 1; }}
+echo 1 > $d/enable
+devmem $bar 32 0x{IVSHMEM_MAGIC:08X} || {{ echo "devmem write to $bar failed"; return 1; }}
+got=$(devmem $bar 32)
+[ $((got)) -eq $((0x{IVSHMEM_MAGIC:08X})) ] || {{ echo "read back '$got' from BAR2 at $bar"; return 1; }}
+echo "BAR2 at $bar, wrote and read back 0x{IVSHMEM_MAGIC:08X}""#
+    ));
+    check("ivshmem-bar", body)
+}
+
+/// QEMU's edu device answers on BAR0: its identification register ends in
+/// 0xed and its liveness register returns the inverse of what was written.
+pub fn edu_mmio() -> Check {
+    let mut body = pci_lookup(Device::Edu);
+    body.push_str(
+        r#"bar=$(bar_start $d 0)
+echo 1 > $d/enable
+id=$(devmem $bar 32)
+[ $((id & 0xff)) -eq $((0xed)) ] || { echo "identification register '$id' at $bar, want 0x..0000ED"; return 1; }
+devmem $((bar + 4)) 32 0x12345678
+live=$(devmem $((bar + 4)) 32)
+[ $((live)) -eq $((0xEDCBA987)) ] || { echo "liveness register read '$live', want 0xEDCBA987"; return 1; }
+echo "BAR0 at $bar: id $id, liveness inverted 0x12345678 to $live""#,
+    );
+    check("edu-mmio", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lookup_uses_vendor_and_device_ids() {
+        assert!(nvme_bound().body.contains("find_pci 0x1b36 0x0010"));
+        assert!(bochs_drm().body.contains("find_pci 0x1234 0x1111"));
+    }
+
+    #[test]
+    fn ivshmem_check_writes_the_magic() {
+        assert!(ivshmem_bar().body.contains("devmem $bar 32 0x5712A17E"));
+    }
+
+    #[test]
+    fn memory_bounds_are_in_kib() {
+        let body = memory(512).body;
+        assert!(body.contains("-ge 419430"), "{body}");
+        assert!(body.contains("-le 524288"), "{body}");
+    }
+
+    #[test]
+    fn check_lib_prints_the_marker_format() {
+        assert!(L2_LIB.contains("echo \"TESTBED-CHECK $1 $status"));
+    }
+}

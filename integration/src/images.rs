@@ -1,0 +1,294 @@
+//! The initramfs images booted as L1 and L2, built from the host's busybox
+//! and stock kernel modules and cached under `integration/cache/`, named by a
+//! hash of everything that goes in (kernel version, file sizes and mtimes,
+//! script text), so a rerun with unchanged inputs reuses the file as is.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::cpio::CpioWriter;
+use crate::error::{Error, Result};
+use crate::host::HostEnv;
+use crate::modules::{self, ModuleRequest};
+use crate::scenario::Scenario;
+use crate::scripts;
+
+/// Bumped when the image layout changes in a way the hashed inputs miss.
+const FORMAT_VERSION: &str = "testbed-images-1";
+
+/// L1 needs KVM (nested SVM), VFIO, and virtio-pci + 9p for the host shares.
+pub const L1_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required(&["kvm_amd"]),
+    ModuleRequest::required(&["vfio"]),
+    ModuleRequest::required(&["vfio_iommu_type1"]),
+    ModuleRequest::optional(&["vfio_virqfd"]),
+    ModuleRequest::required(&["vfio-pci"]),
+    ModuleRequest::required(&["virtio_pci"]),
+    ModuleRequest::required(&["9pnet_virtio"]),
+    ModuleRequest::required(&["9p"]),
+];
+
+/// A 64-bit FNV-1a hash: stable across Rust releases, unlike `DefaultHasher`.
+#[derive(Debug, Clone)]
+pub struct KeyHasher(u64);
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl KeyHasher {
+    /// Feeds bytes, followed by a separator so ("ab","c") != ("a","bc").
+    pub fn bytes(&mut self, data: &[u8]) -> &mut Self {
+        for byte in data.iter().chain(&[0xff]) {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    /// Feeds a string.
+    pub fn str(&mut self, text: &str) -> &mut Self {
+        self.bytes(text.as_bytes())
+    }
+
+    /// Feeds a file's identity: path, size and modification time (cheaper
+    /// than hashing contents; package upgrades change all three).
+    pub fn file(&mut self, path: &Path) -> &mut Self {
+        let meta = fs::metadata(path).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        let mtime = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        self.str(&path.display().to_string())
+            .str(&format!("{len}:{mtime}"))
+    }
+
+    /// The key.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The artefact cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// Uses (and creates) `dir`.
+    pub fn new(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.into(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of artefact `prefix` with `key`; built with `build` unless
+    /// present. Written to a temporary name and renamed, so a concurrent or
+    /// interrupted build never leaves a truncated artefact behind.
+    pub fn artefact(
+        &self,
+        prefix: &str,
+        key: u64,
+        ext: &str,
+        build: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<PathBuf> {
+        let path = self.dir.join(artefact_name(prefix, key, ext));
+        if path.is_file() {
+            log::debug!("cache hit: {}", path.display());
+            return Ok(path);
+        }
+        log::info!("building {}", path.display());
+        let bytes = build()?;
+        let tmp = self.dir.join(format!(
+            ".{}.{}.tmp",
+            artefact_name(prefix, key, ext),
+            std::process::id()
+        ));
+        fs::write(&tmp, bytes).map_err(|source| Error::WriteFile {
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| Error::WriteFile {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+}
+
+/// `<prefix>-<16 hex digits>.<ext>`.
+pub fn artefact_name(prefix: &str, key: u64, ext: &str) -> String {
+    format!("{prefix}-{key:016x}.{ext}")
+}
+
+/// Files that go into an image besides busybox and modules.
+struct ImageFiles<'a> {
+    modules: &'a [PathBuf],
+    scripts: &'a [(&'a str, &'a str)],
+}
+
+fn image_key(host: &HostEnv, kind: &str, files: &ImageFiles<'_>) -> u64 {
+    let mut hasher = KeyHasher::default();
+    hasher
+        .str(FORMAT_VERSION)
+        .str(kind)
+        .str(&host.kernel_version)
+        .file(&host.busybox);
+    for module in files.modules {
+        hasher.file(module);
+    }
+    for (path, text) in files.scripts {
+        hasher.str(path).str(text);
+    }
+    hasher.finish()
+}
+
+/// Lays out an initramfs: directories, /dev/console, busybox, the modules
+/// with their load order in /etc/testbed/modules, and the scripts.
+fn build_image(host: &HostEnv, files: &ImageFiles<'_>) -> Result<Vec<u8>> {
+    let mut cpio = CpioWriter::new();
+    for dir in [
+        "bin",
+        "dev",
+        "etc",
+        "etc/testbed",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+    ] {
+        cpio.dir(dir);
+    }
+    for dir in ["run", "host", "work"] {
+        cpio.dir(dir);
+    }
+    // The kernel opens /dev/console for /init before anything is mounted.
+    cpio.char_dev("dev/console", 0o600, 5, 1);
+    cpio.char_dev("dev/null", 0o666, 1, 3);
+    let busybox = fs::read(&host.busybox).map_err(|source| Error::ReadFile {
+        path: host.busybox.clone(),
+        source,
+    })?;
+    cpio.file("bin/busybox", 0o755, &busybox);
+    cpio.symlink("bin/sh", "busybox");
+    let mut order = String::new();
+    for module in files.modules {
+        let name = modules::image_name(module);
+        cpio.file(
+            &format!("lib/modules/{name}"),
+            0o644,
+            &modules::read_module(module)?,
+        );
+        order.push_str(&name);
+        order.push('\n');
+    }
+    cpio.file("etc/testbed/modules", 0o644, order.as_bytes());
+    for (path, text) in files.scripts {
+        cpio.file(path, 0o755, text.as_bytes());
+    }
+    Ok(cpio.finish())
+}
+
+/// The L1 image: generic, shared by every scenario and VMM.
+pub fn l1_image(host: &HostEnv, cache: &Cache) -> Result<PathBuf> {
+    let modules = modules::resolve(&host.modprobe, &host.kernel_version, L1_MODULES)?;
+    let scripts = [("init", scripts::L1_INIT)];
+    let files = ImageFiles {
+        modules: &modules,
+        scripts: &scripts,
+    };
+    cache.artefact("l1", image_key(host, "l1", &files), "cpio", || {
+        build_image(host, &files)
+    })
+}
+
+/// The L2 image of `scenario`: the modules its devices need and its checks.
+pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<PathBuf> {
+    let requests: Vec<ModuleRequest> = scenario
+        .devices
+        .iter()
+        .flat_map(|d| d.l2_modules().iter().copied())
+        .collect();
+    let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
+    let checks = scripts::l2_checks_script(scenario);
+    let scripts = [
+        ("init", scripts::L2_INIT),
+        ("etc/testbed/lib.sh", crate::checks::L2_LIB),
+        ("etc/testbed/checks.sh", checks.as_str()),
+    ];
+    let files = ImageFiles {
+        modules: &modules,
+        scripts: &scripts,
+    };
+    let prefix = format!("l2-{}", scenario.name);
+    cache.artefact(&prefix, image_key(host, &prefix, &files), "cpio", || {
+        build_image(host, &files)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_changes_with_any_input() {
+        let key = |a: &str, b: &str| KeyHasher::default().str(a).str(b).finish();
+        assert_ne!(key("ab", "c"), key("a", "bc"));
+        assert_ne!(key("6.1.0-1", "init"), key("6.1.0-2", "init"));
+        assert_eq!(key("x", "y"), key("x", "y"));
+    }
+
+    #[test]
+    fn key_is_stable_fnv1a() {
+        // FNV-1a of the empty input followed by the 0xff separator.
+        let expected = (0xcbf2_9ce4_8422_2325u64 ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        assert_eq!(KeyHasher::default().bytes(&[]).finish(), expected);
+    }
+
+    #[test]
+    fn file_identity_includes_size() {
+        let dir = std::env::temp_dir().join(format!("testbed-key-{}", std::process::id()));
+        fs::create_dir_all(&dir).ok();
+        let file = dir.join("f");
+        fs::write(&file, "a").ok();
+        let before = KeyHasher::default().file(&file).finish();
+        fs::write(&file, "ab").ok();
+        let after = KeyHasher::default().file(&file).finish();
+        fs::remove_dir_all(&dir).ok();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn artefact_is_built_once_then_reused() {
+        let dir = std::env::temp_dir().join(format!("testbed-cache-{}", std::process::id()));
+        let cache = Cache::new(&dir);
+        let mut builds = 0;
+        let mut get = |cache: &Cache| {
+            cache.artefact("l1", 7, "cpio", || {
+                builds += 1;
+                Ok(b"image".to_vec())
+            })
+        };
+        let first = cache.as_ref().ok().map(&mut get);
+        let second = cache.as_ref().ok().map(&mut get);
+        fs::remove_dir_all(&dir).ok();
+        assert!(matches!(first, Some(Ok(p)) if p.ends_with("l1-0000000000000007.cpio")));
+        assert!(matches!(second, Some(Ok(_))));
+        assert_eq!(builds, 1);
+    }
+}

@@ -1,0 +1,380 @@
+//! L0: the outermost QEMU, pure TCG, emulating a q35 machine with an Intel
+//! IOMMU and the devices under test, booting Debian's kernel with the L1
+//! image. Its serial console (stdout) is L1's console; it is captured to a
+//! file while lines carrying `TESTBED-L1` markers are timestamped, and the
+//! process is killed when the scenario's time limit passes.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::scenario::{Device, HugePages, Scenario};
+
+/// The NVMe backing image in the work dir (sparse).
+pub const NVME_IMAGE: &str = "nvme.img";
+/// The ivshmem backing file in the work dir (sparse).
+pub const IVSHMEM_FILE: &str = "ivshmem.shm";
+/// Size of the NVMe namespace.
+pub const NVME_IMAGE_BYTES: u64 = 64 << 20;
+/// Size of ivshmem's shared memory (its BAR2), large enough to need a 64-bit BAR.
+pub const IVSHMEM_BYTES: u64 = 8 << 30;
+
+/// How L0 is started.
+#[derive(Debug, Clone)]
+pub struct L0Config {
+    /// qemu-system-x86_64.
+    pub qemu: PathBuf,
+    /// Kernel image for L1.
+    pub kernel: PathBuf,
+    /// L1 initramfs.
+    pub initrd: PathBuf,
+    /// L1 kernel command line.
+    pub cmdline: String,
+    /// L1 RAM in MiB.
+    pub memory_mib: u32,
+    /// L1 vCPUs.
+    pub smp: u32,
+    /// The run's work dir: backing files, and the read-write 9p share.
+    pub work_dir: PathBuf,
+    /// Emulated devices to add.
+    pub devices: Vec<Device>,
+}
+
+/// L1's kernel command line. 1 GiB pages can only be had at boot.
+pub fn l1_cmdline(scenario: &Scenario) -> String {
+    let mut cmdline =
+        String::from("console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet mitigations=off");
+    if scenario.hugepages == HugePages::Size1G {
+        let pages = scenario.memory_mib.div_ceil(1024);
+        cmdline.push_str(&format!(" hugepagesz=1G hugepages={pages}"));
+    }
+    cmdline
+}
+
+/// L1's RAM: L2's RAM (as hugepages) plus room for L1's kernel, the VMM and
+/// the page cache of the host share. TCG allocates it lazily, so being
+/// generous costs the host little.
+pub fn l1_memory_mib(scenario: &Scenario) -> u32 {
+    let l2 = match scenario.hugepages.page_mib() {
+        Some(page) => scenario.memory_mib.div_ceil(page) * page,
+        None => scenario.memory_mib,
+    };
+    // Contiguous 1 GiB pages need headroom: with 4 GiB only one of two was found.
+    let headroom = if scenario.hugepages == HugePages::Size1G {
+        3072
+    } else {
+        2048
+    };
+    (l2 + headroom).max(3072)
+}
+
+/// 2 MiB pages to reserve in L1 for L2's RAM, with a little slack for the VMM.
+pub fn hugepage_count(scenario: &Scenario) -> u32 {
+    match scenario.hugepages.page_mib() {
+        Some(2) => scenario.memory_mib.div_ceil(2) + 8,
+        Some(page) => scenario.memory_mib.div_ceil(page),
+        None => 0,
+    }
+}
+
+fn device_args(device: Device, work_dir: &Path) -> Vec<String> {
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match device {
+        Device::Nvme => {
+            let drive = format!(
+                "file={},if=none,id=nvme0,format=raw",
+                work_dir.join(NVME_IMAGE).display()
+            );
+            strings(&[
+                "-drive",
+                &drive,
+                "-device",
+                "nvme,drive=nvme0,serial=testbed0",
+            ])
+        }
+        Device::Bochs => strings(&["-device", "bochs-display"]),
+        Device::Ivshmem => {
+            let backend = format!(
+                "memory-backend-file,id=shm0,mem-path={},size={}G,share=on",
+                work_dir.join(IVSHMEM_FILE).display(),
+                IVSHMEM_BYTES >> 30
+            );
+            strings(&["-object", &backend, "-device", "ivshmem-plain,memdev=shm0"])
+        }
+        Device::Edu => strings(&["-device", "edu"]),
+    }
+}
+
+/// L0's arguments (without the program).
+pub fn l0_args(cfg: &L0Config) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "EPYC,+svm,+npt",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "intel-iommu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "-smp".into(),
+        cfg.smp.to_string(),
+        "-m".into(),
+        format!("{}M", cfg.memory_mib),
+    ]);
+    for device in &cfg.devices {
+        args.extend(device_args(*device, &cfg.work_dir));
+    }
+    let work_share = format!(
+        "local,path={},mount_tag=work,security_model=none",
+        cfg.work_dir.display()
+    );
+    args.extend([
+        "-virtfs".into(),
+        "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap".into(),
+        "-virtfs".into(),
+        work_share,
+    ]);
+    args.extend(["-kernel".into(), cfg.kernel.display().to_string()]);
+    args.extend(["-initrd".into(), cfg.initrd.display().to_string()]);
+    args.extend(["-append".into(), cfg.cmdline.clone()]);
+    args
+}
+
+/// Creates the devices' sparse backing files in the work dir.
+pub fn create_backing_files(cfg: &L0Config) -> Result<()> {
+    let sparse = |name: &str, len: u64| -> Result<()> {
+        let path = cfg.work_dir.join(name);
+        File::create(&path)
+            .and_then(|f| f.set_len(len))
+            .map_err(|source| Error::WriteFile { path, source })
+    };
+    if cfg.devices.contains(&Device::Nvme) {
+        sparse(NVME_IMAGE, NVME_IMAGE_BYTES)?;
+    }
+    if cfg.devices.contains(&Device::Ivshmem) {
+        sparse(IVSHMEM_FILE, IVSHMEM_BYTES)?;
+    }
+    Ok(())
+}
+
+/// How L0 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L0Exit {
+    /// QEMU exited by itself with this code (None: killed by a signal).
+    Exited(Option<i32>),
+    /// The time limit passed and QEMU was killed.
+    TimedOut(Duration),
+}
+
+/// A `TESTBED-L1` marker and when L0's console printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// `init`, `ready`, `launch`, `l2-init`, `vmm-exit`, `done`, `error`, ...
+    pub name: String,
+    /// Time since L0 was started.
+    pub at: Duration,
+}
+
+/// What L0 left behind.
+#[derive(Debug, Clone)]
+pub struct L0Run {
+    /// Exit or time-out.
+    pub exit: L0Exit,
+    /// L1's console.
+    pub console: String,
+    /// First occurrence of each marker, in order.
+    pub markers: Vec<Marker>,
+    /// Wall time from start to exit.
+    pub elapsed: Duration,
+}
+
+/// The marker a console line carries: `TESTBED-L1-INIT ...` gives `init`,
+/// `TESTBED-L1 ready uptime=3.2` gives `ready`.
+pub fn marker_name(line: &str) -> Option<String> {
+    let rest = &line[line.find("TESTBED-L1")? + "TESTBED-L1".len()..];
+    let word = match rest.strip_prefix('-') {
+        Some(tail) => tail.split_whitespace().next()?.to_ascii_lowercase(),
+        None => rest.split_whitespace().next()?.to_string(),
+    };
+    Some(word)
+}
+
+/// Runs L0 to completion or `timeout`, teeing its console to `console_log`.
+pub fn run(
+    cfg: &L0Config,
+    timeout: Duration,
+    console_log: &Path,
+    stderr_log: &Path,
+) -> Result<L0Run> {
+    let program = cfg.qemu.display().to_string();
+    let stderr = File::create(stderr_log).map_err(|source| Error::WriteFile {
+        path: stderr_log.into(),
+        source,
+    })?;
+    let mut log = File::create(console_log).map_err(|source| Error::WriteFile {
+        path: console_log.into(),
+        source,
+    })?;
+    let start = Instant::now();
+    let mut child = Command::new(&cfg.qemu)
+        .args(l0_args(cfg))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut console = String::new();
+        let mut markers: Vec<Marker> = Vec::new();
+        let Some(stdout) = stdout else {
+            return (console, markers);
+        };
+        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            let _ = writeln!(log, "{line}");
+            if let Some(name) = marker_name(&line) {
+                if !markers.iter().any(|m| m.name == name) {
+                    markers.push(Marker {
+                        name,
+                        at: start.elapsed(),
+                    });
+                }
+            }
+            console.push_str(&line);
+            console.push('\n');
+        }
+        (console, markers)
+    });
+    let exit = wait_with_timeout(&mut child, start, timeout)
+        .map_err(|source| Error::Spawn { program, source })?;
+    let elapsed = start.elapsed();
+    let (console, markers) = reader.join().unwrap_or_default();
+    Ok(L0Run {
+        exit,
+        console,
+        markers,
+        elapsed,
+    })
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    start: Instant,
+    timeout: Duration,
+) -> std::io::Result<L0Exit> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(L0Exit::Exited(status.code()));
+        }
+        if start.elapsed() >= timeout {
+            log::warn!("L0 still running after {timeout:?}: killing it");
+            child.kill()?;
+            child.wait()?;
+            return Ok(L0Exit::TimedOut(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario;
+
+    fn config(devices: Vec<Device>) -> L0Config {
+        L0Config {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            kernel: PathBuf::from("/boot/vmlinuz-v"),
+            initrd: PathBuf::from("/c/l1.cpio"),
+            cmdline: "console=ttyS0".into(),
+            memory_mib: 3072,
+            smp: 2,
+            work_dir: PathBuf::from("/w"),
+            devices,
+        }
+    }
+
+    fn joined(cfg: &L0Config) -> String {
+        l0_args(cfg).join(" ")
+    }
+
+    #[test]
+    fn l0_is_tcg_q35_with_nested_svm_and_an_iommu() {
+        let args = joined(&config(vec![]));
+        assert!(
+            args.starts_with("-machine q35 -accel tcg -cpu EPYC,+svm,+npt"),
+            "{args}"
+        );
+        assert!(args.contains("-device intel-iommu"));
+        assert!(args.contains("-smp 2 -m 3072M"));
+    }
+
+    #[test]
+    fn host_share_is_read_only_and_work_share_writable() {
+        let args = joined(&config(vec![]));
+        assert!(
+            args.contains("-virtfs local,path=/,mount_tag=host,security_model=none,readonly=on")
+        );
+        assert!(args.contains("-virtfs local,path=/w,mount_tag=work,security_model=none -kernel"));
+    }
+
+    #[test]
+    fn devices_are_backed_by_files_in_the_work_dir() {
+        let args = joined(&config(vec![Device::Nvme, Device::Ivshmem]));
+        assert!(args.contains("-drive file=/w/nvme.img,if=none,id=nvme0,format=raw"));
+        assert!(args.contains("mem-path=/w/ivshmem.shm,size=8G,share=on"));
+        assert!(args.contains("-device ivshmem-plain,memdev=shm0"));
+    }
+
+    #[test]
+    fn markers_are_named_by_their_first_word() {
+        assert_eq!(
+            marker_name("TESTBED-L1-INIT uptime=1.5").as_deref(),
+            Some("init")
+        );
+        assert_eq!(
+            marker_name("[ 3.1] x TESTBED-L1 ready uptime=3.2").as_deref(),
+            Some("ready")
+        );
+        assert_eq!(marker_name("TESTBED-L1-DONE").as_deref(), Some("done"));
+        assert_eq!(marker_name("TESTBED-INIT"), None);
+    }
+
+    #[test]
+    fn l1_gets_room_for_l2_hugepages() {
+        let mut s = scenario::nvme();
+        assert_eq!(l1_memory_mib(&s), 3072);
+        assert_eq!(hugepage_count(&s), 264);
+        s.memory_mib = 2048;
+        assert_eq!(l1_memory_mib(&s), 4096);
+    }
+
+    #[test]
+    fn gigantic_pages_are_reserved_on_the_l1_command_line() {
+        let mut s = scenario::nvme();
+        s.hugepages = HugePages::Size1G;
+        s.memory_mib = 1536;
+        assert!(l1_cmdline(&s).ends_with(" hugepagesz=1G hugepages=2"));
+        assert_eq!(hugepage_count(&s), 2);
+        assert_eq!(l1_memory_mib(&s), 5120);
+    }
+}

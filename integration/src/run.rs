@@ -1,0 +1,286 @@
+//! One testbed run, as a linear recipe: work directory, VMM command or spec,
+//! L1's run script, backing files, L0 until exit or time-out, then the
+//! results L1 left in the work directory become an `Outcome`.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::host::HostEnv;
+use crate::images::Cache;
+use crate::l0::{self, L0Config, L0Run};
+use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
+use crate::scenario::{HostCheck, Scenario};
+use crate::scripts::{self, RunPlan};
+use crate::vmm::GuestConfig;
+use crate::{Artefacts, TestbedOptions};
+
+/// L2's base command line; `quiet` because every console byte is an exit to
+/// the L1 VMM, which TCG makes slow. Failing checks print the kernel log.
+pub const L2_CMDLINE: &str = "console=ttyS0 panic=-1 quiet mitigations=off";
+
+const SPEC_TEMPLATE: &str = "spec.template.json";
+/// Run directories older than this are removed by later runs.
+const RUN_DIR_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Two L0s on a 2-core machine would both crawl: one run at a time per
+/// process (this mutex) and per cache directory (an flock on `run.lock`).
+static RUN_LOCK: Mutex<()> = Mutex::new(());
+
+pub(crate) struct RunContext<'a> {
+    pub opts: &'a TestbedOptions,
+    pub host: &'a HostEnv,
+    pub cache: &'a Cache,
+    pub scenario: &'a Scenario,
+    pub artefacts: &'a Artefacts,
+}
+
+pub(crate) fn run(ctx: &RunContext<'_>) -> Result<Outcome> {
+    let _serialised = RUN_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _exclusive = lock_cache(ctx.cache.dir())?;
+    let runs = ctx.cache.dir().join("runs");
+    prune_old_runs(&runs);
+    let work_dir = create_work_dir(&runs, ctx)?;
+    write_l1_script(ctx, &work_dir)?;
+    let l0 = l0_config(ctx, &work_dir);
+    l0::create_backing_files(&l0)?;
+    log::info!(
+        "running scenario {} with {} in {}",
+        ctx.scenario.name,
+        ctx.opts.vmm.label(),
+        work_dir.display()
+    );
+    let l0_run = l0::run(
+        &l0,
+        ctx.scenario.timeout,
+        &work_dir.join("l1-console.log"),
+        &work_dir.join("l0-stderr.log"),
+    )?;
+    let outcome = collect(ctx, &work_dir, l0_run);
+    record(ctx, &outcome)?;
+    Ok(outcome)
+}
+
+/// Writes `run.sh` and, for a VMM that takes one, the spec template.
+fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
+    let guest = guest_config(ctx);
+    let spec_template = ctx.opts.vmm.spec_template(&guest);
+    if let Some(text) = &spec_template {
+        write(&work_dir.join(SPEC_TEMPLATE), text)?;
+    }
+    let plan = RunPlan {
+        work_dir: work_dir.to_path_buf(),
+        devices: ctx.scenario.devices.clone(),
+        hugepages: ctx.scenario.hugepages,
+        hugepage_count: l0::hugepage_count(ctx.scenario),
+        vmm_command: ctx.opts.vmm.command(&guest, &work_dir.join("spec.json")),
+        spec_template: spec_template.map(|_| SPEC_TEMPLATE.to_string()),
+        l0_timeout_secs: ctx.scenario.timeout.as_secs(),
+    };
+    write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
+}
+
+fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
+    L0Config {
+        qemu: ctx.host.qemu.clone(),
+        kernel: ctx.artefacts.l1_kernel.clone(),
+        initrd: ctx.artefacts.l1_initrd.clone(),
+        cmdline: l0::l1_cmdline(ctx.scenario),
+        memory_mib: ctx
+            .opts
+            .l0_memory_mib
+            .unwrap_or_else(|| l0::l1_memory_mib(ctx.scenario)),
+        smp: ctx.opts.l0_smp,
+        work_dir: work_dir.to_path_buf(),
+        devices: ctx.scenario.devices.clone(),
+    }
+}
+
+/// Writes `outcome.txt`; drops the backing files of a passing run (the
+/// ivshmem file is sparse but 8 GiB long).
+fn record(ctx: &RunContext<'_>, outcome: &Outcome) -> Result<()> {
+    let problems = outcome.problems();
+    if problems.is_empty() && !ctx.opts.keep_backing_files {
+        for name in [l0::NVME_IMAGE, l0::IVSHMEM_FILE] {
+            let _ = fs::remove_file(outcome.work_dir.join(name));
+        }
+    }
+    let verdict = if problems.is_empty() {
+        "PASSED".to_string()
+    } else {
+        outcome.failure_report(&problems)
+    };
+    let text = format!("{}\n{verdict}\n", outcome.summary());
+    write(&outcome.work_dir.join("outcome.txt"), &text)
+}
+
+fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
+    let mut cmdline = L2_CMDLINE.to_string();
+    if !ctx.scenario.cmdline_extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&ctx.scenario.cmdline_extra);
+    }
+    GuestConfig {
+        qemu: ctx.host.qemu.clone(),
+        vcpus: ctx.scenario.vcpus,
+        memory_mib: ctx.scenario.memory_mib,
+        hugepages: ctx.scenario.hugepages,
+        kernel: ctx.artefacts.kernel.clone(),
+        initramfs: ctx.artefacts.l2_initrd.clone(),
+        cmdline,
+        devices: ctx.scenario.devices.len(),
+    }
+}
+
+/// Reads what L1 left in the work dir and runs the host-side checks.
+fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
+    let read = |name: &str| {
+        fs::read(work_dir.join(name))
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let l2_console = read("l2-console.log").unwrap_or_default();
+    let mut checks = parse_checks(&l2_console);
+    checks.extend(
+        ctx.scenario
+            .host_checks
+            .iter()
+            .map(|c| host_check(*c, work_dir)),
+    );
+    let timings = Timings::from_markers(
+        &l0_run.markers,
+        l0_run.elapsed,
+        &read("l1-timings").unwrap_or_default(),
+    );
+    Outcome {
+        scenario: ctx.scenario.name.clone(),
+        vmm: ctx.opts.vmm.label().to_string(),
+        expected_checks: ctx.scenario.expected_checks(),
+        checks,
+        l1_console: l0_run.console,
+        l2_console,
+        vmm_exit: read("vmm.rc").and_then(|s| s.trim().parse().ok()),
+        vmm_timed_out: work_dir.join("vmm.timeout").exists(),
+        l1_error: read("l1-error").map(|s| s.trim().to_string()),
+        l0_exit: l0_run.exit,
+        l0_stderr: read("l0-stderr.log").unwrap_or_default(),
+        timings,
+        work_dir: work_dir.to_path_buf(),
+    }
+}
+
+fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
+    let name = check.name().to_string();
+    match check {
+        HostCheck::IvshmemWord { value } => {
+            let path = work_dir.join(l0::IVSHMEM_FILE);
+            let mut word = [0u8; 4];
+            let read = fs::File::open(&path).and_then(|mut f| f.read_exact(&mut word));
+            match read {
+                Ok(()) => {
+                    let got = u32::from_le_bytes(word);
+                    let detail = format!(
+                        "{} starts with {got:#010x}, want {value:#010x}",
+                        path.display()
+                    );
+                    CheckResult {
+                        name,
+                        passed: got == value,
+                        detail,
+                    }
+                }
+                Err(e) => CheckResult {
+                    name,
+                    passed: false,
+                    detail: format!("reading {}: {e}", path.display()),
+                },
+            }
+        }
+    }
+}
+
+fn create_work_dir(runs: &Path, ctx: &RunContext<'_>) -> Result<PathBuf> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name: String = format!(
+        "{}-{}-{stamp}-{}",
+        ctx.scenario.name,
+        ctx.opts.vmm.label(),
+        std::process::id()
+    )
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    })
+    .collect();
+    let dir = runs.join(name);
+    fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// Removes run directories older than [`RUN_DIR_MAX_AGE`]; best effort.
+fn prune_old_runs(runs: &Path) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > RUN_DIR_MAX_AGE);
+        if old {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Takes an exclusive flock on `<cache>/run.lock`, held until the file is dropped.
+fn lock_cache(cache_dir: &Path) -> Result<fs::File> {
+    let path = cache_dir.join("run.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::WriteFile {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a file descriptor we own; it has no memory effects.
+    let busy = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+    if busy {
+        log::warn!(
+            "another testbed run holds {}; waiting for it",
+            path.display()
+        );
+        // SAFETY: as above, blocking this time.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(Error::WriteFile { path, source });
+        }
+    }
+    Ok(file)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|source| Error::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}

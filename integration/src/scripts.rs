@@ -1,0 +1,336 @@
+//! The shell that runs inside the nested guests. L1's /init is generic and
+//! lives in the cached L1 image; it mounts the 9p shares and hands over to the
+//! per-run `run.sh` that the host writes into the work directory. L2's /init
+//! is generic too and sources the scenario's `checks.sh` from the L2 image.
+//! Markers: L1 prints `TESTBED-L1-INIT`, `TESTBED-L1 <event> uptime=<s>` and
+//! `TESTBED-L1-ERROR <why>` on its console; L2 prints `TESTBED-INIT`,
+//! `TESTBED-CHECK <name> PASS|FAIL <detail>` and `TESTBED-DONE`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::scenario::{Device, HugePages, Scenario};
+use crate::vmm::{device_placeholder, hugetlbfs_mount};
+
+/// L1's /init: modules, pseudo file systems, the two 9p shares, then run.sh.
+pub const L1_INIT: &str = r#"#!/bin/sh
+# testbed L1 init: load modules, mount the 9p shares, run the run's script.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+read up _ < /proc/uptime
+echo "TESTBED-L1-INIT uptime=$up"
+while read m; do
+	insmod /lib/modules/$m || echo "TESTBED-L1 insmod $m failed"
+done < /etc/testbed/modules
+halt_l1() { echo "TESTBED-L1-ERROR $*"; sync; poweroff -f; }
+opts=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o $opts,ro,cache=loose host /host || halt_l1 "cannot mount the host share"
+mount -t 9p -o $opts work /work || halt_l1 "cannot mount the work share"
+[ -f /work/run.sh ] || halt_l1 "no run.sh in the work share"
+sh /work/run.sh
+halt_l1 "run.sh returned $?"
+"#;
+
+/// L2's /init: marker first, then modules, the checks, and power off.
+pub const L2_INIT: &str = r#"#!/bin/sh
+echo TESTBED-INIT
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read m; do
+	insmod /lib/modules/$m || echo "testbed: insmod $m failed"
+done < /etc/testbed/modules
+FAILED=0
+. /etc/testbed/lib.sh
+. /etc/testbed/checks.sh
+if [ $FAILED -gt 0 ]; then
+	echo "testbed: $FAILED check(s) failed; kernel log tail:"
+	dmesg | tail -n 30
+fi
+echo "TESTBED-DONE failed=$FAILED"
+poweroff -f
+"#;
+
+/// Helpers for run.sh: markers, failure exit, device lookup and vfio binding.
+const L1_RUN_LIB: &str = r#"W=/work
+R=/host
+fail() { echo "TESTBED-L1-ERROR $*"; echo "$*" > $W/l1-error; sync; poweroff -f; }
+mark() { read up _ < /proc/uptime; echo "TESTBED-L1 $1 uptime=$up"; echo "$1=$up" >> $W/l1-timings; }
+find_pci() { # VENDOR DEVICE -> BDF of the first match
+	for d in /sys/bus/pci/devices/*; do
+		read v < "$d/vendor"; read i < "$d/device"
+		if [ "$v" = "$1" ] && [ "$i" = "$2" ]; then echo "${d##*/}"; return 0; fi
+	done
+	return 1
+}
+bind_vfio() { # BDF: hand the device to vfio-pci; it must be alone in its IOMMU group
+	d=/sys/bus/pci/devices/$1
+	[ -e $d/driver ] && echo $1 > $d/driver/unbind
+	echo vfio-pci > $d/driver_override
+	echo $1 > /sys/bus/pci/drivers_probe
+	g=$(basename "$(readlink $d/iommu_group)")
+	n=$(ls $d/iommu_group/devices | wc -l)
+	[ "$n" = 1 ] || fail "$1 shares IOMMU group $g with other devices"
+	[ -c /dev/vfio/$g ] || fail "$1 handed to vfio-pci but no /dev/vfio/$g"
+	echo "TESTBED-L1 $1 bound to vfio-pci, IOMMU group $g"
+}
+: > $W/l1-timings
+mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && mount -t devtmpfs devtmpfs $R/dev &&
+	mount -t tmpfs tmpfs $R/run && mount -t tmpfs tmpfs $R/tmp || fail "cannot prepare the chroot"
+mount -o bind $W "$R$WORK" || fail "cannot bind the work share to $WORK in the chroot"
+"#;
+
+/// Runs the VMM in the background, notes when L2's first marker shows up,
+/// kills the VMM at its deadline, and saves console, status and timings.
+const L1_RUN_VMM: &str = r#"vmm=$!
+mark launch
+( sleep $limit; echo "VMM killed after $limit s" > $W/vmm.timeout; kill -9 $vmm ) &
+wd=$!
+seen=0; out=0; n=0
+while kill -0 $vmm 2>/dev/null; do
+	[ $out = 0 ] && [ -s /tmp/l2-console.log ] && { out=1; mark l2-output; }
+	if [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log; then seen=1; mark l2-init; fi
+	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
+	usleep 500000
+done
+wait $vmm; rc=$?
+mark vmm-exit
+[ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
+kill $wd 2>/dev/null
+cp /tmp/l2-console.log $W/l2-console.log
+echo $rc > $W/vmm.rc
+echo "TESTBED-L1 vmm-status rc=$rc"
+sync
+echo TESTBED-L1-DONE
+poweroff -f
+"#;
+
+/// What L1's run script needs to know.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// The work directory's host path (the same path inside L1's chroot).
+    pub work_dir: PathBuf,
+    /// Devices to bind to vfio-pci, in `@DEVn@` order.
+    pub devices: Vec<Device>,
+    /// Hugepage size for L2's RAM.
+    pub hugepages: HugePages,
+    /// Pages to reserve.
+    pub hugepage_count: u32,
+    /// The VMM command, with `@DEVn@` placeholders.
+    pub vmm_command: Vec<String>,
+    /// Spec template file name in the work dir, filled in to `spec.json`.
+    pub spec_template: Option<String>,
+    /// L0's time limit in seconds; the VMM is killed early enough for L1 to report.
+    pub l0_timeout_secs: u64,
+}
+
+/// Seconds of L0's time limit kept for L1 to save results and power off.
+pub const L1_TEARDOWN_SECS: u64 = 20;
+
+/// Quotes `arg` for sh, except `@DEVn@` placeholders, which become `"$DEVn"`.
+pub fn shell_word(arg: &str, devices: usize) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut out = String::new();
+    let mut rest = arg;
+    loop {
+        let next = (0..devices)
+            .filter_map(|i| rest.find(&device_placeholder(i)).map(|pos| (pos, i)))
+            .min();
+        let Some((pos, i)) = next else {
+            if !rest.is_empty() || out.is_empty() {
+                out.push_str(&quote(rest));
+            }
+            return out;
+        };
+        if pos > 0 {
+            out.push_str(&quote(&rest[..pos]));
+        }
+        let _ = write!(out, "\"$DEV{i}\"");
+        rest = &rest[pos + device_placeholder(i).len()..];
+    }
+}
+
+/// L1's per-run script.
+pub fn l1_run_script(plan: &RunPlan) -> String {
+    let mut s =
+        String::from("#!/bin/sh\n# testbed run script (generated on the host, runs in L1)\n");
+    let _ = writeln!(
+        s,
+        "WORK={}",
+        shell_word(&plan.work_dir.display().to_string(), 0)
+    );
+    s.push_str(L1_RUN_LIB);
+    push_hugepages(&mut s, plan);
+    for (i, device) in plan.devices.iter().enumerate() {
+        let (vendor, id) = device.pci_id();
+        let _ = writeln!(
+            s,
+            "DEV{i}=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} ({vendor:04x}:{id:04x}) not found in L1\"\nbind_vfio $DEV{i}",
+            device.name()
+        );
+    }
+    if let Some(template) = &plan.spec_template {
+        let subst: String = (0..plan.devices.len())
+            .map(|i| format!(" -e \"s/@DEV{i}@/$DEV{i}/g\""))
+            .collect();
+        let _ = writeln!(
+            s,
+            "sed -e ''{subst} $W/{template} > $W/spec.json || fail \"cannot write spec.json\""
+        );
+    }
+    let _ = writeln!(
+        s,
+        "mark ready\nread up _ < /proc/uptime\nlimit=$(({} - ${{up%.*}} - {L1_TEARDOWN_SECS}))\n[ $limit -lt 10 ] && limit=10",
+        plan.l0_timeout_secs
+    );
+    let words: Vec<String> = plan
+        .vmm_command
+        .iter()
+        .map(|a| shell_word(a, plan.devices.len()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "chroot $R {} < /dev/null > /tmp/l2-console.log 2>&1 &",
+        words.join(" ")
+    );
+    s.push_str(L1_RUN_VMM);
+    s
+}
+
+fn push_hugepages(s: &mut String, plan: &RunPlan) {
+    let (Some(mount), Some(page_mib)) =
+        (hugetlbfs_mount(plan.hugepages), plan.hugepages.page_mib())
+    else {
+        return;
+    };
+    let size = if page_mib == 2 { "2M" } else { "1G" };
+    let kb = u64::from(page_mib) * 1024;
+    let count = plan.hugepage_count;
+    let nr = format!("/sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages");
+    let _ = writeln!(
+        s,
+        "mkdir -p $R{mount} && mount -t hugetlbfs -o pagesize={size} none $R{mount} || fail \"cannot mount hugetlbfs\""
+    );
+    if page_mib == 2 {
+        // 1 GiB pages were reserved on the kernel command line; 2 MiB ones are
+        // taken now, while L1's memory is not yet fragmented.
+        let _ = writeln!(s, "echo {count} > {nr}");
+    }
+    let _ = writeln!(
+        s,
+        "read got < {nr}\n[ \"$got\" -ge {count} ] || fail \"reserved $got of {count} {size} hugepages\""
+    );
+}
+
+/// L2's `checks.sh` for `scenario`: one function per check, then `run_check`s.
+pub fn l2_checks_script(scenario: &Scenario) -> String {
+    let mut s = format!("# checks of scenario {} (generated)\n", scenario.name);
+    for (i, check) in scenario.checks.iter().enumerate() {
+        if check.broken {
+            let _ = writeln!(s, "check_{i}_real() {{\n{}\n}}", check.body);
+            let _ = writeln!(
+                s,
+                "check_{i}() {{ check_{i}_real; echo \"(deliberately failed: TESTBED_BREAK)\"; return 1; }}"
+            );
+        } else {
+            let _ = writeln!(s, "check_{i}() {{\n{}\n}}", check.body);
+        }
+        let _ = writeln!(s, "run_check {} check_{i}", check.name);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario;
+
+    fn plan(devices: Vec<Device>, hugepages: HugePages) -> RunPlan {
+        RunPlan {
+            work_dir: PathBuf::from("/repo/integration/cache/runs/x"),
+            devices,
+            hugepages,
+            hugepage_count: 264,
+            vmm_command: vec![
+                "/usr/bin/qemu".into(),
+                "vfio-pci,host=@DEV0@,bus=rp0".into(),
+            ],
+            spec_template: None,
+            l0_timeout_secs: 240,
+        }
+    }
+
+    #[test]
+    fn shell_word_quotes_and_expands_placeholders() {
+        assert_eq!(shell_word("a b", 0), "'a b'");
+        assert_eq!(shell_word("it's", 0), r"'it'\''s'");
+        assert_eq!(
+            shell_word("host=@DEV0@,bus=rp0", 1),
+            "'host='\"$DEV0\"',bus=rp0'"
+        );
+        assert_eq!(shell_word("@DEV1@", 2), "\"$DEV1\"");
+        assert_eq!(shell_word("", 0), "''");
+    }
+
+    #[test]
+    fn run_script_finds_devices_by_id_and_binds_them() {
+        let script = l1_run_script(&plan(vec![Device::Nvme], HugePages::Size2M));
+        assert!(
+            script.contains("DEV0=$(find_pci 0x1b36 0x0010)"),
+            "{script}"
+        );
+        assert!(script.contains("bind_vfio $DEV0"));
+        assert!(script.contains("chroot $R '/usr/bin/qemu' 'vfio-pci,host='\"$DEV0\"',bus=rp0'"));
+    }
+
+    #[test]
+    fn run_script_reserves_2m_pages_at_run_time() {
+        let script = l1_run_script(&plan(vec![], HugePages::Size2M));
+        assert!(
+            script.contains("echo 264 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+        );
+        assert!(script.contains("mount -t hugetlbfs -o pagesize=2M none $R/dev/hugepages"));
+    }
+
+    #[test]
+    fn run_script_only_checks_1g_pages() {
+        let script = l1_run_script(&plan(vec![], HugePages::Size1G));
+        assert!(!script.contains("echo 264 >"));
+        assert!(script.contains("hugepages-1048576kB/nr_hugepages"));
+    }
+
+    #[test]
+    fn run_script_fills_in_the_spec_template() {
+        let mut p = plan(vec![Device::Nvme, Device::Bochs], HugePages::None);
+        p.spec_template = Some("spec.template.json".into());
+        let script = l1_run_script(&p);
+        assert!(script.contains(
+            "sed -e '' -e \"s/@DEV0@/$DEV0/g\" -e \"s/@DEV1@/$DEV1/g\" $W/spec.template.json > $W/spec.json"
+        ));
+    }
+
+    #[test]
+    fn run_script_leaves_teardown_time_before_l0_deadline() {
+        let script = l1_run_script(&plan(vec![], HugePages::None));
+        assert!(script.contains("limit=$((240 - ${up%.*} - 20))"));
+    }
+
+    #[test]
+    fn checks_script_runs_each_check_by_name() {
+        let script = l2_checks_script(&scenario::nvme());
+        assert!(script.contains("run_check nvme-bound check_0"));
+        assert!(script.contains("run_check nvme-msix check_2"));
+    }
+
+    #[test]
+    fn broken_check_still_runs_then_fails() {
+        let script = l2_checks_script(&scenario::nvme().with_broken_check());
+        assert!(script.contains("check_0() { check_0_real; echo"));
+        assert!(script.contains("return 1; }"));
+    }
+}

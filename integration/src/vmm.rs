@@ -1,0 +1,256 @@
+//! The VMM under test, run inside L1 to boot L2: QEMU (the reference) or
+//! Strait. Both get the same L2 kernel, initramfs, command line, memory and
+//! devices. Device addresses in L1 are only known once L1 has looked them up
+//! by vendor:device id, so commands and specs carry `@DEVn@` placeholders that
+//! L1's run script replaces with the BDFs it found (domain included,
+//! `0000:00:03.0`).
+
+use std::path::{Path, PathBuf};
+
+use crate::scenario::HugePages;
+
+/// Which VMM boots L2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vmm {
+    /// qemu-system-x86_64 from the host, with KVM and vfio-pci.
+    Qemu,
+    /// Strait, `strait run SPEC.json`.
+    Strait {
+        /// The strait binary (a host path, visible in L1 through the 9p share).
+        binary: PathBuf,
+    },
+}
+
+/// What the VMM must boot, as host paths (L1 sees the host's tree at the same paths).
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// QEMU binary (used by `Vmm::Qemu`).
+    pub qemu: PathBuf,
+    /// L2 vCPUs.
+    pub vcpus: u32,
+    /// L2 RAM in MiB.
+    pub memory_mib: u32,
+    /// Backing of L2 RAM.
+    pub hugepages: HugePages,
+    /// L2 kernel (bzImage).
+    pub kernel: PathBuf,
+    /// L2 initramfs.
+    pub initramfs: PathBuf,
+    /// L2 kernel command line.
+    pub cmdline: String,
+    /// Number of passed-through devices (`@DEV0@`..).
+    pub devices: usize,
+}
+
+/// The placeholder for the BDF of the `index`-th passed-through device.
+pub fn device_placeholder(index: usize) -> String {
+    format!("@DEV{index}@")
+}
+
+/// Where L1 mounts hugetlbfs for each page size (inside the chroot).
+pub fn hugetlbfs_mount(hugepages: HugePages) -> Option<&'static str> {
+    match hugepages {
+        HugePages::None => None,
+        HugePages::Size2M => Some("/dev/hugepages"),
+        HugePages::Size1G => Some("/dev/hugepages1G"),
+    }
+}
+
+impl Vmm {
+    /// Short name for messages and work directory names.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Vmm::Qemu => "qemu",
+            Vmm::Strait { .. } => "strait",
+        }
+    }
+
+    /// The command L1 runs (in the chroot), with `@DEVn@` placeholders.
+    /// `spec_path` is where L1 writes the filled-in spec for Strait.
+    pub fn command(&self, guest: &GuestConfig, spec_path: &Path) -> Vec<String> {
+        match self {
+            Vmm::Qemu => qemu_command(guest),
+            Vmm::Strait { binary } => vec![
+                binary.display().to_string(),
+                "run".into(),
+                spec_path.display().to_string(),
+            ],
+        }
+    }
+
+    /// The spec template (with placeholders) that L1 fills in, if the VMM takes one.
+    pub fn spec_template(&self, guest: &GuestConfig) -> Option<String> {
+        match self {
+            Vmm::Qemu => None,
+            Vmm::Strait { .. } => serde_json::to_string_pretty(&strait_spec(guest)).ok(),
+        }
+    }
+}
+
+/// QEMU as L2's VMM: q35 with KVM, host CPU model, RAM from hugetlbfs
+/// (preallocated, as VFIO pins it anyway), one PCIe root port per device.
+pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
+    let mut args = vec![guest.qemu.display().to_string()];
+    let mut machine = String::from("q35,accel=kvm");
+    let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+    if let Some(dir) = hugetlbfs_mount(guest.hugepages) {
+        let backend = format!(
+            "memory-backend-file,id=ram0,size={}M,mem-path={dir},prealloc=on",
+            guest.memory_mib
+        );
+        push(&["-object", &backend]);
+        machine.push_str(",memory-backend=ram0");
+    }
+    push(&["-machine", &machine, "-cpu", "host"]);
+    push(&[
+        "-smp",
+        &guest.vcpus.to_string(),
+        "-m",
+        &format!("{}M", guest.memory_mib),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    for i in 0..guest.devices {
+        let port = format!(
+            "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={}",
+            i + 1,
+            i + 1
+        );
+        let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
+        push(&["-device", &port, "-device", &vfio]);
+    }
+    push(&["-kernel", &guest.kernel.display().to_string()]);
+    push(&["-initrd", &guest.initramfs.display().to_string()]);
+    push(&["-append", &guest.cmdline]);
+    args
+}
+
+/// Strait's VM spec (BRIEF.md "The VM spec"), devices as placeholders.
+pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
+    let passthrough: Vec<_> = (0..guest.devices)
+        .map(|i| serde_json::json!({ "host": device_placeholder(i) }))
+        .collect();
+    let mut spec = serde_json::json!({
+        "vcpus": guest.vcpus,
+        "memory": { "size_mib": guest.memory_mib, "hugepages": guest.hugepages.spec_value() },
+        "kernel": {
+            "path": guest.kernel.display().to_string(),
+            "initramfs": guest.initramfs.display().to_string(),
+            "cmdline": guest.cmdline,
+        },
+        "serial": "stdio",
+    });
+    if !passthrough.is_empty() {
+        spec["passthrough"] = serde_json::Value::Array(passthrough);
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(devices: usize, hugepages: HugePages) -> GuestConfig {
+        GuestConfig {
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            vcpus: 2,
+            memory_mib: 512,
+            hugepages,
+            kernel: PathBuf::from("/boot/vmlinuz-test"),
+            initramfs: PathBuf::from("/cache/l2.cpio"),
+            cmdline: "console=ttyS0 pci=nomsi".into(),
+            devices,
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_gets_one_root_port_and_vfio_device_per_device() {
+        let args = qemu_command(&guest(2, HugePages::Size2M));
+        assert_eq!(
+            after(&args, "-device"),
+            [
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1",
+                "vfio-pci,host=@DEV0@,bus=rp0",
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=2",
+                "vfio-pci,host=@DEV1@,bus=rp1",
+            ]
+        );
+    }
+
+    #[test]
+    fn qemu_ram_comes_from_hugetlbfs_with_prealloc() {
+        let args = qemu_command(&guest(0, HugePages::Size2M));
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-file,id=ram0,size=512M,mem-path=/dev/hugepages,prealloc=on"]
+        );
+        assert_eq!(
+            after(&args, "-machine"),
+            ["q35,accel=kvm,memory-backend=ram0"]
+        );
+        assert_eq!(after(&args, "-m"), ["512M"]);
+    }
+
+    #[test]
+    fn qemu_without_hugepages_has_no_backend() {
+        let args = qemu_command(&guest(0, HugePages::None));
+        assert!(after(&args, "-object").is_empty());
+        assert_eq!(after(&args, "-machine"), ["q35,accel=kvm"]);
+    }
+
+    #[test]
+    fn qemu_boots_kernel_initrd_and_cmdline() {
+        let args = qemu_command(&guest(0, HugePages::None));
+        assert_eq!(after(&args, "-kernel"), ["/boot/vmlinuz-test"]);
+        assert_eq!(after(&args, "-initrd"), ["/cache/l2.cpio"]);
+        assert_eq!(after(&args, "-append"), ["console=ttyS0 pci=nomsi"]);
+    }
+
+    #[test]
+    fn strait_spec_matches_the_brief_format() {
+        let spec = strait_spec(&guest(1, HugePages::Size2M));
+        let want = serde_json::json!({
+            "vcpus": 2,
+            "memory": { "size_mib": 512, "hugepages": "2M" },
+            "kernel": {
+                "path": "/boot/vmlinuz-test",
+                "initramfs": "/cache/l2.cpio",
+                "cmdline": "console=ttyS0 pci=nomsi",
+            },
+            "passthrough": [ { "host": "@DEV0@" } ],
+            "serial": "stdio",
+        });
+        assert_eq!(spec, want);
+    }
+
+    #[test]
+    fn strait_spec_without_devices_omits_passthrough() {
+        let spec = strait_spec(&guest(0, HugePages::None));
+        assert!(spec.get("passthrough").is_none());
+        assert_eq!(spec["memory"]["hugepages"], "none");
+    }
+
+    #[test]
+    fn strait_command_runs_the_spec() {
+        let vmm = Vmm::Strait {
+            binary: PathBuf::from("/repo/target/release/strait"),
+        };
+        let cmd = vmm.command(&guest(0, HugePages::None), Path::new("/work/spec.json"));
+        assert_eq!(
+            cmd,
+            ["/repo/target/release/strait", "run", "/work/spec.json"]
+        );
+    }
+}
