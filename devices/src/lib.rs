@@ -4,4 +4,5 @@
 
 pub mod bus;
 pub mod interrupt;
+pub mod legacy;
 pub mod pci;

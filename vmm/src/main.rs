@@ -1,1 +1,37 @@
-fn main() {}
+//! `strait`: set up logging, run the command, print the outcome or the error chain as one
+//! line, and exit with the code of its class (see `vmm::error::ExitCode`).
+
+use clap::Parser;
+use vmm::cli::{self, Cli, Outcome};
+use vmm::error::ExitCode;
+use vmm::logger;
+use vmm::vm::GuestExit;
+
+fn main() -> std::process::ExitCode {
+    logger::init(log::LevelFilter::Info);
+    let cli = Cli::parse();
+    log::set_max_level(logger::level_for(cli.verbose, cli.quiet));
+    match cli::execute(&cli) {
+        Ok(Outcome::Valid(lines)) => {
+            for line in lines {
+                #[allow(clippy::print_stdout)] // validate's report is the command's output
+                {
+                    println!("{line}");
+                }
+            }
+            log::info!("spec and host are ready");
+            ExitCode::Success.into()
+        }
+        Ok(Outcome::Ran(exit)) => {
+            match exit {
+                GuestExit::PowerOff => log::info!("guest powered off"),
+                GuestExit::Reboot(how) => log::info!("guest requested reboot ({how})"),
+            }
+            ExitCode::Success.into()
+        }
+        Err(e) => {
+            eprintln!("strait: {}", e.one_line());
+            e.exit_code().into()
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Loading what the guest boots: the kernel (bzImage or ELF vmlinux, detected from its
+//! header), the initramfs and the command line, following the Linux x86 boot protocol
+//! (Documentation/arch/x86/boot.rst, "64-bit boot protocol"). Placement comes from the
+//! `arch` layout; the zero page itself is built by `arch::x86_64::boot_params`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use arch::x86_64::layout;
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Offset of the setup header in a bzImage (boot.rst, "The real-mode kernel header").
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// "HdrS", the setup header magic at 0x202.
+const HDRS_MAGIC: u32 = 0x5372_6448;
+/// The 64-bit entry point is 0x200 past the start of the protected-mode kernel.
+const BZIMAGE_ENTRY_64: u64 = 0x200;
+/// Boot protocol 2.06 added `cmdline_size`; older kernels take 255 bytes.
+const PROTO_CMDLINE_SIZE: u16 = 0x206;
+/// Bytes read to identify a kernel (covers the whole setup header).
+const PROBE_LEN: usize = 0x300;
+
+/// Failures while loading the guest's kernel, initramfs or command line.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("kernel.path: cannot read {}", path.display())]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel.path: {} is neither a bzImage nor an ELF vmlinux", path.display())]
+    NotAKernel { path: PathBuf },
+    #[error("kernel.path: {} is truncated: {size} bytes, the header says {expected}", path.display())]
+    TruncatedKernel {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    #[error("kernel.path: {} is a bzImage with boot protocol {version:#x}, 2.06+ needed", path.display())]
+    OldBootProtocol { path: PathBuf, version: u16 },
+    #[error("kernel.path: cannot load {}: {source}", path.display())]
+    LoadKernel {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
+    #[error("kernel.initramfs: cannot read {}", path.display())]
+    OpenInitramfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel.initramfs: {} ({size} bytes) does not fit in guest RAM; raise memory.size_mib", path.display())]
+    InitramfsTooBig {
+        path: PathBuf,
+        size: u64,
+        #[source]
+        source: arch::Error,
+    },
+    #[error("kernel.initramfs: cannot copy {} into guest RAM", path.display())]
+    LoadInitramfs {
+        path: PathBuf,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("kernel.cmdline: {len} bytes with the NUL, this kernel accepts at most {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel.cmdline: rejected: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("cannot write the command line into guest RAM: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
+    #[error("cannot write the {step}")]
+    Arch {
+        step: &'static str,
+        #[source]
+        source: arch::Error,
+    },
+}
+
+/// Kernel image formats Strait boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    BzImage,
+    Elf,
+}
+
+/// What the header of a kernel file says, before loading it.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelProbe {
+    pub format: KernelFormat,
+    /// bzImage setup header (None for ELF).
+    pub header: Option<setup_header>,
+}
+
+/// Why a header is not a bootable kernel (pure; [`open_kernel`] adds the path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeError {
+    NotAKernel,
+    Truncated { expected: u64 },
+    OldProtocol { version: u16 },
+}
+
+/// Identify a kernel from its first bytes and the file length.
+pub fn probe_kernel(head: &[u8], file_len: u64) -> Result<KernelProbe, ProbeError> {
+    if head.starts_with(b"\x7fELF") {
+        return Ok(KernelProbe {
+            format: KernelFormat::Elf,
+            header: None,
+        });
+    }
+    let mut hdr = setup_header::default();
+    let end = SETUP_HEADER_OFFSET + hdr.as_slice().len();
+    let Some(bytes) = head.get(SETUP_HEADER_OFFSET..end) else {
+        return Err(ProbeError::NotAKernel);
+    };
+    hdr.as_mut_slice().copy_from_slice(bytes);
+    if { hdr.header } != HDRS_MAGIC {
+        return Err(ProbeError::NotAKernel);
+    }
+    if { hdr.version } < PROTO_CMDLINE_SIZE {
+        return Err(ProbeError::OldProtocol {
+            version: hdr.version,
+        });
+    }
+    let sects = if hdr.setup_sects == 0 {
+        4
+    } else {
+        u64::from(hdr.setup_sects)
+    };
+    // syssize counts 16-byte paragraphs of the protected-mode part.
+    let expected = (sects + 1) * 512 + u64::from(hdr.syssize) * 16;
+    if file_len < expected {
+        return Err(ProbeError::Truncated { expected });
+    }
+    Ok(KernelProbe {
+        format: KernelFormat::BzImage,
+        header: Some(hdr),
+    })
+}
+
+/// An opened, identified kernel file.
+#[derive(Debug)]
+pub struct KernelImage {
+    pub path: PathBuf,
+    pub file: File,
+    pub len: u64,
+    pub probe: KernelProbe,
+}
+
+/// Open and identify the kernel at `path`.
+pub fn open_kernel(path: &Path) -> Result<KernelImage, BootError> {
+    let open_err = |source| BootError::OpenKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let len = file.metadata().map_err(open_err)?.len();
+    let mut head = Vec::with_capacity(PROBE_LEN);
+    file.by_ref()
+        .take(PROBE_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(open_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+    let probe = probe_kernel(&head, len).map_err(|e| match e {
+        ProbeError::NotAKernel => BootError::NotAKernel {
+            path: path.to_path_buf(),
+        },
+        ProbeError::Truncated { expected } => BootError::TruncatedKernel {
+            path: path.to_path_buf(),
+            size: len,
+            expected,
+        },
+        ProbeError::OldProtocol { version } => BootError::OldBootProtocol {
+            path: path.to_path_buf(),
+            version,
+        },
+    })?;
+    Ok(KernelImage {
+        path: path.to_path_buf(),
+        file,
+        len,
+        probe,
+    })
+}
+
+impl KernelImage {
+    /// Largest command line (with NUL) this kernel accepts, capped by the layout's area.
+    pub fn cmdline_max(&self) -> usize {
+        let kernel_max = match self.probe.header {
+            Some(h) => h.cmdline_size as usize + 1,
+            // ELF vmlinux carries no header; x86 COMMAND_LINE_SIZE is 2048.
+            None => 2048,
+        };
+        kernel_max.min(layout::CMDLINE_MAX_SIZE)
+    }
+
+    /// The kernel's `initrd_addr_max`, if it says.
+    pub fn initrd_addr_max(&self) -> Option<u32> {
+        self.probe.header.map(|h| h.initrd_addr_max)
+    }
+
+    /// Lowest address an initramfs may start at without being overwritten while the
+    /// kernel decompresses itself: past the image and past `pref_address + init_size`.
+    pub fn initramfs_floor(&self, loaded_end: u64) -> u64 {
+        match self.probe.header {
+            Some(h) => loaded_end.max(h.pref_address.saturating_add(u64::from(h.init_size))),
+            None => loaded_end,
+        }
+    }
+
+    /// Where the loaded protected-mode image would end (for checks before loading).
+    pub fn estimated_end(&self) -> u64 {
+        let setup = match self.probe.header {
+            Some(h) => (u64::from(h.setup_sects.max(4)) + 1) * 512,
+            None => 0,
+        };
+        layout::HIMEM_START.0 + self.len.saturating_sub(setup)
+    }
+}
+
+/// A kernel in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedKernel {
+    /// 64-bit entry point (`rip` of the boot vCPU).
+    pub entry: GuestAddress,
+    /// End of the loaded image.
+    pub end: u64,
+    /// Setup header for the zero page (bzImage only).
+    pub header: Option<setup_header>,
+}
+
+/// Copy the kernel into guest RAM at `layout::HIMEM_START`.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &mut KernelImage,
+) -> Result<LoadedKernel, BootError> {
+    let himem = Some(layout::HIMEM_START);
+    let result = match image.probe.format {
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut image.file, himem),
+        KernelFormat::Elf => Elf::load(mem, None, &mut image.file, himem),
+    }
+    .map_err(|source| BootError::LoadKernel {
+        path: image.path.clone(),
+        source,
+    })?;
+    let entry = match image.probe.format {
+        KernelFormat::BzImage => GuestAddress(result.kernel_load.0 + BZIMAGE_ENTRY_64),
+        KernelFormat::Elf => result.kernel_load,
+    };
+    Ok(LoadedKernel {
+        entry,
+        end: result.kernel_end,
+        header: result.setup_header,
+    })
+}
+
+/// Choose where an initramfs of `size` bytes goes, per the arch placement rule.
+pub fn place_initramfs(
+    image: &KernelImage,
+    ram_size: u64,
+    kernel_end: u64,
+    path: &Path,
+    size: u64,
+) -> Result<GuestAddress, BootError> {
+    let floor = GuestAddress(image.initramfs_floor(kernel_end));
+    arch::x86_64::initramfs_addr(ram_size, size, image.initrd_addr_max(), floor).map_err(|source| {
+        BootError::InitramfsTooBig {
+            path: path.to_path_buf(),
+            size,
+            source,
+        }
+    })
+}
+
+/// Copy the initramfs at `path` to the top of low RAM; returns (address, size).
+pub fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    image: &KernelImage,
+    kernel: &LoadedKernel,
+    ram_size: u64,
+    path: &Path,
+) -> Result<(GuestAddress, u64), BootError> {
+    let open_err = |source| BootError::OpenInitramfs {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    let addr = place_initramfs(image, ram_size, kernel.end, path, size)?;
+    let len =
+        usize::try_from(size).map_err(|_| open_err(std::io::ErrorKind::FileTooLarge.into()))?;
+    mem.read_exact_volatile_from(addr, &mut file, len)
+        .map_err(|source| BootError::LoadInitramfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((addr, size))
+}
+
+/// Check and write the command line at `layout::CMDLINE_START`; returns its size with NUL.
+pub fn load_cmdline(
+    mem: &GuestMemoryMmap,
+    image: &KernelImage,
+    cmdline: &str,
+) -> Result<usize, BootError> {
+    let max = image.cmdline_max();
+    let len = cmdline.len() + 1;
+    if len > max {
+        return Err(BootError::CmdlineTooLong { len, max });
+    }
+    let cmdline = Cmdline::try_from(cmdline, max).map_err(BootError::Cmdline)?;
+    linux_loader::loader::load_cmdline(mem, layout::CMDLINE_START, &cmdline)
+        .map_err(BootError::WriteCmdline)?;
+    Ok(len)
+}
+
+/// The x86 reset vector (CS:IP = F000:FFF0 after a reset), where a PC's BIOS starts.
+// TODO(arch): this belongs in `layout.rs` next to the ACPI area it sits in.
+pub const RESET_VECTOR: GuestAddress = GuestAddress(0xffff0);
+
+/// Real-mode code at the reset vector: write the ACPI reset value to the reset register
+/// and halt. Strait has no BIOS, but Linux jumps here to reboot when other methods are
+/// unavailable: on a hardware-reduced ACPI platform its default reboot method becomes
+/// EFI, and without EFI it falls back to `machine_real_restart` (jump to F000:FFF0)
+/// before ever trying the ACPI reset register. Executing zeroed RAM there would spin
+/// forever with no exit; this stub turns it into a reset request.
+pub fn reset_vector_code() -> [u8; 11] {
+    let [port_lo, port_hi] = layout::ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba,
+        port_lo,
+        port_hi, // mov dx, ACPI_RESET_PORT
+        0xb0,
+        layout::ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
+        0xee,                     // out dx, al
+        0xfa,                     // cli
+        0xf4,                     // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+        0x90, // nop (padding)
+    ]
+}
+
+/// Install [`reset_vector_code`] at [`RESET_VECTOR`].
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&reset_vector_code(), RESET_VECTOR)
+        .map_err(|e| BootError::Arch {
+            step: "reset vector",
+            source: arch::Error::WriteGuest {
+                what: "reset vector",
+                addr: RESET_VECTOR.0,
+                source: e,
+            },
+        })
+}
+
+#[cfg(test)]
+fn read_back(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    mem.read_slice(&mut v, addr).unwrap();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal bzImage header: `setup_sects` sectors of setup, `syssize` paragraphs.
+    fn bzimage_head(version: u16, setup_sects: u8, syssize: u32) -> Vec<u8> {
+        let mut head = vec![0u8; PROBE_LEN];
+        head[0x1f1] = setup_sects;
+        head[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+        head[0x202..0x206].copy_from_slice(b"HdrS");
+        head[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn elf_magic_is_an_elf_kernel() {
+        let p = probe_kernel(b"\x7fELF\x02\x01\x01", 4096).unwrap();
+        assert_eq!(p.format, KernelFormat::Elf);
+    }
+
+    #[test]
+    fn hdrs_magic_is_a_bzimage() {
+        let p = probe_kernel(&bzimage_head(0x20f, 27, 0x100), 28 * 512 + 0x1000).unwrap();
+        assert_eq!(p.format, KernelFormat::BzImage);
+        assert_eq!(p.header.map(|h| h.setup_sects), Some(27));
+    }
+
+    #[test]
+    fn random_bytes_are_not_a_kernel() {
+        assert_eq!(
+            probe_kernel(&[0x42; PROBE_LEN], 1 << 20).unwrap_err(),
+            ProbeError::NotAKernel
+        );
+    }
+
+    #[test]
+    fn short_file_is_not_a_kernel() {
+        assert_eq!(
+            probe_kernel(b"#!/bin/sh\n", 10).unwrap_err(),
+            ProbeError::NotAKernel
+        );
+    }
+
+    #[test]
+    fn truncated_bzimage_is_detected() {
+        let err = probe_kernel(&bzimage_head(0x20f, 27, 0x100), 28 * 512 + 0xfff).unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::Truncated {
+                expected: 28 * 512 + 0x1000
+            }
+        );
+    }
+
+    #[test]
+    fn zero_setup_sects_means_four() {
+        let err = probe_kernel(&bzimage_head(0x20f, 0, 1), 5 * 512).unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::Truncated {
+                expected: 5 * 512 + 16
+            }
+        );
+    }
+
+    #[test]
+    fn ancient_boot_protocol_rejected() {
+        let err = probe_kernel(&bzimage_head(0x204, 4, 0), 1 << 20).unwrap_err();
+        assert_eq!(err, ProbeError::OldProtocol { version: 0x204 });
+    }
+
+    #[test]
+    fn missing_kernel_is_an_open_error() {
+        let err = open_kernel(Path::new("/nonexistent/vmlinuz")).unwrap_err();
+        assert!(matches!(err, BootError::OpenKernel { .. }));
+    }
+
+    #[test]
+    fn non_kernel_file_is_rejected() {
+        let path = std::env::temp_dir().join(format!("strait-notkernel-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let err = open_kernel(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, BootError::NotAKernel { .. }));
+    }
+
+    fn image_with_cmdline_size(cmdline_size: u32) -> KernelImage {
+        let mut head = bzimage_head(0x20f, 4, 0);
+        head[0x238..0x23c].copy_from_slice(&cmdline_size.to_le_bytes());
+        let probe = probe_kernel(&head, 1 << 20).unwrap();
+        let file = File::open("/proc/self/exe").unwrap();
+        KernelImage {
+            path: "/k".into(),
+            file,
+            len: 1 << 20,
+            probe,
+        }
+    }
+
+    fn guest() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn cmdline_longer_than_kernel_limit_rejected() {
+        let image = image_with_cmdline_size(2047);
+        let err = load_cmdline(&guest(), &image, &"x".repeat(2048)).unwrap_err();
+        assert!(matches!(
+            err,
+            BootError::CmdlineTooLong {
+                len: 2049,
+                max: 2048
+            }
+        ));
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated() {
+        let image = image_with_cmdline_size(2047);
+        let mem = guest();
+        assert_eq!(load_cmdline(&mem, &image, "console=ttyS0").unwrap(), 14);
+        assert_eq!(
+            read_back(&mem, layout::CMDLINE_START, 14),
+            b"console=ttyS0\0"
+        );
+    }
+
+    #[test]
+    fn reset_vector_fits_below_1mib_and_targets_the_reset_register() {
+        let code = reset_vector_code();
+        assert!(RESET_VECTOR.0 + code.len() as u64 <= layout::HIMEM_START.0);
+        assert_eq!(
+            u16::from_le_bytes([code[1], code[2]]),
+            layout::ACPI_RESET_PORT
+        );
+        assert_eq!((code[3], code[4]), (0xb0, layout::ACPI_RESET_VALUE));
+        let mem = guest();
+        write_reset_vector(&mem).unwrap();
+        assert_eq!(read_back(&mem, RESET_VECTOR, code.len()), code);
+    }
+
+    #[test]
+    fn initramfs_floor_respects_decompression_area() {
+        let mut head = bzimage_head(0x20f, 4, 0);
+        head[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+        head[0x260..0x264].copy_from_slice(&0x200_0000u32.to_le_bytes()); // init_size
+        let probe = probe_kernel(&head, 1 << 20).unwrap();
+        let file = File::open("/proc/self/exe").unwrap();
+        let image = KernelImage {
+            path: "/k".into(),
+            file,
+            len: 1 << 20,
+            probe,
+        };
+        assert_eq!(image.initramfs_floor(0x80_0000), 0x300_0000);
+        assert_eq!(image.initramfs_floor(0x400_0000), 0x400_0000);
+    }
+}

@@ -1,0 +1,249 @@
+//! The boot recipe: one linear [`build_vm`] from a validated spec to running vCPUs,
+//! following the order in `arch/src/x86_64/mod.rs` (VM and irqchip, RAM, kernel and
+//! boot tables, devices, vCPUs). Each line is one step; each step fails with `?`.
+
+use std::sync::Arc;
+
+use arch::x86_64::layout;
+use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::boot;
+use crate::device_manager::DeviceManager;
+use crate::error::Error;
+use crate::logger::{self, phase};
+use crate::memory::{self, GuestRam};
+use crate::spec::VmSpec;
+use crate::vcpu::{self, BootCpuState};
+use crate::vm::{StopSignal, Vm};
+
+/// Failures of VM-level setup steps.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm; is KVM enabled and may this user open it (group kvm)?")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot create a VM (another hypervisor running? out of memory?)")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("{action} failed")]
+    Kvm {
+        action: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot register guest RAM slot {slot} ({guest:#x}+{len:#x}) with KVM")]
+    RegisterMemory {
+        slot: u32,
+        guest: u64,
+        len: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot write the {what}")]
+    Arch {
+        what: &'static str,
+        #[source]
+        source: arch::Error,
+    },
+    #[error("cannot start the console input thread")]
+    ConsoleInput(#[source] std::io::Error),
+}
+
+impl VmError {
+    /// True when the user fixes this on the host rather than it being Strait's fault.
+    pub fn is_host_problem(&self) -> bool {
+        matches!(self, VmError::OpenKvm(_) | VmError::CreateVm(_))
+    }
+}
+
+/// Where the boot vCPU starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    pub entry: GuestAddress,
+    pub cr3: u64,
+}
+
+/// Build and start the VM described by `spec` (already validated).
+pub fn build_vm(spec: &VmSpec) -> Result<Vm, Error> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let vm_fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+    setup_platform(&vm_fd)?;
+    let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
+    register_ram(&vm_fd, &ram)?;
+    logger::mark(phase::MEMORY_READY);
+    let boot = load_guest(spec, ram.memory())?;
+    logger::mark(phase::KERNEL_LOADED);
+    let stop = Arc::new(StopSignal::default());
+    let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone())?;
+    warn_unattached_passthrough(spec);
+    let cpu = boot_cpu_state(&kvm, boot)?;
+    let vcpus = (0..spec.vcpus)
+        .map(|i| vcpu::create_vcpu(&vm_fd, i, spec.vcpus, &cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut vm = Vm::new(kvm, vm_fd, ram, devices, stop);
+    vm.start_vcpus(vcpus)?;
+    vm.devices()
+        .start_console_input()
+        .map_err(VmError::ConsoleInput)?;
+    logger::mark(phase::VCPUS_STARTED);
+    Ok(vm)
+}
+
+/// TODO(passthrough): attach VFIO functions behind root ports (vfio-glue) here. Until
+/// then the guest boots without them, and the user is told so.
+fn warn_unattached_passthrough(spec: &VmSpec) {
+    if !spec.passthrough.is_empty() {
+        let hosts: Vec<&str> = spec.passthrough.iter().map(|p| p.host.as_str()).collect();
+        log::warn!(
+            "passthrough not wired into the VM yet; booting without {}",
+            hosts.join(", ")
+        );
+    }
+}
+
+/// VM-wide KVM state that must exist before memory and vCPUs: the VMX real-mode TSS and
+/// identity map pages (inside the 32-bit hole, never RAM), the in-kernel IOAPIC/PIC/LAPIC
+/// and the PIT (with a dummy speaker port so port 0x61 stays in the kernel).
+fn setup_platform(vm: &VmFd) -> Result<(), VmError> {
+    let kvm = |action| move |source| VmError::Kvm { action, source };
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS.0 as usize)
+        .map_err(kvm("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS.0)
+        .map_err(kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// One KVM memory slot per RAM region, slots 0..n (device BARs use slots from n).
+fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
+    for (slot, (guest, host, len)) in (0u32..).zip(ram.slots()) {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: `host..host+len` is a live read-write mapping owned by `ram`, which the
+        // `Vm` keeps until its vCPU threads are joined and the VM fd is closed.
+        unsafe { vm.set_user_memory_region(region) }.map_err(|source| VmError::RegisterMemory {
+            slot,
+            guest,
+            len,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Kernel, initramfs, command line, ACPI tables, zero page and boot page tables.
+fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap) -> Result<BootInfo, Error> {
+    let ram_size = spec.memory_bytes();
+    let mut image = boot::open_kernel(&spec.kernel.path)?;
+    let kernel = boot::load_kernel(mem, &mut image)?;
+    let initramfs = match &spec.kernel.initramfs {
+        Some(p) => Some(boot::load_initramfs(mem, &image, &kernel, ram_size, p)?),
+        None => None,
+    };
+    let cmdline_size = boot::load_cmdline(mem, &image, &spec.kernel.cmdline)?;
+    let rsdp = write_acpi(mem, spec)?;
+    let arch_err = |what| move |source| VmError::Arch { what, source };
+    let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;
+    let params = arch::x86_64::build_boot_params(&BootParamsConfig {
+        setup_header: kernel.header,
+        cmdline_addr: layout::CMDLINE_START,
+        cmdline_size,
+        initramfs,
+        e820,
+        rsdp_addr: Some(rsdp),
+    })
+    .map_err(arch_err("zero page"))?;
+    arch::x86_64::write_boot_params(mem, &params).map_err(arch_err("zero page"))?;
+    let cr3 = arch::x86_64::write_boot_tables(mem).map_err(arch_err("boot GDT and page tables"))?;
+    boot::write_reset_vector(mem)?;
+    log::debug!(
+        "kernel entry {:#x}, image end {:#x}, initramfs {initramfs:x?}",
+        kernel.entry.0,
+        kernel.end
+    );
+    Ok(BootInfo {
+        entry: kernel.entry,
+        cr3,
+    })
+}
+
+/// ACPI tables for the platform: no 64-bit PCI window until devices are passed through.
+fn write_acpi(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, VmError> {
+    let mmio64 = AddrRange {
+        base: layout::mmio64_start(spec.memory_bytes()).0,
+        size: 0,
+    };
+    let pci = PciWindows {
+        bus_end: pci_bus_end(spec.passthrough.len()),
+        ..PciWindows::platform(mmio64)
+    };
+    let cfg = AcpiConfig {
+        vcpus: spec.vcpus,
+        pci,
+        com1: true,
+    };
+    arch::x86_64::create_acpi_tables(mem, &cfg).map_err(|source| VmError::Arch {
+        what: "ACPI tables",
+        source,
+    })
+}
+
+/// Last PCI bus the MCFG and the root bridge decode: bus 0 plus one secondary bus per
+/// root port (passthrough device `i` sits behind root port `i` on bus `i + 1`).
+///
+/// Announcing all 256 buses makes Linux probe every slot of every bus for peer host
+/// bridges (about 8000 config reads, 16000 port exits, more than a second of boot).
+pub fn pci_bus_end(passthrough_devices: usize) -> u8 {
+    u8::try_from(passthrough_devices).unwrap_or(u8::MAX)
+}
+
+fn boot_cpu_state(kvm: &Kvm, boot: BootInfo) -> Result<BootCpuState, VmError> {
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmError::Kvm {
+            action: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    Ok(BootCpuState {
+        entry: boot.entry,
+        cr3: boot.cr3,
+        supported_cpuid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_range_covers_one_bus_per_root_port() {
+        assert_eq!(pci_bus_end(0), 0);
+        assert_eq!(pci_bus_end(2), 2);
+        assert_eq!(pci_bus_end(1000), 255);
+    }
+
+    #[test]
+    fn kvm_setup_failures_are_not_host_problems_but_open_is() {
+        let e = kvm_ioctls::Error::new(libc::ENOENT);
+        assert!(VmError::OpenKvm(e).is_host_problem());
+        assert!(VmError::CreateVm(e).is_host_problem());
+        assert!(!VmError::Kvm {
+            action: "KVM_CREATE_IRQCHIP",
+            source: e
+        }
+        .is_host_problem());
+    }
+}

@@ -1,0 +1,382 @@
+//! The device manager: owns the port I/O and MMIO buses the vCPU loop dispatches to and
+//! places the legacy PC devices on them at the platform contract's ports (BRIEF.md,
+//! "Platform contract", legacy ports; constants in `arch::x86_64::layout`).
+//!
+//! Interrupts of emulated devices are `EventFd`s registered with KVM as irqfds, so a
+//! device raising a line never needs a vCPU exit. PCI config space is a [`PciRoot`]
+//! reached through ports 0xcf8/0xcfc and the ECAM window (PCIe Base 7.2.2), with the host
+//! bridge at 00:00.0; passed-through functions join that root and map their BARs onto the
+//! same buses.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use arch::x86_64::layout;
+use devices::bus::{Bus, BusError};
+use devices::legacy::acpi_pm::ACPI_PM_PORT_LEN;
+use devices::legacy::cmos::CMOS_PORT_LEN;
+use devices::legacy::i8042::I8042_PORT_LEN;
+use devices::legacy::serial::SERIAL_PORT_LEN;
+use devices::legacy::{AcpiPm, Cmos, EventFdTrigger, PowerControl, SerialPort, I8042};
+use devices::pci::{Bdf, HostBridge, PciCf8, PciEcam, PciError, PciRoot};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::spec::SerialSpec;
+
+/// CMOS index/data ports (not part of the arch layout: no table describes them).
+const CMOS_PORT: u16 = 0x70;
+
+/// Failures creating devices. A console file that cannot be opened is the user's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("serial.file: cannot open {}", path.display())]
+    OpenConsole {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the {what} interrupt eventfd")]
+    CreateEventFd {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot register the {what} irqfd on GSI {gsi}")]
+    RegisterIrqfd {
+        what: &'static str,
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot place the {what} on the bus")]
+    PlaceDevice {
+        what: &'static str,
+        #[source]
+        source: BusError,
+    },
+    #[error("cannot attach PCI function {bdf}")]
+    AddPciFunction {
+        bdf: Bdf,
+        #[source]
+        source: PciError,
+    },
+}
+
+/// The two buses vCPU exits are dispatched to. Cloning shares them.
+///
+/// Lock order: a device handler runs under a bus *read* lock, so a handler must never take
+/// a bus write lock (e.g. to move a BAR) itself; it returns the change to the caller,
+/// which applies it after dispatch.
+#[derive(Debug, Clone, Default)]
+pub struct IoBuses {
+    pio: Arc<RwLock<Bus>>,
+    mmio: Arc<RwLock<Bus>>,
+}
+
+impl IoBuses {
+    pub fn new(pio: Bus, mmio: Bus) -> Self {
+        IoBuses {
+            pio: Arc::new(RwLock::new(pio)),
+            mmio: Arc::new(RwLock::new(mmio)),
+        }
+    }
+
+    /// The port I/O bus, for dispatch. A poisoned lock is recovered: buses hold no
+    /// invariant a panicking reader could break.
+    pub fn pio(&self) -> RwLockReadGuard<'_, Bus> {
+        self.pio.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MMIO bus, for dispatch.
+    pub fn mmio(&self) -> RwLockReadGuard<'_, Bus> {
+        self.mmio.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The port I/O bus, to add, move or remove devices.
+    pub fn pio_mut(&self) -> RwLockWriteGuard<'_, Bus> {
+        self.pio.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MMIO bus, to add, move or remove devices.
+    pub fn mmio_mut(&self) -> RwLockWriteGuard<'_, Bus> {
+        self.mmio.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Console output sink.
+type Console = Box<dyn Write + Send>;
+
+/// PCI segment of the root complex (the only one; `Bdf::default()` is on it).
+const PCI_SEGMENT: u16 = 0;
+/// Size of the configuration mechanism #1 ports (0xcf8..0xd00).
+const PCI_CONFIG_PORTS_LEN: u64 = 8;
+
+/// Emulated devices of one VM.
+pub struct DeviceManager {
+    buses: IoBuses,
+    serial: Arc<Mutex<SerialPort<Console>>>,
+    pci_root: Arc<PciRoot>,
+    console_input: bool,
+}
+
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("buses", &self.buses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceManager {
+    /// Create COM1, the i8042, the ACPI power registers and the CMOS on fresh buses.
+    pub fn new(
+        vm: &VmFd,
+        serial: &SerialSpec,
+        power: Arc<dyn PowerControl>,
+    ) -> Result<DeviceManager, DeviceError> {
+        let buses = IoBuses::default();
+        let serial_dev = Arc::new(Mutex::new(create_serial(vm, serial)?));
+        let mut pio = buses.pio_mut();
+        place(
+            &mut pio,
+            "serial",
+            serial_dev.clone(),
+            layout::COM1_PORT,
+            SERIAL_PORT_LEN,
+        )?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(power.clone())));
+        place(
+            &mut pio,
+            "i8042",
+            i8042,
+            layout::I8042_DATA_PORT,
+            I8042_PORT_LEN,
+        )?;
+        let pm = AcpiPm::new(power, layout::ACPI_S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
+        let pm = Arc::new(Mutex::new(pm));
+        place(
+            &mut pio,
+            "ACPI PM registers",
+            pm,
+            layout::ACPI_SLEEP_CONTROL_PORT,
+            ACPI_PM_PORT_LEN,
+        )?;
+        let cmos = Arc::new(Mutex::new(Cmos::default()));
+        place(&mut pio, "CMOS", cmos, CMOS_PORT, CMOS_PORT_LEN)?;
+        drop(pio);
+        let pci_root = create_pci_root(&buses)?;
+        let console_input = *serial == SerialSpec::Stdio;
+        Ok(DeviceManager {
+            buses,
+            serial: serial_dev,
+            pci_root,
+            console_input,
+        })
+    }
+
+    /// The buses, for the vCPU loop and for adding PCI devices.
+    pub fn buses(&self) -> &IoBuses {
+        &self.buses
+    }
+
+    /// The PCI root complex (config space of segment 0).
+    pub fn pci_root(&self) -> &Arc<PciRoot> {
+        &self.pci_root
+    }
+
+    /// Forward Strait's stdin to COM1 on a helper thread (console `"stdio"` only).
+    /// The thread ends at EOF; it is never joined (a blocking read cannot be cancelled).
+    pub fn start_console_input(&self) -> io::Result<()> {
+        if !self.console_input {
+            return Ok(());
+        }
+        let serial = self.serial.clone();
+        std::thread::Builder::new()
+            .name("strait-stdin".into())
+            .spawn(move || forward_stdin(&serial))
+            .map(|_| ())
+    }
+}
+
+fn place(
+    bus: &mut Bus,
+    what: &'static str,
+    dev: devices::bus::SharedDevice,
+    port: u16,
+    len: u64,
+) -> Result<(), DeviceError> {
+    bus.insert(dev, u64::from(port), len)
+        .map_err(|source| DeviceError::PlaceDevice { what, source })
+}
+
+/// The root complex: host bridge at 00:00.0, reachable through 0xcf8/0xcfc and ECAM.
+///
+/// Config writes need no handler yet: the host bridge has no BARs. Passed-through
+/// functions are added here, before the root is shared, and their handler applies BAR
+/// moves after the dispatch that caused them (see [`IoBuses`] on lock order).
+fn create_pci_root(buses: &IoBuses) -> Result<Arc<PciRoot>, DeviceError> {
+    let mut root = PciRoot::new(PCI_SEGMENT);
+    let bdf = Bdf::default(); // 0000:00:00.0, segment PCI_SEGMENT
+    let bridge = Arc::new(Mutex::new(HostBridge::new()));
+    root.add_device(bdf, bridge)
+        .map_err(|source| DeviceError::AddPciFunction { bdf, source })?;
+    let root = Arc::new(root);
+    let cf8 = Arc::new(Mutex::new(PciCf8::new(root.clone(), None)));
+    let port = layout::PCI_CONFIG_ADDRESS_PORT;
+    place(
+        &mut buses.pio_mut(),
+        "PCI config ports",
+        cf8,
+        port,
+        PCI_CONFIG_PORTS_LEN,
+    )?;
+    let ecam = Arc::new(Mutex::new(PciEcam::new(root.clone(), None)));
+    let (base, len) = (layout::PCI_ECAM_START.0, layout::PCI_ECAM_SIZE);
+    buses
+        .mmio_mut()
+        .insert(ecam, base, len)
+        .map_err(|source| DeviceError::PlaceDevice {
+            what: "PCI ECAM window",
+            source,
+        })?;
+    Ok(root)
+}
+
+fn create_serial(vm: &VmFd, spec: &SerialSpec) -> Result<SerialPort<Console>, DeviceError> {
+    let out: Console = match spec {
+        SerialSpec::Stdio => Box::new(io::stdout()),
+        SerialSpec::Off => Box::new(io::sink()),
+        SerialSpec::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| DeviceError::OpenConsole {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    };
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| DeviceError::CreateEventFd {
+        what: "serial",
+        source,
+    })?;
+    vm.register_irqfd(&evt, layout::COM1_IRQ)
+        .map_err(|source| DeviceError::RegisterIrqfd {
+            what: "serial",
+            gsi: layout::COM1_IRQ,
+            source,
+        })?;
+    Ok(SerialPort::new(EventFdTrigger::new(evt), out))
+}
+
+/// Copy stdin into the UART's receive FIFO, waiting while the guest has not drained it.
+fn forward_stdin(serial: &Mutex<SerialPort<Console>>) {
+    let mut buf = [0u8; 64];
+    let mut stdin = io::stdin().lock();
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("console input stopped: {e}");
+                return;
+            }
+        };
+        let mut pending = &buf[..n];
+        while !pending.is_empty() {
+            let taken = serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue_input(pending);
+            pending = &pending[taken..];
+            if taken == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::bus::BusDevice;
+
+    struct Nop;
+    impl BusDevice for Nop {
+        fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: u64, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn clones_share_the_same_buses() {
+        let a = IoBuses::default();
+        let b = a.clone();
+        a.pio_mut()
+            .insert(Arc::new(Mutex::new(Nop)), 0x80, 1)
+            .unwrap();
+        let mut d = [0xaa];
+        assert!(b.pio().read(0x80, &mut d));
+        assert_eq!(d, [0]);
+        assert!(!b.mmio().read(0x80, &mut d));
+    }
+
+    #[test]
+    fn overlapping_placement_is_an_error() {
+        let mut bus = Bus::new();
+        place(&mut bus, "a", Arc::new(Mutex::new(Nop)), 0x3f8, 8).unwrap();
+        let err = place(&mut bus, "b", Arc::new(Mutex::new(Nop)), 0x3fc, 1).unwrap_err();
+        assert!(matches!(err, DeviceError::PlaceDevice { what: "b", .. }));
+    }
+
+    #[test]
+    fn pci_root_answers_on_cf8_and_ecam() {
+        let buses = IoBuses::default();
+        let root = create_pci_root(&buses).unwrap();
+        assert_eq!(root.devices().len(), 1);
+        // CF8: enable bit, bus 0, device 0, function 0, register 0 (vendor/device ID).
+        let port = u64::from(layout::PCI_CONFIG_ADDRESS_PORT);
+        assert!(buses.pio().write(port, &0x8000_0000u32.to_le_bytes()));
+        let mut id = [0u8; 4];
+        assert!(buses.pio().read(port + 4, &mut id));
+        let mut ecam_id = [0u8; 4];
+        assert!(buses.mmio().read(layout::PCI_ECAM_START.0, &mut ecam_id));
+        assert_eq!(id, ecam_id);
+        assert_ne!(id, [0xff; 4], "host bridge present");
+        // An empty slot reads as all ones (no device).
+        let mut empty = [0u8; 4];
+        buses
+            .mmio()
+            .read(layout::PCI_ECAM_START.0 + (1 << 15), &mut empty);
+        assert_eq!(empty, [0xff; 4]);
+    }
+
+    #[test]
+    fn legacy_port_ranges_do_not_overlap() {
+        let mut ranges = [
+            (layout::COM1_PORT, SERIAL_PORT_LEN),
+            (layout::I8042_DATA_PORT, I8042_PORT_LEN),
+            (layout::ACPI_SLEEP_CONTROL_PORT, ACPI_PM_PORT_LEN),
+            (CMOS_PORT, CMOS_PORT_LEN),
+            (layout::PCI_CONFIG_ADDRESS_PORT, 8),
+        ];
+        ranges.sort();
+        for w in ranges.windows(2) {
+            assert!(u64::from(w[0].0) + w[0].1 <= u64::from(w[1].0), "{w:x?}");
+        }
+        // The ACPI registers must match the FADT: control, status, reset in a row.
+        assert_eq!(
+            layout::ACPI_SLEEP_STATUS_PORT,
+            layout::ACPI_SLEEP_CONTROL_PORT + 1
+        );
+        assert_eq!(layout::ACPI_RESET_PORT, layout::ACPI_SLEEP_CONTROL_PORT + 2);
+        assert_eq!(layout::I8042_COMMAND_PORT, layout::I8042_DATA_PORT + 4);
+    }
+}

@@ -1,0 +1,135 @@
+//! The process logger (stderr, `strait: ` prefix) and the boot timeline.
+//!
+//! Lines look like `strait: guest powered off` at info level and
+//! `strait: warn: ...` / `strait: debug: vmm::exits: ...` otherwise, so info output reads
+//! like a tool's messages and detail carries its module. The guest console owns stdout.
+//! Timeline marks are info lines `strait: timeline: <phase>=<ms>ms`, milliseconds since
+//! the logger was initialised (the first thing `main` does), for benchmarks to parse.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+static START: OnceLock<Instant> = OnceLock::new();
+static LOGGER: StderrLogger = StderrLogger;
+
+/// Boot phases marked on the timeline, in order.
+pub mod phase {
+    pub const SPEC_PARSED: &str = "spec_parsed";
+    pub const MEMORY_READY: &str = "memory_ready";
+    pub const KERNEL_LOADED: &str = "kernel_loaded";
+    pub const VCPUS_STARTED: &str = "vcpus_started";
+    pub const GUEST_EXIT: &str = "guest_exit";
+}
+
+struct StderrLogger;
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_line(record.level(), record.target(), &record.args().to_string());
+        // One write per line so lines from vCPU threads do not interleave.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Render one log line (with its newline).
+pub fn format_line(level: Level, target: &str, msg: &str) -> String {
+    match level {
+        Level::Info => format!("strait: {msg}\n"),
+        Level::Error | Level::Warn => format!("strait: {}: {msg}\n", level.as_str().to_lowercase()),
+        Level::Debug | Level::Trace => {
+            format!(
+                "strait: {}: {target}: {msg}\n",
+                level.as_str().to_lowercase()
+            )
+        }
+    }
+}
+
+/// Log level for `-q` / `-v` counts: default info, `-q` warnings only, `-v` debug,
+/// `-vv` trace.
+pub fn level_for(verbose: u8, quiet: bool) -> LevelFilter {
+    match (quiet, verbose) {
+        (true, _) => LevelFilter::Warn,
+        (false, 0) => LevelFilter::Info,
+        (false, 1) => LevelFilter::Debug,
+        (false, _) => LevelFilter::Trace,
+    }
+}
+
+/// Install the logger and start the timeline clock. Safe to call more than once.
+pub fn init(level: LevelFilter) {
+    START.get_or_init(Instant::now);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Milliseconds since [`init`].
+pub fn elapsed_ms() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
+}
+
+/// Log a timeline mark for `phase`.
+pub fn mark(phase: &str) {
+    log::info!("{}", timeline_line(phase, elapsed_ms()));
+}
+
+/// The message of a timeline mark (without the `strait: ` prefix).
+pub fn timeline_line(phase: &str, ms: f64) -> String {
+    format!("timeline: {phase}={ms:.1}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_lines_have_only_the_prefix() {
+        assert_eq!(
+            format_line(Level::Info, "vmm::vm", "guest powered off"),
+            "strait: guest powered off\n"
+        );
+    }
+
+    #[test]
+    fn debug_lines_carry_level_and_module() {
+        let l = format_line(Level::Debug, "vmm::exits", "x");
+        assert_eq!(l, "strait: debug: vmm::exits: x\n");
+    }
+
+    #[test]
+    fn errors_carry_the_level() {
+        assert_eq!(
+            format_line(Level::Error, "t", "boom"),
+            "strait: error: boom\n"
+        );
+    }
+
+    #[test]
+    fn timeline_line_is_parseable() {
+        let l = timeline_line(phase::MEMORY_READY, 123.44);
+        assert_eq!(l, "timeline: memory_ready=123.4ms");
+    }
+
+    #[test]
+    fn verbosity_maps_to_levels() {
+        assert_eq!(level_for(0, false), LevelFilter::Info);
+        assert_eq!(level_for(1, false), LevelFilter::Debug);
+        assert_eq!(level_for(5, false), LevelFilter::Trace);
+        assert_eq!(level_for(2, true), LevelFilter::Warn);
+    }
+}

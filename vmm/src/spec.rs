@@ -1,0 +1,575 @@
+//! The VM spec: the JSON document `strait run SPEC.json` boots (BRIEF.md, "The VM spec").
+//!
+//! Parsing rejects unknown fields everywhere, so a typo never silently changes a VM.
+//! [`VmSpec::validate`] then checks what can be decided from the document alone (counts,
+//! sizes, PCI address syntax, duplicates). Whether the files and host resources it names
+//! exist is `host.rs`'s job, so that this module stays pure and unit-testable.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use devices::pci::{Bdf, BdfError};
+use serde::{Deserialize, Serialize};
+
+/// Largest vCPU count: xAPIC IDs are 8 bits and 0xff is the broadcast ID.
+pub const MAX_VCPUS: u32 = 255;
+/// Kernel command line used when the spec gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Size of the command line area in the guest layout, including the NUL.
+pub const CMDLINE_AREA: usize = 64 * 1024;
+
+/// A spec the document or its values make unusable. Each variant names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read the spec file")]
+    ReadSpec(#[source] std::io::Error),
+    #[error("line {line}, column {column}: malformed JSON: {msg}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("line {line}, column {column}: unknown field `{field}`; {expected}")]
+    UnknownField {
+        field: String,
+        expected: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("line {line}, column {column}: {msg}")]
+    InvalidValue {
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("{field}: cannot read {}", path.display())]
+    ReadFile {
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vcpus: {count} is outside 1..={max}")]
+    VcpuCount { count: u32, max: u32 },
+    #[error("memory.size_mib: must be at least {min} MiB")]
+    MemoryTooSmall { min: u64 },
+    #[error(
+        "memory.size_mib: {size_mib} MiB is not a multiple of the {page} hugepage size; \
+         use a multiple of {multiple_mib}"
+    )]
+    MemoryNotPageMultiple {
+        size_mib: u64,
+        page: HugePages,
+        multiple_mib: u64,
+    },
+    #[error("kernel.cmdline: {len} bytes with the NUL, the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel.cmdline: contains a NUL or non-ASCII character at byte {at}")]
+    CmdlineInvalid { at: usize },
+    #[error("passthrough[{index}].host")]
+    PciAddress {
+        index: usize,
+        #[source]
+        source: BdfError,
+    },
+    #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
+    DuplicatePassthrough {
+        index: usize,
+        first: usize,
+        addr: Bdf,
+    },
+}
+
+/// The whole VM spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// Number of vCPUs, 1..=255.
+    pub vcpus: u32,
+    pub memory: MemorySpec,
+    pub kernel: KernelSpec,
+    /// Host PCI functions given to the guest.
+    #[serde(default)]
+    pub passthrough: Vec<PassthroughSpec>,
+    /// Where the guest's COM1 goes.
+    #[serde(default)]
+    pub serial: SerialSpec,
+}
+
+/// Guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    pub size_mib: u64,
+    #[serde(default)]
+    pub hugepages: HugePages,
+    /// Fault all of RAM in before the guest starts (predictable latency, early failure).
+    #[serde(default = "default_true")]
+    pub prefault: bool,
+}
+
+/// Backing page size of guest RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Anonymous memory, transparent huge pages requested with madvise.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// hugetlb pages of 2 MiB from the host pool.
+    #[serde(rename = "2M")]
+    Size2M,
+    /// hugetlb pages of 1 GiB from the host pool.
+    #[serde(rename = "1G")]
+    Size1G,
+}
+
+impl HugePages {
+    /// Page size in bytes that guest RAM sizes must be a multiple of.
+    pub fn page_size(self) -> u64 {
+        match self {
+            HugePages::None => 4 << 10,
+            HugePages::Size2M => 2 << 20,
+            HugePages::Size1G => 1 << 30,
+        }
+    }
+}
+
+impl fmt::Display for HugePages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HugePages::None => "4 KiB",
+            HugePages::Size2M => "2 MiB",
+            HugePages::Size1G => "1 GiB",
+        })
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    /// A bzImage or an uncompressed ELF vmlinux.
+    pub path: PathBuf,
+    /// Optional initramfs (cpio, optionally compressed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+/// One host PCI function to pass through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughSpec {
+    /// Host address, `DDDD:BB:DD.F` as in sysfs.
+    pub host: String,
+}
+
+/// Destination of the guest's serial console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialSpec {
+    /// Output to Strait's stdout, input from its stdin.
+    #[default]
+    Stdio,
+    /// No console (the port still exists, output is dropped).
+    Off,
+    /// Output appended to a file.
+    File(PathBuf),
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+/// Smallest RAM the boot layout works with (kernel, initramfs and page tables need room).
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+impl VmSpec {
+    /// Read, parse and validate a spec file. Relative paths in it are resolved against
+    /// the file's directory, so a spec and its kernel can move together.
+    pub fn load(path: &Path) -> Result<VmSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(SpecError::ReadSpec)?;
+        let mut spec = VmSpec::parse(&text)?;
+        spec.validate()?;
+        spec.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(spec)
+    }
+
+    /// Make the kernel, initramfs and console file paths absolute relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.kernel.path);
+        if let Some(p) = self.kernel.initramfs.as_mut() {
+            resolve(p);
+        }
+        if let SerialSpec::File(p) = &mut self.serial {
+            resolve(p);
+        }
+    }
+
+    /// Parse JSON text into a spec, without validating values.
+    pub fn parse(text: &str) -> Result<VmSpec, SpecError> {
+        serde_json::from_str(text).map_err(json_error)
+    }
+
+    /// Check everything that can be decided from the document alone.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(SpecError::VcpuCount {
+                count: self.vcpus,
+                max: MAX_VCPUS,
+            });
+        }
+        self.validate_memory()?;
+        self.validate_cmdline()?;
+        self.passthrough_addresses()?;
+        Ok(())
+    }
+
+    fn validate_memory(&self) -> Result<(), SpecError> {
+        let m = &self.memory;
+        if m.size_mib < MIN_MEMORY_MIB {
+            return Err(SpecError::MemoryTooSmall {
+                min: MIN_MEMORY_MIB,
+            });
+        }
+        let page = m.hugepages.page_size();
+        let bytes = m.size_mib.checked_mul(1 << 20);
+        if bytes.is_none_or(|b| b % page != 0) {
+            return Err(SpecError::MemoryNotPageMultiple {
+                size_mib: m.size_mib,
+                page: m.hugepages,
+                multiple_mib: (page >> 20).max(1),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_cmdline(&self) -> Result<(), SpecError> {
+        let cmdline = &self.kernel.cmdline;
+        if let Some(at) = cmdline.bytes().position(|b| b == 0 || !b.is_ascii()) {
+            return Err(SpecError::CmdlineInvalid { at });
+        }
+        if cmdline.len() + 1 > CMDLINE_AREA {
+            return Err(SpecError::CmdlineTooLong {
+                len: cmdline.len() + 1,
+                max: CMDLINE_AREA,
+            });
+        }
+        Ok(())
+    }
+
+    /// The passthrough addresses, parsed; errors on bad syntax or duplicates.
+    pub fn passthrough_addresses(&self) -> Result<Vec<Bdf>, SpecError> {
+        let mut seen: Vec<Bdf> = Vec::new();
+        for (index, p) in self.passthrough.iter().enumerate() {
+            let addr: Bdf = p
+                .host
+                .parse()
+                .map_err(|source| SpecError::PciAddress { index, source })?;
+            if let Some(first) = seen.iter().position(|a| *a == addr) {
+                return Err(SpecError::DuplicatePassthrough { index, first, addr });
+            }
+            seen.push(addr);
+        }
+        Ok(seen)
+    }
+
+    /// Guest RAM size in bytes (validated specs only: cannot overflow).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.size_mib.saturating_mul(1 << 20)
+    }
+}
+
+/// Turn a serde_json error into a variant a caller can match on, keeping line/column.
+fn json_error(e: serde_json::Error) -> SpecError {
+    use serde_json::error::Category;
+    let (line, column) = (e.line(), e.column());
+    let full = e.to_string();
+    // serde_json appends " at line L column C"; we report those as fields.
+    let msg = full.split(" at line ").next().unwrap_or(&full).to_string();
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => SpecError::Syntax { line, column, msg },
+        Category::Data => match parse_unknown_field(&msg) {
+            Some((field, expected)) => SpecError::UnknownField {
+                field,
+                expected,
+                line,
+                column,
+            },
+            None => SpecError::InvalidValue { line, column, msg },
+        },
+    }
+}
+
+/// serde's message is "unknown field `x`, expected one of `a`, `b`" (or "expected `a`").
+fn parse_unknown_field(msg: &str) -> Option<(String, String)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    let expected = expected.trim_start_matches(',').trim().to_string();
+    Some((field.to_string(), expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{ "vcpus": 2,
+        "memory": { "size_mib": 512, "hugepages": "2M" },
+        "kernel": { "path": "/boot/vmlinuz", "initramfs": "/srv/initrd.cpio.gz" } }"#;
+
+    fn spec() -> VmSpec {
+        VmSpec::parse(GOOD).unwrap()
+    }
+
+    #[test]
+    fn parses_brief_example_with_defaults() {
+        let s = spec();
+        assert_eq!(s.vcpus, 2);
+        assert_eq!(s.memory.hugepages, HugePages::Size2M);
+        assert!(s.memory.prefault);
+        assert_eq!(s.kernel.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(s.serial, SerialSpec::Stdio);
+        assert!(s.passthrough.is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_json_reports_line_and_column() {
+        let err = VmSpec::parse("{\n  \"vcpus\": 2,\n  oops\n}").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::Syntax {
+                    line: 3,
+                    column: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn truncated_json_is_a_syntax_error() {
+        let err = VmSpec::parse(&GOOD[..40]).unwrap_err();
+        assert!(matches!(err, SpecError::Syntax { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_top_level_field_is_named() {
+        let text = GOOD.replacen("\"vcpus\"", "\"vcpu_count\": 1, \"vcpus\"", 1);
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(matches!(&err, SpecError::UnknownField { field, .. } if field == "vcpu_count"));
+    }
+
+    #[test]
+    fn unknown_nested_field_is_named() {
+        let text = GOOD.replacen("\"size_mib\"", "\"sise\": 1, \"size_mib\"", 1);
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(matches!(&err, SpecError::UnknownField { field, .. } if field == "sise"));
+    }
+
+    #[test]
+    fn wrong_type_is_an_invalid_value() {
+        let err = VmSpec::parse(&GOOD.replacen("2,", "\"two\",", 1)).unwrap_err();
+        assert!(
+            matches!(err, SpecError::InvalidValue { line: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_hugepage_size_is_an_invalid_value() {
+        let err = VmSpec::parse(&GOOD.replacen("\"2M\"", "\"4M\"", 1)).unwrap_err();
+        assert!(matches!(err, SpecError::InvalidValue { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn zero_vcpus_rejected() {
+        let mut s = spec();
+        s.vcpus = 0;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::VcpuCount { count: 0, max: 255 })
+        ));
+    }
+
+    #[test]
+    fn too_many_vcpus_rejected() {
+        let mut s = spec();
+        s.vcpus = 256;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::VcpuCount { count: 256, .. })
+        ));
+    }
+
+    #[test]
+    fn memory_not_multiple_of_hugepage_rejected() {
+        let mut s = spec();
+        s.memory.size_mib = 511;
+        let err = s.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            SpecError::MemoryNotPageMultiple {
+                size_mib: 511,
+                multiple_mib: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn memory_not_multiple_of_gigabyte_page_rejected() {
+        let mut s = spec();
+        s.memory.hugepages = HugePages::Size1G;
+        let err = s.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            SpecError::MemoryNotPageMultiple {
+                multiple_mib: 1024,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tiny_memory_rejected() {
+        let mut s = spec();
+        s.memory.size_mib = 2;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::MemoryTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_memory_overflow_rejected_not_panicking() {
+        let mut s = spec();
+        s.memory.size_mib = u64::MAX;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::MemoryNotPageMultiple { .. })
+        ));
+    }
+
+    #[test]
+    fn odd_memory_fine_without_hugepages() {
+        let mut s = spec();
+        s.memory.hugepages = HugePages::None;
+        s.memory.size_mib = 511;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn cmdline_too_long_rejected() {
+        let mut s = spec();
+        s.kernel.cmdline = "a".repeat(CMDLINE_AREA);
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::CmdlineTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn cmdline_with_nul_rejected() {
+        let mut s = spec();
+        s.kernel.cmdline = "console=ttyS0\0quiet".into();
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::CmdlineInvalid { at: 13 })
+        ));
+    }
+
+    #[test]
+    fn bad_pci_address_rejected() {
+        for bad in [
+            "01:00",
+            "0000:01:00",
+            "0000:01:20.0",
+            "0000:01:00.8",
+            "000g:01:00.0",
+        ] {
+            let mut s = spec();
+            s.passthrough = vec![PassthroughSpec { host: bad.into() }];
+            let err = s.validate().unwrap_err();
+            assert!(
+                matches!(err, SpecError::PciAddress { index: 0, .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_passthrough_rejected() {
+        let mut s = spec();
+        s.passthrough = ["0000:01:00.0", "0000:02:00.0", "0000:01:00.0"]
+            .iter()
+            .map(|h| PassthroughSpec {
+                host: h.to_string(),
+            })
+            .collect();
+        let err = s.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            SpecError::DuplicatePassthrough {
+                index: 2,
+                first: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn short_pci_address_means_segment_zero() {
+        let mut s = spec();
+        s.passthrough = vec![PassthroughSpec {
+            host: "0a:1f.7".into(),
+        }];
+        let addrs = s.passthrough_addresses().unwrap();
+        assert_eq!(addrs[0].to_string(), "0000:0a:1f.7");
+    }
+
+    #[test]
+    fn serial_forms_parse() {
+        let with =
+            |v: &str| VmSpec::parse(&GOOD.replacen("} }", &format!("}}, \"serial\": {v} }}"), 1));
+        assert_eq!(with("\"off\"").unwrap().serial, SerialSpec::Off);
+        let file = with("{\"file\": \"/tmp/console.log\"}").unwrap().serial;
+        assert_eq!(file, SerialSpec::File("/tmp/console.log".into()));
+        assert!(matches!(
+            with("\"tty\""),
+            Err(SpecError::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_spec_directory() {
+        let mut s = spec();
+        s.kernel.path = "vmlinux".into();
+        s.serial = SerialSpec::File("console.log".into());
+        s.resolve_paths(Path::new("/srv/vm"));
+        assert_eq!(s.kernel.path, Path::new("/srv/vm/vmlinux"));
+        assert_eq!(
+            s.kernel.initramfs.as_deref(),
+            Some(Path::new("/srv/initrd.cpio.gz"))
+        );
+        assert_eq!(s.serial, SerialSpec::File("/srv/vm/console.log".into()));
+    }
+
+    #[test]
+    fn missing_spec_file_is_a_read_error() {
+        let err = VmSpec::load(Path::new("/nonexistent/strait/spec.json")).unwrap_err();
+        assert!(matches!(err, SpecError::ReadSpec(_)));
+    }
+}

@@ -1,0 +1,235 @@
+//! A running VM: its vCPU threads, devices, KVM handles and RAM, and how it ends.
+//!
+//! The first stop request wins (a power-off written by the guest, a triple fault, a fatal
+//! exit); then every vCPU thread is kicked out of KVM_RUN and joined, and only then is
+//! guest RAM unmapped (field order of [`Vm`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use devices::legacy::{PowerAction, PowerControl};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::Killable;
+
+use crate::device_manager::DeviceManager;
+use crate::error::Error;
+use crate::exits::{ExitCounters, StopReason};
+use crate::logger::{self, phase};
+use crate::memory::GuestRam;
+use crate::vcpu::{self, VcpuContext, VcpuError};
+
+/// The VM-wide stop flag and the reason of the first stop request.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    stopping: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    changed: Condvar,
+}
+
+impl StopSignal {
+    /// Request a stop; only the first reason is kept.
+    pub fn stop(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// True once any stop was requested; vCPU loops check it before each KVM_RUN.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Block until a stop is requested; returns the first reason.
+    pub fn wait(&self) -> StopReason {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(reason) = r.as_ref() {
+                return reason.clone();
+            }
+            r = self.changed.wait(r).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl PowerControl for StopSignal {
+    fn request(&self, action: PowerAction) {
+        self.stop(match action {
+            PowerAction::PowerOff => StopReason::PowerOff,
+            PowerAction::Reboot => StopReason::Reboot("ACPI reset register or i8042"),
+        });
+    }
+}
+
+/// How a guest that ended normally ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestExit {
+    PowerOff,
+    Reboot(&'static str),
+}
+
+/// Map the stop reason to the outcome of `strait run`.
+pub fn outcome(reason: StopReason) -> Result<GuestExit, Error> {
+    match reason {
+        StopReason::PowerOff => Ok(GuestExit::PowerOff),
+        StopReason::Reboot(how) => Ok(GuestExit::Reboot(how)),
+        StopReason::GuestFatal { vcpu, what } => Err(Error::GuestFatal { vcpu, what }),
+        StopReason::HostFailure { vcpu, what } => Err(Error::VcpuFailed { vcpu, what }),
+    }
+}
+
+/// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
+/// and RAM is unmapped.
+pub struct Vm {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<StopSignal>,
+    counters: Arc<ExitCounters>,
+    devices: DeviceManager,
+    vm_fd: VmFd,
+    _kvm: Kvm,
+    ram: GuestRam,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    pub(crate) fn new(
+        kvm: Kvm,
+        vm_fd: VmFd,
+        ram: GuestRam,
+        devices: DeviceManager,
+        stop: Arc<StopSignal>,
+    ) -> Vm {
+        let counters = Arc::new(ExitCounters::default());
+        Vm {
+            threads: Vec::new(),
+            stop,
+            counters,
+            devices,
+            vm_fd,
+            _kvm: kvm,
+            ram,
+        }
+    }
+
+    /// Start one thread per vCPU; vCPU 0 is the boot processor.
+    pub fn start_vcpus(&mut self, vcpus: Vec<VcpuFd>) -> Result<(), VcpuError> {
+        vcpu::install_kick_handler()?;
+        let ctx = VcpuContext {
+            buses: self.devices.buses().clone(),
+            counters: self.counters.clone(),
+            stop: self.stop.clone(),
+        };
+        for (index, fd) in (0u32..).zip(vcpus) {
+            self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Run until the guest powers off, reboots or dies; stop and join all vCPUs.
+    pub fn wait(mut self) -> Result<GuestExit, Error> {
+        let reason = self.stop.wait();
+        self.stop_vcpus();
+        logger::mark(phase::GUEST_EXIT);
+        log::info!("{}", self.counters.summary());
+        outcome(reason)
+    }
+
+    /// Kick every vCPU thread out of KVM_RUN and join it.
+    fn stop_vcpus(&mut self) {
+        if !self.stop.is_stopping() {
+            self.stop.stop(StopReason::HostFailure {
+                vcpu: 0,
+                what: "VM torn down".into(),
+            });
+        }
+        for t in &self.threads {
+            // A thread that already left its loop may be gone; nothing to kick then.
+            let _ = t.kill(vcpu::kick_signal());
+        }
+        for t in self.threads.drain(..) {
+            let name = t.thread().name().unwrap_or("vcpu").to_string();
+            if t.join().is_err() {
+                log::error!("{name} panicked");
+            }
+        }
+    }
+
+    /// The KVM VM fd (memory slots, irqfds, GSI routes for devices added later).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Guest memory (valid for the life of the `Vm`).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        self.ram.memory()
+    }
+
+    /// The device manager (buses).
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// Exit counters so far.
+    pub fn counters(&self) -> &ExitCounters {
+        &self.counters
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_stop_reason_wins() {
+        let s = StopSignal::default();
+        assert!(!s.is_stopping());
+        s.request(PowerAction::PowerOff);
+        s.stop(StopReason::Reboot("triple fault"));
+        assert!(s.is_stopping());
+        assert_eq!(s.wait(), StopReason::PowerOff);
+    }
+
+    #[test]
+    fn wait_wakes_on_a_stop_from_another_thread() {
+        let s = Arc::new(StopSignal::default());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.request(PowerAction::Reboot));
+        assert!(matches!(s.wait(), StopReason::Reboot(_)));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn power_off_and_reboot_are_successes() {
+        assert_eq!(outcome(StopReason::PowerOff).unwrap(), GuestExit::PowerOff);
+        assert!(matches!(
+            outcome(StopReason::Reboot("x")),
+            Ok(GuestExit::Reboot("x"))
+        ));
+    }
+
+    #[test]
+    fn guest_fatal_is_an_error() {
+        let r = outcome(StopReason::GuestFatal {
+            vcpu: 1,
+            what: "x".into(),
+        });
+        assert!(matches!(r, Err(Error::GuestFatal { vcpu: 1, .. })));
+    }
+}
