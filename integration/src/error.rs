@@ -102,6 +102,30 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Building a program for the guest images (the static `iobench`) failed.
+    #[error("building {what} failed: `{command}`: {detail}")]
+    BuildGuestTool {
+        /// The program.
+        what: String,
+        /// The command run.
+        command: String,
+        /// Its status and complaint.
+        detail: String,
+    },
+    /// The benchmark's plan or results file could not be read or written as JSON.
+    #[error("benchmark data {path}: {detail}")]
+    BenchResults {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The benchmark's L1 run produced no results; the report holds the console tails.
+    #[error("{report}")]
+    BenchFailed {
+        /// Human-readable failure report.
+        report: String,
+    },
     /// The scenario ran but did not pass; the report holds checks and console tails.
     #[error("{report}")]
     ScenarioFailed {

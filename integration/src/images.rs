@@ -139,6 +139,8 @@ pub fn artefact_name(prefix: &str, key: u64, ext: &str) -> String {
 struct ImageFiles<'a> {
     modules: &'a [PathBuf],
     scripts: &'a [(&'a str, &'a str)],
+    /// Executables copied from the host: (path in the image, host file).
+    binaries: &'a [(&'a str, &'a Path)],
 }
 
 fn image_key(host: &HostEnv, kind: &str, files: &ImageFiles<'_>) -> u64 {
@@ -153,6 +155,9 @@ fn image_key(host: &HostEnv, kind: &str, files: &ImageFiles<'_>) -> u64 {
     }
     for (path, text) in files.scripts {
         hasher.str(path).str(text);
+    }
+    for (path, host_file) in files.binaries {
+        hasher.str(path).file(host_file);
     }
     hasher.finish()
 }
@@ -201,6 +206,13 @@ fn build_image(host: &HostEnv, files: &ImageFiles<'_>) -> Result<Vec<u8>> {
     for (path, text) in files.scripts {
         cpio.file(path, 0o755, text.as_bytes());
     }
+    for (path, host_file) in files.binaries {
+        let bytes = fs::read(host_file).map_err(|source| Error::ReadFile {
+            path: host_file.to_path_buf(),
+            source,
+        })?;
+        cpio.file(path, 0o755, &bytes);
+    }
     Ok(cpio.finish())
 }
 
@@ -211,6 +223,7 @@ pub fn l1_image(host: &HostEnv, cache: &Cache) -> Result<PathBuf> {
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
+        binaries: &[],
     };
     cache.artefact("l1", image_key(host, "l1", &files), "cpio", || {
         build_image(host, &files)
@@ -234,9 +247,33 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
+        binaries: &[],
     };
     let prefix = format!("l2-{}", scenario.name);
     cache.artefact(&prefix, image_key(host, &prefix, &files), "cpio", || {
+        build_image(host, &files)
+    })
+}
+
+/// The benchmark's L2 image: the nvme driver, the bench /init and `iobench`
+/// (a static executable) as /bin/iobench.
+pub fn l2_bench_image(
+    host: &HostEnv,
+    cache: &Cache,
+    init: &str,
+    iobench: &Path,
+) -> Result<PathBuf> {
+    let requests: Vec<ModuleRequest> = crate::scenario::Device::Nvme.l2_modules().to_vec();
+    let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
+    let scripts = [("init", init)];
+    let binaries = [("bin/iobench", iobench)];
+    let files = ImageFiles {
+        modules: &modules,
+        scripts: &scripts,
+        binaries: &binaries,
+    };
+    let prefix = "l2-bench";
+    cache.artefact(prefix, image_key(host, prefix, &files), "cpio", || {
         build_image(host, &files)
     })
 }

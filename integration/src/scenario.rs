@@ -58,14 +58,17 @@ impl Device {
     }
 }
 
-/// How L2's RAM is backed in L1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How L2's RAM is backed in L1. Serialised as the spec's `memory.hugepages` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum HugePages {
     /// Ordinary 4 KiB pages.
+    #[serde(rename = "none")]
     None,
     /// 2 MiB pages, reserved at run time in L1.
+    #[serde(rename = "2M")]
     Size2M,
     /// 1 GiB pages, reserved on L1's kernel command line.
+    #[serde(rename = "1G")]
     Size1G,
 }
 
