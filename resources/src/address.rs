@@ -4,7 +4,8 @@
 //! window may end at `u64::MAX` without overflow) and hands out non-overlapping,
 //! tagged pieces of it. Tags name the owner ("0000:01:00.0 BAR1", "root port 1
 //! prefetchable window") so that `allocations()` explains the guest memory map
-//! when something does not fit.
+//! when something does not fit. A window of size 0 (a VM without 64-bit BARs) is
+//! an empty allocator that refuses every request, so callers need no special case.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +43,10 @@ impl fmt::Display for Allocation {
 pub enum AllocError {
     #[error("address range {start:#x}..={end:#x} is empty")]
     InvalidRange { start: u64, end: u64 },
+    #[error("a range of {size:#x} bytes from {start:#x} passes the end of the address space")]
+    RangeTooLarge { start: u64, size: u64 },
+    #[error("no room for {size:#x} bytes for {tag}: the range at {start:#x} is empty")]
+    EmptyRange { start: u64, size: u64, tag: String },
     #[error("cannot allocate zero bytes for {tag}")]
     ZeroSize { tag: String },
     #[error("alignment {align:#x} requested for {tag} is not a power of two")]
@@ -75,11 +80,13 @@ pub enum AllocError {
     NotAllocated { addr: u64 },
 }
 
-/// Tagged first-fit allocator over the inclusive range `[start, end]`.
+/// Tagged first-fit allocator over the inclusive range `[start, end]`, or over
+/// nothing (an empty window that still has a start address).
 #[derive(Debug, Clone)]
 pub struct AddressAllocator {
     start: u64,
-    end: u64,
+    /// Last address of the range (inclusive); `None` when the range is empty.
+    end: Option<u64>,
     /// Keyed by start address; ranges never overlap.
     allocs: BTreeMap<u64, Allocation>,
 }
@@ -92,18 +99,53 @@ impl AddressAllocator {
         }
         Ok(Self {
             start,
-            end,
+            end: Some(end),
             allocs: BTreeMap::new(),
         })
+    }
+
+    /// An allocator over the `size` bytes from `start`, the `(start, size)` form
+    /// [`crate::plan_mmio64`] returns; empty when `size` is 0.
+    pub fn with_size(start: u64, size: u64) -> Result<Self, AllocError> {
+        match size.checked_sub(1) {
+            None => Ok(Self::empty(start)),
+            Some(n) => match start.checked_add(n) {
+                Some(end) => Self::new(start, end),
+                None => Err(AllocError::RangeTooLarge { start, size }),
+            },
+        }
+    }
+
+    /// An allocator with nothing to hand out.
+    pub(crate) fn empty(start: u64) -> Self {
+        Self {
+            start,
+            end: None,
+            allocs: BTreeMap::new(),
+        }
+    }
+
+    /// The same allocations, in a range that runs from `start` to the top of
+    /// the address space: for deciding a layout without looking at the end.
+    pub(crate) fn unbounded(&self) -> Self {
+        Self {
+            end: Some(u64::MAX),
+            ..self.clone()
+        }
     }
 
     pub fn start(&self) -> u64 {
         self.start
     }
 
-    /// Last address of the managed range (inclusive).
-    pub fn end(&self) -> u64 {
+    /// Last address of the managed range (inclusive); `None` when it is empty.
+    pub fn end(&self) -> Option<u64> {
         self.end
+    }
+
+    /// True when the range holds no address at all.
+    pub fn is_empty(&self) -> bool {
+        self.end.is_none()
     }
 
     /// Allocate `size` bytes aligned to `align` (a power of two; 1 for none) at the
@@ -121,18 +163,30 @@ impl AddressAllocator {
         if !align.is_power_of_two() {
             return Err(AllocError::BadAlignment { align, tag });
         }
-        match self.first_fit(size, align) {
+        match self.find_fit(size, align, 0) {
             Some(addr) => {
                 self.allocs.insert(addr, Allocation { addr, size, tag });
                 Ok(addr)
             }
-            None => Err(AllocError::Exhausted {
+            None => Err(self.no_room(size, align, tag)),
+        }
+    }
+
+    /// The error for a `size`-byte request aligned to `align` that found no room.
+    pub(crate) fn no_room(&self, size: u64, align: u64, tag: String) -> AllocError {
+        match self.end {
+            Some(end) => AllocError::Exhausted {
                 size,
                 align,
                 start: self.start,
-                end: self.end,
+                end,
                 tag,
-            }),
+            },
+            None => AllocError::EmptyRange {
+                start: self.start,
+                size,
+                tag,
+            },
         }
     }
 
@@ -150,8 +204,16 @@ impl AddressAllocator {
         self.allocate(size, align, tag)
     }
 
-    fn first_fit(&self, size: u64, align: u64) -> Option<u64> {
-        let mut candidate = align_up(self.start, align)?;
+    /// The lowest free `[addr, addr + size)` with `addr + anchor` a multiple of
+    /// `align` (a power of two): `anchor` is the offset, inside the range
+    /// requested, of the part that must be aligned (0 for the start). `size`
+    /// must not be 0. Nothing is allocated.
+    pub(crate) fn find_fit(&self, size: u64, align: u64, anchor: u64) -> Option<u64> {
+        debug_assert!(size > 0 && align.is_power_of_two());
+        let end = self.end?;
+        // The lowest address at or above `from` whose anchor is aligned.
+        let fit_from = |from: u64| align_up(from.checked_add(anchor)?, align)?.checked_sub(anchor);
+        let mut candidate = fit_from(self.start)?;
         for a in self.allocs.values() {
             if a.last() < candidate {
                 continue;
@@ -162,10 +224,10 @@ impl AddressAllocator {
             {
                 break;
             }
-            candidate = align_up(a.last().checked_add(1)?, align)?;
+            candidate = fit_from(a.last().checked_add(1)?)?;
         }
         let last = candidate.checked_add(size - 1)?;
-        (last <= self.end).then_some(candidate)
+        (last <= end).then_some(candidate)
     }
 
     /// Claim exactly `[addr, addr + size)`.
@@ -179,14 +241,21 @@ impl AddressAllocator {
         if size == 0 {
             return Err(AllocError::ZeroSize { tag });
         }
+        let Some(end) = self.end else {
+            return Err(AllocError::EmptyRange {
+                start: self.start,
+                size,
+                tag,
+            });
+        };
         let last = addr.checked_add(size - 1);
-        let Some(last) = last.filter(|l| addr >= self.start && *l <= self.end) else {
+        let Some(last) = last.filter(|l| addr >= self.start && *l <= end) else {
             return Err(AllocError::OutOfRange {
                 addr,
                 size,
                 tag,
                 start: self.start,
-                end: self.end,
+                end,
             });
         };
         // Ranges are disjoint, so only the one starting last at or before `last` can overlap.
@@ -224,7 +293,7 @@ impl AddressAllocator {
 
     /// Bytes still free (ignoring alignment).
     pub fn free_bytes(&self) -> u128 {
-        let total = u128::from(self.end - self.start) + 1;
+        let total = self.end.map_or(0, |end| u128::from(end - self.start) + 1);
         total
             - self
                 .allocs
@@ -382,5 +451,83 @@ mod tests {
             tag: "x".into(),
         };
         assert_eq!(a.to_string(), "0x1000..=0x100f x");
+    }
+    #[test]
+    fn with_size_covers_exactly_size_bytes() {
+        let a = AddressAllocator::with_size(0x1000, 0x2000).unwrap();
+        assert_eq!((a.start(), a.end()), (0x1000, Some(0x2fff)));
+        let top = AddressAllocator::with_size(u64::MAX - 0xfff, 0x1000).unwrap();
+        assert_eq!(top.end(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn with_size_zero_is_an_empty_allocator() {
+        let a = AddressAllocator::with_size(0x8000_0000_0000, 0).unwrap();
+        assert!(a.is_empty());
+        assert_eq!((a.start(), a.end()), (0x8000_0000_0000, None));
+        assert_eq!(a.free_bytes(), 0);
+    }
+
+    #[test]
+    fn empty_allocator_refuses_every_request() {
+        let mut a = AddressAllocator::with_size(0x1000, 0).unwrap();
+        assert_eq!(
+            a.allocate(0x10, 0x10, "x"),
+            Err(AllocError::EmptyRange {
+                start: 0x1000,
+                size: 0x10,
+                tag: "x".into()
+            })
+        );
+        assert!(matches!(
+            a.allocate_at(0x1000, 0x10, "y"),
+            Err(AllocError::EmptyRange { size: 0x10, .. })
+        ));
+        assert_eq!(a.allocations().count(), 0);
+    }
+
+    #[test]
+    fn with_size_rejects_a_range_past_2_to_the_64() {
+        assert_eq!(
+            AddressAllocator::with_size(u64::MAX - 0xfff, 0x1001).unwrap_err(),
+            AllocError::RangeTooLarge {
+                start: u64::MAX - 0xfff,
+                size: 0x1001
+            }
+        );
+    }
+
+    #[test]
+    fn find_fit_aligns_the_anchor_not_the_start() {
+        let mut a = alloc(0x10_0000, 0xff_ffff);
+        a.allocate_at(0x10_0000, 0x1000, "low").unwrap();
+        // 0x3000 bytes whose byte at +0x1000 must sit on a 64 KiB boundary.
+        assert_eq!(a.find_fit(0x3000, 0x1_0000, 0x1000), Some(0x10_f000));
+        assert_eq!(a.find_fit(0x3000, 0x1_0000, 0), Some(0x11_0000));
+        // Nothing was allocated.
+        assert_eq!(a.allocations().count(), 1);
+    }
+
+    #[test]
+    fn find_fit_anchor_skips_past_allocations() {
+        let mut a = alloc(0, 0xf_ffff);
+        a.allocate_at(0x1_0000, 0x1_0000, "busy").unwrap();
+        // Right below "busy" with the anchor on its start...
+        assert_eq!(a.find_fit(0x1000, 0x1_0000, 0x1000), Some(0xf000));
+        // ...but a longer range would run into it: the next boundary past it.
+        assert_eq!(a.find_fit(0x2000, 0x1_0000, 0x1000), Some(0x2_f000));
+    }
+
+    #[test]
+    fn unbounded_keeps_allocations_and_lifts_the_end() {
+        let mut a = alloc(0x1000, 0x1fff);
+        a.allocate(0x1000, 1, "a").unwrap();
+        let u = a.unbounded();
+        assert_eq!(u.end(), Some(u64::MAX));
+        assert_eq!(u.find_fit(0x1000, 0x1000, 0), Some(0x2000));
+        assert_eq!(
+            AddressAllocator::empty(0x5000).unbounded().end(),
+            Some(u64::MAX)
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 mod address;
 mod ids;
+mod layout;
 mod placement;
 mod plan;
 

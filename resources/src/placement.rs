@@ -11,14 +11,16 @@
 //!   prefetchable BARs, and lives in the 64-bit MMIO window above RAM;
 //! - its I/O window (4 KiB granular) holds the I/O BARs.
 //!
-//! Each port's BARs form one block per window: BARs biggest first, naturally
-//! aligned (so no padding inside a block), memory BARs given at least a 4 KiB
-//! slot so a passed-through BAR can be mapped into the guest page by page. Blocks
-//! of different ports never interleave, since bridge windows must not overlap.
+//! Each port's BARs form one block per window, naturally aligned with no padding
+//! inside, memory BARs given at least a 4 KiB slot so a passed-through BAR can be
+//! mapped into the guest page by page. Blocks of different ports never
+//! interleave, since bridge windows must not overlap. How a block is laid out
+//! and where it goes is decided in `layout` (see there).
 
 use std::ops::RangeInclusive;
 
-use crate::address::{align_up, AddressAllocator, AllocError};
+use crate::address::{AddressAllocator, AllocError};
+use crate::layout::{arrange, blocks, Block, Shape};
 use crate::plan::PlanError;
 
 /// Memory-window granularity of a PCI-to-PCI bridge (base/limit bits 31:20).
@@ -103,100 +105,32 @@ pub struct Windows<'a> {
     pub mmio64: &'a mut AddressAllocator,
 }
 
-/// One port's BARs of one window, laid out relative to the block's start.
-#[derive(Debug, Clone)]
-pub(crate) struct Block {
-    pub port: usize,
-    /// (index into the port's `bars`, offset inside the block).
-    pub offsets: Vec<(usize, u64)>,
-    /// Block length, a multiple of the window granule.
-    pub span: u64,
-    /// Alignment of the block: its largest BAR slot, at least the granule.
-    pub align: u64,
-}
-
-fn slot_and_granule(window: Window) -> (u64, u64) {
-    match window {
-        Window::Io => (MIN_IO_BAR_SLOT, BRIDGE_IO_GRANULE),
-        Window::Mmio32 | Window::Mmio64 => (MIN_MEM_BAR_SLOT, BRIDGE_MEM_GRANULE),
-    }
-}
-
-/// Lay out `port`'s BARs that belong in `window`; `None` if it has none.
-fn port_block(
-    index: usize,
-    port: &PortRequest,
-    window: Window,
-) -> Result<Option<Block>, PlanError> {
-    let (min_slot, granule) = slot_and_granule(window);
-    let mut bars = Vec::new();
-    for (i, bar) in port.bars.iter().enumerate() {
-        if bar.class.window() != window {
-            continue;
-        }
-        if !bar.size.is_power_of_two() {
-            return Err(PlanError::BadBarSize {
-                tag: port.tag.clone(),
-                size: bar.size,
-            });
-        }
-        bars.push((i, bar.size.max(min_slot)));
-    }
-    if bars.is_empty() {
-        return Ok(None);
-    }
-    // Biggest first: every later slot is a power of two no larger than the one
-    // before, so each offset is already naturally aligned.
-    bars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let too_large = || PlanError::BarsTooLarge {
-        tag: port.tag.clone(),
-        window,
-    };
-    let mut cursor = 0u64;
-    let mut offsets = Vec::with_capacity(bars.len());
-    for &(i, slot) in &bars {
-        offsets.push((i, cursor));
-        cursor = cursor.checked_add(slot).ok_or_else(too_large)?;
-    }
-    Ok(Some(Block {
-        port: index,
-        offsets,
-        span: align_up(cursor, granule).ok_or_else(too_large)?,
-        align: bars[0].1.max(granule),
-    }))
-}
-
-/// All ports' blocks for `window`, largest alignment first (then port order),
-/// the order in which they are allocated.
-pub(crate) fn blocks(ports: &[PortRequest], window: Window) -> Result<Vec<Block>, PlanError> {
-    let mut out = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        if let Some(b) = port_block(i, port, window)? {
-            out.push(b);
-        }
-    }
-    out.sort_by(|a, b| b.align.cmp(&a.align).then(a.port.cmp(&b.port)));
-    Ok(out)
-}
-
+/// Claim the blocks of `window` in `alloc`, where `layout` arranged them.
 fn allocate_blocks(
     ports: &[PortRequest],
     window: Window,
     alloc: &mut AddressAllocator,
-) -> Result<Vec<(Block, u64)>, PlanError> {
-    let mut placed = Vec::new();
-    for block in blocks(ports, window)? {
-        let tag = format!("{} {} window", ports[block.port].tag, window);
-        match alloc.allocate(block.span, block.align, tag) {
-            Ok(base) => placed.push((block, base)),
-            Err(source @ AllocError::Exhausted { .. }) => {
-                return Err(PlanError::WindowFull {
-                    window,
-                    tag: ports[block.port].tag.clone(),
-                    needed: block.span,
-                    align: block.align,
-                    source,
-                })
+) -> Result<Vec<(Block, Shape, u64)>, PlanError> {
+    let blocks = blocks(ports, window)?;
+    let full = |block: &Block, span: u64, source: AllocError| PlanError::WindowFull {
+        window,
+        tag: ports[block.port].tag.clone(),
+        needed: span,
+        align: block.align,
+        source,
+    };
+    let tag = |block: &Block| format!("{} {} window", ports[block.port].tag, window);
+    // Only a block that would pass 2^64 cannot be arranged.
+    let arrangement = arrange(&blocks, alloc).map_err(|k| {
+        let (block, span) = (&blocks[k], blocks[k].trailing().span);
+        full(block, span, alloc.no_room(span, block.align, tag(block)))
+    })?;
+    let mut placed = Vec::with_capacity(blocks.len());
+    for (block, (shape, base)) in blocks.into_iter().zip(arrangement.placed) {
+        match alloc.allocate_at(base, shape.span, tag(&block)) {
+            Ok(()) => placed.push((block, shape, base)),
+            Err(source @ (AllocError::OutOfRange { .. } | AllocError::EmptyRange { .. })) => {
+                return Err(full(&block, shape.span, source))
             }
             Err(source) => return Err(PlanError::Allocate { window, source }),
         }
@@ -225,13 +159,13 @@ pub fn place_bars(
         (Window::Mmio32, mmio32),
         (Window::Mmio64, mmio64),
     ] {
-        for (block, base) in allocate_blocks(ports, window, alloc)? {
+        for (block, shape, base) in allocate_blocks(ports, window, alloc)? {
             let p = &mut out[block.port];
-            for &(i, off) in &block.offsets {
+            for (i, off) in block.offsets(&shape) {
                 p.bar_addrs[i] = base + off;
             }
             // The allocator proved base + span - 1 does not overflow.
-            let range = Some(base..=base + (block.span - 1));
+            let range = Some(base..=base + (shape.span - 1));
             match window {
                 Window::Io => p.io = range,
                 Window::Mmio32 => p.mem = range,
@@ -420,13 +354,72 @@ mod tests {
         assert_eq!(starts, [0x1000, 0x2000, 0x3000]);
     }
 
+    fn big_gpu(tag: &str) -> PortRequest {
+        PortRequest {
+            tag: tag.into(),
+            bars: vec![bar(128 * GIB, PREF64), bar(32 * MIB, PREF64)],
+        }
+    }
+
     #[test]
-    fn block_span_sums_sorted_bars() {
-        let ports = [gpu()];
-        let b = blocks(&ports, Window::Mmio64).unwrap();
-        assert_eq!(b.len(), 1);
-        assert_eq!(b[0].span, 64 * GIB + 32 * MIB);
-        assert_eq!(b[0].align, 64 * GIB);
-        assert_eq!(b[0].offsets, vec![(1, 0), (2, 64 * GIB)]);
+    fn two_128g_gpus_share_a_39_bit_window() {
+        // 5 GiB to 2^39: trailing both would need [128G, 256G+32M) and
+        // [384G, 512G+32M); the first leads instead and the second follows it.
+        let mut a = allocs();
+        a.m64 = AddressAllocator::new(5 * GIB, (1 << 39) - 1).unwrap();
+        let out = place(&[big_gpu("gpu0"), big_gpu("gpu1")], &mut a).unwrap();
+        assert_eq!(out[0].bar_addrs, [128 * GIB, 128 * GIB - 32 * MIB]);
+        assert_eq!(
+            out[0].prefetchable,
+            Some(128 * GIB - 32 * MIB..=256 * GIB - 1)
+        );
+        assert_eq!(out[1].bar_addrs, [256 * GIB, 384 * GIB]);
+        assert_eq!(
+            out[1].prefetchable,
+            Some(256 * GIB..=384 * GIB + 32 * MIB - 1)
+        );
+    }
+
+    #[test]
+    fn empty_64bit_window_takes_ports_without_64bit_bars() {
+        let mut a = allocs();
+        a.m64 = AddressAllocator::with_size(4 * GIB, 0).unwrap();
+        let nic = PortRequest {
+            tag: "nic".into(),
+            bars: vec![bar(0x2_0000, MEM32)],
+        };
+        let out = place(&[nic], &mut a).unwrap();
+        assert_eq!(out[0].prefetchable, None);
+        assert_eq!(out[0].bar_addrs, [0xc000_0000]);
+    }
+
+    #[test]
+    fn empty_64bit_window_refuses_a_64bit_bar() {
+        let mut a = allocs();
+        a.m64 = AddressAllocator::with_size(4 * GIB, 0).unwrap();
+        match place(&[gpu()], &mut a) {
+            Err(PlanError::WindowFull {
+                window: Window::Mmio64,
+                tag,
+                source: AllocError::EmptyRange { .. },
+                ..
+            }) => assert_eq!(tag, "gpu"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_too_small_for_the_arrangement_names_the_port() {
+        let mut a = allocs();
+        a.m64 = AddressAllocator::new(64 * GIB, 128 * GIB - 1).unwrap();
+        match place(&[gpu()], &mut a) {
+            Err(PlanError::WindowFull {
+                window: Window::Mmio64,
+                needed,
+                source: AllocError::OutOfRange { .. },
+                ..
+            }) => assert_eq!(needed, 64 * GIB + 32 * MIB),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

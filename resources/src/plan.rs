@@ -13,7 +13,8 @@
 use std::fmt;
 
 use crate::address::{align_up, AddressAllocator, AllocError};
-use crate::placement::{blocks, PortRequest, Window};
+use crate::layout::{arrange, blocks, Block};
+use crate::placement::{PortRequest, Window};
 
 /// Alignment of the start of the 64-bit window.
 pub const MMIO64_ALIGN: u64 = 1 << 30;
@@ -123,34 +124,22 @@ fn phys_limit(phys_bits: u8) -> Result<u64, PlanError> {
     }
 }
 
-/// Size of the window that holds `ports`' 64-bit blocks when it starts at `base`
-/// and may not pass `last`; `None` if they do not fit. Uses the same allocator
-/// and order as `place_bars`, so the placement later fits by construction.
-fn fit(ports: &[PortRequest], base: u64, last: u64) -> Result<Option<u64>, PlanError> {
-    let Ok(mut alloc) = AddressAllocator::new(base, last) else {
-        return Ok(None);
-    };
-    let mut used_last = None;
-    for block in blocks(ports, Window::Mmio64)? {
-        match alloc.allocate(block.span, block.align, "") {
-            // The allocator proved addr + span - 1 <= last.
-            Ok(addr) => used_last = used_last.max(Some(addr + (block.span - 1))),
-            Err(_) => return Ok(None),
-        }
-    }
+/// Bytes from `base` that `blocks` take when the window starts there: the
+/// arrangement `place_bars` makes, which does not depend on where the window
+/// ends, so the placement later fits by construction. `None` past 2^64.
+fn needed(blocks: &[Block], base: u64) -> Option<u64> {
+    let arrangement = arrange(blocks, &AddressAllocator::empty(base)).ok()?;
     // A window reaching 2^64 exactly cannot be sized in a u64; saturate.
-    Ok(Some(
-        used_last.map_or(0, |l: u64| (l - base).saturating_add(1)),
-    ))
+    Some(arrangement.last.map_or(0, |l| (l - base).saturating_add(1)))
 }
 
 /// Choose the 64-bit MMIO window: `(start, size)`.
 ///
 /// `ram_end` is the first address above guest RAM; `iova_ranges` are VFIO's
 /// inclusive `(start, end)` IOVA ranges (empty when nothing is passed through,
-/// meaning unrestricted). With no 64-bit BARs the size is 0: leave the window
-/// out of ACPI `_CRS`, and give [`crate::place_bars`] any allocator (no block
-/// will be placed in it).
+/// meaning unrestricted). With no 64-bit BARs the size is 0, wherever RAM
+/// ends: leave the window out of ACPI `_CRS`; [`AddressAllocator::with_size`]
+/// turns either result into the allocator [`crate::place_bars`] takes.
 pub fn plan_mmio64(
     ram_end: u64,
     ports: &[PortRequest],
@@ -159,6 +148,10 @@ pub fn plan_mmio64(
 ) -> Result<(u64, u64), PlanError> {
     let limit = phys_limit(phys_bits)?;
     let start = align_up(ram_end.max(MMIO64_MIN_START), MMIO64_ALIGN).unwrap_or(u64::MAX);
+    let blocks = blocks(ports, Window::Mmio64)?;
+    if blocks.is_empty() {
+        return Ok((start, 0));
+    }
     let mut candidates: Vec<(u64, u64)> = match iova_ranges {
         [] => vec![(0, u64::MAX)],
         r => r.to_vec(),
@@ -170,16 +163,15 @@ pub fn plan_mmio64(
         let Some(base) = align_up(lo.max(start), MMIO64_ALIGN).filter(|b| *b <= hi) else {
             continue;
         };
-        if let Some(size) = fit(ports, base, hi)? {
+        // Blocks are never empty, so the size is at least 1.
+        if let Some(size) = needed(&blocks, base).filter(|s| s - 1 <= hi - base) {
             return Ok((base, size));
         }
         available = available.max((hi - base).saturating_add(1));
     }
-    let bar_sizes: Vec<u64> = mmio64_bar_sizes(ports);
-    let needed = fit(ports, start, u64::MAX)?.unwrap_or(u64::MAX);
     Err(PlanError::Mmio64DoesNotFit {
-        bar_sizes,
-        needed,
+        bar_sizes: mmio64_bar_sizes(ports),
+        needed: needed(&blocks, start).unwrap_or(u64::MAX),
         start,
         available,
         phys_bits,
@@ -244,13 +236,87 @@ mod tests {
     }
 
     #[test]
+    fn no_64bit_bars_gives_empty_window_even_with_ram_up_to_the_limit() {
+        // RAM ends half a GiB below 2^39: no 1 GiB-aligned start is left below
+        // the limit, and none is needed.
+        let nic = PortRequest {
+            tag: "nic".into(),
+            bars: vec![BarRequest {
+                size: 0x2_0000,
+                class: BarClass::Mem32 {
+                    prefetchable: false,
+                },
+            }],
+        };
+        let iova = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
+        let ram_end = (1 << 39) - GIB / 2;
+        assert_eq!(
+            plan_mmio64(ram_end, &[nic], 39, &iova).unwrap(),
+            (1 << 39, 0)
+        );
+        assert_eq!(plan_mmio64(1 << 39, &[], 39, &[]).unwrap(), (1 << 39, 0));
+    }
+
+    #[test]
+    fn empty_plan_becomes_an_empty_allocator() {
+        let (start, size) = plan_mmio64(GIB, &[], 39, &[]).unwrap();
+        let mut io = AddressAllocator::new(0x1000, 0xffff).unwrap();
+        let mut m32 = AddressAllocator::new(0xc000_0000, 0xdfff_ffff).unwrap();
+        let mut m64 = AddressAllocator::with_size(start, size).unwrap();
+        assert!(m64.is_empty());
+        let w = Windows {
+            io: &mut io,
+            mmio32: &mut m32,
+            mmio64: &mut m64,
+        };
+        assert_eq!(place_bars(&[], w).unwrap(), []);
+    }
+
+    #[test]
+    fn bad_bar_size_is_reported_before_an_empty_window() {
+        let ports = [port("odd", &[0x3000])];
+        assert!(matches!(
+            plan_mmio64(GIB, &ports, 39, &[]),
+            Err(PlanError::BadBarSize { size: 0x3000, .. })
+        ));
+    }
+
+    #[test]
+    fn two_128g_gpus_fit_the_39_bit_testbed() {
+        // 4 GiB of RAM end at 5 GiB; [128G-32M, 256G) + [256G, 384G+32M).
+        let ports = [
+            port("gpu0", &[128 * GIB, 32 * MIB]),
+            port("gpu1", &[128 * GIB, 32 * MIB]),
+        ];
+        let iova = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
+        let (start, size) = plan_mmio64(5 * GIB, &ports, 39, &iova).unwrap();
+        assert_eq!(start, 5 * GIB);
+        assert_eq!(start + size, 384 * GIB + 32 * MIB);
+    }
+
+    #[test]
+    fn needed_counts_the_arranged_layout_not_trailing_blocks() {
+        // Two 256 GiB GPUs: [256G-32M, 512G) + [512G, 768G+32M) from 5 GiB.
+        let ports = [
+            port("gpu0", &[256 * GIB, 32 * MIB]),
+            port("gpu1", &[256 * GIB, 32 * MIB]),
+        ];
+        match plan_mmio64(5 * GIB, &ports, 39, &[]) {
+            Err(PlanError::Mmio64DoesNotFit { needed, .. }) => {
+                assert_eq!(needed, 768 * GIB + 32 * MIB - 5 * GIB);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn size_includes_natural_alignment_padding() {
         // A 64 GiB BAR cannot start at 4 GiB: it goes to 64 GiB, and the 32 MiB
-        // BAR of the same port follows it.
+        // BAR of the same port sits right below it, in the padding.
         let ports = [port("gpu", &[64 * GIB, 32 * MIB])];
         let (start, size) = plan_mmio64(GIB, &ports, 46, &[]).unwrap();
         assert_eq!(start, 4 * GIB);
-        assert_eq!(start + size, 128 * GIB + 32 * MIB);
+        assert_eq!(start + size, 128 * GIB);
     }
 
     #[test]
@@ -276,7 +342,8 @@ mod tests {
             } => {
                 assert_eq!(bar_sizes, &[512 * GIB, 32 * MIB]);
                 assert_eq!(*start, 16 * GIB);
-                assert_eq!(*needed, 1024 * GIB + 32 * MIB - 16 * GIB);
+                // [512G-32M, 1024G), counted from the start.
+                assert_eq!(*needed, 1024 * GIB - 16 * GIB);
                 assert_eq!(*available, 512 * GIB - 16 * GIB);
             }
             e => panic!("unexpected {e:?}"),

@@ -204,9 +204,8 @@ fn port_request(port: usize, functions: &[(u8, Arc<Mutex<VfioPciDevice>>)]) -> P
 }
 
 fn allocator(window: &'static str, start: u64, len: u64) -> Result<AddressAllocator, SetupError> {
-    // A zero-sized window still needs an allocator: give it one byte nothing will use.
-    let last = start + len.max(1) - 1;
-    AddressAllocator::new(start, last).map_err(|e| SetupError::CreateWindow {
+    // A zero-sized 64-bit window (no 64-bit BARs) is an empty allocator.
+    AddressAllocator::with_size(start, len).map_err(|e| SetupError::CreateWindow {
         window,
         source: Box::new(e),
     })

@@ -474,8 +474,6 @@ fn rom_reads_through_the_rom_bar_once_enabled() {
 }
 
 #[test]
-#[ignore = "vfio-glue bug: caps.rs hides a fixed 0x34 bytes for Resizable BAR, which \
-            swallows a capability placed right after a short one"]
 fn capability_right_after_a_short_resizable_bar_stays_visible() {
     // Resizable BAR with one BAR is 12 bytes (PCIe Base 7.8.6); LTR follows at +0xc.
     let mut list = standard_passthrough();

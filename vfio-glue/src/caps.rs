@@ -6,14 +6,30 @@
 //! guest numbers functions behind our root port, and Resizable BAR would let
 //! it change a BAR size we planned mappings for. The list is read with the
 //! bounded walk of `devices::pci`, so a device with a looping list cannot
-//! hang the VMM.
+//! hang the VMM. A hidden capability's body reads as zero for the length its
+//! own registers give (Resizable BAR: 4 + 8 bytes per BAR, the count in its
+//! first control register), cut at the next capability and at 0x1000, so a
+//! capability packed right after a short one stays visible.
 
 use devices::pci::walk_ext_capabilities;
 
-/// Extended capability IDs hidden from the guest, with the number of bytes
-/// each occupies (read as zero): SR-IOV (0x10, 64 bytes, PCIe 9.3.3), ARI
-/// (0x0e, 8 bytes, 7.8.7), Resizable BAR (0x15, up to 4 + 6 * 8 bytes, 7.8.6).
-const HIDDEN_EXT_CAPS: [(u16, usize); 3] = [(0x10, 0x40), (0x0e, 0x08), (0x15, 0x34)];
+/// Alternative Routing-ID Interpretation (PCIe Base 7.8.7): 8 bytes.
+const EXT_CAP_ARI: u16 = 0x0e;
+const ARI_LEN: usize = 0x08;
+/// Single Root I/O Virtualization (PCIe Base 9.3.3): registers up to the VF
+/// Migration State Array Offset at +0x3c, 64 bytes.
+const EXT_CAP_SRIOV: u16 = 0x10;
+const SRIOV_LEN: usize = 0x40;
+/// Resizable BAR (PCIe Base 7.8.6): a 4-byte header, then a capability and a
+/// control register (8 bytes) per resizable BAR.
+const EXT_CAP_REBAR: u16 = 0x15;
+/// The first control register, whose bits 7:5 count the resizable BARs.
+const REBAR_CTRL0: usize = 0x08;
+/// At most 6 resizable BARs (one per BAR index).
+const REBAR_MAX_BARS: usize = 6;
+
+/// The extended configuration space ends here (PCIe Base 7.2.2).
+const EXT_END: usize = 0x1000;
 
 /// An extended capability as found on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +42,45 @@ pub struct ExtCap {
 
 const EXT_START: usize = 0x100;
 
+/// Number of resizable BARs the capability at `offset` declares. A reserved
+/// count (0 or 7) or a control register past the image is taken as the most
+/// the spec allows: the caller bounds the length by the next capability anyway.
+fn rebar_count(cfg: &[u8], offset: usize) -> usize {
+    let ctrl = offset + REBAR_CTRL0;
+    match cfg.get(ctrl).map(|b| usize::from(b >> 5)) {
+        Some(n @ 1..=REBAR_MAX_BARS) => n,
+        _ => REBAR_MAX_BARS,
+    }
+}
+
+/// Length the hidden capability `id` at `offset` has by its own layout; `None`
+/// for a capability the guest sees.
+fn spec_len(cfg: &[u8], id: u16, offset: usize) -> Option<usize> {
+    match id {
+        EXT_CAP_ARI => Some(ARI_LEN),
+        EXT_CAP_SRIOV => Some(SRIOV_LEN),
+        EXT_CAP_REBAR => Some(4 + 8 * rebar_count(cfg, offset)),
+        _ => None,
+    }
+}
+
+/// Bytes hidden for the capability `id` at `offset`: its spec length, but
+/// never into the next capability (lowest offset above it, whatever the list
+/// order) nor past the end of extended space. A device whose capability is
+/// shorter than the spec says keeps its neighbour visible.
+fn hidden_len(cfg: &[u8], list: &[(u16, usize)], id: u16, offset: usize) -> usize {
+    let Some(len) = spec_len(cfg, id, offset) else {
+        return 0;
+    };
+    let next = list
+        .iter()
+        .map(|&(_, o)| o)
+        .filter(|&o| o > offset)
+        .min()
+        .unwrap_or(EXT_END);
+    len.min(next.min(EXT_END).saturating_sub(offset))
+}
+
 /// The guest's view of the extended capability list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtCapView {
@@ -33,29 +88,19 @@ pub struct ExtCapView {
 }
 
 impl ExtCapView {
-    /// The view of a device whose extended list is `list` ((ID, offset) in
-    /// list order, from the bounded [`walk_ext_capabilities`]).
-    pub fn new(list: &[(u16, usize)]) -> Self {
+    /// The view of a config space image: its extended list from the bounded
+    /// [`walk_ext_capabilities`], hidden lengths read from the capabilities.
+    pub fn from_config(cfg: &[u8]) -> Self {
+        let list = walk_ext_capabilities(cfg);
         let caps = list
             .iter()
-            .map(|&(id, offset)| {
-                let hidden_len = HIDDEN_EXT_CAPS
-                    .iter()
-                    .find(|(h, _)| *h == id)
-                    .map_or(0, |&(_, len)| len);
-                ExtCap {
-                    id,
-                    offset,
-                    hidden_len,
-                }
+            .map(|&(id, offset)| ExtCap {
+                id,
+                offset,
+                hidden_len: hidden_len(cfg, &list, id, offset),
             })
             .collect();
         ExtCapView { caps }
-    }
-
-    /// The view of a config space image.
-    pub fn from_config(cfg: &[u8]) -> Self {
-        Self::new(&walk_ext_capabilities(cfg))
     }
 
     fn visible(&self) -> impl Iterator<Item = &ExtCap> {
@@ -177,5 +222,82 @@ mod tests {
         let c = vec![0xffu8; 4096];
         let view = ExtCapView::from_config(&c);
         assert_eq!(view.read(0x100, u32::MAX), u32::MAX);
+    }
+    fn rebar(next: usize, bars: u8) -> Vec<u8> {
+        let mut b = ext(0x15, next).to_vec();
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&u32::from(bars << 5).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn resizable_bar_with_one_bar_hides_12_bytes() {
+        // ReBAR (1 BAR) at 0x100, LTR packed right after it at 0x10c.
+        let c = cfg_with(&[(0x100, &rebar(0x10c, 1)), (0x10c, &ext(0x18, 0))]);
+        let view = ExtCapView::from_config(&c);
+        assert!(view.hidden_at(0x108));
+        assert!(!view.hidden_at(0x10c));
+        assert!(!view.hidden_at(0x110));
+        assert_eq!(view.read(0x100, dw(&c, 0x100)), 0x10c << 20);
+        assert_eq!(view.read(0x110, 0x1234_5678), 0x1234_5678);
+    }
+
+    #[test]
+    fn resizable_bar_length_follows_its_bar_count() {
+        // Three BARs: 4 + 3 * 8 = 0x1c bytes, however far the next capability is.
+        let c = cfg_with(&[(0x100, &ext(0x01, 0x140)), (0x140, &rebar(0x200, 3))]);
+        let view = ExtCapView::from_config(&c);
+        assert!(view.hidden_at(0x158));
+        assert!(!view.hidden_at(0x15c));
+        assert_eq!(view.read(0x160, 0xdead_beef), 0xdead_beef);
+    }
+
+    #[test]
+    fn reserved_resizable_bar_count_hides_the_most_the_spec_allows() {
+        // A count of 0 is reserved: hide 4 + 6 * 8 bytes, up to the next capability.
+        let c = cfg_with(&[
+            (0x100, &ext(0x01, 0x140)),
+            (0x140, &rebar(0x200, 0)),
+            (0x200, &ext(0x18, 0)),
+        ]);
+        let view = ExtCapView::from_config(&c);
+        assert!(view.hidden_at(0x170));
+        assert!(!view.hidden_at(0x174));
+    }
+
+    #[test]
+    fn hidden_length_stops_at_the_next_capability_in_address_order() {
+        // List order SR-IOV 0x100 -> AER 0x200 -> LTR 0x120: SR-IOV's 64 bytes
+        // would cover LTR, which sits above it though it comes last in the list.
+        let c = cfg_with(&[
+            (0x100, &ext(0x10, 0x200)),
+            (0x200, &ext(0x01, 0x120)),
+            (0x120, &ext(0x18, 0)),
+        ]);
+        let view = ExtCapView::from_config(&c);
+        assert!(view.hidden_at(0x11c));
+        assert!(!view.hidden_at(0x120));
+        assert_eq!(view.read(0x124, 0x55aa_55aa), 0x55aa_55aa);
+    }
+
+    #[test]
+    fn hidden_length_stops_at_the_end_of_extended_space() {
+        let c = cfg_with(&[(0x100, &ext(0x01, 0xfe0)), (0xfe0, &ext(0x10, 0))]);
+        let view = ExtCapView::from_config(&c);
+        assert_eq!(view.caps[1].hidden_len, 0x20);
+        assert!(view.hidden_at(0xffc));
+    }
+
+    #[test]
+    fn ari_hides_8_bytes() {
+        let c = cfg_with(&[
+            (0x100, &ext(0x01, 0x140)),
+            (0x140, &ext(0x0e, 0x148)),
+            (0x148, &ext(0x18, 0)),
+        ]);
+        let view = ExtCapView::from_config(&c);
+        assert!(view.hidden_at(0x144));
+        assert!(!view.hidden_at(0x148));
+        assert_eq!(view.read(0x100, dw(&c, 0x100)) >> 20, 0x148);
     }
 }

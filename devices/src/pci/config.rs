@@ -286,6 +286,7 @@ impl PciConfigSpace {
             bar_moves: self.take_bar_moves(),
             mem_decode: decode(COMMAND_MEMORY),
             io_decode: decode(COMMAND_IO),
+            ..ConfigWriteResult::default()
         }
     }
 

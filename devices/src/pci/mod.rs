@@ -77,6 +77,10 @@ pub struct ConfigWriteResult {
     /// Memory or I/O decode was switched (command register); `Some(enabled)`.
     pub mem_decode: Option<bool>,
     pub io_decode: Option<bool>,
+    /// A bridge's Secondary Bus Reset bit went from 0 to 1 (PCI-to-PCI Bridge
+    /// 1.2, 3.2.5.18): the caller resets the devices below it, e.g. through
+    /// VFIO. Holding or clearing the bit reports nothing.
+    pub secondary_bus_reset: bool,
 }
 
 /// One PCI function as the guest sees it.

@@ -334,7 +334,11 @@ impl PciDevice for RootPort {
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         let pmcsr = self.pm + PM_CTRL;
         let old_pm = self.cfg.read_u16(pmcsr);
-        let result = self.cfg.write(reg, offset, data);
+        let was_in_reset = self.secondary_bus_reset();
+        let mut result = self.cfg.write(reg, offset, data);
+        // Only the rising edge asks for a reset: the guest holds the bit for
+        // a while and then clears it, and one reset per assertion is enough.
+        result.secondary_bus_reset = !was_in_reset && self.secondary_bus_reset();
         // D1 and D2 are not supported: such a write leaves the state alone
         // (PCI PM 1.2, 5.4.1).
         if matches!(self.cfg.read_u16(pmcsr) & PM_STATE_MASK, 1 | 2) {
@@ -368,8 +372,8 @@ mod tests {
         RootPort::new(RootPortConfig::new(1, 1)).unwrap()
     }
 
-    fn write16(p: &mut RootPort, off: usize, v: u16) {
-        p.config_write(off / 4, (off % 4) as u64, &v.to_le_bytes());
+    fn write16(p: &mut RootPort, off: usize, v: u16) -> ConfigWriteResult {
+        p.config_write(off / 4, (off % 4) as u64, &v.to_le_bytes())
     }
 
     #[test]
@@ -545,6 +549,40 @@ mod tests {
         let mut p = port();
         write16(&mut p, BRIDGE_CONTROL, BRIDGE_CONTROL_SECONDARY_RESET);
         assert!(p.secondary_bus_reset());
+    }
+
+    #[test]
+    fn setting_secondary_bus_reset_is_reported() {
+        let mut p = port();
+        let r = write16(&mut p, BRIDGE_CONTROL, BRIDGE_CONTROL_SECONDARY_RESET);
+        assert!(r.secondary_bus_reset);
+    }
+
+    #[test]
+    fn holding_secondary_bus_reset_is_not_reported_again() {
+        let mut p = port();
+        write16(&mut p, BRIDGE_CONTROL, BRIDGE_CONTROL_SECONDARY_RESET);
+        // Rewriting bridge control with the bit still set (e.g. toggling
+        // another bit) is not a new reset.
+        let r = write16(&mut p, BRIDGE_CONTROL, BRIDGE_CONTROL_SECONDARY_RESET | 1);
+        assert!(!r.secondary_bus_reset);
+    }
+
+    #[test]
+    fn clearing_secondary_bus_reset_is_not_reported() {
+        let mut p = port();
+        write16(&mut p, BRIDGE_CONTROL, BRIDGE_CONTROL_SECONDARY_RESET);
+        let r = write16(&mut p, BRIDGE_CONTROL, 0);
+        assert!(!r.secondary_bus_reset);
+        assert!(!p.secondary_bus_reset());
+    }
+
+    #[test]
+    fn other_bridge_control_bits_do_not_report_a_reset() {
+        let mut p = port();
+        // Parity error response and SERR# enable (bits 0 and 1).
+        let r = write16(&mut p, BRIDGE_CONTROL, 3);
+        assert!(!r.secondary_bus_reset);
     }
 
     #[test]
