@@ -7,19 +7,24 @@ use std::sync::Arc;
 use arch::x86_64::layout;
 use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
+use resources::{GsiAllocator, DEFAULT_MAX_GSI};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::bars::ConfigEffects;
 use crate::boot;
 use crate::device_manager::DeviceManager;
 use crate::error::Error;
+use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
+use crate::passthrough::{self, AttachParams, Attached, PassthroughError};
 use crate::spec::VmSpec;
 use crate::vcpu::{self, BootCpuState};
-use crate::vm::{StopSignal, Vm};
+use crate::vm::{StopSignal, Vm, VmParts};
 
 /// Failures of VM-level setup steps.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,8 @@ pub enum VmError {
     },
     #[error("cannot start the console input thread")]
     ConsoleInput(#[source] std::io::Error),
+    #[error("cannot set up SIGINT/SIGTERM handling")]
+    Signals(#[source] std::io::Error),
 }
 
 impl VmError {
@@ -66,24 +73,43 @@ pub struct BootInfo {
     pub cr3: u64,
 }
 
-/// Build and start the VM described by `spec` (already validated).
-pub fn build_vm(spec: &VmSpec) -> Result<Vm, Error> {
+/// Build and start the VM described by `spec` (already validated). `stop` ends it; a
+/// stop requested while building (SIGTERM) tears down before any vCPU runs.
+pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-    let vm_fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+    let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
+    let cpuid = supported_cpuid(&kvm)?;
+    let addrs = passthrough::spec_addresses(spec).map_err(PassthroughError::from)?;
+    let opened = passthrough::open(&vm_fd, &addrs, spec.memory_bytes())?;
     let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
     register_ram(&vm_fd, &ram)?;
     logger::mark(phase::MEMORY_READY);
-    let boot = load_guest(spec, ram.memory())?;
+    let attached = attach_passthrough(opened, &vm_fd, &ram, spec, &cpuid)?;
+    let boot = load_guest(spec, ram.memory(), pci_windows(spec, attached.as_ref()))?;
     logger::mark(phase::KERNEL_LOADED);
-    let stop = Arc::new(StopSignal::default());
-    let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone())?;
-    warn_unattached_passthrough(spec);
-    let cpu = boot_cpu_state(&kvm, boot)?;
+    let effects = Arc::new(ConfigEffects::default());
+    let pci = attached.as_ref().map(|a| a.pci_functions(&effects));
+    let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci.unwrap_or_default())?;
+    let passthrough = attached.map(|a| a.runtime(vm_fd.clone(), &ram, &devices, effects));
+    stopped_early(&stop)?;
+    let cpu = BootCpuState {
+        entry: boot.entry,
+        cr3: boot.cr3,
+        supported_cpuid: cpuid,
+    };
     let vcpus = (0..spec.vcpus)
         .map(|i| vcpu::create_vcpu(&vm_fd, i, spec.vcpus, &cpu))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut vm = Vm::new(kvm, vm_fd, ram, devices, stop);
+    let parts = VmParts {
+        kvm,
+        vm_fd,
+        ram,
+        devices,
+        stop,
+        passthrough,
+    };
+    let mut vm = Vm::new(parts);
     vm.start_vcpus(vcpus)?;
     vm.devices()
         .start_console_input()
@@ -92,15 +118,50 @@ pub fn build_vm(spec: &VmSpec) -> Result<Vm, Error> {
     Ok(vm)
 }
 
-/// TODO(passthrough): attach VFIO functions behind root ports (vfio-glue) here. Until
-/// then the guest boots without them, and the user is told so.
-fn warn_unattached_passthrough(spec: &VmSpec) {
-    if !spec.passthrough.is_empty() {
-        let hosts: Vec<&str> = spec.passthrough.iter().map(|p| p.host.as_str()).collect();
-        log::warn!(
-            "passthrough not wired into the VM yet; booting without {}",
-            hosts.join(", ")
-        );
+/// Take the opened devices over (after RAM exists: DMA maps it), if any.
+fn attach_passthrough(
+    opened: Option<passthrough::Opened>,
+    vm_fd: &Arc<VmFd>,
+    ram: &GuestRam,
+    spec: &VmSpec,
+    cpuid: &CpuId,
+) -> Result<Option<Attached>, Error> {
+    let Some(opened) = opened else {
+        return Ok(None);
+    };
+    let gsis = GsiAllocator::new(DEFAULT_MAX_GSI).map_err(PassthroughError::GsiPool)?;
+    let params = AttachParams {
+        ram,
+        ram_size: spec.memory_bytes(),
+        routing: &GsiRouting::new(vm_fd.clone(), gsis),
+        phys_bits: arch::x86_64::phys_address_bits(cpuid),
+    };
+    Ok(Some(opened.attach(params)?))
+}
+
+/// A stop requested while building (SIGINT/SIGTERM) ends the build here.
+fn stopped_early(stop: &StopSignal) -> Result<(), Error> {
+    if stop.is_stopping() {
+        crate::vm::outcome(stop.wait())?;
+    }
+    Ok(())
+}
+
+/// The host bridge windows in ACPI: the passthrough plan's, or the platform's with bus 0
+/// only and no 64-bit window.
+fn pci_windows(spec: &VmSpec, attached: Option<&Attached>) -> PciWindows {
+    if let Some(a) = attached {
+        return a.acpi;
+    }
+    let mmio64 = AddrRange {
+        base: layout::mmio64_start(spec.memory_bytes()).0,
+        size: 0,
+    };
+    // Announcing all 256 buses makes Linux probe every slot of every bus for peer host
+    // bridges (about 8000 config reads, 16000 port exits, more than a second of boot).
+    PciWindows {
+        bus_end: 0,
+        ..PciWindows::platform(mmio64)
     }
 }
 
@@ -145,7 +206,7 @@ fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
 }
 
 /// Kernel, initramfs, command line, ACPI tables, zero page and boot page tables.
-fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap) -> Result<BootInfo, Error> {
+fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap, pci: PciWindows) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
     let mut image = boot::open_kernel(&spec.kernel.path)?;
     let kernel = boot::load_kernel(mem, &mut image)?;
@@ -154,7 +215,7 @@ fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap) -> Result<BootInfo, Error> {
         None => None,
     };
     let cmdline_size = boot::load_cmdline(mem, &image, &spec.kernel.cmdline)?;
-    let rsdp = write_acpi(mem, spec)?;
+    let rsdp = write_acpi(mem, spec, pci)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;
     let params = arch::x86_64::build_boot_params(&BootParamsConfig {
@@ -180,16 +241,12 @@ fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap) -> Result<BootInfo, Error> {
     })
 }
 
-/// ACPI tables for the platform: no 64-bit PCI window until devices are passed through.
-fn write_acpi(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, VmError> {
-    let mmio64 = AddrRange {
-        base: layout::mmio64_start(spec.memory_bytes()).0,
-        size: 0,
-    };
-    let pci = PciWindows {
-        bus_end: pci_bus_end(spec.passthrough.len()),
-        ..PciWindows::platform(mmio64)
-    };
+/// ACPI tables for the platform and the PCI host bridge windows `pci`.
+fn write_acpi(
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+    pci: PciWindows,
+) -> Result<GuestAddress, VmError> {
     let cfg = AcpiConfig {
         vcpus: spec.vcpus,
         pci,
@@ -201,27 +258,12 @@ fn write_acpi(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, VmEr
     })
 }
 
-/// Last PCI bus the MCFG and the root bridge decode: bus 0 plus one secondary bus per
-/// root port (passthrough device `i` sits behind root port `i` on bus `i + 1`).
-///
-/// Announcing all 256 buses makes Linux probe every slot of every bus for peer host
-/// bridges (about 8000 config reads, 16000 port exits, more than a second of boot).
-pub fn pci_bus_end(passthrough_devices: usize) -> u8 {
-    u8::try_from(passthrough_devices).unwrap_or(u8::MAX)
-}
-
-fn boot_cpu_state(kvm: &Kvm, boot: BootInfo) -> Result<BootCpuState, VmError> {
-    let supported_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| VmError::Kvm {
             action: "KVM_GET_SUPPORTED_CPUID",
             source,
-        })?;
-    Ok(BootCpuState {
-        entry: boot.entry,
-        cr3: boot.cr3,
-        supported_cpuid,
-    })
+        })
 }
 
 #[cfg(test)]
@@ -229,10 +271,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bus_range_covers_one_bus_per_root_port() {
-        assert_eq!(pci_bus_end(0), 0);
-        assert_eq!(pci_bus_end(2), 2);
-        assert_eq!(pci_bus_end(1000), 255);
+    fn without_passthrough_acpi_announces_bus_0_and_no_64_bit_window() {
+        let spec = crate::spec::VmSpec::parse(
+            r#"{"vcpus": 1, "memory": {"size_mib": 512}, "kernel": {"path": "/k"}}"#,
+        )
+        .unwrap();
+        let w = pci_windows(&spec, None);
+        assert_eq!(w.bus_end, 0);
+        assert_eq!(w.mmio64.size, 0);
+        assert_eq!(w.mmio64.base, 1 << 32);
     }
 
     #[test]

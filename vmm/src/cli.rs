@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use clap::{ArgAction, Parser, Subcommand};
 
 use crate::boot::KernelImage;
-use crate::builder::build_vm;
+use std::sync::Arc;
+
+use crate::builder::{build_vm, VmError};
 use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
 use crate::spec::VmSpec;
-use crate::vm::GuestExit;
+use crate::vm::{forward_termination_signals, GuestExit, StopSignal};
 
 /// Strait: a minimal KVM virtual machine monitor for GPU passthrough.
 ///
@@ -75,8 +77,10 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Ok(Outcome::Valid(host::summary(&spec, &image)))
         }
         Command::Run { spec } => {
+            let stop = Arc::new(StopSignal::default());
+            forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
             let (spec, _) = check(spec, true)?;
-            let vm = build_vm(&spec)?;
+            let vm = build_vm(&spec, stop)?;
             Ok(Outcome::Ran(vm.wait()?))
         }
     }

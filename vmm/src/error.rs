@@ -1,7 +1,9 @@
 //! Strait's top-level error and the exit code each class of failure maps to.
 //!
 //! `main` prints the error chain once, on one line, and exits with [`Error::exit_code`]:
-//! scripts can tell "fix your spec" from "fix your host" from "the guest died".
+//! scripts can tell "fix your spec" from "fix your host" from "the guest died". The
+//! passthrough problems a user fixes each in their own way have codes of their own
+//! (10..=16); a stop by SIGINT/SIGTERM exits 128 + the signal number, as shells expect.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use crate::builder::VmError;
 use crate::device_manager::DeviceError;
 use crate::host::HostError;
 use crate::memory::MemoryError;
+use crate::passthrough::{vfio_exit_code, PassthroughError};
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
 
@@ -27,6 +30,24 @@ pub enum ExitCode {
     Kernel = 4,
     /// The guest died (entry failure, KVM internal error) or Strait failed internally.
     Fatal = 5,
+    /// `passthrough[].host` is not a PCI address.
+    PciAddress = 10,
+    /// A passthrough device does not exist on the host.
+    DeviceMissing = 11,
+    /// A passthrough device is bound to another driver than vfio-pci, or to none.
+    DeviceDriver = 12,
+    /// A passthrough device's IOMMU group holds devices bound to host drivers.
+    GroupNotViable = 13,
+    /// The same device is listed twice in `passthrough`.
+    DuplicateDevice = 14,
+    /// No permission to open the device's /dev/vfio/N.
+    VfioPermission = 15,
+    /// RLIMIT_MEMLOCK is below the guest RAM that DMA mapping pins.
+    Memlock = 16,
+    /// Stopped by SIGINT (128 + 2), after an orderly teardown.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), after an orderly teardown.
+    Terminated = 143,
 }
 
 impl From<ExitCode> for std::process::ExitCode {
@@ -42,7 +63,15 @@ Exit codes:
   2  bad command line or VM spec (the message names the field)
   3  host resources missing: /dev/kvm, hugepages, passthrough devices, memory
   4  kernel, initramfs or command line cannot be loaded
-  5  guest fatal error (VM entry failure, KVM internal error) or internal error";
+  5  guest fatal error (VM entry failure, KVM internal error) or internal error
+ 10  passthrough: malformed PCI address
+ 11  passthrough: no such PCI device on the host
+ 12  passthrough: device bound to another driver than vfio-pci (the message names it)
+ 13  passthrough: IOMMU group not viable (the message names each device and driver)
+ 14  passthrough: the same device listed twice
+ 15  passthrough: no permission to open /dev/vfio/N
+ 16  passthrough: locked-memory limit (ulimit -l) below guest RAM
+130  stopped by SIGINT; 143: stopped by SIGTERM (after an orderly teardown)";
 
 /// Everything `strait` can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +94,10 @@ pub enum Error {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Passthrough(#[from] PassthroughError),
+    #[error("stopped by signal {signal}")]
+    Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
     GuestFatal { vcpu: u32, what: String },
     #[error("vcpu{vcpu}: {what}")]
@@ -75,7 +108,19 @@ impl Error {
     /// The exit code for this failure's class.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            Error::Spec {
+                source: SpecError::PciAddress { .. },
+                ..
+            } => ExitCode::PciAddress,
+            Error::Spec {
+                source: SpecError::DuplicatePassthrough { .. },
+                ..
+            } => ExitCode::DuplicateDevice,
             Error::Spec { .. } => ExitCode::Spec,
+            Error::Host(HostError::Passthrough(e)) => vfio_exit_code(e),
+            Error::Passthrough(e) => e.exit_code(),
+            Error::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
+            Error::Signalled { .. } => ExitCode::Terminated,
             Error::Host(_) | Error::Memory(_) => ExitCode::Host,
             Error::Devices(DeviceError::OpenConsole { .. }) => ExitCode::Host,
             Error::Vm(e) if e.is_host_problem() => ExitCode::Host,
@@ -182,5 +227,131 @@ mod tests {
             ExitCode::Fatal,
         ];
         assert_eq!(codes.map(|c| c as u8), [0, 2, 3, 4, 5]);
+    }
+
+    fn addr() -> vfio_glue::HostPciAddress {
+        "0000:01:00.0".parse().unwrap()
+    }
+
+    fn host(e: vfio_glue::Error) -> Error {
+        Error::Host(HostError::Passthrough(e))
+    }
+
+    #[test]
+    fn malformed_pci_address_exits_10() {
+        let source = "0000:01:20.0".parse::<devices::pci::Bdf>().unwrap_err();
+        let e = spec_err(SpecError::PciAddress { index: 0, source });
+        assert_eq!(e.exit_code(), ExitCode::PciAddress);
+        assert_eq!(ExitCode::PciAddress as u8, 10);
+        let e = host(vfio_glue::parse_host_address("zz").unwrap_err());
+        assert_eq!(e.exit_code(), ExitCode::PciAddress);
+    }
+
+    #[test]
+    fn missing_device_exits_11() {
+        let e = host(vfio_glue::Error::DeviceMissing {
+            addr: addr(),
+            path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+        });
+        assert_eq!(e.exit_code() as u8, 11);
+    }
+
+    #[test]
+    fn device_on_another_driver_exits_12_naming_it() {
+        let e = host(vfio_glue::Error::BoundToOtherDriver {
+            addr: addr(),
+            driver: "nvme".into(),
+        });
+        assert_eq!(e.exit_code() as u8, 12);
+        assert!(e.one_line().contains("bound to `nvme`"), "{}", e.one_line());
+        let e = host(vfio_glue::Error::NotBound { addr: addr() });
+        assert_eq!(e.exit_code(), ExitCode::DeviceDriver);
+    }
+
+    #[test]
+    fn group_not_viable_exits_13_naming_each_offender() {
+        let offender = |name: &str, driver: &str| vfio_glue::error::GroupOffender {
+            name: name.into(),
+            driver: driver.into(),
+            sibling: false,
+        };
+        let e = host(vfio_glue::Error::GroupNotViable {
+            addr: addr(),
+            group: 7,
+            offenders: vec![
+                offender("0000:02:00.0", "e1000e"),
+                offender("0000:03:00.0", "ahci"),
+            ],
+        });
+        assert_eq!(e.exit_code() as u8, 13);
+        let line = e.one_line();
+        assert!(line.contains("0000:02:00.0 is bound to `e1000e`"), "{line}");
+        assert!(line.contains("0000:03:00.0 is bound to `ahci`"), "{line}");
+    }
+
+    #[test]
+    fn duplicate_device_exits_14() {
+        let e = spec_err(SpecError::DuplicatePassthrough {
+            index: 1,
+            first: 0,
+            addr: addr(),
+        });
+        assert_eq!(e.exit_code() as u8, 14);
+        let e = host(vfio_glue::Error::DuplicateDevice { addr: addr() });
+        assert_eq!(e.exit_code(), ExitCode::DuplicateDevice);
+    }
+
+    #[test]
+    fn no_permission_on_dev_vfio_exits_15() {
+        let e = host(vfio_glue::Error::NoPermission {
+            addr: addr(),
+            path: "/dev/vfio/7".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        });
+        assert_eq!(e.exit_code() as u8, 15);
+    }
+
+    #[test]
+    fn memlock_too_low_exits_16_saying_how_to_raise_it() {
+        let e = Error::Passthrough(PassthroughError::Vfio(vfio_glue::Error::MemlockTooLow {
+            need: 512 << 20,
+            current: 8 << 20,
+        }));
+        assert_eq!(e.exit_code() as u8, 16);
+        assert!(
+            e.one_line().contains("ulimit -l 524288"),
+            "{}",
+            e.one_line()
+        );
+    }
+
+    #[test]
+    fn passthrough_codes_are_distinct_and_outside_the_classes() {
+        let codes = [
+            ExitCode::PciAddress,
+            ExitCode::DeviceMissing,
+            ExitCode::DeviceDriver,
+            ExitCode::GroupNotViable,
+            ExitCode::DuplicateDevice,
+            ExitCode::VfioPermission,
+            ExitCode::Memlock,
+        ];
+        assert_eq!(codes.map(|c| c as u8), [10, 11, 12, 13, 14, 15, 16]);
+        for c in codes {
+            let n = format!("\n{:>3}  passthrough:", c as u8);
+            assert!(EXIT_CODES_HELP.contains(&n), "{n} undocumented");
+        }
+    }
+
+    #[test]
+    fn signals_exit_128_plus_the_signal() {
+        let e = Error::Signalled {
+            signal: libc::SIGINT,
+        };
+        assert_eq!(e.exit_code() as u8, 130);
+        let e = Error::Signalled {
+            signal: libc::SIGTERM,
+        };
+        assert_eq!(e.exit_code() as u8, 143);
     }
 }

@@ -5,18 +5,17 @@
 //! failure halfway through boot.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kvm_ioctls::{Cap, Kvm};
 
+use vfio_glue::HostPaths;
+
 use crate::boot::{self, KernelFormat, KernelImage};
 use crate::memory::{self, MemoryError};
-use devices::pci::Bdf;
+use crate::passthrough;
 
 use crate::spec::{SpecError, VmSpec};
-
-/// Where sysfs lists PCI functions.
-const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// The host lacks something the spec needs.
 #[derive(Debug, thiserror::Error)]
@@ -31,17 +30,8 @@ pub enum HostError {
     TooManyVcpus { count: u32, max: usize },
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("passthrough[{index}].host: no PCI function {addr} on this host ({} missing)", path.display())]
-    PassthroughMissing {
-        index: usize,
-        addr: Bdf,
-        path: PathBuf,
-    },
-    #[error(
-        "passthrough[{index}].host: {addr} is in no IOMMU group; \
-         enable the IOMMU (intel_iommu=on or amd_iommu=on)"
-    )]
-    NoIommuGroup { index: usize, addr: Bdf },
+    #[error("passthrough: {0}")]
+    Passthrough(#[from] vfio_glue::Error),
 }
 
 /// KVM features the boot recipe relies on.
@@ -118,27 +108,15 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
         });
     }
     memory::check_hugepage_pool(spec.memory.hugepages, spec.memory_bytes())?;
-    check_passthrough(spec, Path::new(SYSFS_PCI_DEVICES))
+    check_passthrough(spec, &HostPaths::default())
 }
 
-/// Check each passthrough function exists under `sysfs` and sits in an IOMMU group.
-pub fn check_passthrough(spec: &VmSpec, sysfs: &Path) -> Result<(), HostError> {
-    // Syntax and duplicates were checked by `VmSpec::validate`; a failure here cannot
-    // happen for a validated spec, so it is reported as "missing" rather than panicking.
-    let addrs = spec.passthrough_addresses().unwrap_or_default();
-    for (index, addr) in addrs.into_iter().enumerate() {
-        let dir = sysfs.join(addr.to_string());
-        if !dir.exists() {
-            return Err(HostError::PassthroughMissing {
-                index,
-                addr,
-                path: dir,
-            });
-        }
-        if !dir.join("iommu_group").exists() {
-            return Err(HostError::NoIommuGroup { index, addr });
-        }
-    }
+/// The passthrough checks `run` repeats when it opens the devices: each device exists,
+/// is bound to vfio-pci, its IOMMU group is viable and /dev/vfio/N opens; no device is
+/// listed twice; the memlock limit covers guest RAM.
+pub fn check_passthrough(spec: &VmSpec, paths: &HostPaths) -> Result<(), HostError> {
+    let addrs = passthrough::spec_addresses(spec)?;
+    passthrough::check_host(paths, &addrs, spec.memory_bytes())?;
     Ok(())
 }
 
@@ -237,26 +215,100 @@ mod tests {
         assert!(matches!(err, boot::BootError::NotAKernel { .. }));
     }
 
-    #[test]
-    fn absent_passthrough_device_is_reported() {
+    /// A sysfs tree and /dev/vfio in a temporary directory: only the links and nodes
+    /// the host checks follow.
+    struct FakeHost {
+        dir: vmm_sys_util::tempdir::TempDir,
+    }
+
+    impl FakeHost {
+        fn new() -> Self {
+            let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+            std::fs::create_dir_all(dir.as_path().join("dev-vfio")).unwrap();
+            FakeHost { dir }
+        }
+
+        fn paths(&self) -> HostPaths {
+            HostPaths {
+                sysfs: vfio_glue::sysfs::Sysfs::new(self.dir.as_path()),
+                dev_vfio: self.dir.as_path().join("dev-vfio"),
+            }
+        }
+
+        /// PCI function `name` bound to `driver`, in IOMMU group `group` with a node.
+        fn add(&self, name: &str, driver: &str, group: u32) {
+            use std::os::unix::fs::symlink;
+            let root = self.dir.as_path();
+            let dev = root.join("devices/pci0000:00").join(name);
+            std::fs::create_dir_all(&dev).unwrap();
+            let bus = root.join("bus/pci/devices");
+            std::fs::create_dir_all(&bus).unwrap();
+            symlink(&dev, bus.join(name)).unwrap();
+            let drv = root.join("bus/pci/drivers").join(driver);
+            std::fs::create_dir_all(&drv).unwrap();
+            symlink(&drv, dev.join("driver")).unwrap();
+            let g = root.join("kernel/iommu_groups").join(group.to_string());
+            std::fs::create_dir_all(g.join("devices")).unwrap();
+            let _ = symlink(&g, dev.join("iommu_group"));
+            symlink(&dev, g.join("devices").join(name)).unwrap();
+            std::fs::write(root.join("dev-vfio").join(group.to_string()), b"").unwrap();
+        }
+    }
+
+    fn with_devices(hosts: &[&str]) -> VmSpec {
         let mut s = spec("/k", None);
-        s.passthrough = vec![PassthroughSpec {
-            host: "0000:7f:1f.7".into(),
-        }];
-        let sysfs = std::env::temp_dir().join(format!("strait-sysfs-{}", std::process::id()));
-        std::fs::create_dir_all(&sysfs).unwrap();
-        let err = check_passthrough(&s, &sysfs).unwrap_err();
-        assert!(matches!(
-            err,
-            HostError::PassthroughMissing { index: 0, .. }
-        ));
-        let dev = sysfs.join("0000:7f:1f.7");
-        std::fs::create_dir_all(&dev).unwrap();
-        let err = check_passthrough(&s, &sysfs).unwrap_err();
-        assert!(matches!(err, HostError::NoIommuGroup { index: 0, .. }));
-        std::fs::create_dir_all(dev.join("iommu_group")).unwrap();
-        let ok = check_passthrough(&s, &sysfs);
-        std::fs::remove_dir_all(&sysfs).unwrap();
-        ok.unwrap();
+        s.passthrough = hosts
+            .iter()
+            .map(|h| PassthroughSpec {
+                host: h.to_string(),
+            })
+            .collect();
+        s
+    }
+
+    fn check(host: &FakeHost, devices: &[&str]) -> crate::error::ExitCode {
+        let err = check_passthrough(&with_devices(devices), &host.paths()).unwrap_err();
+        crate::error::Error::Host(err).exit_code()
+    }
+
+    #[test]
+    fn device_bound_to_vfio_pci_in_a_viable_group_passes() {
+        let host = FakeHost::new();
+        host.add("0000:01:00.0", "vfio-pci", 4);
+        host.add("0000:00:01.0", "pcieport", 4);
+        check_passthrough(&with_devices(&["0000:01:00.0"]), &host.paths()).unwrap();
+    }
+
+    #[test]
+    fn absent_device_is_exit_11() {
+        let host = FakeHost::new();
+        assert_eq!(check(&host, &["0000:7f:1f.7"]) as u8, 11);
+    }
+
+    #[test]
+    fn device_on_a_host_driver_is_exit_12() {
+        let host = FakeHost::new();
+        host.add("0000:01:00.0", "nvme", 4);
+        assert_eq!(check(&host, &["0000:01:00.0"]) as u8, 12);
+    }
+
+    #[test]
+    fn group_shared_with_a_host_driver_is_exit_13() {
+        let host = FakeHost::new();
+        host.add("0000:01:00.0", "vfio-pci", 4);
+        host.add("0000:01:00.1", "snd_hda_intel", 4);
+        assert_eq!(check(&host, &["0000:01:00.0"]) as u8, 13);
+    }
+
+    #[test]
+    fn device_listed_twice_is_exit_14_before_any_probe() {
+        let host = FakeHost::new();
+        assert_eq!(check(&host, &["0000:01:00.0", "01:00.0"]) as u8, 14);
+    }
+
+    #[test]
+    fn no_passthrough_needs_no_sysfs() {
+        let host = FakeHost::new();
+        check_passthrough(&with_devices(&[]), &host.paths()).unwrap();
     }
 }

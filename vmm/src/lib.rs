@@ -8,6 +8,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bars;
 pub mod boot;
 pub mod builder;
 pub mod cli;
@@ -15,8 +16,10 @@ pub mod device_manager;
 pub mod error;
 pub mod exits;
 pub mod host;
+pub mod interrupts;
 pub mod logger;
 pub mod memory;
+pub mod passthrough;
 pub mod spec;
 pub mod vcpu;
 pub mod vm;

@@ -19,6 +19,7 @@ use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::bars::BarMapper;
 use crate::device_manager::IoBuses;
 use crate::exits::{handle_exit, ExitCounters, Step, StopReason};
 use crate::vm::StopSignal;
@@ -156,6 +157,8 @@ pub struct VcpuContext {
     pub buses: IoBuses,
     pub counters: Arc<ExitCounters>,
     pub stop: Arc<StopSignal>,
+    /// Passed-through BARs: config-write effects are applied after each dispatch.
+    pub bars: Option<Arc<BarMapper>>,
 }
 
 /// Start vCPU `index` on its own thread.
@@ -175,7 +178,14 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext) {
     KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
     while !ctx.stop.is_stopping() {
         let step = match vcpu.run() {
-            Ok(exit) => handle_exit(index, exit, &ctx.buses, &ctx.counters),
+            Ok(exit) => {
+                let step = handle_exit(index, exit, &ctx.buses, &ctx.counters);
+                // Outside the bus locks now; before the guest sees the write complete.
+                if let Some(bars) = &ctx.bars {
+                    bars.apply_pending();
+                }
+                step
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 ctx.counters.count_interrupted();
                 // A kick only matters when stopping (checked by the loop); clear it so a

@@ -2,17 +2,25 @@
 //!
 //! The first stop request wins (a power-off written by the guest, a triple fault, a fatal
 //! exit); then every vCPU thread is kicked out of KVM_RUN and joined, and only then is
-//! guest RAM unmapped (field order of [`Vm`]).
+//! guest RAM unmapped (field order of [`Vm`]). Passed-through functions go quiet before
+//! that: their BAR slots and traps are removed, interrupts and bus mastering turned off
+//! and the functions reset; dropping the devices then unmaps DMA and closes the fds.
+//!
+//! SIGINT and SIGTERM are one more stop request ([`forward_termination_signals`]), so a
+//! killed Strait tears down in the same order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::{io, mem};
 
 use devices::legacy::{PowerAction, PowerControl};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vfio_glue::VfioPciDevice;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
+use crate::bars::BarMapper;
 use crate::device_manager::DeviceManager;
 use crate::error::Error;
 use crate::exits::{ExitCounters, StopReason};
@@ -79,7 +87,76 @@ pub fn outcome(reason: StopReason) -> Result<GuestExit, Error> {
         StopReason::Reboot(how) => Ok(GuestExit::Reboot(how)),
         StopReason::GuestFatal { vcpu, what } => Err(Error::GuestFatal { vcpu, what }),
         StopReason::HostFailure { vcpu, what } => Err(Error::VcpuFailed { vcpu, what }),
+        StopReason::Signal(signal) => Err(Error::Signalled { signal }),
     }
+}
+
+/// The termination signals Strait turns into a stop request.
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    set
+}
+
+/// Block SIGINT and SIGTERM in the calling thread, and so in every thread it starts
+/// later, and turn them into a stop request on `stop` from a thread of their own (a
+/// signal handler could not take the stop signal's lock). Call before starting threads.
+pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
+    let set = termination_signals();
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    std::thread::Builder::new()
+        .name("strait-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `sig` is ours to write.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            if stop.is_stopping() {
+                log::warn!("signal {sig} while stopping; teardown is under way");
+            } else {
+                log::info!("signal {sig}: stopping the VM");
+            }
+            stop.stop(StopReason::Signal(sig));
+        })
+        .map(drop)
+}
+
+/// What the VM keeps of passthrough: the BAR mappings its vCPUs update, and the
+/// functions to quiet before anything else is torn down.
+pub struct PassthroughRuntime {
+    pub bars: Arc<BarMapper>,
+    pub functions: Vec<Arc<Mutex<VfioPciDevice>>>,
+}
+
+impl PassthroughRuntime {
+    /// BAR slots and traps out, then each function quiet and reset.
+    fn shutdown(&self) {
+        self.bars.unmap_all();
+        for f in &self.functions {
+            f.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        }
+    }
+}
+
+/// What a [`Vm`] is made of.
+pub(crate) struct VmParts {
+    pub kvm: Kvm,
+    pub vm_fd: Arc<VmFd>,
+    pub ram: GuestRam,
+    pub devices: DeviceManager,
+    pub stop: Arc<StopSignal>,
+    pub passthrough: Option<PassthroughRuntime>,
 }
 
 /// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
@@ -88,8 +165,9 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
+    passthrough: Option<PassthroughRuntime>,
     devices: DeviceManager,
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     ram: GuestRam,
 }
@@ -103,18 +181,21 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    pub(crate) fn new(
-        kvm: Kvm,
-        vm_fd: VmFd,
-        ram: GuestRam,
-        devices: DeviceManager,
-        stop: Arc<StopSignal>,
-    ) -> Vm {
+    pub(crate) fn new(parts: VmParts) -> Vm {
+        let VmParts {
+            kvm,
+            vm_fd,
+            ram,
+            devices,
+            stop,
+            passthrough,
+        } = parts;
         let counters = Arc::new(ExitCounters::default());
         Vm {
             threads: Vec::new(),
             stop,
             counters,
+            passthrough,
             devices,
             vm_fd,
             _kvm: kvm,
@@ -129,6 +210,7 @@ impl Vm {
             buses: self.devices.buses().clone(),
             counters: self.counters.clone(),
             stop: self.stop.clone(),
+            bars: self.passthrough.as_ref().map(|p| p.bars.clone()),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
             self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
@@ -189,6 +271,9 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
+        if let Some(p) = &self.passthrough {
+            p.shutdown();
+        }
     }
 }
 
@@ -222,6 +307,21 @@ mod tests {
             outcome(StopReason::Reboot("x")),
             Ok(GuestExit::Reboot("x"))
         ));
+    }
+
+    #[test]
+    fn a_signal_is_an_error_naming_it() {
+        let r = outcome(StopReason::Signal(libc::SIGTERM));
+        assert!(matches!(r, Err(Error::Signalled { signal }) if signal == libc::SIGTERM));
+    }
+
+    #[test]
+    fn termination_set_holds_sigint_and_sigterm_only() {
+        let set = termination_signals();
+        // SAFETY: `set` is initialised.
+        let has = |s| unsafe { libc::sigismember(&set, s) } == 1;
+        assert!(has(libc::SIGINT) && has(libc::SIGTERM));
+        assert!(!has(libc::SIGKILL) && !has(libc::SIGHUP));
     }
 
     #[test]

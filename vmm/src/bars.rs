@@ -1,0 +1,672 @@
+//! Where the BARs of passed-through functions live in the guest, and keeping that true
+//! when the guest moves them or switches decode (PCI Local Bus 3.0, 6.2.2 command
+//! register, 6.2.5 BARs; KVM API KVM_SET_USER_MEMORY_REGION; vfio-glue's recipe, steps 3-4).
+//!
+//! A BAR is live while its function decodes it (memory or I/O space enable). Live, its
+//! directly mapped spans are KVM memory slots over the VFIO region mmaps, so guest
+//! accesses cost no exit, and its trapped spans (MSI-X table and PBA pages, sub-page BARs,
+//! I/O BARs, the ROM) sit on the BAR MMIO bus or the port I/O bus and reach `bar_read` /
+//! `bar_write`. Decode off removes both: vfio-pci zaps the mmaps then, and a slot left
+//! over them would fault the vCPU.
+//!
+//! Config writes report their effects ([`ConfigWriteResult`]) to a handler that runs
+//! under a bus read lock, which must not take a bus write lock; the handler only queues
+//! them ([`ConfigEffects`]) and the vCPU applies the queue after the dispatch
+//! ([`BarMapper::apply_pending`]), before it re-enters the guest.
+//!
+//! A move onto RAM or outside the host bridge windows the ACPI tables announce is
+//! refused: the old mapping stays, the refusal is logged (rate-limited), the VM goes on.
+
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devices::bus::{BusDevice, SharedDevice};
+use devices::legacy::LogLimiter;
+use devices::pci::{
+    BarInfo, BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, PciDevice, PciRoot, ROM_BAR_INDEX,
+};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vfio_glue::VfioPciDevice;
+
+pub use crate::bar_rules::{BarWindows, ConfigEffects, Refusal};
+use crate::device_manager::IoBuses;
+
+static REFUSED_MOVE: LogLimiter = LogLimiter::new();
+
+/// KVM memory slots for BAR mappings (a VM fd; a recording fake in tests).
+pub trait MemorySlots: Send + Sync {
+    /// Map `size` bytes at guest `gpa` to this process's `host` address in `slot`.
+    ///
+    /// # Safety
+    /// `host..host + size` must stay mapped until [`MemorySlots::remove`] for `slot`.
+    unsafe fn add(&self, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()>;
+    fn remove(&self, slot: u32, gpa: u64) -> io::Result<()>;
+}
+
+fn set_region(vm: &VmFd, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    // SAFETY: the callers' contract: `host..host + size` (size 0 deletes the slot) is a
+    // live mapping owned by a VfioPciDevice that outlives the slot.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
+impl MemorySlots for VmFd {
+    unsafe fn add(&self, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()> {
+        set_region(self, slot, gpa, size, host)
+    }
+
+    fn remove(&self, slot: u32, gpa: u64) -> io::Result<()> {
+        set_region(self, slot, gpa, 0, 0)
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.
+struct BarTrap {
+    dev: Arc<Mutex<VfioPciDevice>>,
+    bar: u8,
+    /// Offset of the span inside the BAR.
+    offset: u64,
+}
+
+impl BusDevice for BarTrap {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.dev).bar_read(self.bar, self.offset + offset, data);
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        lock(&self.dev).bar_write(self.bar, self.offset + offset, data);
+    }
+}
+
+/// One BAR and where it is live.
+#[derive(Debug)]
+struct BarState {
+    info: BarInfo,
+    /// Where the guest wants it (placed by Strait, then as the guest moves it).
+    target: u64,
+    /// Where its slots and traps are, while live.
+    live_at: Option<u64>,
+    slots: Vec<(u32, u64)>,
+    traps: Vec<u64>,
+}
+
+/// One passed-through function's BARs.
+struct FunctionBars {
+    label: String,
+    dev: Arc<Mutex<VfioPciDevice>>,
+    mem_on: bool,
+    io_on: bool,
+    bars: Vec<BarState>,
+}
+
+/// Free KVM memory slot numbers above guest RAM's.
+#[derive(Debug)]
+pub struct SlotPool {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl SlotPool {
+    pub fn new(first: u32) -> Self {
+        SlotPool {
+            next: first,
+            free: Vec::new(),
+        }
+    }
+
+    pub fn get(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    pub fn put(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+}
+
+struct MapperState {
+    slots: Arc<dyn MemorySlots>,
+    pool: SlotPool,
+    buses: IoBuses,
+    windows: BarWindows,
+    functions: Vec<FunctionBars>,
+}
+
+/// The BAR mappings of every passed-through function.
+pub struct BarMapper {
+    state: Mutex<MapperState>,
+    effects: Arc<ConfigEffects>,
+}
+
+impl std::fmt::Debug for BarMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BarMapper").finish_non_exhaustive()
+    }
+}
+
+/// What [`BarMapper::new`] needs.
+pub struct BarMapperParams {
+    pub slots: Arc<dyn MemorySlots>,
+    pub first_slot: u32,
+    pub buses: IoBuses,
+    pub windows: BarWindows,
+    /// Where the config-write handlers queue their effects.
+    pub effects: Arc<ConfigEffects>,
+}
+
+impl BarMapper {
+    /// Track `functions` (label, device), whose BARs are placed and not yet decoded.
+    pub fn new(p: BarMapperParams, functions: Vec<(String, Arc<Mutex<VfioPciDevice>>)>) -> Self {
+        let functions = functions
+            .into_iter()
+            .map(|(label, dev)| {
+                let bars = lock(&dev)
+                    .bars()
+                    .into_iter()
+                    .map(|info| BarState {
+                        info,
+                        target: info.addr,
+                        live_at: None,
+                        slots: Vec::new(),
+                        traps: Vec::new(),
+                    })
+                    .collect();
+                FunctionBars {
+                    label,
+                    dev,
+                    mem_on: false,
+                    io_on: false,
+                    bars,
+                }
+            })
+            .collect();
+        let state = MapperState {
+            slots: p.slots,
+            pool: SlotPool::new(p.first_slot),
+            buses: p.buses,
+            windows: p.windows,
+            functions,
+        };
+        BarMapper {
+            state: Mutex::new(state),
+            effects: p.effects,
+        }
+    }
+
+    /// Apply queued config-write effects. Called by vCPU threads after each port or MMIO
+    /// exit, outside any bus lock; cheap when nothing is queued.
+    pub fn apply_pending(&self) {
+        let queued = self.effects.take();
+        if queued.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        for (function, result) in queued {
+            st.apply(function, &result);
+        }
+    }
+
+    /// Remove every slot and trap (before the devices and their mmaps go away).
+    pub fn unmap_all(&self) {
+        let mut st = lock(&self.state);
+        for f in 0..st.functions.len() {
+            for b in 0..st.functions[f].bars.len() {
+                st.unmap(f, b);
+            }
+        }
+    }
+
+    /// Guest addresses where each function's BARs are live, for tests and logs.
+    pub fn live(&self) -> Vec<Vec<(u8, Option<u64>)>> {
+        let st = lock(&self.state);
+        st.functions
+            .iter()
+            .map(|f| f.bars.iter().map(|b| (b.info.index, b.live_at)).collect())
+            .collect()
+    }
+}
+
+impl MapperState {
+    fn apply(&mut self, f: usize, result: &ConfigWriteResult) {
+        let Some(func) = self.functions.get_mut(f) else {
+            return;
+        };
+        if let Some(on) = result.mem_decode {
+            func.mem_on = on;
+        }
+        if let Some(on) = result.io_decode {
+            func.io_on = on;
+        }
+        for mv in &result.bar_moves {
+            if let Some(b) = func.bars.iter_mut().find(|b| b.info.index == mv.index) {
+                b.target = mv.new;
+            }
+        }
+        for b in 0..self.functions[f].bars.len() {
+            self.sync_bar(f, b);
+        }
+    }
+
+    /// Make BAR `b` of function `f` live where the guest wants it, if allowed.
+    fn sync_bar(&mut self, f: usize, b: usize) {
+        let func = &self.functions[f];
+        let bar = &func.bars[b];
+        let decodes = match bar.info.kind {
+            BarKind::Io => func.io_on,
+            _ => func.mem_on,
+        };
+        let want = decodes.then_some(bar.target);
+        if want == bar.live_at {
+            return;
+        }
+        let Some(addr) = want else {
+            self.unmap(f, b);
+            return;
+        };
+        let (kind, size) = (bar.info.kind, bar.info.size);
+        if let Err(why) = self.windows.check(kind, addr, size) {
+            if REFUSED_MOVE.allow() {
+                log::warn!(
+                    "{}: BAR {} at {addr:#x} ({size:#x} bytes) refused: {why:?}; \
+                     it stays at {:x?} (event #{})",
+                    func.label,
+                    bar.info.index,
+                    bar.live_at,
+                    REFUSED_MOVE.count()
+                );
+            }
+            return;
+        }
+        let old = bar.live_at;
+        self.unmap(f, b);
+        if let Err(e) = self.map(f, b, addr) {
+            log::warn!(
+                "{}: cannot map BAR {} at {addr:#x}: {e}; keeping {old:x?}",
+                self.functions[f].label,
+                self.functions[f].bars[b].info.index
+            );
+            if let Some(old) = old {
+                if let Err(e) = self.map(f, b, old) {
+                    log::error!("{}: cannot restore the BAR: {e}", self.functions[f].label);
+                }
+            }
+        }
+    }
+
+    /// Add BAR `b`'s slots and traps at `addr`; all or nothing.
+    fn map(&mut self, f: usize, b: usize, addr: u64) -> io::Result<()> {
+        let res = self.try_map(f, b, addr);
+        match res {
+            Ok(()) => self.functions[f].bars[b].live_at = Some(addr),
+            // Take back the part that was added.
+            Err(_) => self.unmap(f, b),
+        }
+        res
+    }
+
+    fn try_map(&mut self, f: usize, b: usize, addr: u64) -> io::Result<()> {
+        let (dev, info) = {
+            let func = &self.functions[f];
+            (func.dev.clone(), func.bars[b].info)
+        };
+        let (direct, trapped) = bar_layout(&lock(&dev), info);
+        for (offset, size, host) in direct {
+            let slot = self.pool.get();
+            let gpa = addr + offset;
+            // SAFETY: `host` is a mapping of the device, which this mapper keeps alive
+            // (through `dev`) until `unmap` removed the slot.
+            if let Err(e) = unsafe { self.slots.add(slot, gpa, size, host) } {
+                self.pool.put(slot);
+                return Err(e);
+            }
+            self.functions[f].bars[b].slots.push((slot, gpa));
+        }
+        for span in trapped {
+            let trap: SharedDevice = Arc::new(Mutex::new(BarTrap {
+                dev: dev.clone(),
+                bar: info.index,
+                offset: span.start,
+            }));
+            let base = addr + span.start;
+            let len = span.end - span.start;
+            let res = match info.kind {
+                BarKind::Io => self.buses.pio_mut().insert(trap, base, len),
+                _ => self.buses.bar_mmio_mut().insert(trap, base, len),
+            };
+            res.map_err(io::Error::other)?;
+            self.functions[f].bars[b].traps.push(base);
+        }
+        log::debug!(
+            "{}: BAR {} live at {addr:#x}",
+            self.functions[f].label,
+            info.index
+        );
+        Ok(())
+    }
+
+    fn unmap(&mut self, f: usize, b: usize) {
+        let bar = &mut self.functions[f].bars[b];
+        let (slots, traps) = (
+            std::mem::take(&mut bar.slots),
+            std::mem::take(&mut bar.traps),
+        );
+        let (kind, index) = (bar.info.kind, bar.info.index);
+        bar.live_at = None;
+        for (slot, gpa) in slots {
+            match self.slots.remove(slot, gpa) {
+                Ok(()) => self.pool.put(slot),
+                // A slot KVM still holds must not be reused.
+                Err(e) => log::error!("BAR {index}: removing KVM slot {slot}: {e}"),
+            }
+        }
+        for base in traps {
+            let res = match kind {
+                BarKind::Io => self.buses.pio_mut().remove(base),
+                _ => self.buses.bar_mmio_mut().remove(base),
+            };
+            if let Err(e) = res {
+                log::error!("BAR {index}: removing trap at {base:#x}: {e}");
+            }
+        }
+    }
+}
+
+/// A directly mapped span of a BAR: (offset in the BAR, size, host address).
+type DirectSpan = (u64, u64, u64);
+
+/// A BAR's directly mapped spans and its trapped spans (offset ranges in the BAR).
+/// The ROM is trapped whole; a BAR beyond its VFIO region has no span there (reads of
+/// the tail are unclaimed: all ones).
+fn bar_layout(dev: &VfioPciDevice, info: BarInfo) -> (Vec<DirectSpan>, Vec<Range<u64>>) {
+    if info.index == ROM_BAR_INDEX {
+        let whole = Range {
+            start: 0,
+            end: info.size,
+        };
+        return (Vec::new(), vec![whole]);
+    }
+    let direct = dev
+        .direct_mappings()
+        .into_iter()
+        .filter(|m| m.bar == info.index)
+        .map(|m| (m.offset, m.size, m.host_addr))
+        .collect();
+    let trapped = dev
+        .bar_plans()
+        .into_iter()
+        .filter(|p| p.index == info.index)
+        .flat_map(|p| p.trapped)
+        .map(|s| s.offset..s.end())
+        .collect();
+    (direct, trapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::bus::Bus;
+    use devices::pci::{PciEcam, SharedPciDevice};
+    use vfio_glue::device::RegionInfo;
+    use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper};
+    use vfio_glue::{GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const GIB: u64 = 1 << 30;
+    const BAR0: u64 = 0xc000_0000;
+    const IO_BAR: u64 = 0x1000;
+
+    fn windows() -> BarWindows {
+        BarWindows {
+            ram: vec![0..3 * GIB, 4 * GIB..5 * GIB],
+            io: 0x1000..0x1_0000,
+            mmio32: 0xc000_0000..0xe000_0000,
+            mmio64: 8 * GIB..16 * GIB,
+        }
+    }
+
+    #[test]
+    fn slot_pool_starts_after_ram_and_reuses_freed_slots() {
+        let mut p = SlotPool::new(2);
+        assert_eq!((p.get(), p.get()), (2, 3));
+        p.put(2);
+        assert_eq!((p.get(), p.get()), (2, 4));
+    }
+
+    #[derive(Default)]
+    struct FakeSlots(Mutex<Vec<(u32, u64, u64)>>);
+
+    impl FakeSlots {
+        fn live(&self) -> Vec<(u32, u64, u64)> {
+            lock(&self.0).clone()
+        }
+    }
+
+    impl MemorySlots for FakeSlots {
+        unsafe fn add(&self, slot: u32, gpa: u64, size: u64, _host: u64) -> io::Result<()> {
+            let mut v = lock(&self.0);
+            if v.iter()
+                .any(|&(s, g, n)| s == slot || (g < gpa + size && gpa < g + n))
+            {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            v.push((slot, gpa, size));
+            Ok(())
+        }
+
+        fn remove(&self, slot: u32, _gpa: u64) -> io::Result<()> {
+            lock(&self.0).retain(|&(s, _, _)| s != slot);
+            Ok(())
+        }
+    }
+
+    struct NoIrqs;
+
+    impl IrqProvider for NoIrqs {
+        fn msi(&mut self, _: MsiKind, _: u16) -> io::Result<MsiVectors> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn intx(&mut self, _: u8) -> io::Result<IntxFds> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// A function with BAR0 64-bit 16 KiB (mmap-able) and BAR2 I/O 32 bytes, at
+    /// [`BAR0`] and [`IO_BAR`].
+    fn function() -> Arc<Mutex<VfioPciDevice>> {
+        let mut cfg = vec![0u8; 256];
+        cfg[0..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
+        cfg[0x10] = 0x4;
+        cfg[0x18] = 0x1;
+        let region = |size, mmap| RegionInfo {
+            size,
+            readable: true,
+            writable: true,
+            mmap,
+            ..Default::default()
+        };
+        let log = CallLog::default();
+        let dev = FakeDevice::new(log.clone(), &cfg)
+            .with_region(0, region(0x4000, true))
+            .with_region(2, region(0x20, false));
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let dma = GuestDma::map(Arc::new(FakeDmaMapper::new(log, vec![])), &mem).unwrap();
+        let params = VfioPciParams {
+            addr: "0000:01:00.0".parse().unwrap(),
+            multifunction: false,
+        };
+        let mut d = VfioPciDevice::new(Box::new(dev), dma, &mut NoIrqs, params).unwrap();
+        d.place_bar(0, BAR0).unwrap();
+        d.place_bar(2, IO_BAR).unwrap();
+        Arc::new(Mutex::new(d))
+    }
+
+    fn mapper() -> (
+        BarMapper,
+        Arc<FakeSlots>,
+        IoBuses,
+        Arc<Mutex<VfioPciDevice>>,
+    ) {
+        let slots = Arc::new(FakeSlots::default());
+        let buses = IoBuses::new(Bus::new(), Bus::new());
+        let dev = function();
+        let params = BarMapperParams {
+            slots: slots.clone(),
+            first_slot: 1,
+            buses: buses.clone(),
+            windows: windows(),
+            effects: Arc::default(),
+        };
+        let m = BarMapper::new(params, vec![("f".into(), dev.clone())]);
+        (m, slots, buses, dev)
+    }
+
+    fn decode(mem: Option<bool>, io: Option<bool>) -> ConfigWriteResult {
+        ConfigWriteResult {
+            mem_decode: mem,
+            io_decode: io,
+            ..Default::default()
+        }
+    }
+
+    fn moved(index: u8, old: u64, new: u64) -> ConfigWriteResult {
+        let mv = devices::pci::BarMove {
+            index,
+            kind: BarKind::Mem64 {
+                prefetchable: false,
+            },
+            size: 0x4000,
+            old,
+            new,
+        };
+        ConfigWriteResult {
+            bar_moves: vec![mv],
+            ..Default::default()
+        }
+    }
+
+    fn apply(m: &BarMapper, r: ConfigWriteResult) {
+        m.effects.push(0, r);
+        m.apply_pending();
+    }
+
+    #[test]
+    fn nothing_is_live_before_the_guest_enables_decode() {
+        let (m, slots, buses, _) = mapper();
+        assert!(slots.live().is_empty());
+        assert!(buses.pio().resolve(IO_BAR).is_none());
+        assert_eq!(m.live(), vec![vec![(0, None), (2, None)]]);
+    }
+
+    #[test]
+    fn memory_decode_maps_the_bar_as_a_slot_and_io_decode_traps_the_io_bar() {
+        let (m, slots, buses, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+        assert!(buses.pio().resolve(IO_BAR).is_none());
+        apply(&m, decode(None, Some(true)));
+        assert!(buses.pio().resolve(IO_BAR + 0x1f).is_some());
+        assert!(buses.pio().resolve(IO_BAR + 0x20).is_none());
+        assert_eq!(m.live(), vec![vec![(0, Some(BAR0)), (2, Some(IO_BAR))]]);
+    }
+
+    #[test]
+    fn decode_off_removes_the_slots_and_on_restores_them() {
+        let (m, slots, _, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        apply(&m, decode(Some(false), None));
+        assert!(slots.live().is_empty());
+        apply(&m, decode(Some(true), None));
+        assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    }
+
+    #[test]
+    fn moved_bar_is_remapped_at_its_new_address() {
+        let (m, slots, _, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        apply(&m, moved(0, BAR0, 0xd000_0000));
+        assert_eq!(slots.live(), vec![(1, 0xd000_0000, 0x4000)]);
+    }
+
+    #[test]
+    fn move_onto_ram_is_refused_and_the_old_mapping_kept() {
+        let (m, slots, _, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        apply(&m, moved(0, BAR0, 0x10_0000));
+        assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+        assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+    }
+
+    #[test]
+    fn move_outside_the_windows_is_refused_and_the_old_mapping_kept() {
+        let (m, slots, _, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        apply(&m, moved(0, BAR0, 0xfee0_0000));
+        assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    }
+
+    #[test]
+    fn move_that_kvm_rejects_keeps_the_old_mapping() {
+        let (m, slots, _, _) = mapper();
+        apply(&m, decode(Some(true), None));
+        // Something else already holds the target range.
+        // SAFETY: the fake does not touch host memory.
+        unsafe { slots.add(99, 0xd000_0000, 0x1000, 0) }.unwrap();
+        apply(&m, moved(0, BAR0, 0xd000_0000));
+        assert!(slots.live().contains(&(1, BAR0, 0x4000)));
+        assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+    }
+
+    #[test]
+    fn unmap_all_leaves_no_slot_and_no_trap() {
+        let (m, slots, buses, _) = mapper();
+        apply(&m, decode(Some(true), Some(true)));
+        m.unmap_all();
+        assert!(slots.live().is_empty());
+        assert!(buses.pio().resolve(IO_BAR).is_none());
+    }
+
+    #[test]
+    fn guest_config_write_reaches_the_mapper_through_the_handler() {
+        let (m, slots, _, dev) = mapper();
+        let shared: SharedPciDevice = dev;
+        let bdf: Bdf = "01:00.0".parse().unwrap();
+        let mut root = PciRoot::new(0);
+        let port = devices::pci::RootPort::new(devices::pci::RootPortConfig::new(0, 1)).unwrap();
+        root.add_device("00:01.0".parse().unwrap(), Arc::new(Mutex::new(port)))
+            .unwrap();
+        root.add_device(bdf, shared.clone()).unwrap();
+        let root = Arc::new(root);
+        let handler = m.effects.handler(root.clone(), vec![shared]);
+        let mut ecam = PciEcam::new(root, Some(handler));
+        // Command register of 01:00.0: memory space enable.
+        ecam.write(0, 1 << 20 | 4, &[0x02, 0x00]);
+        assert!(slots.live().is_empty(), "applied only after the dispatch");
+        m.apply_pending();
+        assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    }
+
+    #[test]
+    fn trapped_io_bar_reaches_the_function() {
+        let (m, _, buses, _) = mapper();
+        apply(&m, decode(None, Some(true)));
+        let mut d = [0u8; 4];
+        assert!(buses.pio().read(IO_BAR + 4, &mut d));
+        // The fake's region holds zeros.
+        assert_eq!(d, [0; 4]);
+    }
+}

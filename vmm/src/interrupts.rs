@@ -1,0 +1,596 @@
+//! Interrupts of passed-through functions, delivered by KVM without a trip through Strait:
+//! vfio-glue's [`IrqProvider`] implemented with KVM GSI routing and irqfds (KVM API,
+//! Documentation/virt/kvm/api.rst: KVM_SET_GSI_ROUTING, KVM_IRQFD with
+//! KVM_IRQFD_FLAG_RESAMPLE).
+//!
+//! - MSI and MSI-X: every vector gets a GSI from [`GsiAllocator`] and an eventfd. VFIO
+//!   signals the eventfd (VFIO_DEVICE_SET_IRQS); KVM's irqfd on the vector's GSI turns it
+//!   into the MSI the guest programmed, through an MSI route.
+//! - KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouting`] keeps the table and
+//!   always writes the default IOAPIC/PIC routes of GSIs 0..23 (those KVM installs with
+//!   the in-kernel irqchip) plus every MSI route.
+//! - Masking a vector deassigns its irqfd; unmasking reassigns it. KVM injects at assign
+//!   time if the eventfd was signalled meanwhile, so an interrupt raised while masked is
+//!   held (the pending bit) and delivered on unmask, never lost.
+//! - INTx: a level irqfd with a resample eventfd on the GSI the DSDT `_PRT` gives the
+//!   root port's slot (`arch::x86_64::layout::pci_intx_gsi`); KVM signals the resample
+//!   eventfd on EOI and VFIO unmasks the host line.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arch::x86_64::layout::pci_intx_gsi;
+use devices::interrupt::{MsiMessage, MsiRouter};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
+    kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use resources::{GsiAllocator, LEGACY_GSI_COUNT};
+use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors};
+use vmm_sys_util::eventfd::EventFd;
+
+/// GSIs that also reach the dual 8259 PIC (ISA IRQs 0..15).
+const PIC_GSI_COUNT: u32 = 16;
+
+/// What a GSI is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A pin of an in-kernel interrupt controller (`KVM_IRQCHIP_*`).
+    Irqchip { chip: u32, pin: u32 },
+    /// A message-signalled interrupt.
+    Msi(MsiMessage),
+}
+
+/// The routes KVM installs with KVM_CREATE_IRQCHIP: GSI n to IOAPIC pin n for n < 24,
+/// and for n < 16 also to pin n % 8 of the master (n < 8) or slave PIC.
+pub fn default_routes() -> Vec<(u32, Route)> {
+    let mut routes = Vec::new();
+    for gsi in 0..LEGACY_GSI_COUNT {
+        let ioapic = Route::Irqchip {
+            chip: KVM_IRQCHIP_IOAPIC,
+            pin: gsi,
+        };
+        routes.push((gsi, ioapic));
+        if gsi < PIC_GSI_COUNT {
+            let chip = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            routes.push((gsi, Route::Irqchip { chip, pin: gsi % 8 }));
+        }
+    }
+    routes
+}
+
+/// The whole routing table: the defaults, then the MSI routes in GSI order.
+pub fn routing_table(msi: &BTreeMap<u32, MsiMessage>) -> Vec<(u32, Route)> {
+    let mut table = default_routes();
+    table.extend(msi.iter().map(|(&gsi, &m)| (gsi, Route::Msi(m))));
+    table
+}
+
+/// One route as KVM_SET_GSI_ROUTING takes it.
+pub fn kvm_entry(gsi: u32, route: Route) -> kvm_irq_routing_entry {
+    let (type_, u) = match route {
+        Route::Irqchip { chip, pin } => (
+            KVM_IRQ_ROUTING_IRQCHIP,
+            kvm_irq_routing_entry__bindgen_ty_1 {
+                irqchip: kvm_irq_routing_irqchip { irqchip: chip, pin },
+            },
+        ),
+        Route::Msi(m) => (
+            KVM_IRQ_ROUTING_MSI,
+            kvm_irq_routing_entry__bindgen_ty_1 {
+                msi: kvm_irq_routing_msi {
+                    address_lo: m.address as u32,
+                    address_hi: (m.address >> 32) as u32,
+                    data: m.data,
+                    ..Default::default()
+                },
+            },
+        ),
+    };
+    kvm_irq_routing_entry {
+        gsi,
+        type_,
+        u,
+        ..Default::default()
+    }
+}
+
+/// The KVM calls interrupt wiring needs (a VM fd; a recording fake in tests).
+pub trait IrqChip: Send + Sync {
+    fn set_routes(&self, table: &[(u32, Route)]) -> io::Result<()>;
+    fn assign(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
+    fn deassign(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
+    fn assign_level(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> io::Result<()>;
+}
+
+fn kvm_io(e: kvm_ioctls::Error) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+impl IrqChip for VmFd {
+    fn set_routes(&self, table: &[(u32, Route)]) -> io::Result<()> {
+        let entries: Vec<_> = table.iter().map(|&(g, r)| kvm_entry(g, r)).collect();
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| io::Error::other(format!("{} GSI routes: {e:?}", entries.len())))?;
+        self.set_gsi_routing(&routing).map_err(kvm_io)
+    }
+
+    fn assign(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
+        self.register_irqfd(fd, gsi).map_err(kvm_io)
+    }
+
+    fn deassign(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
+        self.unregister_irqfd(fd, gsi).map_err(kvm_io)
+    }
+
+    fn assign_level(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> io::Result<()> {
+        self.register_irqfd_with_resample(fd, resample, gsi)
+            .map_err(kvm_io)
+    }
+}
+
+struct RoutingState {
+    gsis: GsiAllocator,
+    msi: BTreeMap<u32, MsiMessage>,
+}
+
+/// The VM's GSI routing table and MSI GSI pool, shared by all MSI routers.
+pub struct GsiRouting {
+    chip: Arc<dyn IrqChip>,
+    state: Mutex<RoutingState>,
+}
+
+impl GsiRouting {
+    pub fn new(chip: Arc<dyn IrqChip>, gsis: GsiAllocator) -> Arc<Self> {
+        let state = RoutingState {
+            gsis,
+            msi: BTreeMap::new(),
+        };
+        Arc::new(GsiRouting {
+            chip,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoutingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn chip(&self) -> &Arc<dyn IrqChip> {
+        &self.chip
+    }
+
+    fn allocate(&self, n: u16) -> io::Result<Vec<u32>> {
+        let mut st = self.lock();
+        let mut got = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            match st.gsis.allocate() {
+                Ok(g) => got.push(g),
+                Err(e) => {
+                    for g in got {
+                        let _ = st.gsis.free(g);
+                    }
+                    return Err(io::Error::other(e));
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn release(&self, gsis: &[u32]) {
+        let mut st = self.lock();
+        let mut changed = false;
+        for &g in gsis {
+            changed |= st.msi.remove(&g).is_some();
+            let _ = st.gsis.free(g);
+        }
+        if changed {
+            if let Err(e) = self.chip.set_routes(&routing_table(&st.msi)) {
+                log::error!("KVM_SET_GSI_ROUTING while releasing GSIs: {e}");
+            }
+        }
+    }
+
+    /// Route `gsi` to `msg` (`None`: remove the route); writes the table when it changed.
+    pub fn set_msi(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
+        let mut st = self.lock();
+        let old = match msg {
+            Some(m) => st.msi.insert(gsi, m),
+            None => st.msi.remove(&gsi),
+        };
+        if old == msg {
+            return Ok(());
+        }
+        self.chip.set_routes(&routing_table(&st.msi))
+    }
+
+    /// Write the table (the defaults alone until MSI routes exist).
+    pub fn commit(&self) -> io::Result<()> {
+        self.chip.set_routes(&routing_table(&self.lock().msi))
+    }
+
+    /// The MSI routes in place, for tests and logs.
+    pub fn msi_routes(&self) -> BTreeMap<u32, MsiMessage> {
+        self.lock().msi.clone()
+    }
+}
+
+/// One vector of an MSI or MSI-X capability.
+struct Vector {
+    gsi: u32,
+    /// Our handle on the eventfd VFIO signals (a dup of the one handed to VFIO).
+    fd: EventFd,
+    assigned: bool,
+}
+
+/// An [`MsiRouter`] for one capability of one function.
+pub struct KvmMsiRouter {
+    routing: Arc<GsiRouting>,
+    vectors: Vec<Vector>,
+    enabled: bool,
+    label: String,
+}
+
+impl KvmMsiRouter {
+    fn set_assigned(&mut self, v: usize, on: bool) -> io::Result<()> {
+        let chip = self.routing.chip.clone();
+        let Some(vec) = self.vectors.get_mut(v) else {
+            return Ok(());
+        };
+        if vec.assigned == on {
+            return Ok(());
+        }
+        if on {
+            chip.assign(&vec.fd, vec.gsi)?;
+        } else {
+            chip.deassign(&vec.fd, vec.gsi)?;
+        }
+        vec.assigned = on;
+        Ok(())
+    }
+
+    fn disable_all(&mut self) -> io::Result<()> {
+        let mut first_err = None;
+        for v in 0..self.vectors.len() {
+            if let Err(e) = self.set_assigned(v, false) {
+                first_err.get_or_insert(e);
+            }
+            let gsi = self.vectors[v].gsi;
+            if let Err(e) = self.routing.set_msi(gsi, None) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl MsiRouter for KvmMsiRouter {
+    fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> io::Result<()> {
+        let v = usize::from(vector);
+        let Some(gsi) = self.vectors.get(v).map(|x| x.gsi) else {
+            return Ok(());
+        };
+        log::debug!(
+            "{}: vector {vector} -> GSI {gsi}, {msg:x?}, masked {masked}",
+            self.label
+        );
+        // The route first: an irqfd assigned to an unrouted GSI would inject nothing.
+        self.routing.set_msi(gsi, Some(msg))?;
+        self.set_assigned(v, self.enabled && !masked)
+    }
+
+    fn enable(&mut self, vectors: Option<u16>) -> io::Result<()> {
+        self.enabled = vectors.is_some();
+        if vectors.is_none() {
+            return self.disable_all();
+        }
+        Ok(())
+    }
+
+    fn trigger(&mut self, vector: u16) -> io::Result<()> {
+        // Through the eventfd: delivered now if assigned, else held until unmask.
+        match self.vectors.get(usize::from(vector)) {
+            Some(v) => v.fd.write(1),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for KvmMsiRouter {
+    fn drop(&mut self) {
+        for v in 0..self.vectors.len() {
+            let _ = self.set_assigned(v, false);
+        }
+        let gsis: Vec<u32> = self.vectors.iter().map(|v| v.gsi).collect();
+        self.routing.release(&gsis);
+    }
+}
+
+/// Fresh eventfd pairs: one for VFIO, and our dup of it for KVM_IRQFD.
+fn vector_fds(n: usize) -> io::Result<Vec<(EventFd, EventFd)>> {
+    (0..n)
+        .map(|_| {
+            let vfio = EventFd::new(libc::EFD_NONBLOCK)?;
+            let ours = vfio.try_clone()?;
+            Ok((vfio, ours))
+        })
+        .collect()
+}
+
+/// Wires one passed-through function's interrupts.
+pub struct KvmIrqProvider {
+    pub routing: Arc<GsiRouting>,
+    /// Slot of the function's root port on bus 0: the `_PRT` entry its INTx reaches
+    /// after the bridge swizzle (the function sits in slot 0 below the port, so the
+    /// swizzle leaves the pin unchanged).
+    pub port_slot: u8,
+    /// Names the function in logs.
+    pub label: String,
+}
+
+impl IrqProvider for KvmIrqProvider {
+    fn msi(&mut self, kind: MsiKind, count: u16) -> io::Result<MsiVectors> {
+        let gsis = self.routing.allocate(count)?;
+        let fds = match vector_fds(gsis.len()) {
+            Ok(fds) => fds,
+            Err(e) => {
+                self.routing.release(&gsis);
+                return Err(e);
+            }
+        };
+        let mut eventfds = Vec::with_capacity(fds.len());
+        let mut vectors = Vec::with_capacity(fds.len());
+        for (&gsi, (vfio, fd)) in gsis.iter().zip(fds) {
+            eventfds.push(vfio);
+            vectors.push(Vector {
+                gsi,
+                fd,
+                assigned: false,
+            });
+        }
+        log::debug!(
+            "{}: {count} {kind:?} vectors on GSIs from {:?}",
+            self.label,
+            gsis.first()
+        );
+        let router = KvmMsiRouter {
+            routing: self.routing.clone(),
+            vectors,
+            enabled: false,
+            label: format!("{} {kind:?}", self.label),
+        };
+        Ok(MsiVectors {
+            router: Box::new(router),
+            eventfds,
+        })
+    }
+
+    fn intx(&mut self, pin: u8) -> io::Result<IntxFds> {
+        if !(1..=4).contains(&pin) {
+            return Err(io::Error::other(format!(
+                "interrupt pin {pin} is not INTA..INTD"
+            )));
+        }
+        let gsi = pci_intx_gsi(self.port_slot, pin - 1);
+        let trigger = EventFd::new(libc::EFD_NONBLOCK)?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK)?;
+        self.routing.chip.assign_level(&trigger, &resample, gsi)?;
+        log::debug!(
+            "{}: INT{} on GSI {gsi}",
+            self.label,
+            (b'A' + pin - 1) as char
+        );
+        Ok(IntxFds { trigger, resample })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Routes(Vec<(u32, Route)>),
+        Assign(u32),
+        Deassign(u32),
+        Level(u32),
+    }
+
+    #[derive(Default)]
+    struct FakeChip(Mutex<Vec<Call>>);
+
+    impl FakeChip {
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl IrqChip for FakeChip {
+        fn set_routes(&self, table: &[(u32, Route)]) -> io::Result<()> {
+            self.0.lock().unwrap().push(Call::Routes(table.to_vec()));
+            Ok(())
+        }
+        fn assign(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
+            self.0.lock().unwrap().push(Call::Assign(gsi));
+            Ok(())
+        }
+        fn deassign(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
+            self.0.lock().unwrap().push(Call::Deassign(gsi));
+            Ok(())
+        }
+        fn assign_level(&self, _: &EventFd, _: &EventFd, gsi: u32) -> io::Result<()> {
+            self.0.lock().unwrap().push(Call::Level(gsi));
+            Ok(())
+        }
+    }
+
+    fn setup() -> (Arc<FakeChip>, Arc<GsiRouting>) {
+        let chip = Arc::new(FakeChip::default());
+        let routing = GsiRouting::new(chip.clone(), GsiAllocator::new(4095).unwrap());
+        (chip, routing)
+    }
+
+    fn provider(routing: &Arc<GsiRouting>) -> KvmIrqProvider {
+        KvmIrqProvider {
+            routing: routing.clone(),
+            port_slot: 1,
+            label: "test".into(),
+        }
+    }
+
+    const MSG: MsiMessage = MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x41,
+    };
+
+    #[test]
+    fn default_routes_match_kvm_irqchip_defaults() {
+        let r = default_routes();
+        // 16 GSIs with IOAPIC + PIC, 8 with IOAPIC only.
+        assert_eq!(r.len(), 16 * 2 + 8);
+        let ioapic = |gsi| Route::Irqchip {
+            chip: KVM_IRQCHIP_IOAPIC,
+            pin: gsi,
+        };
+        assert_eq!(r[0], (0, ioapic(0)));
+        assert!(r.contains(&(
+            3,
+            Route::Irqchip {
+                chip: KVM_IRQCHIP_PIC_MASTER,
+                pin: 3
+            }
+        )));
+        assert!(r.contains(&(
+            12,
+            Route::Irqchip {
+                chip: KVM_IRQCHIP_PIC_SLAVE,
+                pin: 4
+            }
+        )));
+        assert!(r.contains(&(23, ioapic(23))));
+        assert!(!r.iter().any(|(g, _)| *g >= 24));
+    }
+
+    #[test]
+    fn table_always_keeps_defaults_and_adds_msi_routes() {
+        let mut msi = BTreeMap::new();
+        msi.insert(30, MSG);
+        msi.insert(24, MSG);
+        let t = routing_table(&msi);
+        assert_eq!(&t[..40], default_routes().as_slice());
+        assert_eq!(&t[40..], &[(24, Route::Msi(MSG)), (30, Route::Msi(MSG))]);
+    }
+
+    #[test]
+    fn kvm_entry_splits_the_msi_address() {
+        let m = MsiMessage {
+            address: 0x1_fee0_1000,
+            data: 7,
+        };
+        let e = kvm_entry(40, Route::Msi(m));
+        assert_eq!((e.gsi, e.type_), (40, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: the entry was built with the msi variant.
+        let msi = unsafe { e.u.msi };
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_1000, 1, 7)
+        );
+    }
+
+    #[test]
+    fn msix_vectors_get_gsis_from_24_and_separate_eventfds() {
+        let (_, routing) = setup();
+        let v = provider(&routing).msi(MsiKind::Msix, 3).unwrap();
+        assert_eq!(v.eventfds.len(), 3);
+        let fds: Vec<i32> = v.eventfds.iter().map(|e| e.as_raw_fd()).collect();
+        assert!(fds[0] != fds[1] && fds[1] != fds[2]);
+        let mut other = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
+        other.router.enable(Some(1)).unwrap();
+        other.router.update(0, MSG, false).unwrap();
+        assert_eq!(
+            routing.msi_routes().keys().copied().collect::<Vec<_>>(),
+            [27]
+        );
+    }
+
+    #[test]
+    fn unmask_routes_then_assigns_and_mask_deassigns() {
+        let (chip, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
+        v.router.enable(Some(2)).unwrap();
+        v.router.update(1, MSG, false).unwrap();
+        let calls = chip.take();
+        assert!(matches!(&calls[0], Call::Routes(t) if t.last() == Some(&(25, Route::Msi(MSG)))));
+        assert_eq!(calls[1], Call::Assign(25));
+        v.router.update(1, MSG, true).unwrap();
+        // Same message: no table write, only the deassign.
+        assert_eq!(chip.take(), vec![Call::Deassign(25)]);
+        v.router.update(1, MSG, false).unwrap();
+        assert_eq!(chip.take(), vec![Call::Assign(25)]);
+    }
+
+    #[test]
+    fn update_while_disabled_routes_but_does_not_assign() {
+        let (chip, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
+        v.router.update(0, MSG, false).unwrap();
+        assert!(!chip.take().iter().any(|c| matches!(c, Call::Assign(_))));
+    }
+
+    #[test]
+    fn disable_deassigns_and_drops_routes_but_keeps_defaults() {
+        let (chip, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
+        v.router.enable(Some(2)).unwrap();
+        v.router.update(0, MSG, false).unwrap();
+        chip.take();
+        v.router.enable(None).unwrap();
+        let calls = chip.take();
+        assert_eq!(calls[0], Call::Deassign(24));
+        assert_eq!(calls[1], Call::Routes(default_routes()));
+        assert!(routing.msi_routes().is_empty());
+    }
+
+    #[test]
+    fn trigger_while_masked_is_held_in_the_eventfd() {
+        let (_, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
+        v.router.enable(Some(1)).unwrap();
+        v.router.trigger(0).unwrap();
+        // The count is visible through VFIO's copy: both are the same eventfd.
+        assert_eq!(v.eventfds[0].read().unwrap(), 1);
+    }
+
+    #[test]
+    fn dropping_a_router_frees_its_gsis_and_routes() {
+        let (_, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
+        v.router.enable(Some(2)).unwrap();
+        v.router.update(0, MSG, false).unwrap();
+        drop(v);
+        assert!(routing.msi_routes().is_empty());
+        let again = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
+        let mut r = again.router;
+        r.update(0, MSG, false).unwrap();
+        assert_eq!(
+            routing.msi_routes().keys().copied().collect::<Vec<_>>(),
+            [24]
+        );
+    }
+
+    #[test]
+    fn intx_uses_a_resampling_irqfd_on_the_slot_gsi() {
+        let (chip, routing) = setup();
+        provider(&routing).intx(1).unwrap();
+        // Root port slot 1, INTA -> GSI 17 (DSDT _PRT rotation).
+        assert_eq!(chip.take(), vec![Call::Level(17)]);
+    }
+}
