@@ -1,24 +1,86 @@
-//! The nvme scenario with Strait as L1's VMM. Ignored until Strait boots
-//! guests; run it with `cargo build --release -p vmm` then
-//! `cargo test -p testbed --test strait -- --ignored`.
+//! Strait as L1's VMM in the nested testbed: it boots a stock L2 kernel and passes L0's
+//! emulated devices through PCIe root ports, and L2's stock drivers use them.
+//!
+//! - `boot`: no devices; L2 sees its vCPUs and memory.
+//! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
+//! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
+//! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
+//!   above 4 GiB, written by L2 and found in L0's backing file) at once.
+//!
+//! Each test needs `target/release/strait`: `cargo build --release -p vmm` first. A run
+//! that cannot start, a failed check or a non-zero Strait exit fails the test with the
+//! report and the L2/L1 console tails; nothing passes silently. Runs are serialised by
+//! the testbed's lock. `TESTBED_BREAK=1` forces a check to fail, to see a red report.
 
-use testbed::{scenario, Testbed, TestbedOptions, Vmm};
+use testbed::{scenario, Outcome, Scenario, Testbed, TestbedOptions, Vmm};
 
-#[test]
-#[ignore = "Strait does not boot guests yet"]
-fn strait_passes_nvme_through_to_l2() {
+/// L1's kernel sometimes dies right after a switch back from L2 under TCG's emulation
+/// of nested SVM (testbed notes): a flaw of the outer emulation, rerun once.
+const OUTER_EMULATION_FLAKE: &str = "stack guard page was hit";
+
+fn run_once(scenario: &Scenario) -> Outcome {
+    let binary = testbed::default_strait_binary();
+    assert!(
+        binary.is_file(),
+        "no strait binary at {}: run `cargo build --release -p vmm` first",
+        binary.display()
+    );
     let opts = TestbedOptions {
-        vmm: Vmm::Strait {
-            binary: testbed::default_strait_binary(),
-        },
+        vmm: Vmm::Strait { binary },
         ..Default::default()
     };
-    let outcome = match Testbed::new(opts).and_then(|t| t.run(&scenario::nvme())) {
+    match Testbed::new(opts).and_then(|t| t.run(scenario)) {
         Ok(outcome) => outcome,
-        Err(e) => panic!("the nested testbed could not run scenario nvme with strait: {e}"),
-    };
+        Err(e) => panic!(
+            "the nested testbed could not run scenario {} with strait: {e}",
+            scenario.name
+        ),
+    }
+}
+
+/// Run `scenario` with Strait; panic with the failure report unless every check passed
+/// and Strait exited 0.
+fn run_with_strait(scenario: Scenario) {
+    let mut outcome = run_once(&scenario);
+    if outcome.verify().is_err() && outcome.l1_console.contains(OUTER_EMULATION_FLAKE) {
+        eprintln!("L1 hit the known nested-emulation crash; running once more");
+        outcome = run_once(&scenario);
+    }
     eprintln!("{}", outcome.summary());
+    for name in scenario.expected_checks() {
+        assert!(
+            outcome.passed(&name),
+            "check {name} did not pass\n{}",
+            outcome.report()
+        );
+    }
+    assert_eq!(
+        outcome.vmm_exit,
+        Some(0),
+        "strait did not exit 0\n{}",
+        outcome.report()
+    );
     if let Err(failure) = outcome.verify() {
         panic!("{failure}");
     }
+}
+
+#[test]
+fn strait_boots_l2() {
+    run_with_strait(scenario::boot());
+}
+
+#[test]
+fn strait_passes_nvme_through_to_l2() {
+    run_with_strait(scenario::nvme());
+}
+
+#[test]
+fn strait_delivers_nvme_intx_through_the_ioapic() {
+    run_with_strait(scenario::nvme_intx());
+}
+
+#[test]
+fn strait_passes_nvme_bochs_and_ivshmem_through_root_ports() {
+    run_with_strait(scenario::passthrough());
 }

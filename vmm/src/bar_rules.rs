@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devices::pci::{Bdf, BarKind, ConfigWriteHandler, ConfigWriteResult, PciRoot, SharedPciDevice};
+use devices::pci::{BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, PciRoot, SharedPciDevice};
 
 /// The guest physical map a BAR must respect: RAM it may not cover and the host bridge
 /// windows (ACPI `_CRS`) it must stay inside. Ranges are half-open.
@@ -76,7 +76,9 @@ impl ConfigEffects {
     }
 
     pub(crate) fn take(&self) -> Vec<(usize, ConfigWriteResult)> {
-        if !self.pending.swap(false, Ordering::AcqRel) {
+        // Every vCPU asks after every exit: a plain load keeps the common case from
+        // writing the shared cache line.
+        if !self.pending.load(Ordering::Acquire) || !self.pending.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
         std::mem::take(&mut *lock(&self.queued))
@@ -106,7 +108,6 @@ impl ConfigEffects {
 fn identity(dev: &SharedPciDevice) -> usize {
     Arc::as_ptr(dev).cast::<()>() as usize
 }
-
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

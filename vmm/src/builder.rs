@@ -14,6 +14,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use resources::{GsiAllocator, DEFAULT_MAX_GSI};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::attach::{AttachParams, Attached};
 use crate::bars::ConfigEffects;
 use crate::boot;
 use crate::device_manager::DeviceManager;
@@ -21,7 +22,7 @@ use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
-use crate::passthrough::{self, AttachParams, Attached, PassthroughError};
+use crate::passthrough::{self, PassthroughError};
 use crate::spec::VmSpec;
 use crate::vcpu::{self, BootCpuState};
 use crate::vm::{StopSignal, Vm, VmParts};

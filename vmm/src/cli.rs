@@ -53,7 +53,9 @@ pub enum Command {
     ///
     /// Checks the JSON document and its values, that the kernel is a bzImage or ELF
     /// vmlinux and the initramfs fits, that /dev/kvm opens and allows the vCPU count,
-    /// that the hugepage pool has enough free pages and that passthrough devices exist.
+    /// that the hugepage pool has enough free pages, and that each passthrough device
+    /// exists, is bound to vfio-pci in a viable IOMMU group whose /dev/vfio/N opens,
+    /// with a locked-memory limit that covers guest RAM (the checks `run` makes first).
     Validate {
         /// Path of the JSON VM spec.
         spec: PathBuf,

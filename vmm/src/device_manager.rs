@@ -5,8 +5,8 @@
 //! Interrupts of emulated devices are `EventFd`s registered with KVM as irqfds, so a
 //! device raising a line never needs a vCPU exit. PCI config space is a [`PciRoot`]
 //! reached through ports 0xcf8/0xcfc and the ECAM window (PCIe Base 7.2.2), with the host
-//! bridge at 00:00.0; passed-through functions join that root and map their BARs onto the
-//! same buses.
+//! bridge at 00:00.0; root ports and passed-through functions join that root, and the
+//! trapped parts of their BARs go on the port I/O bus and on an MMIO bus of their own.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};

@@ -71,7 +71,8 @@ Exit codes:
  14  passthrough: the same device listed twice
  15  passthrough: no permission to open /dev/vfio/N
  16  passthrough: locked-memory limit (ulimit -l) below guest RAM
-130  stopped by SIGINT; 143: stopped by SIGTERM (after an orderly teardown)";
+130  stopped by SIGINT (after an orderly teardown)
+143  stopped by SIGTERM (after an orderly teardown)";
 
 /// Everything `strait` can fail with.
 #[derive(Debug, thiserror::Error)]

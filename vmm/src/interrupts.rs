@@ -184,17 +184,27 @@ impl GsiRouting {
         Ok(got)
     }
 
-    fn release(&self, gsis: &[u32]) {
+    /// Drop the MSI routes of `gsis` with one table write (none if they had no route).
+    fn remove_routes(&self, gsis: &[u32]) -> io::Result<()> {
         let mut st = self.lock();
         let mut changed = false;
-        for &g in gsis {
-            changed |= st.msi.remove(&g).is_some();
-            let _ = st.gsis.free(g);
+        for g in gsis {
+            changed |= st.msi.remove(g).is_some();
         }
         if changed {
-            if let Err(e) = self.chip.set_routes(&routing_table(&st.msi)) {
-                log::error!("KVM_SET_GSI_ROUTING while releasing GSIs: {e}");
-            }
+            self.chip.set_routes(&routing_table(&st.msi))?;
+        }
+        Ok(())
+    }
+
+    /// Drop the routes of `gsis` and return them to the pool.
+    fn release(&self, gsis: &[u32]) {
+        if let Err(e) = self.remove_routes(gsis) {
+            log::error!("KVM_SET_GSI_ROUTING while releasing GSIs: {e}");
+        }
+        let mut st = self.lock();
+        for &g in gsis {
+            let _ = st.gsis.free(g);
         }
     }
 
@@ -209,11 +219,6 @@ impl GsiRouting {
             return Ok(());
         }
         self.chip.set_routes(&routing_table(&st.msi))
-    }
-
-    /// Write the table (the defaults alone until MSI routes exist).
-    pub fn commit(&self) -> io::Result<()> {
-        self.chip.set_routes(&routing_table(&self.lock().msi))
     }
 
     /// The MSI routes in place, for tests and logs.
@@ -256,16 +261,17 @@ impl KvmMsiRouter {
         Ok(())
     }
 
+    /// Every irqfd deassigned, every route removed (the capability was disabled).
     fn disable_all(&mut self) -> io::Result<()> {
         let mut first_err = None;
         for v in 0..self.vectors.len() {
             if let Err(e) = self.set_assigned(v, false) {
                 first_err.get_or_insert(e);
             }
-            let gsi = self.vectors[v].gsi;
-            if let Err(e) = self.routing.set_msi(gsi, None) {
-                first_err.get_or_insert(e);
-            }
+        }
+        let gsis: Vec<u32> = self.vectors.iter().map(|v| v.gsi).collect();
+        if let Err(e) = self.routing.remove_routes(&gsis) {
+            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -8,6 +8,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod attach;
+pub mod bar_rules;
 pub mod bars;
 pub mod boot;
 pub mod builder;

@@ -1,0 +1,253 @@
+//! Tests of the BAR mapper over a fake VFIO device and fake KVM slots.
+use super::*;
+use devices::bus::Bus;
+use devices::pci::{Bdf, PciRoot};
+use devices::pci::{PciEcam, SharedPciDevice};
+use vfio_glue::device::RegionInfo;
+use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper};
+use vfio_glue::{GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+const GIB: u64 = 1 << 30;
+const BAR0: u64 = 0xc000_0000;
+const IO_BAR: u64 = 0x1000;
+
+fn windows() -> BarWindows {
+    BarWindows {
+        ram: vec![0..3 * GIB, 4 * GIB..5 * GIB],
+        io: 0x1000..0x1_0000,
+        mmio32: 0xc000_0000..0xe000_0000,
+        mmio64: 8 * GIB..16 * GIB,
+    }
+}
+
+#[test]
+fn slot_pool_starts_after_ram_and_reuses_freed_slots() {
+    let mut p = SlotPool::new(2);
+    assert_eq!((p.get(), p.get()), (2, 3));
+    p.put(2);
+    assert_eq!((p.get(), p.get()), (2, 4));
+}
+
+#[derive(Default)]
+struct FakeSlots(Mutex<Vec<(u32, u64, u64)>>);
+
+impl FakeSlots {
+    fn live(&self) -> Vec<(u32, u64, u64)> {
+        lock(&self.0).clone()
+    }
+}
+
+impl MemorySlots for FakeSlots {
+    unsafe fn add(&self, slot: u32, gpa: u64, size: u64, _host: u64) -> io::Result<()> {
+        let mut v = lock(&self.0);
+        if v.iter()
+            .any(|&(s, g, n)| s == slot || (g < gpa + size && gpa < g + n))
+        {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        v.push((slot, gpa, size));
+        Ok(())
+    }
+
+    fn remove(&self, slot: u32, _gpa: u64) -> io::Result<()> {
+        lock(&self.0).retain(|&(s, _, _)| s != slot);
+        Ok(())
+    }
+}
+
+struct NoIrqs;
+
+impl IrqProvider for NoIrqs {
+    fn msi(&mut self, _: MsiKind, _: u16) -> io::Result<MsiVectors> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn intx(&mut self, _: u8) -> io::Result<IntxFds> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A function with BAR0 64-bit 16 KiB (mmap-able) and BAR2 I/O 32 bytes, at
+/// [`BAR0`] and [`IO_BAR`].
+fn function() -> Arc<Mutex<VfioPciDevice>> {
+    let mut cfg = vec![0u8; 256];
+    cfg[0..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
+    cfg[0x10] = 0x4;
+    cfg[0x18] = 0x1;
+    let region = |size, mmap| RegionInfo {
+        size,
+        readable: true,
+        writable: true,
+        mmap,
+        ..Default::default()
+    };
+    let log = CallLog::default();
+    let dev = FakeDevice::new(log.clone(), &cfg)
+        .with_region(0, region(0x4000, true))
+        .with_region(2, region(0x20, false));
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let dma = GuestDma::map(Arc::new(FakeDmaMapper::new(log, vec![])), &mem).unwrap();
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+    };
+    let mut d = VfioPciDevice::new(Box::new(dev), dma, &mut NoIrqs, params).unwrap();
+    d.place_bar(0, BAR0).unwrap();
+    d.place_bar(2, IO_BAR).unwrap();
+    Arc::new(Mutex::new(d))
+}
+
+fn mapper() -> (
+    BarMapper,
+    Arc<FakeSlots>,
+    IoBuses,
+    Arc<Mutex<VfioPciDevice>>,
+) {
+    let slots = Arc::new(FakeSlots::default());
+    let buses = IoBuses::new(Bus::new(), Bus::new());
+    let dev = function();
+    let params = BarMapperParams {
+        slots: slots.clone(),
+        first_slot: 1,
+        buses: buses.clone(),
+        windows: windows(),
+        effects: Arc::default(),
+    };
+    let m = BarMapper::new(params, vec![("f".into(), dev.clone())]);
+    (m, slots, buses, dev)
+}
+
+fn decode(mem: Option<bool>, io: Option<bool>) -> ConfigWriteResult {
+    ConfigWriteResult {
+        mem_decode: mem,
+        io_decode: io,
+        ..Default::default()
+    }
+}
+
+fn moved(index: u8, old: u64, new: u64) -> ConfigWriteResult {
+    let mv = devices::pci::BarMove {
+        index,
+        kind: BarKind::Mem64 {
+            prefetchable: false,
+        },
+        size: 0x4000,
+        old,
+        new,
+    };
+    ConfigWriteResult {
+        bar_moves: vec![mv],
+        ..Default::default()
+    }
+}
+
+fn apply(m: &BarMapper, r: ConfigWriteResult) {
+    m.effects.push(0, r);
+    m.apply_pending();
+}
+
+#[test]
+fn nothing_is_live_before_the_guest_enables_decode() {
+    let (m, slots, buses, _) = mapper();
+    assert!(slots.live().is_empty());
+    assert!(buses.pio().resolve(IO_BAR).is_none());
+    assert_eq!(m.live(), vec![vec![(0, None), (2, None)]]);
+}
+
+#[test]
+fn memory_decode_maps_the_bar_as_a_slot_and_io_decode_traps_the_io_bar() {
+    let (m, slots, buses, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    assert!(buses.pio().resolve(IO_BAR).is_none());
+    apply(&m, decode(None, Some(true)));
+    assert!(buses.pio().resolve(IO_BAR + 0x1f).is_some());
+    assert!(buses.pio().resolve(IO_BAR + 0x20).is_none());
+    assert_eq!(m.live(), vec![vec![(0, Some(BAR0)), (2, Some(IO_BAR))]]);
+}
+
+#[test]
+fn decode_off_removes_the_slots_and_on_restores_them() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    apply(&m, decode(Some(false), None));
+    assert!(slots.live().is_empty());
+    apply(&m, decode(Some(true), None));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+}
+
+#[test]
+fn moved_bar_is_remapped_at_its_new_address() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    assert_eq!(slots.live(), vec![(1, 0xd000_0000, 0x4000)]);
+}
+
+#[test]
+fn move_onto_ram_is_refused_and_the_old_mapping_kept() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    apply(&m, moved(0, BAR0, 0x10_0000));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+}
+
+#[test]
+fn move_outside_the_windows_is_refused_and_the_old_mapping_kept() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    apply(&m, moved(0, BAR0, 0xfee0_0000));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+}
+
+#[test]
+fn move_that_kvm_rejects_keeps_the_old_mapping() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    // Something else already holds the target range.
+    // SAFETY: the fake does not touch host memory.
+    unsafe { slots.add(99, 0xd000_0000, 0x1000, 0) }.unwrap();
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    assert!(slots.live().contains(&(1, BAR0, 0x4000)));
+    assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+}
+
+#[test]
+fn unmap_all_leaves_no_slot_and_no_trap() {
+    let (m, slots, buses, _) = mapper();
+    apply(&m, decode(Some(true), Some(true)));
+    m.unmap_all();
+    assert!(slots.live().is_empty());
+    assert!(buses.pio().resolve(IO_BAR).is_none());
+}
+
+#[test]
+fn guest_config_write_reaches_the_mapper_through_the_handler() {
+    let (m, slots, _, dev) = mapper();
+    let shared: SharedPciDevice = dev;
+    let bdf: Bdf = "01:00.0".parse().unwrap();
+    let mut root = PciRoot::new(0);
+    let port = devices::pci::RootPort::new(devices::pci::RootPortConfig::new(0, 1)).unwrap();
+    root.add_device("00:01.0".parse().unwrap(), Arc::new(Mutex::new(port)))
+        .unwrap();
+    root.add_device(bdf, shared.clone()).unwrap();
+    let root = Arc::new(root);
+    let handler = m.effects.handler(root.clone(), vec![shared]);
+    let mut ecam = PciEcam::new(root, Some(handler));
+    // Command register of 01:00.0: memory space enable.
+    ecam.write(0, 1 << 20 | 4, &[0x02, 0x00]);
+    assert!(slots.live().is_empty(), "applied only after the dispatch");
+    m.apply_pending();
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+}
+
+#[test]
+fn trapped_io_bar_reaches_the_function() {
+    let (m, _, buses, _) = mapper();
+    apply(&m, decode(None, Some(true)));
+    let mut d = [0u8; 4];
+    assert!(buses.pio().read(IO_BAR + 4, &mut d));
+    // The fake's region holds zeros.
+    assert_eq!(d, [0; 4]);
+}
