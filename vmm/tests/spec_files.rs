@@ -146,11 +146,17 @@ fn schema_limits_match_validation() {
 }
 
 #[test]
-fn readme_example_is_a_valid_spec() {
-    let readme = std::fs::read_to_string(crate_dir().join("README.md")).unwrap();
-    let start = readme.find("```json\n").expect("README has a json example") + 8;
-    let end = start + readme[start..].find("```").unwrap();
-    let mut spec = VmSpec::parse(&readme[start..end]).unwrap();
-    spec.validate().unwrap();
-    spec.resolve_paths(Path::new("/"));
+fn readme_examples_are_valid_specs() {
+    let readme = std::fs::read_to_string(crate_dir().join("../README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```json\n")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("```").unwrap()])
+        .collect();
+    assert!(!blocks.is_empty(), "the top-level README has no json example");
+    for block in blocks {
+        let mut spec = VmSpec::parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        spec.validate().unwrap();
+        spec.resolve_paths(Path::new("/"));
+    }
 }
