@@ -9,7 +9,7 @@
 //! conventional (256 bytes), like the real part's.
 
 use super::config::{ConfigSize, PciConfigSpace, PciIds};
-use super::{BarInfo, ConfigWriteResult, PciDevice};
+use super::{ConfigWriteResult, PciDevice};
 
 pub const HOST_BRIDGE_VENDOR_ID: u16 = 0x8086;
 pub const HOST_BRIDGE_DEVICE_ID: u16 = 0x29c0;
@@ -50,16 +50,6 @@ impl PciDevice for HostBridge {
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         self.cfg.write(reg, offset, data)
     }
-
-    fn bars(&self) -> Vec<BarInfo> {
-        Vec::new()
-    }
-
-    fn bar_read(&mut self, _index: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-
-    fn bar_write(&mut self, _index: u8, _offset: u64, _data: &[u8]) {}
 }
 
 #[cfg(test)]

@@ -90,8 +90,15 @@ pub trait PciDevice: Send {
     /// Write `data` (1, 2 or 4 bytes) at byte `offset` inside register `reg`.
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult;
     /// The BARs as currently programmed (only implemented, non-empty ones).
-    fn bars(&self) -> Vec<BarInfo>;
-    /// A trapped access to BAR `index` at `offset`.
-    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]);
-    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]);
+    /// The BARs as currently programmed (only implemented, non-empty ones).
+    /// Functions without BARs (bridges) keep the default.
+    fn bars(&self) -> Vec<BarInfo> {
+        Vec::new()
+    }
+    /// A trapped access to BAR `index` at `offset`. Without BARs, reads float high.
+    fn bar_read(&mut self, _index: u8, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    /// A trapped write to BAR `index` at `offset`; dropped without BARs.
+    fn bar_write(&mut self, _index: u8, _offset: u64, _data: &[u8]) {}
 }

@@ -20,7 +20,7 @@ use super::config::{ConfigSize, PciConfigSpace, PciIds};
 use super::error::PciError;
 use super::msi::Msi;
 use super::regs::*;
-use super::{BarInfo, ConfigWriteResult, PciDevice};
+use super::{ConfigWriteResult, PciDevice};
 
 pub const ROOT_PORT_VENDOR_ID: u16 = 0x1b36;
 pub const ROOT_PORT_DEVICE_ID: u16 = 0x000c;
@@ -350,16 +350,6 @@ impl PciDevice for RootPort {
         }
         result
     }
-
-    fn bars(&self) -> Vec<BarInfo> {
-        Vec::new()
-    }
-
-    fn bar_read(&mut self, _index: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-    }
-
-    fn bar_write(&mut self, _index: u8, _offset: u64, _data: &[u8]) {}
 }
 
 #[cfg(test)]
