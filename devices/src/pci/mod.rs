@@ -90,7 +90,6 @@ pub trait PciDevice: Send {
     /// Write `data` (1, 2 or 4 bytes) at byte `offset` inside register `reg`.
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult;
     /// The BARs as currently programmed (only implemented, non-empty ones).
-    /// The BARs as currently programmed (only implemented, non-empty ones).
     /// Functions without BARs (bridges) keep the default.
     fn bars(&self) -> Vec<BarInfo> {
         Vec::new()
