@@ -6,8 +6,10 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -177,7 +179,41 @@ pub enum L0Exit {
     Exited(Option<i32>),
     /// The time limit passed and QEMU was killed.
     TimedOut(Duration),
+    /// The run's watch saw L1 stall and QEMU was killed after this long.
+    Stalled {
+        /// Time since L0 started.
+        after: Duration,
+        /// What the watch saw.
+        stall: Stall,
+    },
 }
+
+/// Why a watch gave up on L1 before the time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// L1's console printed nothing (not even its heartbeat) for this long.
+    ConsoleSilent(Duration),
+    /// The work dir's progress files did not change for this long.
+    NoProgress(Duration),
+    /// L1's kernel reported this (a soft lockup, an RCU stall): a CPU of L1 is
+    /// stuck, typically in VMRUN when the outer emulation of nested SVM stops
+    /// delivering L1's interrupts while L2 runs.
+    KernelReport(&'static str),
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stall::ConsoleSilent(d) => write!(f, "L1's console silent for {} s", d.as_secs()),
+            Stall::NoProgress(d) => write!(f, "no progress in L1 for {} s", d.as_secs()),
+            Stall::KernelReport(what) => write!(f, "L1's kernel reported \"{what}\""),
+        }
+    }
+}
+
+/// Looks at a running L0 once a second, given the time since L1's console
+/// last printed a line; `Some` stops L0.
+pub type Watch<'a> = &'a dyn Fn(Duration) -> Option<Stall>;
 
 /// A `TESTBED-L1` marker and when L0's console printed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,17 +255,39 @@ pub fn run(
     console_log: &Path,
     stderr_log: &Path,
 ) -> Result<L0Run> {
+    run_watched(cfg, timeout, (console_log, stderr_log), &|_| None)
+}
+
+/// As [`run`], also stopping L0 when `watch` says L1 stalled. `logs` are the
+/// console and stderr log files.
+pub fn run_watched(
+    cfg: &L0Config,
+    timeout: Duration,
+    logs: (&Path, &Path),
+    watch: Watch<'_>,
+) -> Result<L0Run> {
+    let (console_log, stderr_log) = logs;
     let program = cfg.qemu.display().to_string();
     let stderr = File::create(stderr_log).map_err(|source| Error::WriteFile {
         path: stderr_log.into(),
         source,
     })?;
-    let mut log = File::create(console_log).map_err(|source| Error::WriteFile {
+    let log = File::create(console_log).map_err(|source| Error::WriteFile {
         path: console_log.into(),
         source,
     })?;
     let start = Instant::now();
-    let mut child = Command::new(&cfg.qemu)
+    let mut command = Command::new(&cfg.qemu);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent; it makes L0 die with the testbed (Ctrl-C) instead
+    // of running on, holding two cores, for up to its whole time limit.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(l0_args(cfg))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -239,8 +297,35 @@ pub fn run(
             program: program.clone(),
             source,
         })?;
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
+    let last_line = Arc::new(Mutex::new(Instant::now()));
+    let reader = spawn_console_reader(child.stdout.take(), log, start, last_line.clone());
+    let silence = || {
+        last_line
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    };
+    let exit = wait_with_timeout(&mut child, start, timeout, &|| watch(silence()))
+        .map_err(|source| Error::Spawn { program, source })?;
+    let elapsed = start.elapsed();
+    let (console, markers) = reader.join().unwrap_or_default();
+    Ok(L0Run {
+        exit,
+        console,
+        markers,
+        elapsed,
+    })
+}
+
+/// Tees L0's console to `log`, noting the first time of each marker and the
+/// time of the last line in `seen`; returns the console and the markers.
+fn spawn_console_reader(
+    stdout: Option<std::process::ChildStdout>,
+    mut log: File,
+    start: Instant,
+    seen: Arc<Mutex<Instant>>,
+) -> std::thread::JoinHandle<(String, Vec<Marker>)> {
+    std::thread::spawn(move || {
         let mut console = String::new();
         let mut markers: Vec<Marker> = Vec::new();
         let Some(stdout) = stdout else {
@@ -251,6 +336,7 @@ pub fn run(
                 .trim_end_matches('\r')
                 .to_string();
             let _ = writeln!(log, "{line}");
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             if let Some(name) = marker_name(&line) {
                 if !markers.iter().any(|m| m.name == name) {
                     markers.push(Marker {
@@ -263,16 +349,6 @@ pub fn run(
             console.push('\n');
         }
         (console, markers)
-    });
-    let exit = wait_with_timeout(&mut child, start, timeout)
-        .map_err(|source| Error::Spawn { program, source })?;
-    let elapsed = start.elapsed();
-    let (console, markers) = reader.join().unwrap_or_default();
-    Ok(L0Run {
-        exit,
-        console,
-        markers,
-        elapsed,
     })
 }
 
@@ -280,7 +356,9 @@ fn wait_with_timeout(
     child: &mut std::process::Child,
     start: Instant,
     timeout: Duration,
+    watch: &dyn Fn() -> Option<Stall>,
 ) -> std::io::Result<L0Exit> {
+    let mut watched = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(L0Exit::Exited(status.code()));
@@ -290,6 +368,16 @@ fn wait_with_timeout(
             child.kill()?;
             child.wait()?;
             return Ok(L0Exit::TimedOut(timeout));
+        }
+        if watched.elapsed() >= Duration::from_secs(1) {
+            watched = Instant::now();
+            if let Some(stall) = watch() {
+                log::warn!("{stall}: killing L0");
+                child.kill()?;
+                child.wait()?;
+                let after = start.elapsed();
+                return Ok(L0Exit::Stalled { after, stall });
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -15,7 +15,11 @@
 //! outcome.verify()?;
 //! # Ok::<(), testbed::Error>(())
 //! ```
+//!
+//! [`bench`] runs QEMU and Strait alternately in one L1 boot and reports
+//! their ratios (`testbed bench`).
 
+pub mod bench;
 pub mod checks;
 pub mod cpio;
 mod error;
@@ -115,8 +119,37 @@ pub struct Testbed {
 /// L1's console line of the known nested-emulation crash (testbed.md).
 const NESTED_FLAKE: &str = "stack guard page was hit";
 
-/// Host directories L1 covers with its own mounts inside the chroot.
-const SHADOWED: &[&str] = &["/tmp", "/run", "/proc", "/sys", "/dev"];
+/// Host directories L1 covers with its own mounts inside the chroot. L1 keeps
+/// the top directory of the cache's tree visible when it sits under a tmpfs one
+/// (`/tmp/clone/...`), but never anything under the pseudo file systems.
+const HIDDEN: &[&str] = &["/proc", "/sys", "/dev"];
+const TMPFS: &[&str] = &["/tmp", "/run"];
+
+/// The directory L1 keeps visible for `dir` when `dir` is under a tmpfs mount
+/// of the chroot: its first two components (`/tmp/clone`). `None` when `dir`
+/// needs nothing kept.
+fn kept_top(dir: &Path) -> Option<PathBuf> {
+    TMPFS
+        .iter()
+        .any(|t| dir.starts_with(t))
+        .then(|| dir.components().take(3).collect())
+}
+
+/// Why L1 could not see `path` (which must be canonical) beside the cache dir.
+fn hidden_in_l1(path: &Path, cache: &Path) -> Option<String> {
+    if HIDDEN.iter().any(|h| path.starts_with(h)) || TMPFS.iter().any(|t| path == Path::new(t)) {
+        return Some(format!("{} is covered by L1's own mounts", path.display()));
+    }
+    match (kept_top(path), kept_top(cache)) {
+        (Some(p), Some(c)) if p == c => None,
+        (Some(p), _) => Some(format!(
+            "{} is under a tmpfs of L1's chroot and outside {}, the one tree L1 keeps",
+            path.display(),
+            p.display()
+        )),
+        _ => None,
+    }
+}
 
 impl Testbed {
     /// Finds (or installs) the prerequisites and opens the cache.
@@ -127,13 +160,10 @@ impl Testbed {
             path: cache.dir().into(),
             source,
         })?;
-        if SHADOWED.iter().any(|s| dir.starts_with(s)) {
+        if let Some(why) = hidden_in_l1(&dir, &dir) {
             return Err(Error::MissingPrerequisites {
-                missing: format!(
-                    "a cache dir L1 can see ({} is shadowed in L1)",
-                    dir.display()
-                ),
-                reason: format!("choose one outside {}", SHADOWED.join(", ")),
+                missing: format!("a cache dir L1 can see ({why})"),
+                reason: "choose one outside /proc, /sys, /dev, and not /tmp or /run itself".into(),
             });
         }
         if let Vmm::Strait { binary } = &opts.vmm {
@@ -141,6 +171,16 @@ impl Testbed {
                 return Err(Error::MissingPrerequisites {
                     missing: format!("the strait binary {}", binary.display()),
                     reason: "build it with `cargo build --release -p vmm`".into(),
+                });
+            }
+            let bin = std::fs::canonicalize(binary).map_err(|source| Error::ReadFile {
+                path: binary.clone(),
+                source,
+            })?;
+            if let Some(why) = hidden_in_l1(&bin, &dir) {
+                return Err(Error::MissingPrerequisites {
+                    missing: format!("a strait binary L1 can see ({why})"),
+                    reason: "keep it in the same tree as the testbed's cache".into(),
                 });
             }
         }
@@ -161,6 +201,12 @@ impl Testbed {
     /// Builds (or finds in the cache) the images `scenario` boots.
     pub fn prepare(&self, scenario: &Scenario) -> Result<Artefacts> {
         scenario.validate()?;
+        let l2_initrd = images::l2_image(&self.host, &self.cache, scenario)?;
+        self.artefacts_with(l2_initrd)
+    }
+
+    /// L1's kernel and image, L2's kernel, and the given L2 image.
+    fn artefacts_with(&self, l2_initrd: PathBuf) -> Result<Artefacts> {
         let bzimage = &self.host.kernel_image;
         let l1_kernel = kernel::vmlinux(bzimage, &self.cache).unwrap_or_else(|e| {
             log::warn!("booting L1 from the bzImage (slower under TCG): {e}");
@@ -170,7 +216,7 @@ impl Testbed {
             l1_kernel,
             kernel: bzimage.clone(),
             l1_initrd: images::l1_image(&self.host, &self.cache)?,
-            l2_initrd: images::l2_image(&self.host, &self.cache, scenario)?,
+            l2_initrd,
         })
     }
 
@@ -200,5 +246,40 @@ impl Testbed {
             return run::run(&context);
         }
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod visibility_tests {
+    use super::*;
+
+    #[test]
+    fn checkout_under_tmp_is_kept_whole() {
+        let cache = Path::new("/tmp/clone/integration/cache");
+        assert_eq!(kept_top(cache), Some(PathBuf::from("/tmp/clone")));
+        assert_eq!(hidden_in_l1(cache, cache), None);
+        let bin = Path::new("/tmp/clone/target/release/strait");
+        assert_eq!(hidden_in_l1(bin, cache), None);
+    }
+
+    #[test]
+    fn binary_in_another_tmp_tree_is_hidden() {
+        let cache = Path::new("/tmp/clone/integration/cache");
+        assert!(hidden_in_l1(Path::new("/tmp/other/strait"), cache).is_some());
+    }
+
+    #[test]
+    fn pseudo_file_systems_and_bare_tmp_are_hidden() {
+        for p in ["/proc/x", "/dev/shm/c", "/tmp", "/run"] {
+            assert!(hidden_in_l1(Path::new(p), Path::new(p)).is_some(), "{p}");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_need_nothing_kept() {
+        let cache = Path::new("/work/repo/integration/cache");
+        assert_eq!(kept_top(cache), None);
+        assert_eq!(hidden_in_l1(cache, cache), None);
+        assert_eq!(hidden_in_l1(Path::new("/opt/strait"), cache), None);
     }
 }

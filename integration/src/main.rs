@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use testbed::bench::{self, BenchOptions};
 use testbed::{scenario, Scenario, Testbed, TestbedOptions, Vmm};
 
 #[derive(Parser)]
@@ -52,6 +53,51 @@ enum Cmd {
     },
     /// List the built-in scenarios.
     List,
+    /// Benchmark Strait against QEMU in one L1 boot; writes integration/results/<date>/.
+    Bench(BenchArgs),
+    /// (Inside L1) run a benchmark plan; started by the bench's run script.
+    #[command(hide = true)]
+    L1Agent {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        #[arg(long)]
+        deadline_secs: u64,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Repetitions per VMM and measurement (launches alternate Q S Q S ...).
+    #[arg(long, default_value_t = 5)]
+    reps: u32,
+    /// Development run: one repetition, 512 MiB only, 2 s loads (unless overridden).
+    #[arg(long)]
+    quick: bool,
+    /// Guest RAM sizes (MiB) of the memory setup launches.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<u32>>,
+    /// Seconds of each iobench pattern.
+    #[arg(long)]
+    io_secs: Option<u64>,
+    /// iobench's queue depth (threads).
+    #[arg(long)]
+    qd: Option<u32>,
+    /// L2 vCPUs (default 1: nested SVM under TCG freezes L1 more often with 2).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// The strait binary (default: target/release/strait of this workspace).
+    #[arg(long)]
+    strait_binary: Option<PathBuf>,
+    /// Directory that receives `<date>/` (default: integration/results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only re-render results.md and chart.svg from an existing raw.json.
+    #[arg(long, value_name = "RAW_JSON")]
+    render: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +184,21 @@ fn execute(cli: &Cli) -> testbed::Result<ExitCode> {
             let _ = writeln!(out, "kernel {}", testbed.kernel_version());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bench(args) => bench(args, opts, &mut out),
+        Cmd::L1Agent {
+            plan,
+            results,
+            devices,
+            deadline_secs,
+        } => {
+            bench::agent::run(&bench::agent::AgentArgs {
+                plan: plan.clone(),
+                results: results.clone(),
+                devices: devices.clone(),
+                deadline_secs: *deadline_secs,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run {
             scenario,
             vmm,
@@ -174,4 +235,42 @@ fn execute(cli: &Cli) -> testbed::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `testbed bench`: runs the benchmark (or re-renders a result set) and prints the tables.
+fn bench(
+    args: &BenchArgs,
+    opts: TestbedOptions,
+    out: &mut impl Write,
+) -> testbed::Result<ExitCode> {
+    let results = if let Some(raw) = &args.render {
+        bench::render(raw)?
+    } else {
+        let mut b = if args.quick {
+            BenchOptions::quick()
+        } else {
+            BenchOptions::full(args.reps)
+        };
+        if let Some(sizes) = &args.sizes {
+            b.memory_sizes = sizes.clone();
+        }
+        b.io.secs = args.io_secs.unwrap_or(b.io.secs);
+        b.io.queue_depth = args.qd.unwrap_or(b.io.queue_depth);
+        b.vcpus = args.vcpus.unwrap_or(b.vcpus);
+        if let Some(path) = &args.strait_binary {
+            b.strait_binary = path.clone();
+        }
+        if let Some(root) = &args.out {
+            b.results_root = root.clone();
+        }
+        if let Ok(me) = std::env::current_exe() {
+            b.agent_binary = me;
+        }
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        b.command = format!("cargo run --release -p testbed -- {}", argv.join(" "));
+        Testbed::new(opts)?.bench(&b)?
+    };
+    let _ = writeln!(out, "{}", results.markdown);
+    let _ = writeln!(out, "results written to {}", results.dir.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -169,6 +169,9 @@ impl Outcome {
             L0Exit::Exited(Some(0)) => {}
             L0Exit::Exited(code) => problems.push(format!("L0 QEMU exited with {code:?}")),
             L0Exit::TimedOut(limit) => problems.push(format!("L0 killed after {limit:?}")),
+            L0Exit::Stalled { after, stall } => {
+                problems.push(format!("L0 killed after {after:?}: {stall}"))
+            }
         }
         if let Some(error) = &self.l1_error {
             problems.push(format!("L1 gave up: {error}"));

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::host::HostEnv;
 use crate::images::Cache;
-use crate::l0::{self, L0Config, L0Run};
+use crate::l0::{self, L0Config, L0Run, Stall};
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
@@ -40,31 +40,52 @@ pub(crate) struct RunContext<'a> {
 }
 
 pub(crate) fn run(ctx: &RunContext<'_>) -> Result<Outcome> {
+    let (work_dir, l0_run) = boot_l1(
+        ctx,
+        ctx.opts.vmm.label(),
+        |dir| write_l1_script(ctx, dir),
+        &|_, _| None,
+    )?;
+    let outcome = collect(ctx, &work_dir, l0_run);
+    record(ctx, &outcome)?;
+    Ok(outcome)
+}
+
+/// Boots L0 -> L1 for `ctx` with the run script (and any other files) that
+/// `write_files` puts into the fresh work directory, and waits for L0 to end
+/// (or for `watch`, given the work directory, to see L1 stall). Holds the run
+/// locks throughout. `label` names the work directory.
+pub(crate) fn boot_l1(
+    ctx: &RunContext<'_>,
+    label: &str,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+    watch: &dyn Fn(&Path, Duration) -> Option<Stall>,
+) -> Result<(PathBuf, L0Run)> {
     let _serialised = RUN_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let _exclusive = lock_cache(ctx.cache.dir())?;
     let runs = ctx.cache.dir().join("runs");
     prune_old_runs(&runs);
-    let work_dir = create_work_dir(&runs, ctx)?;
-    write_l1_script(ctx, &work_dir)?;
+    let work_dir = create_work_dir(&runs, &ctx.scenario.name, label)?;
+    write_files(&work_dir)?;
     let l0 = l0_config(ctx, &work_dir);
     l0::create_backing_files(&l0)?;
     log::info!(
-        "running scenario {} with {} in {}",
+        "running scenario {} with {label} in {}",
         ctx.scenario.name,
-        ctx.opts.vmm.label(),
         work_dir.display()
     );
-    let l0_run = l0::run(
+    let l0_run = l0::run_watched(
         &l0,
         ctx.scenario.timeout,
-        &work_dir.join("l1-console.log"),
-        &work_dir.join("l0-stderr.log"),
+        (
+            &work_dir.join("l1-console.log"),
+            &work_dir.join("l0-stderr.log"),
+        ),
+        &|silence| watch(&work_dir, silence),
     )?;
-    let outcome = collect(ctx, &work_dir, l0_run);
-    record(ctx, &outcome)?;
-    Ok(outcome)
+    Ok((work_dir, l0_run))
 }
 
 /// Writes `run.sh` and, for a VMM that takes one, the spec template.
@@ -86,7 +107,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }
 
-fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
+pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
     L0Config {
         qemu: ctx.host.qemu.clone(),
         kernel: ctx.artefacts.l1_kernel.clone(),
@@ -120,7 +141,7 @@ fn record(ctx: &RunContext<'_>, outcome: &Outcome) -> Result<()> {
     write(&outcome.work_dir.join("outcome.txt"), &text)
 }
 
-fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
+pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
     let mut cmdline = L2_CMDLINE.to_string();
     if !ctx.scenario.cmdline_extra.is_empty() {
         cmdline.push(' ');
@@ -205,25 +226,20 @@ fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
     }
 }
 
-fn create_work_dir(runs: &Path, ctx: &RunContext<'_>) -> Result<PathBuf> {
+fn create_work_dir(runs: &Path, scenario: &str, label: &str) -> Result<PathBuf> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let name: String = format!(
-        "{}-{}-{stamp}-{}",
-        ctx.scenario.name,
-        ctx.opts.vmm.label(),
-        std::process::id()
-    )
-    .chars()
-    .map(|c| {
-        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-            c
-        } else {
-            '_'
-        }
-    })
-    .collect();
+    let name: String = format!("{scenario}-{label}-{stamp}-{}", std::process::id())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let dir = runs.join(name);
     fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
         path: dir.clone(),
@@ -278,7 +294,7 @@ fn lock_cache(cache_dir: &Path) -> Result<fs::File> {
     Ok(file)
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|source| Error::WriteFile {
         path: path.to_path_buf(),
         source,

@@ -80,8 +80,13 @@ bind_vfio() { # BDF: hand the device to vfio-pci; it must be alone in its IOMMU 
 	echo "TESTBED-L1 $1 bound to vfio-pci, IOMMU group $g"
 }
 : > $W/l1-timings
+# A checkout under /tmp or /run would vanish under the chroot's tmpfs mounts:
+# keep the top of its tree (e.g. /tmp/clone) visible at its own path.
+keep=; case $WORK in /tmp/?*|/run/?*) t=${WORK#/}; r=${t#*/}; keep=/${t%%/*}/${r%%/*} ;; esac
+[ -z "$keep" ] || { mkdir -p /keep && mount -o bind "$R$keep" /keep; } || fail "cannot keep $keep"
 mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && mount -t devtmpfs devtmpfs $R/dev &&
 	mount -t tmpfs tmpfs $R/run && mount -t tmpfs tmpfs $R/tmp || fail "cannot prepare the chroot"
+[ -z "$keep" ] || { mkdir -p "$R$keep" && mount -o bind /keep "$R$keep"; } || fail "cannot show $keep in the chroot"
 mount -o bind $W "$R$WORK" || fail "cannot bind the work share to $WORK in the chroot"
 "#;
 
@@ -155,8 +160,67 @@ pub fn shell_word(arg: &str, devices: usize) -> String {
     }
 }
 
+/// Runs the benchmark's agent (started just before) to its end or deadline,
+/// then saves its status and powers off. No polling loop: the agent measures,
+/// and L1 should stay quiet meanwhile; a heartbeat line every 20 s lets the
+/// host tell a frozen L1 from a slow launch.
+const L1_RUN_AGENT: &str = r#"agent=$!
+mark launch
+( sleep $limit; echo "agent killed after $limit s" > $W/vmm.timeout; kill -9 $agent ) &
+wd=$!
+( while sleep 20; do read up _ < /proc/uptime; echo "TESTBED-L1 heartbeat uptime=$up"; done ) &
+hb=$!
+wait $agent; rc=$?
+mark vmm-exit
+kill $wd $hb 2>/dev/null
+echo $rc > $W/vmm.rc
+echo "TESTBED-L1 agent-status rc=$rc"
+sync
+echo TESTBED-L1-DONE
+poweroff -f
+"#;
+
+/// Seconds before its watchdog fires that the agent stops starting launches.
+pub const AGENT_MARGIN_SECS: u64 = 15;
+
 /// L1's per-run script.
 pub fn l1_run_script(plan: &RunPlan) -> String {
+    let mut s = l1_setup_script(plan);
+    let words: Vec<String> = plan
+        .vmm_command
+        .iter()
+        .map(|a| shell_word(a, plan.devices.len()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "chroot $R {} < /dev/null > /tmp/l2-console.log 2>&1 &",
+        words.join(" ")
+    );
+    s.push_str(L1_RUN_VMM);
+    s
+}
+
+/// L1's script for the benchmark: the same setup, then `plan.vmm_command` (the
+/// agent) with `--deadline-secs` appended, its output in `agent.log`.
+pub fn l1_bench_script(plan: &RunPlan) -> String {
+    let mut s = l1_setup_script(plan);
+    let words: Vec<String> = plan
+        .vmm_command
+        .iter()
+        .map(|a| shell_word(a, plan.devices.len()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "chroot $R {} --deadline-secs $((limit - {AGENT_MARGIN_SECS})) < /dev/null > $W/agent.log 2>&1 &",
+        words.join(" ")
+    );
+    s.push_str(L1_RUN_AGENT);
+    s
+}
+
+/// Everything before the VMM starts: mounts, hugepages, devices bound to
+/// vfio-pci as `$DEVn`, the spec, and `$limit`, the seconds the VMM may run.
+fn l1_setup_script(plan: &RunPlan) -> String {
     let mut s =
         String::from("#!/bin/sh\n# testbed run script (generated on the host, runs in L1)\n");
     let _ = writeln!(
@@ -188,17 +252,6 @@ pub fn l1_run_script(plan: &RunPlan) -> String {
         "mark ready\nread up _ < /proc/uptime\nlimit=$(({} - ${{up%.*}} - {L1_TEARDOWN_SECS}))\n[ $limit -lt 10 ] && limit=10",
         plan.l0_timeout_secs
     );
-    let words: Vec<String> = plan
-        .vmm_command
-        .iter()
-        .map(|a| shell_word(a, plan.devices.len()))
-        .collect();
-    let _ = writeln!(
-        s,
-        "chroot $R {} < /dev/null > /tmp/l2-console.log 2>&1 &",
-        words.join(" ")
-    );
-    s.push_str(L1_RUN_VMM);
     s
 }
 
@@ -318,6 +371,24 @@ mod tests {
     fn run_script_leaves_teardown_time_before_l0_deadline() {
         let script = l1_run_script(&plan(vec![], HugePages::None));
         assert!(script.contains("limit=$((240 - ${up%.*} - 20))"));
+    }
+
+    #[test]
+    fn bench_script_runs_the_agent_with_a_deadline_and_no_polling() {
+        let mut p = plan(vec![Device::Nvme], HugePages::Size2M);
+        p.vmm_command = vec![
+            "/repo/target/release/testbed".into(),
+            "l1-agent".into(),
+            "--device".into(),
+            "@DEV0@".into(),
+        ];
+        let script = l1_bench_script(&p);
+        assert!(script.contains(
+            "chroot $R '/repo/target/release/testbed' 'l1-agent' '--device' \"$DEV0\" --deadline-secs $((limit - 15)) < /dev/null > $W/agent.log 2>&1 &"
+        ), "{script}");
+        assert!(script.contains("bind_vfio $DEV0"));
+        assert!(!script.contains("usleep"));
+        assert!(script.ends_with("poweroff -f\n"));
     }
 
     #[test]

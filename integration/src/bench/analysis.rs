@@ -1,0 +1,652 @@
+//! From the agent's launch records to the benchmark's metrics: what each
+//! launch measured (or why it measured nothing), per-VMM medians, the ratio
+//! Strait / QEMU and the verdict against the project's goals. Everything here
+//! is pure, so the parsing of timelines, exit counts, iobench lines and
+//! samples is unit-tested without a testbed.
+
+use std::collections::BTreeMap;
+
+use crate::bench::plan::{
+    LaunchKind, LaunchRecord, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, STRAIT_READY_MARK,
+};
+use crate::scenario::HugePages;
+
+/// Pinned memory below this share of guest RAM means the VMM did not map RAM for DMA.
+const PINNED_SHARE: f64 = 0.9;
+
+/// The median; the mean of the middle two for an even count.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// Strait / QEMU, when both exist and QEMU's is not zero.
+pub fn ratio(strait: Option<f64>, qemu: Option<f64>) -> Option<f64> {
+    match (strait, qemu) {
+        (Some(s), Some(q)) if q != 0.0 => Some(s / q),
+        _ => None,
+    }
+}
+
+/// `key=value` words of a line (`IOBENCH-RESULT mode=seq bytes=1 ...`).
+pub fn key_values(line: &str) -> BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Strait's timeline: phase -> (ms Strait logged since its start, ms the agent
+/// read the line since spawn). Lines look like `strait: timeline: memory_ready=123.4ms`.
+pub fn strait_timeline(record: &LaunchRecord) -> BTreeMap<String, (f64, f64)> {
+    record
+        .lines
+        .iter()
+        .filter_map(|l| {
+            let rest = &l.text[l.text.find("strait: timeline: ")? + "strait: timeline: ".len()..];
+            let (phase, value) = rest.trim().split_once('=')?;
+            let ms = value.strip_suffix("ms")?.parse().ok()?;
+            Some((phase.to_string(), (ms, l.ms)))
+        })
+        .collect()
+}
+
+/// Strait's exit counters from `strait: exits: total=N io_in=N ...`.
+pub fn strait_exits(record: &LaunchRecord) -> Option<BTreeMap<String, u64>> {
+    let line = record
+        .lines
+        .iter()
+        .find(|l| l.text.contains("strait: exits: "))?;
+    let counts: BTreeMap<String, u64> = key_values(&line.text)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
+    counts.contains_key("total").then_some(counts)
+}
+
+/// When the agent read the first line containing `needle`.
+pub fn first_ms(record: &LaunchRecord, needle: &str) -> Option<f64> {
+    record
+        .lines
+        .iter()
+        .find(|l| l.text.contains(needle))
+        .map(|l| l.ms)
+}
+
+/// Why a launch measured nothing at all, if so.
+fn launch_problem(r: &LaunchRecord) -> Option<String> {
+    if let Some(why) = &r.not_run {
+        return Some(why.clone());
+    }
+    if r.timed_out {
+        return Some("killed at its time limit".into());
+    }
+    if !r.stopped && r.exit_code != Some(0) {
+        let last = r.tail.last().map(String::as_str).unwrap_or("");
+        let status = match (r.exit_code, r.exit_signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("died of signal {sig}"),
+            _ => "ended without a status".into(),
+        };
+        return Some(format!("{status}: {last}"));
+    }
+    None
+}
+
+/// The device check the bench /init prints (`TESTBED-BENCH mode=boot nvme=...`),
+/// for launches that pass the controller through; the VMM's first warning
+/// about passthrough, if any, says why.
+fn device_problem(r: &LaunchRecord) -> Option<String> {
+    if r.key.kind == LaunchKind::Bare {
+        return None;
+    }
+    let line = r
+        .lines
+        .iter()
+        .find(|l| l.text.contains("TESTBED-BENCH mode="))?;
+    if key_values(&line.text).get("nvme").map(String::as_str) != Some("none") {
+        return None;
+    }
+    let mut why = String::from("the passed-through nvme controller was not on L2's PCI bus");
+    let warning = r.lines.iter().find(|l| {
+        (l.text.contains("strait: warn:") || l.text.contains("strait: error:"))
+            && l.text.contains("passthrough")
+    });
+    if let Some(w) = warning {
+        why.push_str(&format!(" ({})", w.text.trim()));
+    }
+    Some(why)
+}
+
+/// Launch to the guest's /init marker, in seconds.
+pub fn launch_to_init(r: &LaunchRecord) -> Result<f64, String> {
+    if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
+        return Err(p);
+    }
+    first_ms(r, INIT_MARKER)
+        .map(|ms| ms / 1000.0)
+        .ok_or_else(|| "L2 never printed its /init marker".into())
+}
+
+/// Launch to the VMM's exit after the guest powered off, in seconds.
+pub fn launch_to_exit(r: &LaunchRecord) -> Result<f64, String> {
+    launch_to_init(r)?;
+    r.exit_ms
+        .map(|ms| ms / 1000.0)
+        .ok_or_else(|| "no exit time".into())
+}
+
+/// Launch to "RAM allocated, pinned and DMA-mapped, VM ready to run", in ms:
+/// QEMU's QMP answer under -S, Strait's `vcpus_started` line as read by the
+/// agent. The VMM must have pinned (nearly) all guest RAM by then: VFIO's type1
+/// driver accounts pinned pages in VmLck.
+pub fn memory_ready(r: &LaunchRecord) -> Result<f64, String> {
+    if let Some(p) = launch_problem(r) {
+        return Err(p);
+    }
+    let (at, trigger) = match r.key.vmm {
+        VmmKind::Qemu => (
+            r.qmp_ready_ms.ok_or_else(|| {
+                r.qmp_error
+                    .clone()
+                    .unwrap_or_else(|| "QMP never answered".into())
+            })?,
+            "qmp-ready",
+        ),
+        VmmKind::Strait => (
+            first_ms(r, &format!("strait: timeline: {STRAIT_READY_MARK}=")).ok_or_else(|| {
+                let last = r.tail.last().map(String::as_str).unwrap_or("");
+                format!("no `{STRAIT_READY_MARK}` timeline mark: {last}")
+            })?,
+            "stop-line",
+        ),
+    };
+    let sample = r.samples.iter().find(|s| s.trigger == trigger);
+    let process = sample.and_then(|s| s.process.as_ref()).ok_or_else(|| {
+        let why = sample.and_then(|s| s.process_error.clone());
+        format!(
+            "VMM not sampled at the ready point ({})",
+            why.unwrap_or_default()
+        )
+    })?;
+    let ram_kib = u64::from(r.key.memory_mib) * 1024;
+    if (process.vm_lck_kib as f64) < PINNED_SHARE * ram_kib as f64 {
+        return Err(format!(
+            "guest RAM not DMA-mapped when ready ({} of {} MiB pinned, {} /dev/vfio fds): passthrough not wired?",
+            process.vm_lck_kib / 1024,
+            r.key.memory_mib,
+            process.vfio_fds
+        ));
+    }
+    Ok(at)
+}
+
+/// One iobench pattern's outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IoRun {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Reads completed.
+    pub ios: u64,
+    /// Seconds between the BEGIN and RESULT lines, on L1's clock.
+    pub secs: f64,
+    /// Seconds iobench measured on L2's clock.
+    pub guest_secs: f64,
+}
+
+impl IoRun {
+    /// MB/s (10^6 bytes) on L1's clock.
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+
+    /// Reads per second on L1's clock.
+    pub fn iops(&self) -> f64 {
+        self.ios as f64 / self.secs
+    }
+}
+
+/// The iobench run of `mode` (`seq`, `rand`) in an nvme launch. The rate is
+/// taken on L1's clock (the agent's arrival times of the BEGIN and RESULT
+/// lines), not L2's: a nested guest's clock is the less trustworthy one.
+pub fn io_run(r: &LaunchRecord, mode: &str) -> Result<IoRun, String> {
+    if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
+        return Err(p);
+    }
+    if let Some(l) = r.lines.iter().find(|l| l.text.contains("IOBENCH-ERROR")) {
+        return Err(l.text.clone());
+    }
+    if let Some(l) = r
+        .lines
+        .iter()
+        .find(|l| l.text.contains("TESTBED-BENCH error"))
+    {
+        return Err(l.text.clone());
+    }
+    let find = |tag: &str| {
+        r.lines.iter().find(|l| {
+            l.text.contains(tag)
+                && key_values(&l.text).get("mode").map(String::as_str) == Some(mode)
+        })
+    };
+    let (Some(begin), Some(result)) = (find(IO_BEGIN), find(IO_RESULT)) else {
+        return Err(format!("no complete iobench {mode} run in L2's output"));
+    };
+    let kv = key_values(&result.text);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    let (Some(bytes), Some(ios), Some(guest_secs)) = (num("bytes"), num("ios"), num("secs")) else {
+        return Err(format!("unreadable iobench line: {}", result.text));
+    };
+    if num("errors").unwrap_or(1.0) > 0.0 {
+        return Err(format!("iobench reported read errors: {}", result.text));
+    }
+    let secs = (result.ms - begin.ms) / 1000.0;
+    if secs <= 0.0 || ios == 0.0 {
+        return Err(format!("iobench {mode} completed no reads"));
+    }
+    Ok(IoRun {
+        bytes: bytes as u64,
+        ios: ios as u64,
+        secs,
+        guest_secs,
+    })
+}
+
+/// KVM counter deltas over the iobench run of `mode` (all VM exits, port I/O
+/// exits, MMIO exits to userspace, ...), from the agent's debugfs samples.
+pub fn kvm_window(r: &LaunchRecord, mode: &str) -> Result<BTreeMap<String, u64>, String> {
+    let sample = |tag: &str| {
+        let trigger = format!("{tag} mode={mode}");
+        r.samples.iter().find(|s| s.trigger == trigger)
+    };
+    let (Some(begin), Some(end)) = (sample(IO_BEGIN), sample(IO_RESULT)) else {
+        return Err(format!("no KVM samples around iobench {mode}"));
+    };
+    if end.kvm.is_empty() {
+        return Err("KVM's debugfs counters were not readable in L1".into());
+    }
+    Ok(end
+        .kvm
+        .iter()
+        .filter_map(|(k, after)| Some((k.clone(), after.checked_sub(*begin.kvm.get(k)?)?)))
+        .collect())
+}
+
+/// `counter` per 1000 reads over both iobench patterns, from KVM's counters.
+pub fn kvm_per_kilo_io(r: &LaunchRecord, counter: &str) -> Result<f64, String> {
+    let mut events = 0u64;
+    let mut ios = 0u64;
+    for mode in ["seq", "rand"] {
+        ios += io_run(r, mode)?.ios;
+        let window = kvm_window(r, mode)?;
+        events += window
+            .get(counter)
+            .ok_or_else(|| format!("KVM has no `{counter}` counter"))?;
+    }
+    Ok(events as f64 * 1000.0 / ios as f64)
+}
+
+/// The VMM's resident memory without guest RAM, in MiB, sampled when L2
+/// printed its ready marker (nvme bound, before the I/O load).
+pub fn resident_mib(r: &LaunchRecord) -> Result<f64, String> {
+    if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
+        return Err(p);
+    }
+    let sample = r
+        .samples
+        .iter()
+        .find(|s| s.trigger == "ready")
+        .ok_or("L2 never printed its ready marker (nvme not bound)")?;
+    let p = sample
+        .process
+        .as_ref()
+        .ok_or_else(|| sample.process_error.clone().unwrap_or_default())?;
+    Ok(p.rss_excl_guest_kib() as f64 / 1024.0)
+}
+
+/// Exits to Strait's userspace over a whole launch, from Strait's own counters.
+pub fn strait_exit_total(r: &LaunchRecord) -> Result<f64, String> {
+    if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
+        return Err(p);
+    }
+    strait_exits(r)
+        .and_then(|c| c.get("total").copied())
+        .map(|t| t as f64)
+        .ok_or_else(|| "Strait printed no `exits:` line".into())
+}
+
+/// Records of one measurement: launches of `kind` on that RAM, per VMM.
+pub fn select(
+    records: &[LaunchRecord],
+    kind: LaunchKind,
+    memory: Option<(u32, HugePages)>,
+    vmm: VmmKind,
+) -> Vec<&LaunchRecord> {
+    records
+        .iter()
+        .filter(|r| r.key.kind == kind && r.key.vmm == vmm)
+        .filter(|r| {
+            memory.is_none_or(|(mib, pages)| r.key.memory_mib == mib && r.key.hugepages == pages)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::bench::plan::{LaunchKey, ProcessSample, Sample, TimedLine};
+
+    /// A finished launch with marker `lines` given as (ms, text).
+    pub(crate) fn record(kind: LaunchKind, vmm: VmmKind, lines: &[(f64, &str)]) -> LaunchRecord {
+        let key = LaunchKey {
+            id: format!("r1-x-{}", vmm.name()),
+            kind,
+            vmm,
+            rep: 1,
+            memory_mib: 512,
+            hugepages: HugePages::Size2M,
+        };
+        let mut r = LaunchRecord::not_run(key, String::new());
+        r.not_run = None;
+        r.exit_code = Some(0);
+        r.exit_ms = Some(9000.0);
+        r.lines = lines
+            .iter()
+            .map(|(ms, text)| TimedLine {
+                ms: *ms,
+                text: text.to_string(),
+            })
+            .collect();
+        r
+    }
+
+    pub(crate) fn sample(
+        trigger: &str,
+        kvm: &[(&str, u64)],
+        process: Option<ProcessSample>,
+    ) -> Sample {
+        Sample {
+            trigger: trigger.into(),
+            ms: 0.0,
+            process,
+            process_error: None,
+            kvm: kvm.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    /// An nvme launch with both iobench runs: 1000 seq reads over 2 s and 4000
+    /// rand reads over 4 s of L1 time, and KVM samples around each.
+    pub(crate) fn nvme_record(vmm: VmmKind) -> LaunchRecord {
+        let mut r = record(
+            LaunchKind::Nvme,
+            vmm,
+            &[
+                (5000.0, "TESTBED-INIT"),
+                (5100.0, "TESTBED-BENCH mode=nvme nvme=0000:01:00.0"),
+                (6000.0, "TESTBED-BENCH ready"),
+                (6100.0, "IOBENCH-BEGIN mode=seq bs=65536 qd=4 secs=2 size=67108864"),
+                (8100.0, "IOBENCH-RESULT mode=seq bs=65536 qd=4 secs=2.000 bytes=65536000 ios=1000 errors=0 mbps=32.77 iops=500.0"),
+                (8200.0, "IOBENCH-BEGIN mode=rand bs=4096 qd=4 secs=4 size=67108864"),
+                (12200.0, "IOBENCH-RESULT mode=rand bs=4096 qd=4 secs=3.900 bytes=16384000 ios=4000 errors=0 mbps=4.20 iops=1025.6"),
+                (13000.0, "strait: exits: total=900 io_in=300 io_out=590 mmio_read=10 mmio_write=0"),
+            ],
+        );
+        let process = ProcessSample {
+            smaps_rss_kib: 40 * 1024,
+            guest_ram_rss_kib: 8 * 1024,
+            ..Default::default()
+        };
+        r.samples = vec![
+            sample("ready", &[], Some(process)),
+            sample(
+                "IOBENCH-BEGIN mode=seq",
+                &[("exits", 100), ("mmio_exits", 7)],
+                None,
+            ),
+            sample(
+                "IOBENCH-RESULT mode=seq",
+                &[("exits", 1100), ("mmio_exits", 7)],
+                None,
+            ),
+            sample(
+                "IOBENCH-BEGIN mode=rand",
+                &[("exits", 1200), ("mmio_exits", 7)],
+                None,
+            ),
+            sample(
+                "IOBENCH-RESULT mode=rand",
+                &[("exits", 5200), ("mmio_exits", 12)],
+                None,
+            ),
+        ];
+        r
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn ratio_needs_both_and_a_nonzero_reference() {
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(4.0)), None);
+    }
+
+    #[test]
+    fn strait_timeline_keeps_logged_and_arrival_times() {
+        let r = record(
+            LaunchKind::Memory,
+            VmmKind::Strait,
+            &[
+                (70.1, "strait: timeline: spec_parsed=26.2ms"),
+                (1210.0, "strait: timeline: memory_ready=1166.1ms"),
+                (1300.0, "strait: timeline: broken=ms"),
+            ],
+        );
+        let t = strait_timeline(&r);
+        assert_eq!(t.get("spec_parsed"), Some(&(26.2, 70.1)));
+        assert_eq!(t.get("memory_ready"), Some(&(1166.1, 1210.0)));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn strait_exit_counts_are_parsed_by_kind() {
+        let counts = strait_exits(&nvme_record(VmmKind::Strait));
+        let counts = counts.unwrap_or_default();
+        assert_eq!(counts.get("total"), Some(&900));
+        assert_eq!(counts.get("mmio_read"), Some(&10));
+        assert_eq!(
+            strait_exits(&record(LaunchKind::Boot, VmmKind::Strait, &[])),
+            None
+        );
+    }
+
+    #[test]
+    fn launch_to_init_is_the_marker_arrival() {
+        let r = record(
+            LaunchKind::Boot,
+            VmmKind::Qemu,
+            &[(11_100.0, "TESTBED-INIT")],
+        );
+        assert_eq!(launch_to_init(&r), Ok(11.1));
+        assert_eq!(launch_to_exit(&r), Ok(9.0));
+    }
+
+    #[test]
+    fn missing_device_makes_a_boot_launch_invalid_with_the_vmm_warning() {
+        let r = record(
+            LaunchKind::Boot,
+            VmmKind::Strait,
+            &[
+                (
+                    1239.2,
+                    "strait: warn: passthrough not wired into the VM yet",
+                ),
+                (7178.6, "TESTBED-INIT"),
+                (7299.4, "TESTBED-BENCH mode=boot nvme=none"),
+            ],
+        );
+        let err = launch_to_init(&r).err().unwrap_or_default();
+        assert!(err.starts_with("the passed-through nvme controller was not on L2's PCI bus"));
+        assert!(err.contains("not wired"), "{err}");
+    }
+
+    #[test]
+    fn bare_launch_does_not_need_the_device() {
+        let r = record(
+            LaunchKind::Bare,
+            VmmKind::Strait,
+            &[
+                (700.0, "TESTBED-INIT"),
+                (710.0, "TESTBED-BENCH mode=boot nvme=none"),
+            ],
+        );
+        assert_eq!(launch_to_init(&r), Ok(0.7));
+    }
+
+    #[test]
+    fn failed_launch_reports_its_status_and_last_line() {
+        let mut r = record(LaunchKind::Boot, VmmKind::Strait, &[(5.0, "TESTBED-INIT")]);
+        r.exit_code = Some(3);
+        r.tail = vec!["strait: cannot open /dev/vfio/5".into()];
+        assert_eq!(
+            launch_to_init(&r),
+            Err("exited with status 3: strait: cannot open /dev/vfio/5".into())
+        );
+    }
+
+    fn memory_record(vmm: VmmKind, pinned_mib: u64) -> LaunchRecord {
+        let mut r = record(
+            LaunchKind::Memory,
+            vmm,
+            &[(1251.7, "strait: timeline: vcpus_started=1208.8ms")],
+        );
+        r.stopped = true;
+        r.exit_code = None;
+        r.exit_signal = Some(9);
+        r.qmp_ready_ms = Some(1956.0);
+        let process = ProcessSample {
+            vm_lck_kib: pinned_mib * 1024,
+            ..Default::default()
+        };
+        let trigger = if vmm == VmmKind::Qemu {
+            "qmp-ready"
+        } else {
+            "stop-line"
+        };
+        r.samples = vec![sample(trigger, &[], Some(process))];
+        r
+    }
+
+    #[test]
+    fn memory_ready_uses_qmp_for_qemu_and_the_timeline_for_strait() {
+        assert_eq!(memory_ready(&memory_record(VmmKind::Qemu, 512)), Ok(1956.0));
+        assert_eq!(
+            memory_ready(&memory_record(VmmKind::Strait, 512)),
+            Ok(1251.7)
+        );
+    }
+
+    #[test]
+    fn memory_ready_requires_guest_ram_pinned_for_dma() {
+        let err = memory_ready(&memory_record(VmmKind::Strait, 0))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("guest RAM not DMA-mapped when ready (0 of 512 MiB pinned"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn qemu_without_qmp_answer_reports_the_qmp_error() {
+        let mut r = memory_record(VmmKind::Qemu, 512);
+        r.qmp_ready_ms = None;
+        r.qmp_error = Some("QMP closed while waiting for greeting".into());
+        assert_eq!(
+            memory_ready(&r),
+            Err("QMP closed while waiting for greeting".into())
+        );
+    }
+
+    #[test]
+    fn io_rates_use_l1_time_between_begin_and_result() {
+        let r = nvme_record(VmmKind::Qemu);
+        let seq = io_run(&r, "seq");
+        assert_eq!(
+            seq.map(|x| (x.ios, x.secs, x.guest_secs)),
+            Ok((1000, 2.0, 2.0))
+        );
+        let rand = io_run(&r, "rand");
+        assert_eq!(rand.map(|x| x.iops()), Ok(1000.0));
+        assert_eq!(io_run(&r, "seq").map(|x| x.mbps()), Ok(32.768));
+    }
+
+    #[test]
+    fn iobench_error_makes_the_run_invalid() {
+        let mut r = nvme_record(VmmKind::Qemu);
+        r.lines.push(TimedLine {
+            ms: 1.0,
+            text: "IOBENCH-ERROR opening /dev/nvme0n1 with O_DIRECT: EINVAL".into(),
+        });
+        assert!(matches!(io_run(&r, "seq"), Err(e) if e.contains("EINVAL")));
+    }
+
+    #[test]
+    fn kvm_deltas_are_taken_over_the_iobench_window() {
+        let r = nvme_record(VmmKind::Strait);
+        let w = kvm_window(&r, "rand").unwrap_or_default();
+        assert_eq!(w.get("exits"), Some(&4000));
+        assert_eq!(w.get("mmio_exits"), Some(&5));
+        // (1000 + 4000) exits over 5000 reads.
+        assert_eq!(kvm_per_kilo_io(&r, "exits"), Ok(1000.0));
+        assert_eq!(kvm_per_kilo_io(&r, "mmio_exits"), Ok(1.0));
+        assert!(kvm_per_kilo_io(&r, "hypercalls").is_err());
+    }
+
+    #[test]
+    fn resident_memory_excludes_guest_ram() {
+        assert_eq!(resident_mib(&nvme_record(VmmKind::Qemu)), Ok(32.0));
+    }
+
+    #[test]
+    fn select_filters_kind_vmm_and_memory() {
+        let records = vec![
+            memory_record(VmmKind::Qemu, 512),
+            memory_record(VmmKind::Strait, 512),
+            nvme_record(VmmKind::Qemu),
+        ];
+        let mem = select(
+            &records,
+            LaunchKind::Memory,
+            Some((512, HugePages::Size2M)),
+            VmmKind::Qemu,
+        );
+        assert_eq!(mem.len(), 1);
+        assert!(select(
+            &records,
+            LaunchKind::Memory,
+            Some((1024, HugePages::Size2M)),
+            VmmKind::Qemu
+        )
+        .is_empty());
+        assert_eq!(
+            select(&records, LaunchKind::Nvme, None, VmmKind::Qemu).len(),
+            1
+        );
+    }
+}

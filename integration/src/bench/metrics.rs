@@ -1,0 +1,540 @@
+//! The benchmark's rows: each metric with both VMMs' samples, the ratio
+//! Strait / QEMU of their medians, and the verdict against the project's goals
+//! (launch to /init <= 0.5 of QEMU's; RAM + DMA setup <= 0.5 at 2 GiB on 2 MiB
+//! pages; NVMe throughput and IOPS >= QEMU's; resident memory <= 0.2 of
+//! QEMU's; and the expectation that BAR data accesses cost no exit to
+//! userspace). Goals are reported, never asserted.
+
+use crate::bench::analysis::{self, median, ratio, select};
+use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
+use crate::scenario::HugePages;
+
+/// Which way is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Times, exits, memory.
+    Lower,
+    /// Throughput.
+    Higher,
+}
+
+/// What a metric is held to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Strait / QEMU at most (`Better::Lower`) or at least (`Better::Higher`) this.
+    Ratio(f64),
+    /// Strait's own median at most this (QEMU shown for reference).
+    StraitAtMost(f64),
+}
+
+/// One VMM's samples of a metric, and why the other launches gave none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Side {
+    /// Valid samples.
+    pub values: Vec<f64>,
+    /// Distinct reasons launches gave no sample.
+    pub problems: Vec<String>,
+    /// Launches that gave no sample.
+    pub failures: usize,
+}
+
+impl Side {
+    /// Applies `measure` to each record.
+    pub fn collect(
+        records: &[&LaunchRecord],
+        measure: impl Fn(&LaunchRecord) -> Result<f64, String>,
+    ) -> Self {
+        let mut side = Side::default();
+        for r in records {
+            match measure(r) {
+                Ok(v) => side.values.push(v),
+                Err(p) => {
+                    side.failures += 1;
+                    side.note(p);
+                }
+            }
+        }
+        if records.is_empty() {
+            side.note("no launch recorded".into());
+        }
+        side
+    }
+
+    /// A side with no samples, for `why`.
+    pub fn unavailable(why: &str) -> Self {
+        Side {
+            values: Vec::new(),
+            problems: vec![why.to_string()],
+            failures: 0,
+        }
+    }
+
+    fn note(&mut self, problem: String) {
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
+    }
+
+    /// Median of the valid samples.
+    pub fn median(&self) -> Option<f64> {
+        median(&self.values)
+    }
+
+    /// Why there is no median.
+    pub fn na_reason(&self) -> Option<String> {
+        if !self.values.is_empty() {
+            return None;
+        }
+        Some(
+            self.problems
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "no samples".into()),
+        )
+    }
+}
+
+/// Pass, miss, or why it cannot be said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The goal is met.
+    Pass,
+    /// The goal is missed.
+    Miss,
+    /// A median is missing.
+    NotAvailable(String),
+    /// The metric has no goal.
+    NoTarget,
+}
+
+/// One row of the results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Table section.
+    pub section: &'static str,
+    /// What is measured.
+    pub name: String,
+    /// Unit of the medians.
+    pub unit: &'static str,
+    /// Which way is better.
+    pub better: Better,
+    /// QEMU's samples.
+    pub qemu: Side,
+    /// Strait's samples.
+    pub strait: Side,
+    /// The goal, if the project set one.
+    pub target: Option<Target>,
+}
+
+impl Metric {
+    /// Strait / QEMU of the medians.
+    pub fn ratio(&self) -> Option<f64> {
+        ratio(self.strait.median(), self.qemu.median())
+    }
+
+    /// The verdict against the target.
+    pub fn verdict(&self) -> Verdict {
+        let missing = || {
+            let side = |name: &str, s: &Side| s.na_reason().map(|r| format!("{name}: {r}"));
+            let why = side("Strait", &self.strait).or_else(|| side("QEMU", &self.qemu));
+            Verdict::NotAvailable(why.unwrap_or_else(|| "QEMU's median is zero".into()))
+        };
+        let pass = |ok: bool| if ok { Verdict::Pass } else { Verdict::Miss };
+        match self.target {
+            None => Verdict::NoTarget,
+            Some(Target::Ratio(goal)) => match (self.ratio(), self.better) {
+                (None, _) => missing(),
+                (Some(r), Better::Lower) => pass(r <= goal),
+                (Some(r), Better::Higher) => pass(r >= goal),
+            },
+            Some(Target::StraitAtMost(limit)) => match self.strait.median() {
+                None => missing(),
+                Some(v) => pass(v <= limit),
+            },
+        }
+    }
+}
+
+/// What the metrics are computed over.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Guest RAM sizes of the memory launches.
+    pub memory_sizes: Vec<u32>,
+    /// Page kinds of the memory launches.
+    pub page_kinds: Vec<HugePages>,
+}
+
+/// A page kind as the table names it.
+pub fn pages_label(pages: HugePages) -> &'static str {
+    match pages {
+        HugePages::None => "4 KiB pages",
+        HugePages::Size2M => "2 MiB pages",
+        HugePages::Size1G => "1 GiB pages",
+    }
+}
+
+fn row(
+    section: &'static str,
+    name: String,
+    unit: &'static str,
+    better: Better,
+    target: Option<Target>,
+    sides: (Side, Side),
+) -> Metric {
+    Metric {
+        section,
+        name,
+        unit,
+        better,
+        qemu: sides.0,
+        strait: sides.1,
+        target,
+    }
+}
+
+/// Both VMMs' samples of `measure` over launches of `kind` (and RAM).
+fn sides(
+    records: &[LaunchRecord],
+    kind: LaunchKind,
+    memory: Option<(u32, HugePages)>,
+    measure: impl Fn(&LaunchRecord) -> Result<f64, String> + Copy,
+) -> (Side, Side) {
+    let side = |vmm| Side::collect(&select(records, kind, memory, vmm), measure);
+    (side(VmmKind::Qemu), side(VmmKind::Strait))
+}
+
+/// Every metric, in report order.
+pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
+    let mut rows = launch_rows(records);
+    rows.extend(memory_rows(records, layout));
+    rows.extend(nvme_rows(records));
+    rows.extend(exit_rows(records));
+    rows.push(row(
+        "Resident memory",
+        "VMM resident memory, guest RAM excluded".into(),
+        "MiB",
+        Better::Lower,
+        Some(Target::Ratio(0.2)),
+        sides(records, LaunchKind::Nvme, None, analysis::resident_mib),
+    ));
+    rows
+}
+
+fn launch_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let launch = |name: &str, kind, target, f: fn(&LaunchRecord) -> Result<f64, String>| {
+        row(
+            "Launch",
+            name.into(),
+            "s",
+            Better::Lower,
+            target,
+            sides(records, kind, None, f),
+        )
+    };
+    vec![
+        launch(
+            "Launch → guest /init",
+            LaunchKind::Boot,
+            Some(Target::Ratio(0.5)),
+            analysis::launch_to_init,
+        ),
+        launch(
+            "Launch → VMM exit (guest powers off at /init)",
+            LaunchKind::Boot,
+            None,
+            analysis::launch_to_exit,
+        ),
+        launch(
+            "Launch → guest /init, no device passed through",
+            LaunchKind::Bare,
+            None,
+            analysis::launch_to_init,
+        ),
+        launch(
+            "Launch → VMM exit, no device passed through",
+            LaunchKind::Bare,
+            None,
+            analysis::launch_to_exit,
+        ),
+    ]
+}
+
+fn memory_rows(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
+    let mut rows = Vec::new();
+    let largest = layout.memory_sizes.iter().copied().max();
+    for &pages in &layout.page_kinds {
+        let mut medians = Vec::new();
+        for &mib in &layout.memory_sizes {
+            let goal = (Some(mib) == largest && mib >= 2048 && pages == HugePages::Size2M)
+                .then_some(Target::Ratio(0.5));
+            let both = sides(
+                records,
+                LaunchKind::Memory,
+                Some((mib, pages)),
+                analysis::memory_ready,
+            );
+            medians.push((mib, both.0.median(), both.1.median()));
+            rows.push(row(
+                "Memory setup + DMA mapping",
+                format!(
+                    "Launch → RAM + DMA ready, {mib} MiB, {}",
+                    pages_label(pages)
+                ),
+                "ms",
+                Better::Lower,
+                goal,
+                both,
+            ));
+        }
+        if let Some(slope) = per_gib_row(&medians, pages) {
+            rows.push(slope);
+        }
+    }
+    rows
+}
+
+/// The memory-dependent part: the difference between the largest and smallest
+/// guest's medians, per GiB; fixed costs (process start, kernel load) cancel.
+fn per_gib_row(medians: &[(u32, Option<f64>, Option<f64>)], pages: HugePages) -> Option<Metric> {
+    let lo = medians.iter().min_by_key(|m| m.0)?;
+    let hi = medians.iter().max_by_key(|m| m.0)?;
+    if hi.0 == lo.0 {
+        return None;
+    }
+    let gib = f64::from(hi.0 - lo.0) / 1024.0;
+    let side = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Side {
+            values: vec![(b - a) / gib],
+            ..Side::default()
+        },
+        _ => Side::unavailable("a size's median is missing"),
+    };
+    Some(row(
+        "Memory setup + DMA mapping",
+        format!(
+            "RAM + DMA setup per GiB, {} ({}→{} MiB)",
+            pages_label(pages),
+            lo.0,
+            hi.0
+        ),
+        "ms/GiB",
+        Better::Lower,
+        None,
+        (side(lo.1, hi.1), side(lo.2, hi.2)),
+    ))
+}
+
+fn nvme_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let io = |name: &str, unit: &'static str, f: fn(&LaunchRecord) -> Result<f64, String>| {
+        row(
+            "NVMe passthrough (iobench in L2, O_DIRECT)",
+            name.to_string(),
+            unit,
+            Better::Higher,
+            Some(Target::Ratio(1.0)),
+            sides(records, LaunchKind::Nvme, None, f),
+        )
+    };
+    vec![
+        io("NVMe sequential 64 KiB reads", "MB/s", |r| {
+            analysis::io_run(r, "seq").map(|x| x.mbps())
+        }),
+        io("NVMe sequential 64 KiB reads", "IOPS", |r| {
+            analysis::io_run(r, "seq").map(|x| x.iops())
+        }),
+        io("NVMe random 4 KiB reads", "MB/s", |r| {
+            analysis::io_run(r, "rand").map(|x| x.mbps())
+        }),
+        io("NVMe random 4 KiB reads", "IOPS", |r| {
+            analysis::io_run(r, "rand").map(|x| x.iops())
+        }),
+    ]
+}
+
+fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Exits during the NVMe run";
+    let strait_only = |kind: LaunchKind| {
+        let strait = Side::collect(
+            &select(records, kind, None, VmmKind::Strait),
+            analysis::strait_exit_total,
+        );
+        (
+            Side::unavailable("QEMU keeps no exit counters (see the KVM rows)"),
+            strait,
+        )
+    };
+    let kvm = |counter: &'static str| {
+        sides(records, LaunchKind::Nvme, None, move |r| {
+            analysis::kvm_per_kilo_io(r, counter)
+        })
+    };
+    vec![
+        row(
+            section,
+            "Exits to Strait's userspace, NVMe launch (Strait's counters)".into(),
+            "exits",
+            Better::Lower,
+            None,
+            strait_only(LaunchKind::Nvme),
+        ),
+        row(
+            section,
+            "Exits to Strait's userspace, boot launch (no I/O baseline)".into(),
+            "exits",
+            Better::Lower,
+            None,
+            strait_only(LaunchKind::Boot),
+        ),
+        row(
+            section,
+            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
+            "/1000 IO",
+            Better::Lower,
+            Some(Target::StraitAtMost(1.0)),
+            kvm("mmio_exits"),
+        ),
+        row(
+            section,
+            "Port I/O exits per 1000 reads (KVM `io_exits`, in-kernel too)".into(),
+            "/1000 IO",
+            Better::Lower,
+            None,
+            kvm("io_exits"),
+        ),
+        row(
+            section,
+            "All VM exits per 1000 reads (KVM `exits`)".into(),
+            "/1000 IO",
+            Better::Lower,
+            None,
+            kvm("exits"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::analysis::tests::{nvme_record, record};
+
+    fn metric(better: Better, target: Option<Target>, qemu: &[f64], strait: &[f64]) -> Metric {
+        let side = |v: &[f64]| Side {
+            values: v.to_vec(),
+            ..Side::default()
+        };
+        row(
+            "S",
+            "m".into(),
+            "s",
+            better,
+            target,
+            (side(qemu), side(strait)),
+        )
+    }
+
+    #[test]
+    fn lower_is_better_goal_passes_at_or_below_the_ratio() {
+        let m = metric(
+            Better::Lower,
+            Some(Target::Ratio(0.5)),
+            &[10.0, 12.0, 11.0],
+            &[5.5],
+        );
+        assert_eq!(m.ratio(), Some(0.5));
+        assert_eq!(m.verdict(), Verdict::Pass);
+        let m = metric(Better::Lower, Some(Target::Ratio(0.5)), &[10.0], &[6.0]);
+        assert_eq!(m.verdict(), Verdict::Miss);
+    }
+
+    #[test]
+    fn higher_is_better_goal_passes_at_or_above_the_ratio() {
+        let m = metric(Better::Higher, Some(Target::Ratio(1.0)), &[100.0], &[120.0]);
+        assert_eq!(m.verdict(), Verdict::Pass);
+        let m = metric(Better::Higher, Some(Target::Ratio(1.0)), &[100.0], &[99.0]);
+        assert_eq!(m.verdict(), Verdict::Miss);
+    }
+
+    #[test]
+    fn absolute_target_looks_at_strait_only() {
+        let m = metric(Better::Lower, Some(Target::StraitAtMost(1.0)), &[], &[0.0]);
+        assert_eq!(m.verdict(), Verdict::Pass);
+        assert_eq!(m.ratio(), None);
+    }
+
+    #[test]
+    fn missing_side_makes_the_verdict_unavailable_with_its_reason() {
+        let mut m = metric(Better::Lower, Some(Target::Ratio(0.5)), &[10.0], &[]);
+        m.strait = Side::unavailable("passthrough not wired");
+        assert_eq!(
+            m.verdict(),
+            Verdict::NotAvailable("Strait: passthrough not wired".into())
+        );
+        assert_eq!(
+            metric(Better::Lower, None, &[1.0], &[1.0]).verdict(),
+            Verdict::NoTarget
+        );
+    }
+
+    #[test]
+    fn side_collects_values_and_distinct_problems() {
+        let ok = record(LaunchKind::Boot, VmmKind::Qemu, &[(2000.0, "TESTBED-INIT")]);
+        let bad = record(LaunchKind::Boot, VmmKind::Qemu, &[]);
+        let side = Side::collect(&[&ok, &bad, &bad], analysis::launch_to_init);
+        assert_eq!(side.values, [2.0]);
+        assert_eq!(side.problems, ["L2 never printed its /init marker"]);
+        assert_eq!(side.failures, 2);
+        assert_eq!(side.na_reason(), None);
+        assert_eq!(
+            Side::collect(&[], analysis::launch_to_init).na_reason(),
+            Some("no launch recorded".into())
+        );
+    }
+
+    #[test]
+    fn per_gib_cost_is_the_slope_between_sizes() {
+        let medians = [(512, Some(1000.0), Some(400.0)), (2048, Some(4000.0), None)];
+        let m = per_gib_row(&medians, HugePages::Size2M);
+        let m = m.map(|m| (m.qemu.values.clone(), m.strait.na_reason()));
+        assert_eq!(
+            m,
+            Some((vec![2000.0], Some("a size's median is missing".into())))
+        );
+        assert!(per_gib_row(&medians[..1], HugePages::Size2M).is_none());
+    }
+
+    #[test]
+    fn memory_goal_applies_to_the_largest_2m_size_only() {
+        let layout = Layout {
+            memory_sizes: vec![512, 2048],
+            page_kinds: vec![HugePages::None, HugePages::Size2M],
+        };
+        let rows = metrics(&[], &layout);
+        let goals: Vec<&str> = rows
+            .iter()
+            .filter(|m| m.section == "Memory setup + DMA mapping" && m.target.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(goals, ["Launch → RAM + DMA ready, 2048 MiB, 2 MiB pages"]);
+    }
+
+    #[test]
+    fn nvme_rows_compare_both_vmms() {
+        let records = [nvme_record(VmmKind::Qemu), nvme_record(VmmKind::Strait)];
+        let rows = metrics(
+            &records,
+            &Layout {
+                memory_sizes: vec![],
+                page_kinds: vec![],
+            },
+        );
+        let rand_iops = rows
+            .iter()
+            .find(|m| m.name == "NVMe random 4 KiB reads" && m.unit == "IOPS");
+        assert_eq!(
+            rand_iops.map(|m| (m.ratio(), m.verdict())),
+            Some((Some(1.0), Verdict::Pass))
+        );
+        let resident = rows.iter().find(|m| m.unit == "MiB");
+        assert_eq!(resident.map(|m| m.verdict()), Some(Verdict::Miss));
+    }
+}

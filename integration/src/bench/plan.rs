@@ -1,0 +1,595 @@
+//! The benchmark's plan: the VMM launches one L1 boot runs, in order, and what
+//! the L1 agent records about each. The host writes the plan as JSON into the
+//! run's work directory; the agent (`testbed l1-agent`, inside L1) appends one
+//! [`LaunchRecord`] per line to the results file, so a run cut short still
+//! leaves every finished launch behind.
+//!
+//! Launches come in repetitions; inside one, every measurement runs QEMU then
+//! Strait back to back (Q S Q S ...), so slow drift of the shared 2-core host
+//! hits both alike.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::HugePages;
+use crate::vmm::{qemu_command, strait_spec, GuestConfig, Vmm};
+
+/// The plan's file name in the work dir.
+pub const PLAN_FILE: &str = "bench-plan.json";
+/// The agent's results (JSON lines) in the work dir.
+pub const RESULTS_FILE: &str = "bench-results.jsonl";
+/// Per-launch console logs (timestamped) in the work dir.
+pub const LOGS_DIR: &str = "bench-logs";
+
+/// L2 prints this once the nvme driver has bound: the agent samples the VMM's
+/// memory and KVM's exit counters.
+pub const READY_MARKER: &str = "TESTBED-BENCH ready";
+/// L2's /init prints this first (both VMMs, same image).
+pub const INIT_MARKER: &str = "TESTBED-INIT";
+/// iobench prints these around each load; the agent samples KVM's counters.
+pub const IO_BEGIN: &str = "IOBENCH-BEGIN";
+/// See [`IO_BEGIN`].
+pub const IO_RESULT: &str = "IOBENCH-RESULT";
+/// Strait's timeline mark after RAM, kernel, devices (and their DMA maps) are set
+/// up and the vCPUs started: the end of a memory launch under Strait.
+pub const STRAIT_READY_MARK: &str = "vcpus_started";
+
+/// The VMM of a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    /// QEMU 7.2 (the reference).
+    Qemu,
+    /// Strait.
+    Strait,
+}
+
+impl VmmKind {
+    /// Both, in the order each measurement runs them.
+    pub const BOTH: [VmmKind; 2] = [VmmKind::Qemu, VmmKind::Strait];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmmKind::Qemu => "qemu",
+            VmmKind::Strait => "strait",
+        }
+    }
+}
+
+/// What a launch measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchKind {
+    /// L2 boots, prints its /init marker, checks the device is there, powers off.
+    Boot,
+    /// As `Boot` with no device passed through: the launch cost without VFIO.
+    Bare,
+    /// L2 boots, binds nvme, runs iobench (sequential then random), powers off.
+    Nvme,
+    /// The VMM sets up RAM and DMA maps and is stopped once ready to run.
+    Memory,
+}
+
+/// Identifies a launch and the configuration it measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchKey {
+    /// Unique, file-name safe: `r2-mem-2048-2M-qemu`.
+    pub id: String,
+    /// What it measures.
+    pub kind: LaunchKind,
+    /// Which VMM.
+    pub vmm: VmmKind,
+    /// Repetition, from 1.
+    pub rep: u32,
+    /// L2 RAM.
+    pub memory_mib: u32,
+    /// Backing of L2 RAM.
+    pub hugepages: HugePages,
+}
+
+/// One VMM invocation for the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// What is run.
+    pub key: LaunchKey,
+    /// Program and arguments, with `@DEVn@` placeholders.
+    pub command: Vec<String>,
+    /// Strait's spec (placeholders inside), written to `spec_path` before the launch.
+    pub spec: Option<serde_json::Value>,
+    /// Where the spec goes.
+    pub spec_path: Option<PathBuf>,
+    /// QEMU's QMP socket: the agent times `query-status`'s answer on it.
+    pub qmp_socket: Option<PathBuf>,
+    /// Stop (SIGKILL) the VMM once QMP answered.
+    pub stop_at_qmp: bool,
+    /// Stop (SIGKILL) the VMM once an output line contains this.
+    pub stop_at_line: Option<String>,
+    /// Kill the VMM after this long.
+    pub timeout_secs: u64,
+}
+
+/// Everything the agent runs in one L1 boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// In order.
+    pub launches: Vec<Launch>,
+    /// Where per-launch logs go (a host path, the same inside L1's chroot).
+    pub work_dir: PathBuf,
+    /// Value written to L1's transparent_hugepage/enabled before the first launch.
+    pub transparent_hugepages: String,
+}
+
+/// iobench's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoLoad {
+    /// Seconds per pattern.
+    pub secs: u64,
+    /// Requests in flight (iobench threads).
+    pub queue_depth: u32,
+}
+
+/// What the plan is built from.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Repetitions of every measurement per VMM.
+    pub reps: u32,
+    /// Guest RAM sizes of the memory launches.
+    pub memory_sizes: Vec<u32>,
+    /// Page kinds of the memory launches.
+    pub page_kinds: Vec<HugePages>,
+    /// The guest of boot and nvme launches (memory launches change its RAM only).
+    pub guest: GuestConfig,
+    /// The strait binary.
+    pub strait: PathBuf,
+    /// The run's work dir.
+    pub work_dir: PathBuf,
+    /// iobench's load.
+    pub io: IoLoad,
+}
+
+/// A measurement: what runs, on how much RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Measurement {
+    kind: LaunchKind,
+    memory_mib: u32,
+    hugepages: HugePages,
+}
+
+impl Measurement {
+    fn label(self) -> String {
+        match self.kind {
+            LaunchKind::Boot => "boot".into(),
+            LaunchKind::Bare => "bare".into(),
+            LaunchKind::Nvme => "nvme".into(),
+            LaunchKind::Memory => {
+                format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
+            }
+        }
+    }
+}
+
+/// The launches, repetition by repetition, QEMU before Strait in each measurement.
+pub fn build(cfg: &PlanConfig) -> Plan {
+    let base = Measurement {
+        kind: LaunchKind::Boot,
+        memory_mib: cfg.guest.memory_mib,
+        hugepages: cfg.guest.hugepages,
+    };
+    let mut measurements = vec![
+        base,
+        Measurement {
+            kind: LaunchKind::Bare,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Nvme,
+            ..base
+        },
+    ];
+    for &memory_mib in &cfg.memory_sizes {
+        for &hugepages in &cfg.page_kinds {
+            measurements.push(Measurement {
+                kind: LaunchKind::Memory,
+                memory_mib,
+                hugepages,
+            });
+        }
+    }
+    let mut launches = Vec::new();
+    for rep in 1..=cfg.reps {
+        for m in &measurements {
+            for vmm in VmmKind::BOTH {
+                launches.push(launch(cfg, *m, rep, vmm));
+            }
+        }
+    }
+    Plan {
+        launches,
+        work_dir: cfg.work_dir.clone(),
+        transparent_hugepages: "never".into(),
+    }
+}
+
+/// L2's command line for a launch: the bench mode and iobench's load, read by
+/// the bench /init from /proc/cmdline.
+fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad) -> String {
+    match kind {
+        LaunchKind::Nvme => format!(
+            "{base} testbed.bench=nvme testbed.iosecs={} testbed.qd={}",
+            io.secs, io.queue_depth
+        ),
+        LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
+            format!("{base} testbed.bench=boot")
+        }
+    }
+}
+
+fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
+    let id = format!("r{rep}-{}-{}", m.label(), vmm.name());
+    let mut guest = cfg.guest.clone();
+    guest.memory_mib = m.memory_mib;
+    guest.hugepages = m.hugepages;
+    guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io);
+    if m.kind == LaunchKind::Bare {
+        guest.devices = 0;
+    }
+    let memory = m.kind == LaunchKind::Memory;
+    let qmp_socket = (memory && vmm == VmmKind::Qemu)
+        .then(|| PathBuf::from(format!("/tmp/testbed-qmp-{id}.sock")));
+    let spec_path = (vmm == VmmKind::Strait).then(|| cfg.work_dir.join(format!("spec-{id}.json")));
+    let command = match (vmm, &qmp_socket, &spec_path) {
+        (VmmKind::Strait, _, Some(spec)) => Vmm::Strait {
+            binary: cfg.strait.clone(),
+        }
+        .command(&guest, spec),
+        (_, socket, _) => {
+            let mut args = qemu_command(&guest);
+            if let Some(socket) = socket {
+                // -S: stop before the first instruction; QMP answers once machine
+                // init (RAM prealloc, vfio realize and its DMA maps) is done.
+                let qmp = format!("unix:{},server=on,wait=off", socket.display());
+                args.extend(["-S".into(), "-qmp".into(), qmp]);
+            }
+            args
+        }
+    };
+    Launch {
+        key: LaunchKey {
+            id,
+            kind: m.kind,
+            vmm,
+            rep,
+            memory_mib: m.memory_mib,
+            hugepages: m.hugepages,
+        },
+        command,
+        spec: spec_path.as_ref().map(|_| strait_spec(&guest)),
+        spec_path,
+        stop_at_qmp: qmp_socket.is_some(),
+        qmp_socket,
+        stop_at_line: (memory && vmm == VmmKind::Strait)
+            .then(|| format!("strait: timeline: {STRAIT_READY_MARK}=")),
+        timeout_secs: timeout_secs(m.kind, cfg.io),
+    }
+}
+
+/// How long a launch may take before the agent kills it.
+/// About three times the slowest seen on the testbed (QEMU to /init: up to 37 s).
+pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
+    match kind {
+        LaunchKind::Boot | LaunchKind::Bare => 100,
+        LaunchKind::Nvme => 120 + 2 * io.secs,
+        LaunchKind::Memory => 60,
+    }
+}
+
+impl LaunchKey {
+    /// The measurement this launch is a repetition of (`mem-2048-2M-strait`).
+    pub fn measurement(&self) -> String {
+        self.id
+            .split_once('-')
+            .map_or(self.id.clone(), |(_, rest)| rest.to_string())
+    }
+}
+
+/// What a launch usually takes on the testbed (for L0's time limit).
+pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
+    match kind {
+        LaunchKind::Boot | LaunchKind::Bare => 30,
+        LaunchKind::Nvme => 45 + 2 * io.secs,
+        LaunchKind::Memory => 20,
+    }
+}
+
+/// L0's time limit for a plan: twice the expected time plus L1's boot and
+/// teardown. The agent also stops starting launches that cannot finish in time.
+pub fn l0_timeout_secs(plan: &Plan, io: IoLoad) -> u64 {
+    let expected: u64 = plan
+        .launches
+        .iter()
+        .map(|l| expected_secs(l.key.kind, io))
+        .sum();
+    2 * expected + 180
+}
+
+/// An output line of the VMM and when the agent read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimedLine {
+    /// Milliseconds since the agent spawned the VMM.
+    pub ms: f64,
+    /// The line, without its line ending.
+    pub text: String,
+}
+
+/// The VMM process as seen from L1's /proc at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    /// VmRSS from /proc/PID/status (hugetlb pages are never in it).
+    pub vm_rss_kib: u64,
+    /// VmLck: pages VFIO's type1 IOMMU driver pinned for DMA are accounted here.
+    pub vm_lck_kib: u64,
+    /// Sum of Rss over /proc/PID/smaps.
+    pub smaps_rss_kib: u64,
+    /// Rss of the guest-RAM mappings (those at least half the guest's RAM in size).
+    pub guest_ram_rss_kib: u64,
+    /// Number of guest-RAM mappings found.
+    pub guest_ram_vmas: u32,
+    /// Sum of Pss over /proc/PID/smaps, guest-RAM mappings excluded.
+    pub pss_excl_guest_kib: u64,
+    /// Hugetlb pages mapped (Private_Hugetlb + Shared_Hugetlb).
+    pub hugetlb_kib: u64,
+    /// Open file descriptors on /dev/vfio/*.
+    pub vfio_fds: u32,
+}
+
+impl ProcessSample {
+    /// Resident memory of the VMM itself: Rss minus the guest-RAM mappings'.
+    pub fn rss_excl_guest_kib(&self) -> u64 {
+        self.smaps_rss_kib.saturating_sub(self.guest_ram_rss_kib)
+    }
+}
+
+/// What the agent measured at a trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// What triggered it: `ready`, `qmp-ready`, `stop-line`, or the first two
+    /// words of an iobench line (`IOBENCH-BEGIN mode=seq`).
+    pub trigger: String,
+    /// Milliseconds since spawn.
+    pub ms: f64,
+    /// The VMM process, if sampled (and readable).
+    pub process: Option<ProcessSample>,
+    /// Why the process could not be sampled.
+    pub process_error: Option<String>,
+    /// KVM's debugfs counters (all VMs, i.e. this one), if readable.
+    pub kvm: BTreeMap<String, u64>,
+}
+
+/// Everything the agent recorded about one launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchRecord {
+    /// The launch.
+    pub key: LaunchKey,
+    /// Why the launch did not run (spawn failure, skipped for lack of time).
+    pub not_run: Option<String>,
+    /// Exit status, if it exited.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, if killed.
+    pub exit_signal: Option<i32>,
+    /// The agent stopped it on purpose (stop rule met).
+    pub stopped: bool,
+    /// The agent killed it at its time limit.
+    pub timed_out: bool,
+    /// Milliseconds from spawn to reaping the process.
+    pub exit_ms: Option<f64>,
+    /// Marker lines (TESTBED-*, IOBENCH-*, strait timeline and exit counts).
+    pub lines: Vec<TimedLine>,
+    /// The last lines of output, to explain a failure.
+    pub tail: Vec<String>,
+    /// When QMP answered `query-status` (QEMU memory launches).
+    pub qmp_ready_ms: Option<f64>,
+    /// Why QMP never answered.
+    pub qmp_error: Option<String>,
+    /// Samples, in order.
+    pub samples: Vec<Sample>,
+}
+
+impl LaunchRecord {
+    /// A record for a launch that never ran.
+    pub fn not_run(key: LaunchKey, why: String) -> Self {
+        Self {
+            key,
+            not_run: Some(why),
+            exit_code: None,
+            exit_signal: None,
+            stopped: false,
+            timed_out: false,
+            exit_ms: None,
+            lines: Vec::new(),
+            tail: Vec::new(),
+            qmp_ready_ms: None,
+            qmp_error: None,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// Lines the agent keeps with their time of arrival.
+pub fn is_marker_line(line: &str) -> bool {
+    line.contains("TESTBED-")
+        || line.contains("IOBENCH-")
+        || line.contains("strait: timeline:")
+        || line.contains("strait: exits:")
+        || line.contains("strait: warn:")
+        || line.contains("strait: error:")
+}
+
+/// Parses the agent's results file (one JSON record per line; a torn last line
+/// from a killed agent is skipped).
+pub fn parse_results(text: &str) -> Vec<LaunchRecord> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `path` inside `work_dir`, for names the plan and agent share.
+pub fn in_work_dir(work_dir: &Path, name: &str) -> PathBuf {
+    work_dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(reps: u32) -> PlanConfig {
+        PlanConfig {
+            reps,
+            memory_sizes: vec![512, 2048],
+            page_kinds: vec![HugePages::None, HugePages::Size2M],
+            guest: GuestConfig {
+                qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+                vcpus: 2,
+                memory_mib: 512,
+                hugepages: HugePages::Size2M,
+                kernel: PathBuf::from("/boot/vmlinuz"),
+                initramfs: PathBuf::from("/c/l2-bench.cpio"),
+                cmdline: "console=ttyS0".into(),
+                devices: 1,
+            },
+            strait: PathBuf::from("/repo/target/release/strait"),
+            work_dir: PathBuf::from("/w"),
+            io: IoLoad {
+                secs: 4,
+                queue_depth: 4,
+            },
+        }
+    }
+
+    #[test]
+    fn each_measurement_runs_qemu_then_strait_per_repetition() {
+        let plan = build(&config(2));
+        // boot, bare, nvme, 2 sizes x 2 page kinds = 7 measurements, 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 28);
+        let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
+        assert!(vmms
+            .chunks(2)
+            .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
+        assert_eq!(plan.launches[14].key.id, "r2-boot-qemu");
+    }
+
+    #[test]
+    fn repetitions_share_their_measurement() {
+        let plan = build(&config(2));
+        assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[14].key.measurement(), "boot-qemu");
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let plan = build(&config(3));
+        let mut ids: Vec<_> = plan.launches.iter().map(|l| l.key.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), plan.launches.len());
+    }
+
+    #[test]
+    fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
+        let plan = build(&config(1));
+        let l = &plan.launches[6];
+        assert_eq!(l.key.id, "r1-mem-512-none-qemu");
+        let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
+        assert_eq!(
+            tail,
+            [
+                "-S",
+                "-qmp",
+                "unix:/tmp/testbed-qmp-r1-mem-512-none-qemu.sock,server=on,wait=off"
+            ]
+        );
+        assert!(l.stop_at_qmp && l.stop_at_line.is_none());
+        assert!(l.command.contains(&"-m".to_string()) && l.command.contains(&"512M".to_string()));
+    }
+
+    #[test]
+    fn strait_memory_launch_stops_at_its_ready_mark() {
+        let plan = build(&config(1));
+        let l = &plan.launches[13];
+        assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
+        assert_eq!(
+            l.stop_at_line.as_deref(),
+            Some("strait: timeline: vcpus_started=")
+        );
+        let spec = l.spec.as_ref().map(|s| s["memory"].clone());
+        assert_eq!(
+            spec,
+            Some(serde_json::json!({ "size_mib": 2048, "hugepages": "2M" }))
+        );
+        assert_eq!(
+            l.command,
+            [
+                "/repo/target/release/strait",
+                "run",
+                "/w/spec-r1-mem-2048-2M-strait.json"
+            ]
+        );
+    }
+
+    #[test]
+    fn nvme_launch_passes_the_io_load_on_the_command_line() {
+        let plan = build(&config(1));
+        let l = &plan.launches[4];
+        assert_eq!(l.key.kind, LaunchKind::Nvme);
+        assert!(l
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=nvme testbed.iosecs=4 testbed.qd=4")));
+        assert!(!l.stop_at_qmp && l.stop_at_line.is_none());
+    }
+
+    #[test]
+    fn bare_launch_passes_nothing_through() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[2], &plan.launches[3]);
+        assert_eq!(qemu.key.id, "r1-bare-qemu");
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        assert!(strait
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.get("passthrough").is_none()));
+        let boot = &plan.launches[0];
+        assert!(boot
+            .command
+            .iter()
+            .any(|a| a == "vfio-pci,host=@DEV0@,bus=rp0"));
+    }
+
+    #[test]
+    fn results_parse_skips_a_torn_line() {
+        let key = build(&config(1)).launches[0].key.clone();
+        let line = serde_json::to_string(&LaunchRecord::not_run(key, "skipped".into()))
+            .unwrap_or_default();
+        let text = format!("{line}\n{{\"key\": {{\"id\n");
+        let records = parse_results(&text);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].not_run.as_deref(), Some("skipped"));
+    }
+
+    #[test]
+    fn marker_lines_are_recognised() {
+        assert!(is_marker_line("strait: timeline: memory_ready=12.0ms"));
+        assert!(is_marker_line("[  2.1] TESTBED-INIT"));
+        assert!(!is_marker_line("strait: guest powered off"));
+    }
+
+    #[test]
+    fn l0_limit_covers_twice_the_expected_time() {
+        let cfg = config(1);
+        let plan = build(&cfg);
+        // 4 boot (30) + 2 nvme (53) + 8 memory (20) = 386 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 386 + 180);
+    }
+}
