@@ -17,7 +17,8 @@
 //! ```
 //!
 //! [`bench`] runs QEMU and Strait alternately in one L1 boot and reports
-//! their ratios (`testbed bench`).
+//! their ratios (`testbed bench`); [`bench::series`] launches one scenario's
+//! guest many times in one L1 boot ([`Testbed::run_series`]).
 
 pub mod bench;
 pub mod checks;

@@ -11,11 +11,13 @@
 
 pub mod agent;
 pub mod analysis;
+mod boots;
 pub mod guest;
 pub mod metrics;
 pub mod plan;
 pub mod probe;
 pub mod report;
+pub mod series;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,16 +26,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::l0::{L0Exit, Stall};
-use crate::outcome::tail;
 use crate::run::{self, RunContext};
 use crate::scenario::{Device, HugePages, Scenario};
-use crate::scripts::{self, RunPlan};
-use crate::vmm::{device_placeholder, Vmm};
-use crate::{images, l0, Artefacts, Testbed, TestbedOptions};
+use crate::vmm::Vmm;
+use crate::{images, l0, Testbed, TestbedOptions};
 
+pub use boots::lockup_report;
+use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
-use plan::{IoLoad, LaunchRecord, Plan, PlanConfig, PLAN_FILE, RESULTS_FILE};
+use plan::{IoLoad, LaunchRecord, PlanConfig};
 use report::Machine;
 
 /// RAM of the boot and NVMe launches, on 2 MiB pages, like the scenarios'.
@@ -152,65 +153,6 @@ pub struct BenchResults {
 const MAX_L1_BOOTS: u32 = 5;
 /// A launch during which L1 stalled is tried this many times in all.
 const STALL_TRIES: u32 = 2;
-/// A live L1 prints a heartbeat every 20 s; this much silence means it froze.
-const CONSOLE_SILENCE: Duration = Duration::from_secs(90);
-
-/// L1 kernel reports that mean one of its CPUs is stuck for good.
-const LOCKUP_REPORTS: &[&str] = &[
-    "BUG: soft lockup",
-    "rcu_sched self-detected stall",
-    "rcu: INFO: rcu_sched detected stalls",
-    "blocked for more than",
-];
-
-/// The first lockup report in L1's console, if any.
-pub fn lockup_report(console: &str) -> Option<&'static str> {
-    LOCKUP_REPORTS.iter().copied().find(|r| console.contains(r))
-}
-
-/// The host's watch over a benchmark's L1: its kernel must not report a
-/// stuck CPU, its console must not fall silent, and the agent's files must
-/// change at least once per `progress_limit` (the longest launch plus the
-/// agent's reaping grace and a margin).
-fn bench_watch(progress_limit: Duration) -> impl Fn(&Path, Duration) -> Option<Stall> {
-    move |dir, silence| {
-        let console = std::fs::read_to_string(dir.join("l1-console.log")).unwrap_or_default();
-        if let Some(report) = lockup_report(&console) {
-            return Some(Stall::KernelReport(report));
-        }
-        if silence > CONSOLE_SILENCE {
-            return Some(Stall::ConsoleSilent(silence));
-        }
-        let newest = ["run.sh", "agent.log", RESULTS_FILE]
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.join(f)).ok()?.modified().ok())
-            .max()?;
-        let idle = newest.elapsed().ok()?;
-        (idle > progress_limit).then_some(Stall::NoProgress(idle))
-    }
-}
-
-/// What the L1 boots of one benchmark produced.
-#[derive(Debug, Default)]
-struct Boots {
-    records: Vec<LaunchRecord>,
-    /// One line per boot.
-    summaries: Vec<String>,
-    /// Launches L1 stalled in, once per stall.
-    stalls: Vec<String>,
-    /// L0 wall time, all boots.
-    wall: Duration,
-}
-
-/// What every L1 boot of one benchmark shares.
-struct BenchSetup<'a> {
-    opts: &'a BenchOptions,
-    testbed: TestbedOptions,
-    scenario: Scenario,
-    artefacts: Artefacts,
-    cfg: PlanConfig,
-    largest: u32,
-}
 
 impl Testbed {
     /// Runs the benchmark and writes a result set; a launch that could not
@@ -219,11 +161,15 @@ impl Testbed {
     /// CPUs), L1 is booted again for the launches not yet recorded; the launch
     /// it stalled in is tried again once, then recorded as not run.
     pub fn bench(&self, opts: &BenchOptions) -> Result<BenchResults> {
-        let mut setup = self.bench_setup(opts)?;
-        let boots = self.bench_boots(&mut setup)?;
-        let mut machine = self.machine(opts, &setup.testbed, setup.largest, boots.wall);
+        let largest = opts.largest_mib();
+        let run = self.bench_run(opts)?;
+        let boots = self.agent_boots(&run)?;
+        if boots.records.iter().all(|r| r.not_run.is_some()) {
+            return Err(no_results(&boots));
+        }
+        let mut machine = self.machine(opts, &run.testbed, largest, boots.wall);
         machine.l1_boots = boots.summaries;
-        machine.stalled_launches = boots.stalls;
+        machine.stalled_launches = boots.stalls.into_iter().map(|(id, _)| id).collect();
         let raw = RawResults {
             machine,
             memory_sizes: opts.memory_sizes.clone(),
@@ -234,68 +180,8 @@ impl Testbed {
         write_results(&dir, &raw)
     }
 
-    /// Boots L1 until every launch has a record (or [`MAX_L1_BOOTS`]).
-    fn bench_boots(&self, setup: &mut BenchSetup<'_>) -> Result<Boots> {
-        let all = plan::build(&setup.cfg).launches;
-        log::warn!("bench: {} launches", all.len());
-        let mut b = Boots::default();
-        let mut last = None;
-        let unrecorded = |records: &[LaunchRecord]| -> Vec<String> {
-            all.iter()
-                .filter(|l| !records.iter().any(|r| r.key.id == l.key.id))
-                .map(|l| l.key.id.clone())
-                .collect()
-        };
-        for boot in 1..=MAX_L1_BOOTS {
-            let remaining = unrecorded(&b.records);
-            if remaining.is_empty() {
-                break;
-            }
-            let (work_dir, l0_run) = self.bench_boot(setup, &remaining)?;
-            let text = std::fs::read_to_string(work_dir.join(RESULTS_FILE)).unwrap_or_default();
-            let new = plan::parse_results(&text);
-            b.wall += l0_run.elapsed;
-            b.summaries.push(format!(
-                "{} of {} launches recorded; L0 {:?} after {:.0} s",
-                new.len(),
-                remaining.len(),
-                l0_run.exit,
-                l0_run.elapsed.as_secs_f64()
-            ));
-            b.records.extend(new);
-            let stall = match l0_run.exit {
-                L0Exit::Stalled { stall, .. } => Some(stall),
-                _ => None,
-            };
-            last = Some((work_dir, l0_run));
-            let (Some(stall), Some(stuck)) = (stall, unrecorded(&b.records).first().cloned())
-            else {
-                break;
-            };
-            b.stalls.push(stuck.clone());
-            let tries = b.stalls.iter().filter(|id| **id == stuck).count() as u32;
-            log::warn!("{stuck}: L1 stalled ({stall}), try {tries} (boot {boot})");
-            if let Some(l) = all
-                .iter()
-                .find(|l| l.key.id == stuck && tries >= STALL_TRIES)
-            {
-                let why = format!("L1 stalled during this launch {tries} times (last: {stall})");
-                b.records.push(LaunchRecord::not_run(l.key.clone(), why));
-            }
-        }
-        if b.records.iter().all(|r| r.not_run.is_some()) {
-            return Err(match last {
-                Some((dir, l0_run)) => no_results(&dir, &l0_run),
-                None => Error::BenchFailed {
-                    report: "the benchmark plan is empty".into(),
-                },
-            });
-        }
-        Ok(b)
-    }
-
-    /// Images, options and the plan's configuration, once per benchmark.
-    fn bench_setup<'a>(&self, opts: &'a BenchOptions) -> Result<BenchSetup<'a>> {
+    /// Images, L1's shape and the plan, once per benchmark.
+    fn bench_run<'a>(&self, opts: &'a BenchOptions) -> Result<AgentRun<'a>> {
         for (what, path) in [
             ("strait", &opts.strait_binary),
             ("testbed (agent)", &opts.agent_binary),
@@ -336,53 +222,21 @@ impl Testbed {
             work_dir: PathBuf::new(),
             io: opts.io,
         };
-        Ok(BenchSetup {
-            opts,
+        Ok(AgentRun {
             testbed,
             scenario,
             artefacts,
-            cfg,
-            largest,
-        })
-    }
-
-    /// One L1 boot running the launches named in `ids`, in plan order.
-    fn bench_boot(
-        &self,
-        setup: &mut BenchSetup<'_>,
-        ids: &[String],
-    ) -> Result<(PathBuf, l0::L0Run)> {
-        let subset = |mut plan: Plan| {
-            plan.launches.retain(|l| ids.contains(&l.key.id));
-            plan
-        };
-        let planned = subset(plan::build(&setup.cfg));
-        let timeout = plan::l0_timeout_secs(&planned, setup.opts.io);
-        let longest = planned.launches.iter().map(|l| l.timeout_secs).max();
-        let mut scenario = setup.scenario.clone();
-        scenario.timeout = Duration::from_secs(timeout);
-        let ctx = RunContext {
-            opts: &setup.testbed,
-            host: &self.host,
-            cache: &self.cache,
-            scenario: &scenario,
-            artefacts: &setup.artefacts,
-        };
-        log::warn!(
-            "bench: booting L1 for {} launches, L0 limit {timeout} s",
-            ids.len()
-        );
-        let watch = bench_watch(Duration::from_secs(longest.unwrap_or(0) + 90));
-        let (cfg, opts, largest) = (&mut setup.cfg, setup.opts, setup.largest);
-        run::boot_l1(
-            &ctx,
-            "all",
-            |dir| {
+            agent_binary: opts.agent_binary.clone(),
+            hugepage_count: bench_hugepages(largest),
+            io: opts.io,
+            max_boots: MAX_L1_BOOTS,
+            stall_tries: STALL_TRIES,
+            plan: Box::new(move |dir| {
+                let mut cfg = cfg.clone();
                 cfg.work_dir = dir.to_path_buf();
-                write_bench_files(&ctx, &subset(plan::build(cfg)), opts, largest, dir)
-            },
-            &watch,
-        )
+                plan::build(&cfg)
+            }),
+        })
     }
 
     fn machine(
@@ -443,59 +297,18 @@ impl Testbed {
     }
 }
 
-/// The plan and L1's script in a fresh work directory.
-fn write_bench_files(
-    ctx: &RunContext<'_>,
-    plan: &Plan,
-    opts: &BenchOptions,
-    largest: u32,
-    dir: &Path,
-) -> Result<()> {
-    let plan_path = dir.join(PLAN_FILE);
-    let json = serde_json::to_string_pretty(plan).map_err(|e| Error::BenchResults {
-        path: plan_path.clone(),
-        detail: e.to_string(),
-    })?;
-    run::write(&plan_path, &json)?;
-    let agent = vec![
-        opts.agent_binary.display().to_string(),
-        "-v".into(),
-        "l1-agent".into(),
-        "--plan".into(),
-        plan_path.display().to_string(),
-        "--results".into(),
-        dir.join(RESULTS_FILE).display().to_string(),
-        "--device".into(),
-        device_placeholder(0),
-    ];
-    let run_plan = RunPlan {
-        work_dir: dir.to_path_buf(),
-        devices: ctx.scenario.devices.clone(),
-        hugepages: HugePages::Size2M,
-        hugepage_count: bench_hugepages(largest),
-        vmm_command: agent,
-        spec_template: None,
-        l0_timeout_secs: ctx.scenario.timeout.as_secs(),
-    };
-    run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
-}
-
-/// The error for a run without a single record, with what L1 and the agent said.
-fn no_results(work_dir: &Path, l0_run: &l0::L0Run) -> Error {
-    let agent = std::fs::read_to_string(work_dir.join("agent.log")).unwrap_or_default();
-    let l1_error = std::fs::read_to_string(work_dir.join("l1-error")).unwrap_or_default();
-    Error::BenchFailed {
-        report: format!(
-            "the benchmark produced no results (L0 {:?} after {:.0} s; work dir {})\n{}\
-             --- agent log, last 20 lines ---\n{}\n--- L1 console, last 30 lines ---\n{}\n--- end ---",
-            l0_run.exit,
-            l0_run.elapsed.as_secs_f64(),
-            work_dir.display(),
-            if l1_error.is_empty() { String::new() } else { format!("L1 gave up: {l1_error}\n") },
-            tail(&agent, 20),
-            tail(&l0_run.console, 30)
+/// The error for a benchmark without a single record, with what L1 and the
+/// agent said in its last boot.
+fn no_results(boots: &Boots) -> Error {
+    let report = match boots.work_dirs.last() {
+        Some(dir) => format!(
+            "the benchmark produced no results ({})\n{}",
+            boots.summaries.join("; "),
+            boots::boot_tails(dir)
         ),
-    }
+        None => "the benchmark plan is empty".into(),
+    };
+    Error::BenchFailed { report }
 }
 
 /// A new directory `<root>/<date>`, or `<date>-2`, ... if that exists.
@@ -651,36 +464,6 @@ mod tests {
         assert_eq!((q.reps, q.memory_sizes.clone()), (1, vec![512]));
         assert_eq!(q.largest_mib(), 512);
         assert_eq!(BenchOptions::full(3).largest_mib(), 2048);
-    }
-
-    #[test]
-    fn lockup_reports_are_recognised() {
-        let console =
-            "[  129.385309] watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [strait-vcpu0:163]";
-        assert_eq!(lockup_report(console), Some("BUG: soft lockup"));
-        assert_eq!(lockup_report("TESTBED-L1 heartbeat uptime=52.92"), None);
-    }
-
-    #[test]
-    fn watch_stops_a_silent_l1() {
-        let watch = bench_watch(Duration::from_secs(3600));
-        assert_eq!(
-            watch(Path::new("/nonexistent"), Duration::from_secs(91)),
-            Some(Stall::ConsoleSilent(Duration::from_secs(91)))
-        );
-    }
-
-    #[test]
-    fn watch_stops_an_l1_whose_agent_makes_no_progress() {
-        let dir = std::env::temp_dir().join(format!("testbed-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok();
-        std::fs::write(dir.join("run.sh"), "#!/bin/sh\n").ok();
-        let patient = bench_watch(Duration::from_secs(3600))(&dir, Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(20));
-        let impatient = bench_watch(Duration::from_millis(1))(&dir, Duration::ZERO);
-        std::fs::remove_dir_all(&dir).ok();
-        assert_eq!(patient, None);
-        assert!(matches!(impatient, Some(Stall::NoProgress(_))));
     }
 
     #[test]
