@@ -4,14 +4,17 @@
 //! `arch` layout; the zero page itself is built by `arch::x86_64::boot_params`.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use arch::x86_64::layout;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::spec::KernelSpec;
 
 /// Offset of the setup header in a bzImage (boot.rst, "The real-mode kernel header").
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
@@ -222,6 +225,52 @@ impl KernelImage {
     }
 }
 
+/// The kernel and initramfs, identified and read into this process, ready to copy into
+/// guest RAM. Reading them is file I/O with no need for RAM, so [`KernelFiles::spawn_read`]
+/// does it on a thread while RAM is prefaulted.
+#[derive(Debug)]
+pub struct KernelFiles {
+    pub image: KernelImage,
+    kernel: Vec<u8>,
+    initramfs: Option<(PathBuf, Vec<u8>)>,
+}
+
+impl KernelFiles {
+    /// Identify the kernel and read it and the initramfs whole.
+    pub fn read(spec: &KernelSpec) -> Result<KernelFiles, BootError> {
+        let mut image = open_kernel(&spec.path)?;
+        let mut kernel = Vec::new();
+        image
+            .file
+            .read_to_end(&mut kernel)
+            .map_err(|source| BootError::OpenKernel {
+                path: spec.path.clone(),
+                source,
+            })?;
+        let initramfs = match &spec.initramfs {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| BootError::OpenInitramfs {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), bytes))
+            }
+            None => None,
+        };
+        Ok(KernelFiles {
+            image,
+            kernel,
+            initramfs,
+        })
+    }
+
+    /// [`KernelFiles::read`] on a thread of its own; join it where the bytes are needed.
+    pub fn spawn_read(spec: &KernelSpec) -> JoinHandle<Result<KernelFiles, BootError>> {
+        let spec = spec.clone();
+        std::thread::spawn(move || KernelFiles::read(&spec))
+    }
+}
+
 /// A kernel in guest memory.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadedKernel {
@@ -234,14 +283,13 @@ pub struct LoadedKernel {
 }
 
 /// Copy the kernel into guest RAM at `layout::HIMEM_START`.
-pub fn load_kernel(
-    mem: &GuestMemoryMmap,
-    image: &mut KernelImage,
-) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(mem: &GuestMemoryMmap, files: &KernelFiles) -> Result<LoadedKernel, BootError> {
     let himem = Some(layout::HIMEM_START);
+    let image = &files.image;
+    let mut bytes = Cursor::new(files.kernel.as_slice());
     let result = match image.probe.format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut image.file, himem),
-        KernelFormat::Elf => Elf::load(mem, None, &mut image.file, himem),
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut bytes, himem),
+        KernelFormat::Elf => Elf::load(mem, None, &mut bytes, himem),
     }
     .map_err(|source| BootError::LoadKernel {
         path: image.path.clone(),
@@ -276,29 +324,24 @@ pub fn place_initramfs(
     })
 }
 
-/// Copy the initramfs at `path` to the top of low RAM; returns (address, size).
+/// Copy the initramfs, if any, to the top of low RAM; returns (address, size).
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
-    image: &KernelImage,
+    files: &KernelFiles,
     kernel: &LoadedKernel,
     ram_size: u64,
-    path: &Path,
-) -> Result<(GuestAddress, u64), BootError> {
-    let open_err = |source| BootError::OpenInitramfs {
-        path: path.to_path_buf(),
-        source,
+) -> Result<Option<(GuestAddress, u64)>, BootError> {
+    let Some((path, bytes)) = &files.initramfs else {
+        return Ok(None);
     };
-    let mut file = File::open(path).map_err(open_err)?;
-    let size = file.metadata().map_err(open_err)?.len();
-    let addr = place_initramfs(image, ram_size, kernel.end, path, size)?;
-    let len =
-        usize::try_from(size).map_err(|_| open_err(std::io::ErrorKind::FileTooLarge.into()))?;
-    mem.read_exact_volatile_from(addr, &mut file, len)
+    let size = bytes.len() as u64;
+    let addr = place_initramfs(&files.image, ram_size, kernel.end, path, size)?;
+    mem.write_slice(bytes, addr)
         .map_err(|source| BootError::LoadInitramfs {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         })?;
-    Ok((addr, size))
+    Ok(Some((addr, size)))
 }
 
 /// Check and write the command line at `layout::CMDLINE_START`; returns its size with NUL.
@@ -504,6 +547,41 @@ mod tests {
         let mem = guest();
         write_reset_vector(&mem).unwrap();
         assert_eq!(read_back(&mem, RESET_VECTOR, code.len()), code);
+    }
+
+    /// A fake bzImage file (valid header, zero body) and a spec booting it.
+    fn fake_kernel_spec(tag: &str, initramfs: Option<PathBuf>) -> KernelSpec {
+        let path = std::env::temp_dir().join(format!("strait-{tag}-{}", std::process::id()));
+        let mut bytes = bzimage_head(0x20f, 4, 0x10);
+        bytes.resize(5 * 512 + 0x100, 0);
+        std::fs::write(&path, bytes).unwrap();
+        KernelSpec {
+            path,
+            initramfs,
+            cmdline: String::new(),
+        }
+    }
+
+    #[test]
+    fn kernel_files_read_kernel_and_initramfs_whole() {
+        let initrd = std::env::temp_dir().join(format!("strait-initrd-{}", std::process::id()));
+        std::fs::write(&initrd, b"070701 cpio").unwrap();
+        let spec = fake_kernel_spec("kfiles", Some(initrd.clone()));
+        let files = KernelFiles::spawn_read(&spec).join().unwrap();
+        std::fs::remove_file(&spec.path).unwrap();
+        std::fs::remove_file(&initrd).unwrap();
+        let files = files.unwrap();
+        assert_eq!(files.kernel.len(), 5 * 512 + 0x100);
+        assert_eq!(files.image.probe.format, KernelFormat::BzImage);
+        assert_eq!(files.initramfs, Some((initrd, b"070701 cpio".to_vec())));
+    }
+
+    #[test]
+    fn kernel_files_report_a_missing_initramfs() {
+        let spec = fake_kernel_spec("kfiles-noinitrd", Some("/nonexistent/initrd".into()));
+        let err = KernelFiles::read(&spec).unwrap_err();
+        std::fs::remove_file(&spec.path).unwrap();
+        assert!(matches!(err, BootError::OpenInitramfs { .. }), "{err:?}");
     }
 
     #[test]

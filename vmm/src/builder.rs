@@ -16,7 +16,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::attach::{AttachParams, Attached};
 use crate::bars::ConfigEffects;
-use crate::boot;
+use crate::boot::{self, KernelFiles};
 use crate::device_manager::DeviceManager;
 use crate::error::Error;
 use crate::interrupts::GsiRouting;
@@ -77,6 +77,8 @@ pub struct BootInfo {
 /// Build and start the VM described by `spec` (already validated). `stop` ends it; a
 /// stop requested while building (SIGTERM) tears down before any vCPU runs.
 pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
+    // Read while RAM is prefaulted: both take long, and neither needs the other.
+    let files = KernelFiles::spawn_read(&spec.kernel);
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
@@ -87,7 +89,17 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     register_ram(&vm_fd, &ram)?;
     logger::mark(phase::MEMORY_READY);
     let attached = attach_passthrough(opened, &vm_fd, &ram, spec, &cpuid)?;
-    let boot = load_guest(spec, ram.memory(), pci_windows(spec, attached.as_ref()))?;
+    logger::mark(phase::DMA_MAPPED);
+    let files = files
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let boot = load_guest(
+        spec,
+        ram.memory(),
+        &files,
+        pci_windows(spec, attached.as_ref()),
+    )?;
+    drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
     let pci = attached.as_ref().map(|a| a.pci_functions(&effects));
@@ -207,15 +219,16 @@ fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
 }
 
 /// Kernel, initramfs, command line, ACPI tables, zero page and boot page tables.
-fn load_guest(spec: &VmSpec, mem: &GuestMemoryMmap, pci: PciWindows) -> Result<BootInfo, Error> {
+fn load_guest(
+    spec: &VmSpec,
+    mem: &GuestMemoryMmap,
+    files: &KernelFiles,
+    pci: PciWindows,
+) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
-    let mut image = boot::open_kernel(&spec.kernel.path)?;
-    let kernel = boot::load_kernel(mem, &mut image)?;
-    let initramfs = match &spec.kernel.initramfs {
-        Some(p) => Some(boot::load_initramfs(mem, &image, &kernel, ram_size, p)?),
-        None => None,
-    };
-    let cmdline_size = boot::load_cmdline(mem, &image, &spec.kernel.cmdline)?;
+    let kernel = boot::load_kernel(mem, files)?;
+    let initramfs = boot::load_initramfs(mem, files, &kernel, ram_size)?;
+    let cmdline_size = boot::load_cmdline(mem, &files.image, &spec.kernel.cmdline)?;
     let rsdp = write_acpi(mem, spec, pci)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;

@@ -19,6 +19,7 @@ static LOGGER: StderrLogger = StderrLogger;
 pub mod phase {
     pub const SPEC_PARSED: &str = "spec_parsed";
     pub const MEMORY_READY: &str = "memory_ready";
+    pub const DMA_MAPPED: &str = "dma_mapped";
     pub const KERNEL_LOADED: &str = "kernel_loaded";
     pub const VCPUS_STARTED: &str = "vcpus_started";
     pub const GUEST_EXIT: &str = "guest_exit";

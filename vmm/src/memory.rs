@@ -6,8 +6,12 @@
 //! `"2M"`/`"1G"` are hugetlb pages from the host pool via `MAP_HUGETLB | MAP_HUGE_*`, no
 //! hugetlbfs mount needed. The pool is checked *before* mapping so a short pool is a clear
 //! error, never a SIGBUS when the guest first touches a page.
+//!
+//! Prefaulting (the kernel zeroing every page) is most of the cost of RAM setup, so it
+//! runs on several threads, each `MADV_POPULATE_WRITE` on its own page-aligned chunk.
 
 use std::io;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use arch::x86_64::layout;
@@ -17,6 +21,13 @@ use crate::spec::{HugePages, MemorySpec};
 
 /// Alignment of anonymous RAM, so THP can back guest 2 MiB pages with host 2 MiB pages.
 const THP_ALIGN: usize = 2 << 20;
+/// Smallest share of RAM worth a prefault thread of its own: below this, starting the
+/// thread and contending on the mm's locks cost more than the parallel zeroing saves.
+const PREFAULT_MIN_CHUNK: usize = 128 << 20;
+/// Most prefault threads; beyond this the page allocator's locks, not zeroing, limit.
+const PREFAULT_MAX_THREADS: usize = 16;
+/// Base page size, the step of the touch fallback on anonymous memory.
+const BASE_PAGE: usize = 4096;
 
 /// Failures setting up guest RAM. All of them are host-resource problems.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +178,12 @@ impl GuestRam {
                 source: io::Error::from_raw_os_error(libc::ENOMEM),
             })?;
             let map = match spec.hugepages {
-                HugePages::None => map_anonymous(len, spec.prefault)?,
-                page => map_hugetlb(len, page, spec.prefault)?,
+                HugePages::None => map_anonymous(len)?,
+                page => map_hugetlb(len, page)?,
             };
+            if spec.prefault {
+                prefault(&map, spec.hugepages)?;
+            }
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
         }
@@ -214,8 +228,8 @@ fn region(map: &Mapping, guest: u64, page: HugePages) -> Result<GuestRegionMmap,
         .ok_or_else(|| MemoryError::Regions(format!("region at {guest:#x} overflows")))
 }
 
-/// Anonymous private memory, 2 MiB aligned, THP requested, optionally populated.
-fn map_anonymous(len: usize, prefault: bool) -> Result<Mapping, MemoryError> {
+/// Anonymous private memory, 2 MiB aligned, THP requested.
+fn map_anonymous(len: usize) -> Result<Mapping, MemoryError> {
     let err = |source| MemoryError::Map {
         size: len as u64,
         page: HugePages::None,
@@ -255,23 +269,19 @@ fn map_anonymous(len: usize, prefault: bool) -> Result<Mapping, MemoryError> {
             io::Error::last_os_error()
         );
     }
-    if prefault {
-        populate(&map)?;
-    }
     Ok(map)
 }
 
 /// Private hugetlb memory from the host pool. Without MAP_NORESERVE the kernel reserves
-/// the pages at mmap time, so a short pool fails here (ENOMEM) rather than with SIGBUS.
-fn map_hugetlb(len: usize, page: HugePages, prefault: bool) -> Result<Mapping, MemoryError> {
+/// the pages at mmap time, so a short pool fails here (ENOMEM) rather than with SIGBUS
+/// (and the later prefault, or the touch fallback, cannot run out of pages). No
+/// MAP_POPULATE: it would fault the pages in on this one thread.
+fn map_hugetlb(len: usize, page: HugePages) -> Result<Mapping, MemoryError> {
     let size_flag = match page {
         HugePages::Size1G => libc::MAP_HUGE_1GB,
         _ => libc::MAP_HUGE_2MB,
     };
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_flag;
-    if prefault {
-        flags |= libc::MAP_POPULATE;
-    }
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_flag;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: a fresh anonymous hugetlb mapping at an address of the kernel's choosing.
     let raw = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
@@ -286,20 +296,81 @@ fn map_hugetlb(len: usize, page: HugePages, prefault: bool) -> Result<Mapping, M
     Ok(Mapping { addr: raw, len })
 }
 
-/// Fault every page in now; MADV_POPULATE_WRITE (Linux 5.14) or touching each 4 KiB page.
-fn populate(map: &Mapping) -> Result<(), MemoryError> {
-    // SAFETY: advice on our own read-write mapping.
-    if unsafe { libc::madvise(map.addr, map.len, libc::MADV_POPULATE_WRITE) } == 0 {
+/// Split `len` bytes into one chunk per prefault thread, each starting on an `align`
+/// boundary: min(`parallelism`, chunks of at least [`PREFAULT_MIN_CHUNK`],
+/// [`PREFAULT_MAX_THREADS`]) chunks, at least one, the last one possibly shorter.
+pub fn prefault_chunks(len: usize, align: usize, parallelism: usize) -> Vec<Range<usize>> {
+    if len == 0 || align == 0 {
+        return Vec::new();
+    }
+    let threads = parallelism
+        .min(len / PREFAULT_MIN_CHUNK)
+        .clamp(1, PREFAULT_MAX_THREADS);
+    let step = len.div_ceil(align).div_ceil(threads) * align;
+    (0..len)
+        .step_by(step)
+        .map(|start| start..len.min(start + step))
+        .collect()
+}
+
+/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel.
+fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
+    let (align, touch_step) = match page {
+        // THP: chunk on 2 MiB so no huge page straddles two threads.
+        HugePages::None => (THP_ALIGN, BASE_PAGE),
+        huge => (huge.page_size() as usize, huge.page_size() as usize),
+    };
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = prefault_chunks(map.len, align, parallelism);
+    let base = map.addr as usize;
+    let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+        let spawned: Vec<_> = chunks
+            .iter()
+            .skip(1)
+            .map(|c| {
+                let (addr, len) = (base + c.start, c.len());
+                let spawn = std::thread::Builder::new()
+                    .name("strait-prefault".into())
+                    .spawn_scoped(s, move || populate(addr, len, touch_step));
+                // Cannot start a thread: do that chunk here instead.
+                spawn.map_err(|_| (addr, len))
+            })
+            .collect();
+        let mut results: Vec<_> = chunks
+            .first()
+            .map(|c| populate(base + c.start, c.len(), touch_step))
+            .into_iter()
+            .collect();
+        for handle in spawned {
+            results.push(match handle {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err((addr, len)) => populate(addr, len, touch_step),
+            });
+        }
+        results
+    });
+    results
+        .into_iter()
+        .collect::<io::Result<()>>()
+        .map_err(MemoryError::Prefault)
+}
+
+/// Fault `addr..addr+len` (inside a mapping of ours) in: MADV_POPULATE_WRITE (Linux 5.14),
+/// or on older kernels (EINVAL) writing one byte per `touch_step`.
+fn populate(addr: usize, len: usize, touch_step: usize) -> io::Result<()> {
+    // SAFETY: advice on part of our own read-write mapping.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() != Some(libc::EINVAL) {
-        return Err(MemoryError::Prefault(e));
+        return Err(e);
     }
-    let base = map.addr.cast::<u8>();
-    for off in (0..map.len).step_by(4096) {
-        // SAFETY: `off < len`, inside our private read-write mapping that nobody else uses
-        // yet; writing zero over zero-filled memory changes nothing but residency.
+    let base = addr as *mut u8;
+    for off in (0..len).step_by(touch_step) {
+        // SAFETY: `off < len`, inside our private read-write mapping that no guest uses
+        // yet (hugetlb pages were reserved at mmap, so this cannot SIGBUS); writing zero
+        // over zero-filled memory changes nothing but residency.
         unsafe { base.add(off).write_volatile(0) };
     }
     Ok(())
@@ -395,6 +466,47 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn small_ram_prefaults_on_one_thread() {
+        assert_eq!(prefault_chunks(64 * MIB, 2 * MIB, 8), vec![0..64 * MIB]);
+    }
+
+    #[test]
+    fn prefault_threads_are_limited_by_parallelism() {
+        let c = prefault_chunks(2048 * MIB, 2 * MIB, 2);
+        assert_eq!(c, vec![0..1024 * MIB, 1024 * MIB..2048 * MIB]);
+    }
+
+    #[test]
+    fn prefault_chunks_are_at_least_128_mib() {
+        assert_eq!(prefault_chunks(512 * MIB, 2 * MIB, 64).len(), 4);
+        assert_eq!(prefault_chunks(255 * MIB, 2 * MIB, 64).len(), 1);
+    }
+
+    #[test]
+    fn prefault_threads_are_capped_at_16() {
+        assert_eq!(prefault_chunks(64 << 30, 2 * MIB, 256).len(), 16);
+    }
+
+    #[test]
+    fn prefault_chunks_start_page_aligned_and_cover_ram() {
+        let (len, page) = (3 << 30, 1 << 30);
+        let c = prefault_chunks(len, page, 2);
+        assert_eq!(c, vec![0..2 << 30, 2 << 30..3 << 30]);
+        let c = prefault_chunks(1000 * MIB + 4096, 2 * MIB, 3);
+        assert!(c.iter().all(|r| r.start % (2 * MIB) == 0));
+        assert_eq!(c.first().map(|r| r.start), Some(0));
+        assert_eq!(c.last().map(|r| r.end), Some(1000 * MIB + 4096));
+        assert!(c.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn empty_ram_has_no_prefault_chunks() {
+        assert!(prefault_chunks(0, 2 * MIB, 4).is_empty());
     }
 
     #[test]

@@ -153,7 +153,10 @@ fn readme_examples_are_valid_specs() {
         .skip(1)
         .map(|rest| &rest[..rest.find("```").unwrap()])
         .collect();
-    assert!(!blocks.is_empty(), "the top-level README has no json example");
+    assert!(
+        !blocks.is_empty(),
+        "the top-level README has no json example"
+    );
     for block in blocks {
         let mut spec = VmSpec::parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
         spec.validate().unwrap();
