@@ -183,18 +183,23 @@ poweroff -f
 /// Seconds before its watchdog fires that the agent stops starting launches.
 pub const AGENT_MARGIN_SECS: u64 = 15;
 
-/// L1's per-run script.
-pub fn l1_run_script(plan: &RunPlan) -> String {
-    let mut s = l1_setup_script(plan);
+/// `plan.vmm_command` as one sh command line, device placeholders expanded in L1.
+fn command_line(plan: &RunPlan) -> String {
     let words: Vec<String> = plan
         .vmm_command
         .iter()
         .map(|a| shell_word(a, plan.devices.len()))
         .collect();
+    words.join(" ")
+}
+
+/// L1's per-run script.
+pub fn l1_run_script(plan: &RunPlan) -> String {
+    let mut s = l1_setup_script(plan);
     let _ = writeln!(
         s,
         "chroot $R {} < /dev/null > /tmp/l2-console.log 2>&1 &",
-        words.join(" ")
+        command_line(plan)
     );
     s.push_str(L1_RUN_VMM);
     s
@@ -204,15 +209,10 @@ pub fn l1_run_script(plan: &RunPlan) -> String {
 /// agent) with `--deadline-secs` appended, its output in `agent.log`.
 pub fn l1_bench_script(plan: &RunPlan) -> String {
     let mut s = l1_setup_script(plan);
-    let words: Vec<String> = plan
-        .vmm_command
-        .iter()
-        .map(|a| shell_word(a, plan.devices.len()))
-        .collect();
     let _ = writeln!(
         s,
         "chroot $R {} --deadline-secs $((limit - {AGENT_MARGIN_SECS})) < /dev/null > $W/agent.log 2>&1 &",
-        words.join(" ")
+        command_line(plan)
     );
     s.push_str(L1_RUN_AGENT);
     s
