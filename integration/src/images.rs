@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use crate::cpio::CpioWriter;
@@ -113,19 +114,25 @@ impl Cache {
         }
         log::info!("building {}", path.display());
         let bytes = build()?;
+        // Tests of one binary build the same image on several threads at once:
+        // each writer gets its own temporary file, and the renames race harmlessly.
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
         let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
+            ".{}.{}-{}.tmp",
             artefact_name(prefix, key, ext),
-            std::process::id()
+            std::process::id(),
+            WRITERS.fetch_add(1, Ordering::Relaxed)
         ));
         fs::write(&tmp, bytes).map_err(|source| Error::WriteFile {
             path: tmp.clone(),
             source,
         })?;
-        fs::rename(&tmp, &path).map_err(|source| Error::WriteFile {
-            path: path.clone(),
-            source,
-        })?;
+        if let Err(source) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            if !path.is_file() {
+                return Err(Error::WriteFile { path, source });
+            }
+        }
         Ok(path)
     }
 }
@@ -327,5 +334,37 @@ mod tests {
         assert!(matches!(first, Some(Ok(p)) if p.ends_with("l1-0000000000000007.cpio")));
         assert!(matches!(second, Some(Ok(_))));
         assert_eq!(builds, 1);
+    }
+
+    #[test]
+    fn threads_building_one_artefact_at_once_all_get_it() {
+        let dir = std::env::temp_dir().join(format!("testbed-race-{}", std::process::id()));
+        let cache = Cache::new(&dir).expect("temp cache dir");
+        let barrier = std::sync::Barrier::new(8);
+        let results: Vec<Result<PathBuf>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        cache.artefact("l2", 9, "cpio", || {
+                            barrier.wait();
+                            Ok(vec![0u8; 1 << 20])
+                        })
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        let leftovers = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        fs::remove_dir_all(&dir).ok();
+        for r in &results {
+            assert!(
+                matches!(r, Ok(p) if p.ends_with("l2-0000000000000009.cpio")),
+                "{r:?}"
+            );
+        }
+        assert_eq!(leftovers, 1, "temporary files left behind");
     }
 }
