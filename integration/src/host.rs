@@ -43,8 +43,14 @@ impl HostEnv {
     pub fn discover(install: bool) -> Result<Self> {
         match Self::find() {
             Ok(env) => Ok(env),
-            Err(missing) if install => {
-                install_packages(&missing)?;
+            Err(_) if install => {
+                // Parallel tests would race for dpkg's lock: one installs, the
+                // others wait and then find what it installed.
+                static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(missing) = Self::find() {
+                    install_packages(&missing)?;
+                }
                 Self::find().map_err(|still| Error::MissingPrerequisites {
                     missing: still.join(", "),
                     reason: format!("still missing after installing {}", PACKAGES.join(" ")),
@@ -125,6 +131,8 @@ fn install_packages(missing: &[String]) -> Result<()> {
 fn apt(args: &[&str]) -> Result<()> {
     let command = format!("apt-get {}", args.join(" "));
     let status = Command::new("apt-get")
+        // Another apt (another test binary, unattended upgrades) may hold the lock.
+        .args(["-o", "DPkg::Lock::Timeout=600"])
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
