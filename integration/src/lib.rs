@@ -117,9 +117,6 @@ pub struct Testbed {
     cache: Cache,
 }
 
-/// L1's console line of the known nested-emulation crash (testbed.md).
-const NESTED_FLAKE: &str = "stack guard page was hit";
-
 /// Host directories L1 covers with its own mounts inside the chroot. L1 keeps
 /// the top directory of the cache's tree visible when it sits under a tmpfs one
 /// (`/tmp/clone/...`), but never anything under the pseudo file systems.
@@ -238,15 +235,17 @@ impl Testbed {
             artefacts: &artefacts,
         };
         let outcome = run::run(&context)?;
-        // testbed.md: the outer emulation of nested SVM rarely crashes L1 with
-        // this message right after a switch back from L2; one rerun is allowed.
-        if !outcome.problems().is_empty() && outcome.l1_console.contains(NESTED_FLAKE) {
-            log::warn!(
-                "L1 died with \"{NESTED_FLAKE}\" (testbed.md: emulation flaw); rerunning once"
-            );
-            return run::run(&context);
+        match outcome.nested_flake() {
+            Some(why) => {
+                log::warn!("{why}; rerunning once");
+                let mut rerun = run::run(&context)?;
+                rerun
+                    .reruns
+                    .push(format!("{why} in {}", outcome.work_dir.display()));
+                Ok(rerun)
+            }
+            None => Ok(outcome),
         }
-        Ok(outcome)
     }
 }
 

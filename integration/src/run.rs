@@ -44,11 +44,18 @@ pub(crate) fn run(ctx: &RunContext<'_>) -> Result<Outcome> {
         ctx,
         ctx.opts.vmm.label(),
         |dir| write_l1_script(ctx, dir),
-        &|_, _| None,
+        &lockup_watch,
     )?;
     let outcome = collect(ctx, &work_dir, l0_run);
     record(ctx, &outcome)?;
     Ok(outcome)
+}
+
+/// Stops L0 as soon as L1's kernel reports a stuck CPU, instead of waiting out
+/// the scenario's time limit: L2 is frozen with it.
+fn lockup_watch(dir: &Path, _silence: Duration) -> Option<Stall> {
+    let console = std::fs::read_to_string(dir.join("l1-console.log")).unwrap_or_default();
+    crate::bench::boots::lockup_report(&console).map(Stall::KernelReport)
 }
 
 /// Boots L0 -> L1 for `ctx` with the run script (and any other files) that
@@ -188,6 +195,7 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
         l2_console,
         vmm_exit: read("vmm.rc").and_then(|s| s.trim().parse().ok()),
         vmm_timed_out: work_dir.join("vmm.timeout").exists(),
+        reruns: Vec::new(),
         l1_error: read("l1-error").map(|s| s.trim().to_string()),
         l0_exit: l0_run.exit,
         l0_stderr: read("l0-stderr.log").unwrap_or_default(),

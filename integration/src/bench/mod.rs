@@ -11,7 +11,7 @@
 
 pub mod agent;
 pub mod analysis;
-mod boots;
+pub(crate) mod boots;
 pub mod guest;
 pub mod metrics;
 pub mod plan;
