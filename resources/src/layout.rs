@@ -271,23 +271,12 @@ fn rollout(blocks: &[Block], mut room: AddressAllocator) -> Result<Arrangement, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::{BarClass, BarRequest};
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    const PREF64: BarClass = BarClass::Mem64 { prefetchable: true };
 
     fn port(sizes: &[u64]) -> PortRequest {
-        PortRequest {
-            tag: "p".into(),
-            bars: sizes
-                .iter()
-                .map(|&size| BarRequest {
-                    size,
-                    class: PREF64,
-                })
-                .collect(),
-        }
+        crate::fixtures::prefetchable_port("p", sizes)
     }
 
     /// A GPU's 64-bit window: a `vram` BAR and a 32 MiB one.

@@ -22,3 +22,23 @@ pub use placement::{
     BRIDGE_IO_GRANULE, BRIDGE_MEM_GRANULE, MIN_IO_BAR_SLOT, MIN_MEM_BAR_SLOT,
 };
 pub use plan::{plan_mmio64, PlanError, Size, MMIO64_ALIGN, MMIO64_MIN_START};
+
+/// Fixtures shared by the unit tests of several modules.
+#[cfg(test)]
+mod fixtures {
+    use crate::{BarClass, BarRequest, PortRequest};
+
+    /// A root port whose device has 64-bit prefetchable BARs of `sizes`.
+    pub(crate) fn prefetchable_port(tag: &str, sizes: &[u64]) -> PortRequest {
+        PortRequest {
+            tag: tag.into(),
+            bars: sizes
+                .iter()
+                .map(|&size| BarRequest {
+                    size,
+                    class: BarClass::Mem64 { prefetchable: true },
+                })
+                .collect(),
+        }
+    }
+}

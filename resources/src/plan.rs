@@ -198,20 +198,7 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    const PREF64: BarClass = BarClass::Mem64 { prefetchable: true };
-
-    fn port(tag: &str, sizes: &[u64]) -> PortRequest {
-        PortRequest {
-            tag: tag.into(),
-            bars: sizes
-                .iter()
-                .map(|&size| BarRequest {
-                    size,
-                    class: PREF64,
-                })
-                .collect(),
-        }
-    }
+    use crate::fixtures::prefetchable_port as port;
 
     #[test]
     fn starts_at_4g_for_small_ram() {
