@@ -165,6 +165,9 @@ impl Outcome {
         if self.l1_console.contains(NESTED_CRASH) {
             return Some(format!("L1 died with \"{NESTED_CRASH}\" (testbed.md)"));
         }
+        if let L0Exit::Stalled { stall, .. } = &self.l0_exit {
+            return Some(format!("{stall} (nested emulation lock-up)"));
+        }
         crate::bench::boots::lockup_report(&self.l1_console)
             .map(|report| format!("L1's kernel reported \"{report}\" (nested emulation lock-up)"))
     }
@@ -428,5 +431,15 @@ mod tests {
         let o = outcome("TESTBED-INIT\n");
         assert!(!o.problems().is_empty());
         assert_eq!(o.nested_flake(), None);
+    }
+
+    #[test]
+    fn l1_frozen_silent_is_a_nested_flake() {
+        let mut o = outcome("");
+        o.l0_exit = L0Exit::Stalled {
+            after: Duration::from_secs(100),
+            stall: crate::l0::Stall::ConsoleSilent(Duration::from_secs(91)),
+        };
+        assert!(o.nested_flake().is_some_and(|why| why.contains("silent")));
     }
 }

@@ -96,6 +96,8 @@ const L1_RUN_VMM: &str = r#"vmm=$!
 mark launch
 ( sleep $limit; echo "VMM killed after $limit s" > $W/vmm.timeout; kill -9 $vmm ) &
 wd=$!
+( while sleep 20; do read up _ < /proc/uptime; echo "TESTBED-L1 heartbeat uptime=$up"; done ) &
+hb=$!
 seen=0; out=0; n=0
 while kill -0 $vmm 2>/dev/null; do
 	[ $out = 0 ] && [ -s /tmp/l2-console.log ] && { out=1; mark l2-output; }
@@ -106,7 +108,7 @@ done
 wait $vmm; rc=$?
 mark vmm-exit
 [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
-kill $wd 2>/dev/null
+kill $wd $hb 2>/dev/null
 cp /tmp/l2-console.log $W/l2-console.log
 echo $rc > $W/vmm.rc
 echo "TESTBED-L1 vmm-status rc=$rc"

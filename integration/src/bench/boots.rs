@@ -19,7 +19,7 @@ use crate::{Artefacts, Testbed, TestbedOptions};
 use super::plan::{self, IoLoad, LaunchRecord, Plan, PLAN_FILE, RESULTS_FILE};
 
 /// A live L1 prints a heartbeat every 20 s; this much silence means it froze.
-const CONSOLE_SILENCE: Duration = Duration::from_secs(90);
+pub(crate) const CONSOLE_SILENCE: Duration = Duration::from_secs(90);
 
 /// L1 kernel reports that mean one of its CPUs is stuck for good.
 const LOCKUP_REPORTS: &[&str] = &[
