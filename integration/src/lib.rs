@@ -117,6 +117,10 @@ pub struct Testbed {
     cache: Cache,
 }
 
+/// Attempts of a run whose L1 froze (a known flaw of the outer emulation, see
+/// [`Outcome::nested_flake`]); a run that fails otherwise is never repeated.
+const FLAKE_ATTEMPTS: usize = 3;
+
 /// Host directories L1 covers with its own mounts inside the chroot. L1 keeps
 /// the top directory of the cache's tree visible when it sits under a tmpfs one
 /// (`/tmp/clone/...`), but never anything under the pseudo file systems.
@@ -234,17 +238,20 @@ impl Testbed {
             scenario: &scenario,
             artefacts: &artefacts,
         };
-        let outcome = run::run(&context)?;
-        match outcome.nested_flake() {
-            Some(why) => {
-                log::warn!("{why}; rerunning once");
-                let mut rerun = run::run(&context)?;
-                rerun
-                    .reruns
-                    .push(format!("{why} in {}", outcome.work_dir.display()));
-                Ok(rerun)
+        let mut reruns = Vec::new();
+        loop {
+            let mut outcome = run::run(&context)?;
+            let flake = outcome.nested_flake();
+            match flake {
+                Some(why) if reruns.len() + 1 < FLAKE_ATTEMPTS => {
+                    log::warn!("{why}; running again in a fresh L1");
+                    reruns.push(format!("{why} in {}", outcome.work_dir.display()));
+                }
+                _ => {
+                    outcome.reruns = reruns;
+                    return Ok(outcome);
+                }
             }
-            None => Ok(outcome),
         }
     }
 }

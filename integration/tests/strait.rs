@@ -41,7 +41,7 @@ fn run_once(scenario: &Scenario) -> Outcome {
 }
 
 /// Run `scenario` with Strait; panic with the failure report unless every check passed
-/// and Strait exited 0. `Testbed::run` reruns once after a known flaw of the outer
+/// and Strait exited 0. `Testbed::run` runs again (twice at most) after a known flaw of the outer
 /// emulation, and the summary says so.
 fn run_with_strait(scenario: Scenario) {
     let outcome = run_once(&scenario);
@@ -88,7 +88,8 @@ fn strait_passes_nvme_bochs_and_ivshmem_through_root_ports() {
 /// initramfs, 2 vCPUs, 512 MiB on 2 MiB pages) launched ten times under Strait, each
 /// reaching /init, seeing 2 CPUs and about 512 MiB and exiting 0; three QEMU launches
 /// interleaved give the ratio of median wall times. If L1 itself locks up (the known
-/// nested-emulation flake), the launches left run once more in a fresh L1 and the
+/// nested-emulation flake), the launches left run again in a fresh L1 (up to four
+/// times) and the
 /// report says so; a Strait launch that hangs while L1 keeps its heartbeat fails.
 #[test]
 fn strait_boots_ten_times_in_a_row_in_one_l1() {
