@@ -6,6 +6,7 @@
 //! device may sit on more than one bus (a VFIO device's I/O BAR and its config
 //! space), and because vCPU threads race on it.
 
+use resources::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -111,12 +112,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Lock a device, recovering from a poisoned lock: a panic on one vCPU thread
-/// must not wedge the others (the VMM tears down on the panicking thread).
-pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -8,12 +8,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod address;
+mod bdf;
 mod ids;
 mod layout;
 mod placement;
 mod plan;
+mod util;
 
 pub use address::{AddressAllocator, AllocError, Allocation};
+pub use bdf::{Bdf, BdfError};
 pub use ids::{
     BusNumberAllocator, GsiAllocator, IdError, DEFAULT_MAX_GSI, FIRST_MSI_GSI, LEGACY_GSI_COUNT,
 };
@@ -22,6 +25,7 @@ pub use placement::{
     BRIDGE_IO_GRANULE, BRIDGE_MEM_GRANULE, MIN_IO_BAR_SLOT, MIN_MEM_BAR_SLOT,
 };
 pub use plan::{plan_mmio64, PlanError, Size, MMIO64_ALIGN, MMIO64_MIN_START};
+pub use util::{lock, LogLimiter};
 
 /// Fixtures shared by the unit tests of several modules.
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! KVM: which GSI routes (the guest's MSI address/data), masked or not, and which
 //! eventfds VFIO was given.
 
+use resources::lock;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,7 +35,7 @@ pub struct IrqRecorder(Arc<Mutex<State>>);
 
 impl IrqRecorder {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// Router calls since the last call to this.

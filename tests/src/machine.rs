@@ -10,6 +10,7 @@
 //! effects of config writes (BAR moves, decode switches) are recorded for the tests, in
 //! place of the device manager that would re-map.
 
+use resources::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,8 +18,8 @@ use arch::x86_64::layout;
 use devices::bus::{Bus, BusDevice, BusError};
 use devices::pci::config_access::{ECAM_SIZE, PCI_CONFIG_ADDRESS_PORT};
 use devices::pci::{
-    lock_pci, BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, HostBridge, PciCf8, PciDevice,
-    PciEcam, PciError, PciRoot, RootPort, RootPortConfig, SharedPciDevice, ROM_BAR_INDEX,
+    BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, HostBridge, PciCf8, PciDevice, PciEcam,
+    PciError, PciRoot, RootPort, RootPortConfig, SharedPciDevice, ROM_BAR_INDEX,
 };
 use resources::{
     place_bars, plan_mmio64, AddressAllocator, AllocError, BarRequest, PlanError, PortPlacement,
@@ -191,7 +192,7 @@ impl std::fmt::Debug for Machine {
 fn port_request(port: usize, functions: &[(u8, Arc<Mutex<VfioPciDevice>>)]) -> PortRequest {
     let mut bars = Vec::new();
     for (_, dev) in functions {
-        let dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+        let dev = lock(&dev);
         bars.extend(dev.bars().iter().map(|b| BarRequest {
             size: b.size,
             class: b.kind.into(),
@@ -238,7 +239,7 @@ fn place_port_bars(
 ) -> Result<(), SetupError> {
     let mut addrs = placement.bar_addrs.iter();
     for (function, dev) in functions {
-        let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dev = lock(&dev);
         let bdf = Bdf::from_devfn(0, port as u8 + 1, *function);
         for bar in dev.bars() {
             let gpa = addrs.next().copied().unwrap_or_default();
@@ -302,11 +303,11 @@ struct BarSpan {
 
 impl BusDevice for BarSpan {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        lock_pci(&self.dev).bar_read(self.index, self.offset + offset, data);
+        lock(&self.dev).bar_read(self.index, self.offset + offset, data);
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        lock_pci(&self.dev).bar_write(self.index, self.offset + offset, data);
+        lock(&self.dev).bar_write(self.index, self.offset + offset, data);
     }
 }
 
@@ -317,7 +318,7 @@ fn map_trapped(
     bdf: Bdf,
     dev: &Arc<Mutex<VfioPciDevice>>,
 ) -> Result<(), SetupError> {
-    let guard = dev.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = lock(&dev);
     let plans = guard.bar_plans();
     let mut spans = Vec::new();
     for bar in guard.bars() {
@@ -355,10 +356,7 @@ fn map_trapped(
 fn recording_handler(writes: &ConfigWrites) -> ConfigWriteHandler {
     let writes = writes.clone();
     Box::new(move |bdf, result| {
-        writes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((bdf, result));
+        lock(&writes).push((bdf, result));
     })
 }
 
@@ -421,19 +419,19 @@ impl Machine {
 
     /// Config write effects reported since the last call.
     pub fn take_config_writes(&self) -> Vec<(Bdf, ConfigWriteResult)> {
-        std::mem::take(&mut *self.writes.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.writes))
     }
 
     /// Root port `i` (at 00:(i+1).0).
     pub fn port(&self, i: usize) -> Option<MutexGuard<'_, RootPort>> {
         let p = self.ports.get(i)?;
-        Some(p.lock().unwrap_or_else(|p| p.into_inner()))
+        Some(lock(&p))
     }
 
     /// The passed-through function the guest sees at `bdf`.
     pub fn function(&self, bdf: Bdf) -> Option<MutexGuard<'_, VfioPciDevice>> {
         let f = self.functions.get(&bdf)?;
-        Some(f.lock().unwrap_or_else(|p| p.into_inner()))
+        Some(lock(&f))
     }
 
     /// Guest addresses of the root ports, in port order.

@@ -2,6 +2,7 @@
 //! whose regions are byte arrays, and a DMA mapper; both append what they are
 //! asked to one shared [`CallLog`], so tests assert on call order across them.
 
+use resources::lock;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
@@ -55,7 +56,7 @@ pub struct CallLog(Arc<Mutex<Vec<Call>>>);
 
 impl CallLog {
     fn lock(&self) -> MutexGuard<'_, Vec<Call>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     pub fn push(&self, c: Call) {
@@ -154,7 +155,7 @@ impl FakeDevice {
 
     fn with_data<T>(&self, index: u32, f: impl FnOnce(&mut Vec<u8>) -> T) -> io::Result<T> {
         let r = self.regions.get(&index).ok_or(io::ErrorKind::NotFound)?;
-        let mut d = r.data.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = lock(&r.data);
         Ok(f(&mut d))
     }
 

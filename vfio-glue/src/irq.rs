@@ -20,6 +20,7 @@
 //!   table to wait for).
 //! - Disabling MSI or MSI-X is SET_IRQS DATA_NONE with count 0, then INTx again.
 
+use resources::lock;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -83,10 +84,7 @@ impl RecordingRouter {
     }
 
     fn record(&self, e: RouterEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        lock(&self.events).push(e);
     }
 }
 
@@ -145,7 +143,7 @@ impl MsiLine {
     }
 
     fn take_events(&self) -> Vec<RouterEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.events))
     }
 
     /// Enable `n` vectors. MSI attaches them all; MSI-X attaches those the

@@ -8,6 +8,7 @@
 //! the I/O, 32-bit or 64-bit window as `resources` decides, and each root port forwards
 //! exactly its device's share of each window.
 
+use resources::lock;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -213,7 +214,7 @@ fn port_requests(
                 .enumerate()
                 .filter(|(_, f)| f.port == slot.port);
             for (fi, f) in behind {
-                for b in f.dev.lock().unwrap_or_else(|e| e.into_inner()).bars() {
+                for b in lock(&f.dev).bars() {
                     bars.push(BarRequest {
                         size: b.size,
                         class: BarClass::from(b.kind),
@@ -267,10 +268,7 @@ impl Placement<'_> {
         for ((slot, (_, keys)), placement) in slots.iter().zip(&reqs).zip(&placed) {
             for (&(fi, index), &addr) in keys.iter().zip(&placement.bar_addrs) {
                 let Some(f) = functions.get(fi) else { continue };
-                f.dev
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .place_bar(index, addr)?;
+                lock(&f.dev).place_bar(index, addr)?;
                 log::info!("{}: BAR {index} at {addr:#x}", f.label);
             }
             let bdf = slot.port_bdf();

@@ -10,9 +10,10 @@
 //!   bus write lock, so they only record; the vCPU applies the queue after the dispatch
 //!   ([`crate::bars::BarMapper::apply_pending`]).
 
+use resources::lock;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use devices::pci::{BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, PciRoot, SharedPciDevice};
 
@@ -107,10 +108,6 @@ impl ConfigEffects {
 
 fn identity(dev: &SharedPciDevice) -> usize {
     Arc::as_ptr(dev).cast::<()>() as usize
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

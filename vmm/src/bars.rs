@@ -17,15 +17,16 @@
 //! windows), or that KVM or the bus refuses (an overlap), keeps the old mapping; the
 //! refusal is logged (rate-limited) and the VM goes on.
 
+use resources::lock;
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusDevice, SharedDevice};
-use devices::legacy::LogLimiter;
 use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use resources::LogLimiter;
 use vfio_glue::VfioPciDevice;
 
 pub use crate::bar_rules::{BarWindows, ConfigEffects, Refusal};
@@ -65,10 +66,6 @@ impl MemorySlots for VmFd {
     fn remove(&self, slot: u32, gpa: u64) -> io::Result<()> {
         set_region(self, slot, gpa, 0, 0)
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.

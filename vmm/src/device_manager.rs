@@ -8,6 +8,7 @@
 //! bridge at 00:00.0; root ports and passed-through functions join that root, and the
 //! trapped parts of their BARs go on the port I/O bus and on an MMIO bus of their own.
 
+use resources::lock;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -327,10 +328,7 @@ fn forward_stdin(serial: &Mutex<SerialPort<Console>>) {
         };
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let taken = serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .enqueue_input(pending);
+            let taken = lock(&serial).enqueue_input(pending);
             pending = &pending[taken..];
             if taken == 0 {
                 std::thread::sleep(Duration::from_millis(5));

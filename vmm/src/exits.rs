@@ -9,10 +9,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use devices::legacy::LogLimiter;
-use devices::limited_debug;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 use crate::device_manager::IoBuses;
 

@@ -16,6 +16,7 @@
 //!   root port's slot (`arch::x86_64::layout::pci_intx_gsi`); KVM signals the resample
 //!   eventfd on EOI and VFIO unmasks the host line.
 
+use resources::lock;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,7 +161,7 @@ impl GsiRouting {
     }
 
     fn lock(&self) -> MutexGuard<'_, RoutingState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub fn chip(&self) -> &Arc<dyn IrqChip> {

@@ -9,6 +9,7 @@
 //! SIGINT and SIGTERM are one more stop request ([`forward_termination_signals`]), so a
 //! killed Strait tears down in the same order.
 
+use resources::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -39,7 +40,7 @@ pub struct StopSignal {
 impl StopSignal {
     /// Request a stop; only the first reason is kept.
     pub fn stop(&self, reason: StopReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.reason);
         if r.is_none() {
             *r = Some(reason);
         }
@@ -54,7 +55,7 @@ impl StopSignal {
 
     /// Block until a stop is requested; returns the first reason.
     pub fn wait(&self) -> StopReason {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.reason);
         loop {
             if let Some(reason) = r.as_ref() {
                 return reason.clone();
@@ -144,7 +145,7 @@ impl PassthroughRuntime {
     fn shutdown(&self) {
         self.bars.unmap_all();
         for f in &self.functions {
-            f.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+            lock(&f).shutdown();
         }
     }
 }

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use super::{fill_ones, LogLimiter, PowerAction, PowerControl};
+use super::{fill_ones, PowerAction, PowerControl};
 use crate::bus::BusDevice;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 /// Ports decoded, starting at the sleep control register.
 pub const ACPI_PM_PORT_LEN: u64 = 3;

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use super::{fill_ones, LogLimiter, PowerAction, PowerControl};
+use super::{fill_ones, PowerAction, PowerControl};
 use crate::bus::BusDevice;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 /// Data port (0x60) to command/status port (0x64) span.
 pub const I8042_PORT_LEN: u64 = 5;

@@ -16,8 +16,6 @@ pub use cmos::Cmos;
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, SerialPort};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 /// What the guest asked the platform to do with its power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerAction {
@@ -31,45 +29,6 @@ pub enum PowerAction {
 pub trait PowerControl: Send + Sync {
     /// Called from a vCPU thread in the middle of an exit; must not block for long.
     fn request(&self, action: PowerAction);
-}
-
-/// Rate limiter for log lines on guest-triggered paths: lets the first `burst` events
-/// through, then only every power of two, so a looping guest cannot flood the log.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    count: AtomicU64,
-}
-
-impl LogLimiter {
-    /// Events always logged before thinning out.
-    const BURST: u64 = 8;
-
-    pub const fn new() -> Self {
-        LogLimiter {
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Count an event; true when this one should be logged.
-    pub fn allow(&self) -> bool {
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        n <= Self::BURST || n.is_power_of_two()
-    }
-
-    /// Events counted so far (logged or not).
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
-/// Log at debug level through `limiter`: `limited_debug!(LIMITER, "fmt", args...)`.
-#[macro_export]
-macro_rules! limited_debug {
-    ($limiter:expr, $($arg:tt)+) => {
-        if $limiter.allow() {
-            log::debug!("{} (event #{})", format_args!($($arg)+), $limiter.count());
-        }
-    };
 }
 
 /// Fill a read the device does not decode: all ones, as an undriven ISA bus reads.
@@ -97,19 +56,5 @@ pub(crate) mod test_util {
         pub fn taken(&self) -> Vec<PowerAction> {
             self.0.lock().unwrap().clone()
         }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limiter_passes_burst_then_powers_of_two() {
-        let l = LogLimiter::new();
-        let allowed: Vec<u64> = (1..=40).filter(|_| l.allow()).collect();
-        assert_eq!(allowed, vec![1, 2, 3, 4, 5, 6, 7, 8, 16, 32]);
-        assert_eq!(l.count(), 40);
     }
 }

@@ -10,9 +10,10 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{fill_ones, LogLimiter};
+use super::fill_ones;
 use crate::bus::BusDevice;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 /// Number of I/O ports a 16550 decodes.
 pub const SERIAL_PORT_LEN: u64 = 8;

@@ -10,8 +10,8 @@
 
 use std::fmt;
 
-use crate::legacy::LogLimiter;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 use super::bar::BarSlot;
 use super::error::PciError;

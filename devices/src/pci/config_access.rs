@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use crate::bus::BusDevice;
-use crate::legacy::LogLimiter;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
-use super::bdf::Bdf;
 use super::root::PciRoot;
+use super::Bdf;
 use super::ConfigWriteResult;
 
 /// Receives the effects of guest config writes.

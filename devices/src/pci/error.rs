@@ -2,7 +2,7 @@
 //! devices (a BAR the header cannot hold, a capability that does not fit, two
 //! functions at one address); nothing the guest does produces one.
 
-use super::bdf::Bdf;
+use super::Bdf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {

@@ -13,7 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod bar;
-pub mod bdf;
+
 pub mod config;
 pub mod config_access;
 mod error;
@@ -28,7 +28,6 @@ pub mod root_port;
 pub(crate) mod testutil;
 
 pub use bar::ROM_BAR_INDEX;
-pub use bdf::{Bdf, BdfError};
 pub use config::{
     walk_capabilities, walk_ext_capabilities, ConfigSize, HeaderType, PciConfigSpace, PciIds,
 };
@@ -37,7 +36,8 @@ pub use error::PciError;
 pub use host_bridge::HostBridge;
 pub use msi::Msi;
 pub use msix::{Msix, MsixLayout};
-pub use root::{lock_pci, PciRoot, SharedPciDevice};
+pub use resources::{Bdf, BdfError};
+pub use root::{PciRoot, SharedPciDevice};
 pub use root_port::{LinkSpeed, RootPort, RootPortConfig};
 
 /// Which address space a BAR decodes.

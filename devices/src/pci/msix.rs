@@ -23,8 +23,8 @@
 //! (they return false for offsets outside the table and PBA).
 
 use crate::interrupt::{MsiMessage, MsiRouter};
-use crate::legacy::LogLimiter;
-use crate::limited_debug;
+use resources::limited_debug;
+use resources::LogLimiter;
 
 use super::config::PciConfigSpace;
 use super::error::PciError;

@@ -1,6 +1,6 @@
 //! Bounded error logging for interrupt routing driven by guest accesses.
 
-use crate::legacy::LogLimiter;
+use resources::LogLimiter;
 
 /// Log a failed [`crate::interrupt::MsiRouter`] call from a guest-driven path.
 /// The router is the VMM's (KVM routing, irqfds): its failure is a host

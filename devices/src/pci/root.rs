@@ -11,22 +11,17 @@
 //! VMM's device manager can re-map moved BARs; the ECAM and CF8 front-ends in
 //! `config_access.rs` hand it to a callback.
 
+use resources::lock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use super::bdf::Bdf;
 use super::error::PciError;
 use super::regs::{HEADER_TYPE, HEADER_TYPE_BRIDGE, PRIMARY_BUS};
+use super::Bdf;
 use super::{ConfigWriteResult, PciDevice};
 
 /// A PCI function shared between the tree and whoever else drives it.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
-
-/// Lock a function, recovering from poisoning: one panicking vCPU thread must
-/// not wedge config space for the others.
-pub fn lock_pci(dev: &SharedPciDevice) -> MutexGuard<'_, dyn PciDevice + 'static> {
-    dev.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 struct Function {
     device: SharedPciDevice,
@@ -42,12 +37,12 @@ struct PciBus {
 
 /// (secondary, subordinate) bus numbers currently in a bridge's registers.
 fn bus_range(dev: &SharedPciDevice) -> (u8, u8) {
-    let reg = lock_pci(dev).config_read(PRIMARY_BUS / 4);
+    let reg = lock(dev).config_read(PRIMARY_BUS / 4);
     ((reg >> 8) as u8, (reg >> 16) as u8)
 }
 
 fn is_bridge(dev: &SharedPciDevice) -> bool {
-    let reg = lock_pci(dev).config_read(HEADER_TYPE / 4);
+    let reg = lock(dev).config_read(HEADER_TYPE / 4);
     (reg >> 16) as u8 & 0x7f == HEADER_TYPE_BRIDGE
 }
 
@@ -166,7 +161,7 @@ impl PciRoot {
     /// Read dword register `reg` of `bdf`; all ones if nothing answers.
     pub fn config_read(&self, bdf: Bdf, reg: usize) -> u32 {
         match self.device(bdf) {
-            Some(d) => lock_pci(&d).config_read(reg),
+            Some(d) => lock(&d).config_read(reg),
             None => u32::MAX,
         }
     }
@@ -181,7 +176,7 @@ impl PciRoot {
         data: &[u8],
     ) -> ConfigWriteResult {
         match self.device(bdf) {
-            Some(d) => lock_pci(&d).config_write(reg, offset, data),
+            Some(d) => lock(&d).config_write(reg, offset, data),
             None => ConfigWriteResult::default(),
         }
     }
@@ -260,7 +255,7 @@ mod tests {
         let mut r = PciRoot::new(0);
         let top = root_port(1);
         // The top port spans buses 1..=2; a second bridge on bus 1 owns bus 2.
-        lock_pci(&top).config_write(6, 0, &[0, 1, 2, 0]);
+        lock(&top).config_write(6, 0, &[0, 1, 2, 0]);
         r.add_device(bdf("00:01.0"), top).unwrap();
         r.add_device(bdf("01:00.0"), root_port(2)).unwrap();
         r.add_device(bdf("02:00.0"), TestEndpoint::shared(0x3333))

@@ -29,13 +29,13 @@ mod tests;
 
 use std::sync::Arc;
 
-use devices::legacy::LogLimiter;
-use devices::limited_debug;
 use devices::pci::{
     walk_capabilities, BarInfo, ConfigSize, ConfigWriteResult, PciConfigSpace, PciDevice,
     ROM_BAR_INDEX,
 };
 use log::{error, info, warn};
+use resources::limited_debug;
+use resources::LogLimiter;
 
 use crate::addr::HostPciAddress;
 use crate::caps::ExtCapView;
