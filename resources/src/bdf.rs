@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Why a string is not a PCI address.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BdfError {
     #[error("{input:?} is not a PCI address of the form 0000:01:00.0")]
     Format { input: String },
@@ -53,7 +53,7 @@ impl Bdf {
 
     /// From a bus number and a device/function byte (`device << 3 | function`),
     /// as in ECAM and CF8 addresses; cannot fail.
-    pub fn from_devfn(segment: u16, bus: u8, devfn: u8) -> Self {
+    pub const fn from_devfn(segment: u16, bus: u8, devfn: u8) -> Self {
         Self {
             segment,
             bus,

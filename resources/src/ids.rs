@@ -1,19 +1,11 @@
 //! Allocators for small numeric identifiers: PCI bus numbers and interrupt GSIs.
 //!
 //! Bus numbers follow PCI Local Bus 3.0 / PCI-to-PCI Bridge 1.2: 0..=255 per
-//! segment, bus 0 being the root complex's own bus. GSIs follow the platform
-//! contract: 0..=23 are the in-kernel IOAPIC pins (fixed, never handed out),
-//! MSI routes take GSIs from 24 up to a maximum the VMM chooses (KVM accepts
-//! up to `KVM_MAX_IRQ_ROUTES` routes).
+//! segment, bus 0 being the root complex's own bus. GSIs: the platform (`arch`'s
+//! layout) says where MSI routes start, above the IOAPIC pins that are never handed
+//! out, and the VMM how far they go (KVM accepts up to `KVM_MAX_IRQ_ROUTES` routes).
 
 use std::collections::BTreeSet;
-
-/// Number of IOAPIC pins; GSIs below this are wired to legacy lines.
-pub const LEGACY_GSI_COUNT: u32 = 24;
-/// First GSI available for MSI routes.
-pub const FIRST_MSI_GSI: u32 = LEGACY_GSI_COUNT;
-/// Default highest MSI GSI: KVM's routing table holds 4096 entries.
-pub const DEFAULT_MAX_GSI: u32 = 4095;
 
 /// Why an identifier could not be allocated or freed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,7 +172,7 @@ impl BusNumberAllocator {
     }
 }
 
-/// GSIs for MSI routes, from [`FIRST_MSI_GSI`] up to a maximum.
+/// GSIs for MSI routes, from the platform's first MSI GSI up to a maximum.
 #[derive(Debug, Clone)]
 pub struct GsiAllocator {
     pool: IdPool,
@@ -189,16 +181,16 @@ pub struct GsiAllocator {
 impl GsiAllocator {
     const WHAT: &'static str = "MSI GSI";
 
-    /// MSI GSIs `24..=max_gsi`.
-    pub fn new(max_gsi: u32) -> Result<Self, IdError> {
+    /// MSI GSIs `first..=max_gsi`; the GSIs below `first` are the platform's fixed pins.
+    pub fn new(first: u32, max_gsi: u32) -> Result<Self, IdError> {
         Ok(Self {
-            pool: IdPool::new(Self::WHAT, FIRST_MSI_GSI, max_gsi)?,
+            pool: IdPool::new(Self::WHAT, first, max_gsi)?,
         })
     }
 
-    /// Whether `gsi` is one of the fixed IOAPIC pins.
-    pub fn is_legacy(gsi: u32) -> bool {
-        gsi < LEGACY_GSI_COUNT
+    /// Whether `gsi` is one of the fixed pins below the MSI range.
+    pub fn is_legacy(&self, gsi: u32) -> bool {
+        gsi < self.pool.first
     }
 
     /// The lowest free MSI GSI.
@@ -208,7 +200,7 @@ impl GsiAllocator {
 
     /// Return an MSI GSI; legacy GSIs were never allocated and cannot be freed.
     pub fn free(&mut self, gsi: u32) -> Result<(), IdError> {
-        if Self::is_legacy(gsi) {
+        if self.is_legacy(gsi) {
             return Err(IdError::Reserved {
                 what: Self::WHAT,
                 id: gsi,
@@ -288,16 +280,16 @@ mod tests {
 
     #[test]
     fn gsis_start_after_ioapic_pins() {
-        let mut g = GsiAllocator::new(DEFAULT_MAX_GSI).unwrap();
+        let mut g = GsiAllocator::new(24, 4095).unwrap();
         assert_eq!(g.allocate().unwrap(), 24);
         assert_eq!(g.allocate().unwrap(), 25);
-        assert!(GsiAllocator::is_legacy(23));
-        assert!(!GsiAllocator::is_legacy(24));
+        assert!(g.is_legacy(23));
+        assert!(!g.is_legacy(24));
     }
 
     #[test]
     fn gsi_exhaustion_names_range() {
-        let mut g = GsiAllocator::new(25).unwrap();
+        let mut g = GsiAllocator::new(24, 25).unwrap();
         g.allocate().unwrap();
         g.allocate().unwrap();
         assert_eq!(
@@ -312,13 +304,13 @@ mod tests {
 
     #[test]
     fn legacy_gsi_cannot_be_freed() {
-        let mut g = GsiAllocator::new(100).unwrap();
+        let mut g = GsiAllocator::new(24, 100).unwrap();
         assert!(matches!(g.free(4), Err(IdError::Reserved { id: 4, .. })));
     }
 
     #[test]
     fn gsi_free_checks_range_and_state() {
-        let mut g = GsiAllocator::new(30).unwrap();
+        let mut g = GsiAllocator::new(24, 30).unwrap();
         assert!(matches!(
             g.free(31),
             Err(IdError::OutOfRange { id: 31, .. })
@@ -335,9 +327,9 @@ mod tests {
     #[test]
     fn gsi_max_below_first_is_rejected() {
         assert!(matches!(
-            GsiAllocator::new(23),
+            GsiAllocator::new(24, 23),
             Err(IdError::InvalidRange { .. })
         ));
-        assert_eq!(GsiAllocator::new(24).unwrap().max_gsi(), 24);
+        assert_eq!(GsiAllocator::new(24, 24).unwrap().max_gsi(), 24);
     }
 }

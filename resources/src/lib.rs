@@ -4,6 +4,9 @@
 //! - [`BusNumberAllocator`], [`GsiAllocator`]: PCI bus numbers and MSI GSIs.
 //! - [`plan_mmio64`]: the 64-bit PCI MMIO window above RAM, sized from the BARs.
 //! - [`place_bars`]: BAR addresses and the bridge windows of each root port.
+//! - [`Topology`]: the guest PCI topology of every device, numbered and placed
+//!   ([`PciMap`]); the VMM builds from it, tests and `strait plan` read it.
+//! - [`Bdf`]: PCI function addresses; [`LogLimiter`] and [`lock`]: helpers for all crates.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -13,18 +16,21 @@ mod ids;
 mod layout;
 mod placement;
 mod plan;
+mod topology;
 mod util;
 
 pub use address::{AddressAllocator, AllocError, Allocation};
 pub use bdf::{Bdf, BdfError};
-pub use ids::{
-    BusNumberAllocator, GsiAllocator, IdError, DEFAULT_MAX_GSI, FIRST_MSI_GSI, LEGACY_GSI_COUNT,
-};
+pub use ids::{BusNumberAllocator, GsiAllocator, IdError};
 pub use placement::{
     place_bars, BarClass, BarRequest, PortPlacement, PortRequest, Window, Windows,
     BRIDGE_IO_GRANULE, BRIDGE_MEM_GRANULE, MIN_IO_BAR_SLOT, MIN_MEM_BAR_SLOT,
 };
-pub use plan::{plan_mmio64, PlanError, Size, MMIO64_ALIGN, MMIO64_MIN_START};
+pub use plan::{plan_mmio64, Mmio64Floor, PlanError, Size};
+pub use topology::{
+    FunctionBar, PciMap, PciPlatform, PlacedBar, PortMap, PortSlot, SlotRequest, Topology,
+    TopologyError, HOST_BRIDGE, MAX_ROOT_PORTS,
+};
 pub use util::{lock, LogLimiter};
 
 /// Fixtures shared by the unit tests of several modules.

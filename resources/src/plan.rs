@@ -16,10 +16,14 @@ use crate::address::{align_up, AddressAllocator, AllocError};
 use crate::layout::{arrange, blocks, Block};
 use crate::placement::{PortRequest, Window};
 
-/// Alignment of the start of the 64-bit window.
-pub const MMIO64_ALIGN: u64 = 1 << 30;
-/// The 64-bit window never starts below 4 GiB.
-pub const MMIO64_MIN_START: u64 = 1 << 32;
+/// Where the platform lets the 64-bit window begin: its lowest start (above RAM and
+/// 4 GiB, as `arch`'s layout decides) and the alignment of any start chosen higher,
+/// when an IOVA range pushes the window up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mmio64Floor {
+    pub start: u64,
+    pub align: u64,
+}
 
 /// A byte count printed the way a user sizes things ("64 GiB", "0x1800 bytes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,19 +139,19 @@ fn needed(blocks: &[Block], base: u64) -> Option<u64> {
 
 /// Choose the 64-bit MMIO window: `(start, size)`.
 ///
-/// `ram_end` is the first address above guest RAM; `iova_ranges` are VFIO's
+/// `floor` is where the platform lets the window start; `iova_ranges` are VFIO's
 /// inclusive `(start, end)` IOVA ranges (empty when nothing is passed through,
 /// meaning unrestricted). With no 64-bit BARs the size is 0, wherever RAM
 /// ends: leave the window out of ACPI `_CRS`; [`AddressAllocator::with_size`]
 /// turns either result into the allocator [`crate::place_bars`] takes.
 pub fn plan_mmio64(
-    ram_end: u64,
+    floor: Mmio64Floor,
     ports: &[PortRequest],
     phys_bits: u8,
     iova_ranges: &[(u64, u64)],
 ) -> Result<(u64, u64), PlanError> {
     let limit = phys_limit(phys_bits)?;
-    let start = align_up(ram_end.max(MMIO64_MIN_START), MMIO64_ALIGN).unwrap_or(u64::MAX);
+    let start = floor.start;
     let blocks = blocks(ports, Window::Mmio64)?;
     if blocks.is_empty() {
         return Ok((start, 0));
@@ -160,7 +164,7 @@ pub fn plan_mmio64(
     let mut available = 0u64;
     for (lo, hi) in candidates {
         let hi = hi.min(limit);
-        let Some(base) = align_up(lo.max(start), MMIO64_ALIGN).filter(|b| *b <= hi) else {
+        let Some(base) = align_up(lo.max(start), floor.align).filter(|b| *b <= hi) else {
             continue;
         };
         // Blocks are never empty, so the size is at least 1.
@@ -198,13 +202,22 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
+
+    /// The x86 platform's floor for RAM ending at `ram_end` (arch's layout, written
+    /// out here so these tests need no `arch`): 4 GiB or above RAM, on 1 GiB.
+    fn above_ram(ram_end: u64) -> Mmio64Floor {
+        Mmio64Floor {
+            start: align_up(ram_end.max(4 * GIB), GIB).unwrap_or(u64::MAX),
+            align: GIB,
+        }
+    }
     use crate::fixtures::prefetchable_port as port;
 
     #[test]
     fn starts_at_4g_for_small_ram() {
         let ports = [port("a", &[256 * MIB])];
         assert_eq!(
-            plan_mmio64(512 * MIB, &ports, 39, &[]).unwrap(),
+            plan_mmio64(above_ram(512 * MIB), &ports, 39, &[]).unwrap(),
             (4 * GIB, 256 * MIB)
         );
     }
@@ -212,14 +225,17 @@ mod tests {
     #[test]
     fn starts_above_ram_rounded_to_1g() {
         let ports = [port("a", &[MIB])];
-        let (start, size) = plan_mmio64(9 * GIB + 1, &ports, 46, &[]).unwrap();
+        let (start, size) = plan_mmio64(above_ram(9 * GIB + 1), &ports, 46, &[]).unwrap();
         assert_eq!(start, 10 * GIB);
         assert_eq!(size, MIB);
     }
 
     #[test]
     fn no_bars_gives_empty_window() {
-        assert_eq!(plan_mmio64(2 * GIB, &[], 39, &[]).unwrap(), (4 * GIB, 0));
+        assert_eq!(
+            plan_mmio64(above_ram(2 * GIB), &[], 39, &[]).unwrap(),
+            (4 * GIB, 0)
+        );
     }
 
     #[test]
@@ -238,15 +254,18 @@ mod tests {
         let iova = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
         let ram_end = (1 << 39) - GIB / 2;
         assert_eq!(
-            plan_mmio64(ram_end, &[nic], 39, &iova).unwrap(),
+            plan_mmio64(above_ram(ram_end), &[nic], 39, &iova).unwrap(),
             (1 << 39, 0)
         );
-        assert_eq!(plan_mmio64(1 << 39, &[], 39, &[]).unwrap(), (1 << 39, 0));
+        assert_eq!(
+            plan_mmio64(above_ram(1 << 39), &[], 39, &[]).unwrap(),
+            (1 << 39, 0)
+        );
     }
 
     #[test]
     fn empty_plan_becomes_an_empty_allocator() {
-        let (start, size) = plan_mmio64(GIB, &[], 39, &[]).unwrap();
+        let (start, size) = plan_mmio64(above_ram(GIB), &[], 39, &[]).unwrap();
         let mut io = AddressAllocator::new(0x1000, 0xffff).unwrap();
         let mut m32 = AddressAllocator::new(0xc000_0000, 0xdfff_ffff).unwrap();
         let mut m64 = AddressAllocator::with_size(start, size).unwrap();
@@ -263,7 +282,7 @@ mod tests {
     fn bad_bar_size_is_reported_before_an_empty_window() {
         let ports = [port("odd", &[0x3000])];
         assert!(matches!(
-            plan_mmio64(GIB, &ports, 39, &[]),
+            plan_mmio64(above_ram(GIB), &ports, 39, &[]),
             Err(PlanError::BadBarSize { size: 0x3000, .. })
         ));
     }
@@ -276,7 +295,7 @@ mod tests {
             port("gpu1", &[128 * GIB, 32 * MIB]),
         ];
         let iova = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
-        let (start, size) = plan_mmio64(5 * GIB, &ports, 39, &iova).unwrap();
+        let (start, size) = plan_mmio64(above_ram(5 * GIB), &ports, 39, &iova).unwrap();
         assert_eq!(start, 5 * GIB);
         assert_eq!(start + size, 384 * GIB + 32 * MIB);
     }
@@ -288,7 +307,7 @@ mod tests {
             port("gpu0", &[256 * GIB, 32 * MIB]),
             port("gpu1", &[256 * GIB, 32 * MIB]),
         ];
-        match plan_mmio64(5 * GIB, &ports, 39, &[]) {
+        match plan_mmio64(above_ram(5 * GIB), &ports, 39, &[]) {
             Err(PlanError::Mmio64DoesNotFit { needed, .. }) => {
                 assert_eq!(needed, 768 * GIB + 32 * MIB - 5 * GIB);
             }
@@ -301,7 +320,7 @@ mod tests {
         // A 64 GiB BAR cannot start at 4 GiB: it goes to 64 GiB, and the 32 MiB
         // BAR of the same port sits right below it, in the padding.
         let ports = [port("gpu", &[64 * GIB, 32 * MIB])];
-        let (start, size) = plan_mmio64(GIB, &ports, 46, &[]).unwrap();
+        let (start, size) = plan_mmio64(above_ram(GIB), &ports, 46, &[]).unwrap();
         assert_eq!(start, 4 * GIB);
         assert_eq!(start + size, 128 * GIB);
     }
@@ -310,7 +329,7 @@ mod tests {
     fn gpu_in_39_bit_testbed_fits_exactly() {
         let ports = [port("gpu", &[256 * GIB])];
         let iova = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
-        let (start, size) = plan_mmio64(8 * GIB, &ports, 39, &iova).unwrap();
+        let (start, size) = plan_mmio64(above_ram(8 * GIB), &ports, 39, &iova).unwrap();
         assert_eq!(start, 8 * GIB);
         assert_eq!(start + size, 512 * GIB);
     }
@@ -318,7 +337,7 @@ mod tests {
     #[test]
     fn does_not_fit_below_phys_bits() {
         let ports = [port("gpu", &[512 * GIB, 32 * MIB])];
-        let err = plan_mmio64(16 * GIB, &ports, 39, &[]).unwrap_err();
+        let err = plan_mmio64(above_ram(16 * GIB), &ports, 39, &[]).unwrap_err();
         match &err {
             PlanError::Mmio64DoesNotFit {
                 bar_sizes,
@@ -346,7 +365,7 @@ mod tests {
         // window above it.
         let iova = [(0, 1012 * GIB - 1), (1024 * GIB, (1 << 48) - 1)];
         let ports = [port("gpu", &[512 * GIB])];
-        let (start, size) = plan_mmio64(600 * GIB, &ports, 48, &iova).unwrap();
+        let (start, size) = plan_mmio64(above_ram(600 * GIB), &ports, 48, &iova).unwrap();
         assert_eq!(start, 1024 * GIB);
         assert_eq!(size, 512 * GIB);
     }
@@ -356,7 +375,7 @@ mod tests {
         let iova = [(0, 2 * GIB - 1)];
         let ports = [port("a", &[MIB])];
         assert!(matches!(
-            plan_mmio64(GIB, &ports, 39, &iova),
+            plan_mmio64(above_ram(GIB), &ports, 39, &iova),
             Err(PlanError::Mmio64DoesNotFit { available: 0, .. })
         ));
     }
@@ -364,14 +383,14 @@ mod tests {
     #[test]
     fn bad_phys_bits_rejected() {
         assert_eq!(
-            plan_mmio64(0, &[], 31, &[]),
+            plan_mmio64(above_ram(0), &[], 31, &[]),
             Err(PlanError::BadPhysBits { phys_bits: 31 })
         );
         assert_eq!(
-            plan_mmio64(0, &[], 65, &[]),
+            plan_mmio64(above_ram(0), &[], 65, &[]),
             Err(PlanError::BadPhysBits { phys_bits: 65 })
         );
-        assert!(plan_mmio64(0, &[], 64, &[]).is_ok());
+        assert!(plan_mmio64(above_ram(0), &[], 64, &[]).is_ok());
     }
 
     #[test]
@@ -381,7 +400,7 @@ mod tests {
             port("b", &[64 * GIB]),
             port("c", &[4 * KIB]),
         ];
-        let (start, size) = plan_mmio64(6 * GIB, &ports, 46, &[]).unwrap();
+        let (start, size) = plan_mmio64(above_ram(6 * GIB), &ports, 46, &[]).unwrap();
         let mut io = AddressAllocator::new(0x1000, 0xffff).unwrap();
         let mut m32 = AddressAllocator::new(0xc000_0000, 0xdfff_ffff).unwrap();
         let mut m64 = AddressAllocator::new(start, start + size - 1).unwrap();

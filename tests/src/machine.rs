@@ -1,8 +1,8 @@
-//! The PCI side of a Strait VM, assembled the way the VMM does it (platform contract in
-//! the project brief): host bridge 00:00.0, root port `i` at 00:(i+1).0 with secondary
-//! bus i+1, the passed-through functions of port `i` at (i+1):00.f. Addresses come from
-//! `resources` (`plan_mmio64`, then `place_bars` into `arch`'s windows) and are programmed
-//! as firmware would: every BAR placed, every root port window opened around its BARs.
+//! The PCI side of a Strait VM, assembled from the same topology plan the VMM builds
+//! from (`resources::Topology`: numbering, then placement inside `arch`'s windows) and
+//! programmed as firmware would: every BAR placed, every root port window opened around
+//! its BARs (`RootPort::for_port`). Nothing here restates where a port or function sits;
+//! the tests' expectations of concrete addresses are what catch a change of the rule.
 //!
 //! The guest reaches config space only through the ECAM window on the MMIO bus and ports
 //! 0xcf8/0xcfc on the port bus; the BAR spans vfio-glue traps (MSI-X table and PBA, small
@@ -10,20 +10,19 @@
 //! effects of config writes (BAR moves, decode switches) are recorded for the tests, in
 //! place of the device manager that would re-map.
 
-use resources::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arch::x86_64::layout;
 use devices::bus::{Bus, BusDevice, BusError};
-use devices::pci::config_access::{ECAM_SIZE, PCI_CONFIG_ADDRESS_PORT};
+use devices::pci::config_access::CF8_PORTS_LEN;
 use devices::pci::{
     BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, HostBridge, PciCf8, PciDevice, PciEcam,
-    PciError, PciRoot, RootPort, RootPortConfig, SharedPciDevice, ROM_BAR_INDEX,
+    PciError, PciRoot, RootPort, SharedPciDevice, ROM_BAR_INDEX,
 };
 use resources::{
-    place_bars, plan_mmio64, AddressAllocator, AllocError, BarRequest, PlanError, PortPlacement,
-    PortRequest, Windows,
+    lock, BarRequest, FunctionBar, PciMap, PlanError, PortMap, SlotRequest, Topology,
+    TopologyError, HOST_BRIDGE,
 };
 use vfio_glue::{HostPciAddress, VfioPciDevice};
 
@@ -54,27 +53,32 @@ impl MachineConfig {
     }
 }
 
-/// One function to pass through and where it goes.
+/// One function to pass through: the `function`-th function of the `port`-th device.
+/// Where it lands in the guest is the topology plan's to say ([`Machine::build`]).
 #[derive(Debug, Clone)]
 pub struct Passthrough {
-    /// Root port index: the function lands on bus `port + 1`.
+    /// Index of the device (guest slot) in request order.
     pub port: usize,
+    /// Index of the function within its device.
     pub function: u8,
     pub host: HostPciAddress,
     pub spec: FunctionSpec,
 }
 
-impl Passthrough {
-    /// The guest address of the function.
-    pub fn guest_bdf(&self) -> Bdf {
-        Bdf::from_devfn(0, self.port as u8 + 1, self.function)
-    }
-
-    /// Whether its header must carry the multi-function bit: function 0 of a slot
-    /// holding several functions.
-    pub fn multifunction(&self, all: &[Passthrough]) -> bool {
-        self.function == 0 && all.iter().any(|p| p.port == self.port && p.function != 0)
-    }
+/// The slot requests of `list`: one per device, as many functions as it lists.
+pub fn slot_requests(list: &[Passthrough]) -> Vec<SlotRequest> {
+    let nports = list.iter().map(|p| p.port + 1).max().unwrap_or(0);
+    (0..nports)
+        .map(|port| SlotRequest {
+            tag: format!("device {port}"),
+            functions: list
+                .iter()
+                .filter(|p| p.port == port)
+                .count()
+                .try_into()
+                .unwrap_or(u8::MAX),
+        })
+        .collect()
 }
 
 fn host(s: &str) -> HostPciAddress {
@@ -111,14 +115,8 @@ pub fn standard_passthrough() -> Vec<Passthrough> {
 /// sources are boxed: `PlanError` and `vfio_glue::Error` exceed 128 bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("planning the 64-bit MMIO window")]
-    PlanMmio64(#[source] Box<PlanError>),
-    #[error("creating the {window} window allocator")]
-    CreateWindow {
-        window: &'static str,
-        #[source]
-        source: Box<AllocError>,
-    },
+    #[error("numbering the topology")]
+    Topology(#[source] TopologyError),
     #[error("placing the BARs")]
     PlaceBars(#[source] Box<PlanError>),
     #[error("placing BAR {index} of {bdf}")]
@@ -128,9 +126,9 @@ pub enum SetupError {
         #[source]
         source: Box<vfio_glue::Error>,
     },
-    #[error("building or programming root port {port}")]
+    #[error("building or programming root port {bdf}")]
     RootPort {
-        port: usize,
+        bdf: Bdf,
         #[source]
         source: PciError,
     },
@@ -148,23 +146,11 @@ pub enum SetupError {
     },
 }
 
-/// Where the planner put things.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// The 64-bit MMIO window, (start, size).
-    pub mmio64: (u64, u64),
-    /// Per root port, in port order.
-    pub ports: Vec<PortPlacement>,
-}
+/// A segment and the root ports in it, in topology order.
+type Segment = (PciRoot, Vec<Arc<Mutex<RootPort>>>);
 
 /// Effects of guest config writes, as the ECAM and CF8 handlers saw them.
 pub type ConfigWrites = Arc<Mutex<Vec<(Bdf, ConfigWriteResult)>>>;
-
-/// Functions behind each root port: (guest function number, device).
-type Ports = Vec<Vec<(u8, Arc<Mutex<VfioPciDevice>>)>>;
-
-/// A segment and the root ports in it, in port order.
-type Segment = (PciRoot, Vec<Arc<Mutex<RootPort>>>);
 
 /// The assembled PCI side of a VM.
 pub struct Machine {
@@ -173,7 +159,8 @@ pub struct Machine {
     /// Guest port space: 0xcf8..=0xcff and the I/O BARs.
     pub pio: Bus,
     pub root: Arc<PciRoot>,
-    pub plan: Plan,
+    /// The topology plan, numbered and placed, as the VMM makes it.
+    pub plan: PciMap,
     ports: Vec<Arc<Mutex<RootPort>>>,
     functions: BTreeMap<Bdf, Arc<Mutex<VfioPciDevice>>>,
     writes: ConfigWrites,
@@ -188,86 +175,59 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-/// The BAR requests of one port, and which (function, BAR index) each one is.
-fn port_request(port: usize, functions: &[(u8, Arc<Mutex<VfioPciDevice>>)]) -> PortRequest {
-    let mut bars = Vec::new();
-    for (_, dev) in functions {
-        let dev = lock(&dev);
-        bars.extend(dev.bars().iter().map(|b| BarRequest {
-            size: b.size,
-            class: b.kind.into(),
-        }));
-    }
-    PortRequest {
-        tag: format!("root port {port}"),
-        bars,
-    }
+/// Each port's BARs, in the order its functions report them.
+fn function_bars(
+    topology: &Topology,
+    functions: &BTreeMap<Bdf, Arc<Mutex<VfioPciDevice>>>,
+) -> Vec<Vec<FunctionBar>> {
+    topology
+        .ports
+        .iter()
+        .map(|port| {
+            let mut bars = Vec::new();
+            for (f, bdf) in (0u8..).zip(&port.functions) {
+                let Some(dev) = functions.get(bdf) else {
+                    continue;
+                };
+                bars.extend(lock(dev).bars().iter().map(|b| FunctionBar {
+                    function: f,
+                    index: b.index,
+                    request: BarRequest {
+                        size: b.size,
+                        class: b.kind.into(),
+                    },
+                }));
+            }
+            bars
+        })
+        .collect()
 }
 
-fn allocator(window: &'static str, start: u64, len: u64) -> Result<AddressAllocator, SetupError> {
-    // A zero-sized 64-bit window (no 64-bit BARs) is an empty allocator.
-    AddressAllocator::with_size(start, len).map_err(|e| SetupError::CreateWindow {
-        window,
-        source: Box::new(e),
-    })
-}
-
-/// `plan_mmio64`, then `place_bars` into the platform windows.
-fn plan(cfg: &MachineConfig, requests: &[PortRequest]) -> Result<Plan, SetupError> {
-    let ram_end = layout::ram_end(cfg.ram_size).0;
-    let mmio64 = plan_mmio64(ram_end, requests, cfg.phys_bits, &cfg.iova)
-        .map_err(|e| SetupError::PlanMmio64(Box::new(e)))?;
-    let io_start = u64::from(layout::PCI_IO_START);
-    let mut io = allocator("I/O", io_start, layout::PCI_IO_SIZE)?;
-    let mut mmio32 = allocator("32-bit MMIO", layout::MMIO32_START.0, layout::MMIO32_SIZE)?;
-    let mut m64 = allocator("64-bit MMIO", mmio64.0, mmio64.1)?;
-    let windows = Windows {
-        io: &mut io,
-        mmio32: &mut mmio32,
-        mmio64: &mut m64,
-    };
-    let ports = place_bars(requests, windows).map_err(|e| SetupError::PlaceBars(Box::new(e)))?;
-    Ok(Plan { mmio64, ports })
-}
-
-/// Program every BAR of the port's functions with its planned address, in the order
-/// `port_request` listed them.
+/// Program every BAR with its planned address.
 fn place_port_bars(
-    port: usize,
-    functions: &[(u8, Arc<Mutex<VfioPciDevice>>)],
-    placement: &PortPlacement,
+    port: &PortMap,
+    functions: &BTreeMap<Bdf, Arc<Mutex<VfioPciDevice>>>,
 ) -> Result<(), SetupError> {
-    let mut addrs = placement.bar_addrs.iter();
-    for (function, dev) in functions {
-        let mut dev = lock(&dev);
-        let bdf = Bdf::from_devfn(0, port as u8 + 1, *function);
-        for bar in dev.bars() {
-            let gpa = addrs.next().copied().unwrap_or_default();
-            dev.place_bar(bar.index, gpa)
-                .map_err(|e| SetupError::PlaceBar {
-                    bdf,
-                    index: bar.index,
-                    source: Box::new(e),
-                })?;
-        }
+    for bar in &port.bars {
+        let Some(dev) = functions.get(&bar.function) else {
+            continue;
+        };
+        lock(dev)
+            .place_bar(bar.index, bar.addr)
+            .map_err(|e| SetupError::PlaceBar {
+                bdf: bar.function,
+                index: bar.index,
+                source: Box::new(e),
+            })?;
     }
     Ok(())
 }
 
-fn root_port(port: usize, placement: &PortPlacement) -> Result<RootPort, PciError> {
-    let mut rp = RootPort::new(RootPortConfig::new(port as u8, port as u8 + 1))?;
-    rp.set_io_window(placement.io.clone())?;
-    rp.set_mem_window(placement.mem.clone())?;
-    rp.set_prefetchable_window(placement.prefetchable.clone())?;
-    Ok(rp)
-}
-
-fn port_bdf(port: usize) -> Bdf {
-    Bdf::from_devfn(0, 0, (port as u8 + 1) << 3)
-}
-
-/// The segment: host bridge, one root port per placement, the functions behind them.
-fn build_root(ports: &Ports, placements: &[PortPlacement]) -> Result<Segment, SetupError> {
+/// The segment: host bridge, one root port per placed port, the functions behind them.
+fn build_root(
+    plan: &PciMap,
+    functions: &BTreeMap<Bdf, Arc<Mutex<VfioPciDevice>>>,
+) -> Result<Segment, SetupError> {
     let mut root = PciRoot::new(0);
     let attach = |root: &mut PciRoot, bdf: Bdf, dev: SharedPciDevice| {
         root.add_device(bdf, dev)
@@ -275,19 +235,20 @@ fn build_root(ports: &Ports, placements: &[PortPlacement]) -> Result<Segment, Se
     };
     attach(
         &mut root,
-        Bdf::default(),
+        HOST_BRIDGE,
         Arc::new(Mutex::new(HostBridge::new())),
     )?;
     let mut root_ports = Vec::new();
-    for (port, placement) in placements.iter().enumerate() {
-        let rp =
-            root_port(port, placement).map_err(|source| SetupError::RootPort { port, source })?;
+    for port in &plan.ports {
+        let bdf = port.slot.bdf;
+        let rp = RootPort::for_port(port).map_err(|source| SetupError::RootPort { bdf, source })?;
         let rp = Arc::new(Mutex::new(rp));
-        attach(&mut root, port_bdf(port), rp.clone())?;
+        attach(&mut root, bdf, rp.clone())?;
         root_ports.push(rp);
-        for (function, dev) in &ports[port] {
-            let bdf = Bdf::from_devfn(0, port as u8 + 1, *function);
-            attach(&mut root, bdf, dev.clone())?;
+        for f in &port.slot.functions {
+            if let Some(dev) = functions.get(f) {
+                attach(&mut root, *f, dev.clone())?;
+            }
         }
     }
     Ok((root, root_ports))
@@ -318,7 +279,7 @@ fn map_trapped(
     bdf: Bdf,
     dev: &Arc<Mutex<VfioPciDevice>>,
 ) -> Result<(), SetupError> {
-    let guard = lock(&dev);
+    let guard = lock(dev);
     let plans = guard.bar_plans();
     let mut spans = Vec::new();
     for bar in guard.bars() {
@@ -369,39 +330,44 @@ fn bus_error(what: &str) -> impl FnOnce(BusError) -> SetupError + '_ {
 
 impl Machine {
     /// Assemble the VM around `list`, building each function with `make` (which gets the
-    /// description and whether its header needs the multi-function bit).
+    /// description, its guest address and whether its header needs the multi-function
+    /// bit). Numbering and addresses come from `resources`' topology plan, the code the
+    /// VMM builds from.
     pub fn build(
         cfg: &MachineConfig,
         list: &[Passthrough],
-        make: &mut dyn FnMut(&Passthrough, bool) -> VfioPciDevice,
+        make: &mut dyn FnMut(&Passthrough, Bdf, bool) -> VfioPciDevice,
     ) -> Result<Machine, SetupError> {
-        let nports = list.iter().map(|p| p.port + 1).max().unwrap_or(0);
-        let mut ports: Ports = (0..nports).map(|_| Vec::new()).collect();
+        let topology = Topology::new(&slot_requests(list)).map_err(SetupError::Topology)?;
         let mut functions = BTreeMap::new();
         for p in list {
-            let dev = Arc::new(Mutex::new(make(p, p.multifunction(list))));
-            functions.insert(p.guest_bdf(), dev.clone());
-            ports[p.port].push((p.function, dev));
+            let Some(port) = topology.ports.get(p.port) else {
+                continue;
+            };
+            let Some(&bdf) = port.functions.get(usize::from(p.function)) else {
+                continue;
+            };
+            let multifunction = port.multifunction() && p.function == 0;
+            functions.insert(bdf, Arc::new(Mutex::new(make(p, bdf, multifunction))));
         }
-        let requests: Vec<PortRequest> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, f)| port_request(i, f))
-            .collect();
-        let plan = plan(cfg, &requests)?;
-        for (i, (functions, placement)) in ports.iter().zip(&plan.ports).enumerate() {
-            place_port_bars(i, functions, placement)?;
+        let platform = layout::pci_platform(cfg.ram_size, cfg.phys_bits, cfg.iova.clone());
+        let plan = topology
+            .place(&platform, &function_bars(&topology, &functions))
+            .map_err(|e| SetupError::PlaceBars(Box::new(e)))?;
+        for port in &plan.ports {
+            place_port_bars(port, &functions)?;
         }
-        let (root, root_ports) = build_root(&ports, &plan.ports)?;
+        let (root, root_ports) = build_root(&plan, &functions)?;
         let root = Arc::new(root);
         let writes = ConfigWrites::default();
         let (mut mmio, mut pio) = (Bus::new(), Bus::new());
         let ecam = PciEcam::new(root.clone(), Some(recording_handler(&writes)));
         let ecam_base = layout::PCI_ECAM_START.0;
-        mmio.insert(Arc::new(Mutex::new(ecam)), ecam_base, ECAM_SIZE)
+        mmio.insert(Arc::new(Mutex::new(ecam)), ecam_base, layout::PCI_ECAM_SIZE)
             .map_err(bus_error("ECAM"))?;
         let cf8 = PciCf8::new(root.clone(), Some(recording_handler(&writes)));
-        pio.insert(Arc::new(Mutex::new(cf8)), PCI_CONFIG_ADDRESS_PORT, 8)
+        let cf8_port = u64::from(layout::PCI_CONFIG_ADDRESS_PORT);
+        pio.insert(Arc::new(Mutex::new(cf8)), cf8_port, CF8_PORTS_LEN)
             .map_err(bus_error("CF8"))?;
         for (bdf, dev) in &functions {
             map_trapped(&mut mmio, &mut pio, *bdf, dev)?;
@@ -422,20 +388,18 @@ impl Machine {
         std::mem::take(&mut *lock(&self.writes))
     }
 
-    /// Root port `i` (at 00:(i+1).0).
+    /// Root port `i`, in topology order.
     pub fn port(&self, i: usize) -> Option<MutexGuard<'_, RootPort>> {
-        let p = self.ports.get(i)?;
-        Some(lock(&p))
+        Some(lock(self.ports.get(i)?))
     }
 
     /// The passed-through function the guest sees at `bdf`.
     pub fn function(&self, bdf: Bdf) -> Option<MutexGuard<'_, VfioPciDevice>> {
-        let f = self.functions.get(&bdf)?;
-        Some(lock(&f))
+        Some(lock(self.functions.get(&bdf)?))
     }
 
-    /// Guest addresses of the root ports, in port order.
+    /// Guest addresses of the root ports, in topology order.
     pub fn port_bdfs(&self) -> Vec<Bdf> {
-        (0..self.ports.len()).map(port_bdf).collect()
+        self.plan.ports.iter().map(|p| p.slot.bdf).collect()
     }
 }

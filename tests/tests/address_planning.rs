@@ -64,8 +64,8 @@ fn plan(
     phys_bits: u8,
     iova: &[(u64, u64)],
 ) -> Result<Planned, Box<PlanError>> {
-    let ram_end = layout::ram_end(ram_size).0;
-    let mmio64 = plan_mmio64(ram_end, ports, phys_bits, iova)?;
+    let floor = layout::pci_platform(ram_size, phys_bits, iova.to_vec()).mmio64;
+    let mmio64 = plan_mmio64(floor, ports, phys_bits, iova)?;
     let io_last = u64::from(layout::PCI_IO_START) + layout::PCI_IO_SIZE - 1;
     let mut io = AddressAllocator::new(layout::PCI_IO_START.into(), io_last).unwrap();
     let m32_last = layout::MMIO32_START.0 + layout::MMIO32_SIZE - 1;
@@ -370,30 +370,6 @@ fn plan_start_follows_arch_for_any_ram_size() {
 }
 
 #[test]
-fn resources_devices_and_arch_agree_on_platform_constants() {
-    use devices::pci::config_access::{PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT};
-    assert_eq!(resources::MMIO64_ALIGN, layout::MMIO64_ALIGN);
-    assert_eq!(
-        resources::MMIO64_MIN_START,
-        layout::FIRST_ADDR_PAST_32BITS.0
-    );
-    assert_eq!(resources::FIRST_MSI_GSI, layout::MSI_GSI_BASE);
-    assert_eq!(resources::LEGACY_GSI_COUNT, layout::IOAPIC_NUM_PINS);
-    assert_eq!(
-        devices::pci::config_access::ECAM_SIZE,
-        layout::PCI_ECAM_SIZE
-    );
-    assert_eq!(
-        PCI_CONFIG_ADDRESS_PORT,
-        u64::from(layout::PCI_CONFIG_ADDRESS_PORT)
-    );
-    assert_eq!(
-        PCI_CONFIG_DATA_PORT,
-        u64::from(layout::PCI_CONFIG_DATA_PORT)
-    );
-}
-
-#[test]
 fn set_without_64bit_bars_plans_an_empty_window_that_acpi_omits() {
     let nic = PortRequest {
         tag: "nic".into(),
@@ -402,7 +378,8 @@ fn set_without_64bit_bars_plans_an_empty_window_that_acpi_omits() {
             class: BarKind::Mem32.into(),
         }],
     };
-    let (start, size) = plan_mmio64(layout::ram_end(GIB).0, &[nic], 39, &TESTBED_IOVA).unwrap();
+    let floor = layout::pci_platform(GIB, 39, TESTBED_IOVA.to_vec()).mmio64;
+    let (start, size) = plan_mmio64(floor, &[nic], 39, &TESTBED_IOVA).unwrap();
     assert_eq!((start, size), (4 * GIB, 0));
     assert!(acpi((start, size)).1.is_ok());
 }

@@ -57,13 +57,6 @@ fn mib(bytes: &u64) -> u64 {
 /// Everything that can fail in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("malformed PCI address {input:?} (expected DDDD:BB:DD.F, e.g. 0000:01:00.0)")]
-    ParsePciAddress {
-        input: String,
-        #[source]
-        source: devices::pci::BdfError,
-    },
-
     #[error(
         "{addr}: no such PCI device ({path:?} is missing); `lspci -D` lists the host's devices"
     )]
@@ -87,9 +80,6 @@ pub enum Error {
         group: u32,
         offenders: Vec<GroupOffender>,
     },
-
-    #[error("{addr}: listed more than once in `passthrough`")]
-    DuplicateDevice { addr: HostPciAddress },
 
     #[error("{addr}: {path:?} does not exist; is vfio-pci loaded and the device bound to it?")]
     NoGroupNode { addr: HostPciAddress, path: PathBuf },

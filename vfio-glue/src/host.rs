@@ -8,7 +8,6 @@
 //! when all devices are bound to VFIO bus drivers, or are unbound") with the
 //! kernel's DMA-ownership exceptions for pci-stub and pcieport (Linux 5.19+).
 
-use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,17 +54,6 @@ fn is_vfio_driver(driver: &str) -> bool {
 /// `driver_managed_dma`, so the kernel still lets userspace own the group's DMA.
 fn allowed_in_group(driver: &str) -> bool {
     is_vfio_driver(driver) || driver == "pci-stub" || driver == "pcieport"
-}
-
-/// Reject a passthrough list that names a device twice.
-pub fn check_no_duplicates(addrs: &[HostPciAddress]) -> Result<()> {
-    let mut seen = BTreeSet::new();
-    for addr in addrs {
-        if !seen.insert(*addr) {
-            return Err(Error::DuplicateDevice { addr: *addr });
-        }
-    }
-    Ok(())
 }
 
 /// Run every check on `addr`; nothing is opened for good, nothing is changed.
@@ -337,16 +325,6 @@ mod tests {
         let e = io::Error::from_raw_os_error(libc::EBUSY);
         let err = group_open_error(a("0000:01:00.0"), 4, Path::new("/dev/vfio/4"), e);
         assert!(matches!(err, Error::GroupBusy { group: 4, .. }));
-    }
-
-    #[test]
-    fn duplicate_device_is_rejected() {
-        let list = [a("0000:01:00.0"), a("0000:02:00.0"), a("01:00.0")];
-        assert!(matches!(
-            check_no_duplicates(&list),
-            Err(Error::DuplicateDevice { addr }) if addr == a("0000:01:00.0")
-        ));
-        assert!(check_no_duplicates(&list[..2]).is_ok());
     }
 
     #[test]

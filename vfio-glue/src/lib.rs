@@ -36,7 +36,7 @@ pub mod open;
 pub mod pci;
 pub mod sysfs;
 
-pub use addr::{parse_host_address, HostPciAddress};
+pub use addr::HostPciAddress;
 pub use container::{Container, DmaMapper, GuestDma, IovaRange};
 pub use device::{VfioBackend, VfioDeviceOps};
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use crate::addr::HostPciAddress;
 use crate::container::Container;
 use crate::device::VfioBackend;
 use crate::error::Result;
-use crate::host::{check_memlock, check_no_duplicates, probe_device, HostDevice, HostPaths};
+use crate::host::{check_memlock, probe_device, HostDevice, HostPaths};
 
 /// Devices opened through one container, ready for DMA mapping.
 pub struct OpenedDevices {
@@ -31,7 +31,6 @@ pub fn open_devices(
     ram_bytes: u64,
     kvm_vfio: Option<kvm_ioctls::DeviceFd>,
 ) -> Result<OpenedDevices> {
-    check_no_duplicates(addrs)?;
     let hosts = addrs
         .iter()
         .map(|a| probe_device(paths, *a))
@@ -57,14 +56,6 @@ mod tests {
             sysfs: fs.sysfs(),
             dev_vfio: fs.root().join("dev-vfio"),
         }
-    }
-
-    #[test]
-    fn duplicate_is_rejected_before_any_probe() {
-        let fs = FakeSysfs::new();
-        let a: HostPciAddress = "0000:01:00.0".parse().unwrap();
-        let err = open_devices(&paths(&fs), &[a, a], 1 << 30, None).err();
-        assert!(matches!(err, Some(Error::DuplicateDevice { .. })));
     }
 
     #[test]

@@ -11,21 +11,24 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use resources::{GsiAllocator, DEFAULT_MAX_GSI};
+use resources::GsiAllocator;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::attach::{AttachParams, Attached};
-use crate::bars::ConfigEffects;
 use crate::boot::{self, KernelFiles};
 use crate::device_manager::DeviceManager;
 use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
-use crate::passthrough::{self, PassthroughError};
+use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
+use crate::slots::SlotPool;
 use crate::spec::VmSpec;
+use crate::stop::StopSignal;
 use crate::vcpu::{self, BootCpuState};
-use crate::vm::{StopSignal, Vm, VmParts};
+use crate::vm::{Vm, VmParts};
+
+/// Highest MSI GSI: KVM's routing table holds 4096 entries.
+const MAX_MSI_GSI: u32 = 4095;
 
 /// Failures of VM-level setup steps.
 #[derive(Debug, thiserror::Error)]
@@ -83,28 +86,29 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
     let cpuid = supported_cpuid(&kvm)?;
-    let addrs = passthrough::spec_addresses(spec).map_err(PassthroughError::from)?;
-    let opened = passthrough::open(&vm_fd, &addrs, spec.memory_bytes())?;
+    let hosts = spec.passthrough_hosts();
+    let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes())?;
     let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
-    register_ram(&vm_fd, &ram)?;
+    let mut slots = SlotPool::new(0);
+    register_ram(&vm_fd, &ram, &mut slots)?;
     logger::mark(phase::MEMORY_READY);
-    let attached = attach_passthrough(opened, &vm_fd, &ram, spec, &cpuid)?;
+    if let Some(p) = passthrough.as_mut() {
+        attach_passthrough(p, &vm_fd, &ram, spec, &cpuid)?;
+    }
     logger::mark(phase::DMA_MAPPED);
     let files = files
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-    let boot = load_guest(
-        spec,
-        ram.memory(),
-        &files,
-        pci_windows(spec, attached.as_ref()),
-    )?;
+    let windows = pci_windows(spec, passthrough.as_ref());
+    let boot = load_guest(spec, ram.memory(), &files, windows)?;
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
-    let pci = attached.as_ref().map(|a| a.pci_functions(&effects));
+    let pci = passthrough.as_ref().map(|p| p.pci_functions(&effects));
     let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci.unwrap_or_default())?;
-    let passthrough = attached.map(|a| a.runtime(vm_fd.clone(), &ram, &devices, effects));
+    if let Some(p) = passthrough.as_mut() {
+        p.start(vm_fd.clone(), slots, devices.buses(), effects);
+    }
     stopped_early(&stop)?;
     let cpu = BootCpuState {
         entry: boot.entry,
@@ -131,25 +135,23 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     Ok(vm)
 }
 
-/// Take the opened devices over (after RAM exists: DMA maps it), if any.
+/// Take the opened devices over (after RAM exists: DMA maps it).
 fn attach_passthrough(
-    opened: Option<passthrough::Opened>,
+    p: &mut Passthrough,
     vm_fd: &Arc<VmFd>,
     ram: &GuestRam,
     spec: &VmSpec,
     cpuid: &CpuId,
-) -> Result<Option<Attached>, Error> {
-    let Some(opened) = opened else {
-        return Ok(None);
-    };
-    let gsis = GsiAllocator::new(DEFAULT_MAX_GSI).map_err(PassthroughError::GsiPool)?;
+) -> Result<(), Error> {
+    let gsis =
+        GsiAllocator::new(layout::MSI_GSI_BASE, MAX_MSI_GSI).map_err(PassthroughError::GsiPool)?;
     let params = AttachParams {
         ram,
         ram_size: spec.memory_bytes(),
         routing: &GsiRouting::new(vm_fd.clone(), gsis),
         phys_bits: arch::x86_64::phys_address_bits(cpuid),
     };
-    Ok(Some(opened.attach(params)?))
+    Ok(p.attach(params)?)
 }
 
 /// A stop requested while building (SIGINT/SIGTERM) ends the build here.
@@ -162,9 +164,9 @@ fn stopped_early(stop: &StopSignal) -> Result<(), Error> {
 
 /// The host bridge windows in ACPI: the passthrough plan's, or the platform's with bus 0
 /// only and no 64-bit window.
-fn pci_windows(spec: &VmSpec, attached: Option<&Attached>) -> PciWindows {
-    if let Some(a) = attached {
-        return a.acpi;
+fn pci_windows(spec: &VmSpec, passthrough: Option<&Passthrough>) -> PciWindows {
+    if let Some(w) = passthrough.and_then(Passthrough::acpi_windows) {
+        return w;
     }
     let mmio64 = AddrRange {
         base: layout::mmio64_start(spec.memory_bytes()).0,
@@ -196,9 +198,10 @@ fn setup_platform(vm: &VmFd) -> Result<(), VmError> {
     Ok(())
 }
 
-/// One KVM memory slot per RAM region, slots 0..n (device BARs use slots from n).
-fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
-    for (slot, (guest, host, len)) in (0u32..).zip(ram.slots()) {
+/// One KVM memory slot per RAM region, from `slots` (device BARs take theirs later).
+fn register_ram(vm: &VmFd, ram: &GuestRam, slots: &mut SlotPool) -> Result<(), VmError> {
+    for (guest, host, len) in ram.slots() {
+        let slot = slots.get();
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,

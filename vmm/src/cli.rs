@@ -16,7 +16,8 @@ use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
 use crate::spec::VmSpec;
-use crate::vm::{forward_termination_signals, GuestExit, StopSignal};
+use crate::stop::StopSignal;
+use crate::vm::{forward_termination_signals, GuestExit};
 
 /// Strait: a minimal KVM virtual machine monitor for GPU passthrough.
 ///

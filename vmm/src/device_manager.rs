@@ -1,6 +1,6 @@
 //! The device manager: owns the port I/O and MMIO buses the vCPU loop dispatches to and
-//! places the legacy PC devices on them at the platform contract's ports (BRIEF.md,
-//! "Platform contract", legacy ports; constants in `arch::x86_64::layout`).
+//! places the legacy PC devices on them at the platform's ports (constants in
+//! `arch::x86_64::layout`).
 //!
 //! Interrupts of emulated devices are `EventFd`s registered with KVM as irqfds, so a
 //! device raising a line never needs a vCPU exit. PCI config space is a [`PciRoot`]
@@ -12,7 +12,7 @@ use resources::lock;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arch::x86_64::layout;
@@ -22,11 +22,13 @@ use devices::legacy::cmos::CMOS_PORT_LEN;
 use devices::legacy::i8042::I8042_PORT_LEN;
 use devices::legacy::serial::SERIAL_PORT_LEN;
 use devices::legacy::{AcpiPm, Cmos, EventFdTrigger, PowerControl, SerialPort, I8042};
+use devices::pci::config_access::CF8_PORTS_LEN;
 use devices::pci::{Bdf, HostBridge, PciCf8, PciEcam, PciError, PciRoot, SharedPciDevice};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bars::ConfigEffects;
+use crate::io_buses::IoBuses;
+use crate::passthrough::ConfigEffects;
 use crate::spec::SerialSpec;
 
 /// CMOS index/data ports (not part of the arch layout: no table describes them).
@@ -68,70 +70,11 @@ pub enum DeviceError {
     },
 }
 
-/// The buses vCPU exits are dispatched to. Cloning shares them.
-///
-/// MMIO has two buses: the trapped parts of passed-through BARs live on their own, so
-/// exits into BAR handlers are counted apart from the rest (the benchmark shows that BAR
-/// data accesses cost no exit).
-///
-/// Lock order: a device handler runs under a bus *read* lock, so a handler must never take
-/// a bus write lock (e.g. to move a BAR) itself; it returns the change to the caller,
-/// which applies it after dispatch.
-#[derive(Debug, Clone, Default)]
-pub struct IoBuses {
-    pio: Arc<RwLock<Bus>>,
-    mmio: Arc<RwLock<Bus>>,
-    bar_mmio: Arc<RwLock<Bus>>,
-}
-
-impl IoBuses {
-    pub fn new(pio: Bus, mmio: Bus) -> Self {
-        IoBuses {
-            pio: Arc::new(RwLock::new(pio)),
-            mmio: Arc::new(RwLock::new(mmio)),
-            bar_mmio: Arc::default(),
-        }
-    }
-
-    /// The MMIO bus of trapped BAR spans, for dispatch.
-    pub fn bar_mmio(&self) -> RwLockReadGuard<'_, Bus> {
-        self.bar_mmio.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The MMIO bus of trapped BAR spans, to map or unmap BARs.
-    pub fn bar_mmio_mut(&self) -> RwLockWriteGuard<'_, Bus> {
-        self.bar_mmio.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The port I/O bus, for dispatch. A poisoned lock is recovered: buses hold no
-    /// invariant a panicking reader could break.
-    pub fn pio(&self) -> RwLockReadGuard<'_, Bus> {
-        self.pio.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The MMIO bus, for dispatch.
-    pub fn mmio(&self) -> RwLockReadGuard<'_, Bus> {
-        self.mmio.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The port I/O bus, to add, move or remove devices.
-    pub fn pio_mut(&self) -> RwLockWriteGuard<'_, Bus> {
-        self.pio.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The MMIO bus, to add, move or remove devices.
-    pub fn mmio_mut(&self) -> RwLockWriteGuard<'_, Bus> {
-        self.mmio.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// Console output sink.
 type Console = Box<dyn Write + Send>;
 
 /// PCI segment of the root complex (the only one; `Bdf::default()` is on it).
 const PCI_SEGMENT: u16 = 0;
-/// Size of the configuration mechanism #1 ports (0xcf8..0xd00).
-const PCI_CONFIG_PORTS_LEN: u64 = 8;
 
 /// PCI functions to attach below the host bridge, in an order where each bridge comes
 /// before what sits behind it, and who hears about their config writes.
@@ -249,7 +192,7 @@ fn place(
 /// applies them after the dispatch that caused them (see [`IoBuses`] on lock order).
 fn create_pci_root(buses: &IoBuses, pci: PciFunctions) -> Result<Arc<PciRoot>, DeviceError> {
     let mut root = PciRoot::new(PCI_SEGMENT);
-    let bdf = Bdf::default(); // 0000:00:00.0, segment PCI_SEGMENT
+    let bdf = resources::HOST_BRIDGE;
     let bridge = Arc::new(Mutex::new(HostBridge::new()));
     root.add_device(bdf, bridge)
         .map_err(|source| DeviceError::AddPciFunction { bdf, source })?;
@@ -270,7 +213,7 @@ fn create_pci_root(buses: &IoBuses, pci: PciFunctions) -> Result<Arc<PciRoot>, D
         "PCI config ports",
         cf8,
         port,
-        PCI_CONFIG_PORTS_LEN,
+        CF8_PORTS_LEN,
     )?;
     let ecam = Arc::new(Mutex::new(PciEcam::new(root.clone(), handler())));
     let (base, len) = (layout::PCI_ECAM_START.0, layout::PCI_ECAM_SIZE);
@@ -328,7 +271,7 @@ fn forward_stdin(serial: &Mutex<SerialPort<Console>>) {
         };
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let taken = lock(&serial).enqueue_input(pending);
+            let taken = lock(serial).enqueue_input(pending);
             pending = &pending[taken..];
             if taken == 0 {
                 std::thread::sleep(Duration::from_millis(5));

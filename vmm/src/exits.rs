@@ -14,7 +14,7 @@ use kvm_ioctls::VcpuExit;
 use resources::limited_debug;
 use resources::LogLimiter;
 
-use crate::device_manager::IoBuses;
+use crate::io_buses::IoBuses;
 
 static UNCLAIMED_PIO: LogLimiter = LogLimiter::new();
 static UNCLAIMED_MMIO: LogLimiter = LogLimiter::new();

@@ -115,8 +115,7 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
 /// is bound to vfio-pci, its IOMMU group is viable and /dev/vfio/N opens; no device is
 /// listed twice; the memlock limit covers guest RAM.
 pub fn check_passthrough(spec: &VmSpec, paths: &HostPaths) -> Result<(), HostError> {
-    let addrs = passthrough::spec_addresses(spec)?;
-    passthrough::check_host(paths, &addrs, spec.memory_bytes())?;
+    passthrough::check_host(paths, &spec.passthrough_hosts(), spec.memory_bytes())?;
     Ok(())
 }
 
@@ -143,7 +142,7 @@ pub fn summary(spec: &VmSpec, image: &KernelImage) -> Vec<String> {
         lines.push(format!("initramfs: {} ({size} KiB)", p.display()));
     }
     for p in &spec.passthrough {
-        lines.push(format!("passthrough: {}", p.host));
+        lines.push(format!("passthrough: {}", String::from(p.host.clone())));
     }
     lines
 }
@@ -260,7 +259,7 @@ mod tests {
         s.passthrough = hosts
             .iter()
             .map(|h| PassthroughSpec {
-                host: h.to_string(),
+                host: h.to_string().into(),
             })
             .collect();
         s
@@ -301,9 +300,16 @@ mod tests {
     }
 
     #[test]
-    fn device_listed_twice_is_exit_14_before_any_probe() {
-        let host = FakeHost::new();
-        assert_eq!(check(&host, &["0000:01:00.0", "01:00.0"]) as u8, 14);
+    fn device_listed_twice_is_exit_14_from_the_spec_before_any_probe() {
+        // Duplicates are the spec's to refuse, once; the host is never asked.
+        let source = with_devices(&["0000:01:00.0", "01:00.0"])
+            .validate()
+            .unwrap_err();
+        let e = crate::error::Error::Spec {
+            path: "vm.json".into(),
+            source,
+        };
+        assert_eq!(e.exit_code() as u8, 14);
     }
 
     #[test]

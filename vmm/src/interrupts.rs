@@ -22,6 +22,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arch::x86_64::layout::pci_intx_gsi;
+use arch::x86_64::layout::IOAPIC_NUM_PINS;
 use devices::interrupt::{MsiMessage, MsiRouter};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
@@ -29,7 +30,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
-use resources::{GsiAllocator, LEGACY_GSI_COUNT};
+use resources::GsiAllocator;
 use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,7 +50,7 @@ pub enum Route {
 /// and for n < 16 also to pin n % 8 of the master (n < 8) or slave PIC.
 pub fn default_routes() -> Vec<(u32, Route)> {
     let mut routes = Vec::new();
-    for gsi in 0..LEGACY_GSI_COUNT {
+    for gsi in 0..IOAPIC_NUM_PINS {
         let ioapic = Route::Irqchip {
             chip: KVM_IRQCHIP_IOAPIC,
             pin: gsi,
@@ -441,7 +442,7 @@ mod tests {
 
     fn setup() -> (Arc<FakeChip>, Arc<GsiRouting>) {
         let chip = Arc::new(FakeChip::default());
-        let routing = GsiRouting::new(chip.clone(), GsiAllocator::new(4095).unwrap());
+        let routing = GsiRouting::new(chip.clone(), GsiAllocator::new(24, 4095).unwrap());
         (chip, routing)
     }
 

@@ -8,9 +8,6 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod attach;
-pub mod bar_rules;
-pub mod bars;
 pub mod boot;
 pub mod builder;
 pub mod cli;
@@ -19,9 +16,12 @@ pub mod error;
 pub mod exits;
 pub mod host;
 pub mod interrupts;
+pub mod io_buses;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;
+pub mod slots;
 pub mod spec;
+pub mod stop;
 pub mod vcpu;
 pub mod vm;

@@ -162,7 +162,44 @@ pub struct KernelSpec {
 #[serde(deny_unknown_fields)]
 pub struct PassthroughSpec {
     /// Host address, `DDDD:BB:DD.F` as in sysfs.
-    pub host: String,
+    pub host: HostAddress,
+}
+
+/// `passthrough[].host`: parsed once, when the spec loads, into the typed address the
+/// rest of Strait passes along; the text stays for messages and for writing the spec
+/// back. A malformed address is kept as its error, which [`VmSpec::validate`] reports
+/// with the entry's index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct HostAddress {
+    text: String,
+    parsed: Result<Bdf, BdfError>,
+}
+
+impl From<String> for HostAddress {
+    fn from(text: String) -> Self {
+        let parsed = text.trim().parse();
+        HostAddress { text, parsed }
+    }
+}
+
+impl From<&str> for HostAddress {
+    fn from(text: &str) -> Self {
+        HostAddress::from(text.to_string())
+    }
+}
+
+impl From<HostAddress> for String {
+    fn from(h: HostAddress) -> String {
+        h.text
+    }
+}
+
+impl HostAddress {
+    /// The address, or why the text is not one.
+    pub fn parsed(&self) -> Result<Bdf, BdfError> {
+        self.parsed.clone()
+    }
 }
 
 /// Destination of the guest's serial console.
@@ -268,13 +305,14 @@ impl VmSpec {
         Ok(())
     }
 
-    /// The passthrough addresses, parsed; errors on bad syntax or duplicates.
+    /// The passthrough addresses; errors on bad syntax or duplicates (the one place
+    /// either is checked).
     pub fn passthrough_addresses(&self) -> Result<Vec<Bdf>, SpecError> {
         let mut seen: Vec<Bdf> = Vec::new();
         for (index, p) in self.passthrough.iter().enumerate() {
-            let addr: Bdf = p
+            let addr = p
                 .host
-                .parse()
+                .parsed()
                 .map_err(|source| SpecError::PciAddress { index, source })?;
             if let Some(first) = seen.iter().position(|a| *a == addr) {
                 return Err(SpecError::DuplicatePassthrough { index, first, addr });
@@ -282,6 +320,14 @@ impl VmSpec {
             seen.push(addr);
         }
         Ok(seen)
+    }
+
+    /// The passthrough addresses of a validated spec, in spec order.
+    pub fn passthrough_hosts(&self) -> Vec<Bdf> {
+        self.passthrough
+            .iter()
+            .filter_map(|p| p.host.parsed().ok())
+            .collect()
     }
 
     /// Guest RAM size in bytes (validated specs only: cannot overflow).
@@ -516,7 +562,7 @@ mod tests {
         s.passthrough = ["0000:01:00.0", "0000:02:00.0", "0000:01:00.0"]
             .iter()
             .map(|h| PassthroughSpec {
-                host: h.to_string(),
+                host: h.to_string().into(),
             })
             .collect();
         let err = s.validate().unwrap_err();

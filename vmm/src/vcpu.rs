@@ -19,10 +19,10 @@ use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::bars::BarMapper;
-use crate::device_manager::IoBuses;
 use crate::exits::{handle_exit, ExitCounters, Step, StopReason};
-use crate::vm::StopSignal;
+use crate::io_buses::IoBuses;
+use crate::passthrough::BarMapper;
+use crate::stop::StopSignal;
 
 /// Offset from SIGRTMIN of the signal that kicks vCPUs out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: c_int = 0;

@@ -9,70 +9,22 @@
 //! SIGINT and SIGTERM are one more stop request ([`forward_termination_signals`]), so a
 //! killed Strait tears down in the same order.
 
-use resources::lock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::{io, mem};
 
-use devices::legacy::{PowerAction, PowerControl};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vfio_glue::VfioPciDevice;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
-use crate::bars::BarMapper;
 use crate::device_manager::DeviceManager;
 use crate::error::Error;
 use crate::exits::{ExitCounters, StopReason};
 use crate::logger::{self, phase};
 use crate::memory::GuestRam;
+use crate::passthrough::Passthrough;
+use crate::stop::StopSignal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
-
-/// The VM-wide stop flag and the reason of the first stop request.
-#[derive(Debug, Default)]
-pub struct StopSignal {
-    stopping: AtomicBool,
-    reason: Mutex<Option<StopReason>>,
-    changed: Condvar,
-}
-
-impl StopSignal {
-    /// Request a stop; only the first reason is kept.
-    pub fn stop(&self, reason: StopReason) {
-        let mut r = lock(&self.reason);
-        if r.is_none() {
-            *r = Some(reason);
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
-    }
-
-    /// True once any stop was requested; vCPU loops check it before each KVM_RUN.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Block until a stop is requested; returns the first reason.
-    pub fn wait(&self) -> StopReason {
-        let mut r = lock(&self.reason);
-        loop {
-            if let Some(reason) = r.as_ref() {
-                return reason.clone();
-            }
-            r = self.changed.wait(r).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-impl PowerControl for StopSignal {
-    fn request(&self, action: PowerAction) {
-        self.stop(match action {
-            PowerAction::PowerOff => StopReason::PowerOff,
-            PowerAction::Reboot => StopReason::Reboot("ACPI reset register or i8042"),
-        });
-    }
-}
 
 /// How a guest that ended normally ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,23 +85,6 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
         .map(drop)
 }
 
-/// What the VM keeps of passthrough: the BAR mappings its vCPUs update, and the
-/// functions to quiet before anything else is torn down.
-pub struct PassthroughRuntime {
-    pub bars: Arc<BarMapper>,
-    pub functions: Vec<Arc<Mutex<VfioPciDevice>>>,
-}
-
-impl PassthroughRuntime {
-    /// BAR slots and traps out, then each function quiet and reset.
-    fn shutdown(&self) {
-        self.bars.unmap_all();
-        for f in &self.functions {
-            lock(&f).shutdown();
-        }
-    }
-}
-
 /// What a [`Vm`] is made of.
 pub(crate) struct VmParts {
     pub kvm: Kvm,
@@ -157,7 +92,7 @@ pub(crate) struct VmParts {
     pub ram: GuestRam,
     pub devices: DeviceManager,
     pub stop: Arc<StopSignal>,
-    pub passthrough: Option<PassthroughRuntime>,
+    pub passthrough: Option<Passthrough>,
 }
 
 /// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
@@ -166,7 +101,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
-    passthrough: Option<PassthroughRuntime>,
+    passthrough: Option<Passthrough>,
     devices: DeviceManager,
     vm_fd: Arc<VmFd>,
     _kvm: Kvm,
@@ -211,7 +146,7 @@ impl Vm {
             buses: self.devices.buses().clone(),
             counters: self.counters.clone(),
             stop: self.stop.clone(),
-            bars: self.passthrough.as_ref().map(|p| p.bars.clone()),
+            bars: self.passthrough.as_ref().and_then(|p| p.bars().cloned()),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
             self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
@@ -281,25 +216,6 @@ impl Drop for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_stop_reason_wins() {
-        let s = StopSignal::default();
-        assert!(!s.is_stopping());
-        s.request(PowerAction::PowerOff);
-        s.stop(StopReason::Reboot("triple fault"));
-        assert!(s.is_stopping());
-        assert_eq!(s.wait(), StopReason::PowerOff);
-    }
-
-    #[test]
-    fn wait_wakes_on_a_stop_from_another_thread() {
-        let s = Arc::new(StopSignal::default());
-        let s2 = s.clone();
-        let t = std::thread::spawn(move || s2.request(PowerAction::Reboot));
-        assert!(matches!(s.wait(), StopReason::Reboot(_)));
-        t.join().unwrap();
-    }
 
     #[test]
     fn power_off_and_reboot_are_successes() {

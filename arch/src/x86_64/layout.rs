@@ -166,6 +166,22 @@ pub fn mmio64_start(ram_size: u64) -> GuestAddress {
     GuestAddress(end.div_ceil(MMIO64_ALIGN) * MMIO64_ALIGN)
 }
 
+/// The PCI windows of this layout, handed to `resources`' topology plan, for a guest
+/// of `ram_size` bytes with `phys_bits` physical address bits whose passed-through
+/// devices' IOMMU accepts the inclusive `iova` ranges (empty: unrestricted).
+pub fn pci_platform(ram_size: u64, phys_bits: u8, iova: Vec<(u64, u64)>) -> resources::PciPlatform {
+    resources::PciPlatform {
+        io: (u64::from(PCI_IO_START), PCI_IO_SIZE),
+        mmio32: (MMIO32_START.0, MMIO32_SIZE),
+        mmio64: resources::Mmio64Floor {
+            start: mmio64_start(ram_size).0,
+            align: MMIO64_ALIGN,
+        },
+        phys_bits,
+        iova,
+    }
+}
+
 /// Exclusive upper bound of guest physical addresses for `phys_bits` address bits.
 pub fn phys_addr_limit(phys_bits: u8) -> u64 {
     1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX)

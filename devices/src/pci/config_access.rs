@@ -23,10 +23,15 @@ use super::ConfigWriteResult;
 /// Receives the effects of guest config writes.
 pub type ConfigWriteHandler = Box<dyn FnMut(Bdf, ConfigWriteResult) + Send>;
 
-/// Size of the ECAM window for buses 0..=255.
+/// What the ECAM format addresses: buses 0..=255 (PCIe Base 7.2.2); the platform
+/// decides where its window sits and how much of it exists.
 pub const ECAM_SIZE: u64 = 256 << 20;
-pub const PCI_CONFIG_ADDRESS_PORT: u64 = 0xcf8;
-pub const PCI_CONFIG_DATA_PORT: u64 = 0xcfc;
+/// Configuration mechanism #1 (PCI Local Bus 3.0, 3.2.2.3.2): the address register at
+/// offset 0 and the data register at offset 4 of the 8 ports the platform places it at
+/// (0xcf8 on a PC).
+pub const CF8_PORTS_LEN: u64 = 8;
+const CF8_ADDRESS: u64 = 0;
+const CF8_DATA: u64 = 4;
 
 const CF8_ENABLE: u32 = 1 << 31;
 /// Enable, bus, device, function, register; reserved bits 30:24 and 1:0 read 0.
@@ -158,20 +163,19 @@ impl PciCf8 {
         }
     }
 
-    /// The data-port access at `port`, if it may be forwarded.
-    fn data_access(&self, port: u64, len: usize) -> Option<ConfigAddress> {
-        let off = port.checked_sub(PCI_CONFIG_DATA_PORT).filter(|o| *o < 4)?;
+    /// The data-register access at `offset`, if it may be forwarded.
+    fn data_access(&self, offset: u64, len: usize) -> Option<ConfigAddress> {
+        let off = offset.checked_sub(CF8_DATA).filter(|o| *o < 4)?;
         let a = decode_cf8(self.fwd.root.segment(), self.latch, off)?;
         access_ok(off, len).then_some(a)
     }
 }
 
 impl BusDevice for PciCf8 {
-    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
-        let port = base + offset;
-        if port == PCI_CONFIG_ADDRESS_PORT && data.len() == 4 {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        if offset == CF8_ADDRESS && data.len() == 4 {
             data.copy_from_slice(&self.latch.to_le_bytes());
-        } else if let Some(a) = self.data_access(port, data.len()) {
+        } else if let Some(a) = self.data_access(offset, data.len()) {
             self.fwd.read(a, data);
         } else {
             // Includes a disabled latch, which reads as a master abort.
@@ -180,14 +184,13 @@ impl BusDevice for PciCf8 {
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        let port = base + offset;
-        if port == PCI_CONFIG_ADDRESS_PORT && data.len() == 4 {
+        if offset == CF8_ADDRESS && data.len() == 4 {
             // Only dword accesses reach the address latch (3.2.2.3.2).
             self.latch = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & CF8_WRITABLE;
-        } else if let Some(a) = self.data_access(port, data.len()) {
+        } else if let Some(a) = self.data_access(offset, data.len()) {
             self.fwd.write(a, data);
         } else {
-            log_bad("CF8", port, data.len());
+            log_bad("CF8", base + offset, data.len());
         }
     }
 }
@@ -353,7 +356,11 @@ mod tests {
         assert_eq!(read(&mut c, 0xcf8, 7, 1), [0x12]);
         assert_eq!(read(&mut c, 0xcf8, 6, 4), [0xff; 4], "crosses the dword");
         // Inserted as two 4-byte ranges, the data half decodes the same.
-        assert_eq!(read32(&mut c, 0xcfc, 0), 0x1234_1af4);
+        assert_eq!(
+            read32(&mut c, 0xcfc, 0),
+            0x8001_0000,
+            "offset 0 is the address"
+        );
     }
 
     #[test]

@@ -115,6 +115,17 @@ impl std::fmt::Debug for RootPort {
 }
 
 impl RootPort {
+    /// The root port the topology plan describes: its number, secondary bus and the
+    /// windows it forwards, programmed as firmware leaves them.
+    pub fn for_port(plan: &resources::PortMap) -> Result<Self, PciError> {
+        let number = plan.slot.slot().saturating_sub(1);
+        let mut port = RootPort::new(RootPortConfig::new(number, plan.slot.secondary_bus))?;
+        port.set_io_window(plan.io.clone())?;
+        port.set_mem_window(plan.mem.clone())?;
+        port.set_prefetchable_window(plan.prefetchable.clone())?;
+        Ok(port)
+    }
+
     pub fn new(config: RootPortConfig) -> Result<Self, PciError> {
         let ids = PciIds {
             vendor: ROOT_PORT_VENDOR_ID,

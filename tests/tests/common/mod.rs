@@ -59,10 +59,10 @@ pub fn vm_with(list: &[Passthrough]) -> Vm {
         .expect("1 MiB of guest memory");
     let dma = GuestDma::map(mapper, &mem).expect("the fake mapper maps anything in range");
     let (mut logs, mut irqs) = (BTreeMap::new(), BTreeMap::new());
-    let mut make = |p: &Passthrough, multifunction: bool| {
+    let mut make = |p: &Passthrough, guest: Bdf, multifunction: bool| {
         let (log, mut rec) = (CallLog::default(), IrqRecorder::default());
-        logs.insert(p.guest_bdf(), log.clone());
-        irqs.insert(p.guest_bdf(), rec.clone());
+        logs.insert(guest, log.clone());
+        irqs.insert(guest, rec.clone());
         let params = VfioPciParams {
             addr: p.host,
             multifunction,

@@ -21,14 +21,6 @@ fn windows() -> BarWindows {
     }
 }
 
-#[test]
-fn slot_pool_starts_after_ram_and_reuses_freed_slots() {
-    let mut p = SlotPool::new(2);
-    assert_eq!((p.get(), p.get()), (2, 3));
-    p.put(2);
-    assert_eq!((p.get(), p.get()), (2, 4));
-}
-
 #[derive(Default)]
 struct FakeSlots(Mutex<Vec<(u32, u64, u64)>>);
 
@@ -108,7 +100,7 @@ fn mapper() -> (
     let dev = function();
     let params = BarMapperParams {
         slots: slots.clone(),
-        first_slot: 1,
+        pool: SlotPool::new(1),
         buses: buses.clone(),
         windows: windows(),
         effects: Arc::default(),

@@ -24,49 +24,14 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
 use resources::LogLimiter;
 use vfio_glue::VfioPciDevice;
 
-pub use crate::bar_rules::{BarWindows, ConfigEffects, Refusal};
-use crate::device_manager::IoBuses;
+use super::bar_rules::{BarWindows, ConfigEffects};
+use crate::io_buses::IoBuses;
+use crate::slots::{MemorySlots, SlotPool};
 
 static REFUSED_MOVE: LogLimiter = LogLimiter::new();
-
-/// KVM memory slots for BAR mappings (a VM fd; a recording fake in tests).
-pub trait MemorySlots: Send + Sync {
-    /// Map `size` bytes at guest `gpa` to this process's `host` address in `slot`.
-    ///
-    /// # Safety
-    /// `host..host + size` must stay mapped until [`MemorySlots::remove`] for `slot`.
-    unsafe fn add(&self, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()>;
-    fn remove(&self, slot: u32, gpa: u64) -> io::Result<()>;
-}
-
-fn set_region(vm: &VmFd, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()> {
-    let region = kvm_userspace_memory_region {
-        slot,
-        flags: 0,
-        guest_phys_addr: gpa,
-        memory_size: size,
-        userspace_addr: host,
-    };
-    // SAFETY: the callers' contract: `host..host + size` (size 0 deletes the slot) is a
-    // live mapping owned by a VfioPciDevice that outlives the slot.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-}
-
-impl MemorySlots for VmFd {
-    unsafe fn add(&self, slot: u32, gpa: u64, size: u64, host: u64) -> io::Result<()> {
-        set_region(self, slot, gpa, size, host)
-    }
-
-    fn remove(&self, slot: u32, gpa: u64) -> io::Result<()> {
-        set_region(self, slot, gpa, 0, 0)
-    }
-}
 
 /// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.
 struct BarTrap {
@@ -107,33 +72,6 @@ struct FunctionBars {
     bars: Vec<BarState>,
 }
 
-/// Free KVM memory slot numbers above guest RAM's.
-#[derive(Debug)]
-pub struct SlotPool {
-    next: u32,
-    free: Vec<u32>,
-}
-
-impl SlotPool {
-    pub fn new(first: u32) -> Self {
-        SlotPool {
-            next: first,
-            free: Vec::new(),
-        }
-    }
-
-    pub fn get(&mut self) -> u32 {
-        self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-
-    pub fn put(&mut self, slot: u32) {
-        self.free.push(slot);
-    }
-}
-
 struct MapperState {
     slots: Arc<dyn MemorySlots>,
     pool: SlotPool,
@@ -157,7 +95,8 @@ impl std::fmt::Debug for BarMapper {
 /// What [`BarMapper::new`] needs.
 pub struct BarMapperParams {
     pub slots: Arc<dyn MemorySlots>,
-    pub first_slot: u32,
+    /// KVM memory slot numbers left after guest RAM's.
+    pub pool: SlotPool,
     pub buses: IoBuses,
     pub windows: BarWindows,
     /// Where the config-write handlers queue their effects.
@@ -192,7 +131,7 @@ impl BarMapper {
             .collect();
         let state = MapperState {
             slots: p.slots,
-            pool: SlotPool::new(p.first_slot),
+            pool: p.pool,
             buses: p.buses,
             windows: p.windows,
             functions,

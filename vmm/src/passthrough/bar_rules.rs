@@ -8,7 +8,7 @@
 //! - [`ConfigEffects`]: the effects of guest config writes (BAR moves, decode switches)
 //!   queue here. The ECAM and CF8 handlers run under a bus read lock and must not take a
 //!   bus write lock, so they only record; the vCPU applies the queue after the dispatch
-//!   ([`crate::bars::BarMapper::apply_pending`]).
+//!   ([`super::BarMapper::apply_pending`]).
 
 use resources::lock;
 use std::ops::Range;

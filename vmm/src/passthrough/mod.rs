@@ -1,0 +1,257 @@
+//! Passing host PCI functions through to the guest: one layer under the VMM, entered
+//! through [`Passthrough`] (kernel VFIO docs, vfio-glue's recipe in its crate header).
+//!
+//! Where things go is `resources`' [`Topology`]: the functions of one host device (same
+//! domain:bus:slot) form one guest slot behind a root port of its own, in the order the
+//! spec first names each device, functions in host function order.
+//!
+//! The life of the layer, split around guest RAM so that every host check runs before
+//! anything is opened or allocated:
+//! 1. [`check_host`] (by `strait validate`, and by `run` before anything starts);
+//! 2. [`Passthrough::open`]: host checks again, the VFIO container, the KVM VFIO
+//!    device, the device fds; before RAM;
+//! 3. [`Passthrough::attach`] (`attach.rs`): DMA-map RAM, take each function over, lay
+//!    its BARs out and build the root ports; after RAM;
+//! 4. [`Passthrough::start`]: the BAR mapper (`bars.rs`, rules in `bar_rules.rs`) makes
+//!    BARs live as the guest enables decode; the vCPUs call [`Passthrough::bars`];
+//! 5. [`Passthrough::shutdown`]: BAR slots and traps out, each function quiet and reset.
+
+mod attach;
+mod bar_rules;
+mod bars;
+
+use std::sync::{Arc, Mutex};
+
+use arch::x86_64::PciWindows;
+use devices::pci::{Bdf, PciError, SharedPciDevice};
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_ioctls::VmFd;
+use resources::{lock, PlanError, SlotRequest, Topology, TopologyError};
+use vfio_glue::addr::same_slot;
+use vfio_glue::host::probe_device;
+use vfio_glue::{check_memlock, HostDevice, HostPaths, HostPciAddress, VfioBackend};
+use vfio_glue::{Container, VfioPciDevice};
+
+pub use attach::AttachParams;
+pub use bar_rules::{BarWindows, ConfigEffects, Refusal};
+pub use bars::BarMapper;
+
+use crate::device_manager::PciFunctions;
+use crate::io_buses::IoBuses;
+use crate::slots::{MemorySlots, SlotPool};
+
+/// Failures passing devices through. Host-check variants keep vfio-glue's message,
+/// which names the device and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error(transparent)]
+    Vfio(#[from] vfio_glue::Error),
+    #[error("cannot create the KVM VFIO device (is the kvm module built with VFIO support?)")]
+    KvmVfioDevice(#[source] kvm_ioctls::Error),
+    #[error("cannot read the IOMMU's IOVA ranges")]
+    IovaRanges(#[source] std::io::Error),
+    #[error("cannot place the passed-through devices' BARs")]
+    PlaceBars(#[source] Box<PlanError>),
+    #[error("passthrough: {0}")]
+    Topology(#[source] TopologyError),
+    #[error("cannot set up the MSI GSI pool")]
+    GsiPool(#[source] resources::IdError),
+    #[error("cannot set up root port {bdf}")]
+    RootPort {
+        bdf: Bdf,
+        #[source]
+        source: PciError,
+    },
+}
+
+impl From<PlanError> for PassthroughError {
+    fn from(e: PlanError) -> Self {
+        PassthroughError::PlaceBars(Box::new(e))
+    }
+}
+
+/// Every host check, in the order a user fixes them: per device (exists, bound to
+/// vfio-pci, IOMMU group viable, /dev/vfio/N opens), then the memlock limit for pinning
+/// `ram_bytes`. Opens nothing for good. Duplicates were refused with the spec.
+pub fn check_host(
+    paths: &HostPaths,
+    addrs: &[HostPciAddress],
+    ram_bytes: u64,
+) -> Result<Vec<HostDevice>, vfio_glue::Error> {
+    let hosts = addrs
+        .iter()
+        .map(|a| probe_device(paths, *a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !addrs.is_empty() {
+        check_memlock(ram_bytes)?;
+    }
+    Ok(hosts)
+}
+
+/// The host functions of each guest slot, in the order of first mention, each slot's
+/// functions in host function order; and the topology numbered for them.
+pub fn plan_slots(
+    addrs: &[HostPciAddress],
+) -> Result<(Topology, Vec<Vec<HostPciAddress>>), TopologyError> {
+    let mut groups: Vec<Vec<HostPciAddress>> = Vec::new();
+    for a in addrs {
+        match groups.iter_mut().find(|g| same_slot(&g[0], a)) {
+            Some(g) => g.push(*a),
+            None => groups.push(vec![*a]),
+        }
+    }
+    for g in &mut groups {
+        g.sort_by_key(|a| a.function());
+    }
+    let requests: Vec<SlotRequest> = groups
+        .iter()
+        .map(|g| SlotRequest {
+            tag: g[0].to_string(),
+            functions: u8::try_from(g.len()).unwrap_or(u8::MAX),
+        })
+        .collect();
+    Ok((Topology::new(&requests)?, groups))
+}
+
+/// A function taken over and placed.
+struct Function {
+    /// `host as guest`, the prefix of this function's log lines.
+    label: String,
+    dev: Arc<Mutex<VfioPciDevice>>,
+}
+
+/// The passed-through devices of one VM, from opened to running.
+pub struct Passthrough {
+    container: Arc<Container>,
+    topology: Topology,
+    /// Host functions per guest slot, in [`Topology`] order.
+    hosts: Vec<Vec<HostPciAddress>>,
+    /// Opened device fds by host address, until [`Passthrough::attach`] takes them.
+    backends: Vec<(HostPciAddress, VfioBackend)>,
+    /// After attach: root ports, in topology order, and the functions.
+    ports: Vec<(Bdf, SharedPciDevice)>,
+    functions: Vec<(Bdf, Function)>,
+    acpi: Option<PciWindows>,
+    bar_windows: Option<BarWindows>,
+    /// After start.
+    bars: Option<Arc<BarMapper>>,
+}
+
+impl std::fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passthrough")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Passthrough {
+    /// Check and open the devices `addrs` for a guest with `ram_bytes` of RAM; `None`
+    /// when there are none.
+    pub fn open(
+        vm: &VmFd,
+        addrs: &[HostPciAddress],
+        ram_bytes: u64,
+    ) -> Result<Option<Passthrough>, PassthroughError> {
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let (topology, hosts) = plan_slots(addrs).map_err(PassthroughError::Topology)?;
+        let mut dev = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let kvm_vfio = vm
+            .create_device(&mut dev)
+            .map_err(PassthroughError::KvmVfioDevice)?;
+        // Runs the host checks of `check_host` again before opening anything: the host
+        // may have changed since `run` checked it.
+        let opened =
+            vfio_glue::open_devices(&HostPaths::default(), addrs, ram_bytes, Some(kvm_vfio))?;
+        let backends = opened
+            .devices
+            .into_iter()
+            .map(|(host, b)| (host.addr, b))
+            .collect();
+        Ok(Some(Passthrough {
+            container: opened.container,
+            topology,
+            hosts,
+            backends,
+            ports: Vec::new(),
+            functions: Vec::new(),
+            acpi: None,
+            bar_windows: None,
+            bars: None,
+        }))
+    }
+
+    /// The host bridge windows and bus range for the ACPI tables (after attach).
+    pub fn acpi_windows(&self) -> Option<PciWindows> {
+        self.acpi
+    }
+
+    /// The functions for the PCI root, each root port before what sits behind it, and
+    /// the endpoints whose config writes `effects` hears about (in `functions` order).
+    pub fn pci_functions(&self, effects: &Arc<ConfigEffects>) -> PciFunctions {
+        let endpoints = self
+            .functions
+            .iter()
+            .map(|(bdf, f)| (*bdf, f.dev.clone() as SharedPciDevice));
+        PciFunctions {
+            functions: self.ports.iter().cloned().chain(endpoints).collect(),
+            effects: Some(effects.clone()),
+            watched: self
+                .functions
+                .iter()
+                .map(|(_, f)| f.dev.clone() as SharedPciDevice)
+                .collect(),
+        }
+    }
+
+    /// Start tracking the BARs: they go live in KVM slots from `pool` and on `buses`
+    /// as the guest enables decode (config-write effects queue in `effects`).
+    pub fn start(
+        &mut self,
+        slots: Arc<dyn MemorySlots>,
+        pool: SlotPool,
+        buses: &IoBuses,
+        effects: Arc<ConfigEffects>,
+    ) {
+        let Some(windows) = self.bar_windows.clone() else {
+            return;
+        };
+        let params = bars::BarMapperParams {
+            slots,
+            pool,
+            buses: buses.clone(),
+            windows,
+            effects,
+        };
+        let watched = self
+            .functions
+            .iter()
+            .map(|(_, f)| (f.label.clone(), f.dev.clone()))
+            .collect();
+        self.bars = Some(Arc::new(BarMapper::new(params, watched)));
+    }
+
+    /// The BAR mapper the vCPUs apply config-write effects through (after start).
+    pub fn bars(&self) -> Option<&Arc<BarMapper>> {
+        self.bars.as_ref()
+    }
+
+    /// BAR slots and traps out, then each function quiet and reset.
+    pub fn shutdown(&self) {
+        if let Some(bars) = &self.bars {
+            bars.unmap_all();
+        }
+        for (_, f) in &self.functions {
+            lock(&f.dev).shutdown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
