@@ -31,7 +31,6 @@ use crate::scenario::{Device, HugePages, Scenario};
 use crate::vmm::Vmm;
 use crate::{images, l0, Testbed, TestbedOptions};
 
-pub use boots::lockup_report;
 use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
 use plan::{IoLoad, LaunchRecord, PlanConfig};
