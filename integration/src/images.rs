@@ -270,7 +270,7 @@ pub fn l2_bench_image(
     init: &str,
     iobench: &Path,
 ) -> Result<PathBuf> {
-    let requests: Vec<ModuleRequest> = crate::scenario::Device::Nvme.l2_modules().to_vec();
+    let requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let scripts = [("init", init)];
     let binaries = [("bin/iobench", iobench)];

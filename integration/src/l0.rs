@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::scenario::{Device, HugePages, Scenario};
+use crate::scenario::{HugePages, Scenario};
 
 /// The NVMe backing image in the work dir (sparse).
 pub const NVME_IMAGE: &str = "nvme.img";

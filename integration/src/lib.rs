@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod checks;
 pub mod cpio;
+pub mod device;
 mod error;
 pub mod host;
 pub mod images;
@@ -37,9 +38,10 @@ pub mod vmm;
 
 use std::path::{Path, PathBuf};
 
+pub use device::Device;
 pub use error::{Error, Result};
 pub use outcome::{CheckResult, Outcome, Timings};
-pub use scenario::{Device, HugePages, Scenario};
+pub use scenario::{HugePages, Scenario};
 pub use vmm::Vmm;
 
 use host::HostEnv;

@@ -25,9 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::run::{self, RunContext};
-use crate::scenario::{Device, HugePages, Scenario};
+use crate::scenario::{HugePages, Scenario};
 use crate::vmm::Vmm;
 use crate::{images, l0, Testbed, TestbedOptions};
 
