@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::host::HostEnv;
-use crate::images::Cache;
+use crate::images::{Artefacts, Cache};
 use crate::l0::{self, L0Config, L0Run, Stall};
+use crate::options::TestbedOptions;
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
 use crate::vmm::GuestConfig;
-use crate::{Artefacts, TestbedOptions};
 
 /// L2's base command line; `quiet` because every console byte is an exit to
 /// the L1 VMM, which TCG makes slow. Failing checks print the kernel log.

@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::images::Artefacts;
 use crate::l0::{self, L0Exit, Stall};
+use crate::options::TestbedOptions;
 use crate::outcome::tail;
 use crate::run::{self, RunContext};
 use crate::scenario::Scenario;
 use crate::scripts::{self, RunPlan};
 use crate::vmm::device_placeholder;
-use crate::{Artefacts, Testbed, TestbedOptions};
+use crate::Testbed;
 
 use super::plan::{self, IoLoad, LaunchRecord, Plan, PLAN_FILE, RESULTS_FILE};
 
