@@ -16,9 +16,31 @@
 //! # Ok::<(), testbed::Error>(())
 //! ```
 //!
-//! [`bench`] runs QEMU and Strait alternately in one L1 boot and reports
+//! [`bench`](mod@bench) runs QEMU and Strait alternately in one L1 boot and reports
 //! their ratios (`testbed bench`); [`bench::series`] launches one scenario's
 //! guest many times in one L1 boot ([`Testbed::run_series`]).
+//!
+//! # Module order
+//!
+//! Imports point one way, down this list; no file imports one above it, and
+//! no core module imports `bench`:
+//!
+//! 1. `error`, `cpio`: the crate's errors; a cpio writer.
+//! 2. `host` (prerequisites on the host), `modules` (kernel modules to pack).
+//! 3. `device`: the emulated PCI devices under test.
+//! 4. `checks`: L2's checks, per device.
+//! 5. `scenario`: what one run does, and the built-in scenarios.
+//! 6. `l0` (L0's QEMU and the watch for a stalled L1), `vmm` (the VMM under
+//!    test: QEMU's command line or Strait's spec).
+//! 7. `outcome` (what a run produced), `scripts` (L1's and L2's shell),
+//!    `options` (how the testbed runs; paths L1 can see).
+//! 8. `images` (L1 and L2 initramfs, cached), `kernel` (L1's vmlinux).
+//! 9. `run`: one L1 boot and one run, as a linear recipe.
+//! 10. this file: [`Testbed`], the entry type (new, prepare, run with reruns).
+//! 11. `bench`, on top of all the above: `plan` <- `probe` <- `agent` (inside
+//!     L1); `plan` <- `analysis` <- `metrics` <- `report`; `guest` (the L2
+//!     side); `boots` (an agent's L1 boots, on `run`) <- `series` and the
+//!     benchmark itself in `bench/mod.rs`.
 
 pub mod bench;
 pub mod checks;
