@@ -4,7 +4,18 @@
 //! <detail>` for each (see `scripts.rs`). Devices are found by PCI
 //! vendor:device id, never by address, because each VMM numbers buses its own way.
 
-use crate::scenario::{Check, Device};
+use crate::device::Device;
+
+/// One guest-side check: a shell function body (the functions below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Name printed in the `TESTBED-CHECK` marker; no spaces.
+    pub name: String,
+    /// Shell function body: prints one line of detail, returns 0 on success.
+    pub body: String,
+    /// Forces the check to FAIL after running it (proves failure reporting).
+    pub broken: bool,
+}
 
 /// The value the `ivshmem-bar` check writes at offset 0 of ivshmem's BAR2;
 /// the host reads it back from the backing file after L0 exits.

@@ -30,6 +30,19 @@ pub const L1_MODULES: &[ModuleRequest] = &[
     ModuleRequest::required(&["9p"]),
 ];
 
+/// The images a scenario boots.
+#[derive(Debug, Clone)]
+pub struct Artefacts {
+    /// L1's kernel: the extracted ELF vmlinux, or the bzImage if extraction failed.
+    pub l1_kernel: PathBuf,
+    /// L2's kernel: the stock bzImage.
+    pub kernel: PathBuf,
+    /// L1 initramfs.
+    pub l1_initrd: PathBuf,
+    /// L2 initramfs for the scenario.
+    pub l2_initrd: PathBuf,
+}
+
 /// A 64-bit FNV-1a hash: stable across Rust releases, unlike `DefaultHasher`.
 #[derive(Debug, Clone)]
 pub struct KeyHasher(u64);
@@ -270,7 +283,7 @@ pub fn l2_bench_image(
     init: &str,
     iobench: &Path,
 ) -> Result<PathBuf> {
-    let requests: Vec<ModuleRequest> = crate::scenario::Device::Nvme.l2_modules().to_vec();
+    let requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let scripts = [("init", init)];
     let binaries = [("bin/iobench", iobench)];

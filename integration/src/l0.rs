@@ -2,7 +2,9 @@
 //! IOMMU and the devices under test, booting Debian's kernel with the L1
 //! image. Its serial console (stdout) is L1's console; it is captured to a
 //! file while lines carrying `TESTBED-L1` markers are timestamped, and the
-//! process is killed when the scenario's time limit passes.
+//! process is killed when the scenario's time limit passes, or as soon as
+//! the watch sees L1 stall: a lockup report from L1's kernel or a silent
+//! console, the known flaws of the outer emulation of nested SVM.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -12,8 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::scenario::{Device, HugePages, Scenario};
+use crate::scenario::{HugePages, Scenario};
 
 /// The NVMe backing image in the work dir (sparse).
 pub const NVME_IMAGE: &str = "nvme.img";
@@ -209,6 +212,34 @@ impl std::fmt::Display for Stall {
             Stall::KernelReport(what) => write!(f, "L1's kernel reported \"{what}\""),
         }
     }
+}
+
+/// A live L1 prints a heartbeat every 20 s; this much silence means it froze.
+pub const CONSOLE_SILENCE: Duration = Duration::from_secs(90);
+
+/// L1 kernel reports that mean one of its CPUs is stuck for good.
+const LOCKUP_REPORTS: &[&str] = &[
+    "BUG: soft lockup",
+    "rcu_sched self-detected stall",
+    "rcu: INFO: rcu_sched detected stalls",
+    "blocked for more than",
+];
+
+/// The first lockup report in L1's console, if any.
+pub fn lockup_report(console: &str) -> Option<&'static str> {
+    LOCKUP_REPORTS.iter().copied().find(|r| console.contains(r))
+}
+
+/// The watch every L1 gets: its kernel must not report a stuck CPU (in
+/// `l1-console.log` of its work dir `dir`), and its console must not fall
+/// silent for longer than [`CONSOLE_SILENCE`]. L2 is frozen with such an L1,
+/// so L0 is stopped instead of waiting out the time limit.
+pub fn l1_stall(dir: &Path, silence: Duration) -> Option<Stall> {
+    let console = std::fs::read_to_string(dir.join("l1-console.log")).unwrap_or_default();
+    if let Some(report) = lockup_report(&console) {
+        return Some(Stall::KernelReport(report));
+    }
+    (silence > CONSOLE_SILENCE).then_some(Stall::ConsoleSilent(silence))
 }
 
 /// Looks at a running L0 once a second, given the time since L1's console
@@ -445,6 +476,14 @@ mod tests {
         );
         assert_eq!(marker_name("TESTBED-L1-DONE").as_deref(), Some("done"));
         assert_eq!(marker_name("TESTBED-INIT"), None);
+    }
+
+    #[test]
+    fn lockup_reports_are_recognised() {
+        let console =
+            "[  129.385309] watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [strait-vcpu0:163]";
+        assert_eq!(lockup_report(console), Some("BUG: soft lockup"));
+        assert_eq!(lockup_report("TESTBED-L1 heartbeat uptime=52.92"), None);
     }
 
     #[test]

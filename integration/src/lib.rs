@@ -16,98 +16,62 @@
 //! # Ok::<(), testbed::Error>(())
 //! ```
 //!
-//! [`bench`] runs QEMU and Strait alternately in one L1 boot and reports
+//! [`bench`](mod@bench) runs QEMU and Strait alternately in one L1 boot and reports
 //! their ratios (`testbed bench`); [`bench::series`] launches one scenario's
 //! guest many times in one L1 boot ([`Testbed::run_series`]).
+//!
+//! # Module order
+//!
+//! Imports point one way, down this list; no file imports one above it, and
+//! no core module imports `bench`:
+//!
+//! 1. `error`, `cpio`: the crate's errors; a cpio writer.
+//! 2. `host` (prerequisites on the host), `modules` (kernel modules to pack).
+//! 3. `device`: the emulated PCI devices under test.
+//! 4. `checks`: L2's checks, per device.
+//! 5. `scenario`: what one run does, and the built-in scenarios.
+//! 6. `l0` (L0's QEMU and the watch for a stalled L1), `vmm` (the VMM under
+//!    test: QEMU's command line or Strait's spec).
+//! 7. `outcome` (what a run produced), `scripts` (L1's and L2's shell),
+//!    `options` (how the testbed runs; paths L1 can see).
+//! 8. `images` (L1 and L2 initramfs, cached), `kernel` (L1's vmlinux).
+//! 9. `run`: one L1 boot and one run, as a linear recipe.
+//! 10. this file: [`Testbed`], the entry type (new, prepare, run with reruns).
+//! 11. `bench`, on top of all the above: `plan` <- `probe` <- `agent` (inside
+//!     L1); `plan` <- `analysis` <- `metrics` <- `report`; `guest` (the L2
+//!     side); `boots` (an agent's L1 boots, on `run`) <- `series` and the
+//!     benchmark itself in `bench/mod.rs`.
 
 pub mod bench;
 pub mod checks;
 pub mod cpio;
+pub mod device;
 mod error;
 pub mod host;
 pub mod images;
 pub mod kernel;
 pub mod l0;
 pub mod modules;
+mod options;
 pub mod outcome;
 mod run;
 pub mod scenario;
 pub mod scripts;
 pub mod vmm;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use device::Device;
 pub use error::{Error, Result};
+pub use images::Artefacts;
+pub use options::{crate_dir, default_strait_binary, workspace_dir, TestbedOptions};
 pub use outcome::{CheckResult, Outcome, Timings};
-pub use scenario::{Device, HugePages, Scenario};
+pub use scenario::{HugePages, Scenario};
 pub use vmm::Vmm;
 
 use host::HostEnv;
 use images::Cache;
-
-/// How the testbed runs.
-#[derive(Debug, Clone)]
-pub struct TestbedOptions {
-    /// The VMM that boots L2 inside L1.
-    pub vmm: Vmm,
-    /// Artefact cache and run directories; default `integration/cache`.
-    /// Must not lie under /tmp, /run, /proc, /sys or /dev: L1 mounts its own
-    /// file systems there over the host's tree.
-    pub cache_dir: PathBuf,
-    /// Install missing Debian packages (root only).
-    pub install_missing: bool,
-    /// L1 vCPUs.
-    pub l0_smp: u32,
-    /// L1 RAM in MiB; default sized from the scenario.
-    pub l0_memory_mib: Option<u32>,
-    /// Force the first check of each scenario to FAIL (default: env TESTBED_BREAK=1).
-    pub break_checks: bool,
-    /// Keep the devices' backing files after a passing run.
-    pub keep_backing_files: bool,
-}
-
-impl Default for TestbedOptions {
-    fn default() -> Self {
-        Self {
-            vmm: Vmm::Qemu,
-            cache_dir: crate_dir().join("cache"),
-            install_missing: true,
-            l0_smp: 2,
-            l0_memory_mib: None,
-            break_checks: std::env::var("TESTBED_BREAK").is_ok_and(|v| v == "1"),
-            keep_backing_files: false,
-        }
-    }
-}
-
-/// The `integration/` directory (this crate's manifest directory).
-pub fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The workspace root (the parent of `integration/`).
-pub fn workspace_dir() -> PathBuf {
-    let dir = crate_dir();
-    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
-}
-
-/// The strait binary of a release build of this workspace.
-pub fn default_strait_binary() -> PathBuf {
-    workspace_dir().join("target/release/strait")
-}
-
-/// The images a scenario boots.
-#[derive(Debug, Clone)]
-pub struct Artefacts {
-    /// L1's kernel: the extracted ELF vmlinux, or the bzImage if extraction failed.
-    pub l1_kernel: PathBuf,
-    /// L2's kernel: the stock bzImage.
-    pub kernel: PathBuf,
-    /// L1 initramfs.
-    pub l1_initrd: PathBuf,
-    /// L2 initramfs for the scenario.
-    pub l2_initrd: PathBuf,
-}
+use options::hidden_in_l1;
 
 /// A ready testbed: prerequisites found, cache open.
 #[derive(Debug)]
@@ -120,38 +84,6 @@ pub struct Testbed {
 /// Attempts of a run whose L1 froze (a known flaw of the outer emulation, see
 /// [`Outcome::nested_flake`]); a run that fails otherwise is never repeated.
 const FLAKE_ATTEMPTS: usize = 3;
-
-/// Host directories L1 covers with its own mounts inside the chroot. L1 keeps
-/// the top directory of the cache's tree visible when it sits under a tmpfs one
-/// (`/tmp/clone/...`), but never anything under the pseudo file systems.
-const HIDDEN: &[&str] = &["/proc", "/sys", "/dev"];
-const TMPFS: &[&str] = &["/tmp", "/run"];
-
-/// The directory L1 keeps visible for `dir` when `dir` is under a tmpfs mount
-/// of the chroot: its first two components (`/tmp/clone`). `None` when `dir`
-/// needs nothing kept.
-fn kept_top(dir: &Path) -> Option<PathBuf> {
-    TMPFS
-        .iter()
-        .any(|t| dir.starts_with(t))
-        .then(|| dir.components().take(3).collect())
-}
-
-/// Why L1 could not see `path` (which must be canonical) beside the cache dir.
-fn hidden_in_l1(path: &Path, cache: &Path) -> Option<String> {
-    if HIDDEN.iter().any(|h| path.starts_with(h)) || TMPFS.iter().any(|t| path == Path::new(t)) {
-        return Some(format!("{} is covered by L1's own mounts", path.display()));
-    }
-    match (kept_top(path), kept_top(cache)) {
-        (Some(p), Some(c)) if p == c => None,
-        (Some(p), _) => Some(format!(
-            "{} is under a tmpfs of L1's chroot and outside {}, the one tree L1 keeps",
-            path.display(),
-            p.display()
-        )),
-        _ => None,
-    }
-}
 
 impl Testbed {
     /// Finds (or installs) the prerequisites and opens the cache.
@@ -253,40 +185,5 @@ impl Testbed {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod visibility_tests {
-    use super::*;
-
-    #[test]
-    fn checkout_under_tmp_is_kept_whole() {
-        let cache = Path::new("/tmp/clone/integration/cache");
-        assert_eq!(kept_top(cache), Some(PathBuf::from("/tmp/clone")));
-        assert_eq!(hidden_in_l1(cache, cache), None);
-        let bin = Path::new("/tmp/clone/target/release/strait");
-        assert_eq!(hidden_in_l1(bin, cache), None);
-    }
-
-    #[test]
-    fn binary_in_another_tmp_tree_is_hidden() {
-        let cache = Path::new("/tmp/clone/integration/cache");
-        assert!(hidden_in_l1(Path::new("/tmp/other/strait"), cache).is_some());
-    }
-
-    #[test]
-    fn pseudo_file_systems_and_bare_tmp_are_hidden() {
-        for p in ["/proc/x", "/dev/shm/c", "/tmp", "/run"] {
-            assert!(hidden_in_l1(Path::new(p), Path::new(p)).is_some(), "{p}");
-        }
-    }
-
-    #[test]
-    fn ordinary_paths_need_nothing_kept() {
-        let cache = Path::new("/work/repo/integration/cache");
-        assert_eq!(kept_top(cache), None);
-        assert_eq!(hidden_in_l1(cache, cache), None);
-        assert_eq!(hidden_in_l1(Path::new("/opt/strait"), cache), None);
     }
 }

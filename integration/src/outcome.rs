@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::l0::{L0Exit, Marker};
+use crate::l0::{self, L0Exit, Marker};
 
 /// Console lines shown in a failure report, per console.
 pub const TAIL_LINES: usize = 40;
@@ -168,7 +168,7 @@ impl Outcome {
         if let L0Exit::Stalled { stall, .. } = &self.l0_exit {
             return Some(format!("{stall} (nested emulation lock-up)"));
         }
-        crate::bench::boots::lockup_report(&self.l1_console)
+        l0::lockup_report(&self.l1_console)
             .map(|report| format!("L1's kernel reported \"{report}\" (nested emulation lock-up)"))
     }
 

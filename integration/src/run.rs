@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::host::HostEnv;
-use crate::images::Cache;
+use crate::images::{Artefacts, Cache};
 use crate::l0::{self, L0Config, L0Run, Stall};
+use crate::options::TestbedOptions;
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
 use crate::vmm::GuestConfig;
-use crate::{Artefacts, TestbedOptions};
 
 /// L2's base command line; `quiet` because every console byte is an exit to
 /// the L1 VMM, which TCG makes slow. Failing checks print the kernel log.
@@ -44,23 +44,11 @@ pub(crate) fn run(ctx: &RunContext<'_>) -> Result<Outcome> {
         ctx,
         ctx.opts.vmm.label(),
         |dir| write_l1_script(ctx, dir),
-        &lockup_watch,
+        &l0::l1_stall,
     )?;
     let outcome = collect(ctx, &work_dir, l0_run);
     record(ctx, &outcome)?;
     Ok(outcome)
-}
-
-/// Stops L0 as soon as L1's kernel reports a stuck CPU, or L1 froze (not even
-/// its 20 s heartbeat for 90 s), instead of waiting out the scenario's time
-/// limit: L2 is frozen with it.
-fn lockup_watch(dir: &Path, silence: Duration) -> Option<Stall> {
-    use crate::bench::boots::{lockup_report, CONSOLE_SILENCE};
-    let console = std::fs::read_to_string(dir.join("l1-console.log")).unwrap_or_default();
-    if let Some(report) = lockup_report(&console) {
-        return Some(Stall::KernelReport(report));
-    }
-    (silence > CONSOLE_SILENCE).then_some(Stall::ConsoleSilent(silence))
 }
 
 /// Boots L0 -> L1 for `ctx` with the run script (and any other files) that

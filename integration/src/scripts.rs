@@ -9,7 +9,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::scenario::{Device, HugePages, Scenario};
+use crate::device::Device;
+use crate::scenario::{HugePages, Scenario};
 use crate::vmm::{device_placeholder, hugetlbfs_mount};
 
 /// L1's /init: modules, pseudo file systems, the two 9p shares, then run.sh.

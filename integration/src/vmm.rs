@@ -130,7 +130,11 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
     args
 }
 
-/// Strait's VM spec (BRIEF.md "The VM spec"), devices as placeholders.
+/// The JSON VM spec Strait boots `guest` from, in the format the workspace
+/// README documents field by field under "The VM spec" (schema:
+/// `vmm/spec.schema.json`). Each passed-through device's `host` is a
+/// [`device_placeholder`]: L1's run script replaces it with the BDF it found
+/// for that device, since only L1 knows its bus numbering.
 pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     let passthrough: Vec<_> = (0..guest.devices)
         .map(|i| serde_json::json!({ "host": device_placeholder(i) }))

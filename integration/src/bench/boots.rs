@@ -1,52 +1,35 @@
 //! The agent's L1 boots: one L1 boot runs a whole plan of VMM launches through
 //! `testbed l1-agent`; the host watches L1 for the known lock-ups of the outer
-//! emulation of nested SVM (testbed notes) and boots a fresh L1 for the
-//! launches not yet recorded. Shared by the benchmark and by launch series
-//! (many launches of one scenario's guest, [`super::series`]).
+//! emulation of nested SVM (testbed notes, the watch in `l0.rs`) and boots a
+//! fresh L1 for the launches not yet recorded. Shared by the benchmark and by
+//! launch series (many launches of one scenario's guest), which both build on
+//! this file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::images::Artefacts;
 use crate::l0::{self, L0Exit, Stall};
+use crate::options::TestbedOptions;
 use crate::outcome::tail;
 use crate::run::{self, RunContext};
 use crate::scenario::Scenario;
 use crate::scripts::{self, RunPlan};
 use crate::vmm::device_placeholder;
-use crate::{Artefacts, Testbed, TestbedOptions};
+use crate::Testbed;
 
 use super::plan::{self, IoLoad, LaunchRecord, Plan, PLAN_FILE, RESULTS_FILE};
 
-/// A live L1 prints a heartbeat every 20 s; this much silence means it froze.
-pub(crate) const CONSOLE_SILENCE: Duration = Duration::from_secs(90);
-
-/// L1 kernel reports that mean one of its CPUs is stuck for good.
-const LOCKUP_REPORTS: &[&str] = &[
-    "BUG: soft lockup",
-    "rcu_sched self-detected stall",
-    "rcu: INFO: rcu_sched detected stalls",
-    "blocked for more than",
-];
-
-/// The first lockup report in L1's console, if any.
-pub fn lockup_report(console: &str) -> Option<&'static str> {
-    LOCKUP_REPORTS.iter().copied().find(|r| console.contains(r))
-}
-
-/// The host's watch over an agent's L1: its kernel must not report a stuck
-/// CPU, its console must not fall silent, and the agent's files must change
-/// at least once per `progress_limit` (the longest launch plus the agent's
+/// The host's watch over an agent's L1: every L1's watch ([`l0::l1_stall`]:
+/// no stuck CPU, no silent console), and the agent's files must change at
+/// least once per `progress_limit` (the longest launch plus the agent's
 /// reaping grace and a margin). A VMM that hangs while L1 lives is killed by
 /// the agent at its launch's limit first, and recorded as timed out.
 pub(crate) fn agent_watch(progress_limit: Duration) -> impl Fn(&Path, Duration) -> Option<Stall> {
     move |dir, silence| {
-        let console = std::fs::read_to_string(dir.join("l1-console.log")).unwrap_or_default();
-        if let Some(report) = lockup_report(&console) {
-            return Some(Stall::KernelReport(report));
-        }
-        if silence > CONSOLE_SILENCE {
-            return Some(Stall::ConsoleSilent(silence));
+        if let Some(stall) = l0::l1_stall(dir, silence) {
+            return Some(stall);
         }
         let newest = ["run.sh", "agent.log", RESULTS_FILE]
             .iter()
@@ -245,14 +228,6 @@ pub(crate) fn boot_tails(work_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lockup_reports_are_recognised() {
-        let console =
-            "[  129.385309] watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [strait-vcpu0:163]";
-        assert_eq!(lockup_report(console), Some("BUG: soft lockup"));
-        assert_eq!(lockup_report("TESTBED-L1 heartbeat uptime=52.92"), None);
-    }
 
     #[test]
     fn watch_stops_a_silent_l1() {

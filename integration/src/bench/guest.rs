@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::elf_is_static;
 use crate::images::{Cache, KeyHasher};
-use crate::scenario::Device;
 
 /// iobench's source, compiled into a static executable for L2.
 const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");

@@ -25,13 +25,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::options::{self, TestbedOptions};
 use crate::run::{self, RunContext};
-use crate::scenario::{Device, HugePages, Scenario};
+use crate::scenario::{HugePages, Scenario};
 use crate::vmm::Vmm;
-use crate::{images, l0, Testbed, TestbedOptions};
+use crate::{images, l0, Testbed};
 
-pub use boots::lockup_report;
 use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
 use plan::{IoLoad, LaunchRecord, PlanConfig};
@@ -76,9 +77,9 @@ impl BenchOptions {
                 queue_depth: 4,
             },
             vcpus: 1,
-            strait_binary: crate::default_strait_binary(),
-            agent_binary: crate::workspace_dir().join("target/release/testbed"),
-            results_root: crate::crate_dir().join("results"),
+            strait_binary: options::default_strait_binary(),
+            agent_binary: options::workspace_dir().join("target/release/testbed"),
+            results_root: options::crate_dir().join("results"),
             command: format!("cargo run --release -p testbed -- bench --reps {reps}"),
         }
     }
@@ -283,7 +284,7 @@ impl Testbed {
             ),
             kernel: self.host.kernel_version.clone(),
             qemu,
-            strait_commit: git_commit(&crate::workspace_dir()),
+            strait_commit: git_commit(&options::workspace_dir()),
             rustc: guest::rustc_version().unwrap_or_default(),
             reps: opts.reps,
             io: format!(
@@ -358,7 +359,7 @@ pub fn write_results(dir: &Path, raw: &RawResults) -> Result<BenchResults> {
 /// Result sets are committed: paths inside this checkout become relative to
 /// it (a failure reason may quote the strait binary's or a work dir's path).
 fn repo_relative(text: &str) -> String {
-    text.replace(&format!("{}/", crate::workspace_dir().display()), "")
+    text.replace(&format!("{}/", options::workspace_dir().display()), "")
 }
 
 /// Re-renders `results.md` and `chart.svg` next to an existing `raw.json`.
@@ -468,7 +469,7 @@ mod tests {
 
     #[test]
     fn checkout_paths_are_made_relative() {
-        let path = crate::workspace_dir().join("target/release/strait");
+        let path = options::workspace_dir().join("target/release/strait");
         let text = format!("spawning {}: ENOENT", path.display());
         assert_eq!(
             repo_relative(&text),

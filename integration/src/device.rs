@@ -1,0 +1,55 @@
+//! The emulated PCI devices under test: what L0 adds to L1 for L1 to pass
+//! through to L2, how L1 and L2 find each one (PCI vendor:device id, never
+//! an address, since each VMM numbers buses its own way) and the stock
+//! modules L2 needs to drive it.
+
+use crate::modules::ModuleRequest;
+
+/// An emulated PCI device that L0 adds to L1, for L1 to pass through to L2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// QEMU's NVMe controller, backed by a raw image file.
+    Nvme,
+    /// bochs-display: a display controller (class 0x0380) with a framebuffer BAR.
+    Bochs,
+    /// ivshmem-plain with an 8 GiB shared-memory BAR backed by a sparse file.
+    Ivshmem,
+    /// QEMU's educational device (MMIO registers, DMA, INTx and MSI).
+    Edu,
+}
+
+impl Device {
+    /// Every device, in the order L0 adds them.
+    pub const ALL: [Device; 4] = [Device::Nvme, Device::Bochs, Device::Ivshmem, Device::Edu];
+
+    /// PCI vendor and device id: how L1 and L2 find the device in sysfs.
+    pub fn pci_id(self) -> (u16, u16) {
+        match self {
+            Device::Nvme => (0x1b36, 0x0010),
+            Device::Bochs => (0x1234, 0x1111),
+            Device::Ivshmem => (0x1af4, 0x1110),
+            Device::Edu => (0x1234, 0x11e8),
+        }
+    }
+
+    /// Short name, used in scenario definitions and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Nvme => "nvme",
+            Device::Bochs => "bochs-display",
+            Device::Ivshmem => "ivshmem",
+            Device::Edu => "edu",
+        }
+    }
+
+    /// The stock modules L2 needs to drive the device.
+    pub fn l2_modules(self) -> &'static [ModuleRequest] {
+        const NVME: &[ModuleRequest] = &[ModuleRequest::required(&["nvme"])];
+        const BOCHS: &[ModuleRequest] = &[ModuleRequest::required(&["bochs", "bochs-drm"])];
+        match self {
+            Device::Nvme => NVME,
+            Device::Bochs => BOCHS,
+            Device::Ivshmem | Device::Edu => &[],
+        }
+    }
+}
