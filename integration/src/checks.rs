@@ -45,6 +45,13 @@ irq_total() { # sums the per-CPU counts of one /proc/interrupts line
 	echo $t
 }
 bar_start() { sed -n "$(($2 + 1))p" "$1/resource" | cut -d' ' -f1; }
+pci_map() { # one TESTBED-PCI line per function: address, id, non-empty resources
+	for d in /sys/bus/pci/devices/*; do
+		read v < "$d/vendor"; read i < "$d/device"
+		r=$(awk '$1 != "0x0000000000000000" { printf "%d:%s-%s ", NR - 1, $1, $2 }' "$d/resource")
+		echo "TESTBED-PCI ${d##*/} $v:$i $r"
+	done
+}
 run_check() { # NAME FUNCTION
 	if detail=$($2 2>&1); then status=PASS; else status=FAIL; FAILED=$((FAILED + 1)); fi
 	echo "TESTBED-CHECK $1 $status $(echo "$detail" | tr '\n' ' ')"

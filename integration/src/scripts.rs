@@ -49,6 +49,9 @@ done < /etc/testbed/modules
 FAILED=0
 . /etc/testbed/lib.sh
 . /etc/testbed/checks.sh
+# The guest's PCI picture (addresses, BARs, bridge windows), for comparing VMMs and
+# Strait versions; not a check.
+pci_map
 if [ $FAILED -gt 0 ]; then
 	echo "testbed: $FAILED check(s) failed; kernel log tail:"
 	dmesg | tail -n 30
