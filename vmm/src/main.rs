@@ -1,5 +1,6 @@
 //! `strait`: set up logging, run the command, print the outcome or the error chain as one
-//! line, and exit with the code of its class (see `vmm::error::ExitCode`).
+//! line, and exit with the code of its class (see `vmm::error::ExitCode`); `check` exits
+//! with its report's code (0 OK, 1 WARN, 2 FAIL).
 
 use clap::Parser;
 use vmm::cli::{self, Cli, Outcome};
@@ -21,6 +22,17 @@ fn main() -> std::process::ExitCode {
             }
             log::info!("spec and host are ready");
             ExitCode::Success.into()
+        }
+        Ok(Outcome::Checked { report, json }) => {
+            #[allow(clippy::print_stdout)] // check's report is the command's output
+            if json {
+                println!("{:#}", report.to_json());
+            } else {
+                for line in report.lines() {
+                    println!("{line}");
+                }
+            }
+            std::process::ExitCode::from(report.exit_code())
         }
         Ok(Outcome::Ran(exit)) => {
             match exit {
