@@ -2,6 +2,8 @@
 //! line, and exit with the code of its class (see `vmm::error::ExitCode`); `check` exits
 //! with its report's code (0 OK, 1 WARN, 2 FAIL).
 
+use std::io::Write;
+
 use clap::Parser;
 use vmm::cli::{self, Cli, Outcome};
 use vmm::error::ExitCode;
@@ -24,14 +26,13 @@ fn main() -> std::process::ExitCode {
             ExitCode::Success.into()
         }
         Ok(Outcome::Checked { report, json }) => {
-            #[allow(clippy::print_stdout)] // check's report is the command's output
-            if json {
-                println!("{:#}", report.to_json());
+            let text = if json {
+                format!("{:#}\n", report.to_json())
             } else {
-                for line in report.lines() {
-                    println!("{line}");
-                }
-            }
+                report.lines().iter().map(|l| format!("{l}\n")).collect()
+            };
+            // A reader that stops early (`| head`) is not an error of the check.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             std::process::ExitCode::from(report.exit_code())
         }
         Ok(Outcome::Ran(exit)) => {

@@ -290,6 +290,42 @@ mod tests {
         assert!(v["findings"][0].get("fix").is_none());
     }
 
+    fn run_on(host: &root::fake::FakeHost) -> Report {
+        run(&CheckInput {
+            root: host.root(),
+            devices: vec!["0000:01:00.0".parse().unwrap()],
+            memory: Some(16 << 30),
+            limits: Some(ProcessLimits::default()),
+        })
+    }
+
+    #[test]
+    fn ready_host_is_all_ok_and_exits_0() {
+        let host = root::fake::FakeHost::ready();
+        let r = run_on(&host);
+        let bad: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|f| f.status != Status::Ok)
+            .collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+        assert_eq!(r.exit_code(), 0);
+        assert!(r.findings.iter().any(|f| f.check == "bars"));
+        assert!(r.findings.iter().any(|f| f.check == "dma entries"));
+    }
+
+    #[test]
+    fn a_warning_exits_1_and_a_failure_exits_2() {
+        let host = root::fake::FakeHost::ready();
+        host.write("proc/cmdline", "intel_iommu=on");
+        assert_eq!(run_on(&host).exit_code(), 1);
+        host.remove("dev/kvm");
+        let r = run_on(&host);
+        assert_eq!(r.exit_code(), 2);
+        assert_eq!(r.to_json()["exit_code"], 2);
+        assert_eq!(r.to_json()["fail"], 1);
+    }
+
     #[test]
     fn sizes_parse_with_binary_units() {
         assert_eq!(parse_size("16G"), Ok(16 << 30));

@@ -5,7 +5,9 @@
 //!   0-5 are the BARs, flags are the kernel's IORESOURCE_* bits, include/linux/ioport.h).
 //!   Whether the 64-bit prefetchable BARs fit in the guest is decided by the rule
 //!   `strait run` uses, [`resources::plan_mmio64`], with the host's physical address
-//!   bits (/proc/cpuinfo "address sizes") as the guest's.
+//!   bits (/proc/cpuinfo "address sizes") as the guest's. The IOMMU's IOVA ranges,
+//!   which `run` also honours, are only known once a VFIO container is open, so they
+//!   are not part of this read-only check.
 //! - The link: `current_link_speed`/`width` against `max_link_speed`/`width`
 //!   (Documentation/ABI/testing/sysfs-bus-pci).
 //! - `numa_node`: -1 when the platform reports no affinity.

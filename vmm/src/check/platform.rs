@@ -171,12 +171,11 @@ fn enable_fix(vendor: Vendor, cmdline: &str) -> String {
         return format!("remove `{off}` from the kernel command line ({BOOTLOADER})");
     }
     match vendor {
-        Vendor::Amd => format!(
-            "enable AMD-Vi / IOMMU in the firmware setup; add `iommu=pt` to the kernel \
-             command line ({BOOTLOADER})"
-        ),
+        Vendor::Amd => "enable AMD-Vi / IOMMU in the firmware setup (Linux turns AMD-Vi on by \
+                        itself once the firmware provides the IVRS table)"
+            .to_string(),
         Vendor::Intel | Vendor::Unknown => {
-            format!("add `intel_iommu=on iommu=pt` to the kernel command line ({BOOTLOADER})")
+            format!("add `intel_iommu=on` to the kernel command line ({BOOTLOADER})")
         }
     }
 }
@@ -336,19 +335,8 @@ mod tests {
     use super::super::Status;
     use super::*;
 
-    /// A fully working Intel host.
     fn intel_host() -> FakeHost {
-        let host = FakeHost::empty();
-        host.write("dev/kvm", "");
-        for m in ["kvm", "kvm_intel", "vfio", "vfio_pci", "vfio_iommu_type1"] {
-            host.mkdir(&format!("sys/module/{m}"));
-        }
-        host.write(ALLOW_UNSAFE, "N\n");
-        host.write(DMAR, "");
-        host.write("sys/class/iommu/dmar0/intel-iommu/ecap", "f050da\n");
-        host.write("proc/cmdline", "ro quiet intel_iommu=on iommu=pt\n");
-        host.write("proc/cpuinfo", "vendor_id\t: GenuineIntel\n");
-        host
+        FakeHost::ready()
     }
 
     fn find(host: &FakeHost, check: &str) -> Finding {

@@ -149,7 +149,59 @@ pub(crate) mod fake {
         pub fn pci_attr(&self, name: &str, attr: &str, text: &str) {
             self.sys.set_attr(name, attr, text);
         }
+
+        /// An Intel host ready for passthrough: KVM, VT-d with interrupt remapping,
+        /// the VFIO modules, a GPU on vfio-pci alone in its group at full link
+        /// speed with FLR, 16 GiB of free 2 MiB pages.
+        pub fn ready() -> Self {
+            let host = FakeHost::empty();
+            host.write("dev/kvm", "");
+            for m in ["kvm", "kvm_intel", "vfio", "vfio_pci"] {
+                host.mkdir(&format!("sys/module/{m}"));
+            }
+            let type1 = "sys/module/vfio_iommu_type1/parameters";
+            host.write(&format!("{type1}/allow_unsafe_interrupts"), "N\n");
+            host.write(&format!("{type1}/dma_entry_limit"), "65535\n");
+            host.write("sys/firmware/acpi/tables/DMAR", "");
+            host.write("sys/class/iommu/dmar0/intel-iommu/ecap", "f050da\n");
+            host.write("proc/cmdline", "ro quiet intel_iommu=on iommu=pt\n");
+            host.write(
+                "proc/cpuinfo",
+                "vendor_id\t: GenuineIntel\naddress sizes\t: 46 bits physical, 48 bits virtual\n",
+            );
+            let pool = "sys/kernel/mm/hugepages/hugepages-2048kB";
+            host.write(&format!("{pool}/nr_hugepages"), "8192\n");
+            host.write(&format!("{pool}/free_hugepages"), "8192\n");
+            let gpu = "0000:01:00.0";
+            host.pci(Pci {
+                name: gpu,
+                class: "0x030000",
+                driver: Some("vfio-pci"),
+                group: Some(1),
+            });
+            for (attr, text) in [
+                ("reset_method", "flr bus"),
+                ("max_link_speed", "16.0 GT/s PCIe"),
+                ("current_link_speed", "16.0 GT/s PCIe"),
+                ("max_link_width", "16"),
+                ("current_link_width", "16"),
+                ("numa_node", "-1"),
+                (
+                    "resource",
+                    "0x00000000fa000000 0x00000000faffffff 0x0000000000040200\n\
+                     0x0000003800000000 0x0000003fffffffff 0x000000000014220c\n",
+                ),
+            ] {
+                host.pci_attr(gpu, attr, text);
+            }
+            host
+        }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeHost;
 
     #[test]
     fn reads_lists_and_opens_under_the_root() {
