@@ -275,6 +275,12 @@ fn interrupt_remapping(root: &HostRoot, units: &[String], cmdline: &str) -> Find
     let risk = "a guest could then forge MSIs: its device's DMA writes to the MSI \
                 address range become interrupts the host delivers anywhere";
     let why = match remapping(root, units, cmdline) {
+        Remapping::Supported(how) if allow_unsafe => {
+            return Finding::ok(
+                CHECK,
+                format!("supported ({how}); allow_unsafe_interrupts=Y is set but unused"),
+            )
+        }
         Remapping::Supported(how) => return Finding::ok(CHECK, format!("supported ({how})")),
         Remapping::NoIommu => {
             return Finding::fail(
@@ -478,6 +484,15 @@ mod tests {
         let f = find(&host, "interrupt remapping");
         assert_fix(&f, Status::Warn, "allow_unsafe_interrupts");
         assert!(f.detail.contains("forge MSIs"));
+    }
+
+    #[test]
+    fn allow_unsafe_interrupts_with_remapping_is_ok_and_noted() {
+        let host = intel_host();
+        host.write(ALLOW_UNSAFE, "Y\n");
+        let f = find(&host, "interrupt remapping");
+        assert_eq!(f.status, Status::Ok);
+        assert!(f.detail.contains("set but unused"));
     }
 
     #[test]
