@@ -46,7 +46,7 @@ pub struct HostDevice {
 }
 
 /// vfio-pci and its vendor variants (`mlx5_vfio_pci`, `nvgrace_gpu_vfio_pci`, ...).
-fn is_vfio_driver(driver: &str) -> bool {
+pub fn is_vfio_driver(driver: &str) -> bool {
     driver.contains("vfio")
 }
 
@@ -162,7 +162,7 @@ pub fn memlock_verdict(need: u64, limit: Option<u64>, cap_ipc_lock: bool) -> Res
 }
 
 /// CAP_IPC_LOCK (bit 14) in the effective set, from /proc/self/status.
-fn has_cap_ipc_lock() -> bool {
+pub fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
@@ -174,8 +174,8 @@ fn has_cap_ipc_lock() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
-/// Check that this process may pin `need` bytes for DMA.
-pub fn check_memlock(need: u64) -> Result<()> {
+/// This process's RLIMIT_MEMLOCK soft limit in bytes, `None` when unlimited.
+pub fn memlock_limit() -> io::Result<Option<u64>> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -183,14 +183,20 @@ pub fn check_memlock(need: u64) -> Result<()> {
     // SAFETY: getrlimit writes only into the rlimit struct we own.
     let ret = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
     if ret != 0 {
-        warn!(
-            "getrlimit(RLIMIT_MEMLOCK): {}; not checking",
-            io::Error::last_os_error()
-        );
-        return Ok(());
+        return Err(io::Error::last_os_error());
     }
-    let limit = (rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur);
-    memlock_verdict(need, limit, has_cap_ipc_lock())
+    Ok((rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur))
+}
+
+/// Check that this process may pin `need` bytes for DMA.
+pub fn check_memlock(need: u64) -> Result<()> {
+    match memlock_limit() {
+        Ok(limit) => memlock_verdict(need, limit, has_cap_ipc_lock()),
+        Err(e) => {
+            warn!("getrlimit(RLIMIT_MEMLOCK): {e}; not checking");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

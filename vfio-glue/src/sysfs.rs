@@ -1,6 +1,6 @@
-//! Read-only queries of the host's sysfs for VFIO: a device's driver, IOMMU
-//! group and reset methods, and the members of an IOMMU group
-//! (Documentation/ABI/testing/sysfs-bus-pci, sysfs-kernel-iommu_groups).
+//! Read-only queries of the host's sysfs for VFIO: the PCI functions, a device's
+//! driver, IOMMU group, reset methods and other attributes, and the members of an
+//! IOMMU group (Documentation/ABI/testing/sysfs-bus-pci, sysfs-kernel-iommu_groups).
 //!
 //! The root is a path prefix so that tests build a fake tree in a temporary
 //! directory; production uses `/sys`.
@@ -97,6 +97,29 @@ impl Sysfs {
         link_name(&self.group_devices_dir(group).join(name).join("driver"))
     }
 
+    /// Every PCI function on the host, sorted; names that are not PCI addresses
+    /// are skipped.
+    pub fn pci_devices(&self) -> Result<Vec<HostPciAddress>> {
+        let dir = self.root.join("bus/pci/devices");
+        let mut addrs = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(read_err(&dir))? {
+            let entry = entry.map_err(read_err(&dir))?;
+            if let Ok(addr) = entry.file_name().to_string_lossy().parse() {
+                addrs.push(addr);
+            }
+        }
+        addrs.sort();
+        Ok(addrs)
+    }
+
+    /// The text of attribute `name` of `addr` (`class`, `numa_node`, `resource`,
+    /// ...), trimmed; `None` when the kernel does not publish it.
+    pub fn attr(&self, addr: &HostPciAddress, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.device_dir(addr).join(name))
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
+
     /// Reset methods the kernel found for `addr` (`flr`, `pm`, `bus`, ...), in
     /// the order it tries them. `None` when the kernel does not publish the
     /// file (before 5.15); an empty list when the device has no reset.
@@ -106,29 +129,49 @@ impl Sysfs {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake {
     //! A fake sysfs tree: the symlinks VFIO's checks follow, nothing more.
 
     use std::os::unix::fs::symlink;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use vmm_sys_util::tempdir::TempDir;
 
     use super::Sysfs;
 
+    /// A sysfs tree in a temporary directory, removed on drop.
     pub struct FakeSysfs {
         pub dir: TempDir,
+        root: PathBuf,
+    }
+
+    impl Default for FakeSysfs {
+        fn default() -> Self {
+            Self::new()
+        }
     }
 
     impl FakeSysfs {
+        /// The tree at the top of the temporary directory.
         pub fn new() -> Self {
             let dir = TempDir::new().expect("tempdir");
-            FakeSysfs { dir }
+            let root = dir.as_path().to_path_buf();
+            FakeSysfs { dir, root }
         }
 
+        /// The tree at `<tempdir>/sys`, for a fake host that also holds `proc/`
+        /// and `dev/` next to it.
+        pub fn under_sys() -> Self {
+            let dir = TempDir::new().expect("tempdir");
+            let root = dir.as_path().join("sys");
+            std::fs::create_dir_all(&root).expect("mkdir sys");
+            FakeSysfs { dir, root }
+        }
+
+        /// The sysfs root (`/sys` on a real host).
         pub fn root(&self) -> &Path {
-            self.dir.as_path()
+            &self.root
         }
 
         pub fn sysfs(&self) -> Sysfs {
@@ -157,8 +200,12 @@ pub(crate) mod fake {
         }
 
         pub fn set_reset_methods(&self, name: &str, methods: &str) {
+            self.set_attr(name, "reset_method", methods);
+        }
+
+        pub fn set_attr(&self, name: &str, attr: &str, text: &str) {
             let dev = self.root().join("devices/pci0000:00").join(name);
-            std::fs::write(dev.join("reset_method"), methods).expect("reset_method");
+            std::fs::write(dev.join(attr), text).expect("attribute");
         }
     }
 }
@@ -209,6 +256,24 @@ mod tests {
             s.reset_methods(&a("0000:02:00.0")),
             Some(vec!["flr".to_string(), "bus".to_string()])
         );
+    }
+
+    #[test]
+    fn lists_pci_devices_sorted_and_reads_attributes() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:02:00.0", None, None);
+        fs.add("0000:01:00.0", None, None);
+        fs.set_attr("0000:01:00.0", "class", "0x030000\n");
+        let s = fs.sysfs();
+        assert_eq!(
+            s.pci_devices().unwrap(),
+            vec![a("0000:01:00.0"), a("0000:02:00.0")]
+        );
+        assert_eq!(
+            s.attr(&a("0000:01:00.0"), "class").as_deref(),
+            Some("0x030000")
+        );
+        assert_eq!(s.attr(&a("0000:01:00.0"), "numa_node"), None);
     }
 
     #[test]

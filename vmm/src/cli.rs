@@ -1,17 +1,23 @@
-//! The command line: `strait run SPEC.json` and `strait validate SPEC.json`.
+//! The command line: `strait run SPEC.json`, `strait validate SPEC.json` and
+//! `strait check [BDF...]`.
 //!
-//! Both commands run the same checks first (spec document, the files it names, the host
-//! resources it needs), so `validate` passing means `run` gets past setup. Printing is
-//! left to `main`; this module returns what happened.
+//! `run` and `validate` run the same checks first (spec document, the files it names,
+//! the host resources it needs), so `validate` passing means `run` gets past setup.
+//! `check` needs no spec: it reads the host and reports what GPU passthrough needs.
+//! Printing is left to `main`; this module returns what happened.
 
 use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::boot::KernelImage;
 use std::sync::Arc;
 
+use vfio_glue::HostPciAddress;
+
+use crate::boot::KernelImage;
+
 use crate::builder::{build_vm, VmError};
+use crate::check::{self, CheckInput, HostRoot, ProcessLimits, Report};
 use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
@@ -61,6 +67,36 @@ pub enum Command {
         /// Path of the JSON VM spec.
         spec: PathBuf,
     },
+    /// Check the host for GPU passthrough, without a spec and without changing anything.
+    ///
+    /// Prints OK, WARN or FAIL per item, with the fix: KVM, the IOMMU and interrupt
+    /// remapping, the VFIO modules; for every display, 3D or accelerator controller and
+    /// every BDF given: its driver, IOMMU group, reset methods, BARs, PCIe link and NUMA
+    /// node; the hugepage pools, `ulimit -l` and VFIO's DMA entry limit.
+    #[command(after_help = CHECK_EXIT_CODES_HELP)]
+    Check {
+        /// PCI functions to check besides the GPUs found (DDDD:BB:DD.F or BB:DD.F).
+        #[arg(value_parser = parse_bdf)]
+        devices: Vec<HostPciAddress>,
+        /// Guest RAM to check hugepages, `ulimit -l` and DMA limits against (16G, 512M,
+        /// bytes).
+        #[arg(long, value_name = "SIZE", value_parser = check::parse_size)]
+        memory: Option<u64>,
+        /// Print the report as a JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit codes of `strait check` (they differ from `run`'s).
+pub const CHECK_EXIT_CODES_HELP: &str = "\
+Exit codes of check:
+  0  every item OK
+  1  some item WARN, none FAIL
+  2  some item FAIL (clap also exits 2 for a malformed command line)";
+
+fn parse_bdf(s: &str) -> Result<HostPciAddress, String> {
+    vfio_glue::parse_host_address(s).map_err(|e| e.to_string())
 }
 
 /// What a successful command did, for `main` to report.
@@ -70,6 +106,8 @@ pub enum Outcome {
     Valid(Vec<String>),
     /// `run`: how the guest ended.
     Ran(GuestExit),
+    /// `check`: the report, and whether to print it as JSON.
+    Checked { report: Report, json: bool },
 }
 
 /// Run the command.
@@ -78,6 +116,25 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Validate { spec } => {
             let (spec, image) = check(spec, false)?;
             Ok(Outcome::Valid(host::summary(&spec, &image)))
+        }
+        Command::Check {
+            devices,
+            memory,
+            json,
+        } => {
+            let limits = ProcessLimits::current()
+                .inspect_err(|e| log::warn!("reading RLIMIT_MEMLOCK: {e}"))
+                .ok();
+            let input = CheckInput {
+                root: HostRoot::default(),
+                devices: devices.clone(),
+                memory: *memory,
+                limits,
+            };
+            Ok(Outcome::Checked {
+                report: check::run(&input),
+                json: *json,
+            })
         }
         Command::Run { spec } => {
             let stop = Arc::new(StopSignal::default());
@@ -140,6 +197,54 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("3  host resources"), "{help}");
+    }
+
+    #[test]
+    fn parses_check_with_devices_memory_and_json() {
+        let cli = Cli::try_parse_from([
+            "strait",
+            "check",
+            "01:00.0",
+            "0000:02:00.1",
+            "--memory",
+            "16G",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Check {
+            devices,
+            memory,
+            json,
+        } = cli.command
+        else {
+            panic!("not check: {:?}", cli.command);
+        };
+        let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        assert_eq!(names, ["0000:01:00.0", "0000:02:00.1"]);
+        assert_eq!(memory, Some(16 << 30));
+        assert!(json);
+    }
+
+    #[test]
+    fn check_rejects_bad_bdf_and_size() {
+        for args in [
+            ["strait", "check", "01:00"],
+            ["strait", "check", "--memory=16X"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        }
+    }
+
+    #[test]
+    fn check_help_documents_its_exit_codes() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("check")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("1  some item WARN"), "{help}");
     }
 
     #[test]

@@ -72,7 +72,8 @@ Exit codes:
  15  passthrough: no permission to open /dev/vfio/N
  16  passthrough: locked-memory limit (ulimit -l) below guest RAM
 130  stopped by SIGINT (after an orderly teardown)
-143  stopped by SIGTERM (after an orderly teardown)";
+143  stopped by SIGTERM (after an orderly teardown)
+`strait check` has its own: 0 all OK, 1 some WARN, 2 some FAIL.";
 
 /// Everything `strait` can fail with.
 #[derive(Debug, thiserror::Error)]

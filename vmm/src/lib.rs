@@ -4,12 +4,14 @@
 //! Module map, in boot order: [`spec`] (the JSON document) -> [`host`] (does the host
 //! have what it names) -> [`builder::build_vm`] ([`memory`], [`boot`], [`device_manager`],
 //! [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit). [`error`] maps every
-//! failure to an exit code; [`logger`] writes stderr and the boot timeline.
+//! failure to an exit code; [`logger`] writes stderr and the boot timeline. [`check`] is
+//! `strait check`, the host preflight that needs no spec.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod boot;
 pub mod builder;
+pub mod check;
 pub mod cli;
 pub mod device_manager;
 pub mod error;

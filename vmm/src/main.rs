@@ -1,5 +1,8 @@
 //! `strait`: set up logging, run the command, print the outcome or the error chain as one
-//! line, and exit with the code of its class (see `vmm::error::ExitCode`).
+//! line, and exit with the code of its class (see `vmm::error::ExitCode`); `check` exits
+//! with its report's code (0 OK, 1 WARN, 2 FAIL).
+
+use std::io::Write;
 
 use clap::Parser;
 use vmm::cli::{self, Cli, Outcome};
@@ -21,6 +24,16 @@ fn main() -> std::process::ExitCode {
             }
             log::info!("spec and host are ready");
             ExitCode::Success.into()
+        }
+        Ok(Outcome::Checked { report, json }) => {
+            let text = if json {
+                format!("{:#}\n", report.to_json())
+            } else {
+                report.lines().iter().map(|l| format!("{l}\n")).collect()
+            };
+            // A reader that stops early (`| head`) is not an error of the check.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            std::process::ExitCode::from(report.exit_code())
         }
         Ok(Outcome::Ran(exit)) => {
             match exit {
