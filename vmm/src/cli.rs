@@ -96,7 +96,9 @@ Exit codes of check:
   2  some item FAIL (clap also exits 2 for a malformed command line)";
 
 fn parse_bdf(s: &str) -> Result<HostPciAddress, String> {
-    vfio_glue::parse_host_address(s).map_err(|e| e.to_string())
+    s.trim()
+        .parse()
+        .map_err(|e: devices::pci::BdfError| e.to_string())
 }
 
 /// What a successful command did, for `main` to report.

@@ -142,8 +142,8 @@ pub fn bars(sysfs: &Sysfs, host: &HostLimits, t: Target) -> Finding {
             })
             .collect(),
     };
-    let ram_end = layout::ram_end(host.ram).0;
-    match plan_mmio64(ram_end, &[port], phys_bits, &[]) {
+    let floor = layout::pci_platform(host.ram, phys_bits, Vec::new()).mmio64;
+    match plan_mmio64(floor, &[port], phys_bits, &[]) {
         Ok(_) => Finding::ok(
             CHECK,
             format!(
