@@ -160,7 +160,7 @@ pub fn open_kernel(path: &Path) -> Result<KernelImage, BootError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
+    let mut file = crate::files::open_regular(path).map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
     let mut head = Vec::with_capacity(PROBE_LEN);
     file.by_ref()
@@ -249,10 +249,7 @@ impl KernelFiles {
             })?;
         let initramfs = match &spec.initramfs {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| BootError::OpenInitramfs {
-                    path: path.clone(),
-                    source,
-                })?;
+                let bytes = read_initramfs(path)?;
                 Some((path.clone(), bytes))
             }
             None => None,
@@ -269,6 +266,18 @@ impl KernelFiles {
         let spec = spec.clone();
         std::thread::spawn(move || KernelFiles::read(&spec))
     }
+}
+
+/// The whole initramfs file (a regular file only: see [`crate::files`]).
+fn read_initramfs(path: &Path) -> Result<Vec<u8>, BootError> {
+    let mut bytes = Vec::new();
+    crate::files::open_regular(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| BootError::OpenInitramfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// A kernel in guest memory.
@@ -582,6 +591,25 @@ mod tests {
         let err = KernelFiles::read(&spec).unwrap_err();
         std::fs::remove_file(&spec.path).unwrap();
         assert!(matches!(err, BootError::OpenInitramfs { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fifo_kernel_or_initramfs_is_refused_not_read_forever() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let fifo = dir.as_path().join("fifo");
+        crate::files::tests::mkfifo(&fifo);
+        let err = open_kernel(&fifo).unwrap_err();
+        assert!(
+            matches!(&err, BootError::OpenKernel { source, .. } if crate::files::is_not_regular(source)),
+            "{err:?}"
+        );
+        let spec = fake_kernel_spec("kfiles-fifo", Some(fifo));
+        let err = KernelFiles::read(&spec).unwrap_err();
+        std::fs::remove_file(&spec.path).unwrap();
+        assert!(
+            matches!(&err, BootError::OpenInitramfs { source, .. } if crate::files::is_not_regular(source)),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! building the VM so a short hugepage pool or a missing device is one clear line, not a
 //! failure halfway through boot.
 
-use std::fs::File;
 use std::path::Path;
 
 use kvm_ioctls::{Cap, Kvm};
@@ -12,6 +11,7 @@ use kvm_ioctls::{Cap, Kvm};
 use vfio_glue::HostPaths;
 
 use crate::boot::{self, KernelFormat, KernelImage};
+use crate::files;
 use crate::memory::{self, MemoryError};
 use crate::passthrough;
 
@@ -58,10 +58,7 @@ fn readable(field: &'static str, path: &Path) -> Result<(), SpecError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = File::open(path).and_then(|f| f.metadata()).map_err(err)?;
-    if !meta.is_file() {
-        return Err(err(std::io::Error::other("not a regular file")));
-    }
+    files::open_regular(path).map_err(err)?;
     Ok(())
 }
 
@@ -74,7 +71,8 @@ pub fn check_kernel(spec: &VmSpec) -> Result<KernelImage, boot::BootError> {
         return Err(boot::BootError::CmdlineTooLong { len, max });
     }
     if let Some(path) = &spec.kernel.initramfs {
-        let size = std::fs::metadata(path)
+        let size = files::open_regular(path)
+            .and_then(|f| f.metadata())
             .map_err(|source| boot::BootError::OpenInitramfs {
                 path: path.clone(),
                 source,
@@ -205,6 +203,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn fifo_kernel_and_initramfs_are_refused_naming_the_field() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let fifo = dir.as_path().join("fifo");
+        crate::files::tests::mkfifo(&fifo);
+        let fifo = fifo.to_str().unwrap();
+        let refused = |err: SpecError, want: &str| {
+            matches!(&err, SpecError::ReadFile { field, source, .. }
+                if *field == want && files::is_not_regular(source))
+        };
+        let err = check_files(&spec(fifo, None)).unwrap_err();
+        assert!(refused(err, "kernel.path"));
+        let err = check_files(&spec("/proc/self/exe", Some(fifo))).unwrap_err();
+        assert!(refused(err, "kernel.initramfs"));
     }
 
     #[test]

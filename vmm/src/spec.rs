@@ -193,7 +193,9 @@ impl VmSpec {
     /// Read, parse and validate a spec file. Relative paths in it are resolved against
     /// the file's directory, so a spec and its kernel can move together.
     pub fn load(path: &Path) -> Result<VmSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(SpecError::ReadSpec)?;
+        let text = crate::files::open_regular(path)
+            .and_then(std::io::read_to_string)
+            .map_err(SpecError::ReadSpec)?;
         let mut spec = VmSpec::parse(&text)?;
         spec.validate()?;
         spec.resolve_paths(path.parent().unwrap_or(Path::new("")));
@@ -565,6 +567,18 @@ mod tests {
             Some(Path::new("/srv/initrd.cpio.gz"))
         );
         assert_eq!(s.serial, SerialSpec::File("/srv/vm/console.log".into()));
+    }
+
+    #[test]
+    fn fifo_spec_is_refused_not_read_forever() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("vm.json");
+        crate::files::tests::mkfifo(&path);
+        let err = VmSpec::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::ReadSpec(e) if crate::files::is_not_regular(e)),
+            "{err:?}"
+        );
     }
 
     #[test]
