@@ -105,7 +105,7 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
             max,
         });
     }
-    memory::check_hugepage_pool(spec.memory.hugepages, spec.memory_bytes())?;
+    memory::check_backing(spec.memory.hugepages, spec.memory_bytes())?;
     check_passthrough(spec, &HostPaths::default())
 }
 

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arch::x86_64::layout;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -28,6 +28,8 @@ const PREFAULT_MIN_CHUNK: usize = 128 << 20;
 const PREFAULT_MAX_THREADS: usize = 16;
 /// Base page size, the step of the touch fallback on anonymous memory.
 const BASE_PAGE: usize = 4096;
+/// Where the host kernel says how much memory it can give without swapping.
+pub const MEMINFO: &str = "/proc/meminfo";
 
 /// Failures setting up guest RAM. All of them are host-resource problems.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,22 @@ pub enum MemoryError {
     HugepagePoolMissing { page: HugePages, path: PathBuf },
     #[error("cannot read {}", path.display())]
     ReadPool {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "memory.size_mib: {size_mib} MiB is more than this host can back: \
+         {available_mib} MiB available (MemAvailable in {}); \
+         lower memory.size_mib or free host memory", meminfo.display()
+    )]
+    RamUnavailable {
+        size_mib: u64,
+        available_mib: u64,
+        meminfo: PathBuf,
+    },
+    #[error("cannot read MemAvailable from {}", path.display())]
+    ReadMeminfo {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -93,6 +111,53 @@ pub fn hugepage_pool_dir(page: HugePages) -> Option<PathBuf> {
     Some(PathBuf::from(format!(
         "/sys/kernel/mm/hugepages/hugepages-{kib}kB"
     )))
+}
+
+/// Check the host can back `bytes` of guest RAM on `page` pages: the hugetlb pool for
+/// `"2M"`/`"1G"`, the host's available memory for `"none"`. Called by `validate` and by
+/// [`GuestRam::new`], before anything is mapped or prefaulted.
+pub fn check_backing(page: HugePages, bytes: u64) -> Result<(), MemoryError> {
+    check_hugepage_pool(page, bytes)?;
+    check_available_memory(page, bytes, Path::new(MEMINFO))
+}
+
+/// Check anonymous RAM (`page` `"none"`) of `bytes` fits in the `MemAvailable` of the
+/// meminfo file at `meminfo`. Without the check a too-large guest prefaults gigabytes
+/// before failing, or without prefault is killed by the OOM killer once it runs; a
+/// kernel older than 3.14 has no `MemAvailable` and is not checked.
+pub fn check_available_memory(
+    page: HugePages,
+    bytes: u64,
+    meminfo: &Path,
+) -> Result<(), MemoryError> {
+    if page != HugePages::None {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(meminfo).map_err(|source| MemoryError::ReadMeminfo {
+        path: meminfo.to_path_buf(),
+        source,
+    })?;
+    let Some(available_kib) = mem_available_kib(&text) else {
+        log::debug!("no MemAvailable in {}: not checked", meminfo.display());
+        return Ok(());
+    };
+    let available = available_kib.saturating_mul(1024);
+    if bytes > available {
+        return Err(MemoryError::RamUnavailable {
+            size_mib: bytes >> 20,
+            available_mib: available >> 20,
+            meminfo: meminfo.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The `MemAvailable:  N kB` value of a /proc/meminfo text, in KiB.
+fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// Check the host pool holds `bytes` worth of free `page` pages.
@@ -168,7 +233,7 @@ impl GuestRam {
     /// Map and (optionally) prefault RAM for `spec` laid out as `ranges`.
     pub fn new(spec: &MemorySpec, ranges: &[RamRange]) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
-        check_hugepage_pool(spec.hugepages, total)?;
+        check_backing(spec.hugepages, total)?;
         let mut mappings = Vec::new();
         let mut regions = Vec::new();
         for r in ranges {
@@ -507,6 +572,78 @@ mod tests {
     #[test]
     fn empty_ram_has_no_prefault_chunks() {
         assert!(prefault_chunks(0, 2 * MIB, 4).is_empty());
+    }
+
+    /// A meminfo file in a temporary directory with `available` as MemAvailable.
+    fn meminfo(dir: &vmm_sys_util::tempdir::TempDir, available: Option<&str>) -> PathBuf {
+        let path = dir.as_path().join("meminfo");
+        let mut text = "MemTotal:       24683584 kB\nMemFree:        19634892 kB\n".to_string();
+        if let Some(a) = available {
+            text.push_str(&format!("MemAvailable:   {a} kB\n"));
+        }
+        text.push_str("Buffers:           25560 kB\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn anonymous_ram_beyond_mem_available_is_refused() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("23419832")); // about 22.3 GiB
+        let err = check_available_memory(HugePages::None, 1 << 40, &path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MemoryError::RamUnavailable {
+                    size_mib: 0x10_0000,
+                    available_mib: 22870,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn anonymous_ram_within_mem_available_passes() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("23419832"));
+        check_available_memory(HugePages::None, 512 << 20, &path).unwrap();
+    }
+
+    #[test]
+    fn hugetlb_ram_is_checked_against_the_pool_not_mem_available() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("1024"));
+        check_available_memory(HugePages::Size2M, 1 << 40, &path).unwrap();
+    }
+
+    #[test]
+    fn meminfo_without_mem_available_is_not_checked() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, None);
+        check_available_memory(HugePages::None, 1 << 40, &path).unwrap();
+    }
+
+    #[test]
+    fn unreadable_meminfo_is_an_error() {
+        let err =
+            check_available_memory(HugePages::None, 1 << 20, Path::new("/nonexistent/meminfo"))
+                .unwrap_err();
+        assert!(matches!(err, MemoryError::ReadMeminfo { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn oversized_ram_fails_before_mapping_even_without_prefault() {
+        // 64 TiB: more than any test host has available; mapping it would succeed
+        // (MAP_NORESERVE) and only the guest's first touches would fail.
+        let spec = MemorySpec {
+            size_mib: 64 << 20,
+            hugepages: HugePages::None,
+            prefault: false,
+        };
+        let err = GuestRam::new(&spec, &plan_regions(64 << 40)).unwrap_err();
+        assert!(matches!(err, MemoryError::RamUnavailable { .. }), "{err:?}");
     }
 
     #[test]
