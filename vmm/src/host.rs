@@ -62,22 +62,20 @@ fn readable(field: &'static str, path: &Path) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Identify the kernel, check the command line fits its limit and the initramfs fits
-/// below it in low RAM.
+/// Identify the kernel, check the command line fits its limit, RAM holds the kernel's
+/// decompression area and the initramfs fits above it in low RAM.
 pub fn check_kernel(spec: &VmSpec) -> Result<KernelImage, boot::BootError> {
     let image = boot::open_kernel(&spec.kernel.path)?;
     let (len, max) = (spec.kernel.cmdline.len() + 1, image.cmdline_max());
     if len > max {
         return Err(boot::BootError::CmdlineTooLong { len, max });
     }
-    if let Some(path) = &spec.kernel.initramfs {
-        let size = files::open_regular(path)
-            .and_then(|f| f.metadata())
-            .map_err(|source| boot::BootError::OpenInitramfs {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+    let initramfs = match &spec.kernel.initramfs {
+        Some(path) => Some((path, initramfs_len(path)?)),
+        None => None,
+    };
+    image.check_ram(&spec.memory, initramfs.map(|(_, len)| len))?;
+    if let Some((path, size)) = initramfs {
         boot::place_initramfs(
             &image,
             spec.memory_bytes(),
@@ -87,6 +85,16 @@ pub fn check_kernel(spec: &VmSpec) -> Result<KernelImage, boot::BootError> {
         )?;
     }
     Ok(image)
+}
+
+fn initramfs_len(path: &Path) -> Result<u64, boot::BootError> {
+    let meta = files::open_regular(path)
+        .and_then(|f| f.metadata())
+        .map_err(|source| boot::BootError::OpenInitramfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(meta.len())
 }
 
 /// Check /dev/kvm, its vCPU limit and capabilities, the hugepage pool and passthrough
@@ -222,11 +230,43 @@ mod tests {
     }
 
     #[test]
-    fn executable_is_not_a_kernel() {
-        // Our own test binary is an ELF, but not a loadable x86 kernel: the probe accepts
-        // ELF by magic and leaves the detail to the loader, so use a non-ELF file.
+    fn text_file_is_not_a_kernel() {
         let err = check_kernel(&spec("/proc/self/status", None)).unwrap_err();
         assert!(matches!(err, boot::BootError::NotAKernel { .. }));
+    }
+
+    #[test]
+    fn executable_is_not_an_x86_kernel() {
+        // Our own test binary is a 64-bit x86 ELF, but a program, not a vmlinux.
+        let err = check_kernel(&spec("/proc/self/exe", None)).unwrap_err();
+        assert!(
+            matches!(err, boot::BootError::NotX86Kernel { .. }),
+            "{err:?}"
+        );
+        let e = crate::error::Error::Boot(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Kernel);
+    }
+
+    #[test]
+    fn ram_too_small_for_the_kernel_is_refused_with_exit_4() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let kernel = dir.as_path().join("bzImage");
+        std::fs::write(&kernel, boot::tests::debian_like_head()).unwrap();
+        let err = check_kernel(&spec(kernel.to_str().unwrap(), None)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                boot::BootError::RamTooSmall {
+                    size_mib: 64,
+                    need_mib: 80,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let e = crate::error::Error::Boot(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Kernel);
+        assert!(e.one_line().contains("at least 80"), "{}", e.one_line());
     }
 
     /// A sysfs tree and /dev/vfio in a temporary directory: only the links and nodes
