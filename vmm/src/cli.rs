@@ -55,7 +55,8 @@ pub enum Command {
     /// vmlinux and the initramfs fits, that /dev/kvm opens and allows the vCPU count,
     /// that the hugepage pool has enough free pages, and that each passthrough device
     /// exists, is bound to vfio-pci in a viable IOMMU group whose /dev/vfio/N opens,
-    /// with a locked-memory limit that covers guest RAM (the checks `run` makes first).
+    /// with a locked-memory limit that covers guest RAM, and that the console file opens
+    /// (the checks `run` makes first).
     Validate {
         /// Path of the JSON VM spec.
         spec: PathBuf,
@@ -101,6 +102,7 @@ fn check(path: &Path, timeline: bool) -> Result<(VmSpec, KernelImage), Error> {
     host::check_files(&spec).map_err(spec_err)?;
     let image = host::check_kernel(&spec)?;
     host::check_host(&spec)?;
+    host::check_console(&spec)?;
     Ok((spec, image))
 }
 

@@ -11,11 +11,12 @@ use kvm_ioctls::{Cap, Kvm};
 use vfio_glue::HostPaths;
 
 use crate::boot::{self, KernelFormat, KernelImage};
+use crate::device_manager::{self, DeviceError};
 use crate::files;
 use crate::memory::{self, MemoryError};
 use crate::passthrough;
 
-use crate::spec::{SpecError, VmSpec};
+use crate::spec::{SerialSpec, SpecError, VmSpec};
 
 /// The host lacks something the spec needs.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,23 @@ fn initramfs_len(path: &Path) -> Result<u64, boot::BootError> {
             source,
         })?;
     Ok(meta.len())
+}
+
+/// Open the console file the way `run` opens it (the same function: no symbolic link,
+/// a regular file, a directory that exists and is writable). A file created only for
+/// this check is removed again, so `validate` leaves nothing behind.
+pub fn check_console(spec: &VmSpec) -> Result<(), DeviceError> {
+    let SerialSpec::File(console) = &spec.serial else {
+        return Ok(());
+    };
+    let (file, created) = device_manager::open_console_file(&console.file)?;
+    drop(file);
+    if created {
+        if let Err(e) = std::fs::remove_file(&console.file) {
+            log::debug!("cannot remove {}: {e}", console.file.display());
+        }
+    }
+    Ok(())
 }
 
 /// Check /dev/kvm, its vCPU limit and capabilities, the hugepage pool and passthrough
@@ -227,6 +245,42 @@ mod tests {
         assert!(refused(err, "kernel.path"));
         let err = check_files(&spec("/proc/self/exe", Some(fifo))).unwrap_err();
         assert!(refused(err, "kernel.initramfs"));
+    }
+
+    fn with_console(path: &Path) -> VmSpec {
+        let mut s = spec("/k", None);
+        s.serial = SerialSpec::File(crate::spec::ConsoleFileSpec {
+            file: path.to_path_buf(),
+            max_bytes: None,
+        });
+        s
+    }
+
+    #[test]
+    fn console_check_leaves_no_file_behind() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("console.log");
+        check_console(&with_console(&path)).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, b"kept").unwrap();
+        check_console(&with_console(&path)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn console_in_a_missing_directory_fails_validate_with_exit_3() {
+        let path = Path::new("/nonexistent/strait/console.log");
+        let err = check_console(&with_console(path)).unwrap_err();
+        assert!(matches!(err, DeviceError::OpenConsole { .. }), "{err:?}");
+        let e = crate::error::Error::Devices(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Host);
+    }
+
+    #[test]
+    fn console_in_a_read_only_directory_fails_validate() {
+        // /proc/self is not writable, even for root.
+        let err = check_console(&with_console(Path::new("/proc/self/console.log"))).unwrap_err();
+        assert!(matches!(err, DeviceError::OpenConsole { .. }), "{err:?}");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum SpecError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "serial.max_bytes: 0 would keep nothing; give a positive size, or \"serial\": \"off\""
+    )]
+    ConsoleCapZero,
     #[error("vcpus: {count} is outside 1..={max}")]
     VcpuCount { count: u32, max: u32 },
     #[error("memory.size_mib: must be at least {min} MiB")]
@@ -165,9 +169,9 @@ pub struct PassthroughSpec {
     pub host: String,
 }
 
-/// Destination of the guest's serial console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Destination of the guest's serial console: `"stdio"`, `"off"` or
+/// `{"file": path, "max_bytes": N}` (see the serde impls below).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SerialSpec {
     /// Output to Strait's stdout, input from its stdin.
     #[default]
@@ -175,7 +179,60 @@ pub enum SerialSpec {
     /// No console (the port still exists, output is dropped).
     Off,
     /// Output appended to a file.
-    File(PathBuf),
+    File(ConsoleFileSpec),
+}
+
+/// A console file: `{"file": path}`, optionally `"max_bytes": N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFileSpec {
+    /// Appended to; created mode 0600; never a symbolic link.
+    pub file: PathBuf,
+    /// The file never grows past this many bytes: later output is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+const SERIAL_NAMES: [&str; 2] = ["stdio", "off"];
+
+impl Serialize for SerialSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SerialSpec::Stdio => s.serialize_str(SERIAL_NAMES[0]),
+            SerialSpec::Off => s.serialize_str(SERIAL_NAMES[1]),
+            SerialSpec::File(file) => file.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SerialVisitor)
+    }
+}
+
+/// A string names a destination, a map is a console file.
+struct SerialVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SerialVisitor {
+    type Value = SerialSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#""stdio", "off" or {"file": path}"#)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SerialSpec, E> {
+        match v {
+            "stdio" => Ok(SerialSpec::Stdio),
+            "off" => Ok(SerialSpec::Off),
+            _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SerialSpec, A::Error> {
+        let de = serde::de::value::MapAccessDeserializer::new(map);
+        ConsoleFileSpec::deserialize(de).map(SerialSpec::File)
+    }
 }
 
 fn default_true() -> bool {
@@ -213,8 +270,8 @@ impl VmSpec {
         if let Some(p) = self.kernel.initramfs.as_mut() {
             resolve(p);
         }
-        if let SerialSpec::File(p) = &mut self.serial {
-            resolve(p);
+        if let SerialSpec::File(c) = &mut self.serial {
+            resolve(&mut c.file);
         }
     }
 
@@ -233,6 +290,12 @@ impl VmSpec {
         }
         self.validate_memory()?;
         self.validate_cmdline()?;
+        if let SerialSpec::File(ConsoleFileSpec {
+            max_bytes: Some(0), ..
+        }) = self.serial
+        {
+            return Err(SpecError::ConsoleCapZero);
+        }
         self.passthrough_addresses()?;
         Ok(())
     }
@@ -548,25 +611,63 @@ mod tests {
             |v: &str| VmSpec::parse(&GOOD.replacen("} }", &format!("}}, \"serial\": {v} }}"), 1));
         assert_eq!(with("\"off\"").unwrap().serial, SerialSpec::Off);
         let file = with("{\"file\": \"/tmp/console.log\"}").unwrap().serial;
-        assert_eq!(file, SerialSpec::File("/tmp/console.log".into()));
+        assert_eq!(file, console("/tmp/console.log", None));
+        let capped = with("{\"file\": \"c.log\", \"max_bytes\": 4096}").unwrap();
+        assert_eq!(capped.serial, console("c.log", Some(4096)));
         assert!(matches!(
             with("\"tty\""),
             Err(SpecError::InvalidValue { .. })
         ));
+        assert!(matches!(
+            with("{\"file\": \"c.log\", \"max\": 1}"),
+            Err(SpecError::UnknownField { .. })
+        ));
+    }
+
+    fn console(path: &str, max_bytes: Option<u64>) -> SerialSpec {
+        SerialSpec::File(ConsoleFileSpec {
+            file: path.into(),
+            max_bytes,
+        })
+    }
+
+    #[test]
+    fn serial_forms_serialize_back_to_the_spec_forms() {
+        for s in [
+            SerialSpec::Stdio,
+            SerialSpec::Off,
+            console("c.log", None),
+            console("c.log", Some(1)),
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(
+                serde_json::from_str::<SerialSpec>(&json).unwrap(),
+                s,
+                "{json}"
+            );
+        }
+        assert_eq!(serde_json::to_string(&SerialSpec::Off).unwrap(), "\"off\"");
+    }
+
+    #[test]
+    fn zero_console_cap_rejected() {
+        let mut s = spec();
+        s.serial = console("c.log", Some(0));
+        assert!(matches!(s.validate(), Err(SpecError::ConsoleCapZero)));
     }
 
     #[test]
     fn relative_paths_resolve_against_the_spec_directory() {
         let mut s = spec();
         s.kernel.path = "vmlinux".into();
-        s.serial = SerialSpec::File("console.log".into());
+        s.serial = console("console.log", None);
         s.resolve_paths(Path::new("/srv/vm"));
         assert_eq!(s.kernel.path, Path::new("/srv/vm/vmlinux"));
         assert_eq!(
             s.kernel.initramfs.as_deref(),
             Some(Path::new("/srv/initrd.cpio.gz"))
         );
-        assert_eq!(s.serial, SerialSpec::File("/srv/vm/console.log".into()));
+        assert_eq!(s.serial, console("/srv/vm/console.log", None));
     }
 
     #[test]
