@@ -21,10 +21,15 @@ use crate::spec::{SerialSpec, SpecError, VmSpec};
 /// The host lacks something the spec needs.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("cannot open /dev/kvm; is KVM enabled and may this user open it (group kvm)?")]
+    #[error("cannot open /dev/kvm{}", kvm_hint(.0, "; is KVM enabled and may this user open it (group kvm)?"))]
     OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("cannot create a VM (another hypervisor running? out of memory?)")]
+    #[error("cannot create a VM{}", kvm_hint(.0, " (another hypervisor running? out of memory?)"))]
     CreateVm(#[source] kvm_ioctls::Error),
+    #[error(
+        "the open-files limit (ulimit -n) is {limit}, below the {need} this VM needs at \
+         least; raise it, e.g. `ulimit -n 4096`, or LimitNOFILE= in a systemd unit"
+    )]
+    OpenFilesLimit { limit: u64, need: u64 },
     #[error("the host KVM lacks {0}, which Strait needs")]
     MissingCapability(&'static str),
     #[error("vcpus: {count} exceeds this host's KVM limit of {max}")]
@@ -33,6 +38,54 @@ pub enum HostError {
     Memory(#[from] MemoryError),
     #[error("passthrough: {0}")]
     Passthrough(#[from] vfio_glue::Error),
+}
+
+/// What to do about a failed /dev/kvm open or KVM_CREATE_VM: out of file descriptors
+/// (EMFILE: this process's `ulimit -n`; ENFILE: the host's table) is told apart from
+/// `otherwise`, the usual causes.
+fn kvm_hint(e: &kvm_ioctls::Error, otherwise: &'static str) -> String {
+    match e.errno() {
+        libc::EMFILE => format!(
+            ": the open-files limit ({}) is reached; raise it, e.g. `ulimit -n 4096`, \
+             or LimitNOFILE= in a systemd unit",
+            open_files_limit().map_or("ulimit -n".into(), |n| n.to_string())
+        ),
+        libc::ENFILE => {
+            ": the host's open-file table is full; close files or raise fs.file-max".into()
+        }
+        _ => otherwise.into(),
+    }
+}
+
+/// The soft RLIMIT_NOFILE of this process.
+fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives for the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// File descriptors any VM holds (stdio, /dev/kvm, the VM, kernel and console files,
+/// eventfds of the legacy devices and the stop signal) with room to spare.
+const FDS_BASE: u64 = 32;
+/// Per passed-through function: container, group, device and a few interrupt eventfds
+/// (MSI-X vectors add more; this is the least, not an estimate).
+const FDS_PER_DEVICE: u64 = 8;
+
+/// The fewest descriptors a VM of `vcpus` with `devices` passed through can run with.
+pub fn open_files_needed(vcpus: u32, devices: usize) -> u64 {
+    FDS_BASE + u64::from(vcpus) + FDS_PER_DEVICE * devices as u64
+}
+
+/// Refuse a soft open-files `limit` below `need`, before anything is opened: otherwise
+/// some later open fails with EMFILE in the middle of building the VM.
+fn check_open_files(limit: Option<u64>, need: u64) -> Result<(), HostError> {
+    match limit {
+        Some(limit) if limit < need => Err(HostError::OpenFilesLimit { limit, need }),
+        _ => Ok(()),
+    }
 }
 
 /// KVM features the boot recipe relies on.
@@ -118,12 +171,17 @@ pub fn check_console(spec: &VmSpec) -> Result<(), DeviceError> {
 /// Check /dev/kvm, its vCPU limit and capabilities, the hugepage pool and passthrough
 /// devices.
 pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
+    let need = open_files_needed(spec.vcpus, spec.passthrough.len());
+    check_open_files(open_files_limit(), need)?;
     let kvm = Kvm::new().map_err(HostError::OpenKvm)?;
     for (cap, name) in REQUIRED_CAPS {
         if !kvm.check_extension(cap) {
             return Err(HostError::MissingCapability(name));
         }
     }
+    // Creating the VM here makes an fd limit or a busy KVM a host error with its fix, in
+    // `validate` too, rather than a failure in the middle of `run`.
+    drop(kvm.create_vm().map_err(HostError::CreateVm)?);
     let max = kvm.get_max_vcpus();
     if spec.vcpus as usize > max {
         return Err(HostError::TooManyVcpus {
@@ -281,6 +339,34 @@ mod tests {
         // /proc/self is not writable, even for root.
         let err = check_console(&with_console(Path::new("/proc/self/console.log"))).unwrap_err();
         assert!(matches!(err, DeviceError::OpenConsole { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn open_files_limit_below_the_vm_needs_is_refused() {
+        let need = open_files_needed(4, 2);
+        assert_eq!(need, 32 + 4 + 16);
+        let err = check_open_files(Some(need - 1), need).unwrap_err();
+        assert!(matches!(err, HostError::OpenFilesLimit { limit, .. } if limit == need - 1));
+        assert_eq!(
+            crate::error::Error::Host(err).exit_code(),
+            crate::error::ExitCode::Host
+        );
+        check_open_files(Some(need), need).unwrap();
+        check_open_files(None, need).unwrap();
+    }
+
+    #[test]
+    fn out_of_file_descriptors_says_raise_ulimit_n() {
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::EMFILE));
+        let line = crate::error::Error::Host(e).one_line();
+        assert!(line.contains("ulimit -n"), "{line}");
+        assert!(!line.contains("another hypervisor"), "{line}");
+        let e = HostError::OpenKvm(kvm_ioctls::Error::new(libc::EMFILE));
+        assert!(e.to_string().contains("ulimit -n"), "{e}");
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::ENFILE));
+        assert!(e.to_string().contains("fs.file-max"), "{e}");
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::EBUSY));
+        assert!(e.to_string().contains("another hypervisor"), "{e}");
     }
 
     #[test]
