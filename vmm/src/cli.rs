@@ -15,8 +15,9 @@ use crate::builder::{build_vm, VmError};
 use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
+use crate::memory;
 use crate::spec::VmSpec;
-use crate::vm::{forward_termination_signals, GuestExit, StopSignal};
+use crate::vm::{forward_termination_signals, outcome, GuestExit, StopSignal};
 
 /// Strait: a minimal KVM virtual machine monitor for GPU passthrough.
 ///
@@ -82,11 +83,29 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Run { spec } => {
             let stop = Arc::new(StopSignal::default());
             forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
-            let (spec, _) = check(spec, true)?;
-            let vm = build_vm(&spec, stop)?;
+            let prefault_stop = stop.clone();
+            memory::stop_prefault_when(move || prefault_stop.is_stopping());
+            let (spec, _) = check(spec, true).map_err(|e| signalled_or(e, &stop))?;
+            if let Some(e) = stopped(&stop) {
+                return Err(e);
+            }
+            let vm = build_vm(&spec, stop.clone()).map_err(|e| signalled_or(e, &stop))?;
             Ok(Outcome::Ran(vm.wait()?))
         }
     }
+}
+
+/// After SIGINT/SIGTERM the signal's error (exit 130/143) replaces `err`, whatever setup
+/// step the signal cut short (a stopped prefault fails with `MemoryError::Stopped`).
+fn signalled_or(err: Error, stop: &StopSignal) -> Error {
+    stopped(stop).unwrap_or(err)
+}
+
+/// The error of the stop requested during setup, if any.
+fn stopped(stop: &StopSignal) -> Option<Error> {
+    stop.is_stopping()
+        .then(|| outcome(stop.wait()).err())
+        .flatten()
 }
 
 /// Load the spec and check it against the host; `timeline` marks the parse for `run`.

@@ -28,6 +28,26 @@ const PREFAULT_MIN_CHUNK: usize = 128 << 20;
 const PREFAULT_MAX_THREADS: usize = 16;
 /// Base page size, the step of the touch fallback on anonymous memory.
 const BASE_PAGE: usize = 4096;
+/// RAM one prefault call covers before its thread looks for a stop request: tens of
+/// milliseconds of zeroing, so SIGINT/SIGTERM end even a huge prefault within a second.
+const PREFAULT_STEP: usize = 64 << 20;
+
+/// Whether a stop was requested (SIGINT/SIGTERM), asked between prefault steps; set once
+/// by the command that builds the VM ([`stop_prefault_when`]).
+static PREFAULT_STOP: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Make prefaulting give up, with [`MemoryError::Stopped`], once `stopping` returns true.
+/// A process-wide hook so that `GuestRam::new` keeps its signature; the first call wins.
+pub fn stop_prefault_when(stopping: impl Fn() -> bool + Send + Sync + 'static) {
+    if PREFAULT_STOP.set(Box::new(stopping)).is_err() {
+        log::debug!("prefault stop hook already set");
+    }
+}
+
+fn prefault_stop_requested() -> bool {
+    PREFAULT_STOP.get().is_some_and(|stopping| stopping())
+}
 /// Where the host kernel says how much memory it can give without swapping.
 pub const MEMINFO: &str = "/proc/meminfo";
 
@@ -78,6 +98,8 @@ pub enum MemoryError {
     },
     #[error("cannot prefault guest RAM")]
     Prefault(#[source] io::Error),
+    #[error("guest RAM setup stopped by a signal")]
+    Stopped,
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Regions(String),
 }
@@ -247,7 +269,7 @@ impl GuestRam {
                 page => map_hugetlb(len, page)?,
             };
             if spec.prefault {
-                prefault(&map, spec.hugepages)?;
+                prefault(&map, spec.hugepages, &prefault_stop_requested)?;
             }
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
@@ -378,12 +400,32 @@ pub fn prefault_chunks(len: usize, align: usize, parallelism: usize) -> Vec<Rang
         .collect()
 }
 
-/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel.
-fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
+/// How each prefault thread walks its chunk.
+#[derive(Clone, Copy)]
+struct Steps<'a> {
+    /// Bytes per MADV_POPULATE_WRITE call, a multiple of the page size.
+    step: usize,
+    /// Stride of the touch fallback.
+    touch_step: usize,
+    stopping: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel, each
+/// [`PREFAULT_STEP`] at a time; gives up with [`MemoryError::Stopped`] once `stopping`.
+fn prefault(
+    map: &Mapping,
+    page: HugePages,
+    stopping: &(dyn Fn() -> bool + Sync),
+) -> Result<(), MemoryError> {
     let (align, touch_step) = match page {
         // THP: chunk on 2 MiB so no huge page straddles two threads.
         HugePages::None => (THP_ALIGN, BASE_PAGE),
         huge => (huge.page_size() as usize, huge.page_size() as usize),
+    };
+    let steps = Steps {
+        step: PREFAULT_STEP.next_multiple_of(align),
+        touch_step,
+        stopping,
     };
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunks = prefault_chunks(map.len, align, parallelism);
@@ -396,20 +438,20 @@ fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
                 let (addr, len) = (base + c.start, c.len());
                 let spawn = std::thread::Builder::new()
                     .name("strait-prefault".into())
-                    .spawn_scoped(s, move || populate(addr, len, touch_step));
+                    .spawn_scoped(s, move || populate_in_steps(addr, len, steps));
                 // Cannot start a thread: do that chunk here instead.
                 spawn.map_err(|_| (addr, len))
             })
             .collect();
         let mut results: Vec<_> = chunks
             .first()
-            .map(|c| populate(base + c.start, c.len(), touch_step))
+            .map(|c| populate_in_steps(base + c.start, c.len(), steps))
             .into_iter()
             .collect();
         for handle in spawned {
             results.push(match handle {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err((addr, len)) => populate(addr, len, touch_step),
+                Err((addr, len)) => populate_in_steps(addr, len, steps),
             });
         }
         results
@@ -417,7 +459,22 @@ fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
     results
         .into_iter()
         .collect::<io::Result<()>>()
-        .map_err(MemoryError::Prefault)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => MemoryError::Stopped,
+            _ => MemoryError::Prefault(e),
+        })
+}
+
+/// [`populate`] `addr..addr+len` one `steps.step` at a time, giving up (`Interrupted`)
+/// when a stop is requested between two steps.
+fn populate_in_steps(addr: usize, len: usize, steps: Steps<'_>) -> io::Result<()> {
+    for off in (0..len).step_by(steps.step) {
+        if (steps.stopping)() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        populate(addr + off, steps.step.min(len - off), steps.touch_step)?;
+    }
+    Ok(())
 }
 
 /// Fault `addr..addr+len` (inside a mapping of ours) in: MADV_POPULATE_WRITE (Linux 5.14),
@@ -644,6 +701,23 @@ mod tests {
         };
         let err = GuestRam::new(&spec, &plan_regions(64 << 40)).unwrap_err();
         assert!(matches!(err, MemoryError::RamUnavailable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn prefault_gives_up_between_steps_once_stopping() {
+        let len = 3 * PREFAULT_STEP;
+        let map = map_anonymous(len).unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let stop_after_one = || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+        let err = prefault(&map, HugePages::None, &stop_after_one).unwrap_err();
+        assert!(matches!(err, MemoryError::Stopped), "{err:?}");
+        prefault(&map, HugePages::None, &|| false).unwrap();
+    }
+
+    #[test]
+    fn stopped_prefault_is_not_a_host_problem_line() {
+        let e = crate::error::Error::Memory(MemoryError::Stopped);
+        assert_eq!(e.one_line(), "guest RAM setup stopped by a signal");
     }
 
     #[test]
