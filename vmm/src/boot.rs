@@ -14,7 +14,10 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::spec::KernelSpec;
+use crate::spec::{KernelSpec, MemorySpec};
+
+mod elf;
+pub use elf::{ElfLayout, ElfProblem};
 
 /// Offset of the setup header in a bzImage (boot.rst, "The real-mode kernel header").
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
@@ -24,8 +27,11 @@ const HDRS_MAGIC: u32 = 0x5372_6448;
 const BZIMAGE_ENTRY_64: u64 = 0x200;
 /// Boot protocol 2.06 added `cmdline_size`; older kernels take 255 bytes.
 const PROTO_CMDLINE_SIZE: u16 = 0x206;
-/// Bytes read to identify a kernel (covers the whole setup header).
-const PROBE_LEN: usize = 0x300;
+/// Bytes read to identify a kernel: the whole setup header, or an ELF header and its
+/// program headers (a vmlinux has them right after the 64-byte ELF header).
+const PROBE_LEN: usize = 0x1000;
+/// Guest page size, the alignment of the initramfs.
+const PAGE_SIZE: u64 = 4096;
 
 /// Failures while loading the guest's kernel, initramfs or command line.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,27 @@ pub enum BootError {
     },
     #[error("kernel.path: {} is neither a bzImage nor an ELF vmlinux", path.display())]
     NotAKernel { path: PathBuf },
+    #[error(
+        "kernel.path: {} is an ELF file but not an x86-64 kernel: {problem}; \
+         give a bzImage or an x86-64 vmlinux", path.display()
+    )]
+    NotX86Kernel { path: PathBuf, problem: ElfProblem },
+    #[error(
+        "kernel.path: {} needs RAM up to {end:#x} to decompress itself, \
+         more than the 3 GiB below the PCI hole", path.display()
+    )]
+    KernelTooBig { path: PathBuf, end: u64 },
+    #[error(
+        "memory.size_mib: {size_mib} MiB is too small: {what} {need_mib} MiB \
+         (the kernel decompresses itself up to {kernel_end:#x}); \
+         set memory.size_mib to at least {need_mib}"
+    )]
+    RamTooSmall {
+        size_mib: u64,
+        need_mib: u64,
+        kernel_end: u64,
+        what: &'static str,
+    },
     #[error("kernel.path: {} is truncated: {size} bytes, the header says {expected}", path.display())]
     TruncatedKernel {
         path: PathBuf,
@@ -97,12 +124,15 @@ pub struct KernelProbe {
     pub format: KernelFormat,
     /// bzImage setup header (None for ELF).
     pub header: Option<setup_header>,
+    /// Where an ELF vmlinux loads (None for bzImage).
+    pub elf: Option<ElfLayout>,
 }
 
 /// Why a header is not a bootable kernel (pure; [`open_kernel`] adds the path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeError {
     NotAKernel,
+    NotX86Kernel(ElfProblem),
     Truncated { expected: u64 },
     OldProtocol { version: u16 },
 }
@@ -110,9 +140,11 @@ pub enum ProbeError {
 /// Identify a kernel from its first bytes and the file length.
 pub fn probe_kernel(head: &[u8], file_len: u64) -> Result<KernelProbe, ProbeError> {
     if head.starts_with(b"\x7fELF") {
+        let layout = elf::check_elf(head).map_err(ProbeError::NotX86Kernel)?;
         return Ok(KernelProbe {
             format: KernelFormat::Elf,
             header: None,
+            elf: Some(layout),
         });
     }
     let mut hdr = setup_header::default();
@@ -142,6 +174,7 @@ pub fn probe_kernel(head: &[u8], file_len: u64) -> Result<KernelProbe, ProbeErro
     Ok(KernelProbe {
         format: KernelFormat::BzImage,
         header: Some(hdr),
+        elf: None,
     })
 }
 
@@ -160,7 +193,7 @@ pub fn open_kernel(path: &Path) -> Result<KernelImage, BootError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
+    let mut file = crate::files::open_regular(path).map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
     let mut head = Vec::with_capacity(PROBE_LEN);
     file.by_ref()
@@ -171,6 +204,10 @@ pub fn open_kernel(path: &Path) -> Result<KernelImage, BootError> {
     let probe = probe_kernel(&head, len).map_err(|e| match e {
         ProbeError::NotAKernel => BootError::NotAKernel {
             path: path.to_path_buf(),
+        },
+        ProbeError::NotX86Kernel(problem) => BootError::NotX86Kernel {
+            path: path.to_path_buf(),
+            problem,
         },
         ProbeError::Truncated { expected } => BootError::TruncatedKernel {
             path: path.to_path_buf(),
@@ -207,21 +244,80 @@ impl KernelImage {
     }
 
     /// Lowest address an initramfs may start at without being overwritten while the
-    /// kernel decompresses itself: past the image and past `pref_address + init_size`.
+    /// kernel decompresses itself: past the image and past [`Self::decompression_end`].
     pub fn initramfs_floor(&self, loaded_end: u64) -> u64 {
-        match self.probe.header {
-            Some(h) => loaded_end.max(h.pref_address.saturating_add(u64::from(h.init_size))),
-            None => loaded_end,
+        loaded_end.max(self.decompression_end())
+    }
+
+    /// End of the RAM a bzImage needs before it reads the memory map: `init_size` bytes
+    /// from where it decompresses itself, which is `pref_address`, or its load address
+    /// aligned up to `kernel_alignment` when that is higher and the kernel is relocatable
+    /// (boot.rst, "init_size"; arch/x86/boot/compressed/head_64.S). 0 for an ELF.
+    pub fn decompression_end(&self) -> u64 {
+        let Some(h) = self.probe.header else {
+            return 0;
+        };
+        let load = u64::from(h.code32_start);
+        let aligned = load
+            .checked_next_multiple_of(u64::from(h.kernel_alignment).max(1))
+            .unwrap_or(u64::MAX);
+        let start = match h.relocatable_kernel {
+            0 => h.pref_address,
+            _ => aligned.max(h.pref_address),
+        };
+        start.saturating_add(u64::from(h.init_size))
+    }
+
+    /// Where the loaded image would end (for checks before loading): a bzImage's
+    /// protected-mode part is copied to `code32_start`, an ELF's segments to their
+    /// physical addresses (linux-loader's `kernel_end` either way).
+    pub fn estimated_end(&self) -> u64 {
+        match (self.probe.header, self.probe.elf) {
+            (Some(h), _) => {
+                let setup = (u64::from(h.setup_sects.max(4)) + 1) * 512;
+                u64::from(h.code32_start).saturating_add(self.len.saturating_sub(setup))
+            }
+            (None, Some(elf)) => elf.end,
+            (None, None) => layout::HIMEM_START.0.saturating_add(self.len),
         }
     }
 
-    /// Where the loaded protected-mode image would end (for checks before loading).
-    pub fn estimated_end(&self) -> u64 {
-        let setup = match self.probe.header {
-            Some(h) => (u64::from(h.setup_sects.max(4)) + 1) * 512,
-            None => 0,
-        };
-        layout::HIMEM_START.0 + self.len.saturating_sub(setup)
+    /// Check guest RAM of `memory` holds what the kernel needs before it can read the
+    /// memory map (its image and decompression area) plus an initramfs of
+    /// `initramfs_len` bytes above that; below that the guest faults without a word.
+    /// The error names the least `memory.size_mib` that works, a hugepage multiple.
+    pub fn check_ram(
+        &self,
+        memory: &MemorySpec,
+        initramfs_len: Option<u64>,
+    ) -> Result<(), BootError> {
+        let gap = layout::MEM_32BIT_GAP_START.0;
+        let kernel_end = self.initramfs_floor(self.estimated_end());
+        if kernel_end > gap {
+            return Err(BootError::KernelTooBig {
+                path: self.path.clone(),
+                end: kernel_end,
+            });
+        }
+        let initramfs =
+            initramfs_len.map_or(0, |n| n.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1));
+        let need = kernel_end.saturating_add(initramfs);
+        let have = memory.size_mib.saturating_mul(1 << 20);
+        // Past the gap the initramfs cannot fit whatever the size: place_initramfs says so.
+        if have.min(gap) >= need || need > gap {
+            return Ok(());
+        }
+        // The least valid size: whole MiB, a multiple of the hugepage size.
+        let unit = memory.hugepages.page_size().max(1 << 20);
+        Err(BootError::RamTooSmall {
+            size_mib: memory.size_mib,
+            need_mib: need.div_ceil(unit).saturating_mul(unit) >> 20,
+            kernel_end,
+            what: match initramfs_len {
+                Some(_) => "the kernel and initramfs need",
+                None => "the kernel needs",
+            },
+        })
     }
 }
 
@@ -249,10 +345,7 @@ impl KernelFiles {
             })?;
         let initramfs = match &spec.initramfs {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| BootError::OpenInitramfs {
-                    path: path.clone(),
-                    source,
-                })?;
+                let bytes = read_initramfs(path)?;
                 Some((path.clone(), bytes))
             }
             None => None,
@@ -269,6 +362,18 @@ impl KernelFiles {
         let spec = spec.clone();
         std::thread::spawn(move || KernelFiles::read(&spec))
     }
+}
+
+/// The whole initramfs file (a regular file only: see [`crate::files`]).
+fn read_initramfs(path: &Path) -> Result<Vec<u8>, BootError> {
+    let mut bytes = Vec::new();
+    crate::files::open_regular(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| BootError::OpenInitramfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// A kernel in guest memory.
@@ -409,11 +514,12 @@ fn read_back(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::spec::HugePages;
 
     /// A minimal bzImage header: `setup_sects` sectors of setup, `syssize` paragraphs.
-    fn bzimage_head(version: u16, setup_sects: u8, syssize: u32) -> Vec<u8> {
+    pub(crate) fn bzimage_head(version: u16, setup_sects: u8, syssize: u32) -> Vec<u8> {
         let mut head = vec![0u8; PROBE_LEN];
         head[0x1f1] = setup_sects;
         head[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
@@ -424,8 +530,135 @@ mod tests {
 
     #[test]
     fn elf_magic_is_an_elf_kernel() {
-        let p = probe_kernel(b"\x7fELF\x02\x01\x01", 4096).unwrap();
+        let head = elf::tests::elf_head(2, 62, 0x100_0000, 0x100_0000);
+        let p = probe_kernel(&head, 4096).unwrap();
         assert_eq!(p.format, KernelFormat::Elf);
+        assert_eq!(p.elf.map(|e| e.end), Some(0x140_0000));
+    }
+
+    #[test]
+    fn elf_program_is_not_an_x86_kernel() {
+        let head = elf::tests::elf_head(3, 62, 0x6ab0, 0);
+        let err = probe_kernel(&head, 4096).unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::NotX86Kernel(ElfProblem::NotExecutable { e_type: 3 })
+        );
+    }
+
+    #[test]
+    fn host_executable_is_not_a_kernel() {
+        // This test binary, and /bin/ls where there is one: 64-bit ELF, not a vmlinux.
+        for path in ["/proc/self/exe", "/bin/ls"] {
+            let err = match open_kernel(Path::new(path)) {
+                Err(BootError::OpenKernel { .. }) => continue,
+                other => other.unwrap_err(),
+            };
+            assert!(
+                matches!(err, BootError::NotX86Kernel { .. }),
+                "{path}: {err:?}"
+            );
+        }
+    }
+
+    /// A bzImage header as Debian 12's kernel has it: loaded at 1 MiB, relocatable with
+    /// 2 MiB alignment, decompressing at 16 MiB into 0x3f98000 bytes.
+    pub(crate) fn debian_like_head() -> Vec<u8> {
+        let mut head = bzimage_head(0x20f, 4, 0);
+        head[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        head[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+        head[0x234] = 1; // relocatable_kernel
+        head[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+        head[0x260..0x264].copy_from_slice(&0x3f9_8000u32.to_le_bytes()); // init_size
+        head[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+        head
+    }
+
+    fn image(head: &[u8]) -> KernelImage {
+        KernelImage {
+            path: "/k".into(),
+            file: File::open("/proc/self/exe").unwrap(),
+            len: 1 << 20,
+            probe: probe_kernel(head, 1 << 20).unwrap(),
+        }
+    }
+
+    fn memory(size_mib: u64, hugepages: HugePages) -> MemorySpec {
+        MemorySpec {
+            size_mib,
+            hugepages,
+            prefault: true,
+        }
+    }
+
+    #[test]
+    fn decompression_starts_at_pref_address_or_the_aligned_load_address() {
+        let mut head = debian_like_head();
+        assert_eq!(image(&head).decompression_end(), 0x4f9_8000);
+        head[0x214..0x218].copy_from_slice(&0x210_0000u32.to_le_bytes());
+        assert_eq!(image(&head).decompression_end(), 0x220_0000 + 0x3f9_8000);
+        head[0x234] = 0; // not relocatable: always pref_address
+        assert_eq!(image(&head).decompression_end(), 0x4f9_8000);
+    }
+
+    #[test]
+    fn ram_below_the_decompression_area_is_refused_naming_the_minimum() {
+        let err = image(&debian_like_head())
+            .check_ram(&memory(64, HugePages::None), None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::RamTooSmall {
+                    size_mib: 64,
+                    need_mib: 80,
+                    what: "the kernel needs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        image(&debian_like_head())
+            .check_ram(&memory(80, HugePages::None), None)
+            .unwrap();
+    }
+
+    #[test]
+    fn ram_minimum_counts_the_initramfs_and_the_hugepage_size() {
+        let image = image(&debian_like_head());
+        let need = |m: &MemorySpec, initrd| match image.check_ram(m, initrd) {
+            Err(BootError::RamTooSmall { need_mib, .. }) => need_mib,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(need(&memory(64, HugePages::None), Some(10 << 20)), 90);
+        assert_eq!(need(&memory(64, HugePages::Size2M), None), 80);
+        assert_eq!(need(&memory(64, HugePages::Size2M), Some(1 << 20)), 82);
+        assert_eq!(need(&memory(16, HugePages::Size1G), None), 1024);
+    }
+
+    #[test]
+    fn elf_kernel_needs_ram_up_to_its_segments() {
+        let head = elf::tests::elf_head(2, 62, 0x100_0000, 0x100_0000);
+        let err = image(&head)
+            .check_ram(&memory(16, HugePages::None), None)
+            .unwrap_err();
+        assert!(
+            matches!(err, BootError::RamTooSmall { need_mib: 20, .. }),
+            "{err:?}"
+        );
+        image(&head)
+            .check_ram(&memory(20, HugePages::None), None)
+            .unwrap();
+    }
+
+    #[test]
+    fn kernel_decompressing_past_3_gib_is_refused() {
+        let mut head = debian_like_head();
+        head[0x260..0x264].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = image(&head)
+            .check_ram(&memory(4096, HugePages::None), None)
+            .unwrap_err();
+        assert!(matches!(err, BootError::KernelTooBig { .. }), "{err:?}");
     }
 
     #[test]
@@ -582,6 +815,25 @@ mod tests {
         let err = KernelFiles::read(&spec).unwrap_err();
         std::fs::remove_file(&spec.path).unwrap();
         assert!(matches!(err, BootError::OpenInitramfs { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fifo_kernel_or_initramfs_is_refused_not_read_forever() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let fifo = dir.as_path().join("fifo");
+        crate::files::tests::mkfifo(&fifo);
+        let err = open_kernel(&fifo).unwrap_err();
+        assert!(
+            matches!(&err, BootError::OpenKernel { source, .. } if crate::files::is_not_regular(source)),
+            "{err:?}"
+        );
+        let spec = fake_kernel_spec("kfiles-fifo", Some(fifo));
+        let err = KernelFiles::read(&spec).unwrap_err();
+        std::fs::remove_file(&spec.path).unwrap();
+        assert!(
+            matches!(&err, BootError::OpenInitramfs { source, .. } if crate::files::is_not_regular(source)),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -21,9 +21,10 @@ use crate::check::{self, CheckInput, HostRoot, ProcessLimits, Report};
 use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
+use crate::memory;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
-use crate::vm::{forward_termination_signals, GuestExit};
+use crate::vm::{forward_termination_signals, outcome, GuestExit};
 
 /// Strait: a minimal KVM virtual machine monitor for GPU passthrough.
 ///
@@ -62,7 +63,8 @@ pub enum Command {
     /// vmlinux and the initramfs fits, that /dev/kvm opens and allows the vCPU count,
     /// that the hugepage pool has enough free pages, and that each passthrough device
     /// exists, is bound to vfio-pci in a viable IOMMU group whose /dev/vfio/N opens,
-    /// with a locked-memory limit that covers guest RAM (the checks `run` makes first).
+    /// with a locked-memory limit that covers guest RAM, and that the console file opens
+    /// (the checks `run` makes first).
     Validate {
         /// Path of the JSON VM spec.
         spec: PathBuf,
@@ -141,11 +143,29 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Run { spec } => {
             let stop = Arc::new(StopSignal::default());
             forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
-            let (spec, _) = check(spec, true)?;
-            let vm = build_vm(&spec, stop)?;
+            let prefault_stop = stop.clone();
+            memory::stop_prefault_when(move || prefault_stop.is_stopping());
+            let (spec, _) = check(spec, true).map_err(|e| signalled_or(e, &stop))?;
+            if let Some(e) = stopped(&stop) {
+                return Err(e);
+            }
+            let vm = build_vm(&spec, stop.clone()).map_err(|e| signalled_or(e, &stop))?;
             Ok(Outcome::Ran(vm.wait()?))
         }
     }
+}
+
+/// After SIGINT/SIGTERM the signal's error (exit 130/143) replaces `err`, whatever setup
+/// step the signal cut short (a stopped prefault fails with `MemoryError::Stopped`).
+fn signalled_or(err: Error, stop: &StopSignal) -> Error {
+    stopped(stop).unwrap_or(err)
+}
+
+/// The error of the stop requested during setup, if any.
+fn stopped(stop: &StopSignal) -> Option<Error> {
+    stop.is_stopping()
+        .then(|| outcome(stop.wait()).err())
+        .flatten()
 }
 
 /// Load the spec and check it against the host; `timeline` marks the parse for `run`.
@@ -161,6 +181,7 @@ fn check(path: &Path, timeline: bool) -> Result<(VmSpec, KernelImage), Error> {
     host::check_files(&spec).map_err(spec_err)?;
     let image = host::check_kernel(&spec)?;
     host::check_host(&spec)?;
+    host::check_console(&spec)?;
     Ok((spec, image))
 }
 

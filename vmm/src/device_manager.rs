@@ -9,9 +9,10 @@
 //! trapped parts of their BARs go on the port I/O bus and on an MMIO bus of their own.
 
 use resources::lock;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use devices::pci::{Bdf, HostBridge, PciCf8, PciEcam, PciError, PciRoot, SharedPc
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::files;
 use crate::io_buses::IoBuses;
 use crate::passthrough::ConfigEffects;
-use crate::spec::SerialSpec;
+use crate::spec::{ConsoleFileSpec, SerialSpec};
 
 /// CMOS index/data ports (not part of the arch layout: no table describes them).
 const CMOS_PORT: u16 = 0x70;
@@ -37,7 +39,7 @@ const CMOS_PORT: u16 = 0x70;
 /// Failures creating devices. A console file that cannot be opened is the user's to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("serial.file: cannot open {}", path.display())]
+    #[error("serial.file: cannot open {} for appending{}", path.display(), console_hint(source))]
     OpenConsole {
         path: PathBuf,
         #[source]
@@ -231,16 +233,7 @@ fn create_serial(vm: &VmFd, spec: &SerialSpec) -> Result<SerialPort<Console>, De
     let out: Console = match spec {
         SerialSpec::Stdio => Box::new(io::stdout()),
         SerialSpec::Off => Box::new(io::sink()),
-        SerialSpec::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| DeviceError::OpenConsole {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
+        SerialSpec::File(spec) => Box::new(CappedConsole::open(spec)?),
     };
     let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| DeviceError::CreateEventFd {
         what: "serial",
@@ -253,6 +246,108 @@ fn create_serial(vm: &VmFd, spec: &SerialSpec) -> Result<SerialPort<Console>, De
             source,
         })?;
     Ok(SerialPort::new(EventFdTrigger::new(evt), out))
+}
+
+/// Open (or create) the console file at `path` for appending; true if it was created.
+///
+/// `O_NOFOLLOW`: Strait often runs as root, and following a link planted at the path
+/// would let it create or append to any file. Mode 0600: the console can carry secrets.
+/// `O_NONBLOCK`: a FIFO without a reader fails at once instead of hanging. Anything but
+/// a regular file is refused. `validate` calls this too (and removes a file it created),
+/// so it fails exactly where `run` would.
+pub fn open_console_file(path: &Path) -> Result<(File, bool), DeviceError> {
+    let err = |source| DeviceError::OpenConsole {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    let (file, created) = match opts.clone().create_new(true).open(path) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match opts.open(path) {
+            Ok(f) => (f, false),
+            Err(e) => return Err(err(not_regular_or(path, e))),
+        },
+        Err(e) => return Err(err(e)),
+    };
+    let kind = file.metadata().map_err(err)?.file_type();
+    if !kind.is_file() {
+        return Err(err(files::not_regular(kind)));
+    }
+    Ok((file, created))
+}
+
+/// An open that failed on an existing path: a link (ELOOP) or a FIFO without a reader
+/// (ENXIO) is described as what it is; other errors are kept.
+fn not_regular_or(path: &Path, e: io::Error) -> io::Error {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => files::not_regular(m.file_type()),
+        _ => e,
+    }
+}
+
+/// What to do about a console file that does not open, for the error line.
+fn console_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+            " (no such directory: create it, or name a path in an existing one)"
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (this user may not write there: fix the permissions or name another path)"
+        }
+        _ => "",
+    }
+}
+
+/// The console file, appended to until it reaches `max_bytes`; later output is dropped
+/// with one log line, so a chatty or hostile guest cannot fill the host's disk.
+struct CappedConsole {
+    file: File,
+    path: PathBuf,
+    /// Bytes the file may still grow by (u64::MAX without a cap).
+    room: u64,
+    max_bytes: Option<u64>,
+    dropped: bool,
+}
+
+impl CappedConsole {
+    fn open(spec: &ConsoleFileSpec) -> Result<CappedConsole, DeviceError> {
+        let (file, _) = open_console_file(&spec.file)?;
+        let len = file.metadata().map_or(0, |m| m.len());
+        Ok(CappedConsole {
+            file,
+            path: spec.file.clone(),
+            room: spec.max_bytes.map_or(u64::MAX, |m| m.saturating_sub(len)),
+            max_bytes: spec.max_bytes,
+            dropped: false,
+        })
+    }
+}
+
+impl Write for CappedConsole {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.room == 0 {
+            if !self.dropped {
+                self.dropped = true;
+                log::warn!(
+                    "serial.file: {} reached max_bytes ({}); further console output is dropped",
+                    self.path.display(),
+                    self.max_bytes.unwrap_or(0)
+                );
+            }
+            return Ok(buf.len());
+        }
+        let fits = usize::try_from(self.room).map_or(buf.len(), |r| r.min(buf.len()));
+        let n = self.file.write(&buf[..fits])?;
+        self.room -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Copy stdin into the UART's receive FIFO, waiting while the guest has not drained it.
@@ -334,6 +429,84 @@ mod tests {
             .mmio()
             .read(layout::PCI_ECAM_START.0 + (1 << 15), &mut empty);
         assert_eq!(empty, [0xff; 4]);
+    }
+
+    fn tempdir() -> vmm_sys_util::tempdir::TempDir {
+        vmm_sys_util::tempdir::TempDir::new().unwrap()
+    }
+
+    fn open_err(path: &Path) -> io::Error {
+        match open_console_file(path) {
+            Err(DeviceError::OpenConsole { source, .. }) => source,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn console_file_is_created_0600_and_appended() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let path = dir.as_path().join("console.log");
+        let (mut f, created) = open_console_file(&path).unwrap();
+        assert!(created);
+        f.write_all(b"a").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (mut f, created) = open_console_file(&path).unwrap();
+        assert!(!created);
+        f.write_all(b"b").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+    }
+
+    #[test]
+    fn dangling_console_link_is_refused_and_its_target_not_created() {
+        let dir = tempdir();
+        let (link, target) = (dir.as_path().join("c.log"), dir.as_path().join("t"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(files::is_not_regular(&open_err(&link)));
+        assert!(!target.exists());
+        std::fs::write(&target, b"").unwrap();
+        assert!(files::is_not_regular(&open_err(&link)));
+    }
+
+    #[test]
+    fn console_fifo_is_refused_without_blocking() {
+        let dir = tempdir();
+        let fifo = dir.as_path().join("fifo");
+        crate::files::tests::mkfifo(&fifo);
+        assert!(files::is_not_regular(&open_err(&fifo)));
+    }
+
+    #[test]
+    fn console_in_a_missing_directory_says_so() {
+        let path = Path::new("/nonexistent/strait/console.log");
+        let e = open_err(path);
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let line = DeviceError::OpenConsole {
+            path: path.into(),
+            source: e,
+        }
+        .to_string();
+        assert!(line.contains("no such directory"), "{line}");
+    }
+
+    #[test]
+    fn console_output_stops_at_max_bytes() {
+        let dir = tempdir();
+        let path = dir.as_path().join("c.log");
+        std::fs::write(&path, b"old\n").unwrap();
+        let spec = ConsoleFileSpec {
+            file: path.clone(),
+            max_bytes: Some(10),
+        };
+        let mut console = CappedConsole::open(&spec).unwrap();
+        console.write_all(b"0123456789").unwrap();
+        console.write_all(b"more").unwrap();
+        assert!(console.dropped);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\n012345");
+        let mut full = CappedConsole::open(&spec).unwrap();
+        full.write_all(b"x").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len(), 10);
     }
 
     #[test]

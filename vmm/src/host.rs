@@ -4,7 +4,6 @@
 //! building the VM so a short hugepage pool or a missing device is one clear line, not a
 //! failure halfway through boot.
 
-use std::fs::File;
 use std::path::Path;
 
 use kvm_ioctls::{Cap, Kvm};
@@ -12,18 +11,25 @@ use kvm_ioctls::{Cap, Kvm};
 use vfio_glue::HostPaths;
 
 use crate::boot::{self, KernelFormat, KernelImage};
+use crate::device_manager::{self, DeviceError};
+use crate::files;
 use crate::memory::{self, MemoryError};
 use crate::passthrough;
 
-use crate::spec::{SpecError, VmSpec};
+use crate::spec::{SerialSpec, SpecError, VmSpec};
 
 /// The host lacks something the spec needs.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("cannot open /dev/kvm; is KVM enabled and may this user open it (group kvm)?")]
+    #[error("cannot open /dev/kvm{}", kvm_hint(.0, "; is KVM enabled and may this user open it (group kvm)?"))]
     OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("cannot create a VM (another hypervisor running? out of memory?)")]
+    #[error("cannot create a VM{}", kvm_hint(.0, " (another hypervisor running? out of memory?)"))]
     CreateVm(#[source] kvm_ioctls::Error),
+    #[error(
+        "the open-files limit (ulimit -n) is {limit}, below the {need} this VM needs at \
+         least; raise it, e.g. `ulimit -n 4096`, or LimitNOFILE= in a systemd unit"
+    )]
+    OpenFilesLimit { limit: u64, need: u64 },
     #[error("the host KVM lacks {0}, which Strait needs")]
     MissingCapability(&'static str),
     #[error("vcpus: {count} exceeds this host's KVM limit of {max}")]
@@ -32,6 +38,54 @@ pub enum HostError {
     Memory(#[from] MemoryError),
     #[error("passthrough: {0}")]
     Passthrough(#[from] vfio_glue::Error),
+}
+
+/// What to do about a failed /dev/kvm open or KVM_CREATE_VM: out of file descriptors
+/// (EMFILE: this process's `ulimit -n`; ENFILE: the host's table) is told apart from
+/// `otherwise`, the usual causes.
+fn kvm_hint(e: &kvm_ioctls::Error, otherwise: &'static str) -> String {
+    match e.errno() {
+        libc::EMFILE => format!(
+            ": the open-files limit ({}) is reached; raise it, e.g. `ulimit -n 4096`, \
+             or LimitNOFILE= in a systemd unit",
+            open_files_limit().map_or("ulimit -n".into(), |n| n.to_string())
+        ),
+        libc::ENFILE => {
+            ": the host's open-file table is full; close files or raise fs.file-max".into()
+        }
+        _ => otherwise.into(),
+    }
+}
+
+/// The soft RLIMIT_NOFILE of this process.
+fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives for the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// File descriptors any VM holds (stdio, /dev/kvm, the VM, kernel and console files,
+/// eventfds of the legacy devices and the stop signal) with room to spare.
+const FDS_BASE: u64 = 32;
+/// Per passed-through function: container, group, device and a few interrupt eventfds
+/// (MSI-X vectors add more; this is the least, not an estimate).
+const FDS_PER_DEVICE: u64 = 8;
+
+/// The fewest descriptors a VM of `vcpus` with `devices` passed through can run with.
+pub fn open_files_needed(vcpus: u32, devices: usize) -> u64 {
+    FDS_BASE + u64::from(vcpus) + FDS_PER_DEVICE * devices as u64
+}
+
+/// Refuse a soft open-files `limit` below `need`, before anything is opened: otherwise
+/// some later open fails with EMFILE in the middle of building the VM.
+fn check_open_files(limit: Option<u64>, need: u64) -> Result<(), HostError> {
+    match limit {
+        Some(limit) if limit < need => Err(HostError::OpenFilesLimit { limit, need }),
+        _ => Ok(()),
+    }
 }
 
 /// KVM features the boot recipe relies on.
@@ -58,28 +112,24 @@ fn readable(field: &'static str, path: &Path) -> Result<(), SpecError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = File::open(path).and_then(|f| f.metadata()).map_err(err)?;
-    if !meta.is_file() {
-        return Err(err(std::io::Error::other("not a regular file")));
-    }
+    files::open_regular(path).map_err(err)?;
     Ok(())
 }
 
-/// Identify the kernel, check the command line fits its limit and the initramfs fits
-/// below it in low RAM.
+/// Identify the kernel, check the command line fits its limit, RAM holds the kernel's
+/// decompression area and the initramfs fits above it in low RAM.
 pub fn check_kernel(spec: &VmSpec) -> Result<KernelImage, boot::BootError> {
     let image = boot::open_kernel(&spec.kernel.path)?;
     let (len, max) = (spec.kernel.cmdline.len() + 1, image.cmdline_max());
     if len > max {
         return Err(boot::BootError::CmdlineTooLong { len, max });
     }
-    if let Some(path) = &spec.kernel.initramfs {
-        let size = std::fs::metadata(path)
-            .map_err(|source| boot::BootError::OpenInitramfs {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+    let initramfs = match &spec.kernel.initramfs {
+        Some(path) => Some((path, initramfs_len(path)?)),
+        None => None,
+    };
+    image.check_ram(&spec.memory, initramfs.map(|(_, len)| len))?;
+    if let Some((path, size)) = initramfs {
         boot::place_initramfs(
             &image,
             spec.memory_bytes(),
@@ -91,15 +141,47 @@ pub fn check_kernel(spec: &VmSpec) -> Result<KernelImage, boot::BootError> {
     Ok(image)
 }
 
+fn initramfs_len(path: &Path) -> Result<u64, boot::BootError> {
+    let meta = files::open_regular(path)
+        .and_then(|f| f.metadata())
+        .map_err(|source| boot::BootError::OpenInitramfs {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(meta.len())
+}
+
+/// Open the console file the way `run` opens it (the same function: no symbolic link,
+/// a regular file, a directory that exists and is writable). A file created only for
+/// this check is removed again, so `validate` leaves nothing behind.
+pub fn check_console(spec: &VmSpec) -> Result<(), DeviceError> {
+    let SerialSpec::File(console) = &spec.serial else {
+        return Ok(());
+    };
+    let (file, created) = device_manager::open_console_file(&console.file)?;
+    drop(file);
+    if created {
+        if let Err(e) = std::fs::remove_file(&console.file) {
+            log::debug!("cannot remove {}: {e}", console.file.display());
+        }
+    }
+    Ok(())
+}
+
 /// Check /dev/kvm, its vCPU limit and capabilities, the hugepage pool and passthrough
 /// devices.
 pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
+    let need = open_files_needed(spec.vcpus, spec.passthrough.len());
+    check_open_files(open_files_limit(), need)?;
     let kvm = Kvm::new().map_err(HostError::OpenKvm)?;
     for (cap, name) in REQUIRED_CAPS {
         if !kvm.check_extension(cap) {
             return Err(HostError::MissingCapability(name));
         }
     }
+    // Creating the VM here makes an fd limit or a busy KVM a host error with its fix, in
+    // `validate` too, rather than a failure in the middle of `run`.
+    drop(kvm.create_vm().map_err(HostError::CreateVm)?);
     let max = kvm.get_max_vcpus();
     if spec.vcpus as usize > max {
         return Err(HostError::TooManyVcpus {
@@ -107,7 +189,7 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
             max,
         });
     }
-    memory::check_hugepage_pool(spec.memory.hugepages, spec.memory_bytes())?;
+    memory::check_backing(spec.memory.hugepages, spec.memory_bytes())?;
     check_passthrough(spec, &HostPaths::default())
 }
 
@@ -207,11 +289,123 @@ mod tests {
     }
 
     #[test]
-    fn executable_is_not_a_kernel() {
-        // Our own test binary is an ELF, but not a loadable x86 kernel: the probe accepts
-        // ELF by magic and leaves the detail to the loader, so use a non-ELF file.
+    fn fifo_kernel_and_initramfs_are_refused_naming_the_field() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let fifo = dir.as_path().join("fifo");
+        crate::files::tests::mkfifo(&fifo);
+        let fifo = fifo.to_str().unwrap();
+        let refused = |err: SpecError, want: &str| {
+            matches!(&err, SpecError::ReadFile { field, source, .. }
+                if *field == want && files::is_not_regular(source))
+        };
+        let err = check_files(&spec(fifo, None)).unwrap_err();
+        assert!(refused(err, "kernel.path"));
+        let err = check_files(&spec("/proc/self/exe", Some(fifo))).unwrap_err();
+        assert!(refused(err, "kernel.initramfs"));
+    }
+
+    fn with_console(path: &Path) -> VmSpec {
+        let mut s = spec("/k", None);
+        s.serial = SerialSpec::File(crate::spec::ConsoleFileSpec {
+            file: path.to_path_buf(),
+            max_bytes: None,
+        });
+        s
+    }
+
+    #[test]
+    fn console_check_leaves_no_file_behind() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("console.log");
+        check_console(&with_console(&path)).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, b"kept").unwrap();
+        check_console(&with_console(&path)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn console_in_a_missing_directory_fails_validate_with_exit_3() {
+        let path = Path::new("/nonexistent/strait/console.log");
+        let err = check_console(&with_console(path)).unwrap_err();
+        assert!(matches!(err, DeviceError::OpenConsole { .. }), "{err:?}");
+        let e = crate::error::Error::Devices(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Host);
+    }
+
+    #[test]
+    fn console_in_a_read_only_directory_fails_validate() {
+        // /proc/self is not writable, even for root.
+        let err = check_console(&with_console(Path::new("/proc/self/console.log"))).unwrap_err();
+        assert!(matches!(err, DeviceError::OpenConsole { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn open_files_limit_below_the_vm_needs_is_refused() {
+        let need = open_files_needed(4, 2);
+        assert_eq!(need, 32 + 4 + 16);
+        let err = check_open_files(Some(need - 1), need).unwrap_err();
+        assert!(matches!(err, HostError::OpenFilesLimit { limit, .. } if limit == need - 1));
+        assert_eq!(
+            crate::error::Error::Host(err).exit_code(),
+            crate::error::ExitCode::Host
+        );
+        check_open_files(Some(need), need).unwrap();
+        check_open_files(None, need).unwrap();
+    }
+
+    #[test]
+    fn out_of_file_descriptors_says_raise_ulimit_n() {
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::EMFILE));
+        let line = crate::error::Error::Host(e).one_line();
+        assert!(line.contains("ulimit -n"), "{line}");
+        assert!(!line.contains("another hypervisor"), "{line}");
+        let e = HostError::OpenKvm(kvm_ioctls::Error::new(libc::EMFILE));
+        assert!(e.to_string().contains("ulimit -n"), "{e}");
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::ENFILE));
+        assert!(e.to_string().contains("fs.file-max"), "{e}");
+        let e = HostError::CreateVm(kvm_ioctls::Error::new(libc::EBUSY));
+        assert!(e.to_string().contains("another hypervisor"), "{e}");
+    }
+
+    #[test]
+    fn text_file_is_not_a_kernel() {
         let err = check_kernel(&spec("/proc/self/status", None)).unwrap_err();
         assert!(matches!(err, boot::BootError::NotAKernel { .. }));
+    }
+
+    #[test]
+    fn executable_is_not_an_x86_kernel() {
+        // Our own test binary is a 64-bit x86 ELF, but a program, not a vmlinux.
+        let err = check_kernel(&spec("/proc/self/exe", None)).unwrap_err();
+        assert!(
+            matches!(err, boot::BootError::NotX86Kernel { .. }),
+            "{err:?}"
+        );
+        let e = crate::error::Error::Boot(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Kernel);
+    }
+
+    #[test]
+    fn ram_too_small_for_the_kernel_is_refused_with_exit_4() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let kernel = dir.as_path().join("bzImage");
+        std::fs::write(&kernel, boot::tests::debian_like_head()).unwrap();
+        let err = check_kernel(&spec(kernel.to_str().unwrap(), None)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                boot::BootError::RamTooSmall {
+                    size_mib: 64,
+                    need_mib: 80,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let e = crate::error::Error::Boot(err);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Kernel);
+        assert!(e.one_line().contains("at least 80"), "{}", e.one_line());
     }
 
     /// A sysfs tree and /dev/vfio in a temporary directory: only the links and nodes

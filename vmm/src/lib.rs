@@ -4,8 +4,9 @@
 //! Module map, in boot order: [`spec`] (the JSON document) -> [`host`] (does the host
 //! have what it names) -> [`builder::build_vm`] ([`memory`], [`boot`], [`device_manager`],
 //! [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit). [`error`] maps every
-//! failure to an exit code; [`logger`] writes stderr and the boot timeline. [`check`] is
-//! `strait check`, the host preflight that needs no spec.
+//! failure to an exit code; [`logger`] writes stderr and the boot timeline; [`files`] opens
+//! the files a spec names without blocking. [`check`] is `strait check`, the host
+//! preflight that needs no spec.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod device_manager;
 pub mod error;
 pub mod exits;
+pub mod files;
 pub mod host;
 pub mod interrupts;
 pub mod io_buses;

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arch::x86_64::layout;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -28,6 +28,28 @@ const PREFAULT_MIN_CHUNK: usize = 128 << 20;
 const PREFAULT_MAX_THREADS: usize = 16;
 /// Base page size, the step of the touch fallback on anonymous memory.
 const BASE_PAGE: usize = 4096;
+/// RAM one prefault call covers before its thread looks for a stop request: tens of
+/// milliseconds of zeroing, so SIGINT/SIGTERM end even a huge prefault within a second.
+const PREFAULT_STEP: usize = 64 << 20;
+
+/// Whether a stop was requested (SIGINT/SIGTERM), asked between prefault steps; set once
+/// by the command that builds the VM ([`stop_prefault_when`]).
+static PREFAULT_STOP: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Make prefaulting give up, with [`MemoryError::Stopped`], once `stopping` returns true.
+/// A process-wide hook so that `GuestRam::new` keeps its signature; the first call wins.
+pub fn stop_prefault_when(stopping: impl Fn() -> bool + Send + Sync + 'static) {
+    if PREFAULT_STOP.set(Box::new(stopping)).is_err() {
+        log::debug!("prefault stop hook already set");
+    }
+}
+
+fn prefault_stop_requested() -> bool {
+    PREFAULT_STOP.get().is_some_and(|stopping| stopping())
+}
+/// Where the host kernel says how much memory it can give without swapping.
+pub const MEMINFO: &str = "/proc/meminfo";
 
 /// Failures setting up guest RAM. All of them are host-resource problems.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +73,22 @@ pub enum MemoryError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "memory.size_mib: {size_mib} MiB is more than this host can back: \
+         {available_mib} MiB available (MemAvailable in {}); \
+         lower memory.size_mib or free host memory", meminfo.display()
+    )]
+    RamUnavailable {
+        size_mib: u64,
+        available_mib: u64,
+        meminfo: PathBuf,
+    },
+    #[error("cannot read MemAvailable from {}", path.display())]
+    ReadMeminfo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot map {size:#x} bytes of guest RAM ({page} pages)")]
     Map {
         size: u64,
@@ -60,6 +98,8 @@ pub enum MemoryError {
     },
     #[error("cannot prefault guest RAM")]
     Prefault(#[source] io::Error),
+    #[error("guest RAM setup stopped by a signal")]
+    Stopped,
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Regions(String),
 }
@@ -93,6 +133,53 @@ pub fn hugepage_pool_dir(page: HugePages) -> Option<PathBuf> {
     Some(PathBuf::from(format!(
         "/sys/kernel/mm/hugepages/hugepages-{kib}kB"
     )))
+}
+
+/// Check the host can back `bytes` of guest RAM on `page` pages: the hugetlb pool for
+/// `"2M"`/`"1G"`, the host's available memory for `"none"`. Called by `validate` and by
+/// [`GuestRam::new`], before anything is mapped or prefaulted.
+pub fn check_backing(page: HugePages, bytes: u64) -> Result<(), MemoryError> {
+    check_hugepage_pool(page, bytes)?;
+    check_available_memory(page, bytes, Path::new(MEMINFO))
+}
+
+/// Check anonymous RAM (`page` `"none"`) of `bytes` fits in the `MemAvailable` of the
+/// meminfo file at `meminfo`. Without the check a too-large guest prefaults gigabytes
+/// before failing, or without prefault is killed by the OOM killer once it runs; a
+/// kernel older than 3.14 has no `MemAvailable` and is not checked.
+pub fn check_available_memory(
+    page: HugePages,
+    bytes: u64,
+    meminfo: &Path,
+) -> Result<(), MemoryError> {
+    if page != HugePages::None {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(meminfo).map_err(|source| MemoryError::ReadMeminfo {
+        path: meminfo.to_path_buf(),
+        source,
+    })?;
+    let Some(available_kib) = mem_available_kib(&text) else {
+        log::debug!("no MemAvailable in {}: not checked", meminfo.display());
+        return Ok(());
+    };
+    let available = available_kib.saturating_mul(1024);
+    if bytes > available {
+        return Err(MemoryError::RamUnavailable {
+            size_mib: bytes >> 20,
+            available_mib: available >> 20,
+            meminfo: meminfo.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The `MemAvailable:  N kB` value of a /proc/meminfo text, in KiB.
+fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// Check the host pool holds `bytes` worth of free `page` pages.
@@ -168,7 +255,7 @@ impl GuestRam {
     /// Map and (optionally) prefault RAM for `spec` laid out as `ranges`.
     pub fn new(spec: &MemorySpec, ranges: &[RamRange]) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
-        check_hugepage_pool(spec.hugepages, total)?;
+        check_backing(spec.hugepages, total)?;
         let mut mappings = Vec::new();
         let mut regions = Vec::new();
         for r in ranges {
@@ -182,7 +269,7 @@ impl GuestRam {
                 page => map_hugetlb(len, page)?,
             };
             if spec.prefault {
-                prefault(&map, spec.hugepages)?;
+                prefault(&map, spec.hugepages, &prefault_stop_requested)?;
             }
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
@@ -313,12 +400,32 @@ pub fn prefault_chunks(len: usize, align: usize, parallelism: usize) -> Vec<Rang
         .collect()
 }
 
-/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel.
-fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
+/// How each prefault thread walks its chunk.
+#[derive(Clone, Copy)]
+struct Steps<'a> {
+    /// Bytes per MADV_POPULATE_WRITE call, a multiple of the page size.
+    step: usize,
+    /// Stride of the touch fallback.
+    touch_step: usize,
+    stopping: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel, each
+/// [`PREFAULT_STEP`] at a time; gives up with [`MemoryError::Stopped`] once `stopping`.
+fn prefault(
+    map: &Mapping,
+    page: HugePages,
+    stopping: &(dyn Fn() -> bool + Sync),
+) -> Result<(), MemoryError> {
     let (align, touch_step) = match page {
         // THP: chunk on 2 MiB so no huge page straddles two threads.
         HugePages::None => (THP_ALIGN, BASE_PAGE),
         huge => (huge.page_size() as usize, huge.page_size() as usize),
+    };
+    let steps = Steps {
+        step: PREFAULT_STEP.next_multiple_of(align),
+        touch_step,
+        stopping,
     };
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunks = prefault_chunks(map.len, align, parallelism);
@@ -331,20 +438,20 @@ fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
                 let (addr, len) = (base + c.start, c.len());
                 let spawn = std::thread::Builder::new()
                     .name("strait-prefault".into())
-                    .spawn_scoped(s, move || populate(addr, len, touch_step));
+                    .spawn_scoped(s, move || populate_in_steps(addr, len, steps));
                 // Cannot start a thread: do that chunk here instead.
                 spawn.map_err(|_| (addr, len))
             })
             .collect();
         let mut results: Vec<_> = chunks
             .first()
-            .map(|c| populate(base + c.start, c.len(), touch_step))
+            .map(|c| populate_in_steps(base + c.start, c.len(), steps))
             .into_iter()
             .collect();
         for handle in spawned {
             results.push(match handle {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err((addr, len)) => populate(addr, len, touch_step),
+                Err((addr, len)) => populate_in_steps(addr, len, steps),
             });
         }
         results
@@ -352,7 +459,22 @@ fn prefault(map: &Mapping, page: HugePages) -> Result<(), MemoryError> {
     results
         .into_iter()
         .collect::<io::Result<()>>()
-        .map_err(MemoryError::Prefault)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => MemoryError::Stopped,
+            _ => MemoryError::Prefault(e),
+        })
+}
+
+/// [`populate`] `addr..addr+len` one `steps.step` at a time, giving up (`Interrupted`)
+/// when a stop is requested between two steps.
+fn populate_in_steps(addr: usize, len: usize, steps: Steps<'_>) -> io::Result<()> {
+    for off in (0..len).step_by(steps.step) {
+        if (steps.stopping)() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        populate(addr + off, steps.step.min(len - off), steps.touch_step)?;
+    }
+    Ok(())
 }
 
 /// Fault `addr..addr+len` (inside a mapping of ours) in: MADV_POPULATE_WRITE (Linux 5.14),
@@ -507,6 +629,95 @@ mod tests {
     #[test]
     fn empty_ram_has_no_prefault_chunks() {
         assert!(prefault_chunks(0, 2 * MIB, 4).is_empty());
+    }
+
+    /// A meminfo file in a temporary directory with `available` as MemAvailable.
+    fn meminfo(dir: &vmm_sys_util::tempdir::TempDir, available: Option<&str>) -> PathBuf {
+        let path = dir.as_path().join("meminfo");
+        let mut text = "MemTotal:       24683584 kB\nMemFree:        19634892 kB\n".to_string();
+        if let Some(a) = available {
+            text.push_str(&format!("MemAvailable:   {a} kB\n"));
+        }
+        text.push_str("Buffers:           25560 kB\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn anonymous_ram_beyond_mem_available_is_refused() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("23419832")); // about 22.3 GiB
+        let err = check_available_memory(HugePages::None, 1 << 40, &path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MemoryError::RamUnavailable {
+                    size_mib: 0x10_0000,
+                    available_mib: 22870,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn anonymous_ram_within_mem_available_passes() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("23419832"));
+        check_available_memory(HugePages::None, 512 << 20, &path).unwrap();
+    }
+
+    #[test]
+    fn hugetlb_ram_is_checked_against_the_pool_not_mem_available() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, Some("1024"));
+        check_available_memory(HugePages::Size2M, 1 << 40, &path).unwrap();
+    }
+
+    #[test]
+    fn meminfo_without_mem_available_is_not_checked() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = meminfo(&dir, None);
+        check_available_memory(HugePages::None, 1 << 40, &path).unwrap();
+    }
+
+    #[test]
+    fn unreadable_meminfo_is_an_error() {
+        let err =
+            check_available_memory(HugePages::None, 1 << 20, Path::new("/nonexistent/meminfo"))
+                .unwrap_err();
+        assert!(matches!(err, MemoryError::ReadMeminfo { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn oversized_ram_fails_before_mapping_even_without_prefault() {
+        // 64 TiB: more than any test host has available; mapping it would succeed
+        // (MAP_NORESERVE) and only the guest's first touches would fail.
+        let spec = MemorySpec {
+            size_mib: 64 << 20,
+            hugepages: HugePages::None,
+            prefault: false,
+        };
+        let err = GuestRam::new(&spec, &plan_regions(64 << 40)).unwrap_err();
+        assert!(matches!(err, MemoryError::RamUnavailable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn prefault_gives_up_between_steps_once_stopping() {
+        let len = 3 * PREFAULT_STEP;
+        let map = map_anonymous(len).unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let stop_after_one = || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+        let err = prefault(&map, HugePages::None, &stop_after_one).unwrap_err();
+        assert!(matches!(err, MemoryError::Stopped), "{err:?}");
+        prefault(&map, HugePages::None, &|| false).unwrap();
+    }
+
+    #[test]
+    fn stopped_prefault_is_not_a_host_problem_line() {
+        let e = crate::error::Error::Memory(MemoryError::Stopped);
+        assert_eq!(e.one_line(), "guest RAM setup stopped by a signal");
     }
 
     #[test]

@@ -29,15 +29,22 @@ pub enum SpecError {
         column: usize,
         msg: String,
     },
-    #[error("line {line}, column {column}: unknown field `{field}`; {expected}")]
+    #[error(
+        "{}unknown field `{field}`; {expected} (line {line}, column {column})",
+        prefix(at)
+    )]
     UnknownField {
+        /// Path of the object holding the field, e.g. `memory` (empty at the top).
+        at: String,
         field: String,
         expected: String,
         line: usize,
         column: usize,
     },
-    #[error("line {line}, column {column}: {msg}")]
+    #[error("{}{msg} (line {line}, column {column})", prefix(at))]
     InvalidValue {
+        /// Path of the offending value, e.g. `memory.hugepages` (empty at the top).
+        at: String,
         line: usize,
         column: usize,
         msg: String,
@@ -49,10 +56,19 @@ pub enum SpecError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "serial.max_bytes: 0 would keep nothing; give a positive size, or \"serial\": \"off\""
+    )]
+    ConsoleCapZero,
     #[error("vcpus: {count} is outside 1..={max}")]
     VcpuCount { count: u32, max: u32 },
     #[error("memory.size_mib: must be at least {min} MiB")]
     MemoryTooSmall { min: u64 },
+    #[error(
+        "memory.size_mib: {size_mib} MiB is more than the {max} MiB (64 TiB) an x86-64 guest \
+         can address; use a smaller size"
+    )]
+    MemoryTooLarge { size_mib: u64, max: u64 },
     #[error(
         "memory.size_mib: {size_mib} MiB is not a multiple of the {page} hugepage size; \
          use a multiple of {multiple_mib}"
@@ -64,8 +80,11 @@ pub enum SpecError {
     },
     #[error("kernel.cmdline: {len} bytes with the NUL, the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("kernel.cmdline: contains a NUL or non-ASCII character at byte {at}")]
-    CmdlineInvalid { at: usize },
+    #[error(
+        "kernel.cmdline: byte {at} is {byte:#04x}, not printable ASCII; \
+         use characters from space to `~` only (no newline, tab or escape)"
+    )]
+    CmdlineInvalid { at: usize, byte: u8 },
     #[error("passthrough[{index}].host")]
     PciAddress {
         index: usize,
@@ -108,18 +127,16 @@ pub struct MemorySpec {
     pub prefault: bool,
 }
 
-/// Backing page size of guest RAM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Backing page size of guest RAM. Deserialized by hand so that a wrong value (`true`,
+/// `"4M"`) is named with the values allowed instead of serde's "expected value".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HugePages {
     /// Anonymous memory, transparent huge pages requested with madvise.
     #[default]
-    #[serde(rename = "none")]
     None,
     /// hugetlb pages of 2 MiB from the host pool.
-    #[serde(rename = "2M")]
     Size2M,
     /// hugetlb pages of 1 GiB from the host pool.
-    #[serde(rename = "1G")]
     Size1G,
 }
 
@@ -131,6 +148,46 @@ impl HugePages {
             HugePages::Size2M => 2 << 20,
             HugePages::Size1G => 1 << 30,
         }
+    }
+}
+
+const HUGEPAGE_NAMES: [(&str, HugePages); 3] = [
+    ("none", HugePages::None),
+    ("2M", HugePages::Size2M),
+    ("1G", HugePages::Size1G),
+];
+
+impl Serialize for HugePages {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let name = HUGEPAGE_NAMES
+            .iter()
+            .find(|(_, p)| p == self)
+            .map(|(n, _)| *n);
+        s.serialize_str(name.unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for HugePages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(HugePagesVisitor)
+    }
+}
+
+struct HugePagesVisitor;
+
+impl serde::de::Visitor<'_> for HugePagesVisitor {
+    type Value = HugePages;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"one of "none", "2M", "1G""#)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HugePages, E> {
+        HUGEPAGE_NAMES
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, page)| *page)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
     }
 }
 
@@ -202,9 +259,9 @@ impl HostAddress {
     }
 }
 
-/// Destination of the guest's serial console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Destination of the guest's serial console: `"stdio"`, `"off"` or
+/// `{"file": path, "max_bytes": N}` (see the serde impls below).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SerialSpec {
     /// Output to Strait's stdout, input from its stdin.
     #[default]
@@ -212,7 +269,60 @@ pub enum SerialSpec {
     /// No console (the port still exists, output is dropped).
     Off,
     /// Output appended to a file.
-    File(PathBuf),
+    File(ConsoleFileSpec),
+}
+
+/// A console file: `{"file": path}`, optionally `"max_bytes": N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFileSpec {
+    /// Appended to; created mode 0600; never a symbolic link.
+    pub file: PathBuf,
+    /// The file never grows past this many bytes: later output is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+const SERIAL_NAMES: [&str; 2] = ["stdio", "off"];
+
+impl Serialize for SerialSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SerialSpec::Stdio => s.serialize_str(SERIAL_NAMES[0]),
+            SerialSpec::Off => s.serialize_str(SERIAL_NAMES[1]),
+            SerialSpec::File(file) => file.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SerialVisitor)
+    }
+}
+
+/// A string names a destination, a map is a console file.
+struct SerialVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SerialVisitor {
+    type Value = SerialSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#""stdio", "off" or {"file": path}"#)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SerialSpec, E> {
+        match v {
+            "stdio" => Ok(SerialSpec::Stdio),
+            "off" => Ok(SerialSpec::Off),
+            _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SerialSpec, A::Error> {
+        let de = serde::de::value::MapAccessDeserializer::new(map);
+        ConsoleFileSpec::deserialize(de).map(SerialSpec::File)
+    }
 }
 
 fn default_true() -> bool {
@@ -225,12 +335,17 @@ fn default_cmdline() -> String {
 
 /// Smallest RAM the boot layout works with (kernel, initramfs and page tables need room).
 pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest RAM: 64 TiB, what x86-64 Linux with 4-level paging addresses
+/// (MAX_PHYSMEM_BITS 46); it also keeps every size in bytes far from overflowing.
+pub const MAX_MEMORY_MIB: u64 = 64 << 20;
 
 impl VmSpec {
     /// Read, parse and validate a spec file. Relative paths in it are resolved against
     /// the file's directory, so a spec and its kernel can move together.
     pub fn load(path: &Path) -> Result<VmSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(SpecError::ReadSpec)?;
+        let text = crate::files::open_regular(path)
+            .and_then(std::io::read_to_string)
+            .map_err(SpecError::ReadSpec)?;
         let mut spec = VmSpec::parse(&text)?;
         spec.validate()?;
         spec.resolve_paths(path.parent().unwrap_or(Path::new("")));
@@ -248,14 +363,19 @@ impl VmSpec {
         if let Some(p) = self.kernel.initramfs.as_mut() {
             resolve(p);
         }
-        if let SerialSpec::File(p) = &mut self.serial {
-            resolve(p);
+        if let SerialSpec::File(c) = &mut self.serial {
+            resolve(&mut c.file);
         }
     }
 
-    /// Parse JSON text into a spec, without validating values.
+    /// Parse JSON text into a spec, without validating values. Errors name the path of
+    /// the offending field (`memory.hugepages`) as well as its line and column.
     pub fn parse(text: &str) -> Result<VmSpec, SpecError> {
-        serde_json::from_str(text).map_err(json_error)
+        let mut de = serde_json::Deserializer::from_str(text);
+        let spec = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| json_error(&e.path().to_string(), e.into_inner()))?;
+        de.end().map_err(|e| json_error("", e))?;
+        Ok(spec)
     }
 
     /// Check everything that can be decided from the document alone.
@@ -268,6 +388,12 @@ impl VmSpec {
         }
         self.validate_memory()?;
         self.validate_cmdline()?;
+        if let SerialSpec::File(ConsoleFileSpec {
+            max_bytes: Some(0), ..
+        }) = self.serial
+        {
+            return Err(SpecError::ConsoleCapZero);
+        }
         self.passthrough_addresses()?;
         Ok(())
     }
@@ -277,6 +403,12 @@ impl VmSpec {
         if m.size_mib < MIN_MEMORY_MIB {
             return Err(SpecError::MemoryTooSmall {
                 min: MIN_MEMORY_MIB,
+            });
+        }
+        if m.size_mib > MAX_MEMORY_MIB {
+            return Err(SpecError::MemoryTooLarge {
+                size_mib: m.size_mib,
+                max: MAX_MEMORY_MIB,
             });
         }
         let page = m.hugepages.page_size();
@@ -293,8 +425,14 @@ impl VmSpec {
 
     fn validate_cmdline(&self) -> Result<(), SpecError> {
         let cmdline = &self.kernel.cmdline;
-        if let Some(at) = cmdline.bytes().position(|b| b == 0 || !b.is_ascii()) {
-            return Err(SpecError::CmdlineInvalid { at });
+        let printable = |b: &u8| (b' '..=b'~').contains(b);
+        if let Some((at, &byte)) = cmdline
+            .as_bytes()
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !printable(b))
+        {
+            return Err(SpecError::CmdlineInvalid { at, byte });
         }
         if cmdline.len() + 1 > CMDLINE_AREA {
             return Err(SpecError::CmdlineTooLong {
@@ -336,24 +474,49 @@ impl VmSpec {
     }
 }
 
-/// Turn a serde_json error into a variant a caller can match on, keeping line/column.
-fn json_error(e: serde_json::Error) -> SpecError {
+/// Turn a serde_json error at field path `path` (serde_path_to_error's form, `.` for
+/// the top) into a variant a caller can match on, keeping line/column.
+fn json_error(path: &str, e: serde_json::Error) -> SpecError {
     use serde_json::error::Category;
     let (line, column) = (e.line(), e.column());
     let full = e.to_string();
     // serde_json appends " at line L column C"; we report those as fields.
     let msg = full.split(" at line ").next().unwrap_or(&full).to_string();
+    let at = path.trim_start_matches('.').to_string();
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => SpecError::Syntax { line, column, msg },
         Category::Data => match parse_unknown_field(&msg) {
             Some((field, expected)) => SpecError::UnknownField {
+                at: parent_path(&at, &field),
                 field,
                 expected,
                 line,
                 column,
             },
-            None => SpecError::InvalidValue { line, column, msg },
+            None => SpecError::InvalidValue {
+                at,
+                line,
+                column,
+                msg,
+            },
         },
+    }
+}
+
+/// The path of the object holding `field`, given a path that may end with it.
+fn parent_path(at: &str, field: &str) -> String {
+    match at.strip_suffix(field) {
+        Some(rest) => rest.trim_end_matches('.').to_string(),
+        None => at.to_string(),
+    }
+}
+
+/// `"path: "` before a message, or nothing for the top level.
+fn prefix(at: &str) -> String {
+    if at.is_empty() {
+        String::new()
+    } else {
+        format!("{at}: ")
     }
 }
 
@@ -437,7 +600,70 @@ mod tests {
     #[test]
     fn unknown_hugepage_size_is_an_invalid_value() {
         let err = VmSpec::parse(&GOOD.replacen("\"2M\"", "\"4M\"", 1)).unwrap_err();
-        assert!(matches!(err, SpecError::InvalidValue { .. }), "{err:?}");
+        assert!(
+            matches!(&err, SpecError::InvalidValue { at, msg, .. }
+                if at == "memory.hugepages" && msg.contains(r#""none", "2M", "1G""#)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn boolean_hugepages_names_the_field_and_the_values() {
+        let err = VmSpec::parse(&GOOD.replacen("\"2M\"", "true", 1)).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::InvalidValue { at, msg, line: 2, .. }
+                if at == "memory.hugepages" && msg.contains(r#""none", "2M", "1G""#)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let cases = [
+            (GOOD.replacen("512", "\"512\"", 1), "memory.size_mib"),
+            (GOOD.replacen("512", "-1", 1), "memory.size_mib"),
+            (GOOD.replacen("512", "1.5", 1), "memory.size_mib"),
+            (GOOD.replacen("\"/boot/vmlinuz\"", "7", 1), "kernel.path"),
+            (
+                GOOD.replacen("} }", "}, \"passthrough\": [{\"host\": 1}] }", 1),
+                "passthrough[0].host",
+            ),
+            (GOOD.replacen("} }", "}, \"serial\": true }", 1), "serial"),
+            (GOOD.replacen("2,", "\"two\",", 1), "vcpus"),
+        ];
+        for (text, want) in cases {
+            let err = VmSpec::parse(&text).unwrap_err();
+            assert!(
+                matches!(&err, SpecError::InvalidValue { at, .. } if at == want),
+                "{want}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_nested_field_names_its_object() {
+        let text = GOOD.replacen("\"size_mib\"", "\"sise\": 1, \"size_mib\"", 1);
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::UnknownField { at, field, .. } if at == "memory" && field == "sise"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_field_names_its_object() {
+        let err =
+            VmSpec::parse(r#"{"vcpus": 1, "memory": {}, "kernel": {"path": "k"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::InvalidValue { at, msg, .. } if at == "memory" && msg.contains("size_mib")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn trailing_characters_are_a_syntax_error() {
+        let err = VmSpec::parse(&format!("{GOOD} x")).unwrap_err();
+        assert!(matches!(err, SpecError::Syntax { .. }), "{err:?}");
     }
 
     #[test]
@@ -500,13 +726,24 @@ mod tests {
     }
 
     #[test]
-    fn huge_memory_overflow_rejected_not_panicking() {
+    fn huge_memory_rejected_with_the_upper_bound() {
+        for size_mib in [u64::MAX, MAX_MEMORY_MIB + 2] {
+            let mut s = spec();
+            s.memory.size_mib = size_mib;
+            assert!(
+                matches!(
+                    s.validate(),
+                    Err(SpecError::MemoryTooLarge {
+                        max: MAX_MEMORY_MIB,
+                        ..
+                    })
+                ),
+                "{size_mib}"
+            );
+        }
         let mut s = spec();
-        s.memory.size_mib = u64::MAX;
-        assert!(matches!(
-            s.validate(),
-            Err(SpecError::MemoryNotPageMultiple { .. })
-        ));
+        s.memory.size_mib = MAX_MEMORY_MIB;
+        s.validate().unwrap();
     }
 
     #[test]
@@ -533,8 +770,27 @@ mod tests {
         s.kernel.cmdline = "console=ttyS0\0quiet".into();
         assert!(matches!(
             s.validate(),
-            Err(SpecError::CmdlineInvalid { at: 13 })
+            Err(SpecError::CmdlineInvalid { at: 13, byte: 0 })
         ));
+    }
+
+    #[test]
+    fn cmdline_control_characters_rejected_at_their_offset() {
+        for (cmdline, at, byte) in [
+            ("console=ttyS0\nquiet", 13, b'\n'),
+            ("a\x1b[2J", 1, 0x1b),
+            ("a\tb", 1, b'\t'),
+            ("x\u{7f}", 1, 0x7f),
+            ("caf\u{e9}", 3, 0xc3),
+        ] {
+            let mut s = spec();
+            s.kernel.cmdline = cmdline.into();
+            let err = s.validate().unwrap_err();
+            assert!(
+                matches!(err, SpecError::CmdlineInvalid { at: a, byte: b } if a == at && b == byte),
+                "{cmdline:?}: {err:?}"
+            );
+        }
     }
 
     #[test]
@@ -592,25 +848,75 @@ mod tests {
             |v: &str| VmSpec::parse(&GOOD.replacen("} }", &format!("}}, \"serial\": {v} }}"), 1));
         assert_eq!(with("\"off\"").unwrap().serial, SerialSpec::Off);
         let file = with("{\"file\": \"/tmp/console.log\"}").unwrap().serial;
-        assert_eq!(file, SerialSpec::File("/tmp/console.log".into()));
+        assert_eq!(file, console("/tmp/console.log", None));
+        let capped = with("{\"file\": \"c.log\", \"max_bytes\": 4096}").unwrap();
+        assert_eq!(capped.serial, console("c.log", Some(4096)));
         assert!(matches!(
             with("\"tty\""),
             Err(SpecError::InvalidValue { .. })
         ));
+        assert!(matches!(
+            with("{\"file\": \"c.log\", \"max\": 1}"),
+            Err(SpecError::UnknownField { .. })
+        ));
+    }
+
+    fn console(path: &str, max_bytes: Option<u64>) -> SerialSpec {
+        SerialSpec::File(ConsoleFileSpec {
+            file: path.into(),
+            max_bytes,
+        })
+    }
+
+    #[test]
+    fn serial_forms_serialize_back_to_the_spec_forms() {
+        for s in [
+            SerialSpec::Stdio,
+            SerialSpec::Off,
+            console("c.log", None),
+            console("c.log", Some(1)),
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(
+                serde_json::from_str::<SerialSpec>(&json).unwrap(),
+                s,
+                "{json}"
+            );
+        }
+        assert_eq!(serde_json::to_string(&SerialSpec::Off).unwrap(), "\"off\"");
+    }
+
+    #[test]
+    fn zero_console_cap_rejected() {
+        let mut s = spec();
+        s.serial = console("c.log", Some(0));
+        assert!(matches!(s.validate(), Err(SpecError::ConsoleCapZero)));
     }
 
     #[test]
     fn relative_paths_resolve_against_the_spec_directory() {
         let mut s = spec();
         s.kernel.path = "vmlinux".into();
-        s.serial = SerialSpec::File("console.log".into());
+        s.serial = console("console.log", None);
         s.resolve_paths(Path::new("/srv/vm"));
         assert_eq!(s.kernel.path, Path::new("/srv/vm/vmlinux"));
         assert_eq!(
             s.kernel.initramfs.as_deref(),
             Some(Path::new("/srv/initrd.cpio.gz"))
         );
-        assert_eq!(s.serial, SerialSpec::File("/srv/vm/console.log".into()));
+        assert_eq!(s.serial, console("/srv/vm/console.log", None));
+    }
+
+    #[test]
+    fn fifo_spec_is_refused_not_read_forever() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("vm.json");
+        crate::files::tests::mkfifo(&path);
+        let err = VmSpec::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::ReadSpec(e) if crate::files::is_not_regular(e)),
+            "{err:?}"
+        );
     }
 
     #[test]

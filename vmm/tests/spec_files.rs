@@ -139,6 +139,7 @@ fn schema_limits_match_validation() {
     assert_eq!(vcpus["maximum"], Value::from(vmm::spec::MAX_VCPUS));
     let size = &schema["properties"]["memory"]["properties"]["size_mib"];
     assert_eq!(size["minimum"], Value::from(vmm::spec::MIN_MEMORY_MIB));
+    assert_eq!(size["maximum"], Value::from(vmm::spec::MAX_MEMORY_MIB));
     assert_eq!(
         schema["properties"]["kernel"]["properties"]["cmdline"]["default"],
         Value::from(vmm::spec::DEFAULT_CMDLINE)

@@ -182,11 +182,13 @@ impl PciConfigSpace {
     /// VMM-side write ignoring the guest masks; out-of-range bytes are dropped.
     pub fn set_bytes(&mut self, offset: usize, bytes: &[u8]) {
         debug_assert!(
-            offset + bytes.len() <= self.data.len(),
+            offset
+                .checked_add(bytes.len())
+                .is_some_and(|end| end <= self.data.len()),
             "config write past end"
         );
         for (i, b) in bytes.iter().enumerate() {
-            if let Some(d) = self.data.get_mut(offset + i) {
+            if let Some(d) = offset.checked_add(i).and_then(|at| self.data.get_mut(at)) {
                 *d = *b;
             }
         }
@@ -205,9 +207,12 @@ impl PciConfigSpace {
     }
 
     fn set_mask(mask: &mut [u8], offset: usize, len: usize, bits: u32) {
-        debug_assert!(len <= 4 && offset + len <= mask.len(), "mask past end");
+        debug_assert!(
+            len <= 4 && offset.checked_add(len).is_some_and(|end| end <= mask.len()),
+            "mask past end"
+        );
         for (i, b) in bits.to_le_bytes().iter().take(len).enumerate() {
-            if let Some(m) = mask.get_mut(offset + i) {
+            if let Some(m) = offset.checked_add(i).and_then(|at| mask.get_mut(at)) {
                 *m = *b;
             }
         }
@@ -225,7 +230,7 @@ impl PciConfigSpace {
 
     pub(super) fn wmask_u32(&self, offset: usize) -> u32 {
         self.wmask
-            .get(offset..offset + 4)
+            .get(offset..offset.saturating_add(4))
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
@@ -258,8 +263,9 @@ impl PciConfigSpace {
         if !matches!(len, 1 | 2 | 4) || offset + len > 4 {
             return None;
         }
-        let start = reg.checked_mul(4)? + offset;
-        (start + len <= self.data.len()).then_some(start)
+        // `reg` comes from callers that may not have bounded it: never wrap.
+        let start = reg.checked_mul(4)?.checked_add(offset)?;
+        (start.checked_add(len)? <= self.data.len()).then_some(start)
     }
 
     /// Guest write of `data` at byte `offset` of register `reg`, honouring the
@@ -487,6 +493,25 @@ mod tests {
         assert_eq!(c.command(), 0);
         assert_eq!(c.read_reg(1024), u32::MAX);
         assert_eq!(c.read_reg(usize::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn huge_register_indices_are_dropped_not_wrapped() {
+        let mut c = type0();
+        let before = c.as_bytes().to_vec();
+        // reg * 4 fits in usize, but adding the offset or the length would wrap.
+        for reg in [usize::MAX / 4, usize::MAX / 4 - 1, usize::MAX >> 1] {
+            for offset in 0..4 {
+                let r = c.write(reg, offset, &[0xff]);
+                assert_eq!(r, ConfigWriteResult::default(), "reg {reg:#x}+{offset}");
+                c.write(reg, offset, &[0xff; 4]);
+            }
+            assert_eq!(c.read_reg(reg), u32::MAX);
+        }
+        c.write(1, u64::MAX, &[0xff]);
+        assert_eq!(c.as_bytes(), &before[..]);
+        assert_eq!(c.read_u32(usize::MAX - 1), u32::MAX);
+        assert_eq!(c.wmask_u32(usize::MAX - 2), 0);
     }
 
     #[test]
