@@ -33,9 +33,9 @@ const MAX_MSI_GSI: u32 = 4095;
 /// Failures of VM-level setup steps.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("cannot open /dev/kvm; is KVM enabled and may this user open it (group kvm)?")]
+    #[error("cannot open /dev/kvm{}", crate::host::kvm_hint(.0, "; is KVM enabled and may this user open it (group kvm)?"))]
     OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("cannot create a VM (another hypervisor running? out of memory?)")]
+    #[error("cannot create a VM{}", crate::host::kvm_hint(.0, " (another hypervisor running? out of memory?)"))]
     CreateVm(#[source] kvm_ioctls::Error),
     #[error("{action} failed")]
     Kvm {

@@ -43,7 +43,7 @@ pub enum HostError {
 /// What to do about a failed /dev/kvm open or KVM_CREATE_VM: out of file descriptors
 /// (EMFILE: this process's `ulimit -n`; ENFILE: the host's table) is told apart from
 /// `otherwise`, the usual causes.
-fn kvm_hint(e: &kvm_ioctls::Error, otherwise: &'static str) -> String {
+pub(crate) fn kvm_hint(e: &kvm_ioctls::Error, otherwise: &'static str) -> String {
     match e.errno() {
         libc::EMFILE => format!(
             ": the open-files limit ({}) is reached; raise it, e.g. `ulimit -n 4096`, \
