@@ -1,4 +1,4 @@
-//! Guest RAM: plans the regions of the platform layout (BRIEF.md, "Platform contract":
+//! Guest RAM: plans the regions of the platform layout (`arch::x86_64::layout`:
 //! RAM below the 32-bit PCI hole, the rest from 4 GiB), maps them in this process and
 //! hands them to vm-memory.
 //!

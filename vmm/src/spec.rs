@@ -1,4 +1,4 @@
-//! The VM spec: the JSON document `strait run SPEC.json` boots (BRIEF.md, "The VM spec").
+//! The VM spec: the JSON document `strait run SPEC.json` boots (README.md, "The VM spec").
 //!
 //! Parsing rejects unknown fields everywhere, so a typo never silently changes a VM.
 //! [`VmSpec::validate`] then checks what can be decided from the document alone (counts,

@@ -29,6 +29,9 @@ mod tests;
 
 use std::sync::Arc;
 
+use devices::pci::regs::{
+    self, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, INTERRUPT_PIN, ROM_ADDRESS,
+};
 use devices::pci::{
     walk_capabilities, BarInfo, ConfigSize, ConfigWriteResult, PciConfigSpace, PciDevice,
     ROM_BAR_INDEX,
@@ -48,15 +51,12 @@ use setup::MappedBar;
 
 static GUEST_ODDITY: LogLimiter = LogLimiter::new();
 
-const COMMAND: usize = 0x04;
-const COMMAND_BUS_MASTER: u16 = 1 << 2;
-const HEADER_DWORD: usize = 0x0c;
-const MULTIFUNCTION: u32 = 0x80 << 16;
-const BAR_REGS: std::ops::Range<usize> = 0x10..0x28;
-const ROM_REG: usize = 0x30;
-const INTERRUPT_PIN: usize = 0x3d;
-const CAP_ID_MSI: u8 = 0x05;
-const CAP_ID_MSIX: u8 = 0x11;
+/// The dword holding the header type (cache line size, latency, header, BIST).
+const HEADER_DWORD: usize = regs::CACHE_LINE_SIZE;
+/// The multi-function bit of the header type, in that dword.
+const MULTIFUNCTION: u32 = (regs::HEADER_TYPE_MULTIFUNCTION as u32) << 16;
+/// The six BAR registers of a type 0 header.
+const BAR_REGS: std::ops::Range<usize> = regs::BAR0..regs::BAR0 + 6 * 4;
 
 /// How the VMM places this function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +366,7 @@ impl PciDevice for VfioPciDevice {
                     v
                 }
             }
-            o if BAR_REGS.contains(&o) || o == ROM_REG => self.shadow.read_u32(off),
+            o if BAR_REGS.contains(&o) || o == ROM_ADDRESS => self.shadow.read_u32(off),
             o if self.msix.as_ref().is_some_and(|m| m.cap.covers(o)) => {
                 let dev = self.device_dword(off);
                 self.msix
@@ -394,7 +394,7 @@ impl PciDevice for VfioPciDevice {
         }
         match off {
             COMMAND => return self.write_command(reg, offset, data),
-            o if BAR_REGS.contains(&o) || o == ROM_REG => {
+            o if BAR_REGS.contains(&o) || o == ROM_ADDRESS => {
                 return self.shadow.write(reg, offset, data)
             }
             // Header type (read-only) shares this dword with cache line size,
