@@ -40,7 +40,7 @@ pub struct ExtCap {
     pub hidden_len: usize,
 }
 
-const EXT_START: usize = 0x100;
+const EXT_START: usize = devices::pci::regs::EXT_CAPABILITY_START;
 
 /// Number of resizable BARs the capability at `offset` declares. A reserved
 /// count (0 or 7) or a control register past the image is taken as the most

@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::mapping::HostMapping;
 
 /// Offsets in the type-0 header this module reads.
-const BAR0: usize = 0x10;
-const SUBSYSTEM_VENDOR: usize = 0x2c;
+use devices::pci::regs::{BAR0, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID};
 
 pub(super) fn u16_at(cfg: &[u8], off: usize) -> u16 {
     cfg.get(off..off + 2)
@@ -48,8 +47,8 @@ pub(super) fn ids(cfg: &[u8]) -> PciIds {
         device: u16_at(cfg, 2),
         class: u32_at(cfg, 8) >> 8,
         revision: cfg.get(8).copied().unwrap_or(0),
-        subsystem_vendor: u16_at(cfg, SUBSYSTEM_VENDOR),
-        subsystem: u16_at(cfg, SUBSYSTEM_VENDOR + 2),
+        subsystem_vendor: u16_at(cfg, SUBSYSTEM_VENDOR_ID),
+        subsystem: u16_at(cfg, SUBSYSTEM_ID),
     }
 }
 
