@@ -7,7 +7,8 @@
 //! [`device::VfioDeviceOps`] and [`container::DmaMapper`], with recording
 //! fakes in `fake` (feature `fakes`) for tests.
 //!
-//! The recipe, as the VMM runs it:
+//! The recipe, as the VMM's passthrough layer (`vmm/src/passthrough/`) runs it, with
+//! addresses from `resources::Topology`:
 //! 1. [`open::open_devices`]: host checks, container, one backend per device.
 //! 2. [`container::GuestDma::map`]: guest RAM at IOVA = guest physical address.
 //! 3. [`pci::VfioPciDevice::new`] per backend, with the VMM's
