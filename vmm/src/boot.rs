@@ -8,10 +8,15 @@
 //! an ELF vmlinux is, with the bzImage's own setup header in the zero page (its
 //! `cmdline_size`, `initrd_addr_max`, `init_size`, `loadflags` hold for the kernel proper
 //! too). The guest's decompressor, and with it its physical KASLR, is skipped.
+//! Decompressing runs beside RAM setup; when it has not finished by the time the kernel
+//! is loaded, the bzImage is booted as it is (never later than before) and the result
+//! only fills the cache for the next launch.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use arch::x86_64::layout;
@@ -21,7 +26,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::spec::KernelSpec;
-use crate::unpack::{self, KernelCache};
+use crate::unpack::{self, KernelCache, Lookup};
 
 /// Offset of the setup header in a bzImage (boot.rst, "The real-mode kernel header").
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
@@ -238,10 +243,9 @@ impl KernelImage {
 #[derive(Debug)]
 pub struct KernelFiles {
     pub image: KernelImage,
-    /// What to load: the file, or the ELF vmlinux decompressed from a bzImage.
     kernel: Vec<u8>,
-    /// The format of `kernel` (ELF for a bzImage decompressed here).
-    format: KernelFormat,
+    /// The ELF vmlinux decompressed from a bzImage `kernel`.
+    unpacked: Unpacked,
     initramfs: Option<(PathBuf, Vec<u8>)>,
 }
 
@@ -266,13 +270,14 @@ impl KernelFiles {
                 path: spec.path.clone(),
                 source,
             })?;
-        let mut format = image.probe.format;
-        if let Some(hdr) = image.probe.header {
-            if let Some(vmlinux) = unpack::vmlinux_of(&spec.path, &kernel, &hdr, cache) {
-                kernel = vmlinux;
-                format = KernelFormat::Elf;
-            }
-        }
+        let unpacked = match image.probe.header {
+            Some(hdr) => match unpack::lookup(&spec.path, &kernel, &hdr, cache) {
+                Lookup::Hit(vmlinux) => Unpacked::Ready(vmlinux),
+                Lookup::Miss(job) => Unpacked::Pending(job.spawn()),
+                Lookup::Guest => Unpacked::None,
+            },
+            None => Unpacked::None,
+        };
         let initramfs = match &spec.initramfs {
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|source| BootError::OpenInitramfs {
@@ -286,7 +291,7 @@ impl KernelFiles {
         Ok(KernelFiles {
             image,
             kernel,
-            format,
+            unpacked,
             initramfs,
         })
     }
@@ -296,6 +301,41 @@ impl KernelFiles {
         let spec = spec.clone();
         std::thread::spawn(move || KernelFiles::read(&spec))
     }
+
+    /// The bytes to load and their format: the decompressed vmlinux if it is there by now,
+    /// else the file as it is.
+    fn to_load(&self) -> (KernelFormat, Cow<'_, [u8]>) {
+        let file = (
+            self.image.probe.format,
+            Cow::Borrowed(self.kernel.as_slice()),
+        );
+        match &self.unpacked {
+            Unpacked::Ready(vmlinux) => (KernelFormat::Elf, Cow::Borrowed(vmlinux.as_slice())),
+            Unpacked::Pending(rx) => match rx.try_recv() {
+                Ok(vmlinux) => (KernelFormat::Elf, Cow::Owned(vmlinux)),
+                Err(_) => {
+                    log::info!(
+                        "kernel: {}: still decompressing when RAM was ready; the guest \
+                         decompresses it this time",
+                        self.image.path.display()
+                    );
+                    file
+                }
+            },
+            Unpacked::None => file,
+        }
+    }
+}
+
+/// A bzImage's kernel decompressed on the host, if it is.
+#[derive(Debug)]
+enum Unpacked {
+    /// From the cache.
+    Ready(Vec<u8>),
+    /// Being decompressed on a thread of its own.
+    Pending(Receiver<Vec<u8>>),
+    /// Left to the guest (not a bzImage, or a format Strait does not decompress).
+    None,
 }
 
 /// A kernel in guest memory.
@@ -313,8 +353,9 @@ pub struct LoadedKernel {
 pub fn load_kernel(mem: &GuestMemoryMmap, files: &KernelFiles) -> Result<LoadedKernel, BootError> {
     let himem = Some(layout::HIMEM_START);
     let image = &files.image;
-    let mut bytes = Cursor::new(files.kernel.as_slice());
-    let result = match files.format {
+    let (format, kernel) = files.to_load();
+    let mut bytes = Cursor::new(kernel.as_ref());
+    let result = match format {
         KernelFormat::BzImage => BzImage::load(mem, None, &mut bytes, himem),
         KernelFormat::Elf => Elf::load(mem, None, &mut bytes, himem),
     }
@@ -322,7 +363,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, files: &KernelFiles) -> Result<LoadedK
         path: image.path.clone(),
         source,
     })?;
-    let entry = match files.format {
+    let entry = match format {
         KernelFormat::BzImage => GuestAddress(result.kernel_load.0 + BZIMAGE_ENTRY_64),
         KernelFormat::Elf => result.kernel_load,
     };
@@ -676,8 +717,11 @@ mod tests {
         };
         let files = KernelFiles::read_with_cache(&spec, None);
         std::fs::remove_file(&path).unwrap();
-        let files = files.unwrap();
-        assert_eq!(files.format, KernelFormat::Elf);
+        let mut files = files.unwrap();
+        if let Unpacked::Pending(rx) = &files.unpacked {
+            files.unpacked = Unpacked::Ready(rx.recv().unwrap());
+        }
+        assert_eq!(files.to_load().0, KernelFormat::Elf);
         let mem = guest();
         let loaded = load_kernel(&mem, &files).unwrap();
         assert_eq!(loaded.entry, GuestAddress(0x20_0000));
@@ -704,7 +748,7 @@ mod tests {
         let spec = fake_kernel_spec("unknown-payload", None);
         let files = KernelFiles::read_with_cache(&spec, None);
         std::fs::remove_file(&spec.path).unwrap();
-        assert_eq!(files.unwrap().format, KernelFormat::BzImage);
+        assert_eq!(files.unwrap().to_load().0, KernelFormat::BzImage);
     }
 
     #[test]

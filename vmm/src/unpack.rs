@@ -15,6 +15,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use linux_loader::loader::bootparam::setup_header;
@@ -283,15 +284,25 @@ pub fn cache_key(bzimage: &[u8]) -> String {
         .collect()
 }
 
-/// The ELF vmlinux inside `bzimage` (at `path`, header `hdr`), from `cache` when it holds
-/// it, else decompressed here and stored there. `None` leaves the decompression to the
-/// guest, with one line saying why.
-pub fn vmlinux_of(
+/// What to boot for a bzImage, as far as the host can tell without decompressing.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The cache holds its vmlinux.
+    Hit(Vec<u8>),
+    /// Decompressing it here is possible: run the job.
+    Miss(Job),
+    /// Its format is not one Strait decompresses (logged): the guest decompresses it.
+    Guest,
+}
+
+/// Looks `bzimage` (at `path`, header `hdr`) up in `cache`. Reads a cache entry (about
+/// the size of the kernel) but decompresses nothing.
+pub fn lookup(
     path: &Path,
     bzimage: &[u8],
     hdr: &setup_header,
     cache: Option<&KernelCache>,
-) -> Option<Vec<u8>> {
+) -> Lookup {
     let started = Instant::now();
     let payload = match payload(bzimage, hdr) {
         Ok(p) if p.format.on_host() => p,
@@ -302,40 +313,107 @@ pub fn vmlinux_of(
     if let Some((cache, key)) = cache.zip(key.as_deref()) {
         if let Some(vmlinux) = cache.load(key, payload.size) {
             log::info!(
-                "kernel: {} decompressed: cache hit ({} MiB) in {} ms",
+                "kernel: {}: decompressed kernel from the cache ({} MiB) in {} ms",
                 path.display(),
                 vmlinux.len() >> 20,
                 started.elapsed().as_millis()
             );
-            return Some(vmlinux);
+            return Lookup::Hit(vmlinux);
         }
     }
-    let vmlinux = match decompress(&payload) {
-        Ok(v) => v,
-        Err(e) => return guest_decompresses(path, &e),
-    };
-    log::info!(
-        "kernel: {} decompressed on the host: {:?}, {} -> {} MiB in {} ms (cache miss)",
-        path.display(),
-        payload.format,
-        payload.data.len() >> 20,
-        vmlinux.len() >> 20,
-        started.elapsed().as_millis()
-    );
-    if let Some((cache, key)) = cache.zip(key.as_deref()) {
-        if let Err(e) = cache.store(key, &vmlinux) {
-            log::debug!("kernel cache: cannot store in {}: {e}", cache.dir.display());
-        }
-    }
-    Some(vmlinux)
+    Lookup::Miss(Job {
+        path: path.to_path_buf(),
+        format: payload.format,
+        data: payload.data.to_vec(),
+        size: payload.size,
+        store: cache.cloned().zip(key),
+    })
 }
 
-fn guest_decompresses(path: &Path, why: &UnpackError) -> Option<Vec<u8>> {
+/// Decompressing one bzImage's payload and storing the result in the cache.
+#[derive(Debug)]
+pub struct Job {
+    path: PathBuf,
+    format: Compression,
+    data: Vec<u8>,
+    size: usize,
+    store: Option<(KernelCache, String)>,
+}
+
+impl Job {
+    /// Decompresses (logging the time taken) and stores the result in the cache. `None`
+    /// leaves the decompression to the guest, with one line saying why.
+    pub fn run(self) -> Option<Vec<u8>> {
+        self.run_then(|_| ())
+    }
+
+    /// [`Job::run`] on a thread of its own at the lowest CPU priority, so a guest that
+    /// boots meanwhile keeps the host's CPUs. The result arrives on the returned channel
+    /// before it is stored in the cache.
+    pub fn spawn(self) -> Receiver<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("strait-unpack".into())
+            .spawn(move || {
+                lower_thread_priority();
+                self.run_then(|vmlinux| {
+                    // The receiver is gone when the guest booted the bzImage instead.
+                    let _ = tx.send(vmlinux.to_vec());
+                });
+            });
+        if let Err(e) = spawned {
+            log::warn!("kernel: cannot start the decompression thread: {e}");
+        }
+        rx
+    }
+
+    fn run_then(self, deliver: impl FnOnce(&[u8])) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let payload = Payload {
+            format: self.format,
+            data: &self.data,
+            size: self.size,
+        };
+        let vmlinux = match decompress(&payload) {
+            Ok(v) => v,
+            Err(e) => {
+                guest_decompresses(&self.path, &e);
+                return None;
+            }
+        };
+        log::info!(
+            "kernel: {}: decompressed on the host: {:?}, {} -> {} MiB in {} ms",
+            self.path.display(),
+            self.format,
+            self.data.len() >> 20,
+            vmlinux.len() >> 20,
+            started.elapsed().as_millis()
+        );
+        deliver(&vmlinux);
+        if let Some((cache, key)) = &self.store {
+            if let Err(e) = cache.store(key, &vmlinux) {
+                log::debug!("kernel cache: cannot store in {}: {e}", cache.dir.display());
+            }
+        }
+        Some(vmlinux)
+    }
+}
+
+/// Nice 19 for the calling thread (Linux applies `setpriority` to one thread by its id).
+fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority take no pointers; failure only leaves the priority.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+fn guest_decompresses(path: &Path, why: &UnpackError) -> Lookup {
     log::info!(
-        "kernel: {} decompresses itself in the guest: {why}",
+        "kernel: {}: the guest decompresses it: {why}",
         path.display()
     );
-    None
+    Lookup::Guest
 }
 
 #[cfg(test)]
@@ -601,6 +679,42 @@ mod tests {
             Err(UnpackError::UnknownFormat { .. })
         ));
         assert_eq!(vmlinux_of(Path::new("/k"), &bz, &hdr, None), None);
+    }
+
+    /// Looks up and, on a miss, decompresses in this thread.
+    fn vmlinux_of(
+        path: &Path,
+        bz: &[u8],
+        hdr: &setup_header,
+        cache: Option<&KernelCache>,
+    ) -> Option<Vec<u8>> {
+        match lookup(path, bz, hdr, cache) {
+            Lookup::Hit(v) => Some(v),
+            Lookup::Miss(job) => job.run(),
+            Lookup::Guest => None,
+        }
+    }
+
+    #[test]
+    fn spawned_job_delivers_the_kernel_and_fills_the_cache() {
+        let cache = temp_cache("spawn");
+        let data = vmlinux(20_000);
+        let (bz, hdr) = bzimage(&payload_of(Compression::Lz4Legacy, &data));
+        let Lookup::Miss(job) = lookup(Path::new("/k"), &bz, &hdr, Some(&cache)) else {
+            panic!("an empty cache must miss");
+        };
+        let got = job.spawn().recv().unwrap();
+        let mut cached = None;
+        for _ in 0..100 {
+            cached = cache.load(&cache_key(&bz), data.len());
+            if cached.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::remove_dir_all(&cache.dir).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(cached, Some(data));
     }
 
     fn temp_cache(tag: &str) -> KernelCache {
