@@ -142,6 +142,14 @@ echo "$n CPUs in /proc/cpuinfo""#
     check("cpus", body)
 }
 
+/// The guest's LAPIC timer runs in TSC-deadline mode: the VMM announced the feature
+/// (CPUID.01H:ECX[24]) and the kernel took it, instead of calibrating the LAPIC timer.
+pub fn tsc_deadline() -> Check {
+    let body = r#"dmesg | grep -q 'TSC deadline timer available' || { echo "dmesg lacks 'TSC deadline timer available' (cpuinfo flag: '$(grep -o -m1 -w tsc_deadline_timer /proc/cpuinfo)')"; return 1; }
+echo "TSC deadline timer available""#;
+    check("tsc-deadline", body.to_string())
+}
+
 /// MemTotal lies between 80% and 100% of the configured RAM (the kernel
 /// keeps its image and early reservations out of MemTotal).
 pub fn memory(memory_mib: u32) -> Check {

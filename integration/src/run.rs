@@ -26,6 +26,9 @@ pub const L2_CMDLINE: &str = "console=ttyS0 panic=-1 quiet mitigations=off";
 const SPEC_TEMPLATE: &str = "spec.template.json";
 /// Run directories older than this are removed by later runs.
 const RUN_DIR_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The VMM's per-user cache (`$XDG_CACHE_HOME` in L1, see `scripts.rs`): kept in the
+/// testbed's cache between runs, lent to each run's work dir, since L1 forgets all.
+pub(crate) const VMM_CACHE: &str = "vmm-cache";
 
 /// Two L0s on a 2-core machine would both crawl: one run at a time per
 /// process (this mutex) and per cache directory (an flock on `run.lock`).
@@ -69,6 +72,8 @@ pub(crate) fn boot_l1(
     prune_old_runs(&runs);
     let work_dir = create_work_dir(&runs, &ctx.scenario.name, label)?;
     write_files(&work_dir)?;
+    let kept = ctx.cache.dir().join(VMM_CACHE);
+    link_files(&kept, &work_dir.join(VMM_CACHE));
     let l0 = l0_config(ctx, &work_dir);
     l0::create_backing_files(&l0)?;
     log::info!(
@@ -85,6 +90,7 @@ pub(crate) fn boot_l1(
         ),
         &|silence| watch(&work_dir, silence),
     )?;
+    link_files(&work_dir.join(VMM_CACHE), &kept);
     Ok((work_dir, l0_run))
 }
 
@@ -249,6 +255,31 @@ fn create_work_dir(runs: &Path, scenario: &str, label: &str) -> Result<PathBuf> 
     Ok(dir)
 }
 
+/// Hard-links the files under `from` (one level of subdirectories: the VMM's own) that
+/// `to` lacks into `to`; best effort, as a cold cache only costs time. Temporary files
+/// (a leading dot) are skipped.
+fn link_files(from: &Path, to: &Path) {
+    let Ok(dirs) = fs::read_dir(from) else {
+        return;
+    };
+    for dir in dirs.filter_map(|e| e.ok()) {
+        let Ok(files) = fs::read_dir(dir.path()) else {
+            continue;
+        };
+        let target = to.join(dir.file_name());
+        for file in files.filter_map(|e| e.ok()) {
+            let name = file.file_name();
+            if name.to_string_lossy().starts_with('.') || target.join(&name).exists() {
+                continue;
+            }
+            let _ = fs::create_dir_all(&target);
+            if let Err(e) = fs::hard_link(file.path(), target.join(&name)) {
+                log::debug!("cannot keep {}: {e}", file.path().display());
+            }
+        }
+    }
+}
+
 /// Removes run directories older than [`RUN_DIR_MAX_AGE`]; best effort.
 fn prune_old_runs(runs: &Path) {
     let Ok(entries) = fs::read_dir(runs) else {
@@ -300,4 +331,30 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_cache_is_lent_and_kept_by_hard_links() {
+        let root = std::env::temp_dir().join(format!("testbed-vmm-cache-{}", std::process::id()));
+        let (kept, lent) = (root.join("kept"), root.join("lent"));
+        fs::create_dir_all(kept.join("strait")).unwrap();
+        fs::write(kept.join("strait/old.elf"), b"old").unwrap();
+        link_files(&kept, &lent);
+        fs::write(lent.join("strait/new.elf"), b"new").unwrap();
+        fs::write(lent.join("strait/.new.elf.1.tmp"), b"half").unwrap();
+        link_files(&lent, &kept);
+        let mut names: Vec<_> = fs::read_dir(kept.join("strait"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let old = fs::read(lent.join("strait/old.elf")).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(names, ["new.elf", "old.elf"]);
+        assert_eq!(old, b"old");
+    }
 }

@@ -195,7 +195,11 @@ pub fn nvme() -> Scenario {
 pub fn boot() -> Scenario {
     let mut s = Scenario::new("boot");
     s.vcpus = 2;
-    s.checks = vec![checks::cpus(s.vcpus), checks::memory(s.memory_mib)];
+    s.checks = vec![
+        checks::cpus(s.vcpus),
+        checks::memory(s.memory_mib),
+        checks::tsc_deadline(),
+    ];
     s
 }
 

@@ -234,6 +234,12 @@ fn l1_setup_script(plan: &RunPlan) -> String {
         "WORK={}",
         shell_word(&plan.work_dir.display().to_string(), 0)
     );
+    // The VMM's per-user cache (Strait's decompressed kernels), kept between runs.
+    let _ = writeln!(
+        s,
+        "export XDG_CACHE_HOME=\"$WORK/{}\"",
+        crate::run::VMM_CACHE
+    );
     s.push_str(L1_RUN_LIB);
     push_hugepages(&mut s, plan);
     for (i, device) in plan.devices.iter().enumerate() {

@@ -2,10 +2,21 @@
 //! header), the initramfs and the command line, following the Linux x86 boot protocol
 //! (Documentation/arch/x86/boot.rst, "64-bit boot protocol"). Placement comes from the
 //! `arch` layout; the zero page itself is built by `arch::x86_64::boot_params`.
+//!
+//! A bzImage whose payload Strait can decompress ([`crate::unpack`]) is booted as the ELF
+//! vmlinux inside it, entered at its 64-bit entry (`startup_64`) at its link address, as
+//! an ELF vmlinux is, with the bzImage's own setup header in the zero page (its
+//! `cmdline_size`, `initrd_addr_max`, `init_size`, `loadflags` hold for the kernel proper
+//! too). The guest's decompressor, and with it its physical KASLR, is skipped.
+//! Decompressing runs beside RAM setup; when it has not finished by the time the kernel
+//! is loaded, the bzImage is booted as it is (never later than before) and the result
+//! only fills the cache for the next launch.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use arch::x86_64::layout;
@@ -15,6 +26,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::spec::{KernelSpec, MemorySpec};
+use crate::unpack::{self, KernelCache, Lookup};
 
 mod elf;
 pub use elf::{ElfLayout, ElfProblem};
@@ -322,18 +334,29 @@ impl KernelImage {
 }
 
 /// The kernel and initramfs, identified and read into this process, ready to copy into
-/// guest RAM. Reading them is file I/O with no need for RAM, so [`KernelFiles::spawn_read`]
-/// does it on a thread while RAM is prefaulted.
+/// guest RAM. Reading them (and decompressing a bzImage's kernel) needs no guest RAM, so
+/// [`KernelFiles::spawn_read`] does it on a thread while RAM is prefaulted.
 #[derive(Debug)]
 pub struct KernelFiles {
     pub image: KernelImage,
     kernel: Vec<u8>,
+    /// The ELF vmlinux decompressed from a bzImage `kernel`.
+    unpacked: Unpacked,
     initramfs: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl KernelFiles {
-    /// Identify the kernel and read it and the initramfs whole.
+    /// Identify the kernel and read it and the initramfs whole; decompress a bzImage's
+    /// kernel (from the user's cache when it holds it) unless its format is unknown here.
     pub fn read(spec: &KernelSpec) -> Result<KernelFiles, BootError> {
+        KernelFiles::read_with_cache(spec, KernelCache::for_user().as_ref())
+    }
+
+    /// [`KernelFiles::read`] with decompressed kernels cached in `cache`, if any.
+    fn read_with_cache(
+        spec: &KernelSpec,
+        cache: Option<&KernelCache>,
+    ) -> Result<KernelFiles, BootError> {
         let mut image = open_kernel(&spec.path)?;
         let mut kernel = Vec::new();
         image
@@ -343,6 +366,14 @@ impl KernelFiles {
                 path: spec.path.clone(),
                 source,
             })?;
+        let unpacked = match image.probe.header {
+            Some(hdr) => match unpack::lookup(&spec.path, &kernel, &hdr, cache) {
+                Lookup::Hit(vmlinux) => Unpacked::Ready(vmlinux),
+                Lookup::Miss(job) => Unpacked::Pending(job.spawn()),
+                Lookup::Guest => Unpacked::None,
+            },
+            None => Unpacked::None,
+        };
         let initramfs = match &spec.initramfs {
             Some(path) => {
                 let bytes = read_initramfs(path)?;
@@ -353,6 +384,7 @@ impl KernelFiles {
         Ok(KernelFiles {
             image,
             kernel,
+            unpacked,
             initramfs,
         })
     }
@@ -362,6 +394,41 @@ impl KernelFiles {
         let spec = spec.clone();
         std::thread::spawn(move || KernelFiles::read(&spec))
     }
+
+    /// The bytes to load and their format: the decompressed vmlinux if it is there by now,
+    /// else the file as it is.
+    fn to_load(&self) -> (KernelFormat, Cow<'_, [u8]>) {
+        let file = (
+            self.image.probe.format,
+            Cow::Borrowed(self.kernel.as_slice()),
+        );
+        match &self.unpacked {
+            Unpacked::Ready(vmlinux) => (KernelFormat::Elf, Cow::Borrowed(vmlinux.as_slice())),
+            Unpacked::Pending(rx) => match rx.try_recv() {
+                Ok(vmlinux) => (KernelFormat::Elf, Cow::Owned(vmlinux)),
+                Err(_) => {
+                    log::info!(
+                        "kernel: {}: still decompressing when RAM was ready; the guest \
+                         decompresses it this time",
+                        self.image.path.display()
+                    );
+                    file
+                }
+            },
+            Unpacked::None => file,
+        }
+    }
+}
+
+/// A bzImage's kernel decompressed on the host, if it is.
+#[derive(Debug)]
+enum Unpacked {
+    /// From the cache.
+    Ready(Vec<u8>),
+    /// Being decompressed on a thread of its own.
+    Pending(Receiver<Vec<u8>>),
+    /// Left to the guest (not a bzImage, or a format Strait does not decompress).
+    None,
 }
 
 /// The whole initramfs file (a regular file only: see [`crate::files`]).
@@ -383,7 +450,7 @@ pub struct LoadedKernel {
     pub entry: GuestAddress,
     /// End of the loaded image.
     pub end: u64,
-    /// Setup header for the zero page (bzImage only).
+    /// Setup header for the zero page (a bzImage's, also when booted decompressed).
     pub header: Option<setup_header>,
 }
 
@@ -391,8 +458,9 @@ pub struct LoadedKernel {
 pub fn load_kernel(mem: &GuestMemoryMmap, files: &KernelFiles) -> Result<LoadedKernel, BootError> {
     let himem = Some(layout::HIMEM_START);
     let image = &files.image;
-    let mut bytes = Cursor::new(files.kernel.as_slice());
-    let result = match image.probe.format {
+    let (format, kernel) = files.to_load();
+    let mut bytes = Cursor::new(kernel.as_ref());
+    let result = match format {
         KernelFormat::BzImage => BzImage::load(mem, None, &mut bytes, himem),
         KernelFormat::Elf => Elf::load(mem, None, &mut bytes, himem),
     }
@@ -400,14 +468,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, files: &KernelFiles) -> Result<LoadedK
         path: image.path.clone(),
         source,
     })?;
-    let entry = match image.probe.format {
+    let entry = match format {
         KernelFormat::BzImage => GuestAddress(result.kernel_load.0 + BZIMAGE_ENTRY_64),
         KernelFormat::Elf => result.kernel_load,
     };
     Ok(LoadedKernel {
         entry,
         end: result.kernel_end,
-        header: result.setup_header,
+        // linux-loader's for a bzImage; the file's for the ELF decompressed from one.
+        header: result.setup_header.or(image.probe.header),
     })
 }
 
@@ -815,6 +884,104 @@ pub(crate) mod tests {
         let err = KernelFiles::read(&spec).unwrap_err();
         std::fs::remove_file(&spec.path).unwrap();
         assert!(matches!(err, BootError::OpenInitramfs { .. }), "{err:?}");
+    }
+
+    /// A minimal ELF64 vmlinux: one PT_LOAD segment of `code` at physical `paddr`, entered
+    /// there, with `bss` more bytes in memory than in the file.
+    fn tiny_elf(paddr: u64, code: &[u8], bss: u64) -> Vec<u8> {
+        let mut e = b"\x7fELF\x02\x01\x01".to_vec();
+        e.resize(16, 0);
+        e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+        e.extend_from_slice(&1u32.to_le_bytes());
+        for v in [paddr, 64, 0] {
+            e.extend_from_slice(&v.to_le_bytes()); // entry, phoff, shoff
+        }
+        e.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 1, 0, 0, 0] {
+            e.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, sh*
+        }
+        e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        let len = code.len() as u64;
+        for v in [120, paddr, paddr, len, len + bss, 0x1000] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(code);
+        e
+    }
+
+    /// A bzImage file whose gzip payload is `vmlinux`, with the header fields the zero
+    /// page must carry over set to recognisable values.
+    fn bzimage_of(vmlinux: &[u8], tag: &str) -> PathBuf {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(vmlinux).unwrap();
+        let mut payload = gz.finish().unwrap();
+        payload.extend_from_slice(&(vmlinux.len() as u32).to_le_bytes());
+        let mut bytes = bzimage_head(0x20f, 4, 0);
+        let le32 =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        le32(&mut bytes, 0x230, 0x20_0000); // kernel_alignment
+        le32(&mut bytes, 0x238, 2047); // cmdline_size
+        le32(&mut bytes, 0x248, 0x40); // payload_offset
+        le32(&mut bytes, 0x24c, payload.len() as u32); // payload_length
+        le32(&mut bytes, 0x260, 0x0123_4000); // init_size
+        bytes[0x211] = 0x01; // loadflags: LOADED_HIGH
+        bytes[0x234] = 1; // relocatable_kernel
+        bytes.resize(5 * 512 + 0x40, 0);
+        bytes.extend_from_slice(&payload);
+        let syssize = (bytes.len() - 5 * 512).div_ceil(16) as u32;
+        le32(&mut bytes, 0x1f4, syssize);
+        bytes.resize(5 * 512 + syssize as usize * 16, 0);
+        let path = std::env::temp_dir().join(format!("strait-bz-{tag}-{}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn decompressed_bzimage_boots_as_elf_with_its_own_setup_header() {
+        let code = [0xf4u8; 32]; // hlt
+        let path = bzimage_of(&tiny_elf(0x20_0000, &code, 0x1000), "elfhdr");
+        let spec = KernelSpec {
+            path: path.clone(),
+            initramfs: None,
+            cmdline: String::new(),
+        };
+        let files = KernelFiles::read_with_cache(&spec, None);
+        std::fs::remove_file(&path).unwrap();
+        let mut files = files.unwrap();
+        if let Unpacked::Pending(rx) = &files.unpacked {
+            files.unpacked = Unpacked::Ready(rx.recv().unwrap());
+        }
+        assert_eq!(files.to_load().0, KernelFormat::Elf);
+        let mem = guest();
+        let loaded = load_kernel(&mem, &files).unwrap();
+        assert_eq!(loaded.entry, GuestAddress(0x20_0000));
+        assert_eq!(loaded.end, 0x20_0000 + 32 + 0x1000);
+        assert_eq!(read_back(&mem, GuestAddress(0x20_0000), 32), code);
+        let h = loaded.header.unwrap();
+        let carried = (
+            h.header,
+            h.version,
+            h.init_size,
+            h.kernel_alignment,
+            h.relocatable_kernel,
+            h.cmdline_size,
+            h.loadflags,
+        );
+        assert_eq!(
+            carried,
+            (HDRS_MAGIC, 0x20f, 0x0123_4000, 0x20_0000, 1, 2047, 0x01)
+        );
+    }
+
+    #[test]
+    fn bzimage_with_unknown_payload_boots_as_bzimage() {
+        let spec = fake_kernel_spec("unknown-payload", None);
+        let files = KernelFiles::read_with_cache(&spec, None);
+        std::fs::remove_file(&spec.path).unwrap();
+        assert_eq!(files.unwrap().to_load().0, KernelFormat::BzImage);
     }
 
     #[test]

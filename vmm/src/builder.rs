@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use arch::x86_64::layout;
 use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use resources::GsiAllocator;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -85,7 +82,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
-    let cpuid = supported_cpuid(&kvm)?;
+    let cpuid = vcpu::guest_cpuid(&kvm)?;
     let hosts = spec.passthrough_hosts();
     let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes())?;
     let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
@@ -273,14 +270,6 @@ fn write_acpi(
         what: "ACPI tables",
         source,
     })
-}
-
-fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| VmError::Kvm {
-            action: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })
 }
 
 #[cfg(test)]

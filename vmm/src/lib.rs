@@ -2,11 +2,11 @@
 //! recipe, vCPU threads and their exit handling, and the legacy device wiring.
 //!
 //! Module map, in boot order: [`spec`] (the JSON document) -> [`host`] (does the host
-//! have what it names) -> [`builder::build_vm`] ([`memory`], [`boot`], [`device_manager`],
-//! [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit). [`error`] maps every
-//! failure to an exit code; [`logger`] writes stderr and the boot timeline; [`files`] opens
-//! the files a spec names without blocking. [`check`] is `strait check`, the host
-//! preflight that needs no spec.
+//! have what it names) -> [`builder::build_vm`] ([`memory`], [`boot`] with [`unpack`],
+//! [`device_manager`], [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit).
+//! [`error`] maps every failure to an exit code; [`logger`] writes stderr and the boot
+//! timeline; [`files`] opens the files a spec names without blocking. [`check`] is
+//! `strait check`, the host preflight that needs no spec.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -27,5 +27,6 @@ pub mod passthrough;
 pub mod slots;
 pub mod spec;
 pub mod stop;
+pub mod unpack;
 pub mod vcpu;
 pub mod vm;

@@ -13,8 +13,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_run, CpuId, Msrs};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_bindings::{kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -49,6 +49,8 @@ pub enum VcpuError {
         #[source]
         source: arch::Error,
     },
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
     #[error("cannot install the vCPU kick signal handler")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
     #[error("vcpu{index}: cannot start its thread")]
@@ -66,8 +68,22 @@ pub struct BootCpuState {
     pub entry: GuestAddress,
     /// CR3 of the identity-mapped boot page tables.
     pub cr3: u64,
-    /// `KVM_GET_SUPPORTED_CPUID`, patched per vCPU.
+    /// [`guest_cpuid`], patched per vCPU.
     pub supported_cpuid: CpuId,
+}
+
+/// The CPUID table every vCPU starts from: what KVM supports, plus what it emulates but
+/// reports only as a capability (the TSC-deadline timer).
+pub fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VcpuError::SupportedCpuid)?;
+    let emulated = arch::x86_64::EmulatedFeatures {
+        tsc_deadline_timer: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
+    log::debug!("KVM emulates {emulated:?}");
+    arch::x86_64::add_emulated_features(&mut cpuid, emulated);
+    Ok(cpuid)
 }
 
 /// Create vCPU `index` of `count` and load its boot state.

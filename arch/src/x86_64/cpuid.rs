@@ -1,12 +1,15 @@
-//! Per-vCPU CPUID adjustments (Intel SDM Vol. 2A "CPUID"; AMD APM Vol. 3 appendix E.4):
-//! APIC IDs and a flat topology of `count` single-thread cores in one socket, the hypervisor
-//! bit, and the physical address width the 64-bit MMIO window must stay below.
+//! CPUID adjustments (Intel SDM Vol. 2A "CPUID"; AMD APM Vol. 3 appendix E.4): VM-wide,
+//! the features KVM emulates but leaves out of `KVM_GET_SUPPORTED_CPUID` (the TSC-deadline
+//! timer, KVM API "KVM_CAP_TSC_DEADLINE_TIMER"); per vCPU, APIC IDs and a flat topology of
+//! `count` single-thread cores in one socket, the hypervisor bit, and the physical address
+//! width the 64-bit MMIO window must stay below.
 //!
 //! The input is what `KVM_GET_SUPPORTED_CPUID` returned, which carries the host's topology
 //! in leaves 0x1, 0x4, 0xb, 0x1f, 0x8000_0008, 0x8000_001d and 0x8000_001e; every one of
 //! those present is rewritten so the guest's view matches its own vCPUs. Feature bits are
 //! left as KVM reports them (including the paravirt leaves 0x4000_0000.., leaf 0x6 ARAT and
-//! leaf 0xa, whose PMU KVM emulates in the kernel).
+//! leaf 0xa, whose PMU KVM emulates in the kernel, x2APIC, which KVM reports itself, and
+//! invariant TSC in 0x8000_0007, reported when the host's TSC is constant).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -14,6 +17,8 @@ use crate::{Error, Result};
 
 /// Leaf 0x1 ECX bit 31: running under a hypervisor.
 pub const CPUID1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 0x1 ECX bit 24: the LAPIC timer has TSC-deadline mode.
+pub const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 0x1 EDX bit 28: HTT, `EBX[23:16]` is valid.
 pub const CPUID1_EDX_HTT: u32 = 1 << 28;
 /// Topology level type "SMT" in leaves 0xb/0x1f `ECX[15:8]`.
@@ -30,6 +35,31 @@ const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_ADDR_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
+
+/// What the VMM learnt from KVM's capabilities about features that
+/// `KVM_GET_SUPPORTED_CPUID` does not report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmulatedFeatures {
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`: the in-kernel LAPIC emulates TSC-deadline mode.
+    /// Without it in CPUID, Linux calibrates the LAPIC timer against the PIT at boot and
+    /// runs it in one-shot mode (a VM exit to reprogram each tick).
+    pub tsc_deadline_timer: bool,
+}
+
+/// Adds the features of `emulated` to leaf 0x1 of `cpuid` (from `KVM_GET_SUPPORTED_CPUID`),
+/// once per VM, before [`patch_cpuid`]. A feature not offered is cleared, so the guest is
+/// never promised what KVM cannot do.
+pub fn add_emulated_features(cpuid: &mut CpuId, emulated: EmulatedFeatures) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_FEATURES {
+            if emulated.tsc_deadline_timer {
+                e.ecx |= CPUID1_ECX_TSC_DEADLINE;
+            } else {
+                e.ecx &= !CPUID1_ECX_TSC_DEADLINE;
+            }
+        }
+    }
+}
 
 /// The guest topology every patch derives from.
 #[derive(Clone, Copy, Debug)]
@@ -216,12 +246,13 @@ mod tests {
         }
     }
 
-    /// A host-like table: 0x1 with host APIC ID 7 and 16 logical CPUs, Intel 0x4 L1d and L3
+    /// A host-like table: 0x1 with host APIC ID 7 and 16 logical CPUs and, as from KVM, no
+    /// TSC-deadline bit (ECX bit 24), Intel 0x4 L1d and L3
     /// plus the null terminator, 0xb with a 2-thread SMT level, AMD 0x8000_0008/1d/1e.
     fn host_cpuid() -> CpuId {
         CpuId::from_entries(&[
             entry(0x0, 0, [0x1f, 0, 0, 0]),
-            entry(0x1, 0, [0x906ea, 0x0710_0800, 0x7ffa_fbff, 0xbfeb_fbff]),
+            entry(0x1, 0, [0x906ea, 0x0710_0800, 0x7efa_fbff, 0xbfeb_fbff]),
             entry(0x4, 0, [0x1c00_4121, 0, 0, 0]),
             entry(0x4, 3, [0x1c03_c163, 0, 0, 0]),
             entry(0x4, 4, [0, 0, 0, 0]),
@@ -252,6 +283,47 @@ mod tests {
         let mut c = host_cpuid();
         patch_cpuid(&mut c, index, count).unwrap();
         c
+    }
+
+    fn with_emulated(tsc_deadline_timer: bool) -> CpuId {
+        let mut c = host_cpuid();
+        add_emulated_features(&mut c, EmulatedFeatures { tsc_deadline_timer });
+        c
+    }
+
+    #[test]
+    fn tsc_deadline_is_announced_when_kvm_emulates_it() {
+        let ecx = find(&with_emulated(true), 0x1, 0).ecx;
+        assert_ne!(ecx & CPUID1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_is_cleared_when_kvm_lacks_it() {
+        let mut c = host_cpuid();
+        c.as_mut_slice()[1].ecx |= CPUID1_ECX_TSC_DEADLINE;
+        add_emulated_features(&mut c, EmulatedFeatures::default());
+        assert_eq!(find(&c, 0x1, 0).ecx & CPUID1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn emulated_features_keep_the_other_leaf1_bits() {
+        let before = find(&host_cpuid(), 0x1, 0);
+        let after = find(&with_emulated(true), 0x1, 0);
+        assert_eq!(
+            after.ecx & !CPUID1_ECX_TSC_DEADLINE,
+            before.ecx & !CPUID1_ECX_TSC_DEADLINE
+        );
+        assert_eq!(
+            (after.eax, after.ebx, after.edx),
+            (before.eax, before.ebx, before.edx)
+        );
+    }
+
+    #[test]
+    fn tsc_deadline_survives_the_per_vcpu_patch() {
+        let mut c = with_emulated(true);
+        patch_cpuid(&mut c, 1, 2).unwrap();
+        assert_ne!(find(&c, 0x1, 0).ecx & CPUID1_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]

@@ -443,6 +443,10 @@ mod tests {
             line(2000.0, "TESTBED-INIT"),
             line(3000.0, "TESTBED-CHECK cpus PASS 2 CPUs"),
             line(3100.0, "TESTBED-CHECK memory PASS MemTotal 500000 kB"),
+            line(
+                3200.0,
+                "TESTBED-CHECK tsc-deadline PASS TSC deadline timer available",
+            ),
         ];
         r
     }
