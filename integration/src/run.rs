@@ -9,15 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::HostEnv;
 use crate::images::{Artefacts, Cache};
 use crate::l0::{self, L0Config, L0Run, Stall};
 use crate::options::TestbedOptions;
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
+use crate::preflight;
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
-use crate::vmm::GuestConfig;
+use crate::vmm::{GuestConfig, Vmm};
 
 /// L2's base command line; `quiet` because every console byte is an exit to
 /// the L1 VMM, which TCG makes slow. Failing checks print the kernel log.
@@ -109,8 +111,25 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         vmm_command: ctx.opts.vmm.command(&guest, &work_dir.join("spec.json")),
         spec_template: spec_template.map(|_| SPEC_TEMPLATE.to_string()),
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
+        pre_commands: pre_commands(ctx, work_dir),
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
+}
+
+/// `strait check` and `strait plan` before a Strait run whose scenario checks them.
+fn pre_commands(ctx: &RunContext<'_>, work_dir: &Path) -> Vec<(String, Vec<String>)> {
+    let Vmm::Strait { binary } = &ctx.opts.vmm else {
+        return Vec::new();
+    };
+    if !ctx.scenario.host_checks.iter().any(|c| c.strait_only()) {
+        return Vec::new();
+    }
+    let spec = work_dir.join("spec.json").display().to_string();
+    preflight::commands(
+        &binary.display().to_string(),
+        ctx.scenario.devices.len(),
+        &spec,
+    )
 }
 
 pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
@@ -174,11 +193,11 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     };
     let l2_console = read("l2-console.log").unwrap_or_default();
     let mut checks = parse_checks(&l2_console);
+    let strait = matches!(ctx.opts.vmm, Vmm::Strait { .. });
     checks.extend(
         ctx.scenario
-            .host_checks
-            .iter()
-            .map(|c| host_check(*c, work_dir)),
+            .host_checks_for(strait)
+            .map(|c| host_check(c, work_dir, &ctx.scenario.devices)),
     );
     let timings = Timings::from_markers(
         &l0_run.markers,
@@ -188,7 +207,7 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     Outcome {
         scenario: ctx.scenario.name.clone(),
         vmm: ctx.opts.vmm.label().to_string(),
-        expected_checks: ctx.scenario.expected_checks(),
+        expected_checks: ctx.scenario.expected_checks_for(strait),
         checks,
         l1_console: l0_run.console,
         l2_console,
@@ -203,9 +222,13 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     }
 }
 
-fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
+fn host_check(check: HostCheck, work_dir: &Path, devices: &[Device]) -> CheckResult {
     let name = check.name().to_string();
     match check {
+        HostCheck::StraitCheck => {
+            preflight::result(&name, preflight::check_report(work_dir, devices))
+        }
+        HostCheck::StraitPlan => preflight::result(&name, preflight::plan_matches(work_dir)),
         HostCheck::IvshmemWord { value } => {
             let path = work_dir.join(l0::IVSHMEM_FILE);
             let mut word = [0u8; 4];

@@ -51,6 +51,12 @@ pub enum HostCheck {
         /// The expected little-endian value.
         value: u32,
     },
+    /// Strait only: `strait check` in L1 before the run reports the IOMMU on, every
+    /// device's group viable, nvme with FLR and the others with no reset method.
+    StraitCheck,
+    /// Strait only: `strait plan` in L1 before the run places every BAR where L2 finds
+    /// it and the 64-bit window where `strait run` logged it.
+    StraitPlan,
 }
 
 impl HostCheck {
@@ -58,7 +64,14 @@ impl HostCheck {
     pub fn name(self) -> &'static str {
         match self {
             HostCheck::IvshmemWord { .. } => "ivshmem-backing",
+            HostCheck::StraitCheck => "strait-check",
+            HostCheck::StraitPlan => "strait-plan",
         }
+    }
+
+    /// Whether the check is about Strait's own tools (not run for another VMM).
+    pub fn strait_only(self) -> bool {
+        matches!(self, HostCheck::StraitCheck | HostCheck::StraitPlan)
     }
 }
 
@@ -135,10 +148,22 @@ impl Scenario {
 
     /// Names of the checks whose results a passing run must contain.
     pub fn expected_checks(&self) -> Vec<String> {
+        self.expected_checks_for(true)
+    }
+
+    /// The checks a run reports, leaving out Strait's own unless `strait` runs it.
+    pub fn expected_checks_for(&self, strait: bool) -> Vec<String> {
         let guest = self.checks.iter().map(|c| c.name.clone());
-        guest
-            .chain(self.host_checks.iter().map(|c| c.name().to_string()))
-            .collect()
+        let host = self.host_checks_for(strait).map(|c| c.name().to_string());
+        guest.chain(host).collect()
+    }
+
+    /// The host checks of a run by Strait (`strait`) or another VMM.
+    pub fn host_checks_for(&self, strait: bool) -> impl Iterator<Item = HostCheck> + '_ {
+        self.host_checks
+            .iter()
+            .copied()
+            .filter(move |c| strait || !c.strait_only())
     }
 
     /// Rejects scenarios the testbed cannot run.
@@ -225,9 +250,13 @@ pub fn passthrough() -> Scenario {
         checks::bochs_drm(),
         checks::ivshmem_bar(),
     ];
-    s.host_checks = vec![HostCheck::IvshmemWord {
-        value: checks::IVSHMEM_MAGIC,
-    }];
+    s.host_checks = vec![
+        HostCheck::IvshmemWord {
+            value: checks::IVSHMEM_MAGIC,
+        },
+        HostCheck::StraitCheck,
+        HostCheck::StraitPlan,
+    ];
     s.timeout = Duration::from_secs(420);
     s
 }
@@ -304,6 +333,8 @@ mod tests {
     #[test]
     fn expected_checks_include_host_checks() {
         let names = passthrough().expected_checks();
-        assert_eq!(names.last().map(String::as_str), Some("ivshmem-backing"));
+        assert_eq!(names.last().map(String::as_str), Some("strait-plan"));
+        let qemu = passthrough().expected_checks_for(false);
+        assert_eq!(qemu.last().map(String::as_str), Some("ivshmem-backing"));
     }
 }

@@ -138,6 +138,9 @@ pub struct RunPlan {
     pub spec_template: Option<String>,
     /// L0's time limit in seconds; the VMM is killed early enough for L1 to report.
     pub l0_timeout_secs: u64,
+    /// Commands run in the chroot before the VMM, each as (output file in the work
+    /// dir, words with `@DEVn@` placeholders); the exit status goes to `<file>.rc`.
+    pub pre_commands: Vec<(String, Vec<String>)>,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -259,6 +262,21 @@ fn l1_setup_script(plan: &RunPlan) -> String {
             "sed -e ''{subst} $W/{template} > $W/spec.json || fail \"cannot write spec.json\""
         );
     }
+    let devs: Vec<String> = (0..plan.devices.len())
+        .map(|i| format!("$DEV{i}"))
+        .collect();
+    let _ = writeln!(s, "echo {} > $W/devices", devs.join(" "));
+    for (out, words) in &plan.pre_commands {
+        let words: Vec<String> = words
+            .iter()
+            .map(|a| shell_word(a, plan.devices.len()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "chroot $R {} > $W/{out} 2> $W/{out}.err < /dev/null; echo $? > $W/{out}.rc",
+            words.join(" ")
+        );
+    }
     let _ = writeln!(
         s,
         "mark ready\nread up _ < /proc/uptime\nlimit=$(({} - ${{up%.*}} - {L1_TEARDOWN_SECS}))\n[ $limit -lt 10 ] && limit=10",
@@ -327,6 +345,7 @@ mod tests {
             ],
             spec_template: None,
             l0_timeout_secs: 240,
+            pre_commands: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The command line: `strait run SPEC.json`, `strait validate SPEC.json` and
-//! `strait check [BDF...]`.
+//! The command line: `strait run SPEC.json`, `strait validate SPEC.json`,
+//! `strait plan SPEC.json` and `strait check [BDF...]`.
 //!
 //! `run` and `validate` run the same checks first (spec document, the files it names,
 //! the host resources it needs), so `validate` passing means `run` gets past setup.
@@ -22,6 +22,7 @@ use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
 use crate::memory;
+use crate::plan::VmPlan;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
 use crate::vm::{forward_termination_signals, outcome, GuestExit};
@@ -75,6 +76,20 @@ pub enum Command {
     /// remapping, the VFIO modules; for every display, 3D or accelerator controller and
     /// every BDF given: its driver, IOMMU group, reset methods, BARs, PCIe link and NUMA
     /// node; the hugepage pools, `ulimit -l` and VFIO's DMA entry limit.
+    /// Print the guest `run` would build for SPEC, without KVM and without opening a device.
+    ///
+    /// The guest physical address map: RAM, the 32- and 64-bit PCI windows, the host
+    /// bridge, each root port with its bus and windows, each passed-through function
+    /// with its BARs (size, address, prefetchability) and the pages that trap; the IOVA
+    /// ranges and physical address bits it planned within. Read from the spec and sysfs
+    /// with the planning code `run` uses.
+    Plan {
+        /// Path of the JSON VM spec.
+        spec: PathBuf,
+        /// Print the plan as a JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     #[command(after_help = CHECK_EXIT_CODES_HELP)]
     Check {
         /// PCI functions to check besides the GPUs found (DDDD:BB:DD.F or BB:DD.F).
@@ -112,6 +127,8 @@ pub enum Outcome {
     Ran(GuestExit),
     /// `check`: the report, and whether to print it as JSON.
     Checked { report: Report, json: bool },
+    /// `plan`: the plan, and whether to print it as JSON.
+    Planned { plan: Box<VmPlan>, json: bool },
 }
 
 /// Run the command.
@@ -120,6 +137,17 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Validate { spec } => {
             let (spec, image) = check(spec, false)?;
             Ok(Outcome::Valid(host::summary(&spec, &image)))
+        }
+        Command::Plan { spec, json } => {
+            let spec = VmSpec::load(spec).map_err(|source| Error::Spec {
+                path: spec.clone(),
+                source,
+            })?;
+            let plan = crate::plan::plan(&spec, &HostRoot::default())?;
+            Ok(Outcome::Planned {
+                plan: Box::new(plan),
+                json: *json,
+            })
         }
         Command::Check {
             devices,

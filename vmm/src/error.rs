@@ -98,6 +98,8 @@ pub enum Error {
     Vm(#[from] VmError),
     #[error(transparent)]
     Passthrough(#[from] PassthroughError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -116,6 +118,16 @@ fn passthrough_exit_code(e: &PassthroughError) -> ExitCode {
         PassthroughError::IovaRanges(_)
         | PassthroughError::GsiPool(_)
         | PassthroughError::RootPort { .. } => ExitCode::Fatal,
+    }
+}
+
+/// Exit code of a `strait plan` failure: the same class `run` would exit with.
+fn plan_exit_code(e: &crate::plan::PlanError) -> ExitCode {
+    use crate::plan::PlanError as E;
+    match e {
+        E::DeviceMissing { .. } => ExitCode::DeviceMissing,
+        E::Topology(_) => ExitCode::Spec,
+        E::PhysBits | E::Place(_) => ExitCode::Host,
     }
 }
 
@@ -157,6 +169,7 @@ impl Error {
             Error::Spec { .. } => ExitCode::Spec,
             Error::Host(HostError::Passthrough(e)) => vfio_exit_code(e),
             Error::Passthrough(e) => passthrough_exit_code(e),
+            Error::Plan(e) => plan_exit_code(e),
             Error::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
             Error::Signalled { .. } => ExitCode::Terminated,
             Error::Host(_) | Error::Memory(_) => ExitCode::Host,

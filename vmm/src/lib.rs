@@ -24,6 +24,7 @@ pub mod io_buses;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;
+pub mod plan;
 pub mod slots;
 pub mod spec;
 pub mod stop;

@@ -35,6 +35,15 @@ fn main() -> std::process::ExitCode {
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             std::process::ExitCode::from(report.exit_code())
         }
+        Ok(Outcome::Planned { plan, json }) => {
+            let text = if json {
+                format!("{:#}\n", plan.to_json())
+            } else {
+                plan.to_string()
+            };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::Success.into()
+        }
         Ok(Outcome::Ran(exit)) => {
             match exit {
                 GuestExit::PowerOff => log::info!("guest powered off"),

@@ -103,21 +103,7 @@ impl EmulatedMsix {
 
     /// Spans of BAR `bar` that must trap: the table and the PBA.
     pub(crate) fn holes(&self, bar: u8) -> Vec<Span> {
-        let l = self.emu.layout();
-        let mut holes = Vec::new();
-        if l.table_bir == bar {
-            holes.push(Span {
-                offset: l.table_offset.into(),
-                size: l.table_len(),
-            });
-        }
-        if l.pba_bir == bar {
-            holes.push(Span {
-                offset: l.pba_offset.into(),
-                size: l.pba_len(),
-            });
-        }
-        holes
+        super::setup::msix_holes(self.emu.layout(), bar)
     }
 }
 

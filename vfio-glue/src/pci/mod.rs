@@ -24,6 +24,8 @@ mod emulated;
 #[cfg(test)]
 mod fixture;
 mod setup;
+
+pub use setup::{guest_bars, msix_holes, msix_of, GuestBar};
 #[cfg(test)]
 mod tests;
 

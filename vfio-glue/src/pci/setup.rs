@@ -3,7 +3,8 @@
 //! the VFIO regions, the option ROM, and the host mappings of the BAR parts
 //! the plan maps directly.
 
-use devices::pci::{BarKind, PciConfigSpace, PciIds};
+use devices::pci::regs::CAP_ID_MSIX;
+use devices::pci::{walk_capabilities, BarKind, MsixLayout, PciConfigSpace, PciIds, ROM_BAR_INDEX};
 
 use crate::addr::HostPciAddress;
 use crate::bars::{plan_bar, BarPlan};
@@ -79,13 +80,19 @@ fn bar_size(kind: BarKind, region: u64) -> u64 {
     region.max(min).next_power_of_two()
 }
 
-/// Register the device's BARs and ROM in the guest's `shadow` header.
-pub(super) fn add_bars(
-    shadow: &mut PciConfigSpace,
-    ops: &dyn VfioDeviceOps,
-    cfg: &[u8],
-    addr: HostPciAddress,
-) -> Result<Vec<DeviceBar>> {
+/// A BAR as the guest sees it: its number ([`ROM_BAR_INDEX`] for the option ROM), kind
+/// and power-of-two size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestBar {
+    pub index: u8,
+    pub kind: BarKind,
+    pub size: u64,
+}
+
+/// The BARs a device with config header `cfg` shows the guest, when its VFIO region
+/// `i` (BARs 0-5, the ROM at [`ROM_REGION`]) holds `region_size(i)` bytes. The one rule
+/// for both `run` (sizes from VFIO) and `strait plan` (sizes from sysfs).
+pub fn guest_bars(cfg: &[u8], region_size: &dyn Fn(u32) -> Option<u64>) -> Vec<GuestBar> {
     let mut bars = Vec::new();
     let mut index = 0u8;
     while index < 6 {
@@ -96,31 +103,80 @@ pub(super) fn add_bars(
         } else {
             1
         };
-        if let Some(region) = ops.region_info(index.into()).filter(|r| r.size > 0) {
-            shadow
-                .add_bar(index, kind, bar_size(kind, region.size))
-                .map_err(|source| Error::SetupBar {
-                    addr,
-                    index,
-                    source,
-                })?;
-            bars.push(DeviceBar {
+        if let Some(region) = region_size(index.into()).filter(|s| *s > 0) {
+            bars.push(GuestBar {
                 index,
                 kind,
-                region,
+                size: bar_size(kind, region),
             });
         }
         index += step;
     }
-    if let Some(rom) = ops.region_info(ROM_REGION).filter(|r| r.size > 0) {
-        let size = rom.size.max(0x800).next_power_of_two();
-        shadow.add_rom_bar(size).map_err(|source| Error::SetupBar {
+    if let Some(rom) = region_size(ROM_REGION).filter(|s| *s > 0) {
+        bars.push(GuestBar {
+            index: ROM_BAR_INDEX,
+            kind: BarKind::Mem32,
+            size: rom.max(0x800).next_power_of_two(),
+        });
+    }
+    bars
+}
+
+/// Register the device's BARs and ROM in the guest's `shadow` header.
+pub(super) fn add_bars(
+    shadow: &mut PciConfigSpace,
+    ops: &dyn VfioDeviceOps,
+    cfg: &[u8],
+    addr: HostPciAddress,
+) -> Result<Vec<DeviceBar>> {
+    let mut bars = Vec::new();
+    for bar in guest_bars(cfg, &|i| ops.region_info(i).map(|r| r.size)) {
+        let err = |source| Error::SetupBar {
             addr,
-            index: 6,
+            index: bar.index,
             source,
-        })?;
+        };
+        if bar.index == ROM_BAR_INDEX {
+            shadow.add_rom_bar(bar.size).map_err(err)?;
+            continue;
+        }
+        shadow.add_bar(bar.index, bar.kind, bar.size).map_err(err)?;
+        if let Some(region) = ops.region_info(bar.index.into()) {
+            bars.push(DeviceBar {
+                index: bar.index,
+                kind: bar.kind,
+                region,
+            });
+        }
     }
     Ok(bars)
+}
+
+/// Where the device's MSI-X table and PBA live, from its capability in `cfg` (which
+/// must hold the capability list: more than the 64 bytes sysfs shows non-root users).
+pub fn msix_of(cfg: &[u8]) -> Option<MsixLayout> {
+    walk_capabilities(cfg)
+        .iter()
+        .find(|c| c.0 == CAP_ID_MSIX)
+        .map(|c| super::emulated::msix_layout(cfg, c.1))
+}
+
+/// The spans of BAR `bar` that trap because they hold the MSI-X table or PBA.
+pub fn msix_holes(layout: &MsixLayout, bar: u8) -> Vec<Span> {
+    let mut holes = Vec::new();
+    if layout.table_bir == bar {
+        holes.push(Span {
+            offset: layout.table_offset.into(),
+            size: layout.table_len(),
+        });
+    }
+    if layout.pba_bir == bar {
+        holes.push(Span {
+            offset: layout.pba_offset.into(),
+            size: layout.pba_len(),
+        });
+    }
+    holes
 }
 
 /// A BAR's plan and the host mappings of its directly mapped spans.

@@ -25,6 +25,7 @@ use serde::Serialize;
 use vfio_glue::HostPciAddress;
 
 pub use memory::ProcessLimits;
+pub use pci_hw::phys_bits;
 pub use root::HostRoot;
 
 /// How a checked item stands, in rising order of severity.

@@ -47,7 +47,7 @@ impl HostLimits {
 }
 
 /// "address sizes : 46 bits physical, 48 bits virtual" -> 46.
-fn phys_bits(cpuinfo: &str) -> Option<u8> {
+pub fn phys_bits(cpuinfo: &str) -> Option<u8> {
     let line = cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("address sizes"))?;
@@ -146,10 +146,10 @@ pub fn bars(sysfs: &Sysfs, host: &HostLimits, t: Target) -> Finding {
     match plan_mmio64(floor, &[port], phys_bits, &[]) {
         Ok(_) => Finding::ok(
             CHECK,
-            format!(
-                "{list}; fit below 2^{phys_bits} with {} of guest RAM",
-                Size(host.ram)
-            ),
+            match host.ram {
+                0 => format!("{list}; fit below 2^{phys_bits} (above 4 GiB; --memory SIZE counts guest RAM in)"),
+                ram => format!("{list}; fit below 2^{phys_bits} with {} of guest RAM", Size(ram)),
+            },
         )
         .on(t.addr),
         Err(e) => t.problem(
