@@ -179,3 +179,23 @@ fn text_names_every_window_and_bar() {
         assert!(text.contains(want), "{want:?} missing in\n{text}");
     }
 }
+
+/// The spec the README shows under "The VM spec".
+fn readme_spec() -> VmSpec {
+    let readme = include_str!("../../../README.md");
+    let section = readme.split("## The VM spec").nth(1).unwrap();
+    let json = section.split("```json").nth(1).unwrap().split("```").next().unwrap();
+    let s = VmSpec::parse(json).unwrap();
+    s.validate().unwrap();
+    s
+}
+
+#[test]
+fn the_readme_gpu_example_plans_on_a_ready_host() {
+    let h = host(true);
+    let spec = readme_spec();
+    assert_eq!(spec.passthrough_hosts()[0].to_string(), GPU);
+    let text = plan(&spec, &h.root()).unwrap().to_string();
+    assert!(text.contains("0000:01:00.0 (host 0000:01:00.0)"), "{text}");
+    assert!(text.contains("BAR1 32 GiB mem64 prefetchable"), "{text}");
+}
