@@ -204,6 +204,7 @@ fn write_agent_files(
         vmm_command: agent,
         spec_template: None,
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
+        actions: Vec::new(),
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }
