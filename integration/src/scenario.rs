@@ -353,6 +353,22 @@ fn acpid_modules() -> Vec<ModuleRequest> {
     ]
 }
 
+/// L2's finish: busybox acpid with a power-button script (a marker on the console, then
+/// power-off), then `ready` once acpid runs, then `then`. acpid logs to
+/// /var/log/acpid.log by default and dies without that directory.
+fn acpid_finish(ready: &str, then: &str) -> String {
+    format!(
+        r#"mkdir -p /etc/acpi/PWRF /var/log /var/run
+printf '#!/bin/sh\necho "{BUTTON_PRESSED}" > /dev/console\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /var/log/acpid.log
+sleep 1
+pidof acpid >/dev/null || {{ echo "testbed: acpid is not running:"; cat /var/log/acpid.log; }}
+echo {ready}
+{then}"#
+    )
+}
+
 /// The L2 marker after which L1 sends SIGTERM to the VMM.
 pub const BUTTON_READY: &str = "TESTBED-BUTTON-READY";
 /// What acpid's power-button script prints before powering off.
@@ -370,14 +386,7 @@ pub fn graceful_shutdown() -> Scenario {
     let mut s = Scenario::new("graceful-shutdown");
     s.l2_modules = acpid_modules();
     s.checks = vec![checks::power_button_device()];
-    s.l2_finish = format!(
-        r#"mkdir -p /etc/acpi/PWRF
-printf '#!/bin/sh\necho "{BUTTON_PRESSED}" > /dev/console\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
-chmod +x /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi || echo "testbed: acpid failed to start"
-echo {BUTTON_READY}
-while :; do sleep 60; done"#
-    );
+    s.l2_finish = acpid_finish(BUTTON_READY, "while :; do sleep 60; done");
     s.l1_actions = vec![L1Action {
         after: BUTTON_READY.into(),
         run: "kill -TERM $vmm".into(),
@@ -461,13 +470,9 @@ pub fn api() -> Scenario {
     s.l2_modules = acpid_modules();
     s.checks = vec![checks::nvme_bound(), checks::power_button_device()];
     s.strait.api_socket = true;
-    s.l2_finish = format!(
-        r#"mkdir -p /etc/acpi/PWRF
-printf '#!/bin/sh\necho "{BUTTON_PRESSED}" > /dev/console\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
-chmod +x /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi || echo "testbed: acpid failed to start"
-echo {API_READY}
-while :; do read up _ < /proc/uptime; echo "TESTBED-TICK $up"; usleep 200000; done"#
+    s.l2_finish = acpid_finish(
+        API_READY,
+        r#"while :; do read up _ < /proc/uptime; echo "TESTBED-TICK $up"; usleep 200000; done"#,
     );
     let ctl = format!("chroot $R $VMM_BIN ctl {API_SOCKET}");
     s.l1_actions = vec![L1Action {
