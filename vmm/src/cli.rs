@@ -193,7 +193,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             let _api = socket
                 .map(|path| api::start(path, Box::new(vm.control(&spec))))
                 .transpose()?;
-            Ok(Outcome::Ran(vm.wait()?))
+            Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
         }
     }
 }

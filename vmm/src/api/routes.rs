@@ -86,11 +86,15 @@ pub fn handle(req: &Request, vm: &VmView) -> (Response, Option<Action>) {
         ("GET", "/ping") => (Response::json(Status::Ok, json!({"pong": true})), None),
         ("GET", "/vm") => (Response::json(Status::Ok, vm_json(vm)), None),
         ("GET", "/vm/counters") => (Response::json(Status::Ok, counters_json(vm)), None),
-        ("PUT", "/vm/power-button") => act(vm, Action::PowerButton),
         ("PUT", "/vm/shutdown") => match shutdown_timeout(&req.body) {
             Ok(t) => act(vm, Action::Shutdown(t)),
             Err(msg) => (Response::error(Status::BadRequest, msg), None),
         },
+        ("PUT", _) if !is_blank(&req.body) && is_endpoint(path) => (
+            Response::error(Status::BadRequest, format!("{path} takes no body")),
+            None,
+        ),
+        ("PUT", "/vm/power-button") => act(vm, Action::PowerButton),
         ("PUT", "/vm/reboot") => act(vm, Action::Reboot),
         ("PUT", "/vm/pause") => act(vm, Action::Pause),
         ("PUT", "/vm/resume") => act(vm, Action::Resume),
@@ -118,6 +122,10 @@ const ENDPOINTS: [&str; 8] = [
     "/vm/pause",
     "/vm/resume",
 ];
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
 
 fn is_endpoint(path: &str) -> bool {
     ENDPOINTS.contains(&path)
@@ -157,7 +165,7 @@ fn action_name(action: Action) -> &'static str {
 
 /// The timeout of a `PUT /vm/shutdown` body: empty, `{}` or `{"timeout_s": N}`.
 fn shutdown_timeout(body: &[u8]) -> Result<Option<Duration>, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(body) {
         return Ok(None);
     }
     let b: ShutdownBody = serde_json::from_slice(body)
@@ -299,6 +307,15 @@ mod tests {
             let (r, a) = run("PUT", "/vm/shutdown", body);
             assert_eq!((r.status, a), (Status::BadRequest, None), "{body}");
         }
+    }
+
+    #[test]
+    fn a_body_on_an_endpoint_that_takes_none_is_a_400_and_does_nothing() {
+        for path in ["/vm/pause", "/vm/resume", "/vm/reboot", "/vm/power-button"] {
+            let (r, a) = run("PUT", path, "}}}");
+            assert_eq!((r.status, a), (Status::BadRequest, None), "{path}");
+        }
+        assert_eq!(run("PUT", "/vm/pause", "\r\n").1, Some(Action::Pause));
     }
 
     #[test]
