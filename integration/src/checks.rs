@@ -74,6 +74,83 @@ fn check(name: &str, body: String) -> Check {
     }
 }
 
+/// The ACPI power button is there: the Generic Event Device (ACPI0013) and the
+/// control method power button (PNP0C0C) in the namespace, and an input device
+/// "Power Button" from the `button` driver for acpid to read.
+pub fn power_button_device() -> Check {
+    let body = r#"[ -e /sys/bus/acpi/devices/ACPI0013:00 ] || { echo "no ACPI0013 (GED) in /sys/bus/acpi/devices"; return 1; }
+[ -e /sys/bus/acpi/devices/PNP0C0C:00 ] || { echo "no PNP0C0C (power button) in /sys/bus/acpi/devices"; return 1; }
+grep -q "Power Button" /proc/bus/input/devices || { echo "no Power Button input device: $(grep Name= /proc/bus/input/devices | tr '
+' ' ')"; return 1; }
+ls /dev/input/event* >/dev/null 2>&1 || { echo "no /dev/input/event*"; return 1; }
+echo "GED and PNP0C0C present; input: $(grep -l . /sys/class/input/event*/device/name 2>/dev/null | wc -l) event devices""#;
+    check("power-button", body.to_string())
+}
+
+/// Whether every device in the `GET /vm` answer that `strait ctl info` printed into
+/// L1's action log (after `== info`) sits, in L2's PCI map (`TESTBED-PCI` lines), at its
+/// guest address with its vendor:device id; and the detail line.
+pub fn api_devices_match(actions_log: &str, l2_console: &str) -> (bool, String) {
+    let Some(start) = actions_log.find("== info\n") else {
+        return (
+            false,
+            "no `strait ctl info` output in l1-actions.log".into(),
+        );
+    };
+    let text = &actions_log[start + "== info\n".len()..];
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    let info = match stream.next() {
+        Some(Ok(v)) => v,
+        other => {
+            return (
+                false,
+                format!("`strait ctl info` printed no JSON: {other:?}"),
+            )
+        }
+    };
+    let Some(devices) = info["devices"].as_array().filter(|d| !d.is_empty()) else {
+        return (false, format!("no devices in GET /vm: {info}"));
+    };
+    let mut seen = Vec::new();
+    for d in devices {
+        let (guest, host) = (
+            d["guest"].as_str().unwrap_or("?"),
+            d["host"].as_str().unwrap_or("?"),
+        );
+        let id = format!(
+            "{}:{}",
+            d["vendor_id"].as_str().unwrap_or("?"),
+            d["device_id"].as_str().unwrap_or("?")
+        );
+        let line = format!("TESTBED-PCI {guest} {id}");
+        if !l2_console.lines().any(|l| l.starts_with(&line)) {
+            return (
+                false,
+                format!("API says host {host} is guest {guest} ({id}); L2 has no `{line}`"),
+            );
+        }
+        seen.push(format!("{host} -> {guest} ({id})"));
+    }
+    (
+        true,
+        format!(
+            "L2 sees every API device at its guest address: {}",
+            seen.join(", ")
+        ),
+    )
+}
+
+/// The largest step between consecutive `TESTBED-TICK <uptime>` lines of L2's console,
+/// in seconds (0 with fewer than two ticks).
+pub fn largest_tick_gap(l2_console: &str) -> f64 {
+    let ticks: Vec<f64> = l2_console
+        .lines()
+        .filter_map(|l| l.split("TESTBED-TICK ").nth(1))
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
 /// The stock nvme driver bound the controller and created /dev/nvme0n1.
 pub fn nvme_bound() -> Check {
     let mut body = pci_lookup(Device::Nvme);
@@ -221,6 +298,23 @@ mod tests {
     #[test]
     fn ivshmem_check_writes_the_magic() {
         assert!(ivshmem_bar().body.contains("devmem $bar 32 0x5712A17E"));
+    }
+
+    #[test]
+    fn api_devices_are_found_in_l2s_pci_map() {
+        let log = "== info\n{\"devices\": [{\"host\": \"0000:00:03.0\", \"guest\": \"0000:01:00.0\",\n \"vendor_id\": \"0x1b36\", \"device_id\": \"0x0010\"}]}\nctl-info-rc=0\n";
+        let l2 = "TESTBED-PCI 0000:00:01.0 0x1b36:0x000c 0:...\nTESTBED-PCI 0000:01:00.0 0x1b36:0x0010 0:0xc0000000-0xc0003fff\n";
+        assert!(api_devices_match(log, l2).0);
+        let wrong = l2.replace("0000:01:00.0", "0000:02:00.0");
+        assert!(!api_devices_match(log, &wrong).0);
+        assert!(!api_devices_match("nothing", l2).0);
+    }
+
+    #[test]
+    fn tick_gap_is_the_largest_step() {
+        let c = "TESTBED-TICK 10.00\nTESTBED-TICK 10.20\nnoise\nTESTBED-TICK 14.90\nTESTBED-TICK 15.10\n";
+        assert!((largest_tick_gap(c) - 4.7).abs() < 1e-9);
+        assert_eq!(largest_tick_gap("TESTBED-TICK 1.0"), 0.0);
     }
 
     #[test]

@@ -256,13 +256,16 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
         .devices
         .iter()
         .flat_map(|d| d.l2_modules().iter().copied())
+        .chain(scenario.l2_modules.iter().copied())
         .collect();
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let checks = scripts::l2_checks_script(scenario);
+    let finish = scripts::l2_finish_script(scenario);
     let scripts = [
         ("init", scripts::L2_INIT),
         ("etc/testbed/lib.sh", crate::checks::L2_LIB),
         ("etc/testbed/checks.sh", checks.as_str()),
+        ("etc/testbed/finish.sh", finish.as_str()),
     ];
     let files = ImageFiles {
         modules: &modules,

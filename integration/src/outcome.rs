@@ -132,6 +132,10 @@ pub struct Outcome {
     pub l2_console: String,
     /// The VMM's exit status, if L1 recorded one.
     pub vmm_exit: Option<i32>,
+    /// The exit status the scenario expects of the VMM (0 unless it says otherwise).
+    pub expected_exit: i32,
+    /// What L1's actions printed (`l1-actions.log`).
+    pub actions_log: String,
     /// L1 killed the VMM at its deadline.
     pub vmm_timed_out: bool,
     /// L1's own failure message (`TESTBED-L1-ERROR`), if any.
@@ -205,8 +209,11 @@ impl Outcome {
             problems.push("L1 killed the VMM at its deadline".into());
         }
         match self.vmm_exit {
-            Some(0) => {}
-            Some(code) => problems.push(format!("VMM ({}) exited with status {code}", self.vmm)),
+            Some(code) if code == self.expected_exit => {}
+            Some(code) => problems.push(format!(
+                "VMM ({}) exited with status {code}, want {}",
+                self.vmm, self.expected_exit
+            )),
             None => problems.push(format!(
                 "no exit status recorded for the VMM ({})",
                 self.vmm
@@ -302,6 +309,8 @@ mod tests {
             l1_console: (1..=50).map(|i| format!("l1 line {i}\n")).collect(),
             l2_console: l2_console.into(),
             vmm_exit: Some(0),
+            expected_exit: 0,
+            actions_log: String::new(),
             vmm_timed_out: false,
             l1_error: None,
             l0_exit: L0Exit::Exited(Some(0)),

@@ -112,6 +112,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         spec_template: spec_template.map(|_| SPEC_TEMPLATE.to_string()),
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
         pre_commands: pre_commands(ctx, work_dir),
+        actions: ctx.scenario.l1_actions.clone(),
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }
@@ -181,6 +182,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         initramfs: ctx.artefacts.l2_initrd.clone(),
         cmdline,
         devices: ctx.scenario.devices.len(),
+        strait: ctx.scenario.strait.clone(),
     }
 }
 
@@ -192,12 +194,19 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let l2_console = read("l2-console.log").unwrap_or_default();
+    let actions_log = read("l1-actions.log").unwrap_or_default();
     let mut checks = parse_checks(&l2_console);
     let strait = matches!(ctx.opts.vmm, Vmm::Strait { .. });
+    let logs = HostLogs {
+        work_dir,
+        l2_console: &l2_console,
+        actions_log: &actions_log,
+        devices: &ctx.scenario.devices,
+    };
     checks.extend(
         ctx.scenario
             .host_checks_for(strait)
-            .map(|c| host_check(c, work_dir, &ctx.scenario.devices)),
+            .map(|c| host_check(c, &logs)),
     );
     let timings = Timings::from_markers(
         &l0_run.markers,
@@ -212,6 +221,8 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
         l1_console: l0_run.console,
         l2_console,
         vmm_exit: read("vmm.rc").and_then(|s| s.trim().parse().ok()),
+        expected_exit: ctx.scenario.expected_exit,
+        actions_log,
         vmm_timed_out: work_dir.join("vmm.timeout").exists(),
         reruns: Vec::new(),
         l1_error: read("l1-error").map(|s| s.trim().to_string()),
@@ -222,14 +233,65 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     }
 }
 
-fn host_check(check: HostCheck, work_dir: &Path, devices: &[Device]) -> CheckResult {
+/// What host checks read besides the work dir's files.
+struct HostLogs<'a> {
+    work_dir: &'a Path,
+    l2_console: &'a str,
+    actions_log: &'a str,
+    /// The scenario's devices, in `$DEVn` order.
+    devices: &'a [Device],
+}
+
+fn host_check(check: HostCheck, logs: &HostLogs<'_>) -> CheckResult {
     let name = check.name().to_string();
+    let result = |passed: bool, detail: String| CheckResult {
+        name: name.clone(),
+        passed,
+        detail,
+    };
     match check {
         HostCheck::StraitCheck => {
-            preflight::result(&name, preflight::check_report(work_dir, devices))
+            preflight::result(&name, preflight::check_report(logs.work_dir, logs.devices))
         }
-        HostCheck::StraitPlan => preflight::result(&name, preflight::plan_matches(work_dir)),
+        HostCheck::StraitPlan => preflight::result(&name, preflight::plan_matches(logs.work_dir)),
+        HostCheck::L2Printed { marker, .. } => {
+            let found = logs.l2_console.contains(marker);
+            result(
+                found,
+                format!(
+                    "L2 console {} `{marker}`",
+                    if found { "has" } else { "lacks" }
+                ),
+            )
+        }
+        HostCheck::ActionPrinted { text, .. } => {
+            let found = logs.actions_log.contains(text);
+            result(
+                found,
+                format!(
+                    "l1-actions.log {} `{text}`",
+                    if found { "has" } else { "lacks" }
+                ),
+            )
+        }
+        HostCheck::L2PrintedTimes { marker, count, .. } => {
+            let n = logs.l2_console.matches(marker).count();
+            result(n >= count, format!("`{marker}` {n} times, want {count}"))
+        }
+        HostCheck::ApiDevicesMatchL2 => {
+            let (passed, detail) =
+                crate::checks::api_devices_match(logs.actions_log, logs.l2_console);
+            result(passed, detail)
+        }
+        HostCheck::TickGap { secs } => {
+            let gap = crate::checks::largest_tick_gap(logs.l2_console);
+            result(
+                gap >= f64::from(secs),
+                format!("largest gap between L2 clock ticks {gap:.2} s, want >= {secs} s"),
+            )
+        }
         HostCheck::IvshmemWord { value } => {
+            let work_dir = logs.work_dir;
             let path = work_dir.join(l0::IVSHMEM_FILE);
             let mut word = [0u8; 4];
             let read = fs::File::open(&path).and_then(|mut f| f.read_exact(&mut word));

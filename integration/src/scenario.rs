@@ -8,6 +8,8 @@ use std::time::Duration;
 use crate::checks::{self, Check};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::modules::ModuleRequest;
+use crate::vmm::API_SOCKET;
 
 /// How L2's RAM is backed in L1. Serialised as the spec's `memory.hugepages` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -57,6 +59,38 @@ pub enum HostCheck {
     /// Strait only: `strait plan` in L1 before the run places every BAR where L2 finds
     /// it and the 64-bit window where `strait run` logged it.
     StraitPlan,
+    /// L2's console holds `marker` (printed after the checks, e.g. by acpid's script).
+    L2Printed {
+        /// The check's name.
+        name: &'static str,
+        /// The text to find.
+        marker: &'static str,
+    },
+    /// The output of L1's actions (`l1-actions.log`) holds `text`.
+    ActionPrinted {
+        /// The check's name.
+        name: &'static str,
+        /// The text to find.
+        text: &'static str,
+    },
+    /// Every device in the VMM's `GET /vm` answer (printed by an action) sits at a
+    /// guest address where L2's PCI map shows a function with the same vendor:device.
+    ApiDevicesMatchL2,
+    /// L2's `TESTBED-TICK <uptime>` lines have a gap of at least `secs` somewhere:
+    /// the guest's clock went on while its vCPUs were paused.
+    TickGap {
+        /// The least gap, in seconds.
+        secs: u32,
+    },
+    /// L2 printed `marker` at least `count` times (once per boot).
+    L2PrintedTimes {
+        /// The check's name.
+        name: &'static str,
+        /// The text to count.
+        marker: &'static str,
+        /// How many times.
+        count: usize,
+    },
 }
 
 impl HostCheck {
@@ -66,6 +100,11 @@ impl HostCheck {
             HostCheck::IvshmemWord { .. } => "ivshmem-backing",
             HostCheck::StraitCheck => "strait-check",
             HostCheck::StraitPlan => "strait-plan",
+            HostCheck::L2Printed { name, .. }
+            | HostCheck::ActionPrinted { name, .. }
+            | HostCheck::L2PrintedTimes { name, .. } => name,
+            HostCheck::ApiDevicesMatchL2 => "api-devices-match-l2",
+            HostCheck::TickGap { .. } => "pause-gap",
         }
     }
 
@@ -73,6 +112,28 @@ impl HostCheck {
     pub fn strait_only(self) -> bool {
         matches!(self, HostCheck::StraitCheck | HostCheck::StraitPlan)
     }
+}
+
+/// Something L1 does while the VMM runs, once L2's console shows `after`: a shell
+/// command run in L1 (in the background; its output goes to `l1-actions.log`). It may
+/// use `$vmm` (the VMM's pid), `$R` (the chroot) and `$VMM_BIN` (the VMM binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L1Action {
+    /// Marker in L2's console that starts the action.
+    pub after: String,
+    /// The shell command.
+    pub run: String,
+}
+
+/// Strait-only settings of a scenario's spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StraitSettings {
+    /// `lifecycle.shutdown_timeout_s`.
+    pub shutdown_timeout_s: Option<u32>,
+    /// `lifecycle.on_reboot`.
+    pub on_reboot: Option<&'static str>,
+    /// Give the VM a control API socket ([`API_SOCKET`]).
+    pub api_socket: bool,
 }
 
 /// Everything one testbed run needs to know about the scenario.
@@ -96,13 +157,38 @@ pub struct Scenario {
     pub host_checks: Vec<HostCheck>,
     /// Wall-clock limit for the whole L0 run.
     pub timeout: Duration,
+    /// L2 modules besides the devices' (e.g. `evdev` and `button` for acpid).
+    pub l2_modules: Vec<ModuleRequest>,
+    /// Shell L2's /init runs after the checks and `TESTBED-DONE`; by default it powers
+    /// off at once. It may leave the power-off to acpid, or never power off.
+    pub l2_finish: String,
+    /// What L1 does while the VMM runs.
+    pub l1_actions: Vec<L1Action>,
+    /// Strait's spec settings.
+    pub strait: StraitSettings,
+    /// The VMM's expected exit status.
+    pub expected_exit: i32,
 }
+
+/// What L2's /init does after its checks unless a scenario says otherwise.
+pub const DEFAULT_L2_FINISH: &str = "poweroff -f";
 
 /// The default L0 time limit: generous, since TCG on a loaded 2-core machine is slow.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: &[&str] = &["nvme", "boot", "boot-1g", "passthrough", "nvme-intx", "edu"];
+pub const BUILTIN: &[&str] = &[
+    "nvme",
+    "boot",
+    "boot-1g",
+    "passthrough",
+    "nvme-intx",
+    "edu",
+    "graceful-shutdown",
+    "graceful-shutdown-timeout",
+    "reboot",
+    "api",
+];
 
 impl Scenario {
     /// A scenario with no devices or checks and the defaults of the baseline.
@@ -117,6 +203,11 @@ impl Scenario {
             checks: Vec::new(),
             host_checks: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            l2_modules: Vec::new(),
+            l2_finish: DEFAULT_L2_FINISH.into(),
+            l1_actions: Vec::new(),
+            strait: StraitSettings::default(),
+            expected_exit: 0,
         }
     }
 
@@ -129,6 +220,10 @@ impl Scenario {
             "passthrough" => Ok(passthrough()),
             "nvme-intx" => Ok(nvme_intx()),
             "edu" => Ok(edu()),
+            "graceful-shutdown" => Ok(graceful_shutdown()),
+            "graceful-shutdown-timeout" => Ok(graceful_shutdown_timeout()),
+            "reboot" => Ok(reboot()),
+            "api" => Ok(api()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -279,6 +374,204 @@ pub fn edu() -> Scenario {
     let mut s = Scenario::new("edu");
     s.devices = vec![Device::Edu];
     s.checks = vec![checks::edu_mmio()];
+    s
+}
+
+/// The stock modules acpid needs to see the ACPI power button: `button` turns the
+/// button's notify into a KEY_POWER input event, `evdev` gives acpid /dev/input/event*.
+fn acpid_modules() -> Vec<ModuleRequest> {
+    vec![
+        ModuleRequest::required(&["evdev"]),
+        ModuleRequest::required(&["button"]),
+    ]
+}
+
+/// L2's finish: busybox acpid with a power-button script (a marker on the console, then
+/// power-off), then `ready` once acpid runs, then `then`. acpid logs to
+/// /var/log/acpid.log by default and dies without that directory.
+fn acpid_finish(ready: &str, then: &str) -> String {
+    format!(
+        r#"mkdir -p /etc/acpi/PWRF /var/log /var/run
+printf '#!/bin/sh\necho "{BUTTON_PRESSED}" > /dev/console\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /var/log/acpid.log
+sleep 1
+pidof acpid >/dev/null || {{ echo "testbed: acpid is not running:"; cat /var/log/acpid.log; }}
+echo {ready}
+{then}"#
+    )
+}
+
+/// The L2 marker after which L1 sends SIGTERM to the VMM.
+pub const BUTTON_READY: &str = "TESTBED-BUTTON-READY";
+/// What acpid's power-button script prints before powering off.
+pub const BUTTON_PRESSED: &str = "TESTBED-POWER-BUTTON pressed: shutting down";
+
+/// The VMM's exit status when the guest powered off after the button (Strait's README).
+pub const EXIT_GUEST_SHUT_DOWN: i32 = 0;
+/// The VMM's exit status when the guest ignored the button past the timeout.
+pub const EXIT_SHUTDOWN_TIMEOUT: i32 = 9;
+
+/// SIGTERM to Strait presses the ACPI power button (GED -> PNP0C0C); L2 runs busybox
+/// acpid with a power-button script that prints a marker and powers off; Strait exits
+/// with the "guest shut down" status.
+pub fn graceful_shutdown() -> Scenario {
+    let mut s = Scenario::new("graceful-shutdown");
+    s.l2_modules = acpid_modules();
+    s.checks = vec![checks::power_button_device()];
+    s.l2_finish = acpid_finish(BUTTON_READY, "while :; do sleep 60; done");
+    s.l1_actions = vec![L1Action {
+        after: BUTTON_READY.into(),
+        run: "kill -TERM $vmm".into(),
+    }];
+    s.host_checks = vec![HostCheck::L2Printed {
+        name: "acpid-shutdown",
+        marker: BUTTON_PRESSED,
+    }];
+    s.expected_exit = EXIT_GUEST_SHUT_DOWN;
+    s
+}
+
+/// The same, but L2 ignores the button: Strait stops it after a 3 s timeout and exits
+/// with the "stopped after the timeout" status.
+pub fn graceful_shutdown_timeout() -> Scenario {
+    let mut s = Scenario::new("graceful-shutdown-timeout");
+    s.checks = vec![checks::cpus(s.vcpus)];
+    s.l2_finish = format!("echo {BUTTON_READY}\nwhile :; do sleep 60; done");
+    s.l1_actions = vec![L1Action {
+        after: BUTTON_READY.into(),
+        run: "kill -TERM $vmm".into(),
+    }];
+    s.strait.shutdown_timeout_s = Some(3);
+    s.expected_exit = EXIT_SHUTDOWN_TIMEOUT;
+    s
+}
+
+/// Marker L2 prints at every boot (before its checks).
+pub const BOOT_MARKER: &str = "TESTBED-INIT";
+/// Marker of the second boot, which found the first boot's block on the nvme.
+pub const SECOND_BOOT: &str = "TESTBED-SECOND-BOOT";
+
+/// nvme passed through; the guest reboots once (`reboot -f`, through the ACPI reset
+/// register); Strait resets the vCPUs, devices and the nvme function and boots L2
+/// again in the same process; the nvme checks pass again; the second boot powers off.
+pub fn reboot() -> Scenario {
+    let mut s = nvme();
+    s.name = "reboot".into();
+    // The second boot is told from the first by a block the first wrote to the nvme
+    // namespace (past the pattern check's 1 MiB): it also proves the data survived.
+    s.l2_finish = format!(
+        r#"m=$(dd if=/dev/nvme0n1 bs=4k skip=1024 count=1 iflag=direct 2>/dev/null | head -c 16)
+if [ "$m" = TESTBED-REBOOTED ]; then echo {SECOND_BOOT}; poweroff -f; fi
+printf TESTBED-REBOOTED | dd of=/dev/nvme0n1 bs=4k seek=1024 count=1 conv=sync oflag=direct 2>/dev/null
+sync
+echo TESTBED-REBOOTING
+reboot -f"#
+    );
+    s.host_checks = vec![
+        HostCheck::L2PrintedTimes {
+            name: "booted-twice",
+            marker: BOOT_MARKER,
+            count: 2,
+        },
+        HostCheck::L2Printed {
+            name: "second-boot-saw-first",
+            marker: SECOND_BOOT,
+        },
+        HostCheck::L2PrintedTimes {
+            name: "nvme-pattern-twice",
+            marker: "TESTBED-CHECK nvme-pattern PASS",
+            count: 2,
+        },
+    ];
+    s.strait.on_reboot = Some("restart");
+    s
+}
+
+/// The L2 marker after which L1 drives the control API.
+pub const API_READY: &str = "TESTBED-API-READY";
+/// Seconds L1 keeps the guest paused.
+pub const PAUSE_SECS: u32 = 4;
+
+/// nvme passed through and a control API socket: once L2 is up, L1 runs `strait ctl
+/// info` (the devices' guest addresses must match L2's PCI map), pauses the guest for
+/// 4 s and resumes it (a gap in L2's clock), sends a burst of malformed requests, checks
+/// the VM still answers, then asks for a shutdown through the API.
+pub fn api() -> Scenario {
+    let mut s = Scenario::new("api");
+    s.devices = vec![Device::Nvme];
+    s.l2_modules = acpid_modules();
+    s.checks = vec![checks::nvme_bound(), checks::power_button_device()];
+    s.strait.api_socket = true;
+    s.l2_finish = acpid_finish(
+        API_READY,
+        r#"while :; do read up _ < /proc/uptime; echo "TESTBED-TICK $up"; usleep 200000; done"#,
+    );
+    let ctl = format!("chroot $R $VMM_BIN ctl {API_SOCKET}");
+    s.l1_actions = vec![L1Action {
+        after: API_READY.into(),
+        run: format!(
+            r#"sleep 2
+echo "== info"; {ctl} info; echo "ctl-info-rc=$?"
+echo "== pause"; {ctl} pause; echo "ctl-pause-rc=$?"
+sleep {PAUSE_SECS}
+echo "== resume"; {ctl} resume; echo "ctl-resume-rc=$?"
+sleep 2
+echo "== malformed"
+chroot $R python3 - {API_SOCKET} <<'PY'
+import socket, sys, threading, time
+path = sys.argv[1]
+def send(data, hold=0.0):
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(10)
+    try:
+        c.connect(path)
+        c.sendall(data)
+        time.sleep(hold)
+        c.recv(4096)
+    except OSError:
+        pass
+    finally:
+        c.close()
+bad = [b"GARBAGE\r\n\r\n", b"GET /vm HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+       b"A" * 70000, b"PUT /vm/shutdown HTTP/1.1\r\nContent-Length: 5\r\n\r\n{{\"x\":",
+       b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 3\r\n\r\n}}}}}}", b"\x00\xff" * 100,
+       b"GET /../../etc/passwd HTTP/1.1\r\n\r\n", b"DELETE /vm HTTP/1.1\r\n\r\n",
+       b"GET /vm HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n"]
+threads = [threading.Thread(target=send, args=(b"GET /vm", 15.0)) for _ in range(5)]
+threads += [threading.Thread(target=send, args=(b"GET /ping HTTP/1.1\r\n\r\n",)) for _ in range(40)]
+threads += [threading.Thread(target=send, args=(d,)) for d in bad * 3]
+for t in threads: t.start()
+for t in threads: t.join()
+print("burst sent", len(threads), "connections")
+PY
+echo "== ping"; {ctl} ping && echo "api-alive-after-burst"
+echo "== counters"; {ctl} counters; echo "ctl-counters-rc=$?"
+echo "== shutdown"; {ctl} shutdown; echo "ctl-shutdown-rc=$?""#
+        ),
+    }];
+    s.host_checks = vec![
+        HostCheck::ActionPrinted {
+            name: "ctl-info",
+            text: "ctl-info-rc=0",
+        },
+        HostCheck::ApiDevicesMatchL2,
+        HostCheck::ActionPrinted {
+            name: "ctl-pause-resume",
+            text: "ctl-resume-rc=0",
+        },
+        HostCheck::TickGap {
+            secs: PAUSE_SECS - 1,
+        },
+        HostCheck::ActionPrinted {
+            name: "alive-after-malformed",
+            text: "api-alive-after-burst",
+        },
+        HostCheck::L2Printed {
+            name: "api-shutdown",
+            marker: BUTTON_PRESSED,
+        },
+    ];
     s
 }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::device::Device;
-use crate::scenario::{HugePages, Scenario};
+use crate::scenario::{HugePages, L1Action, Scenario};
 use crate::vmm::{device_placeholder, hugetlbfs_mount};
 
 /// L1's /init: modules, pseudo file systems, the two 9p shares, then run.sh.
@@ -57,6 +57,7 @@ if [ $FAILED -gt 0 ]; then
 	dmesg | tail -n 30
 fi
 echo "TESTBED-DONE failed=$FAILED"
+. /etc/testbed/finish.sh
 poweroff -f
 "#;
 
@@ -106,6 +107,7 @@ seen=0; out=0; n=0
 while kill -0 $vmm 2>/dev/null; do
 	[ $out = 0 ] && [ -s /tmp/l2-console.log ] && { out=1; mark l2-output; }
 	if [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log; then seen=1; mark l2-init; fi
+	l1_actions
 	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
 	usleep 500000
 done
@@ -141,6 +143,8 @@ pub struct RunPlan {
     /// Commands run in the chroot before the VMM, each as (output file in the work
     /// dir, words with `@DEVn@` placeholders); the exit status goes to `<file>.rc`.
     pub pre_commands: Vec<(String, Vec<String>)>,
+    /// What L1 does while the VMM runs, each once, when L2 prints its marker.
+    pub actions: Vec<L1Action>,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -202,9 +206,33 @@ fn command_line(plan: &RunPlan) -> String {
     words.join(" ")
 }
 
+/// `l1_actions`, called from the VMM watch loop: each action once, in the background,
+/// when L2's console shows its marker; output in `$W/l1-actions.log`.
+fn l1_actions_function(plan: &RunPlan) -> String {
+    let mut s = String::from("l1_actions() {\n\t:\n");
+    for (i, action) in plan.actions.iter().enumerate() {
+        let _ = write!(
+            s,
+            "\tif [ -z \"$act{i}\" ] && grep -qF {} /tmp/l2-console.log; then act{i}=1; mark action-{i}; ( {}\n) >> $W/l1-actions.log 2>&1 & fi\n",
+            shell_word(&action.after, 0),
+            action.run
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
 /// L1's per-run script.
 pub fn l1_run_script(plan: &RunPlan) -> String {
     let mut s = l1_setup_script(plan);
+    let _ = writeln!(
+        s,
+        "VMM_BIN={}",
+        plan.vmm_command
+            .first()
+            .map_or_else(|| "''".into(), |b| shell_word(b, 0))
+    );
+    s.push_str(&l1_actions_function(plan));
     let _ = writeln!(
         s,
         "chroot $R {} < /dev/null > /tmp/l2-console.log 2>&1 &",
@@ -310,6 +338,14 @@ fn push_hugepages(s: &mut String, plan: &RunPlan) {
     );
 }
 
+/// L2's `finish.sh`: what /init does after `TESTBED-DONE`.
+pub fn l2_finish_script(scenario: &Scenario) -> String {
+    format!(
+        "# after the checks of scenario {} (generated)\n{}\n",
+        scenario.name, scenario.l2_finish
+    )
+}
+
 /// L2's `checks.sh` for `scenario`: one function per check, then `run_check`s.
 pub fn l2_checks_script(scenario: &Scenario) -> String {
     let mut s = format!("# checks of scenario {} (generated)\n", scenario.name);
@@ -346,6 +382,7 @@ mod tests {
             spec_template: None,
             l0_timeout_secs: 240,
             pre_commands: Vec::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -420,6 +457,33 @@ mod tests {
         assert!(script.contains("bind_vfio $DEV0"));
         assert!(!script.contains("usleep"));
         assert!(script.ends_with("poweroff -f\n"));
+    }
+
+    #[test]
+    fn run_script_runs_each_action_once_after_its_marker() {
+        let mut p = plan(vec![], HugePages::None);
+        p.actions = vec![L1Action {
+            after: "TESTBED-BUTTON-READY".into(),
+            run: "kill -TERM $vmm".into(),
+        }];
+        let script = l1_run_script(&p);
+        assert!(script.contains("VMM_BIN='/usr/bin/qemu'"), "{script}");
+        assert!(script.contains(
+            "if [ -z \"$act0\" ] && grep -qF 'TESTBED-BUTTON-READY' /tmp/l2-console.log; then act0=1; mark action-0; ( kill -TERM $vmm\n) >> $W/l1-actions.log 2>&1 & fi"
+        ), "{script}");
+        let (def, call) = (
+            script.find("l1_actions() {").unwrap(),
+            script.find("\tl1_actions\n").unwrap(),
+        );
+        assert!(def < call);
+    }
+
+    #[test]
+    fn l2_init_runs_the_finish_script_after_done() {
+        let done = L2_INIT.find("TESTBED-DONE").unwrap();
+        assert!(L2_INIT[done..].contains(". /etc/testbed/finish.sh"));
+        let s = l2_finish_script(&scenario::graceful_shutdown());
+        assert!(s.contains("acpid -c /etc/acpi"));
     }
 
     #[test]

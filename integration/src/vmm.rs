@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::scenario::HugePages;
+use crate::scenario::{HugePages, StraitSettings};
 
 /// Which VMM boots L2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,13 @@ pub struct GuestConfig {
     pub cmdline: String,
     /// Number of passed-through devices (`@DEV0@`..).
     pub devices: usize,
+    /// Strait-only spec settings (lifecycle, API socket).
+    pub strait: StraitSettings,
 }
+
+/// The control API socket in L1's chroot: on its /run tmpfs (a Unix socket cannot be
+/// created on the 9p share that holds the work dir).
+pub const API_SOCKET: &str = "/run/strait-api.sock";
 
 /// The placeholder for the BDF of the `index`-th passed-through device.
 pub fn device_placeholder(index: usize) -> String {
@@ -152,6 +158,19 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     if !passthrough.is_empty() {
         spec["passthrough"] = serde_json::Value::Array(passthrough);
     }
+    let mut lifecycle = serde_json::Map::new();
+    if let Some(t) = guest.strait.shutdown_timeout_s {
+        lifecycle.insert("shutdown_timeout_s".into(), t.into());
+    }
+    if let Some(r) = guest.strait.on_reboot {
+        lifecycle.insert("on_reboot".into(), r.into());
+    }
+    if !lifecycle.is_empty() {
+        spec["lifecycle"] = serde_json::Value::Object(lifecycle);
+    }
+    if guest.strait.api_socket {
+        spec["api_socket"] = API_SOCKET.into();
+    }
     spec
 }
 
@@ -161,6 +180,7 @@ mod tests {
 
     fn guest(devices: usize, hugepages: HugePages) -> GuestConfig {
         GuestConfig {
+            strait: Default::default(),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             vcpus: 2,
             memory_mib: 512,

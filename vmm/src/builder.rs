@@ -103,6 +103,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let effects = Arc::new(ConfigEffects::default());
     let pci = passthrough.as_ref().map(|p| p.pci_functions(&effects));
     let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci.unwrap_or_default())?;
+    stop.arm_power_button(devices.power_button(), spec.lifecycle.shutdown_timeout());
     if let Some(p) = passthrough.as_mut() {
         p.start(vm_fd.clone(), slots, devices.buses(), effects);
     }

@@ -14,6 +14,10 @@ use std::sync::Arc;
 
 use vfio_glue::HostPciAddress;
 
+use crate::api::{
+    self,
+    client::{self, CtlAnswer, CtlCommand},
+};
 use crate::boot::KernelImage;
 
 use crate::builder::{build_vm, VmError};
@@ -57,6 +61,23 @@ pub enum Command {
     Run {
         /// Path of the JSON VM spec.
         spec: PathBuf,
+        /// Serve the control API on this Unix socket (overrides the spec's `api_socket`).
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
+    },
+    /// Talk to a running Strait's control API: print its JSON answer.
+    ///
+    /// Exits 0 on a 2xx answer, 1 on another answer, 3 when SOCKET does not answer.
+    Ctl {
+        /// The control API socket (`api_socket` in the spec, or `run --api-socket`).
+        socket: PathBuf,
+        /// What to ask.
+        #[arg(value_enum)]
+        command: CtlCommand,
+        /// With `shutdown`: seconds before the guest is stopped (default: the spec's
+        /// lifecycle.shutdown_timeout_s).
+        #[arg(long, value_name = "SECS")]
+        timeout_s: Option<u32>,
     },
     /// Check SPEC and the host resources it names without starting anything.
     ///
@@ -129,6 +150,8 @@ pub enum Outcome {
     Checked { report: Report, json: bool },
     /// `plan`: the plan, and whether to print it as JSON.
     Planned { plan: Box<VmPlan>, json: bool },
+    /// `ctl`: the API's answer.
+    Ctl(CtlAnswer),
 }
 
 /// Run the command.
@@ -168,7 +191,23 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
                 json: *json,
             })
         }
-        Command::Run { spec } => {
+        Command::Ctl {
+            socket,
+            command,
+            timeout_s,
+        } => {
+            let body = timeout_s
+                .filter(|_| *command == CtlCommand::Shutdown)
+                .map(|t| format!("{{\"timeout_s\": {t}}}"))
+                .unwrap_or_default();
+            client::send(socket, *command, &body)
+                .map(Outcome::Ctl)
+                .map_err(|source| Error::Ctl {
+                    socket: socket.clone(),
+                    source,
+                })
+        }
+        Command::Run { spec, api_socket } => {
             let stop = Arc::new(StopSignal::default());
             forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
             let prefault_stop = stop.clone();
@@ -178,7 +217,11 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
                 return Err(e);
             }
             let vm = build_vm(&spec, stop.clone()).map_err(|e| signalled_or(e, &stop))?;
-            Ok(Outcome::Ran(vm.wait()?))
+            let socket = api_socket.as_ref().or(spec.api_socket.as_ref());
+            let _api = socket
+                .map(|path| api::start(path, Box::new(vm.control(&spec))))
+                .transpose()?;
+            Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
         }
     }
 }
@@ -227,7 +270,45 @@ mod tests {
     fn parses_run_with_verbosity() {
         let cli = Cli::try_parse_from(["strait", "-vv", "run", "vm.json"]).unwrap();
         assert_eq!(cli.verbose, 2);
-        assert!(matches!(cli.command, Command::Run { ref spec } if spec == Path::new("vm.json")));
+        assert!(
+            matches!(cli.command, Command::Run { ref spec, api_socket: None } if spec == Path::new("vm.json"))
+        );
+    }
+
+    #[test]
+    fn parses_run_with_an_api_socket_and_ctl_commands() {
+        let cli = Cli::try_parse_from(["strait", "run", "vm.json", "--api-socket", "/run/s.sock"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Command::Run { api_socket: Some(ref p), .. } if p == Path::new("/run/s.sock"))
+        );
+        let cli = Cli::try_parse_from(["strait", "ctl", "/run/s.sock", "power-button"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Ctl {
+                command: CtlCommand::PowerButton,
+                ..
+            }
+        ));
+        let cli =
+            Cli::try_parse_from(["strait", "ctl", "s", "shutdown", "--timeout-s", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Ctl {
+                timeout_s: Some(5),
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["strait", "ctl", "s", "explode"]).is_err());
+    }
+
+    #[test]
+    fn ctl_to_a_missing_socket_is_an_error_of_its_own() {
+        let cli =
+            Cli::try_parse_from(["strait", "ctl", "/nonexistent/strait.sock", "info"]).unwrap();
+        let err = execute(&cli).unwrap_err();
+        assert!(matches!(err, Error::Ctl { .. }));
+        assert_eq!(err.exit_code(), crate::error::ExitCode::Host);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::files;
 use crate::io_buses::IoBuses;
 use crate::passthrough::ConfigEffects;
 use crate::spec::{ConsoleFileSpec, SerialSpec};
+use crate::stop::PowerButton;
 
 /// CMOS index/data ports (not part of the arch layout: no table describes them).
 const CMOS_PORT: u16 = 0x70;
@@ -88,12 +89,37 @@ pub struct PciFunctions {
     pub watched: Vec<SharedPciDevice>,
 }
 
+/// The ACPI power button: an edge on the Generic Event Device's GSI
+/// ([`layout::GED_IRQ`]), whose `_EVT` notifies `\_SB.PWRB` (see the DSDT).
+pub struct GedPowerButton {
+    irq: EventFd,
+}
+
+impl GedPowerButton {
+    fn new(vm: &VmFd) -> Result<GedPowerButton, DeviceError> {
+        let what = "ACPI power button";
+        let irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| DeviceError::CreateEventFd { what, source })?;
+        let gsi = layout::GED_IRQ;
+        vm.register_irqfd(&irq, gsi)
+            .map_err(|source| DeviceError::RegisterIrqfd { what, gsi, source })?;
+        Ok(GedPowerButton { irq })
+    }
+}
+
+impl PowerButton for GedPowerButton {
+    fn press(&self) -> io::Result<()> {
+        self.irq.write(1)
+    }
+}
+
 /// Emulated devices of one VM.
 pub struct DeviceManager {
     buses: IoBuses,
     serial: Arc<Mutex<SerialPort<Console>>>,
     pci_root: Arc<PciRoot>,
     console_input: bool,
+    power_button: Arc<GedPowerButton>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -105,7 +131,8 @@ impl std::fmt::Debug for DeviceManager {
 }
 
 impl DeviceManager {
-    /// Create COM1, the i8042, the ACPI power registers and the CMOS on fresh buses.
+    /// Create COM1, the i8042, the ACPI power registers and power button and the CMOS on
+    /// fresh buses.
     pub fn new(
         vm: &VmFd,
         serial: &SerialSpec,
@@ -144,12 +171,19 @@ impl DeviceManager {
         drop(pio);
         let pci_root = create_pci_root(&buses, pci)?;
         let console_input = *serial == SerialSpec::Stdio;
+        let power_button = Arc::new(GedPowerButton::new(vm)?);
         Ok(DeviceManager {
             buses,
             serial: serial_dev,
             pci_root,
             console_input,
+            power_button,
         })
+    }
+
+    /// The guest's ACPI power button.
+    pub fn power_button(&self) -> Arc<GedPowerButton> {
+        self.power_button.clone()
     }
 
     /// The buses, for the vCPU loop and for adding PCI devices.

@@ -3,7 +3,8 @@
 //! `main` prints the error chain once, on one line, and exits with [`Error::exit_code`]:
 //! scripts can tell "fix your spec" from "fix your host" from "the guest died". The
 //! passthrough problems a user fixes each in their own way have codes of their own
-//! (10..=16); a stop by SIGINT/SIGTERM exits 128 + the signal number, as shells expect.
+//! (10..=16), and so do the ways a guest ends badly (6..=9); a stop at once by a signal
+//! exits 128 + the signal number, as shells expect.
 
 use std::path::PathBuf;
 
@@ -28,8 +29,17 @@ pub enum ExitCode {
     Host = 3,
     /// The kernel, initramfs or command line cannot be loaded.
     Kernel = 4,
-    /// The guest died (entry failure, KVM internal error) or Strait failed internally.
+    /// Strait failed internally (a KVM or VFIO ioctl, a thread).
     Fatal = 5,
+    /// The guest triple-faulted.
+    TripleFault = 6,
+    /// The guest died otherwise: KVM internal error, VM entry failure, crash event.
+    GuestFatal = 7,
+    /// The guest asked for a reboot and `lifecycle.on_reboot` is "exit".
+    Rebooted = 8,
+    /// The guest did not power off within `lifecycle.shutdown_timeout_s` of the power
+    /// button; Strait stopped it (orderly teardown).
+    ShutdownTimeout = 9,
     /// `passthrough[].host` is not a PCI address.
     PciAddress = 10,
     /// A passthrough device does not exist on the host.
@@ -44,9 +54,11 @@ pub enum ExitCode {
     VfioPermission = 15,
     /// RLIMIT_MEMLOCK is below the guest RAM that DMA mapping pins.
     Memlock = 16,
-    /// Stopped by SIGINT (128 + 2), after an orderly teardown.
+    /// Stopped at once by SIGHUP (128 + 1), after an orderly teardown.
+    HungUp = 129,
+    /// Stopped at once by SIGINT (128 + 2), after an orderly teardown.
     Interrupted = 130,
-    /// Stopped by SIGTERM (128 + 15), after an orderly teardown.
+    /// Stopped at once by SIGTERM (128 + 15), after an orderly teardown.
     Terminated = 143,
 }
 
@@ -59,11 +71,15 @@ impl From<ExitCode> for std::process::ExitCode {
 /// Text for `--help`, kept next to the enum it documents.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  guest powered off or rebooted (run); spec and host are fine (validate)
+  0  guest powered off, also after the power button (run); spec and host are fine (validate)
   2  bad command line or VM spec (the message names the field)
   3  host resources missing: /dev/kvm, hugepages, passthrough devices, memory
   4  kernel, initramfs or command line cannot be loaded
-  5  guest fatal error (VM entry failure, KVM internal error) or internal error
+  5  internal error (a KVM or VFIO ioctl failed)
+  6  guest triple fault
+  7  guest fatal error (KVM internal error, VM entry failure, guest crash event)
+  8  guest rebooted and lifecycle.on_reboot is \"exit\"
+  9  guest did not power off within lifecycle.shutdown_timeout_s of the power button
  10  passthrough: malformed PCI address
  11  passthrough: no such PCI device on the host
  12  passthrough: device bound to another driver than vfio-pci (the message names it)
@@ -71,8 +87,9 @@ Exit codes:
  14  passthrough: the same device listed twice
  15  passthrough: no permission to open /dev/vfio/N
  16  passthrough: locked-memory limit (ulimit -l) below guest RAM
-130  stopped by SIGINT (after an orderly teardown)
-143  stopped by SIGTERM (after an orderly teardown)
+129  stopped at once by SIGHUP (a second signal, or during setup)
+130  stopped at once by SIGINT (a second signal, or during setup)
+143  stopped at once by SIGTERM (a second signal, or during setup)
 `strait check` has its own: 0 all OK, 1 some WARN, 2 some FAIL.";
 
 /// Everything `strait` can fail with.
@@ -100,10 +117,26 @@ pub enum Error {
     Passthrough(#[from] PassthroughError),
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    #[error("ctl: no answer from {}", socket.display())]
+    Ctl {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
     GuestFatal { vcpu: u32, what: String },
+    #[error("vcpu{vcpu}: the guest triple-faulted (its registers are logged above)")]
+    TripleFault { vcpu: u32 },
+    #[error(
+        "the guest did not power off within {secs} s of the power button; stopped it \
+         (raise lifecycle.shutdown_timeout_s, or check that the guest handles the ACPI \
+         power button: acpid or systemd-logind, and the `button` driver)"
+    )]
+    ShutdownTimeout { secs: u64 },
     #[error("vcpu{vcpu}: {what}")]
     VcpuFailed { vcpu: u32, what: String },
 }
@@ -171,13 +204,17 @@ impl Error {
             Error::Passthrough(e) => passthrough_exit_code(e),
             Error::Plan(e) => plan_exit_code(e),
             Error::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
+            Error::Signalled { signal } if *signal == libc::SIGHUP => ExitCode::HungUp,
             Error::Signalled { .. } => ExitCode::Terminated,
-            Error::Host(_) | Error::Memory(_) => ExitCode::Host,
+            Error::Host(_) | Error::Memory(_) | Error::Api(_) | Error::Ctl { .. } => ExitCode::Host,
             Error::Devices(DeviceError::OpenConsole { .. }) => ExitCode::Host,
             Error::Vm(e) if e.is_host_problem() => ExitCode::Host,
             Error::Boot(_) => ExitCode::Kernel,
             Error::Devices(_) | Error::Vcpu(_) | Error::Vm(_) => ExitCode::Fatal,
-            Error::GuestFatal { .. } | Error::VcpuFailed { .. } => ExitCode::Fatal,
+            Error::VcpuFailed { .. } => ExitCode::Fatal,
+            Error::GuestFatal { .. } => ExitCode::GuestFatal,
+            Error::TripleFault { .. } => ExitCode::TripleFault,
+            Error::ShutdownTimeout { .. } => ExitCode::ShutdownTimeout,
         }
     }
 
@@ -245,12 +282,40 @@ mod tests {
     }
 
     #[test]
-    fn guest_fatal_exits_5() {
+    fn guest_failures_have_codes_of_their_own() {
         let e = Error::GuestFatal {
             vcpu: 1,
-            what: "VM entry failed".into(),
+            what: "KVM internal error".into(),
         };
-        assert_eq!(e.exit_code(), ExitCode::Fatal);
+        assert_eq!(e.exit_code() as u8, 7);
+        assert_eq!(Error::TripleFault { vcpu: 0 }.exit_code() as u8, 6);
+        let e = Error::VcpuFailed {
+            vcpu: 0,
+            what: "KVM_RUN failed".into(),
+        };
+        assert_eq!(e.exit_code() as u8, 5);
+    }
+
+    #[test]
+    fn lifecycle_codes_are_documented() {
+        for c in [
+            ExitCode::TripleFault,
+            ExitCode::GuestFatal,
+            ExitCode::Rebooted,
+            ExitCode::ShutdownTimeout,
+            ExitCode::HungUp,
+        ] {
+            let n = format!("\n{:>3}  ", c as u8);
+            assert!(EXIT_CODES_HELP.contains(&n), "{n} undocumented");
+        }
+        assert_eq!(Error::ShutdownTimeout { secs: 3 }.exit_code() as u8, 9);
+        assert_eq!(
+            Error::Signalled {
+                signal: libc::SIGHUP
+            }
+            .exit_code() as u8,
+            129
+        );
     }
 
     #[test]

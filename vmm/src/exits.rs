@@ -26,14 +26,20 @@ static IGNORED_EXIT: LogLimiter = LogLimiter::new();
 pub enum StopReason {
     /// ACPI S5 or a KVM shutdown system event.
     PowerOff,
-    /// The guest asked for a reset (how: ACPI, i8042, triple fault, system event).
+    /// The guest asked for a reset (how: ACPI reset register, i8042, system event, API).
     Reboot(&'static str),
+    /// A triple fault: the guest's CPU state is beyond repair. Linux only falls back to
+    /// one after the ACPI reset register failed, so it is a crash, not a reboot.
+    TripleFault { vcpu: u32 },
     /// The guest cannot go on (entry failure, KVM internal error, crash event).
     GuestFatal { vcpu: u32, what: String },
     /// A host-side failure in the vCPU loop (ioctl error, thread spawn).
     HostFailure { vcpu: u32, what: String },
-    /// Strait got SIGINT or SIGTERM.
+    /// Strait got SIGINT, SIGTERM or SIGHUP and stopped at once (during setup, or a
+    /// second signal while the guest was shutting down).
     Signal(i32),
+    /// The guest did not power off within the graceful shutdown timeout.
+    ShutdownTimeout { secs: u64 },
 }
 
 /// Decision for one exit.
@@ -156,10 +162,9 @@ pub fn handle_exit(
             ExitCounters::bump(&counters.hlt);
             Step::Continue
         }
-        // A triple fault. Linux uses it as its last-resort reboot method, so it is a reset.
         VcpuExit::Shutdown => {
             ExitCounters::bump(&counters.shutdown);
-            stop(StopReason::Reboot("triple fault"), false)
+            stop(StopReason::TripleFault { vcpu }, true)
         }
         VcpuExit::SystemEvent(kind, data) => {
             ExitCounters::bump(&counters.system_event);
@@ -372,9 +377,9 @@ mod tests {
     }
 
     #[test]
-    fn triple_fault_is_a_reboot() {
+    fn triple_fault_is_a_crash_with_registers() {
         let (step, c) = run(VcpuExit::Shutdown);
-        assert_eq!(step, stop(StopReason::Reboot("triple fault"), false));
+        assert_eq!(step, stop(StopReason::TripleFault { vcpu: 0 }, true));
         assert_eq!(c.shutdown.load(Ordering::Relaxed), 1);
     }
 

@@ -249,6 +249,8 @@ mod tests {
             },
             passthrough: vec![],
             serial: SerialSpec::Off,
+            lifecycle: Default::default(),
+            api_socket: None,
         }
     }
 

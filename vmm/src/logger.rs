@@ -84,9 +84,19 @@ pub fn elapsed_ms() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
 }
 
-/// Log a timeline mark for `phase`.
+/// The marks so far, for the control API.
+static TIMELINE: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Log a timeline mark for `phase` and keep it for [`timeline`].
 pub fn mark(phase: &str) {
-    log::info!("{}", timeline_line(phase, elapsed_ms()));
+    let ms = elapsed_ms();
+    resources::lock(&TIMELINE).push((phase.to_string(), ms));
+    log::info!("{}", timeline_line(phase, ms));
+}
+
+/// Every mark so far, in order (a phase repeats after a reboot in place).
+pub fn timeline() -> Vec<(String, f64)> {
+    resources::lock(&TIMELINE).clone()
 }
 
 /// The message of a timeline mark (without the `strait: ` prefix).

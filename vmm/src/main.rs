@@ -44,12 +44,24 @@ fn main() -> std::process::ExitCode {
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::Success.into()
         }
+        Ok(Outcome::Ctl(answer)) => {
+            let text = format!("{}\n", vmm::api::client::pretty(&answer.body));
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            if (200..300).contains(&answer.status) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("strait: ctl: the API answered {}", answer.status);
+                std::process::ExitCode::from(1)
+            }
+        }
         Ok(Outcome::Ran(exit)) => {
             match exit {
                 GuestExit::PowerOff => log::info!("guest powered off"),
-                GuestExit::Reboot(how) => log::info!("guest requested reboot ({how})"),
+                GuestExit::Reboot(how) => {
+                    log::info!("guest requested reboot ({how}); lifecycle.on_reboot is \"exit\"")
+                }
             }
-            ExitCode::Success.into()
+            exit.exit_code().into()
         }
         Err(e) => {
             eprintln!("strait: {}", e.one_line());

@@ -60,6 +60,10 @@ pub enum SpecError {
         "serial.max_bytes: 0 would keep nothing; give a positive size, or \"serial\": \"off\""
     )]
     ConsoleCapZero,
+    #[error("lifecycle.shutdown_timeout_s: {value} is outside 1..={max}")]
+    ShutdownTimeout { value: u32, max: u32 },
+    #[error("api_socket: must not be empty")]
+    ApiSocketEmpty,
     #[error("vcpus: {count} is outside 1..={max}")]
     VcpuCount { count: u32, max: u32 },
     #[error("memory.size_mib: must be at least {min} MiB")]
@@ -113,6 +117,61 @@ pub struct VmSpec {
     /// Where the guest's COM1 goes.
     #[serde(default)]
     pub serial: SerialSpec,
+    /// How the VM ends and restarts.
+    #[serde(default)]
+    pub lifecycle: LifecycleSpec,
+    /// Unix socket of the control API (HTTP/1.1 + JSON), created mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Shutdown and reboot policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSpec {
+    /// Seconds the guest gets to power off after the power button (SIGTERM, SIGINT,
+    /// SIGHUP, `PUT /vm/shutdown` without a timeout) before Strait stops it.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_s: u32,
+    /// What a guest reboot does.
+    #[serde(default)]
+    pub on_reboot: OnReboot,
+}
+
+impl Default for LifecycleSpec {
+    fn default() -> Self {
+        LifecycleSpec {
+            shutdown_timeout_s: DEFAULT_SHUTDOWN_TIMEOUT_S,
+            on_reboot: OnReboot::default(),
+        }
+    }
+}
+
+impl LifecycleSpec {
+    /// The graceful shutdown timeout.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.shutdown_timeout_s))
+    }
+}
+
+/// `lifecycle.on_reboot`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReboot {
+    /// Reset vCPUs and devices and boot the kernel again, in the same process.
+    #[default]
+    Restart,
+    /// Exit with the "guest rebooted" code.
+    Exit,
+}
+
+/// Default of `lifecycle.shutdown_timeout_s`: what systemd gives a unit to stop.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 30;
+/// Largest `lifecycle.shutdown_timeout_s`: one hour.
+pub const MAX_SHUTDOWN_TIMEOUT_S: u32 = 3600;
+
+fn default_shutdown_timeout() -> u32 {
+    DEFAULT_SHUTDOWN_TIMEOUT_S
 }
 
 /// Guest RAM.
@@ -366,6 +425,9 @@ impl VmSpec {
         if let SerialSpec::File(c) = &mut self.serial {
             resolve(&mut c.file);
         }
+        if let Some(p) = self.api_socket.as_mut() {
+            resolve(p);
+        }
     }
 
     /// Parse JSON text into a spec, without validating values. Errors name the path of
@@ -395,6 +457,20 @@ impl VmSpec {
             return Err(SpecError::ConsoleCapZero);
         }
         self.passthrough_addresses()?;
+        let timeout = self.lifecycle.shutdown_timeout_s;
+        if !(1..=MAX_SHUTDOWN_TIMEOUT_S).contains(&timeout) {
+            return Err(SpecError::ShutdownTimeout {
+                value: timeout,
+                max: MAX_SHUTDOWN_TIMEOUT_S,
+            });
+        }
+        if self
+            .api_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(SpecError::ApiSocketEmpty);
+        }
         Ok(())
     }
 
@@ -550,6 +626,51 @@ mod tests {
         assert_eq!(s.serial, SerialSpec::Stdio);
         assert!(s.passthrough.is_empty());
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn lifecycle_defaults_to_30_s_and_restart() {
+        let s = spec();
+        assert_eq!(s.lifecycle.shutdown_timeout_s, 30);
+        assert_eq!(s.lifecycle.on_reboot, OnReboot::Restart);
+        assert_eq!(s.api_socket, None);
+    }
+
+    #[test]
+    fn lifecycle_and_api_socket_parse() {
+        let text = GOOD.replace(
+            "\"vcpus\": 2,",
+            r#""vcpus": 2, "api_socket": "vm.sock",
+               "lifecycle": {"shutdown_timeout_s": 5, "on_reboot": "exit"},"#,
+        );
+        let mut s = VmSpec::parse(&text).unwrap();
+        s.validate().unwrap();
+        s.resolve_paths(Path::new("/srv"));
+        assert_eq!(s.lifecycle.on_reboot, OnReboot::Exit);
+        assert_eq!(
+            s.lifecycle.shutdown_timeout(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(s.api_socket.as_deref(), Some(Path::new("/srv/vm.sock")));
+    }
+
+    #[test]
+    fn zero_shutdown_timeout_and_unknown_on_reboot_are_rejected() {
+        let mut s = spec();
+        s.lifecycle.shutdown_timeout_s = 0;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::ShutdownTimeout { value: 0, .. })
+        ));
+        let text = GOOD.replace(
+            "\"vcpus\": 2,",
+            r#""vcpus": 2, "lifecycle": {"on_reboot": "halt"},"#,
+        );
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(
+            matches!(err, SpecError::InvalidValue { ref at, .. } if at == "lifecycle.on_reboot"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! LAPIC, which also holds their MP state.
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use resources::lock;
 
 use kvm_bindings::{kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
@@ -167,12 +170,92 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::KickHandler)
 }
 
+/// Pausing the vCPUs (the API's pause/resume): a paused vCPU thread parks before its
+/// next KVM_RUN; [`PauseGate::pause`] kicks every thread out of the guest and waits
+/// until all are parked. Passed-through devices are not touched.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+    threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    paused: bool,
+    parked: usize,
+}
+
+/// How long [`PauseGate::pause`] waits for the vCPUs to park.
+const PARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PauseGate {
+    /// The vCPU threads to kick (set when they start).
+    pub fn set_threads(&self, threads: Vec<libc::pthread_t>) {
+        *lock(&self.threads) = threads;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    /// Park every vCPU; true once all are parked within the timeout.
+    pub fn pause(&self) -> bool {
+        lock(&self.state).paused = true;
+        let threads = lock(&self.threads).clone();
+        for t in &threads {
+            // SAFETY: `t` is a vCPU thread of this process, joined only after the VM
+            // stopped; the kick signal's handler only sets immediate_exit.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
+        let deadline = Instant::now() + PARK_TIMEOUT;
+        let mut s = lock(&self.state);
+        while s.parked < threads.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// Let the vCPUs run again.
+    pub fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before KVM_RUN: wait here while paused (and not stopping).
+    fn park_while_paused(&self, stop: &StopSignal) {
+        let mut s = lock(&self.state);
+        if !s.paused {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.paused && !stop.is_stopping() {
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(100))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        s.parked -= 1;
+    }
+}
+
 /// What a vCPU thread needs besides its fd.
 #[derive(Clone)]
 pub struct VcpuContext {
     pub buses: IoBuses,
     pub counters: Arc<ExitCounters>,
     pub stop: Arc<StopSignal>,
+    pub gate: Arc<PauseGate>,
     /// Passed-through BARs: config-write effects are applied after each dispatch.
     pub bars: Option<Arc<BarMapper>>,
 }
@@ -193,6 +276,10 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext) {
     };
     KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
     while !ctx.stop.is_stopping() {
+        ctx.gate.park_while_paused(&ctx.stop);
+        if ctx.stop.is_stopping() {
+            break;
+        }
         let step = match vcpu.run() {
             Ok(exit) => {
                 let step = handle_exit(index, exit, &ctx.buses, &ctx.counters);
@@ -288,6 +375,40 @@ mod tests {
             stop.wait(),
             StopReason::HostFailure { vcpu: 3, .. }
         ));
+    }
+
+    #[test]
+    fn pause_parks_every_vcpu_thread_and_resume_releases_them() {
+        use std::os::unix::thread::JoinHandleExt;
+        let gate = Arc::new(PauseGate::default());
+        let stop = Arc::new(StopSignal::default());
+        install_kick_handler().unwrap();
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (g, s, r) = (gate.clone(), stop.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    while !s.is_stopping() {
+                        g.park_while_paused(&s);
+                        r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        gate.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+        assert!(gate.pause() && gate.is_paused());
+        let before = runs.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), before);
+        gate.resume();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(runs.load(std::sync::atomic::Ordering::SeqCst) > before);
+        assert!(gate.pause());
+        stop.stop(StopReason::PowerOff);
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! that: their BAR slots and traps are removed, interrupts and bus mastering turned off
 //! and the functions reset; dropping the devices then unmaps DMA and closes the fds.
 //!
-//! SIGINT and SIGTERM are one more stop request ([`forward_termination_signals`]), so a
-//! killed Strait tears down in the same order.
+//! SIGINT, SIGTERM and SIGHUP ([`forward_termination_signals`]) press the guest's power
+//! button and give it `lifecycle.shutdown_timeout_s` to power off; a second signal, or
+//! one during setup, stops at once. Every path tears down in the same order.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,20 +18,36 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
+use crate::api::routes::{DeviceView, RunState};
+use crate::api::{Action, VmControl, VmView};
 use crate::device_manager::DeviceManager;
-use crate::error::Error;
+use crate::error::{Error, ExitCode};
 use crate::exits::{ExitCounters, StopReason};
 use crate::logger::{self, phase};
 use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
-use crate::stop::StopSignal;
-use crate::vcpu::{self, VcpuContext, VcpuError};
+use crate::spec::{OnReboot, VmSpec};
+use crate::stop::{ShutdownStep, StopSignal};
+use crate::vcpu::{self, PauseGate, VcpuContext, VcpuError};
+use std::os::unix::thread::JoinHandleExt;
 
-/// How a guest that ended normally ended.
+/// How a guest that ended by its own request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestExit {
+    /// ACPI S5: exit code 0.
     PowerOff,
+    /// A reboot with `lifecycle.on_reboot` "exit": exit code 8.
     Reboot(&'static str),
+}
+
+impl GuestExit {
+    /// The process exit code for this ending.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            GuestExit::PowerOff => ExitCode::Success,
+            GuestExit::Reboot(_) => ExitCode::Rebooted,
+        }
+    }
 }
 
 /// Map the stop reason to the outcome of `strait run`.
@@ -38,13 +55,15 @@ pub fn outcome(reason: StopReason) -> Result<GuestExit, Error> {
     match reason {
         StopReason::PowerOff => Ok(GuestExit::PowerOff),
         StopReason::Reboot(how) => Ok(GuestExit::Reboot(how)),
+        StopReason::TripleFault { vcpu } => Err(Error::TripleFault { vcpu }),
         StopReason::GuestFatal { vcpu, what } => Err(Error::GuestFatal { vcpu, what }),
         StopReason::HostFailure { vcpu, what } => Err(Error::VcpuFailed { vcpu, what }),
         StopReason::Signal(signal) => Err(Error::Signalled { signal }),
+        StopReason::ShutdownTimeout { secs } => Err(Error::ShutdownTimeout { secs }),
     }
 }
 
-/// The termination signals Strait turns into a stop request.
+/// The termination signals Strait turns into a graceful shutdown.
 fn termination_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { mem::zeroed() };
@@ -53,13 +72,15 @@ fn termination_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     set
 }
 
-/// Block SIGINT and SIGTERM in the calling thread, and so in every thread it starts
-/// later, and turn them into a stop request on `stop` from a thread of their own (a
-/// signal handler could not take the stop signal's lock). Call before starting threads.
+/// Block SIGINT, SIGTERM and SIGHUP in the calling thread, and so in every thread it
+/// starts later, and turn them into a graceful shutdown on `stop` (a stop at once
+/// before the power button is armed) from a thread of their own (a signal handler could
+/// not take the stop signal's lock). Call before starting threads.
 pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
     let set = termination_signals();
     // SAFETY: `set` is initialised; the old mask is not wanted.
@@ -77,10 +98,15 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
             }
             if stop.is_stopping() {
                 log::warn!("signal {sig} while stopping; teardown is under way");
-            } else {
-                log::info!("signal {sig}: stopping the VM");
+                continue;
             }
-            stop.stop(StopReason::Signal(sig));
+            match stop.shut_down(None, Some(StopReason::Signal(sig))) {
+                ShutdownStep::ButtonPressed => log::info!(
+                    "signal {sig}: power button pressed; waiting for the guest to power off \
+                     (another signal stops it now)"
+                ),
+                ShutdownStep::StoppedNow => log::info!("signal {sig}: stopping the VM"),
+            }
         })
         .map(drop)
 }
@@ -101,6 +127,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
+    gate: Arc<PauseGate>,
     passthrough: Option<Passthrough>,
     devices: DeviceManager,
     vm_fd: Arc<VmFd>,
@@ -131,6 +158,7 @@ impl Vm {
             threads: Vec::new(),
             stop,
             counters,
+            gate: Arc::default(),
             passthrough,
             devices,
             vm_fd,
@@ -146,17 +174,40 @@ impl Vm {
             buses: self.devices.buses().clone(),
             counters: self.counters.clone(),
             stop: self.stop.clone(),
+            gate: self.gate.clone(),
             bars: self.passthrough.as_ref().and_then(|p| p.bars().cloned()),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
             self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
         }
+        self.gate
+            .set_threads(self.threads.iter().map(|t| t.as_pthread_t()).collect());
         Ok(())
     }
 
+    /// The handle the control API acts through.
+    pub fn control(&self, spec: &VmSpec) -> VmHandle {
+        VmHandle {
+            stop: self.stop.clone(),
+            gate: self.gate.clone(),
+            counters: self.counters.clone(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory.size_mib,
+            hugepages: spec.memory.hugepages.to_string(),
+            devices: self
+                .passthrough
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.device_views()),
+        }
+    }
+
     /// Run until the guest powers off, reboots or dies; stop and join all vCPUs.
-    pub fn wait(mut self) -> Result<GuestExit, Error> {
+    pub fn wait(mut self, on_reboot: OnReboot) -> Result<GuestExit, Error> {
         let reason = self.stop.wait();
+        if matches!(reason, StopReason::Reboot(_)) && on_reboot == OnReboot::Restart {
+            // Not built yet: the vCPU, irqchip and passthrough reset it needs.
+            log::warn!("lifecycle.on_reboot \"restart\": reboot in place is not implemented yet; exiting with the reboot code");
+        }
         self.stop_vcpus();
         logger::mark(phase::GUEST_EXIT);
         log::info!("{}", self.counters.summary());
@@ -165,6 +216,7 @@ impl Vm {
 
     /// Kick every vCPU thread out of KVM_RUN and join it.
     fn stop_vcpus(&mut self) {
+        self.gate.resume();
         if !self.stop.is_stopping() {
             self.stop.stop(StopReason::HostFailure {
                 vcpu: 0,
@@ -204,6 +256,74 @@ impl Vm {
     }
 }
 
+/// The VM as the control API sees and drives it (see [`crate::api::VmControl`]).
+pub struct VmHandle {
+    stop: Arc<StopSignal>,
+    gate: Arc<PauseGate>,
+    counters: Arc<ExitCounters>,
+    vcpus: u32,
+    memory_mib: u64,
+    hugepages: String,
+    /// Host and guest addresses, IDs and BARs as placed at boot.
+    devices: Vec<DeviceView>,
+}
+
+impl VmControl for VmHandle {
+    fn view(&self) -> VmView {
+        let state = if self.stop.is_stopping() {
+            RunState::Stopping
+        } else if self.gate.is_paused() {
+            RunState::Paused
+        } else if self.stop.shutdown_under_way() {
+            RunState::ShuttingDown
+        } else {
+            RunState::Running
+        };
+        VmView {
+            state,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            hugepages: self.hugepages.clone(),
+            devices: self.devices.clone(),
+            timeline: logger::timeline(),
+            boots: 1,
+            exits: self.counters.snapshot().to_vec(),
+        }
+    }
+
+    fn act(&self, action: Action) -> Result<(), String> {
+        match action {
+            Action::PowerButton => match self.stop.press_power_button() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the power button is not wired yet".into()),
+                Err(e) => Err(format!("cannot press the power button: {e}")),
+            },
+            Action::Shutdown(timeout) => {
+                self.stop.shut_down(timeout, None);
+                Ok(())
+            }
+            Action::Reboot => {
+                self.stop.stop(StopReason::Reboot("control API"));
+                Ok(())
+            }
+            Action::Pause => {
+                if self.gate.pause() {
+                    log::info!("vCPUs paused");
+                    Ok(())
+                } else {
+                    self.gate.resume();
+                    Err("the vCPUs did not stop within 5 s; resumed".into())
+                }
+            }
+            Action::Resume => {
+                self.gate.resume();
+                log::info!("vCPUs resumed");
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
@@ -233,12 +353,26 @@ mod tests {
     }
 
     #[test]
-    fn termination_set_holds_sigint_and_sigterm_only() {
+    fn termination_set_holds_sigint_sigterm_and_sighup_only() {
         let set = termination_signals();
         // SAFETY: `set` is initialised.
         let has = |s| unsafe { libc::sigismember(&set, s) } == 1;
-        assert!(has(libc::SIGINT) && has(libc::SIGTERM));
-        assert!(!has(libc::SIGKILL) && !has(libc::SIGHUP));
+        assert!(has(libc::SIGINT) && has(libc::SIGTERM) && has(libc::SIGHUP));
+        assert!(!has(libc::SIGKILL) && !has(libc::SIGQUIT));
+    }
+
+    #[test]
+    fn reboot_exits_8_and_power_off_0() {
+        assert_eq!(GuestExit::PowerOff.exit_code() as u8, 0);
+        assert_eq!(GuestExit::Reboot("x").exit_code() as u8, 8);
+    }
+
+    #[test]
+    fn triple_fault_and_timeout_are_errors_of_their_own() {
+        let r = outcome(StopReason::TripleFault { vcpu: 0 });
+        assert!(matches!(r, Err(Error::TripleFault { vcpu: 0 })));
+        let r = outcome(StopReason::ShutdownTimeout { secs: 30 });
+        assert!(matches!(r, Err(Error::ShutdownTimeout { secs: 30 })));
     }
 
     #[test]

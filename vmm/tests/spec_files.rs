@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vmm::spec::{HugePages, SerialSpec, VmSpec};
+use vmm::spec::{HugePages, OnReboot, SerialSpec, VmSpec};
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -110,6 +110,32 @@ fn schema_enums_match_serde_names() {
     let serial = &schema["properties"]["serial"]["oneOf"][0]["enum"];
     let names = [SerialSpec::Stdio, SerialSpec::Off].map(|s| serde_json::to_value(s).unwrap());
     assert_eq!(serial, &Value::Array(names.to_vec()));
+}
+
+#[test]
+fn managed_example_sets_lifecycle_and_api_socket() {
+    let spec = VmSpec::load(&crate_dir().join("examples/managed.json")).unwrap();
+    assert_eq!(spec.lifecycle.shutdown_timeout_s, 60);
+    assert_eq!(spec.lifecycle.on_reboot, OnReboot::Restart);
+    assert!(spec.api_socket.unwrap().is_absolute());
+}
+
+#[test]
+fn schema_lifecycle_matches_serde() {
+    let schema = schema();
+    let lc = &schema["properties"]["lifecycle"]["properties"];
+    let names = [OnReboot::Restart, OnReboot::Exit].map(|o| serde_json::to_value(o).unwrap());
+    assert_eq!(lc["on_reboot"]["enum"], Value::Array(names.to_vec()));
+    assert_eq!(
+        lc["on_reboot"]["default"],
+        serde_json::to_value(OnReboot::default()).unwrap()
+    );
+    let t = &lc["shutdown_timeout_s"];
+    assert_eq!(
+        t["default"],
+        Value::from(vmm::spec::DEFAULT_SHUTDOWN_TIMEOUT_S)
+    );
+    assert_eq!(t["maximum"], Value::from(vmm::spec::MAX_SHUTDOWN_TIMEOUT_S));
 }
 
 #[test]

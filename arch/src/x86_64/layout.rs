@@ -92,6 +92,10 @@ pub const MSI_GSI_BASE: u32 = IOAPIC_NUM_PINS;
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1 ISA IRQ (= GSI, no override).
 pub const COM1_IRQ: u32 = 4;
+/// GSI of the ACPI Generic Event Device (`\_SB.GED_` in the DSDT): an edge on this
+/// IOAPIC pin runs the GED's `_EVT`, which notifies the power button. A legacy ISA
+/// number no emulated device uses (no override in the MADT, so IRQ 5 = GSI 5).
+pub const GED_IRQ: u32 = 5;
 /// i8042 data port.
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port; writing [`I8042_RESET_CMD`] resets the machine.

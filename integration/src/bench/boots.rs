@@ -205,6 +205,7 @@ fn write_agent_files(
         spec_template: None,
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
         pre_commands: Vec::new(),
+        actions: Vec::new(),
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }

@@ -450,6 +450,7 @@ mod tests {
             memory_sizes: vec![512, 2048],
             page_kinds: vec![HugePages::None, HugePages::Size2M],
             guest: GuestConfig {
+                strait: Default::default(),
                 qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
                 vcpus: 2,
                 memory_mib: 512,

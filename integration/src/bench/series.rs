@@ -378,6 +378,7 @@ mod tests {
 
     fn guest() -> GuestConfig {
         GuestConfig {
+            strait: Default::default(),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             vcpus: 2,
             memory_mib: 512,

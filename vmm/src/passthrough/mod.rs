@@ -23,7 +23,7 @@ mod bars;
 use std::sync::{Arc, Mutex};
 
 use arch::x86_64::PciWindows;
-use devices::pci::{Bdf, PciError, SharedPciDevice};
+use devices::pci::{Bdf, PciDevice, PciError, SharedPciDevice};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use resources::{lock, PlanError, SlotRequest, Topology, TopologyError};
@@ -240,6 +240,34 @@ impl Passthrough {
     /// The BAR mapper the vCPUs apply config-write effects through (after start).
     pub fn bars(&self) -> Option<&Arc<BarMapper>> {
         self.bars.as_ref()
+    }
+
+    /// Each function as the control API reports it: host and guest address, IDs, BARs.
+    pub fn device_views(&self) -> Vec<crate::api::routes::DeviceView> {
+        self.functions
+            .iter()
+            .map(|(guest, f)| {
+                let mut dev = lock(&f.dev);
+                let ids = dev.config_read(0);
+                let bars = dev
+                    .bars()
+                    .into_iter()
+                    .map(|b| crate::api::routes::BarView {
+                        index: b.index,
+                        kind: format!("{:?}", b.kind),
+                        addr: format!("{:#x}", b.addr),
+                        size: b.size,
+                    })
+                    .collect();
+                crate::api::routes::DeviceView {
+                    host: dev.host_address().to_string(),
+                    guest: guest.to_string(),
+                    vendor_id: format!("{:#06x}", ids & 0xffff),
+                    device_id: format!("{:#06x}", ids >> 16),
+                    bars,
+                }
+            })
+            .collect()
     }
 
     /// BAR slots and traps out, then each function quiet and reset.

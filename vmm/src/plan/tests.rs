@@ -184,7 +184,13 @@ fn text_names_every_window_and_bar() {
 fn readme_spec() -> VmSpec {
     let readme = include_str!("../../../README.md");
     let section = readme.split("## The VM spec").nth(1).unwrap();
-    let json = section.split("```json").nth(1).unwrap().split("```").next().unwrap();
+    let json = section
+        .split("```json")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
     let s = VmSpec::parse(json).unwrap();
     s.validate().unwrap();
     s

@@ -2,21 +2,24 @@
 //! needs to power off through the FADT sleep control register, the PCIe host bridge
 //! `\_SB.PCI0` (ACPI 6.5 6.1/6.2/6.4 for _HID/_CRS, PCI Firmware spec 3.3 4.5 for _OSC,
 //! ACPI 6.5 6.2.13 for _PRT), a PNP0C02 device claiming the ECAM window (PCI Firmware spec
-//! 3.3 4.1.2: MCFG ranges must be reserved by a motherboard resource) and optionally COM1.
+//! 3.3 4.1.2: MCFG ranges must be reserved by a motherboard resource), the power button:
+//! a Generic Event Device (ACPI 6.5 5.6.9, `ACPI0013`) whose `_EVT` notifies a control
+//! method power button (ACPI 6.5 4.8.2.2.1.2, `PNP0C0C`) with 0x80, and optionally COM1.
 //!
 //! The AML is assembled with `acpi_tables::aml`; its constructors take `&dyn Aml` children,
 //! so values are bound to locals before the objects that reference them.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Arg, CreateDWordField, Device, EISAName, Interrupt,
-    Memory32Fixed, Method, Name, NotEqual, Or, Package, Path, ResourceTemplate, Return, Uuid, IO,
+    Memory32Fixed, Method, Name, NotEqual, Notify, Or, Package, Path, ResourceTemplate, Return,
+    Uuid, IO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
 use super::{AcpiConfig, AddrRange, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::x86_64::layout::{
-    pci_intx_gsi, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT,
+    pci_intx_gsi, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, GED_IRQ, PCI_CONFIG_ADDRESS_PORT,
     PCI_ECAM_BUS_SIZE,
 };
 
@@ -26,6 +29,9 @@ const DSDT_REVISION: u8 = 6;
 const PCI_HOST_BRIDGE_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
 /// `_OSC` status bit "unrecognized UUID" in capabilities DWORD 1.
 const OSC_UNRECOGNIZED_UUID: u32 = 1 << 2;
+/// Notify value of a power button press (ACPI 6.5 4.8.2.2.1.2: "Device Specific"
+/// 0x80 on a PNP0C0C device means the button was pressed).
+const POWER_BUTTON_PRESSED: u8 = 0x80;
 /// Devices per PCI bus (each gets a `_PRT` entry per pin).
 const PCI_SLOTS: u8 = 32;
 /// INTA..INTD.
@@ -166,6 +172,33 @@ fn com1() -> Vec<u8> {
     bytes
 }
 
+/// `\_SB.PWRB`: a control method power button. Linux's `button` driver binds to it and
+/// turns notify 0x80 into a KEY_POWER input event (acpid, systemd-logind act on that).
+fn power_button() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0C0C"));
+    let uid = Name::new("_UID".into(), &0u8);
+    let mut bytes = Vec::new();
+    Device::new("_SB_.PWRB".into(), vec![&hid, &uid]).to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// `\_SB.GED_`: the hardware-reduced platform's event source. Its one interrupt, GSI
+/// [`GED_IRQ`] (edge, active high), only ever means "power button pressed", so `_EVT`
+/// notifies `\_SB.PWRB` whatever GSI it is called with (Linux calls `_EVT` when no
+/// `_Exx` method matches, drivers/acpi/evged.c).
+fn generic_event_device() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &"ACPI0013");
+    let uid = Name::new("_UID".into(), &0u8);
+    let irq = Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&irq]));
+    let button = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&button, &POWER_BUTTON_PRESSED);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let mut bytes = Vec::new();
+    Device::new("_SB_.GED_".into(), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(&mut bytes);
+    bytes
+}
+
 /// Pre-assembled AML spliced into a parent object.
 struct RawAml<'a>(&'a [u8]);
 
@@ -189,6 +222,8 @@ pub(super) fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     dsdt.append_slice(&s5_package());
     dsdt.append_slice(&host_bridge(cfg));
     dsdt.append_slice(&ecam_reservation(cfg));
+    dsdt.append_slice(&power_button());
+    dsdt.append_slice(&generic_event_device());
     if cfg.com1 {
         dsdt.append_slice(&com1());
     }
@@ -283,6 +318,20 @@ mod tests {
             &crs,
             b"\x88\x0d\x00\x02\x0c\x00\x00\x00\x00\x00\x3f\x00"
         ));
+    }
+
+    #[test]
+    fn ged_notifies_the_power_button_from_evt() {
+        let ged = generic_event_device();
+        assert!(contains(&ged, b"\x0dACPI0013\x00"), "string _HID");
+        // NotifyOp, the absolute path \_SB_.PWRB (RootChar DualNamePrefix), 0x80.
+        assert!(contains(&ged, b"\x86\x5c\x2e_SB_PWRB\x0a\x80"));
+        // Extended interrupt descriptor: consumer, edge, active high, one GSI.
+        let gsi = GED_IRQ.to_le_bytes();
+        assert!(contains(&ged, &[&[0x89, 6, 0, 0x03, 1][..], &gsi].concat()));
+        let d = build_dsdt(&config(1));
+        assert!(contains(&d, &ged));
+        assert!(contains(&d, &power_button()));
     }
 
     #[test]
