@@ -54,6 +54,7 @@ pub mod l0;
 pub mod modules;
 mod options;
 pub mod outcome;
+pub mod rootdisk;
 mod run;
 pub mod scenario;
 pub mod scripts;

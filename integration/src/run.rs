@@ -15,6 +15,7 @@ use crate::images::{Artefacts, Cache};
 use crate::l0::{self, L0Config, L0Run, Stall};
 use crate::options::TestbedOptions;
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
+use crate::rootdisk;
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
 use crate::vmm::GuestConfig;
@@ -90,7 +91,13 @@ pub(crate) fn boot_l1(
 
 /// Writes `run.sh` and, for a VMM that takes one, the spec template.
 fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
-    let guest = guest_config(ctx);
+    let mut guest = guest_config(ctx);
+    if let Some(disk) = &ctx.scenario.root_disk {
+        let (h, w) = (ctx.host, work_dir);
+        guest
+            .disks
+            .push(rootdisk::build(&h.mke2fs, &h.busybox, w, disk)?);
+    }
     let spec_template = ctx.opts.vmm.spec_template(&guest);
     if let Some(text) = &spec_template {
         write(&work_dir.join(SPEC_TEMPLATE), text)?;
@@ -128,7 +135,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
 fn record(ctx: &RunContext<'_>, outcome: &Outcome) -> Result<()> {
     let problems = outcome.problems();
     if problems.is_empty() && !ctx.opts.keep_backing_files {
-        for name in [l0::NVME_IMAGE, l0::IVSHMEM_FILE] {
+        for name in [l0::NVME_IMAGE, l0::IVSHMEM_FILE, rootdisk::ROOT_IMAGE] {
             let _ = fs::remove_file(outcome.work_dir.join(name));
         }
     }
@@ -156,6 +163,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         initramfs: ctx.artefacts.l2_initrd.clone(),
         cmdline,
         devices: ctx.scenario.devices.len(),
+        disks: Vec::new(),
     }
 }
 
@@ -172,7 +180,7 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
         ctx.scenario
             .host_checks
             .iter()
-            .map(|c| host_check(*c, work_dir)),
+            .map(|c| host_check(ctx, *c, work_dir)),
     );
     let timings = Timings::from_markers(
         &l0_run.markers,
@@ -197,9 +205,29 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     }
 }
 
-fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
+fn host_check(ctx: &RunContext<'_>, check: HostCheck, work_dir: &Path) -> CheckResult {
     let name = check.name().to_string();
     match check {
+        HostCheck::RootDiskFile(disk) => {
+            let image = work_dir.join(rootdisk::ROOT_IMAGE);
+            let (passed, detail) = match rootdisk::read_file(&ctx.host.debugfs, &image, disk.file) {
+                Ok(got) => (
+                    got.trim_end() == disk.content,
+                    format!(
+                        "{}:{} holds {:?}",
+                        image.display(),
+                        disk.file,
+                        got.trim_end()
+                    ),
+                ),
+                Err(e) => (false, format!("debugfs on {}: {e}", image.display())),
+            };
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
         HostCheck::IvshmemWord { value } => {
             let path = work_dir.join(l0::IVSHMEM_FILE);
             let mut word = [0u8; 4];

@@ -8,6 +8,8 @@ use std::time::Duration;
 use crate::checks::{self, Check};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::modules::ModuleRequest;
+use crate::rootdisk::RootDisk;
 
 /// How L2's RAM is backed in L1. Serialised as the spec's `memory.hugepages` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -51,6 +53,8 @@ pub enum HostCheck {
         /// The expected little-endian value.
         value: u32,
     },
+    /// The file L2 wrote on its virtio-blk root disk is in the image (debugfs).
+    RootDiskFile(RootDisk),
 }
 
 impl HostCheck {
@@ -58,6 +62,7 @@ impl HostCheck {
     pub fn name(self) -> &'static str {
         match self {
             HostCheck::IvshmemWord { .. } => "ivshmem-backing",
+            HostCheck::RootDiskFile(_) => "root-disk-file",
         }
     }
 }
@@ -83,13 +88,30 @@ pub struct Scenario {
     pub host_checks: Vec<HostCheck>,
     /// Wall-clock limit for the whole L0 run.
     pub timeout: Duration,
+    /// An ext4 root filesystem on virtio-blk that L2 switches to (`/dev/vda`).
+    pub root_disk: Option<RootDisk>,
 }
 
 /// The default L0 time limit: generous, since TCG on a loaded 2-core machine is slow.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: &[&str] = &["nvme", "boot", "boot-1g", "passthrough", "nvme-intx", "edu"];
+pub const BUILTIN: &[&str] = &[
+    "nvme",
+    "boot",
+    "boot-1g",
+    "passthrough",
+    "nvme-intx",
+    "edu",
+    "root-disk",
+];
+
+/// The modules L2 needs to boot from a virtio-blk ext4 root disk.
+const ROOT_DISK_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required(&["virtio_pci"]),
+    ModuleRequest::required(&["virtio_blk"]),
+    ModuleRequest::required(&["ext4"]),
+];
 
 impl Scenario {
     /// A scenario with no devices or checks and the defaults of the baseline.
@@ -104,7 +126,21 @@ impl Scenario {
             checks: Vec::new(),
             host_checks: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            root_disk: None,
         }
+    }
+
+    /// The stock modules L2 loads: its devices', then the root disk's.
+    pub fn l2_modules(&self) -> Vec<ModuleRequest> {
+        let mut m: Vec<ModuleRequest> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.l2_modules().iter().copied())
+            .collect();
+        if self.root_disk.is_some() {
+            m.extend_from_slice(ROOT_DISK_MODULES);
+        }
+        m
     }
 
     /// A built-in scenario by name.
@@ -116,6 +152,7 @@ impl Scenario {
             "passthrough" => Ok(passthrough()),
             "nvme-intx" => Ok(nvme_intx()),
             "edu" => Ok(edu()),
+            "root-disk" => Ok(root_disk()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -246,6 +283,27 @@ pub fn edu() -> Scenario {
     let mut s = Scenario::new("edu");
     s.devices = vec![Device::Edu];
     s.checks = vec![checks::edu_mmio()];
+    s
+}
+
+/// L2 boots from an ext4 root filesystem on virtio-blk (switch_root from the
+/// initramfs), with the nvme still passed through; the file it writes there is read
+/// back by the host from the image.
+pub fn root_disk() -> Scenario {
+    let disk = RootDisk {
+        size_mib: 64,
+        file: "/strait-was-here",
+        content: "written by L2 on its virtio-blk root",
+    };
+    let mut s = Scenario::new("root-disk");
+    s.devices = vec![Device::Nvme];
+    s.checks = vec![
+        checks::nvme_bound(),
+        checks::nvme_pattern(),
+        checks::root_disk_mount(),
+    ];
+    s.host_checks = vec![HostCheck::RootDiskFile(disk)];
+    s.root_disk = Some(disk);
     s
 }
 

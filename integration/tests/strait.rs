@@ -6,6 +6,8 @@
 //! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
 //! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
 //!   above 4 GiB, written by L2 and found in L0's backing file) at once.
+//! - `root-disk`: L2 switches root to ext4 on virtio-blk (/dev/vda) with nvme passed
+//!   through; the file it writes there is found in the image by the host (debugfs).
 //! - ten `boot` launches in a row in one L1 boot, QEMU's interleaved for the ratio of
 //!   wall times (issue 3's acceptance run); timings are printed, never asserted.
 //!
@@ -91,6 +93,11 @@ fn strait_passes_nvme_bochs_and_ivshmem_through_root_ports() {
 /// nested-emulation flake), the launches left run again in a fresh L1 (up to four
 /// times) and the
 /// report says so; a Strait launch that hangs while L1 keeps its heartbeat fails.
+#[test]
+fn strait_boots_l2_from_a_virtio_blk_root_disk() {
+    run_with_strait(scenario::root_disk());
+}
+
 #[test]
 fn strait_boots_ten_times_in_a_row_in_one_l1() {
     let strait_binary = testbed::default_strait_binary();

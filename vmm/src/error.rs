@@ -15,6 +15,7 @@ use crate::memory::MemoryError;
 use crate::passthrough::PassthroughError;
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
+use crate::virtio::VirtioError;
 
 /// Process exit codes, one per class of failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,8 @@ pub enum Error {
     Vm(#[from] VmError),
     #[error(transparent)]
     Passthrough(#[from] PassthroughError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -157,6 +160,8 @@ impl Error {
             Error::Spec { .. } => ExitCode::Spec,
             Error::Host(HostError::Passthrough(e)) => vfio_exit_code(e),
             Error::Passthrough(e) => passthrough_exit_code(e),
+            Error::Virtio(e) if e.is_spec_problem() => ExitCode::Spec,
+            Error::Virtio(_) => ExitCode::Fatal,
             Error::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
             Error::Signalled { .. } => ExitCode::Terminated,
             Error::Host(_) | Error::Memory(_) => ExitCode::Host,

@@ -249,6 +249,7 @@ mod tests {
             },
             passthrough: vec![],
             serial: SerialSpec::Off,
+            disks: vec![],
         }
     }
 

@@ -25,6 +25,7 @@ use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
 use crate::stop::StopSignal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
+use crate::virtio::VirtioDevices;
 
 /// How a guest that ended normally ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,7 @@ pub(crate) struct VmParts {
     pub devices: DeviceManager,
     pub stop: Arc<StopSignal>,
     pub passthrough: Option<Passthrough>,
+    pub virtio: VirtioDevices,
 }
 
 /// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
@@ -102,6 +104,8 @@ pub struct Vm {
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
     passthrough: Option<Passthrough>,
+    /// Its I/O thread is joined before RAM is unmapped (it reads and writes guest RAM).
+    virtio: VirtioDevices,
     devices: DeviceManager,
     vm_fd: Arc<VmFd>,
     _kvm: Kvm,
@@ -125,6 +129,7 @@ impl Vm {
             devices,
             stop,
             passthrough,
+            virtio,
         } = parts;
         let counters = Arc::new(ExitCounters::default());
         Vm {
@@ -132,6 +137,7 @@ impl Vm {
             stop,
             counters,
             passthrough,
+            virtio,
             devices,
             vm_fd,
             _kvm: kvm,
@@ -207,6 +213,7 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
+        self.virtio.stop();
         if let Some(p) = &self.passthrough {
             p.shutdown();
         }
