@@ -7,10 +7,13 @@
 //! Kept apart from the control API's event loop on purpose: a slow disk must not hold up
 //! an API request, nor an API client the guest's I/O.
 //!
-//! Syscalls this thread makes (for a seccomp filter): epoll_wait (epoll_pwait), read and
-//! write (eventfds), preadv, pwritev, fdatasync, fallocate, ioctl (BLKDISCARD,
-//! BLKZEROOUT on block devices), futex (the device mutex), madvise, munmap and
-//! sigaltstack/rt_sigprocmask at thread exit, close, exit.
+//! Syscalls this thread makes (for its seccomp filter): epoll_wait/epoll_pwait (the
+//! loop), read (notify eventfds), write (irqfd eventfds; log lines to stderr), preadv,
+//! pwritev, fdatasync, fallocate (discard, write zeroes on files), ioctl BLKDISCARD and
+//! BLKZEROOUT (block devices only), futex (the device mutex), mmap/munmap/madvise/brk
+//! (the allocator), clock_gettime (log timestamps, usually vDSO), and at exit
+//! rt_sigprocmask, sigaltstack, munmap, exit. The epoll fd is created (epoll_create1,
+//! epoll_ctl) before the thread starts; opening disks happens on the main thread.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
