@@ -2,12 +2,15 @@
 //! table, the avail ring and a few pages of guest RAM; every chain the driver made
 //! available is popped and parsed ([`devices::virtio::chain::parse_chain`]). Nothing
 //! may panic, loop, or yield a buffer outside guest RAM.
+//!
+//! `cargo install cargo-fuzz`, then from this directory (no nightly toolchain needed):
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run virtqueue -- -max_total_time=60`.
 #![no_main]
 
 use devices::virtio::chain::parse_chain;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 const RAM: usize = 0x10000;
 const DESC: u64 = 0x1000;
