@@ -151,6 +151,18 @@ pub fn largest_tick_gap(l2_console: &str) -> f64 {
     ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
+/// virtio-blk's /dev/vda appeared and its ext4 filesystem mounts on /newroot, with an
+/// /init to switch to (L2's /init then `switch_root`s there when every check passed).
+pub fn root_disk_mount() -> Check {
+    let body = r#"wait_for /dev/vda 30 || { echo "no /dev/vda after 30 s: $(ls /sys/bus/virtio/devices 2>&1)"; return 1; }
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || { echo "cannot mount /dev/vda as ext4"; return 1; }
+[ -x /newroot/init ] || { echo "no /init on /dev/vda"; return 1; }
+serial=$(cat /sys/block/vda/serial 2>/dev/null)
+echo "/dev/vda ($(cat /sys/block/vda/size) sectors, serial '$serial') mounted on /newroot""#;
+    check("root-disk-mount", body.to_string())
+}
+
 /// The stock nvme driver bound the controller and created /dev/nvme0n1.
 pub fn nvme_bound() -> Check {
     let mut body = pci_lookup(Device::Nvme);

@@ -16,6 +16,7 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    "e2fsprogs",
 ];
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -35,6 +36,9 @@ pub struct HostEnv {
     pub kernel_version: String,
     /// The bzImage booted as L1 and as L2.
     pub kernel_image: PathBuf,
+    /// e2fsprogs' mke2fs and debugfs: root filesystem images for L2's virtio disks.
+    pub mke2fs: PathBuf,
+    pub debugfs: PathBuf,
 }
 
 impl HostEnv {
@@ -85,20 +89,38 @@ impl HostEnv {
         if modprobe.is_none() {
             missing.push("modprobe (kmod)".into());
         }
+        let e2fs = |name: &str| {
+            ["/sbin", "/usr/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.is_file())
+                .or_else(|| find_in_path(name))
+        };
+        let (mke2fs, debugfs) = (e2fs("mke2fs"), e2fs("debugfs"));
+        if mke2fs.is_none() || debugfs.is_none() {
+            missing.push("mke2fs and debugfs (e2fsprogs)".into());
+        }
         let kernel = resolve_kernel(Path::new("/"));
         if let Err(detail) = &kernel {
             missing.push(format!("a kernel (linux-image-amd64): {detail}"));
         }
-        match (qemu, busybox, modprobe, kernel) {
-            (Some(qemu), Some(busybox), Some(modprobe), Ok((kernel_version, kernel_image))) => {
-                Ok(Self {
-                    qemu,
-                    busybox,
-                    modprobe,
-                    kernel_version,
-                    kernel_image,
-                })
-            }
+        match (qemu, busybox, modprobe, kernel, mke2fs, debugfs) {
+            (
+                Some(qemu),
+                Some(busybox),
+                Some(modprobe),
+                Ok((kernel_version, kernel_image)),
+                Some(mke2fs),
+                Some(debugfs),
+            ) => Ok(Self {
+                qemu,
+                busybox,
+                modprobe,
+                kernel_version,
+                kernel_image,
+                mke2fs,
+                debugfs,
+            }),
             _ => Err(missing),
         }
     }

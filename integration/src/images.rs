@@ -252,12 +252,7 @@ pub fn l1_image(host: &HostEnv, cache: &Cache) -> Result<PathBuf> {
 
 /// The L2 image of `scenario`: the modules its devices need and its checks.
 pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<PathBuf> {
-    let requests: Vec<ModuleRequest> = scenario
-        .devices
-        .iter()
-        .flat_map(|d| d.l2_modules().iter().copied())
-        .chain(scenario.l2_modules.iter().copied())
-        .collect();
+    let requests = scenario.all_l2_modules();
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let checks = scripts::l2_checks_script(scenario);
     let finish = scripts::l2_finish_script(scenario);

@@ -55,6 +55,7 @@ pub mod modules;
 mod options;
 pub mod outcome;
 pub mod preflight;
+pub mod rootdisk;
 mod run;
 pub mod scenario;
 pub mod scripts;

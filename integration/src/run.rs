@@ -17,6 +17,7 @@ use crate::l0::{self, L0Config, L0Run, Stall};
 use crate::options::TestbedOptions;
 use crate::outcome::{parse_checks, CheckResult, Outcome, Timings};
 use crate::preflight;
+use crate::rootdisk;
 use crate::scenario::{HostCheck, Scenario};
 use crate::scripts::{self, RunPlan};
 use crate::vmm::{GuestConfig, Vmm};
@@ -98,7 +99,13 @@ pub(crate) fn boot_l1(
 
 /// Writes `run.sh` and, for a VMM that takes one, the spec template.
 fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
-    let guest = guest_config(ctx);
+    let mut guest = guest_config(ctx);
+    if let Some(disk) = &ctx.scenario.root_disk {
+        let (h, w) = (ctx.host, work_dir);
+        guest
+            .disks
+            .push(rootdisk::build(&h.mke2fs, &h.busybox, w, disk)?);
+    }
     let spec_template = ctx.opts.vmm.spec_template(&guest);
     if let Some(text) = &spec_template {
         write(&work_dir.join(SPEC_TEMPLATE), text)?;
@@ -154,7 +161,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
 fn record(ctx: &RunContext<'_>, outcome: &Outcome) -> Result<()> {
     let problems = outcome.problems();
     if problems.is_empty() && !ctx.opts.keep_backing_files {
-        for name in [l0::NVME_IMAGE, l0::IVSHMEM_FILE] {
+        for name in [l0::NVME_IMAGE, l0::IVSHMEM_FILE, rootdisk::ROOT_IMAGE] {
             let _ = fs::remove_file(outcome.work_dir.join(name));
         }
     }
@@ -183,6 +190,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         cmdline,
         devices: ctx.scenario.devices.len(),
         strait: ctx.scenario.strait.clone(),
+        disks: Vec::new(),
     }
 }
 
@@ -206,7 +214,7 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
     checks.extend(
         ctx.scenario
             .host_checks_for(strait)
-            .map(|c| host_check(c, &logs)),
+            .map(|c| host_check(ctx, c, &logs)),
     );
     let timings = Timings::from_markers(
         &l0_run.markers,
@@ -242,7 +250,7 @@ struct HostLogs<'a> {
     devices: &'a [Device],
 }
 
-fn host_check(check: HostCheck, logs: &HostLogs<'_>) -> CheckResult {
+fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> CheckResult {
     let name = check.name().to_string();
     let result = |passed: bool, detail: String| CheckResult {
         name: name.clone(),
@@ -289,6 +297,26 @@ fn host_check(check: HostCheck, logs: &HostLogs<'_>) -> CheckResult {
                 gap >= f64::from(secs),
                 format!("largest gap between L2 clock ticks {gap:.2} s, want >= {secs} s"),
             )
+        }
+        HostCheck::RootDiskFile(disk) => {
+            let image = logs.work_dir.join(rootdisk::ROOT_IMAGE);
+            let (passed, detail) = match rootdisk::read_file(&ctx.host.debugfs, &image, disk.file) {
+                Ok(got) => (
+                    got.trim_end() == disk.content,
+                    format!(
+                        "{}:{} holds {:?}",
+                        image.display(),
+                        disk.file,
+                        got.trim_end()
+                    ),
+                ),
+                Err(e) => (false, format!("debugfs on {}: {e}", image.display())),
+            };
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
         }
         HostCheck::IvshmemWord { value } => {
             let work_dir = logs.work_dir;

@@ -9,6 +9,7 @@ use crate::checks::{self, Check};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::modules::ModuleRequest;
+use crate::rootdisk::RootDisk;
 use crate::vmm::API_SOCKET;
 
 /// How L2's RAM is backed in L1. Serialised as the spec's `memory.hugepages` value.
@@ -91,6 +92,8 @@ pub enum HostCheck {
         /// How many times.
         count: usize,
     },
+    /// The file L2 wrote on its virtio-blk root disk is in the image (debugfs).
+    RootDiskFile(RootDisk),
 }
 
 impl HostCheck {
@@ -105,6 +108,7 @@ impl HostCheck {
             | HostCheck::L2PrintedTimes { name, .. } => name,
             HostCheck::ApiDevicesMatchL2 => "api-devices-match-l2",
             HostCheck::TickGap { .. } => "pause-gap",
+            HostCheck::RootDiskFile(_) => "root-disk-file",
         }
     }
 
@@ -168,6 +172,8 @@ pub struct Scenario {
     pub strait: StraitSettings,
     /// The VMM's expected exit status.
     pub expected_exit: i32,
+    /// An ext4 root filesystem on virtio-blk that L2 switches to (`/dev/vda`).
+    pub root_disk: Option<RootDisk>,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -188,6 +194,14 @@ pub const BUILTIN: &[&str] = &[
     "graceful-shutdown-timeout",
     "reboot",
     "api",
+    "root-disk",
+];
+
+/// The modules L2 needs to boot from a virtio-blk ext4 root disk.
+const ROOT_DISK_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required(&["virtio_pci"]),
+    ModuleRequest::required(&["virtio_blk"]),
+    ModuleRequest::required(&["ext4"]),
 ];
 
 impl Scenario {
@@ -208,7 +222,23 @@ impl Scenario {
             l1_actions: Vec::new(),
             strait: StraitSettings::default(),
             expected_exit: 0,
+            root_disk: None,
         }
+    }
+
+    /// The stock modules L2 loads: its devices', the root disk's, then the scenario's
+    /// own (`l2_modules`).
+    pub fn all_l2_modules(&self) -> Vec<ModuleRequest> {
+        let mut m: Vec<ModuleRequest> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.l2_modules().iter().copied())
+            .collect();
+        if self.root_disk.is_some() {
+            m.extend_from_slice(ROOT_DISK_MODULES);
+        }
+        m.extend(self.l2_modules.iter().copied());
+        m
     }
 
     /// A built-in scenario by name.
@@ -224,6 +254,7 @@ impl Scenario {
             "graceful-shutdown-timeout" => Ok(graceful_shutdown_timeout()),
             "reboot" => Ok(reboot()),
             "api" => Ok(api()),
+            "root-disk" => Ok(root_disk()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -572,6 +603,27 @@ echo "== shutdown"; {ctl} shutdown; echo "ctl-shutdown-rc=$?""#
             marker: BUTTON_PRESSED,
         },
     ];
+    s
+}
+
+/// L2 boots from an ext4 root filesystem on virtio-blk (switch_root from the
+/// initramfs), with the nvme still passed through; the file it writes there is read
+/// back by the host from the image.
+pub fn root_disk() -> Scenario {
+    let disk = RootDisk {
+        size_mib: 64,
+        file: "/strait-was-here",
+        content: "written by L2 on its virtio-blk root",
+    };
+    let mut s = Scenario::new("root-disk");
+    s.devices = vec![Device::Nvme];
+    s.checks = vec![
+        checks::nvme_bound(),
+        checks::nvme_pattern(),
+        checks::root_disk_mount(),
+    ];
+    s.host_checks = vec![HostCheck::RootDiskFile(disk)];
+    s.root_disk = Some(disk);
     s
 }
 

@@ -52,6 +52,11 @@ FAILED=0
 # The guest's PCI picture (addresses, BARs, bridge windows), for comparing VMMs and
 # Strait versions; not a check.
 pci_map
+# A root disk mounted by a check: boot on from it (its /init reports and powers off).
+if [ $FAILED = 0 ] && [ -x /newroot/init ]; then
+	echo "testbed: switch_root to /newroot"
+	exec switch_root /newroot /init
+fi
 if [ $FAILED -gt 0 ]; then
 	echo "testbed: $FAILED check(s) failed; kernel log tail:"
 	dmesg | tail -n 30

@@ -42,6 +42,8 @@ pub struct GuestConfig {
     pub devices: usize,
     /// Strait-only spec settings (lifecycle, API socket).
     pub strait: StraitSettings,
+    /// Raw disk images given to L2 as virtio-blk (host paths, /dev/vda first).
+    pub disks: Vec<PathBuf>,
 }
 
 /// The control API socket in L1's chroot: on its /run tmpfs (a Unix socket cannot be
@@ -130,6 +132,18 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
         let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
         push(&["-device", &port, "-device", &vfio]);
     }
+    // Each disk behind a root port of its own, after the passed-through devices, as
+    // Strait places them; host page cache, like Strait's `"direct": false`.
+    for (i, disk) in guest.disks.iter().enumerate() {
+        let n = guest.devices + i + 1;
+        let drive = format!(
+            "file={},if=none,id=vd{i},format=raw,cache=writeback",
+            disk.display()
+        );
+        let port = format!("pcie-root-port,id=rpv{i},bus=pcie.0,chassis={n},slot={n}");
+        let blk = format!("virtio-blk-pci,drive=vd{i},bus=rpv{i},disable-legacy=on");
+        push(&["-drive", &drive, "-device", &port, "-device", &blk]);
+    }
     push(&["-kernel", &guest.kernel.display().to_string()]);
     push(&["-initrd", &guest.initramfs.display().to_string()]);
     push(&["-append", &guest.cmdline]);
@@ -171,6 +185,14 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     if guest.strait.api_socket {
         spec["api_socket"] = API_SOCKET.into();
     }
+    if !guest.disks.is_empty() {
+        let disks = guest
+            .disks
+            .iter()
+            .map(|p| serde_json::json!({ "path": p.display().to_string() }))
+            .collect();
+        spec["disks"] = serde_json::Value::Array(disks);
+    }
     spec
 }
 
@@ -189,6 +211,7 @@ mod tests {
             initramfs: PathBuf::from("/cache/l2.cpio"),
             cmdline: "console=ttyS0 pci=nomsi".into(),
             devices,
+            disks: Vec::new(),
         }
     }
 

@@ -10,6 +10,8 @@
 //!   button; acpid in L2 powers off (exit 0), or L2 ignores it and is stopped (exit 9).
 //! - `reboot`: L2 reboots once and boots again in the same Strait process.
 //! - `api`: `strait ctl` reads, pauses, resumes and shuts down the VM over its socket.
+//! - `root-disk`: L2 switches root to ext4 on virtio-blk (/dev/vda) with nvme passed
+//!   through; the file it writes there is found in the image by the host (debugfs).
 //! - ten `boot` launches in a row in one L1 boot, QEMU's interleaved for the ratio of
 //!   wall times (issue 3's acceptance run); timings are printed, never asserted.
 //!
@@ -127,6 +129,11 @@ fn strait_is_controlled_through_its_api_socket() {
 /// nested-emulation flake), the launches left run again in a fresh L1 (up to four
 /// times) and the
 /// report says so; a Strait launch that hangs while L1 keeps its heartbeat fails.
+#[test]
+fn strait_boots_l2_from_a_virtio_blk_root_disk() {
+    run_with_strait(scenario::root_disk());
+}
+
 #[test]
 fn strait_boots_ten_times_in_a_row_in_one_l1() {
     let strait_binary = testbed::default_strait_binary();

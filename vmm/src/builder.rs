@@ -8,20 +8,22 @@ use arch::x86_64::layout;
 use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use resources::GsiAllocator;
+use resources::{FunctionBar, GsiAllocator, PciMap};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{self, KernelFiles};
-use crate::device_manager::DeviceManager;
+use crate::device_manager::{DeviceManager, PciFunctions};
 use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
 use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
+use crate::pci_layout;
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
 use crate::vcpu::{self, BootCpuState};
+use crate::virtio::{self, VirtioDevices};
 use crate::vm::{Vm, VmParts};
 
 /// Highest MSI GSI: KVM's routing table holds 4096 entries.
@@ -84,29 +86,35 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     setup_platform(&vm_fd)?;
     let cpuid = vcpu::guest_cpuid(&kvm)?;
     let hosts = spec.passthrough_hosts();
-    let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes())?;
+    let virtio_slots = virtio::slot_requests(spec);
+    let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes(), &virtio_slots)?;
     let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
     let mut slots = SlotPool::new(0);
     register_ram(&vm_fd, &ram, &mut slots)?;
     logger::mark(phase::MEMORY_READY);
+    let routing = gsi_routing(&vm_fd)?;
+    let mut virtio = VirtioDevices::create(spec, ram.memory(), &routing)?;
     if let Some(p) = passthrough.as_mut() {
-        attach_passthrough(p, &vm_fd, &ram, spec, &cpuid)?;
+        attach_passthrough(p, &ram, spec, &cpuid, &routing, virtio.bars())?;
     }
     logger::mark(phase::DMA_MAPPED);
+    let virtio_map = place_virtio(&vm_fd, spec, &cpuid, passthrough.as_ref(), &mut virtio)?;
     let files = files
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-    let windows = pci_windows(spec, passthrough.as_ref());
+    let windows = pci_windows(spec, passthrough.as_ref(), virtio_map.as_ref());
     let boot = load_guest(spec, ram.memory(), &files, windows)?;
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
-    let pci = passthrough.as_ref().map(|p| p.pci_functions(&effects));
-    let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci.unwrap_or_default())?;
+    let pci = pci_functions(passthrough.as_ref(), &virtio, virtio_map.as_ref(), &effects)?;
+    let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci)?;
     stop.arm_power_button(devices.power_button(), spec.lifecycle.shutdown_timeout());
     if let Some(p) = passthrough.as_mut() {
         p.start(vm_fd.clone(), slots, devices.buses(), effects);
     }
+    virtio.map_bars(devices.buses())?;
+    virtio.start()?;
     stopped_early(&stop)?;
     let cpu = BootCpuState {
         entry: boot.entry,
@@ -123,6 +131,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         devices,
         stop,
         passthrough,
+        virtio,
     };
     let mut vm = Vm::new(parts);
     vm.start_vcpus(vcpus)?;
@@ -133,23 +142,74 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     Ok(vm)
 }
 
-/// Take the opened devices over (after RAM exists: DMA maps it).
+/// The VM's GSI routing table and MSI GSI pool, shared by every device with MSI(-X).
+fn gsi_routing(vm_fd: &Arc<VmFd>) -> Result<Arc<GsiRouting>, Error> {
+    let gsis =
+        GsiAllocator::new(layout::MSI_GSI_BASE, MAX_MSI_GSI).map_err(PassthroughError::GsiPool)?;
+    Ok(GsiRouting::new(vm_fd.clone(), gsis))
+}
+
+/// Take the opened devices over (after RAM exists: DMA maps it), placing the virtio
+/// slots' BARs (`extra_bars`) in the same plan.
 fn attach_passthrough(
     p: &mut Passthrough,
-    vm_fd: &Arc<VmFd>,
     ram: &GuestRam,
     spec: &VmSpec,
     cpuid: &CpuId,
+    routing: &Arc<GsiRouting>,
+    extra_bars: Vec<Vec<FunctionBar>>,
 ) -> Result<(), Error> {
-    let gsis =
-        GsiAllocator::new(layout::MSI_GSI_BASE, MAX_MSI_GSI).map_err(PassthroughError::GsiPool)?;
     let params = AttachParams {
         ram,
         ram_size: spec.memory_bytes(),
-        routing: &GsiRouting::new(vm_fd.clone(), gsis),
+        routing,
         phys_bits: arch::x86_64::phys_address_bits(cpuid),
+        extra_bars,
     };
     Ok(p.attach(params)?)
+}
+
+/// Give the virtio devices their place: in the topology the passthrough layer placed,
+/// or, without passed-through devices, in one placed here (returned).
+fn place_virtio(
+    vm_fd: &VmFd,
+    spec: &VmSpec,
+    cpuid: &CpuId,
+    passthrough: Option<&Passthrough>,
+    virtio: &mut VirtioDevices,
+) -> Result<Option<PciMap>, Error> {
+    if virtio.is_empty() {
+        return Ok(None);
+    }
+    if let Some((p, map)) = passthrough.and_then(|p| Some((p, p.pci_map()?))) {
+        virtio.place(map, p.first_extra_port(), vm_fd)?;
+        return Ok(None);
+    }
+    let map = pci_layout::place_without_iommu(
+        &virtio::slot_requests(spec),
+        &virtio.bars(),
+        spec.memory_bytes(),
+        arch::x86_64::phys_address_bits(cpuid),
+    )?;
+    virtio.place(&map, 0, vm_fd)?;
+    Ok(Some(map))
+}
+
+/// The PCI functions below the host bridge: root ports first, then the endpoints.
+fn pci_functions(
+    passthrough: Option<&Passthrough>,
+    virtio: &VirtioDevices,
+    virtio_map: Option<&PciMap>,
+    effects: &Arc<ConfigEffects>,
+) -> Result<PciFunctions, Error> {
+    let mut pci = passthrough
+        .map(|p| p.pci_functions(effects))
+        .unwrap_or_default();
+    if let Some(map) = virtio_map {
+        pci.functions.extend(pci_layout::root_ports(map)?);
+    }
+    pci.functions.extend(virtio.pci_functions());
+    Ok(pci)
 }
 
 /// A stop requested while building (SIGINT/SIGTERM) ends the build here.
@@ -160,11 +220,18 @@ fn stopped_early(stop: &StopSignal) -> Result<(), Error> {
     Ok(())
 }
 
-/// The host bridge windows in ACPI: the passthrough plan's, or the platform's with bus 0
-/// only and no 64-bit window.
-fn pci_windows(spec: &VmSpec, passthrough: Option<&Passthrough>) -> PciWindows {
+/// The host bridge windows in ACPI: the placed plan's (by the passthrough layer, or for
+/// virtio devices alone), or the platform's with bus 0 only and no 64-bit window.
+fn pci_windows(
+    spec: &VmSpec,
+    passthrough: Option<&Passthrough>,
+    virtio_map: Option<&PciMap>,
+) -> PciWindows {
     if let Some(w) = passthrough.and_then(Passthrough::acpi_windows) {
         return w;
+    }
+    if let Some(map) = virtio_map {
+        return pci_layout::acpi_windows(map);
     }
     let mmio64 = AddrRange {
         base: layout::mmio64_start(spec.memory_bytes()).0,
@@ -283,7 +350,7 @@ mod tests {
             r#"{"vcpus": 1, "memory": {"size_mib": 512}, "kernel": {"path": "/k"}}"#,
         )
         .unwrap();
-        let w = pci_windows(&spec, None);
+        let w = pci_windows(&spec, None, None);
         assert_eq!(w.bus_end, 0);
         assert_eq!(w.mmio64.size, 0);
         assert_eq!(w.mmio64.base, 1 << 32);

@@ -253,6 +253,7 @@ fn check(path: &Path, timeline: bool) -> Result<(VmSpec, KernelImage), Error> {
     let image = host::check_kernel(&spec)?;
     host::check_host(&spec)?;
     host::check_console(&spec)?;
+    crate::virtio::check_disks(&spec)?;
     Ok((spec, image))
 }
 

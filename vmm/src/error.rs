@@ -16,6 +16,7 @@ use crate::memory::MemoryError;
 use crate::passthrough::PassthroughError;
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
+use crate::virtio::VirtioError;
 
 /// Process exit codes, one per class of failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -203,6 +206,8 @@ impl Error {
             Error::Host(HostError::Passthrough(e)) => vfio_exit_code(e),
             Error::Passthrough(e) => passthrough_exit_code(e),
             Error::Plan(e) => plan_exit_code(e),
+            Error::Virtio(e) if e.is_spec_problem() => ExitCode::Spec,
+            Error::Virtio(_) => ExitCode::Fatal,
             Error::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
             Error::Signalled { signal } if *signal == libc::SIGHUP => ExitCode::HungUp,
             Error::Signalled { .. } => ExitCode::Terminated,

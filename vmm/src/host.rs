@@ -251,6 +251,7 @@ mod tests {
             serial: SerialSpec::Off,
             lifecycle: Default::default(),
             api_socket: None,
+            disks: vec![],
         }
     }
 

@@ -95,6 +95,13 @@ pub enum SpecError {
         #[source]
         source: BdfError,
     },
+    #[error(
+        "disks[{index}].serial: {reason}; use at most 20 printable ASCII characters \
+         (letters, digits, `-`, `_`, `.`)"
+    )]
+    DiskSerial { index: usize, reason: &'static str },
+    #[error("disks[{index}].path: the same image is also disks[{first}]; give each disk its own")]
+    DuplicateDisk { index: usize, first: usize },
     #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
     DuplicatePassthrough {
         index: usize,
@@ -123,6 +130,9 @@ pub struct VmSpec {
     /// Unix socket of the control API (HTTP/1.1 + JSON), created mode 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
+    /// virtio-blk disks, in the order the guest names them (/dev/vda, /dev/vdb, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
 }
 
 /// Shutdown and reboot policy.
@@ -173,6 +183,34 @@ pub const MAX_SHUTDOWN_TIMEOUT_S: u32 = 3600;
 fn default_shutdown_timeout() -> u32 {
     DEFAULT_SHUTDOWN_TIMEOUT_S
 }
+
+/// One virtio-blk disk: a raw image file or a host block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    /// The guest may not write (VIRTIO_BLK_F_RO); the file is opened read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// O_DIRECT: no host page cache (needs a filesystem that supports it).
+    #[serde(default)]
+    pub direct: bool,
+    /// What GET_ID answers (/dev/disk/by-id/virtio-SERIAL); default `strait-diskN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+impl DiskSpec {
+    /// The serial the guest sees for disk `index`.
+    pub fn serial_or_default(&self, index: usize) -> String {
+        self.serial
+            .clone()
+            .unwrap_or_else(|| format!("strait-disk{index}"))
+    }
+}
+
+/// Longest disk serial (VIRTIO_BLK_ID_BYTES).
+pub const MAX_DISK_SERIAL: usize = 20;
 
 /// Guest RAM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +466,9 @@ impl VmSpec {
         if let Some(p) = self.api_socket.as_mut() {
             resolve(p);
         }
+        for d in &mut self.disks {
+            resolve(&mut d.path);
+        }
     }
 
     /// Parse JSON text into a spec, without validating values. Errors name the path of
@@ -470,6 +511,34 @@ impl VmSpec {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             return Err(SpecError::ApiSocketEmpty);
+        }
+        self.validate_disks()?;
+        Ok(())
+    }
+
+    fn validate_disks(&self) -> Result<(), SpecError> {
+        for (index, d) in self.disks.iter().enumerate() {
+            if let Some(first) = self.disks[..index].iter().position(|o| o.path == d.path) {
+                return Err(SpecError::DuplicateDisk { index, first });
+            }
+            let Some(serial) = &d.serial else {
+                continue;
+            };
+            let reason = if serial.is_empty() {
+                Some("empty")
+            } else if serial.len() > MAX_DISK_SERIAL {
+                Some("longer than 20 bytes")
+            } else if !serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                Some("has a character other than letters, digits, `-`, `_`, `.`")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(SpecError::DiskSerial { index, reason });
+            }
         }
         Ok(())
     }
@@ -1044,5 +1113,56 @@ mod tests {
     fn missing_spec_file_is_a_read_error() {
         let err = VmSpec::load(Path::new("/nonexistent/strait/spec.json")).unwrap_err();
         assert!(matches!(err, SpecError::ReadSpec(_)));
+    }
+
+    fn with_disks(disks: &str) -> VmSpec {
+        let text = GOOD.replacen('{', &format!("{{\"disks\": {disks},"), 1);
+        VmSpec::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn disks_parse_with_defaults_and_resolve_against_the_spec_dir() {
+        let mut s = with_disks(
+            r#"[{"path": "root.img"}, {"path": "/d.img", "readonly": true, "direct": true, "serial": "data-1"}]"#,
+        );
+        s.validate().unwrap();
+        assert!(!s.disks[0].readonly && !s.disks[0].direct);
+        assert_eq!(s.disks[0].serial_or_default(0), "strait-disk0");
+        assert_eq!(s.disks[1].serial_or_default(1), "data-1");
+        s.resolve_paths(Path::new("/srv/vm"));
+        assert_eq!(s.disks[0].path, Path::new("/srv/vm/root.img"));
+        assert_eq!(s.disks[1].path, Path::new("/d.img"));
+    }
+
+    #[test]
+    fn a_disk_with_an_unknown_field_names_it() {
+        let text = GOOD.replacen('{', r#"{"disks": [{"path": "a", "cache": "none"}],"#, 1);
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::UnknownField { at, field, .. } if at == "disks[0]" && field == "cache"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_disk_serial_names_the_disk() {
+        for serial in ["", "a-serial-longer-than-20", "with space"] {
+            let s = with_disks(&format!(
+                r#"[{{"path": "a"}}, {{"path": "b", "serial": "{serial}"}}]"#
+            ));
+            assert!(
+                matches!(s.validate(), Err(SpecError::DiskSerial { index: 1, .. })),
+                "{serial:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_image_twice_is_refused() {
+        let s = with_disks(r#"[{"path": "a.img"}, {"path": "a.img"}]"#);
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::DuplicateDisk { index: 1, first: 0 })
+        ));
     }
 }

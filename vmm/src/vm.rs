@@ -29,6 +29,7 @@ use crate::passthrough::Passthrough;
 use crate::spec::{OnReboot, VmSpec};
 use crate::stop::{ShutdownStep, StopSignal};
 use crate::vcpu::{self, PauseGate, VcpuContext, VcpuError};
+use crate::virtio::VirtioDevices;
 use std::os::unix::thread::JoinHandleExt;
 
 /// How a guest that ended by its own request ended.
@@ -119,6 +120,7 @@ pub(crate) struct VmParts {
     pub devices: DeviceManager,
     pub stop: Arc<StopSignal>,
     pub passthrough: Option<Passthrough>,
+    pub virtio: VirtioDevices,
 }
 
 /// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
@@ -129,6 +131,8 @@ pub struct Vm {
     counters: Arc<ExitCounters>,
     gate: Arc<PauseGate>,
     passthrough: Option<Passthrough>,
+    /// Its I/O thread is joined before RAM is unmapped (it reads and writes guest RAM).
+    virtio: VirtioDevices,
     devices: DeviceManager,
     vm_fd: Arc<VmFd>,
     _kvm: Kvm,
@@ -152,6 +156,7 @@ impl Vm {
             devices,
             stop,
             passthrough,
+            virtio,
         } = parts;
         let counters = Arc::new(ExitCounters::default());
         Vm {
@@ -160,6 +165,7 @@ impl Vm {
             counters,
             gate: Arc::default(),
             passthrough,
+            virtio,
             devices,
             vm_fd,
             _kvm: kvm,
@@ -327,6 +333,7 @@ impl VmControl for VmHandle {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
+        self.virtio.stop();
         if let Some(p) = &self.passthrough {
             p.shutdown();
         }

@@ -53,6 +53,15 @@ fn hugepage_example_matches_the_brief() {
     assert_eq!(spec.serial, SerialSpec::Stdio);
 }
 
+#[test]
+fn root_disk_example_has_a_direct_disk_next_to_the_spec() {
+    let dir = crate_dir().join("examples");
+    let spec = VmSpec::load(&dir.join("root-disk.json")).unwrap();
+    assert_eq!(spec.disks.len(), 1);
+    assert_eq!(spec.disks[0].path, dir.join("root.img"));
+    assert!(spec.disks[0].direct && !spec.disks[0].readonly);
+}
+
 /// Check every key of `value` is a property of `schema` (recursively), and every object
 /// schema forbids additional properties, like `deny_unknown_fields`.
 fn assert_described(schema: &Value, value: &Value, at: &str) {

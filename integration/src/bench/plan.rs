@@ -459,6 +459,7 @@ mod tests {
                 initramfs: PathBuf::from("/c/l2-bench.cpio"),
                 cmdline: "console=ttyS0".into(),
                 devices: 1,
+                disks: Vec::new(),
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),

@@ -387,6 +387,7 @@ mod tests {
             initramfs: PathBuf::from("/c/l2-boot.cpio"),
             cmdline: "console=ttyS0".into(),
             devices: 0,
+            disks: Vec::new(),
         }
     }
 

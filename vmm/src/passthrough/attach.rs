@@ -8,8 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use arch::x86_64::{layout, AddrRange, PciWindows};
-use devices::pci::{PciDevice, RootPort, SharedPciDevice};
+use arch::x86_64::layout;
+use devices::pci::PciDevice;
 use resources::{lock, BarClass, BarRequest, FunctionBar, PciMap};
 use vfio_glue::{DmaMapper, GuestDma, VfioPciDevice, VfioPciParams};
 
@@ -24,6 +24,8 @@ pub struct AttachParams<'a> {
     pub routing: &'a Arc<GsiRouting>,
     /// Guest physical address width (CPUID 0x8000_0008).
     pub phys_bits: u8,
+    /// The BARs of the extra (virtio) slots, in their topology order.
+    pub extra_bars: Vec<Vec<FunctionBar>>,
 }
 
 impl Passthrough {
@@ -44,7 +46,14 @@ impl Passthrough {
             .map_err(PassthroughError::IovaRanges)?;
         let iova: Vec<(u64, u64)> = iova.iter().map(|r| (r.start, r.end)).collect();
         let platform = layout::pci_platform(p.ram_size, p.phys_bits, iova.clone());
-        let map = self.topology.place(&platform, &self.function_bars())?;
+        let mut bars = self.function_bars();
+        let first = self.hosts.len();
+        for (i, b) in p.extra_bars.into_iter().enumerate() {
+            if let Some(slot) = bars.get_mut(first + i) {
+                *slot = b;
+            }
+        }
+        let map = self.topology.place(&platform, &bars)?;
         log::info!(
             "64-bit PCI window {:#x}+{:#x} (guest physical bits {}, IOVA ranges {iova:x?})",
             map.mmio64.0,
@@ -53,14 +62,9 @@ impl Passthrough {
         );
         self.program(&map)?;
         let mmio64 = map.mmio64.0..map.mmio64.0 + map.mmio64.1;
-        self.acpi = Some(PciWindows {
-            bus_end: map.bus_end,
-            ..PciWindows::platform(AddrRange {
-                base: map.mmio64.0,
-                size: map.mmio64.1,
-            })
-        });
+        self.acpi = Some(crate::pci_layout::acpi_windows(&map));
         self.bar_windows = Some(bar_windows(p.ram_size, mmio64));
+        self.map = Some(map);
         Ok(())
     }
 
@@ -129,12 +133,8 @@ impl Passthrough {
                 lock(&f.dev).place_bar(bar.index, bar.addr)?;
                 log::info!("{}: BAR {} at {:#x}", f.label, bar.index, bar.addr);
             }
-            let bdf = port.slot.bdf;
-            let rp = RootPort::for_port(port)
-                .map_err(|source| PassthroughError::RootPort { bdf, source })?;
-            self.ports
-                .push((bdf, Arc::new(Mutex::new(rp)) as SharedPciDevice));
         }
+        self.ports = crate::pci_layout::root_ports(map)?;
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use arch::x86_64::PciWindows;
 use devices::pci::{Bdf, PciDevice, PciError, SharedPciDevice};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use resources::{lock, PlanError, SlotRequest, Topology, TopologyError};
+use resources::{lock, PciMap, PlanError, SlotRequest, Topology, TopologyError};
 use vfio_glue::addr::same_slot;
 use vfio_glue::host::probe_device;
 use vfio_glue::{check_memlock, HostDevice, HostPaths, HostPciAddress, VfioBackend};
@@ -93,6 +93,15 @@ pub fn check_host(
 pub fn plan_slots(
     addrs: &[HostPciAddress],
 ) -> Result<(Topology, Vec<Vec<HostPciAddress>>), TopologyError> {
+    plan_slots_with(addrs, &[])
+}
+
+/// As [`plan_slots`], with `extra` slots (the virtio devices') numbered after the
+/// passed-through ones: one topology for every device of the guest.
+pub fn plan_slots_with(
+    addrs: &[HostPciAddress],
+    extra: &[SlotRequest],
+) -> Result<(Topology, Vec<Vec<HostPciAddress>>), TopologyError> {
     let mut groups: Vec<Vec<HostPciAddress>> = Vec::new();
     for a in addrs {
         match groups.iter_mut().find(|g| same_slot(&g[0], a)) {
@@ -109,6 +118,7 @@ pub fn plan_slots(
             tag: g[0].to_string(),
             functions: u8::try_from(g.len()).unwrap_or(u8::MAX),
         })
+        .chain(extra.iter().cloned())
         .collect();
     Ok((Topology::new(&requests)?, groups))
 }
@@ -132,6 +142,8 @@ pub struct Passthrough {
     ports: Vec<(Bdf, SharedPciDevice)>,
     functions: Vec<(Bdf, Function)>,
     acpi: Option<PciWindows>,
+    /// After attach: where every slot's BARs went, the extra slots' included.
+    map: Option<PciMap>,
     bar_windows: Option<BarWindows>,
     /// After start.
     bars: Option<Arc<BarMapper>>,
@@ -147,16 +159,19 @@ impl std::fmt::Debug for Passthrough {
 
 impl Passthrough {
     /// Check and open the devices `addrs` for a guest with `ram_bytes` of RAM; `None`
-    /// when there are none.
+    /// when there are none. `extra` slots (virtio devices) join the same topology after
+    /// the passed-through slots.
     pub fn open(
         vm: &VmFd,
         addrs: &[HostPciAddress],
         ram_bytes: u64,
+        extra: &[SlotRequest],
     ) -> Result<Option<Passthrough>, PassthroughError> {
         if addrs.is_empty() {
             return Ok(None);
         }
-        let (topology, hosts) = plan_slots(addrs).map_err(PassthroughError::Topology)?;
+        let (topology, hosts) =
+            plan_slots_with(addrs, extra).map_err(PassthroughError::Topology)?;
         let mut dev = kvm_create_device {
             type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
             fd: 0,
@@ -182,9 +197,20 @@ impl Passthrough {
             ports: Vec::new(),
             functions: Vec::new(),
             acpi: None,
+            map: None,
             bar_windows: None,
             bars: None,
         }))
+    }
+
+    /// The placed topology (after attach), for the extra slots' devices.
+    pub fn pci_map(&self) -> Option<&PciMap> {
+        self.map.as_ref()
+    }
+
+    /// Index in the topology of the first extra slot: after the passed-through ones.
+    pub fn first_extra_port(&self) -> usize {
+        self.hosts.len()
     }
 
     /// The host bridge windows and bus range for the ACPI tables (after attach).

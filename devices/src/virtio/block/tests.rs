@@ -1,0 +1,338 @@
+//! Tests of virtio-blk requests, well-formed and hostile: each hostile chain is
+//! completed (length 0) or failed with a status, the I/O returns, nothing outside the
+//! chain's buffers in guest RAM or on the disk changes.
+
+use super::*;
+use crate::virtio::testutil::*;
+
+const HDR: u64 = DATA;
+const BUF: u64 = DATA + 0x1000;
+const STATUS: u64 = DATA + 0x8000;
+const FAR: u64 = RAM_SIZE + 0x1000;
+
+struct Rig {
+    q: TestQueue,
+    dev: Block,
+    _dir: TempDir,
+    path: std::path::PathBuf,
+}
+
+fn rig_with(readonly: bool, disk_bytes: usize) -> Rig {
+    let dir = TempDir::new();
+    let path = dir.image(disk_bytes, 0x5a);
+    let disk = DiskFile::open(
+        &path,
+        DiskOptions {
+            readonly,
+            direct: false,
+        },
+    )
+    .unwrap();
+    let q = TestQueue::new(16);
+    let mut dev = Block::new("test".into(), disk, "serial-7");
+    dev.activate(Activation {
+        mem: q.mem.clone(),
+        features: 0,
+        queues: vec![q.queue()],
+        interrupts: Interrupts::default(),
+    })
+    .unwrap();
+    Rig {
+        q,
+        dev,
+        _dir: dir,
+        path,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(false, 64 * 1024)
+}
+
+impl Rig {
+    fn header(&self, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.q.write(HDR, &h);
+        self.q.write(STATUS, &[0xee]);
+    }
+
+    /// Header, one data buffer (`write`: device-writable) of `len`, status; published.
+    fn request(&mut self, kind: u32, sector: u64, len: u32, write: bool) {
+        self.header(kind, sector);
+        self.q.desc(0, HDR, 16, F_NEXT, 1);
+        let data_flags = if write { F_WRITE } else { 0 } | F_NEXT;
+        self.q.desc(1, BUF, len, data_flags, 2);
+        self.q.desc(2, STATUS, 1, F_WRITE, 0);
+        self.q.publish(0);
+    }
+
+    fn run(&mut self) {
+        self.dev.process_queue(0);
+    }
+
+    fn status(&self) -> u8 {
+        self.q.read(STATUS, 1)[0]
+    }
+
+    fn disk(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+#[test]
+fn a_write_then_a_read_round_trip_through_the_disk() {
+    let mut r = rig();
+    r.q.write(BUF, &[7u8; 1024]);
+    r.request(VIRTIO_BLK_T_OUT, 2, 1024, false);
+    r.run();
+    assert_eq!(r.status(), OK);
+    assert_eq!(r.q.used(0), (0, 1));
+    assert_eq!(&r.disk()[1024..2048], &[7u8; 1024][..]);
+    r.q.write(BUF, &[0u8; 1024]);
+    r.request(VIRTIO_BLK_T_IN, 2, 1024, true);
+    r.run();
+    assert_eq!(r.status(), OK);
+    assert_eq!(r.q.used(1), (0, 1025));
+    assert_eq!(r.q.read(BUF, 1024), vec![7u8; 1024]);
+}
+
+#[test]
+fn flush_and_get_id_answer() {
+    let mut r = rig();
+    r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
+    r.run();
+    assert_eq!(r.status(), OK);
+    r.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
+    r.run();
+    assert_eq!(r.status(), OK);
+    assert_eq!(&r.q.read(BUF, 9), b"serial-7\0");
+}
+
+#[test]
+fn a_request_past_the_end_of_the_disk_is_an_io_error() {
+    let mut r = rig();
+    let before = r.disk();
+    r.request(VIRTIO_BLK_T_OUT, 127, 1024, false);
+    r.run();
+    assert_eq!(r.status(), IOERR);
+    r.request(VIRTIO_BLK_T_IN, u64::MAX / 256, 512, true);
+    r.run();
+    assert_eq!(r.status(), IOERR);
+    assert_eq!(r.disk(), before);
+}
+
+#[test]
+fn a_read_only_disk_refuses_writes_and_discards() {
+    let mut r = rig_with(true, 4096);
+    assert_ne!(r.dev.features() & 1 << VIRTIO_BLK_F_RO, 0);
+    r.request(VIRTIO_BLK_T_OUT, 0, 512, false);
+    r.run();
+    assert_eq!(r.status(), IOERR);
+    assert!(r.disk().iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn an_unknown_request_type_is_unsupported() {
+    let mut r = rig();
+    r.request(0x77, 0, 512, true);
+    r.run();
+    assert_eq!(r.status(), UNSUPP);
+}
+
+#[test]
+fn discard_and_write_zeroes_zero_the_range() {
+    let mut r = rig();
+    for (kind, sector) in [(VIRTIO_BLK_T_WRITE_ZEROES, 0u64), (VIRTIO_BLK_T_DISCARD, 8)] {
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&sector.to_le_bytes());
+        seg[8..12].copy_from_slice(&8u32.to_le_bytes());
+        r.q.write(BUF, &seg);
+        r.request(kind, 0, 16, false);
+        r.run();
+        assert_eq!(r.status(), OK, "type {kind}");
+    }
+    let disk = r.disk();
+    assert!(disk[..8192].iter().all(|&b| b == 0));
+    assert!(disk[8192..].iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn a_descriptor_loop_is_refused_and_returns() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, BUF, 512, F_WRITE | F_NEXT, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used_idx(), 1);
+    // The chain is cut at the queue size; its status byte was never found, so nothing
+    // is written and the completion carries no bytes.
+    assert_eq!(r.q.used(0), (0, 0));
+}
+
+#[test]
+fn a_buffer_outside_guest_ram_is_refused_without_touching_the_disk() {
+    let mut r = rig();
+    let before = r.disk();
+    r.header(VIRTIO_BLK_T_OUT, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, FAR, 512, F_NEXT, 2);
+    r.q.desc(2, STATUS, 1, F_WRITE, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used(0), (0, 0));
+    assert_eq!(r.status(), 0xee);
+    assert_eq!(r.disk(), before);
+}
+
+#[test]
+fn a_buffer_that_wraps_the_address_space_is_refused() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, u64::MAX - 10, 512, F_WRITE | F_NEXT, 2);
+    r.q.desc(2, STATUS, 1, F_WRITE, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used(0), (0, 0));
+    assert_eq!(r.status(), 0xee);
+}
+
+#[test]
+fn a_giant_buffer_is_refused() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, BUF, u32::MAX, F_WRITE | F_NEXT, 2);
+    r.q.desc(2, STATUS, 1, F_WRITE, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used(0), (0, 0));
+}
+
+#[test]
+fn zero_length_buffers_are_skipped() {
+    let mut r = rig();
+    r.q.write(BUF, &[3u8; 512]);
+    r.header(VIRTIO_BLK_T_OUT, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, FAR, 0, F_NEXT, 2);
+    r.q.desc(2, BUF, 512, F_NEXT, 3);
+    r.q.desc(3, BUF, 0, F_WRITE | F_NEXT, 4);
+    r.q.desc(4, STATUS, 1, F_WRITE, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.status(), OK);
+    assert_eq!(&r.disk()[..512], &[3u8; 512][..]);
+}
+
+#[test]
+fn a_request_without_a_status_byte_completes_empty() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_OUT, 0);
+    r.q.desc(0, HDR, 16, F_NEXT, 1);
+    r.q.desc(1, BUF, 512, 0, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used(0), (0, 0));
+}
+
+#[test]
+fn a_short_header_is_an_io_error() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.q.desc(0, HDR, 8, F_NEXT, 1);
+    r.q.desc(1, STATUS, 1, F_WRITE, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.status(), IOERR);
+}
+
+#[test]
+fn nested_indirect_tables_are_refused() {
+    let mut r = rig();
+    let (outer, inner) = (DATA + 0x4000, DATA + 0x5000);
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.q.desc_at(outer, 0, inner, 32, F_INDIRECT, 0);
+    r.q.desc_at(inner, 0, HDR, 16, F_NEXT, 1);
+    r.q.desc_at(inner, 1, STATUS, 1, F_WRITE, 0);
+    r.q.desc(0, outer, 16, F_INDIRECT, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used(0), (0, 0));
+    assert_eq!(r.status(), 0xee);
+}
+
+#[test]
+fn an_indirect_table_works_but_a_huge_one_is_cut() {
+    let mut r = rig();
+    let table = DATA + 0x4000;
+    r.q.write(BUF, &[9u8; 512]);
+    r.header(VIRTIO_BLK_T_OUT, 1);
+    r.q.desc_at(table, 0, HDR, 16, F_NEXT, 1);
+    r.q.desc_at(table, 1, BUF, 512, F_NEXT, 2);
+    r.q.desc_at(table, 2, STATUS, 1, F_WRITE, 0);
+    r.q.desc(0, table, 48, F_INDIRECT, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.status(), OK);
+    assert_eq!(&r.disk()[512..1024], &[9u8; 512][..]);
+    // 2000 chained zero-length descriptors: more than one request may use.
+    let big = DATA + 0x1_0000;
+    for i in 0..2000u16 {
+        r.q.desc_at(big, i, BUF, 0, F_NEXT, i + 1);
+    }
+    r.q.desc(0, big, 2000 * 16, F_INDIRECT, 0);
+    r.q.publish(0);
+    r.run();
+    assert_eq!(r.q.used_idx(), 2);
+    assert_eq!(r.q.used(1), (0, 0));
+}
+
+#[test]
+fn an_avail_index_far_ahead_processes_nothing_and_returns() {
+    let mut r = rig();
+    r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
+    r.q.set_avail_idx(1000);
+    r.run();
+    assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.status(), 0xee);
+}
+
+#[test]
+fn a_head_index_beyond_the_queue_is_refused() {
+    let mut r = rig();
+    r.header(VIRTIO_BLK_T_FLUSH, 0);
+    r.q.publish(40);
+    r.run();
+    // The used ring rejects the bogus head: nothing is completed, nothing crashes.
+    assert_eq!(r.q.used_idx(), 0);
+}
+
+#[test]
+fn after_a_reset_queued_requests_are_not_touched() {
+    let mut r = rig();
+    r.q.write(BUF, &[1u8; 512]);
+    r.request(VIRTIO_BLK_T_OUT, 0, 512, false);
+    r.dev.reset();
+    r.run();
+    assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.status(), 0xee);
+    assert!(r.disk().iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn config_space_reports_capacity_and_segments() {
+    let r = rig();
+    let mut cap = [0u8; 8];
+    r.dev.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 128);
+    let mut seg = [0u8; 4];
+    r.dev.read_config(12, &mut seg);
+    assert_eq!(u32::from_le_bytes(seg), SEG_MAX);
+    let mut past = [0xffu8; 4];
+    r.dev.read_config(4096, &mut past);
+    assert_eq!(past, [0; 4]);
+}
