@@ -268,6 +268,7 @@ mod tests {
     use super::super::root::fake::{FakeHost, Pci};
     use super::super::Status;
     use super::*;
+    use crate::check::root::fake::assert_fix;
 
     const GPU: &str = "0000:01:00.0";
     const AUDIO: &str = "0000:01:00.1";
@@ -297,12 +298,6 @@ mod tests {
             .into_iter()
             .find(|f| f.check == check)
             .unwrap()
-    }
-
-    fn assert_fix(f: &Finding, status: Status, needle: &str) {
-        assert_eq!(f.status, status, "{f:?}");
-        let fix = f.fix.as_deref().unwrap_or_default();
-        assert!(fix.contains(needle), "{needle:?} not in {fix:?}");
     }
 
     #[test]

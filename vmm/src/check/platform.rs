@@ -340,6 +340,7 @@ mod tests {
     use super::super::root::fake::FakeHost;
     use super::super::Status;
     use super::*;
+    use crate::check::root::fake::assert_fix;
 
     fn intel_host() -> FakeHost {
         FakeHost::ready()
@@ -350,12 +351,6 @@ mod tests {
             .into_iter()
             .find(|f| f.check == check)
             .unwrap()
-    }
-
-    fn assert_fix(f: &Finding, status: Status, needle: &str) {
-        assert_eq!(f.status, status, "{f:?}");
-        let fix = f.fix.as_deref().unwrap_or_default();
-        assert!(fix.contains(needle), "{needle:?} not in {fix:?}");
     }
 
     #[test]

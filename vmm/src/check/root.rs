@@ -93,6 +93,14 @@ pub(crate) mod fake {
     use vfio_glue::sysfs::fake::FakeSysfs;
 
     use super::HostRoot;
+    use crate::check::{Finding, Status};
+
+    /// `f` has `status` and a fix that mentions `needle`.
+    pub fn assert_fix(f: &Finding, status: Status, needle: &str) {
+        assert_eq!(f.status, status, "{f:?}");
+        let fix = f.fix.as_deref().unwrap_or_default();
+        assert!(fix.contains(needle), "{needle:?} not in {fix:?}");
+    }
 
     /// A PCI function to add to the fake tree.
     pub struct Pci<'a> {
