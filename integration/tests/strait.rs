@@ -109,7 +109,6 @@ fn strait_stops_a_guest_that_ignores_the_button_after_the_timeout() {
 /// it again in the same process; the nvme checks pass again; exit 0 after the second
 /// power-off.
 #[test]
-#[ignore = "reboot in place is not implemented yet (Strait exits 8 on a guest reboot)"]
 fn strait_reboots_the_guest_in_place() {
     run_with_strait(scenario::reboot());
 }

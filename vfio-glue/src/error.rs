@@ -216,6 +216,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    #[error(
+        "{addr}: the card does not answer after its reset (config space {}); it is stuck. \
+         Try another reset method (`cat /sys/bus/pci/devices/{addr}/reset_method`, then \
+         e.g. `echo bus > /sys/bus/pci/devices/{addr}/reset_method`) or power-cycle the host",
+        if source.is_some() { "unreadable" } else { "reads vendor ID 0xffff" }
+    )]
+    DeviceStuck {
+        addr: HostPciAddress,
+        #[source]
+        source: Option<io::Error>,
+    },
 }
 
 /// Result with this crate's [`Error`].

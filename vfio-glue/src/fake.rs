@@ -6,6 +6,7 @@ use resources::lock;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::{DmaMapper, IovaRange};
@@ -97,6 +98,8 @@ pub struct FakeDevice {
     regions: BTreeMap<u32, Region>,
     irqs: BTreeMap<u32, IrqInfo>,
     reset_supported: bool,
+    /// While set, a reset leaves config space reading all ones (a card stuck in reset).
+    dies_on_reset: Arc<AtomicBool>,
     /// Fail SET_IRQS with this errno.
     pub fail_set_irqs: Option<i32>,
 }
@@ -112,6 +115,7 @@ impl FakeDevice {
             regions: BTreeMap::new(),
             irqs: BTreeMap::new(),
             reset_supported: true,
+            dies_on_reset: Arc::default(),
             fail_set_irqs: None,
         };
         let info = RegionInfo {
@@ -146,6 +150,11 @@ impl FakeDevice {
     pub fn with_irq(mut self, index: IrqIndex, info: IrqInfo) -> Self {
         self.irqs.insert(index as u32, info);
         self
+    }
+
+    /// A switch: once set, every reset leaves the card stuck (config space all ones).
+    pub fn stuck_after_reset(&self) -> Arc<AtomicBool> {
+        self.dies_on_reset.clone()
     }
 
     pub fn without_reset(mut self) -> Self {
@@ -235,6 +244,9 @@ impl VfioDeviceOps for FakeDevice {
 
     fn reset(&self) -> io::Result<()> {
         self.log.push(Call::Reset);
+        if self.dies_on_reset.load(Ordering::SeqCst) {
+            self.with_data(CONFIG_REGION, |d| d.fill(0xff))?;
+        }
         Ok(())
     }
 }

@@ -18,13 +18,13 @@ use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
 use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
-use crate::pci_layout;
+use crate::pci_layout::{self, RootPorts};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
 use crate::vcpu::{self, BootCpuState};
 use crate::virtio::{self, VirtioDevices};
-use crate::vm::{Vm, VmParts};
+use crate::vm::{PlatformState, Restart, Vm, VmParts};
 
 /// Highest MSI GSI: KVM's routing table holds 4096 entries.
 const MAX_MSI_GSI: u32 = 4095;
@@ -84,6 +84,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
+    let platform = PlatformState::capture(&vm_fd)?;
     let cpuid = vcpu::guest_cpuid(&kvm)?;
     let hosts = spec.passthrough_hosts();
     let virtio_slots = virtio::slot_requests(spec);
@@ -107,7 +108,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
-    let pci = pci_functions(passthrough.as_ref(), &virtio, virtio_map.as_ref(), &effects)?;
+    let (pci, extra_ports) =
+        pci_functions(passthrough.as_ref(), &virtio, virtio_map.as_ref(), &effects)?;
     let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci)?;
     stop.arm_power_button(devices.power_button(), spec.lifecycle.shutdown_timeout());
     if let Some(p) = passthrough.as_mut() {
@@ -120,10 +122,19 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         entry: boot.entry,
         cr3: boot.cr3,
         supported_cpuid: cpuid,
+        reset_msrs: vcpu::reset_msr_indices(&kvm)?,
     };
-    let vcpus = (0..spec.vcpus)
+    let (vcpus, power_on) = (0..spec.vcpus)
         .map(|i| vcpu::create_vcpu(&vm_fd, i, spec.vcpus, &cpu))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<(Vec<_>, Vec<_>), _>>()?;
+    let restart = Restart {
+        spec: spec.clone(),
+        windows,
+        platform,
+        extra_ports,
+        boot: cpu,
+        power_on,
+    };
     let parts = VmParts {
         kvm,
         vm_fd,
@@ -132,6 +143,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         stop,
         passthrough,
         virtio,
+        restart,
     };
     let mut vm = Vm::new(parts);
     vm.start_vcpus(vcpus)?;
@@ -195,21 +207,23 @@ fn place_virtio(
     Ok(Some(map))
 }
 
-/// The PCI functions below the host bridge: root ports first, then the endpoints.
+/// The PCI functions below the host bridge: root ports first, then the endpoints; and
+/// the root ports built here for virtio devices alone (kept for a machine reset).
 fn pci_functions(
     passthrough: Option<&Passthrough>,
     virtio: &VirtioDevices,
     virtio_map: Option<&PciMap>,
     effects: &Arc<ConfigEffects>,
-) -> Result<PciFunctions, Error> {
+) -> Result<(PciFunctions, Option<RootPorts>), Error> {
     let mut pci = passthrough
         .map(|p| p.pci_functions(effects))
         .unwrap_or_default();
-    if let Some(map) = virtio_map {
-        pci.functions.extend(pci_layout::root_ports(map)?);
+    let ports = virtio_map.map(RootPorts::build).transpose()?;
+    if let Some(p) = &ports {
+        pci.functions.extend(p.functions());
     }
     pci.functions.extend(virtio.pci_functions());
-    Ok(pci)
+    Ok((pci, ports))
 }
 
 /// A stop requested while building (SIGINT/SIGTERM) ends the build here.
@@ -287,7 +301,7 @@ fn register_ram(vm: &VmFd, ram: &GuestRam, slots: &mut SlotPool) -> Result<(), V
 }
 
 /// Kernel, initramfs, command line, ACPI tables, zero page and boot page tables.
-fn load_guest(
+pub(crate) fn load_guest(
     spec: &VmSpec,
     mem: &GuestMemoryMmap,
     files: &KernelFiles,

@@ -221,9 +221,23 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             let _api = socket
                 .map(|path| api::start(path, Box::new(vm.control(&spec))))
                 .transpose()?;
+            // Restored when this returns, whatever the outcome (and by the panic hook).
+            let _raw = raw_console(&spec);
             Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
         }
     }
+}
+
+/// Raw mode for the console's terminal (`serial: "stdio"`, stdin a terminal); a
+/// terminal that refuses is logged and left as it is.
+fn raw_console(spec: &VmSpec) -> Option<crate::terminal::RawMode> {
+    if spec.serial != crate::spec::SerialSpec::Stdio {
+        return None;
+    }
+    crate::terminal::RawMode::enter().unwrap_or_else(|e| {
+        log::warn!("console: cannot put the terminal in raw mode: {e}");
+        None
+    })
 }
 
 /// After SIGINT/SIGTERM the signal's error (exit 130/143) replaces `err`, whatever setup

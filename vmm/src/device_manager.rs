@@ -84,9 +84,11 @@ const PCI_SEGMENT: u16 = 0;
 #[derive(Default)]
 pub struct PciFunctions {
     pub functions: Vec<(Bdf, SharedPciDevice)>,
-    /// Receives BAR moves and decode switches of `watched[i]` as function `i`.
+    /// Receives BAR moves and decode switches of `watched[i]` as function `i`, and
+    /// Secondary Bus Resets of `watched_ports[i]` as port `i`.
     pub effects: Option<Arc<ConfigEffects>>,
     pub watched: Vec<SharedPciDevice>,
+    pub watched_ports: Vec<SharedPciDevice>,
 }
 
 /// The ACPI power button: an edge on the Generic Event Device's GSI
@@ -118,6 +120,7 @@ pub struct DeviceManager {
     buses: IoBuses,
     serial: Arc<Mutex<SerialPort<Console>>>,
     pci_root: Arc<PciRoot>,
+    cmos: Arc<Mutex<Cmos>>,
     console_input: bool,
     power_button: Arc<GedPowerButton>,
 }
@@ -167,7 +170,7 @@ impl DeviceManager {
             ACPI_PM_PORT_LEN,
         )?;
         let cmos = Arc::new(Mutex::new(Cmos::default()));
-        place(&mut pio, "CMOS", cmos, CMOS_PORT, CMOS_PORT_LEN)?;
+        place(&mut pio, "CMOS", cmos.clone(), CMOS_PORT, CMOS_PORT_LEN)?;
         drop(pio);
         let pci_root = create_pci_root(&buses, pci)?;
         let console_input = *serial == SerialSpec::Stdio;
@@ -176,9 +179,17 @@ impl DeviceManager {
             buses,
             serial: serial_dev,
             pci_root,
+            cmos,
             console_input,
             power_button,
         })
+    }
+
+    /// A machine reset: COM1 and the CMOS back to power-on. The i8042, the ACPI PM
+    /// registers and the GED hold no state; the root ports are reset with their plan.
+    pub fn reset(&self) {
+        lock(&self.serial).reset();
+        lock(&self.cmos).reset();
     }
 
     /// The guest's ACPI power button.
@@ -240,7 +251,7 @@ fn create_pci_root(buses: &IoBuses, pci: PciFunctions) -> Result<Arc<PciRoot>, D
     let handler = || {
         pci.effects
             .as_ref()
-            .map(|e| e.handler(root.clone(), pci.watched.clone()))
+            .map(|e| e.handler(root.clone(), pci.watched.clone(), pci.watched_ports.clone()))
     };
     let cf8 = Arc::new(Mutex::new(PciCf8::new(root.clone(), handler())));
     let port = layout::PCI_CONFIG_ADDRESS_PORT;

@@ -3,7 +3,7 @@
 //! `main` prints the error chain once, on one line, and exits with [`Error::exit_code`]:
 //! scripts can tell "fix your spec" from "fix your host" from "the guest died". The
 //! passthrough problems a user fixes each in their own way have codes of their own
-//! (10..=16), and so do the ways a guest ends badly (6..=9); a stop at once by a signal
+//! (10..=17), and so do the ways a guest ends badly (6..=9); a stop at once by a signal
 //! exits 128 + the signal number, as shells expect.
 
 use std::path::PathBuf;
@@ -55,6 +55,9 @@ pub enum ExitCode {
     VfioPermission = 15,
     /// RLIMIT_MEMLOCK is below the guest RAM that DMA mapping pins.
     Memlock = 16,
+    /// A passed-through card does not answer after its reset (at start or at a reboot
+    /// in place): another reset method or a host power cycle is needed.
+    DeviceStuck = 17,
     /// Stopped at once by SIGHUP (128 + 1), after an orderly teardown.
     HungUp = 129,
     /// Stopped at once by SIGINT (128 + 2), after an orderly teardown.
@@ -88,6 +91,7 @@ Exit codes:
  14  passthrough: the same device listed twice
  15  passthrough: no permission to open /dev/vfio/N
  16  passthrough: locked-memory limit (ulimit -l) below guest RAM
+ 17  passthrough: a card does not answer after its reset (at start or reboot)
 129  stopped at once by SIGHUP (a second signal, or during setup)
 130  stopped at once by SIGINT (a second signal, or during setup)
 143  stopped at once by SIGTERM (a second signal, or during setup)
@@ -176,6 +180,7 @@ fn vfio_exit_code(e: &vfio_glue::Error) -> ExitCode {
         E::GroupNotViable { .. } => ExitCode::GroupNotViable,
         E::NoPermission { .. } => ExitCode::VfioPermission,
         E::MemlockTooLow { .. } => ExitCode::Memlock,
+        E::DeviceStuck { .. } => ExitCode::DeviceStuck,
         E::NoIommuGroup { .. }
         | E::NoGroupNode { .. }
         | E::GroupBusy { .. }
@@ -452,12 +457,23 @@ mod tests {
             ExitCode::DuplicateDevice,
             ExitCode::VfioPermission,
             ExitCode::Memlock,
+            ExitCode::DeviceStuck,
         ];
-        assert_eq!(codes.map(|c| c as u8), [10, 11, 12, 13, 14, 15, 16]);
+        assert_eq!(codes.map(|c| c as u8), [10, 11, 12, 13, 14, 15, 16, 17]);
         for c in codes {
             let n = format!("\n{:>3}  passthrough:", c as u8);
             assert!(EXIT_CODES_HELP.contains(&n), "{n} undocumented");
         }
+    }
+
+    #[test]
+    fn a_card_stuck_after_reset_exits_17_naming_the_card() {
+        let e = Error::Passthrough(PassthroughError::Vfio(vfio_glue::Error::DeviceStuck {
+            addr: addr(),
+            source: None,
+        }));
+        assert_eq!(e.exit_code() as u8, 17);
+        assert!(e.one_line().contains("reset_method"), "{}", e.one_line());
     }
 
     #[test]

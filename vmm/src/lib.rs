@@ -31,6 +31,7 @@ pub mod plan;
 pub mod slots;
 pub mod spec;
 pub mod stop;
+pub mod terminal;
 pub mod unpack;
 pub mod vcpu;
 pub mod virtio;

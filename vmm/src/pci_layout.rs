@@ -7,21 +7,57 @@ use std::sync::{Arc, Mutex};
 
 use arch::x86_64::{layout, AddrRange, PciWindows};
 use devices::pci::{Bdf, RootPort, SharedPciDevice};
-use resources::{FunctionBar, PciMap, SlotRequest, Topology};
+use resources::{lock, FunctionBar, PciMap, PortMap, SlotRequest, Topology};
 
 use crate::passthrough::PassthroughError;
 
-/// One root port per slot of `map`, with its bus numbers and windows, in topology order.
-pub fn root_ports(map: &PciMap) -> Result<Vec<(Bdf, SharedPciDevice)>, PassthroughError> {
-    map.ports
-        .iter()
-        .map(|port| {
-            let bdf = port.slot.bdf;
-            let rp = RootPort::for_port(port)
-                .map_err(|source| PassthroughError::RootPort { bdf, source })?;
-            Ok((bdf, Arc::new(Mutex::new(rp)) as SharedPciDevice))
-        })
-        .collect()
+/// The root ports of a placed topology, in topology order, each with the plan it was
+/// built from: a machine reset builds them again from it (bus numbers, windows, bridge
+/// control and MSI as planned, whatever the guest changed).
+#[derive(Default)]
+pub struct RootPorts {
+    ports: Vec<(Arc<Mutex<RootPort>>, PortMap)>,
+}
+
+impl RootPorts {
+    /// One root port per slot of `map`, with its bus numbers and windows.
+    pub fn build(map: &PciMap) -> Result<RootPorts, PassthroughError> {
+        let ports = map
+            .ports
+            .iter()
+            .map(|plan| Ok((Arc::new(Mutex::new(port(plan)?)), plan.clone())))
+            .collect::<Result<_, PassthroughError>>()?;
+        Ok(RootPorts { ports })
+    }
+
+    /// The ports as PCI functions for the root, at their addresses.
+    pub fn functions(&self) -> Vec<(Bdf, SharedPciDevice)> {
+        self.ports
+            .iter()
+            .map(|(p, plan)| (plan.slot.bdf, p.clone() as SharedPciDevice))
+            .collect()
+    }
+
+    /// Port `i` as its config-write handler knows it.
+    pub fn shared(&self) -> Vec<SharedPciDevice> {
+        self.ports
+            .iter()
+            .map(|(p, _)| p.clone() as SharedPciDevice)
+            .collect()
+    }
+
+    /// Back to the plan (a machine reset).
+    pub fn reset(&self) -> Result<(), PassthroughError> {
+        for (p, plan) in &self.ports {
+            *lock(p) = port(plan)?;
+        }
+        Ok(())
+    }
+}
+
+fn port(plan: &PortMap) -> Result<RootPort, PassthroughError> {
+    let bdf = plan.slot.bdf;
+    RootPort::for_port(plan).map_err(|source| PassthroughError::RootPort { bdf, source })
 }
 
 /// The host bridge's bus range and windows for the DSDT.

@@ -8,15 +8,24 @@
 //! of sleeping on a HLT, and a thread inside KVM_RUN is kicked out by the signal itself.
 //! Application processors are started by the guest with INIT/SIPI through the in-kernel
 //! LAPIC, which also holds their MP state.
+//!
+//! A reboot in place keeps the vCPU fds: each one's state right after KVM_CREATE_VCPU
+//! and KVM_SET_CPUID2 ([`PowerOnState`]: registers, segments, FPU, XCRs, LAPIC, MP
+//! state, pending events, debug registers and the MSRs KVM knows, KVM's paravirtual
+//! ones included) is kept, and the restarted thread puts it back and loads the boot
+//! state on top before its first KVM_RUN ([`reset_vcpu`]).
 
 use std::cell::Cell;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use resources::lock;
 
-use kvm_bindings::{kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestAddress;
@@ -52,6 +61,8 @@ pub enum VcpuError {
         #[source]
         source: arch::Error,
     },
+    #[error("KVM_GET_MSR_INDEX_LIST failed")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
     #[error("cannot install the vCPU kick signal handler")]
@@ -73,6 +84,126 @@ pub struct BootCpuState {
     pub cr3: u64,
     /// [`guest_cpuid`], patched per vCPU.
     pub supported_cpuid: CpuId,
+    /// The MSRs a reset puts back ([`reset_msr_indices`]).
+    pub reset_msrs: Vec<u32>,
+}
+
+/// The MSRs a reboot in place restores: the boot MSRs and KVM's paravirtual ones, as far
+/// as this KVM knows them (KVM_GET_MSR_INDEX_LIST; KVM_SET_MSRS stops at the first
+/// unknown index).
+pub fn reset_msr_indices(kvm: &Kvm) -> Result<Vec<u32>, VcpuError> {
+    let known = kvm.get_msr_index_list().map_err(VcpuError::MsrIndexList)?;
+    let known = known.as_slice();
+    let wanted = arch::x86_64::boot_msrs()
+        .into_iter()
+        .map(|e| e.index)
+        .chain(arch::x86_64::KVM_PARAVIRT_MSRS);
+    Ok(wanted.filter(|i| known.contains(i)).collect())
+}
+
+/// A vCPU as KVM creates it (after KVM_SET_CPUID2), before Strait's boot state: what a
+/// reset puts back. Optional parts are those this KVM cannot read.
+#[derive(Clone)]
+pub struct PowerOnState {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    fpu: kvm_fpu,
+    xcrs: Option<kvm_xcrs>,
+    lapic: kvm_lapic_state,
+    mp_state: kvm_mp_state,
+    events: Option<kvm_vcpu_events>,
+    debugregs: Option<kvm_debugregs>,
+    msrs: Vec<kvm_msr_entry>,
+}
+
+impl std::fmt::Debug for PowerOnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerOnState")
+            .field("msrs", &self.msrs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn kvm_err(index: u32, action: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Kvm {
+        index,
+        action,
+        source,
+    }
+}
+
+impl PowerOnState {
+    /// Read `vcpu`'s state; `msrs` are the indices to keep ([`reset_msr_indices`]).
+    fn capture(vcpu: &VcpuFd, index: u32, msrs: &[u32]) -> Result<PowerOnState, VcpuError> {
+        let entries: Vec<kvm_msr_entry> = msrs
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut list = Msrs::from_entries(&entries).map_err(|_| VcpuError::SetMsrs {
+            index,
+            set: 0,
+            total: entries.len(),
+        })?;
+        let read = vcpu
+            .get_msrs(&mut list)
+            .map_err(kvm_err(index, "KVM_GET_MSRS"))?;
+        Ok(PowerOnState {
+            regs: vcpu.get_regs().map_err(kvm_err(index, "KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(kvm_err(index, "KVM_GET_SREGS"))?,
+            fpu: vcpu.get_fpu().map_err(kvm_err(index, "KVM_GET_FPU"))?,
+            xcrs: vcpu.get_xcrs().ok(),
+            lapic: vcpu.get_lapic().map_err(kvm_err(index, "KVM_GET_LAPIC"))?,
+            mp_state: vcpu
+                .get_mp_state()
+                .map_err(kvm_err(index, "KVM_GET_MP_STATE"))?,
+            events: vcpu.get_vcpu_events().ok(),
+            debugregs: vcpu.get_debug_regs().ok(),
+            msrs: list.as_slice()[..read].to_vec(),
+        })
+    }
+
+    /// Write it back (the order QEMU's reset uses: registers, FPU, XCRs, segments, MSRs,
+    /// LAPIC, MP state, events).
+    fn restore(&self, vcpu: &VcpuFd, index: u32) -> Result<(), VcpuError> {
+        let e = |action| kvm_err(index, action);
+        vcpu.set_regs(&self.regs).map_err(e("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&self.fpu).map_err(e("KVM_SET_FPU"))?;
+        if let Some(x) = &self.xcrs {
+            vcpu.set_xcrs(x).map_err(e("KVM_SET_XCRS"))?;
+        }
+        vcpu.set_sregs(&self.sregs).map_err(e("KVM_SET_SREGS"))?;
+        set_all_msrs(vcpu, index, &self.msrs)?;
+        vcpu.set_lapic(&self.lapic).map_err(e("KVM_SET_LAPIC"))?;
+        vcpu.set_mp_state(self.mp_state)
+            .map_err(e("KVM_SET_MP_STATE"))?;
+        if let Some(ev) = &self.events {
+            vcpu.set_vcpu_events(ev).map_err(e("KVM_SET_VCPU_EVENTS"))?;
+        }
+        if let Some(d) = &self.debugregs {
+            vcpu.set_debug_regs(d).map_err(e("KVM_SET_DEBUGREGS"))?;
+        }
+        Ok(())
+    }
+}
+
+/// KVM_SET_MSRS with every entry, or an error naming how many KVM took.
+fn set_all_msrs(vcpu: &VcpuFd, index: u32, entries: &[kvm_msr_entry]) -> Result<(), VcpuError> {
+    let total = entries.len();
+    let msrs = Msrs::from_entries(entries).map_err(|_| VcpuError::SetMsrs {
+        index,
+        set: 0,
+        total,
+    })?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(kvm_err(index, "KVM_SET_MSRS"))?;
+    if set != total {
+        return Err(VcpuError::SetMsrs { index, set, total });
+    }
+    Ok(())
 }
 
 /// The CPUID table every vCPU starts from: what KVM supports, plus what it emulates but
@@ -89,43 +220,42 @@ pub fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
     Ok(cpuid)
 }
 
-/// Create vCPU `index` of `count` and load its boot state.
+/// Create vCPU `index` of `count`, keep its power-on state and load its boot state.
 pub fn create_vcpu(
     vm: &VmFd,
     index: u32,
     count: u32,
     boot: &BootCpuState,
-) -> Result<VcpuFd, VcpuError> {
-    let kvm = |action| {
-        move |source| VcpuError::Kvm {
-            index,
-            action,
-            source,
-        }
-    };
-    let arch_err = |source| VcpuError::Arch { index, source };
+) -> Result<(VcpuFd, PowerOnState), VcpuError> {
     let vcpu = vm
         .create_vcpu(u64::from(index))
-        .map_err(kvm("KVM_CREATE_VCPU"))?;
-
+        .map_err(kvm_err(index, "KVM_CREATE_VCPU"))?;
     let mut cpuid = boot.supported_cpuid.clone();
-    arch::x86_64::patch_cpuid(&mut cpuid, index, count).map_err(arch_err)?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+    arch::x86_64::patch_cpuid(&mut cpuid, index, count)
+        .map_err(|source| VcpuError::Arch { index, source })?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(kvm_err(index, "KVM_SET_CPUID2"))?;
+    let power_on = PowerOnState::capture(&vcpu, index, &boot.reset_msrs)?;
+    load_boot_state(&vcpu, index, boot)?;
+    Ok((vcpu, power_on))
+}
 
-    let entries = arch::x86_64::boot_msrs();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::SetMsrs {
-        index,
-        set: 0,
-        total: entries.len(),
-    })?;
-    let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-    if set != entries.len() {
-        return Err(VcpuError::SetMsrs {
-            index,
-            set,
-            total: entries.len(),
-        });
-    }
+/// A reboot in place: the power-on state back, then the boot state again.
+pub fn reset_vcpu(
+    vcpu: &VcpuFd,
+    index: u32,
+    power_on: &PowerOnState,
+    boot: &BootCpuState,
+) -> Result<(), VcpuError> {
+    power_on.restore(vcpu, index)?;
+    load_boot_state(vcpu, index, boot)
+}
+
+/// Strait's boot state over KVM's: MSRs, FPU, LAPIC LINT pins, and for the boot vCPU the
+/// registers and segments of the 64-bit entry.
+fn load_boot_state(vcpu: &VcpuFd, index: u32, boot: &BootCpuState) -> Result<(), VcpuError> {
+    let kvm = |action| kvm_err(index, action);
+    set_all_msrs(vcpu, index, &arch::x86_64::boot_msrs())?;
     vcpu.set_fpu(&arch::x86_64::boot_fpu())
         .map_err(kvm("KVM_SET_FPU"))?;
 
@@ -141,7 +271,7 @@ pub fn create_vcpu(
         arch::x86_64::set_boot_sregs(&mut sregs, boot.cr3);
         vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
     }
-    Ok(vcpu)
+    Ok(())
 }
 
 thread_local! {
@@ -260,20 +390,45 @@ pub struct VcpuContext {
     pub bars: Option<Arc<BarMapper>>,
 }
 
-/// Start vCPU `index` on its own thread.
-pub fn spawn_vcpu(index: u32, vcpu: VcpuFd, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+/// What a restarted vCPU thread does before its first KVM_RUN (a reboot in place).
+pub struct ResetOrder {
+    pub power_on: PowerOnState,
+    pub boot: Arc<BootCpuState>,
+    /// Every vCPU waits here after its reset, so no AP is reset after the boot vCPU
+    /// could have sent it INIT/SIPI.
+    pub barrier: Arc<Barrier>,
+}
+
+/// Start vCPU `index` on its own thread (after `reset`, if given). The thread gives the
+/// fd back when the VM stops, for a reboot in place.
+pub fn spawn_vcpu(
+    index: u32,
+    vcpu: VcpuFd,
+    ctx: VcpuContext,
+    reset: Option<ResetOrder>,
+) -> Result<JoinHandle<VcpuFd>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("strait-vcpu{index}"))
-        .spawn(move || run_vcpu(index, vcpu, &ctx))
+        .spawn(move || run_vcpu(index, vcpu, &ctx, reset))
         .map_err(|source| VcpuError::SpawnThread { index, source })
 }
 
 /// The vCPU loop. Ends when the VM stops; reports its own reason for stopping, if any.
-fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext) {
+fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<ResetOrder>) -> VcpuFd {
     let _guard = StopOnPanic {
         stop: &ctx.stop,
         index,
     };
+    if let Some(order) = reset {
+        let res = reset_vcpu(&vcpu, index, &order.power_on, &order.boot);
+        order.barrier.wait();
+        if let Err(e) = res {
+            ctx.stop.stop(StopReason::HostFailure {
+                vcpu: index,
+                what: format!("reset for the reboot failed: {e}"),
+            });
+        }
+    }
     KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
     while !ctx.stop.is_stopping() {
         ctx.gate.park_while_paused(&ctx.stop);
@@ -311,6 +466,8 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext) {
             ctx.stop.stop(reason);
         }
     }
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    vcpu
 }
 
 /// Stops the VM if a vCPU thread unwinds, so the main thread is not left waiting for a

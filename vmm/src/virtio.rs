@@ -311,6 +311,15 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// A machine reset: every transport and device back to status 0 (the device stops,
+    /// the negotiation and queues are forgotten). The I/O thread keeps running over the
+    /// same notify eventfds.
+    pub fn reset(&self) {
+        for f in &self.functions {
+            lock(&f.transport).reset();
+        }
+    }
+
     /// Stop the I/O thread and the devices (before guest RAM is unmapped).
     pub fn stop(&mut self) {
         if let Some(mut io) = self.io.take() {

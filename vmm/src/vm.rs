@@ -6,10 +6,17 @@
 //! that: their BAR slots and traps are removed, interrupts and bus mastering turned off
 //! and the functions reset; dropping the devices then unmaps DMA and closes the fds.
 //!
+//! A reboot the guest asks for, with `lifecycle.on_reboot` "restart", resets the machine
+//! and boots again in this process ([`reboot`]); the stop signal is re-armed and the
+//! vCPU threads start again over the same fds.
+//!
 //! SIGINT, SIGTERM and SIGHUP ([`forward_termination_signals`]) press the guest's power
 //! button and give it `lifecycle.shutdown_timeout_s` to power off; a second signal, or
 //! one during setup, stops at once. Every path tears down in the same order.
 
+mod reboot;
+
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::{io, mem};
@@ -28,8 +35,10 @@ use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
 use crate::spec::{OnReboot, VmSpec};
 use crate::stop::{ShutdownStep, StopSignal};
-use crate::vcpu::{self, PauseGate, VcpuContext, VcpuError};
+use crate::vcpu::{self, PauseGate, ResetOrder, VcpuContext, VcpuError};
+
 use crate::virtio::VirtioDevices;
+pub(crate) use reboot::{PlatformState, Restart};
 use std::os::unix::thread::JoinHandleExt;
 
 /// How a guest that ended by its own request ended.
@@ -98,7 +107,9 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
                 continue;
             }
             if stop.is_stopping() {
-                log::warn!("signal {sig} while stopping; teardown is under way");
+                // Kept for after a reboot in place, if one is under way; else too late.
+                stop.stop(StopReason::Signal(sig));
+                log::warn!("signal {sig} while stopping or rebooting; it stops the VM");
                 continue;
             }
             match stop.shut_down(None, Some(StopReason::Signal(sig))) {
@@ -106,7 +117,10 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
                     "signal {sig}: power button pressed; waiting for the guest to power off \
                      (another signal stops it now)"
                 ),
-                ShutdownStep::StoppedNow => log::info!("signal {sig}: stopping the VM"),
+                ShutdownStep::StoppedNow => {
+                    crate::terminal::restore();
+                    log::info!("signal {sig}: stopping the VM")
+                }
             }
         })
         .map(drop)
@@ -121,12 +135,16 @@ pub(crate) struct VmParts {
     pub stop: Arc<StopSignal>,
     pub passthrough: Option<Passthrough>,
     pub virtio: VirtioDevices,
+    pub restart: Restart,
 }
 
 /// A built VM. Fields drop in order: threads are joined (in `Drop`) before the fds close
 /// and RAM is unmapped.
 pub struct Vm {
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<VcpuFd>>,
+    /// Guest boots in this process.
+    boots: Arc<AtomicU32>,
+    restart: Restart,
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
     gate: Arc<PauseGate>,
@@ -157,10 +175,13 @@ impl Vm {
             stop,
             passthrough,
             virtio,
+            restart,
         } = parts;
         let counters = Arc::new(ExitCounters::default());
         Vm {
             threads: Vec::new(),
+            boots: Arc::new(AtomicU32::new(1)),
+            restart,
             stop,
             counters,
             gate: Arc::default(),
@@ -176,6 +197,16 @@ impl Vm {
     /// Start one thread per vCPU; vCPU 0 is the boot processor.
     pub fn start_vcpus(&mut self, vcpus: Vec<VcpuFd>) -> Result<(), VcpuError> {
         vcpu::install_kick_handler()?;
+        self.spawn_vcpus(vcpus, None)
+    }
+
+    /// One thread per vCPU fd, each running `resets[i]` first when given.
+    fn spawn_vcpus(
+        &mut self,
+        vcpus: Vec<VcpuFd>,
+        resets: Option<Vec<ResetOrder>>,
+    ) -> Result<(), VcpuError> {
+        let mut resets = resets.map(Vec::into_iter);
         let ctx = VcpuContext {
             buses: self.devices.buses().clone(),
             counters: self.counters.clone(),
@@ -184,7 +215,9 @@ impl Vm {
             bars: self.passthrough.as_ref().and_then(|p| p.bars().cloned()),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
-            self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
+            let reset = resets.as_mut().and_then(Iterator::next);
+            self.threads
+                .push(vcpu::spawn_vcpu(index, fd, ctx.clone(), reset)?);
         }
         self.gate
             .set_threads(self.threads.iter().map(|t| t.as_pthread_t()).collect());
@@ -200,6 +233,7 @@ impl Vm {
             vcpus: spec.vcpus,
             memory_mib: spec.memory.size_mib,
             hugepages: spec.memory.hugepages.to_string(),
+            boots: self.boots.clone(),
             devices: self
                 .passthrough
                 .as_ref()
@@ -207,13 +241,15 @@ impl Vm {
         }
     }
 
-    /// Run until the guest powers off, reboots or dies; stop and join all vCPUs.
+    /// Run until the guest powers off, reboots (with `on_reboot` "exit") or dies,
+    /// rebooting it in place meanwhile with "restart"; stop and join all vCPUs.
     pub fn wait(mut self, on_reboot: OnReboot) -> Result<GuestExit, Error> {
-        let reason = self.stop.wait();
-        if matches!(reason, StopReason::Reboot(_)) && on_reboot == OnReboot::Restart {
-            // Not built yet: the vCPU, irqchip and passthrough reset it needs.
-            log::warn!("lifecycle.on_reboot \"restart\": reboot in place is not implemented yet; exiting with the reboot code");
-        }
+        let reason = loop {
+            match self.stop.wait() {
+                StopReason::Reboot(how) if on_reboot == OnReboot::Restart => self.reboot(how)?,
+                reason => break reason,
+            }
+        };
         self.stop_vcpus();
         logger::mark(phase::GUEST_EXIT);
         log::info!("{}", self.counters.summary());
@@ -222,6 +258,12 @@ impl Vm {
 
     /// Kick every vCPU thread out of KVM_RUN and join it.
     fn stop_vcpus(&mut self) {
+        drop(self.join_vcpus());
+    }
+
+    /// Kick every vCPU thread out of KVM_RUN, join it and take its fd back (in index
+    /// order); fails if a thread panicked (its fd is gone).
+    fn join_vcpus(&mut self) -> Result<Vec<VcpuFd>, Error> {
         self.gate.resume();
         if !self.stop.is_stopping() {
             self.stop.stop(StopReason::HostFailure {
@@ -233,11 +275,23 @@ impl Vm {
             // A thread that already left its loop may be gone; nothing to kick then.
             let _ = t.kill(vcpu::kick_signal());
         }
-        for t in self.threads.drain(..) {
-            let name = t.thread().name().unwrap_or("vcpu").to_string();
-            if t.join().is_err() {
-                log::error!("{name} panicked");
+        let mut fds = Vec::new();
+        let mut lost = None;
+        for (index, t) in (0u32..).zip(self.threads.drain(..)) {
+            match t.join() {
+                Ok(fd) => fds.push(fd),
+                Err(_) => {
+                    log::error!("strait-vcpu{index} panicked");
+                    lost.get_or_insert(index);
+                }
             }
+        }
+        match lost {
+            None => Ok(fds),
+            Some(vcpu) => Err(Error::VcpuFailed {
+                vcpu,
+                what: "its thread panicked".into(),
+            }),
         }
     }
 
@@ -270,6 +324,7 @@ pub struct VmHandle {
     vcpus: u32,
     memory_mib: u64,
     hugepages: String,
+    boots: Arc<AtomicU32>,
     /// Host and guest addresses, IDs and BARs as placed at boot.
     devices: Vec<DeviceView>,
 }
@@ -292,7 +347,7 @@ impl VmControl for VmHandle {
             hugepages: self.hugepages.clone(),
             devices: self.devices.clone(),
             timeline: logger::timeline(),
-            boots: 1,
+            boots: self.boots.load(Ordering::SeqCst),
             exits: self.counters.snapshot().to_vec(),
         }
     }

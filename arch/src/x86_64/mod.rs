@@ -38,7 +38,7 @@ pub use boot_params::{
 };
 pub use cpuid::{add_emulated_features, patch_cpuid, phys_address_bits, EmulatedFeatures};
 pub use e820::{e820_table, E820Entry, E820Kind};
-pub use regs::{boot_fpu, boot_msrs, boot_regs, set_boot_sregs, set_lint};
+pub use regs::{boot_fpu, boot_msrs, boot_regs, set_boot_sregs, set_lint, KVM_PARAVIRT_MSRS};
 
 use vm_memory::GuestMemoryBackend;
 

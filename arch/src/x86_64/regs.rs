@@ -153,6 +153,22 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     ]
 }
 
+/// KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst): the guest writes guest
+/// physical addresses into them (kvmclock, wall clock, async page faults, steal time,
+/// PV EOI) and KVM keeps writing there until they are cleared. A reboot in place must
+/// put them back to their power-on values, or KVM writes into the next kernel's memory.
+pub const KVM_PARAVIRT_MSRS: [u32; 9] = [
+    0x11,        // MSR_KVM_WALL_CLOCK
+    0x12,        // MSR_KVM_SYSTEM_TIME
+    0x4b56_4d00, // MSR_KVM_WALL_CLOCK_NEW
+    0x4b56_4d01, // MSR_KVM_SYSTEM_TIME_NEW
+    0x4b56_4d02, // MSR_KVM_ASYNC_PF_EN
+    0x4b56_4d03, // MSR_KVM_STEAL_TIME
+    0x4b56_4d04, // MSR_KVM_PV_EOI_EN
+    0x4b56_4d05, // MSR_KVM_POLL_CONTROL (power-on value 1)
+    0x4b56_4d06, // MSR_KVM_ASYNC_PF_INT
+];
+
 fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let mut bytes = [0u8; 4];
     for (b, r) in bytes.iter_mut().zip(&lapic.regs[offset..offset + 4]) {

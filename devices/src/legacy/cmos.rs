@@ -120,6 +120,12 @@ impl Cmos {
         }
     }
 
+    /// A machine reset: the index register goes back to 0; the battery-backed RAM
+    /// keeps its bytes, as on a PC.
+    pub fn reset(&mut self) {
+        self.index = 0;
+    }
+
     fn register(&self, index: u8) -> u8 {
         let t = || DateTime::from_unix((self.clock)());
         match index {
@@ -174,6 +180,16 @@ mod tests {
         let mut d = [0u8];
         c.read(0x70, DATA, &mut d);
         d[0]
+    }
+
+    #[test]
+    fn reset_keeps_cmos_ram_and_clears_the_index() {
+        let mut c = Cmos::new(|| LEAP_DAY);
+        c.write(0x70, INDEX, &[0x30]);
+        c.write(0x70, DATA, &[0x5a]);
+        c.reset();
+        assert_eq!(c.index, 0);
+        assert_eq!(read_reg(&mut c, 0x30), 0x5a);
     }
 
     #[test]

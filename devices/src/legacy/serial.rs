@@ -76,6 +76,30 @@ impl<W: Write + Send> SerialPort<W> {
         }
     }
 
+    /// Back to the power-on register values (16550A data sheet, "reset" column):
+    /// interrupts off, 8N1, OUT2 set, scratch 0, receive FIFO emptied. Host input
+    /// typed before the reset is dropped with it.
+    pub fn reset(&mut self) {
+        const IER: u8 = 1;
+        const LCR: u8 = 3;
+        const MCR: u8 = 4;
+        const LSR: u8 = 5;
+        const SCR: u8 = 7;
+        const LSR_DATA_READY: u8 = 1;
+        for (reg, value) in [(LCR, 0x03), (IER, 0), (MCR, 0x08), (SCR, 0)] {
+            if let Err(e) = self.uart.write(reg, value) {
+                limited_debug!(OUTPUT_ERROR, "serial: reset: {e}");
+            }
+        }
+        // Bounded: the receive FIFO holds 64 bytes.
+        for _ in 0..128 {
+            if self.uart.read(LSR) & LSR_DATA_READY == 0 {
+                break;
+            }
+            self.uart.read(0);
+        }
+    }
+
     /// The output sink (tests read what the guest printed).
     pub fn writer(&self) -> &W {
         self.uart.writer()
@@ -141,6 +165,18 @@ mod tests {
         let mut d = [0u8];
         p.read(0x3f8, off, &mut d);
         d[0]
+    }
+
+    #[test]
+    fn reset_turns_interrupts_off_and_empties_the_receive_fifo() {
+        let mut p = port();
+        write(&mut p, IER, 0x0f);
+        assert_eq!(p.enqueue_input(b"abc"), 3);
+        assert_eq!(read(&mut p, LSR) & 1, 1);
+        p.reset();
+        assert_eq!(read(&mut p, IER), 0);
+        assert_eq!(read(&mut p, LSR) & 1, 0);
+        assert_eq!(read(&mut p, LCR), 0x03);
     }
 
     #[test]

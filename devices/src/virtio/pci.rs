@@ -485,9 +485,9 @@ impl VirtioPciTransport {
         })
     }
 
-    /// Device reset (status 0): the device stops first, then the transport forgets the
-    /// negotiation and the queues.
-    fn reset(&mut self) {
+    /// Device reset (status 0, or the machine's reset): the device stops first, then
+    /// the transport forgets the negotiation and the queues.
+    pub fn reset(&mut self) {
         lock(&self.device).reset();
         self.device_feature_select = 0;
         self.driver_feature_select = 0;

@@ -101,6 +101,22 @@ impl EmulatedMsix {
         self.emu.config_write(&self.cap.scratch, at, data.len());
     }
 
+    /// Back to the power-on state, as a reset leaves the function (PCI Local Bus 3.0,
+    /// 6.8.2.3 and 6.8.2.9): MSI-X and the function mask off, every table entry zero and
+    /// masked, nothing pending. Replayed through the model, so its router hears it.
+    pub(crate) fn power_on(&mut self) {
+        self.config_write(self.cap.at, 2, &[0, 0]);
+        let l = *self.emu.layout();
+        for v in 0..l.vectors {
+            let entry = u64::from(l.table_offset) + u64::from(v) * 16;
+            for (at, value) in [(0, 0u32), (4, 0), (8, 0), (12, 1)] {
+                self.emu
+                    .write(l.table_bir, entry + at, &value.to_le_bytes());
+            }
+            self.emu.set_pending(v, false);
+        }
+    }
+
     /// Spans of BAR `bar` that must trap: the table and the PBA.
     pub(crate) fn holes(&self, bar: u8) -> Vec<Span> {
         super::setup::msix_holes(self.emu.layout(), bar)
@@ -145,6 +161,16 @@ impl EmulatedMsi {
     pub(crate) fn config_write(&mut self, off: usize, offset: u64, data: &[u8]) {
         let at = self.cap.write(off, offset, data);
         self.emu.config_write(&mut self.cap.scratch, at, data.len());
+    }
+
+    /// Back to the power-on state (PCI Local Bus 3.0, 6.8.1): address, data and mask
+    /// bits zero, then MSI off with one vector enabled.
+    pub(crate) fn power_on(&mut self) {
+        let at = self.cap.at;
+        for off in (at + 4..at + self.cap.len).step_by(4) {
+            self.config_write(off, 0, &[0; 4]);
+        }
+        self.config_write(at, 2, &[0, 0]);
     }
 }
 

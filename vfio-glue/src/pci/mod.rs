@@ -16,9 +16,12 @@
 //! emulated, the rest is forwarded to the VFIO region. The ROM (index 6) is
 //! read through the ROM region.
 //!
-//! Lifetime: the device is reset when taken and when let go. Dropping it (on
-//! every exit path) turns interrupts off, clears bus mastering, resets, then
-//! drops its hold on the guest DMA mapping and closes the device.
+//! Lifetime: the device is reset when taken, when the guest reboots or resets
+//! its bus ([`VfioPciDevice::reset`]) and when let go; after each reset its
+//! config space must read back (a vendor ID of 0xffff means the card did not
+//! come back: [`Error::DeviceStuck`]). Dropping it (on every exit path) turns
+//! interrupts off, clears bus mastering, resets, then drops its hold on the
+//! guest DMA mapping and closes the device.
 
 mod emulated;
 #[cfg(test)]
@@ -90,6 +93,8 @@ pub struct VfioPciDevice {
     msix: Option<EmulatedMsix>,
     msi: Option<EmulatedMsi>,
     intx: Option<IntxLine>,
+    /// Where Strait placed each BAR (index, guest address): a reset puts them back.
+    placed: Vec<(u8, u64)>,
     torn_down: bool,
     // Dropped last, in this order: DMA stays mapped until the device is reset,
     // the device fd closes after.
@@ -104,14 +109,27 @@ fn cap_error(addr: HostPciAddress, what: &'static str, e: CapError) -> Error {
     }
 }
 
-/// Reset the device, or say loudly that it cannot be.
-fn reset_or_warn(ops: &dyn VfioDeviceOps, addr: HostPciAddress) {
+/// Reset the device, or say loudly that it cannot be; then check it still answers.
+fn reset_or_warn(ops: &dyn VfioDeviceOps, addr: HostPciAddress) -> Result<()> {
     if !ops.reset_supported() {
         warn!("{addr}: no reset mechanism (no FLR/PM reset); device state may leak between VMs");
-        return;
-    }
-    if let Err(source) = ops.reset() {
+    } else if let Err(source) = ops.reset() {
         warn!("{}", Error::Reset { addr, source });
+    }
+    check_alive(ops, addr)
+}
+
+/// A function that answers config reads with all ones after a reset is gone from the
+/// bus (PCIe Base 6.0, 2.3.2: a read to an absent function completes with all ones).
+pub fn check_alive(ops: &dyn VfioDeviceOps, addr: HostPciAddress) -> Result<()> {
+    let mut id = [0u8; 2];
+    match ops.region_read(CONFIG_REGION, 0, &mut id) {
+        Ok(()) if u16::from_le_bytes(id) != 0xffff => Ok(()),
+        Ok(()) => Err(Error::DeviceStuck { addr, source: None }),
+        Err(e) => Err(Error::DeviceStuck {
+            addr,
+            source: Some(e),
+        }),
     }
 }
 
@@ -126,7 +144,7 @@ impl VfioPciDevice {
         params: VfioPciParams,
     ) -> Result<Self> {
         let addr = params.addr;
-        reset_or_warn(&*ops, addr);
+        reset_or_warn(&*ops, addr)?;
         let cfg = setup::read_config(&*ops, addr)?;
         let size = if cfg.len() > 256 {
             ConfigSize::Pcie
@@ -159,6 +177,7 @@ impl VfioPciDevice {
             msix,
             msi,
             intx,
+            placed: Vec::new(),
             torn_down: false,
             _dma: dma,
             ops,
@@ -228,7 +247,10 @@ impl VfioPciDevice {
                 index,
                 gpa,
                 source,
-            })
+            })?;
+        self.placed.retain(|(i, _)| *i != index);
+        self.placed.push((index, gpa));
+        Ok(())
     }
 
     /// The BAR spans to register as KVM memory slots (at the BAR's current
@@ -319,6 +341,46 @@ impl VfioPciDevice {
         if std::mem::replace(&mut self.torn_down, true) {
             return;
         }
+        self.quiesce();
+        match reset_or_warn(&*self.ops, self.addr) {
+            Ok(()) => info!("{}: released", self.addr),
+            Err(e) => error!("{e}"),
+        }
+    }
+
+    /// Reset the function in place, as a machine reset or the guest's secondary bus
+    /// reset does: interrupts off, bus mastering off, VFIO reset, then the guest's view
+    /// back to power-on (command 0, BARs where Strait placed them, MSI and MSI-X off
+    /// and masked) and INTx wired again. The caller unmaps the BARs first (decode is
+    /// off afterwards). Fails when the function does not answer after the reset.
+    pub fn reset(&mut self) -> Result<()> {
+        self.quiesce();
+        reset_or_warn(&*self.ops, self.addr)?;
+        let command = regs::COMMAND / 4;
+        self.shadow.write(command, 0, &[0, 0]);
+        for (index, gpa) in self.placed.clone() {
+            self.place_bar(index, gpa)?;
+        }
+        if let Some(m) = self.msix.as_mut() {
+            m.power_on();
+        }
+        if let Some(m) = self.msi.as_mut() {
+            m.power_on();
+        }
+        self.sync_irqs();
+        if let Some(i) = self.intx.as_mut() {
+            i.enable(&*self.ops).map_err(|source| Error::SetIrqs {
+                addr: self.addr,
+                index: IrqIndex::Intx as u32,
+                source,
+            })?;
+        }
+        info!("{}: reset", self.addr);
+        Ok(())
+    }
+
+    /// Interrupts off and bus mastering off: the device stops raising and DMA-ing.
+    fn quiesce(&mut self) {
         let ops = &*self.ops;
         let addr = self.addr;
         let off = |what: &str, r: std::io::Result<()>| {
@@ -340,8 +402,6 @@ impl VfioPciDevice {
         if cmd != 0xffff && cmd & COMMAND_BUS_MASTER != 0 {
             self.device_write(COMMAND, &(cmd & !COMMAND_BUS_MASTER).to_le_bytes());
         }
-        reset_or_warn(ops, addr);
-        info!("{addr}: released");
     }
 
     fn write_command(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {

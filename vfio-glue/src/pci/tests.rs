@@ -419,3 +419,80 @@ fn device_without_reset_is_not_reset_on_teardown() {
         index: IrqIndex::Intx
     }));
 }
+
+#[test]
+fn reset_brings_the_guest_view_back_to_power_on() {
+    let mut f = fixture();
+    f.dev.place_bar(0, 0xc000_0000).unwrap();
+    f.write(0x10, &0xc004_0000u32.to_le_bytes());
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.msix_control(0x8000);
+    f.msix_entry(0, false);
+    f.log.take();
+    f.dev.reset().unwrap();
+    let calls = f.log.calls();
+    assert!(calls.contains(&Call::Reset));
+    assert!(calls.contains(&Call::IrqDisable {
+        index: IrqIndex::Msix
+    }));
+    assert_eq!(f.read(0x04) & 0xffff, 0, "command back to 0");
+    assert_eq!(f.read(0x10) & !0xf, 0xc000_0000, "BAR 0 back where placed");
+    assert_eq!(
+        f.read(0x70) >> 16 & 0xc000,
+        0,
+        "MSI-X and function mask off"
+    );
+    let (t, _) = f.vmm.intx_fds.unwrap();
+    assert!(f.log.irq_calls().contains(&Call::IrqTrigger {
+        index: IrqIndex::Intx,
+        start: 0,
+        fds: vec![t]
+    }));
+}
+
+#[test]
+fn reset_masks_every_msix_vector() {
+    let mut f = fixture();
+    f.msix_control(0x8000);
+    f.msix_entry(1, false);
+    f.dev.reset().unwrap();
+    let mut ctrl = [0u8; 4];
+    f.dev.bar_read(0, 0x2000 + 16 + 12, &mut ctrl);
+    assert_eq!(u32::from_le_bytes(ctrl) & 1, 1);
+    let mut addr = [0u8; 4];
+    f.dev.bar_read(0, 0x2000 + 16, &mut addr);
+    assert_eq!(addr, [0; 4]);
+}
+
+#[test]
+fn a_card_stuck_after_reset_is_refused_at_take() {
+    let log = CallLog::default();
+    let dev = fake(&log, &config());
+    dev.stuck_after_reset()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mapper = Arc::new(crate::fake::FakeDmaMapper::new(log.clone(), Vec::new()));
+    let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[]).unwrap_or_default();
+    let dma = GuestDma::map(mapper, &mem).unwrap();
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+    };
+    let r = VfioPciDevice::new(Box::new(dev), dma, &mut Vmm::default(), params);
+    assert!(matches!(r, Err(Error::DeviceStuck { source: None, .. })));
+}
+
+#[test]
+fn a_card_stuck_after_a_later_reset_fails_that_reset() {
+    let log = CallLog::default();
+    let dev = fake(&log, &config());
+    let stuck = dev.stuck_after_reset();
+    let mut f = build(dev, log, false);
+    stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = f.dev.reset().unwrap_err();
+    assert!(matches!(e, Error::DeviceStuck { .. }));
+    let line = e.to_string();
+    assert!(
+        line.contains("0000:01:00.0") && line.contains("reset_method"),
+        "{line}"
+    );
+}

@@ -134,7 +134,7 @@ impl Passthrough {
                 log::info!("{}: BAR {} at {:#x}", f.label, bar.index, bar.addr);
             }
         }
-        self.ports = crate::pci_layout::root_ports(map)?;
+        self.ports = crate::pci_layout::RootPorts::build(map)?;
         Ok(())
     }
 }

@@ -5,8 +5,8 @@
 //!   ACPI `_CRS` announces (I/O BARs in the I/O window, memory BARs in the 32- or 64-bit
 //!   window) and never over guest RAM. Linux keeps BARs where Strait placed them; the
 //!   rule is for guests that move them.
-//! - [`ConfigEffects`]: the effects of guest config writes (BAR moves, decode switches)
-//!   queue here. The ECAM and CF8 handlers run under a bus read lock and must not take a
+//! - [`ConfigEffects`]: the effects of guest config writes (BAR moves, decode switches,
+//!   a root port's Secondary Bus Reset, PCI-to-PCI Bridge 1.2, 3.2.5.18) queue here. The ECAM and CF8 handlers run under a bus read lock and must not take a
 //!   bus write lock, so they only record; the vCPU applies the queue after the dispatch
 //!   ([`super::BarMapper::apply_pending`]).
 
@@ -63,20 +63,34 @@ impl BarWindows {
     }
 }
 
-/// Config-write effects waiting for the vCPU to apply them, per passthrough function.
+/// A queued config-write effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A write to passthrough function `i` (BAR moves, decode switches).
+    Function(usize, ConfigWriteResult),
+    /// The guest set Secondary Bus Reset on passthrough root port `i`: the functions
+    /// behind it are reset.
+    BusReset(usize),
+}
+
+/// Config-write effects waiting for the vCPU to apply them.
 #[derive(Debug, Default)]
 pub struct ConfigEffects {
-    queued: Mutex<Vec<(usize, ConfigWriteResult)>>,
+    queued: Mutex<Vec<Effect>>,
     pending: AtomicBool,
 }
 
 impl ConfigEffects {
     pub(crate) fn push(&self, function: usize, result: ConfigWriteResult) {
-        lock(&self.queued).push((function, result));
+        self.push_effect(Effect::Function(function, result));
+    }
+
+    fn push_effect(&self, effect: Effect) {
+        lock(&self.queued).push(effect);
         self.pending.store(true, Ordering::Release);
     }
 
-    pub(crate) fn take(&self) -> Vec<(usize, ConfigWriteResult)> {
+    pub(crate) fn take(&self) -> Vec<Effect> {
         // Every vCPU asks after every exit: a plain load keeps the common case from
         // writing the shared cache line.
         if !self.pending.load(Ordering::Acquire) || !self.pending.swap(false, Ordering::AcqRel) {
@@ -87,20 +101,28 @@ impl ConfigEffects {
 
     /// The handler for an ECAM or CF8 front-end over `root`. It finds the function by
     /// identity, not by address, so a guest that renumbers buses still reaches it.
-    /// `functions[i]` is passthrough function `i` as attached to `root`.
+    /// `functions[i]` is passthrough function `i` and `ports[i]` passthrough root port
+    /// `i` as attached to `root`.
     pub fn handler(
         self: &Arc<Self>,
         root: Arc<PciRoot>,
         functions: Vec<SharedPciDevice>,
+        ports: Vec<SharedPciDevice>,
     ) -> ConfigWriteHandler {
         let effects = self.clone();
         let ids: Vec<usize> = functions.iter().map(identity).collect();
+        let port_ids: Vec<usize> = ports.iter().map(identity).collect();
         Box::new(move |bdf: Bdf, result| {
             let Some(dev) = root.device(bdf) else {
                 return;
             };
-            if let Some(i) = ids.iter().position(|&id| id == identity(&dev)) {
+            let id = identity(&dev);
+            if let Some(i) = ids.iter().position(|&x| x == id) {
                 effects.push(i, result);
+            } else if let Some(i) = port_ids.iter().position(|&x| x == id) {
+                if result.secondary_bus_reset {
+                    effects.push_effect(Effect::BusReset(i));
+                }
             }
         })
     }
@@ -178,7 +200,7 @@ mod tests {
             ..Default::default()
         };
         e.push(1, r.clone());
-        assert_eq!(e.take(), vec![(1, r)]);
+        assert_eq!(e.take(), vec![Effect::Function(1, r)]);
         assert!(e.take().is_empty());
     }
 }

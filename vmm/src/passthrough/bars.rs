@@ -13,6 +13,11 @@
 //! queues them ([`ConfigEffects`]); the vCPU applies the queue after the dispatch
 //! ([`BarMapper::apply_pending`]), before it re-enters the guest.
 //!
+//! A Secondary Bus Reset the guest sets on a root port resets the functions behind it
+//! here too ([`BarMapper::apply_pending`]): their BARs go dead, each is reset through
+//! VFIO (outside every bus lock) and comes back with decode off, as real functions do
+//! after a bus reset; the guest's driver then restores their config space.
+//!
 //! A move the rules of [`BarWindows::check`] refuse (onto RAM, outside the host bridge
 //! windows), or that KVM or the bus refuses (an overlap), keeps the old mapping; the
 //! refusal is logged (rate-limited) and the VM goes on.
@@ -27,7 +32,7 @@ use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX
 use resources::LogLimiter;
 use vfio_glue::VfioPciDevice;
 
-use super::bar_rules::{BarWindows, ConfigEffects};
+use super::bar_rules::{BarWindows, ConfigEffects, Effect};
 use crate::io_buses::IoBuses;
 use crate::slots::{MemorySlots, SlotPool};
 
@@ -78,6 +83,8 @@ struct MapperState {
     buses: IoBuses,
     windows: BarWindows,
     functions: Vec<FunctionBars>,
+    /// The functions behind each passthrough root port, by index.
+    behind_ports: Vec<Vec<usize>>,
 }
 
 /// The BAR mappings of every passed-through function.
@@ -101,6 +108,8 @@ pub struct BarMapperParams {
     pub windows: BarWindows,
     /// Where the config-write handlers queue their effects.
     pub effects: Arc<ConfigEffects>,
+    /// The functions (indices in the mapper's list) behind each root port.
+    pub behind_ports: Vec<Vec<usize>>,
 }
 
 impl BarMapper {
@@ -135,6 +144,7 @@ impl BarMapper {
             buses: p.buses,
             windows: p.windows,
             functions,
+            behind_ports: p.behind_ports,
         };
         BarMapper {
             state: Mutex::new(state),
@@ -150,9 +160,29 @@ impl BarMapper {
             return;
         }
         let mut st = lock(&self.state);
-        for (function, result) in queued {
-            st.apply(function, &result);
+        for effect in queued {
+            match effect {
+                Effect::Function(function, result) => st.apply(function, &result),
+                Effect::BusReset(port) => st.bus_reset(port),
+            }
         }
+    }
+
+    /// A machine reset: forget queued effects, then reset every function (BARs dead,
+    /// VFIO reset, guest view at power-on). Every function is tried; the first failure
+    /// is returned.
+    pub fn reset_all(&self) -> Result<(), vfio_glue::Error> {
+        drop(self.effects.take());
+        let mut st = lock(&self.state);
+        let mut first = Ok(());
+        for f in 0..st.functions.len() {
+            if let Err(e) = st.reset_function(f) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
     }
 
     /// Remove every slot and trap (before the devices and their mmaps go away).
@@ -176,6 +206,44 @@ impl BarMapper {
 }
 
 impl MapperState {
+    /// The guest's Secondary Bus Reset on root port `port`. A card that does not come
+    /// back is a host problem the guest cannot report: said loudly, once per reset.
+    fn bus_reset(&mut self, port: usize) {
+        let behind = self.behind_ports.get(port).cloned().unwrap_or_default();
+        for f in behind {
+            log::info!(
+                "{}: secondary bus reset by the guest",
+                self.functions[f].label
+            );
+            if let Err(e) = self.reset_function(f) {
+                log::error!(
+                    "{}: after the guest's bus reset: {e}",
+                    self.functions[f].label
+                );
+            }
+        }
+    }
+
+    /// Unmap function `f`'s BARs, reset it, and track it at power-on: decode off, BARs
+    /// where Strait placed them.
+    fn reset_function(&mut self, f: usize) -> Result<(), vfio_glue::Error> {
+        for b in 0..self.functions[f].bars.len() {
+            self.unmap(f, b);
+        }
+        let func = &mut self.functions[f];
+        let res = lock(&func.dev).reset();
+        func.mem_on = false;
+        func.io_on = false;
+        let placed = lock(&func.dev).bars();
+        for bar in &mut func.bars {
+            if let Some(p) = placed.iter().find(|p| p.index == bar.info.index) {
+                bar.info = *p;
+                bar.target = p.addr;
+            }
+        }
+        res
+    }
+
     fn apply(&mut self, f: usize, result: &ConfigWriteResult) {
         let Some(func) = self.functions.get_mut(f) else {
             return;

@@ -14,7 +14,10 @@
 //!    its BARs out and build the root ports; after RAM;
 //! 4. [`Passthrough::start`]: the BAR mapper (`bars.rs`, rules in `bar_rules.rs`) makes
 //!    BARs live as the guest enables decode; the vCPUs call [`Passthrough::bars`];
-//! 5. [`Passthrough::shutdown`]: BAR slots and traps out, each function quiet and reset.
+//! 5. [`Passthrough::reset`] when the guest reboots in place: BARs dead, every function
+//!    reset through VFIO and checked, its guest view at power-on, the root ports as
+//!    planned; guest RAM stays DMA-mapped;
+//! 6. [`Passthrough::shutdown`]: BAR slots and traps out, each function quiet and reset.
 
 mod attach;
 mod bar_rules;
@@ -33,11 +36,12 @@ use vfio_glue::{check_memlock, HostDevice, HostPaths, HostPciAddress, VfioBacken
 use vfio_glue::{Container, VfioPciDevice};
 
 pub use attach::AttachParams;
-pub use bar_rules::{BarWindows, ConfigEffects, Refusal};
+pub use bar_rules::{BarWindows, ConfigEffects, Effect, Refusal};
 pub use bars::BarMapper;
 
 use crate::device_manager::PciFunctions;
 use crate::io_buses::IoBuses;
+use crate::pci_layout::RootPorts;
 use crate::slots::{MemorySlots, SlotPool};
 
 /// Failures passing devices through. Host-check variants keep vfio-glue's message,
@@ -139,7 +143,7 @@ pub struct Passthrough {
     /// Opened device fds by host address, until [`Passthrough::attach`] takes them.
     backends: Vec<(HostPciAddress, VfioBackend)>,
     /// After attach: root ports, in topology order, and the functions.
-    ports: Vec<(Bdf, SharedPciDevice)>,
+    ports: RootPorts,
     functions: Vec<(Bdf, Function)>,
     acpi: Option<PciWindows>,
     /// After attach: where every slot's BARs went, the extra slots' included.
@@ -194,7 +198,7 @@ impl Passthrough {
             topology,
             hosts,
             backends,
-            ports: Vec::new(),
+            ports: RootPorts::default(),
             functions: Vec::new(),
             acpi: None,
             map: None,
@@ -226,13 +230,19 @@ impl Passthrough {
             .iter()
             .map(|(bdf, f)| (*bdf, f.dev.clone() as SharedPciDevice));
         PciFunctions {
-            functions: self.ports.iter().cloned().chain(endpoints).collect(),
+            functions: self
+                .ports
+                .functions()
+                .into_iter()
+                .chain(endpoints)
+                .collect(),
             effects: Some(effects.clone()),
             watched: self
                 .functions
                 .iter()
                 .map(|(_, f)| f.dev.clone() as SharedPciDevice)
                 .collect(),
+            watched_ports: self.ports.shared(),
         }
     }
 
@@ -254,6 +264,7 @@ impl Passthrough {
             buses: buses.clone(),
             windows,
             effects,
+            behind_ports: self.behind_ports(),
         };
         let watched = self
             .functions
@@ -261,6 +272,36 @@ impl Passthrough {
             .map(|(_, f)| (f.label.clone(), f.dev.clone()))
             .collect();
         self.bars = Some(Arc::new(BarMapper::new(params, watched)));
+    }
+
+    /// For each passthrough root port (topology order), the indices in `functions` of
+    /// the functions behind it.
+    fn behind_ports(&self) -> Vec<Vec<usize>> {
+        self.topology
+            .ports
+            .iter()
+            .take(self.hosts.len())
+            .map(|port| {
+                (0..self.functions.len())
+                    .filter(|&i| port.functions.contains(&self.functions[i].0))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A machine reset (reboot in place): every function reset and checked (the first
+    /// that does not come back fails it), the root ports rebuilt as planned. Guest RAM
+    /// stays DMA-mapped and the GSIs stay allocated.
+    pub fn reset(&self) -> Result<(), PassthroughError> {
+        match &self.bars {
+            Some(bars) => bars.reset_all()?,
+            None => {
+                for (_, f) in &self.functions {
+                    lock(&f.dev).reset()?;
+                }
+            }
+        }
+        self.ports.reset()
     }
 
     /// The BAR mapper the vCPUs apply config-write effects through (after start).

@@ -104,6 +104,7 @@ fn mapper() -> (
         buses: buses.clone(),
         windows: windows(),
         effects: Arc::default(),
+        behind_ports: vec![vec![0]],
     };
     let m = BarMapper::new(params, vec![("f".into(), dev.clone())]);
     (m, slots, buses, dev)
@@ -225,7 +226,7 @@ fn guest_config_write_reaches_the_mapper_through_the_handler() {
         .unwrap();
     root.add_device(bdf, shared.clone()).unwrap();
     let root = Arc::new(root);
-    let handler = m.effects.handler(root.clone(), vec![shared]);
+    let handler = m.effects.handler(root.clone(), vec![shared], Vec::new());
     let mut ecam = PciEcam::new(root, Some(handler));
     // Command register of 01:00.0: memory space enable.
     ecam.write(0, 1 << 20 | 4, &[0x02, 0x00]);
@@ -242,4 +243,42 @@ fn trapped_io_bar_reaches_the_function() {
     assert!(buses.pio().read(IO_BAR + 4, &mut d));
     // The fake's region holds zeros.
     assert_eq!(d, [0; 4]);
+}
+
+#[test]
+fn secondary_bus_reset_on_the_port_resets_the_function_behind_it() {
+    let (m, slots, buses, dev) = mapper();
+    let shared: SharedPciDevice = dev.clone();
+    let port = devices::pci::RootPort::new(devices::pci::RootPortConfig::new(0, 1)).unwrap();
+    let port: SharedPciDevice = Arc::new(Mutex::new(port));
+    let mut root = PciRoot::new(0);
+    root.add_device("00:01.0".parse().unwrap(), port.clone())
+        .unwrap();
+    root.add_device("01:00.0".parse().unwrap(), shared.clone())
+        .unwrap();
+    let root = Arc::new(root);
+    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
+    let mut ecam = PciEcam::new(root, Some(handler));
+    ecam.write(0, 1 << 20 | 4, &[0x03, 0x00]);
+    m.apply_pending();
+    assert!(!slots.live().is_empty());
+    // Bridge Control (0x3e) of 00:01.0: Secondary Bus Reset.
+    ecam.write(0, 1 << 15 | 0x3e, &[0x40, 0x00]);
+    m.apply_pending();
+    assert!(slots.live().is_empty(), "BARs dead after the bus reset");
+    assert!(buses.pio().resolve(IO_BAR).is_none());
+    assert_eq!(lock(&dev).config_read(1) & 0xffff, 0, "decode off");
+}
+
+#[test]
+fn reset_all_brings_moved_bars_back_to_their_placement() {
+    let (m, slots, _, dev) = mapper();
+    apply(&m, decode(Some(true), None));
+    lock(&dev).config_write(4, 0, &0xd000_0000u32.to_le_bytes());
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    m.reset_all().unwrap();
+    assert!(slots.live().is_empty());
+    assert_eq!(lock(&dev).config_read(4) & !0xf, BAR0 as u32);
+    apply(&m, decode(Some(true), None));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
 }
