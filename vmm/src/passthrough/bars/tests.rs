@@ -243,3 +243,19 @@ fn trapped_io_bar_reaches_the_function() {
     // The fake's region holds zeros.
     assert_eq!(d, [0; 4]);
 }
+
+#[test]
+fn a_guest_retrying_a_refused_move_leaves_the_log_small() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    // SAFETY: the fake does not touch host memory.
+    unsafe { slots.add(99, 0xd000_0000, 0x1000, 0) }.unwrap();
+    let lines = resources::testing::lines_logged_by(|| {
+        for _ in 0..10_000 {
+            apply(&m, moved(0, BAR0, 0xd000_0000));
+            apply(&m, moved(0, BAR0, 0x1000));
+        }
+    });
+    assert!(lines <= 3 * 20, "{lines} lines for 20,000 refused moves");
+    assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+}
