@@ -199,7 +199,27 @@ fn collect(ctx: &RunContext<'_>, work_dir: &Path, l0_run: L0Run) -> Outcome {
 
 fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
     let name = check.name().to_string();
+    let read = |file: &str| fs::read_to_string(work_dir.join(file)).unwrap_or_default();
     match check {
+        HostCheck::VmmSandboxed => {
+            let (passed, detail) = sandbox_verdict(&read("vmm-sandbox.txt"));
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
+        HostCheck::VmmLogLines { max } => {
+            let lines = read("l2-console.log")
+                .lines()
+                .filter(|l| l.starts_with("strait:"))
+                .count();
+            CheckResult {
+                name,
+                passed: lines <= max,
+                detail: format!("{lines} log lines (at most {max})"),
+            }
+        }
         HostCheck::IvshmemWord { value } => {
             let path = work_dir.join(l0::IVSHMEM_FILE);
             let mut word = [0u8; 4];
@@ -224,6 +244,41 @@ fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
                 },
             }
         }
+    }
+}
+
+/// Judge L1's sample of the VMM's threads (`NAME CapEff: X NoNewPrivs: Y Seccomp: Z`
+/// per line): every thread filtered, no_new_privs, no effective capability.
+pub(crate) fn sandbox_verdict(sample: &str) -> (bool, String) {
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return (
+            false,
+            "L1 took no sample of the VMM's threads while L2 ran".into(),
+        );
+    }
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            !(l.contains("Seccomp: 2")
+                && l.contains("NoNewPrivs: 1")
+                && l.contains("CapEff: 0000000000000000"))
+        })
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if bad.is_empty() {
+        let detail = format!(
+            "{} threads filtered, no capabilities: {}",
+            lines.len(),
+            names.join(" ")
+        );
+        (true, detail)
+    } else {
+        (false, format!("not sandboxed: {}", bad.join("; ")))
     }
 }
 
@@ -300,4 +355,19 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_verdict_wants_every_thread_filtered_without_capabilities() {
+        let good = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n\
+                    strait-vcpu0 CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
+        assert!(sandbox_verdict(good).0);
+        let root = "strait CapEff: 000001ffffffffff NoNewPrivs: 0 Seccomp: 0 \n";
+        assert!(!sandbox_verdict(&format!("{good}{root}")).0);
+        assert!(!sandbox_verdict("").0);
+    }
 }

@@ -51,6 +51,14 @@ pub enum HostCheck {
         /// The expected little-endian value.
         value: u32,
     },
+    /// Every thread of the VMM, sampled by L1 while L2 ran, had a seccomp filter
+    /// (`Seccomp: 2`), no_new_privs and no effective capability.
+    VmmSandboxed,
+    /// The VMM wrote at most this many log lines (`strait:` on its stderr).
+    VmmLogLines {
+        /// The most lines allowed.
+        max: usize,
+    },
 }
 
 impl HostCheck {
@@ -58,6 +66,38 @@ impl HostCheck {
     pub fn name(self) -> &'static str {
         match self {
             HostCheck::IvshmemWord { .. } => "ivshmem-backing",
+            HostCheck::VmmSandboxed => "vmm-sandboxed",
+            HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+        }
+    }
+}
+
+/// A static std-only program built from `integration/src/bin/` into L2's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestTool {
+    /// `hostile`: abuses config space, BARs and MSI-X of every PCI function.
+    Hostile,
+}
+
+impl GuestTool {
+    /// Its name (crate and cache name).
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => "hostile",
+        }
+    }
+
+    /// Where it sits in L2's image.
+    pub fn image_path(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => "bin/hostile",
+        }
+    }
+
+    /// Its source text.
+    pub fn source(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => include_str!("bin/hostile.rs"),
         }
     }
 }
@@ -81,6 +121,8 @@ pub struct Scenario {
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
     pub host_checks: Vec<HostCheck>,
+    /// Programs built into L2's image.
+    pub tools: Vec<GuestTool>,
     /// Wall-clock limit for the whole L0 run.
     pub timeout: Duration,
 }
@@ -89,7 +131,15 @@ pub struct Scenario {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: &[&str] = &["nvme", "boot", "boot-1g", "passthrough", "nvme-intx", "edu"];
+pub const BUILTIN: &[&str] = &[
+    "nvme",
+    "boot",
+    "boot-1g",
+    "passthrough",
+    "nvme-intx",
+    "edu",
+    "hostile",
+];
 
 impl Scenario {
     /// A scenario with no devices or checks and the defaults of the baseline.
@@ -103,6 +153,7 @@ impl Scenario {
             cmdline_extra: String::new(),
             checks: Vec::new(),
             host_checks: Vec::new(),
+            tools: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -116,6 +167,7 @@ impl Scenario {
             "passthrough" => Ok(passthrough()),
             "nvme-intx" => Ok(nvme_intx()),
             "edu" => Ok(edu()),
+            "hostile" => Ok(hostile()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -248,6 +300,34 @@ pub fn edu() -> Scenario {
     s.checks = vec![checks::edu_mmio()];
     s
 }
+
+/// A hostile guest: `hostile` writes every config offset with every size on every
+/// function (nvme, edu, their root ports, the host bridge), moves the BARs onto RAM and
+/// onto each other and toggles the MSI-X function mask in a loop; then nvme must still
+/// work, the VMM must have kept its log short, and L1 must have seen every VMM thread
+/// sandboxed while the guest ran.
+pub fn hostile() -> Scenario {
+    let mut s = Scenario::new("hostile");
+    s.devices = vec![Device::Nvme, Device::Edu];
+    s.tools = vec![GuestTool::Hostile];
+    s.checks = vec![
+        checks::hostile(),
+        checks::nvme_bound(),
+        checks::nvme_pattern(),
+    ];
+    s.host_checks = vec![
+        HostCheck::VmmSandboxed,
+        HostCheck::VmmLogLines {
+            max: HOSTILE_MAX_LOG_LINES,
+        },
+    ];
+    s.timeout = Duration::from_secs(420);
+    s
+}
+
+/// The most lines a VMM may log through the `hostile` run: its setup and teardown
+/// lines (about 35 with two devices) plus a few rate-limited lines per kind of abuse.
+pub const HOSTILE_MAX_LOG_LINES: usize = 150;
 
 #[cfg(test)]
 mod tests {

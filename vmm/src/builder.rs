@@ -21,6 +21,7 @@ use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
 use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
+use crate::sandbox::{self, ThreadKind};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
@@ -132,6 +133,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .start_console_input()
         .map_err(VmError::ConsoleInput)?;
     logger::mark(phase::VCPUS_STARTED);
+    // Last: threads started after this would inherit the main thread's filter.
+    sandbox::enter(ThreadKind::Main)?;
     Ok(vm)
 }
 

@@ -13,6 +13,7 @@ use crate::device_manager::DeviceError;
 use crate::host::HostError;
 use crate::memory::MemoryError;
 use crate::passthrough::PassthroughError;
+use crate::sandbox::SandboxError;
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
 
@@ -73,6 +74,7 @@ Exit codes:
  16  passthrough: locked-memory limit (ulimit -l) below guest RAM
 130  stopped by SIGINT (after an orderly teardown)
 143  stopped by SIGTERM (after an orderly teardown)
+159  a thread made a syscall its seccomp filter forbids (one line names it)
 `strait check` has its own: 0 all OK, 1 some WARN, 2 some FAIL.";
 
 /// Everything `strait` can fail with.
@@ -98,6 +100,8 @@ pub enum Error {
     Vm(#[from] VmError),
     #[error(transparent)]
     Passthrough(#[from] PassthroughError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -164,6 +168,8 @@ impl Error {
             Error::Vm(e) if e.is_host_problem() => ExitCode::Host,
             Error::Boot(_) => ExitCode::Kernel,
             Error::Devices(_) | Error::Vcpu(_) | Error::Vm(_) => ExitCode::Fatal,
+            Error::Sandbox(SandboxError::Privileges { .. }) => ExitCode::Host,
+            Error::Sandbox(_) => ExitCode::Fatal,
             Error::GuestFatal { .. } | Error::VcpuFailed { .. } => ExitCode::Fatal,
         }
     }

@@ -6,7 +6,8 @@
 //! [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit). [`error`] maps every
 //! failure to an exit code; [`logger`] writes stderr and the boot timeline; [`files`] opens
 //! the files a spec names without blocking. [`check`] is `strait check`, the host
-//! preflight that needs no spec.
+//! preflight that needs no spec. [`sandbox`] is what each thread gives up once the
+//! guest runs (seccomp, capabilities, Landlock, `--user`).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -24,6 +25,7 @@ pub mod io_buses;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;
+pub mod sandbox;
 pub mod slots;
 pub mod spec;
 pub mod stop;

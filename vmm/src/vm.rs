@@ -23,6 +23,7 @@ use crate::exits::{ExitCounters, StopReason};
 use crate::logger::{self, phase};
 use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
+use crate::sandbox::{self, ThreadKind};
 use crate::stop::StopSignal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
@@ -69,20 +70,35 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
     }
     std::thread::Builder::new()
         .name("strait-signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `sig` is ours to write.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
+        .spawn(move || {
+            if let Err(e) = sandbox::enter(ThreadKind::Signals) {
+                log::error!("signal thread: {}", Error::from(e).one_line());
+                stop.stop(StopReason::HostFailure {
+                    vcpu: 0,
+                    what: "the signal thread cannot enter the sandbox".into(),
+                });
+                return;
             }
-            if stop.is_stopping() {
-                log::warn!("signal {sig} while stopping; teardown is under way");
-            } else {
-                log::info!("signal {sig}: stopping the VM");
-            }
-            stop.stop(StopReason::Signal(sig));
+            wait_for_signals(&set, &stop)
         })
         .map(drop)
+}
+
+/// Turn each SIGINT/SIGTERM in `set` into a stop request, forever.
+fn wait_for_signals(set: &libc::sigset_t, stop: &StopSignal) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` is ours to write.
+        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
+            continue;
+        }
+        if stop.is_stopping() {
+            log::warn!("signal {sig} while stopping; teardown is under way");
+        } else {
+            log::info!("signal {sig}: stopping the VM");
+        }
+        stop.stop(StopReason::Signal(sig));
+    }
 }
 
 /// What a [`Vm`] is made of.
