@@ -251,11 +251,9 @@ fn host_check(check: HostCheck, work_dir: &Path) -> CheckResult {
 /// per line): every thread filtered, no_new_privs, no effective capability.
 pub(crate) fn sandbox_verdict(sample: &str) -> (bool, String) {
     let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return (
-            false,
-            "L1 took no sample of the VMM's threads while L2 ran".into(),
-        );
+    if !lines.iter().any(|l| l.contains("vcpu")) {
+        let detail = format!("L1 took no sample with vCPU threads while L2 ran: {sample:?}");
+        return (false, detail);
     }
     let bad: Vec<&str> = lines
         .iter()
@@ -369,5 +367,7 @@ mod tests {
         let root = "strait CapEff: 000001ffffffffff NoNewPrivs: 0 Seccomp: 0 \n";
         assert!(!sandbox_verdict(&format!("{good}{root}")).0);
         assert!(!sandbox_verdict("").0);
+        let main_only = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
+        assert!(!sandbox_verdict(main_only).0, "taken after the vCPUs left");
     }
 }

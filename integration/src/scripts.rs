@@ -113,7 +113,8 @@ while kill -0 $vmm 2>/dev/null; do
 	[ $out = 0 ] && [ -s /tmp/l2-console.log ] && { out=1; mark l2-output; }
 	if [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log; then seen=1; mark l2-init; fi
 	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
-	[ $seen = 1 ] && [ $((n % 4)) = 0 ] && sandbox_status $vmm
+	# Sampled while L2 runs: once it is done, vCPU threads start going away.
+	[ $seen = 1 ] && [ $((n % 4)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log && sandbox_status $vmm
 	usleep 500000
 done
 wait $vmm; rc=$?

@@ -6,6 +6,10 @@
 //! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
 //! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
 //!   above 4 GiB, written by L2 and found in L0's backing file) at once.
+//! - `hostile`: L2 writes every config offset with every size on every function, moves
+//!   BARs onto RAM and onto each other and toggles the MSI-X function mask in a loop;
+//!   Strait keeps running with a short log, nvme still works, and L1 sees every Strait
+//!   thread under seccomp with no_new_privs and no capabilities while L2 runs.
 //! - ten `boot` launches in a row in one L1 boot, QEMU's interleaved for the ratio of
 //!   wall times (issue 3's acceptance run); timings are printed, never asserted.
 //!
@@ -72,6 +76,11 @@ fn strait_boots_l2() {
 #[test]
 fn strait_passes_nvme_through_to_l2() {
     run_with_strait(scenario::nvme());
+}
+
+#[test]
+fn strait_survives_a_hostile_guest_sandboxed() {
+    run_with_strait(scenario::hostile());
 }
 
 #[test]

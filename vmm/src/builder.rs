@@ -83,7 +83,7 @@ pub struct BootInfo {
 pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     // Read while RAM is prefaulted: both take long, and neither needs the other.
     let files = KernelFiles::spawn_read(&spec.kernel);
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let kvm = crate::preopened::open_kvm().map_err(VmError::OpenKvm)?;
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
     let cpuid = supported_cpuid(&kvm)?;

@@ -66,6 +66,10 @@ pub enum Command {
         /// defaults to the UID). Needs root to start; see README, "Running unprivileged".
         #[arg(long, value_name = "UID[:GID]")]
         user: Option<RunAs>,
+        /// Use this inherited file descriptor as /dev/kvm instead of opening it (a
+        /// privileged launcher opened it; see README, "Running unprivileged").
+        #[arg(long, value_name = "FD")]
+        kvm_fd: Option<i32>,
     },
     /// Check SPEC and the host resources it names without starting anything.
     ///
@@ -154,7 +158,11 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             spec,
             seccomp,
             user,
+            kvm_fd,
         } => {
+            if let Some(fd) = kvm_fd {
+                crate::preopened::set_kvm_fd(*fd)?;
+            }
             sandbox::configure(SandboxConfig {
                 seccomp: *seccomp,
                 run_as: *user,
@@ -218,7 +226,7 @@ mod tests {
         let cli = Cli::try_parse_from(["strait", "-vv", "run", "vm.json"]).unwrap();
         assert_eq!(cli.verbose, 2);
         assert!(
-            matches!(cli.command, Command::Run { ref spec, seccomp: SeccompMode::On, user: None }
+            matches!(cli.command, Command::Run { ref spec, seccomp: SeccompMode::On, user: None, kvm_fd: None }
                 if spec == Path::new("vm.json"))
         );
     }

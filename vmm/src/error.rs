@@ -13,6 +13,7 @@ use crate::device_manager::DeviceError;
 use crate::host::HostError;
 use crate::memory::MemoryError;
 use crate::passthrough::PassthroughError;
+use crate::preopened::PreopenedError;
 use crate::sandbox::SandboxError;
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
@@ -102,6 +103,8 @@ pub enum Error {
     Passthrough(#[from] PassthroughError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Preopened(#[from] PreopenedError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -170,6 +173,7 @@ impl Error {
             Error::Devices(_) | Error::Vcpu(_) | Error::Vm(_) => ExitCode::Fatal,
             Error::Sandbox(SandboxError::Privileges { .. }) => ExitCode::Host,
             Error::Sandbox(_) => ExitCode::Fatal,
+            Error::Preopened(_) => ExitCode::Spec,
             Error::GuestFatal { .. } | Error::VcpuFailed { .. } => ExitCode::Fatal,
         }
     }

@@ -25,6 +25,7 @@ pub mod io_buses;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;
+pub mod preopened;
 pub mod sandbox;
 pub mod slots;
 pub mod spec;
