@@ -1,6 +1,6 @@
 //! Config space of the host bridge, a root port and a passed-through function over
-//! the fake VFIO backend: any sequence of reads and writes, of any size at any offset,
-//! keeps the vendor and device IDs and never panics.
+//! the fake VFIO backend: any sequence of reads, writes (any size, any offset) and BAR
+//! reads never panics, and the bridges keep their vendor and device IDs.
 #![no_main]
 use std::io;
 
@@ -124,7 +124,9 @@ fuzz_target!(|data: &[u8]| {
             d.bar_read(op[1] % 8, u64::from(op[2]) * 64, &mut b[..len.clamp(1, 4)]);
         }
     }
-    for (d, id) in devices.iter_mut().zip(ids) {
+    // The emulated bridges' IDs are read-only; the VFIO function's come from the
+    // device (the fake stores what it is given; vfio-pci and the hardware filter).
+    for (d, id) in devices.iter_mut().zip(ids).take(2) {
         assert_eq!(d.config_read(0), id, "vendor and device IDs are read-only");
     }
 });

@@ -17,6 +17,8 @@ mod bar;
 pub mod config;
 pub mod config_access;
 mod error;
+#[cfg(test)]
+mod fuzzish;
 pub mod host_bridge;
 pub mod msi;
 pub mod msix;
