@@ -74,6 +74,8 @@ struct FunctionBars {
     dev: Arc<Mutex<VfioPciDevice>>,
     mem_on: bool,
     io_on: bool,
+    /// The ROM BAR's enable bit: the ROM decodes only with it and `mem_on`.
+    rom_on: bool,
     bars: Vec<BarState>,
 }
 
@@ -130,6 +132,7 @@ impl BarMapper {
                     dev,
                     mem_on: false,
                     io_on: false,
+                    rom_on: false,
                     bars,
                 }
             })
@@ -191,6 +194,9 @@ impl MapperState {
         if let Some(on) = result.io_decode {
             func.io_on = on;
         }
+        if let Some(on) = result.rom_decode {
+            func.rom_on = on;
+        }
         for mv in &result.bar_moves {
             if let Some(b) = func.bars.iter_mut().find(|b| b.info.index == mv.index) {
                 b.target = mv.new;
@@ -205,8 +211,9 @@ impl MapperState {
     fn sync_bar(&mut self, f: usize, b: usize) {
         let func = &self.functions[f];
         let bar = &func.bars[b];
-        let decodes = match bar.info.kind {
-            BarKind::Io => func.io_on,
+        let decodes = match (bar.info.index, bar.info.kind) {
+            (ROM_BAR_INDEX, _) => func.mem_on && func.rom_on,
+            (_, BarKind::Io) => func.io_on,
             _ => func.mem_on,
         };
         let want = decodes.then_some(bar.target);
