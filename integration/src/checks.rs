@@ -163,6 +163,15 @@ echo "/dev/vda ($(cat /sys/block/vda/size) sectors, serial '$serial') mounted on
     check("root-disk-mount", body.to_string())
 }
 
+/// `hostile` (the guest tool) ran to the end: the VMM answered every abuse and the
+/// guest is still alive. Its per-function summary is the detail.
+pub fn hostile() -> Check {
+    let body = r#"out=$(/bin/hostile --rounds 2000 2>&1); rc=$?
+echo "$out" | tail -n 8
+[ $rc = 0 ]"#;
+    check("hostile", body.to_string())
+}
+
 /// The stock nvme driver bound the controller and created /dev/nvme0n1.
 pub fn nvme_bound() -> Check {
     let mut body = pci_lookup(Device::Nvme);

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
+use std::process::Command;
+
 use crate::cpio::CpioWriter;
 use crate::error::{Error, Result};
-use crate::host::HostEnv;
+use crate::host::{elf_is_static, HostEnv};
 use crate::modules::{self, ModuleRequest};
 use crate::scenario::Scenario;
 use crate::scripts;
@@ -262,10 +264,16 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
         ("etc/testbed/checks.sh", checks.as_str()),
         ("etc/testbed/finish.sh", finish.as_str()),
     ];
+    let tools = scenario
+        .tools
+        .iter()
+        .map(|t| Ok((t.image_path(), static_tool(cache, t.name(), t.source())?)))
+        .collect::<Result<Vec<_>>>()?;
+    let binaries: Vec<(&str, &Path)> = tools.iter().map(|(p, b)| (*p, b.as_path())).collect();
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
-        binaries: &[],
+        binaries: &binaries,
     };
     let prefix = format!("l2-{}", scenario.name);
     cache.artefact(&prefix, image_key(host, &prefix, &files), "cpio", || {
@@ -293,6 +301,104 @@ pub fn l2_bench_image(
     let prefix = "l2-bench";
     cache.artefact(prefix, image_key(host, prefix, &files), "cpio", || {
         build_image(host, &files)
+    })
+}
+
+/// The rustc that builds the guest tools: `$RUSTC`, else `rustc` on the PATH.
+fn rustc() -> String {
+    std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
+}
+
+/// The compiler's version line, part of the guest tools' cache keys.
+pub fn rustc_version() -> Result<String> {
+    let rustc = rustc();
+    let out = Command::new(&rustc)
+        .arg("-V")
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: rustc.clone(),
+            source,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The arguments that build `source` into a static, stripped `output` named `name`.
+pub fn static_rustc_args(name: &str, source: &Path, output: &Path) -> Vec<String> {
+    [
+        "--crate-name",
+        name,
+        "--edition",
+        "2021",
+        "-C",
+        "opt-level=3",
+        "-C",
+        "panic=abort",
+        "-C",
+        "strip=symbols",
+        "-C",
+        "target-feature=+crt-static",
+        "-o",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([output.display().to_string(), source.display().to_string()])
+    .collect()
+}
+
+/// A std-only guest tool (`src/bin/NAME.rs`) as a static executable for L2, built once
+/// per source text and compiler.
+pub fn static_tool(cache: &Cache, name: &str, source_text: &str) -> Result<PathBuf> {
+    let version = rustc_version()?;
+    let key = KeyHasher::default().str(source_text).str(&version).finish();
+    cache.artefact(name, key, "bin", || {
+        let stem = cache
+            .dir()
+            .join(format!(".{name}-{key:016x}-{}", std::process::id()));
+        let (source, output) = (stem.with_extension("rs"), stem.with_extension("out"));
+        fs::write(&source, source_text).map_err(|e| Error::WriteFile {
+            path: source.clone(),
+            source: e,
+        })?;
+        let built = compile_tool(name, &source, &output);
+        let _ = fs::remove_file(&source);
+        let bytes = built.and_then(|()| {
+            fs::read(&output).map_err(|e| Error::ReadFile {
+                path: output.clone(),
+                source: e,
+            })
+        });
+        let _ = fs::remove_file(&output);
+        let bytes = bytes?;
+        if !elf_is_static(&bytes) {
+            return Err(Error::BuildGuestTool {
+                what: name.into(),
+                command: rustc(),
+                detail: "the result needs a dynamic loader (crt-static ignored?)".into(),
+            });
+        }
+        Ok(bytes)
+    })
+}
+
+fn compile_tool(name: &str, source: &Path, output: &Path) -> Result<()> {
+    let args = static_rustc_args(name, source, output);
+    let command = format!("{} {}", rustc(), args.join(" "));
+    log::info!("building {name}: {command}");
+    let out = Command::new(rustc())
+        .args(&args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: rustc(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(Error::BuildGuestTool {
+        what: name.into(),
+        command,
+        detail: format!("{}: {}", out.status, crate::outcome::tail(&stderr, 10)),
     })
 }
 

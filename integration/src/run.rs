@@ -257,6 +257,7 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
         passed,
         detail,
     };
+    let read = |file: &str| fs::read_to_string(logs.work_dir.join(file)).unwrap_or_default();
     match check {
         HostCheck::StraitCheck => {
             preflight::result(&name, preflight::check_report(logs.work_dir, logs.devices))
@@ -313,9 +314,28 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 Err(e) => (false, format!("debugfs on {}: {e}", image.display())),
             };
             CheckResult {
+                name: name.clone(),
+                passed,
+                detail,
+            }
+        }
+        HostCheck::VmmSandboxed => {
+            let (passed, detail) = sandbox_verdict(&read("vmm-sandbox.txt"));
+            CheckResult {
                 name,
                 passed,
                 detail,
+            }
+        }
+        HostCheck::VmmLogLines { max } => {
+            let lines = read("l2-console.log")
+                .lines()
+                .filter(|l| l.starts_with("strait:"))
+                .count();
+            CheckResult {
+                name,
+                passed: lines <= max,
+                detail: format!("{lines} log lines (at most {max})"),
             }
         }
         HostCheck::IvshmemWord { value } => {
@@ -343,6 +363,39 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 },
             }
         }
+    }
+}
+
+/// Judge L1's sample of the VMM's threads (`NAME CapEff: X NoNewPrivs: Y Seccomp: Z`
+/// per line): every thread filtered, no_new_privs, no effective capability.
+pub(crate) fn sandbox_verdict(sample: &str) -> (bool, String) {
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+    if !lines.iter().any(|l| l.contains("vcpu")) {
+        let detail = format!("L1 took no sample with vCPU threads while L2 ran: {sample:?}");
+        return (false, detail);
+    }
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            !(l.contains("Seccomp: 2")
+                && l.contains("NoNewPrivs: 1")
+                && l.contains("CapEff: 0000000000000000"))
+        })
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if bad.is_empty() {
+        let detail = format!(
+            "{} threads filtered, no capabilities: {}",
+            lines.len(),
+            names.join(" ")
+        );
+        (true, detail)
+    } else {
+        (false, format!("not sandboxed: {}", bad.join("; ")))
     }
 }
 
@@ -469,5 +522,17 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
         assert_eq!(names, ["new.elf", "old.elf"]);
         assert_eq!(old, b"old");
+    }
+
+    #[test]
+    fn sandbox_verdict_wants_every_thread_filtered_without_capabilities() {
+        let good = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n\
+                    strait-vcpu0 CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
+        assert!(sandbox_verdict(good).0);
+        let root = "strait CapEff: 000001ffffffffff NoNewPrivs: 0 Seccomp: 0 \n";
+        assert!(!sandbox_verdict(&format!("{good}{root}")).0);
+        assert!(!sandbox_verdict("").0);
+        let main_only = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
+        assert!(!sandbox_verdict(main_only).0, "taken after the vCPUs left");
     }
 }

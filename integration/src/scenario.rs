@@ -94,6 +94,14 @@ pub enum HostCheck {
     },
     /// The file L2 wrote on its virtio-blk root disk is in the image (debugfs).
     RootDiskFile(RootDisk),
+    /// Every thread of the VMM, sampled by L1 while L2 ran, had a seccomp filter
+    /// (`Seccomp: 2`), no_new_privs and no effective capability.
+    VmmSandboxed,
+    /// The VMM wrote at most this many log lines (`strait:` on its stderr).
+    VmmLogLines {
+        /// The most lines allowed.
+        max: usize,
+    },
 }
 
 impl HostCheck {
@@ -109,12 +117,50 @@ impl HostCheck {
             HostCheck::ApiDevicesMatchL2 => "api-devices-match-l2",
             HostCheck::TickGap { .. } => "pause-gap",
             HostCheck::RootDiskFile(_) => "root-disk-file",
+            HostCheck::VmmSandboxed => "vmm-sandboxed",
+            HostCheck::VmmLogLines { .. } => "vmm-log-lines",
         }
     }
 
-    /// Whether the check is about Strait's own tools (not run for another VMM).
+    /// Whether the check is about Strait itself (not run for another VMM).
     pub fn strait_only(self) -> bool {
-        matches!(self, HostCheck::StraitCheck | HostCheck::StraitPlan)
+        matches!(
+            self,
+            HostCheck::StraitCheck
+                | HostCheck::StraitPlan
+                | HostCheck::VmmSandboxed
+                | HostCheck::VmmLogLines { .. }
+        )
+    }
+}
+
+/// A static std-only program built from `integration/src/bin/` into L2's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestTool {
+    /// `hostile`: abuses config space, BARs and MSI-X of every PCI function.
+    Hostile,
+}
+
+impl GuestTool {
+    /// Its name (crate and cache name).
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => "hostile",
+        }
+    }
+
+    /// Where it sits in L2's image.
+    pub fn image_path(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => "bin/hostile",
+        }
+    }
+
+    /// Its source text.
+    pub fn source(self) -> &'static str {
+        match self {
+            GuestTool::Hostile => include_str!("bin/hostile.rs"),
+        }
     }
 }
 
@@ -159,6 +205,8 @@ pub struct Scenario {
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
     pub host_checks: Vec<HostCheck>,
+    /// Programs built into L2's image.
+    pub tools: Vec<GuestTool>,
     /// Wall-clock limit for the whole L0 run.
     pub timeout: Duration,
     /// L2 modules besides the devices' (e.g. `evdev` and `button` for acpid).
@@ -195,6 +243,7 @@ pub const BUILTIN: &[&str] = &[
     "reboot",
     "api",
     "root-disk",
+    "hostile",
 ];
 
 /// The modules L2 needs to boot from a virtio-blk ext4 root disk.
@@ -216,6 +265,7 @@ impl Scenario {
             cmdline_extra: String::new(),
             checks: Vec::new(),
             host_checks: Vec::new(),
+            tools: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             l2_modules: Vec::new(),
             l2_finish: DEFAULT_L2_FINISH.into(),
@@ -255,6 +305,7 @@ impl Scenario {
             "reboot" => Ok(reboot()),
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
+            "hostile" => Ok(hostile()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -626,6 +677,34 @@ pub fn root_disk() -> Scenario {
     s.root_disk = Some(disk);
     s
 }
+
+/// A hostile guest: `hostile` writes every config offset with every size on every
+/// function (nvme, edu, their root ports, the host bridge), moves the BARs onto RAM and
+/// onto each other and toggles the MSI-X function mask in a loop; then nvme must still
+/// work, the VMM must have kept its log short, and L1 must have seen every VMM thread
+/// sandboxed while the guest ran.
+pub fn hostile() -> Scenario {
+    let mut s = Scenario::new("hostile");
+    s.devices = vec![Device::Nvme, Device::Edu];
+    s.tools = vec![GuestTool::Hostile];
+    s.checks = vec![
+        checks::hostile(),
+        checks::nvme_bound(),
+        checks::nvme_pattern(),
+    ];
+    s.host_checks = vec![
+        HostCheck::VmmSandboxed,
+        HostCheck::VmmLogLines {
+            max: HOSTILE_MAX_LOG_LINES,
+        },
+    ];
+    s.timeout = Duration::from_secs(420);
+    s
+}
+
+/// The most lines a VMM may log through the `hostile` run: its setup and teardown
+/// lines (about 35 with two devices) plus a few rate-limited lines per kind of abuse.
+pub const HOSTILE_MAX_LOG_LINES: usize = 150;
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,12 @@ const L1_RUN_LIB: &str = r#"W=/work
 R=/host
 fail() { echo "TESTBED-L1-ERROR $*"; echo "$*" > $W/l1-error; sync; poweroff -f; }
 mark() { read up _ < /proc/uptime; echo "TESTBED-L1 $1 uptime=$up"; echo "$1=$up" >> $W/l1-timings; }
+sandbox_status() { # PID: each thread's name, seccomp mode, no_new_privs and CapEff, while L2 runs
+	for t in /proc/$1/task/*; do
+		read c < $t/comm || continue
+		echo "$c $(grep -E '^(Seccomp|NoNewPrivs|CapEff):' $t/status | tr '\t\n' '  ')"
+	done > $W/vmm-sandbox.tmp 2>/dev/null && mv $W/vmm-sandbox.tmp $W/vmm-sandbox.txt
+}
 find_pci() { # VENDOR DEVICE -> BDF of the first match
 	for d in /sys/bus/pci/devices/*; do
 		read v < "$d/vendor"; read i < "$d/device"
@@ -114,10 +120,13 @@ while kill -0 $vmm 2>/dev/null; do
 	if [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log; then seen=1; mark l2-init; fi
 	l1_actions
 	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
+	# Sampled while L2 runs: once it is done, vCPU threads start going away.
+	[ $seen = 1 ] && [ $((n % 4)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log && sandbox_status $vmm
 	usleep 500000
 done
 wait $vmm; rc=$?
 mark vmm-exit
+dmesg | grep 'type=1326' > $W/seccomp-audit.log
 [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
 kill $wd $hb 2>/dev/null
 cp /tmp/l2-console.log $W/l2-console.log

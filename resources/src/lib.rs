@@ -31,7 +31,7 @@ pub use topology::{
     FunctionBar, PciMap, PciPlatform, PlacedBar, PortMap, PortSlot, SlotRequest, Topology,
     TopologyError, HOST_BRIDGE, MAX_ROOT_PORTS,
 };
-pub use util::{lock, LogLimiter};
+pub use util::{lock, testing, LogLimiter};
 
 /// Fixtures shared by the unit tests of several modules.
 #[cfg(test)]

@@ -61,6 +61,52 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Test support for "a looping guest leaves the log small": count the log lines at
+/// info level and above that the calling thread emits.
+pub mod testing {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    use log::{Level, LevelFilter, Log, Metadata, Record};
+
+    thread_local! {
+        static LINES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct CountingLogger;
+
+    impl Log for CountingLogger {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.level() <= Level::Info
+        }
+
+        fn log(&self, record: &Record<'_>) {
+            if self.enabled(record.metadata()) {
+                LINES.with(|n| n.set(n.get() + 1));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Run `f` and return how many lines it logged at info level or above, on this
+    /// thread. Installs a counting logger as the process logger (for test binaries).
+    ///
+    /// # Panics
+    /// If the process already has another logger.
+    pub fn lines_logged_by(f: impl FnOnce()) -> usize {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            #[allow(clippy::expect_used)] // test support: a second logger is a test bug
+            log::set_logger(&CountingLogger).expect("another logger is installed");
+            log::set_max_level(LevelFilter::Info);
+        });
+        LINES.with(|n| n.set(0));
+        f();
+        LINES.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +117,17 @@ mod tests {
         let allowed: Vec<u64> = (1..=40).filter(|_| l.allow()).collect();
         assert_eq!(allowed, vec![1, 2, 3, 4, 5, 6, 7, 8, 16, 32]);
         assert_eq!(l.count(), 40);
+    }
+
+    #[test]
+    fn a_looping_event_logs_a_handful_of_lines() {
+        static L: LogLimiter = LogLimiter::new();
+        let lines = testing::lines_logged_by(|| {
+            for i in 0..10_000 {
+                crate::limited_log!(L, warn, "event {i}");
+            }
+        });
+        assert_eq!(lines, 8 + 10, "burst of 8, then 16, 32, ..., 8192");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub enum Routed {
     Enable(MsiKind, Option<u16>),
     Update(MsiKind, u16, MsiMessage, bool),
     Trigger(MsiKind, u16),
+    FunctionMask(MsiKind, bool),
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +120,12 @@ impl MsiRouter for Router {
 
     fn trigger(&mut self, vector: u16) -> std::io::Result<()> {
         let r = Routed::Trigger(self.kind, vector);
+        self.record.state().routed.push(r);
+        Ok(())
+    }
+
+    fn set_function_mask(&mut self, masked: bool) -> std::io::Result<()> {
+        let r = Routed::FunctionMask(self.kind, masked);
         self.record.state().routed.push(r);
         Ok(())
     }

@@ -162,7 +162,10 @@ fn enabling_msix_under_function_mask_switches_vfio_from_intx() {
     );
     assert_eq!(
         vm.gpu_irqs().take_routed(),
-        [Routed::Enable(MsiKind::Msix, Some(8))]
+        [
+            Routed::FunctionMask(MsiKind::Msix, true),
+            Routed::Enable(MsiKind::Msix, Some(8))
+        ]
     );
 }
 
@@ -184,7 +187,10 @@ fn vectors_programmed_while_masked_are_not_routed() {
     }
     vm.msix_control(MSIX_ENABLE);
     assert_eq!(vm.gpu_set_irqs(), []);
-    assert_eq!(vm.gpu_irqs().take_routed(), []);
+    assert_eq!(
+        vm.gpu_irqs().take_routed(),
+        [Routed::FunctionMask(MsiKind::Msix, false)]
+    );
 }
 
 #[test]
@@ -300,19 +306,25 @@ fn reprogramming_a_live_vector_routes_the_new_message() {
 }
 
 #[test]
-fn function_mask_defers_vectors_unmasked_under_it() {
+fn vectors_unmasked_under_the_function_mask_are_routed_and_held() {
     let vm = vm();
     vm.msix_control(MSIX_ENABLE | MSIX_MASKALL);
     vm.program(3, msg(3));
-    vm.set_masked(3, false);
     vm.settle();
-    vm.msix_control(MSIX_ENABLE);
+    vm.set_masked(3, false);
     assert_eq!(
         vm.gpu_irqs().take_routed(),
         [Routed::Update(MsiKind::Msix, 3, msg(3), false)]
     );
     let fds = vm.gpu_irqs().msix_fds();
     assert_eq!(vm.gpu_set_irqs(), [msix_trigger(3, vec![fds[3]])]);
+    // Clearing the function mask moves nothing: the router releases what it held.
+    vm.msix_control(MSIX_ENABLE);
+    assert_eq!(
+        vm.gpu_irqs().take_routed(),
+        [Routed::FunctionMask(MsiKind::Msix, false)]
+    );
+    assert_eq!(vm.gpu_set_irqs(), []);
 }
 
 #[test]
@@ -455,28 +467,34 @@ fn only_the_table_and_pba_pages_of_bar0_trap() {
 }
 
 #[test]
-fn reenabling_msix_starts_with_every_vector_detached_again() {
+fn reenabling_msix_attaches_only_the_vector_left_unmasked() {
     let vm = vm();
     vm.linux_enable();
     vm.set_masked(0, false);
     vm.msix_control(0);
     vm.settle();
     vm.linux_enable();
+    let mut expected = vec![-1; 8];
+    expected[0] = vm.gpu_irqs().msix_fds()[0];
     assert_eq!(
         vm.gpu_set_irqs(),
         [
             Call::IrqDisable {
                 index: IrqIndex::Intx
             },
-            msix_trigger(0, vec![-1; 8]),
+            msix_trigger(0, expected),
         ]
     );
-    // Vector 0 was left unmasked by the first driver; the function mask covers it.
+    // Vector 0 was left unmasked by the first driver: routed, held by the function
+    // mask until the driver masks it itself.
     assert_eq!(
         vm.gpu_irqs().take_routed(),
         [
+            Routed::FunctionMask(MsiKind::Msix, true),
             Routed::Enable(MsiKind::Msix, Some(8)),
+            Routed::Update(MsiKind::Msix, 0, msg(0), false),
             Routed::Update(MsiKind::Msix, 0, msg(0), true),
+            Routed::FunctionMask(MsiKind::Msix, false),
         ]
     );
 }

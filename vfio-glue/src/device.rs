@@ -9,7 +9,9 @@
 //! of -1 detaches one vector) need `start`/`count` of our choosing.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use log::warn;
 use vfio_bindings::bindings::vfio::{
@@ -115,9 +117,35 @@ pub trait VfioDeviceOps: Send {
 
 /// A device opened through vfio-ioctls.
 pub struct VfioBackend {
-    dev: VfioDevice,
+    /// Dropped by hand: see [`VfioBackend`]'s `Drop`.
+    dev: ManuallyDrop<VfioDevice>,
     flags: u32,
     regions: Vec<Option<RegionInfo>>,
+    /// The function's sysfs directory, which vfio-ioctls reads again on drop.
+    sysfs_path: PathBuf,
+}
+
+/// Whether vfio-ioctls can release the device at `sysfs_path`: its drop reads the
+/// `iommu_group` link there and panics when it is gone (the function was removed from
+/// the host meanwhile, e.g. hot-unplugged or its bus reset away).
+fn group_link_present(sysfs_path: &Path) -> bool {
+    sysfs_path.join("iommu_group").read_link().is_ok()
+}
+
+impl Drop for VfioBackend {
+    fn drop(&mut self) {
+        if group_link_present(&self.sysfs_path) {
+            // SAFETY: dropped once, here; `dev` is not used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.dev) };
+        } else {
+            // Leaking the fds is the safe end: the kernel closes them (and releases the
+            // group) when Strait exits, which it is about to.
+            warn!(
+                "{}: sysfs entry gone; leaving the device's release to process exit",
+                self.sysfs_path.display()
+            );
+        }
+    }
 }
 
 fn region_from(dev: &VfioDevice, index: u32) -> Option<RegionInfo> {
@@ -174,9 +202,10 @@ impl VfioBackend {
         }
         let regions = (0..=CONFIG_REGION).map(|i| region_from(&dev, i)).collect();
         Ok(VfioBackend {
-            dev,
+            dev: ManuallyDrop::new(dev),
             flags: info.flags,
             regions,
+            sysfs_path: host.sysfs_path.clone(),
         })
     }
 
@@ -305,7 +334,7 @@ impl VfioDeviceOps for VfioBackend {
         let words = irq_set_words(&req);
         // SAFETY: `words` is a complete struct vfio_irq_set of argsz bytes
         // (header plus one 32-bit fd per vector); the kernel only reads it.
-        let ret = unsafe { ioctl_with_ptr(&self.dev, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
+        let ret = unsafe { ioctl_with_ptr(&*self.dev, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -314,7 +343,7 @@ impl VfioDeviceOps for VfioBackend {
 
     fn reset(&self) -> io::Result<()> {
         // SAFETY: VFIO_DEVICE_RESET takes no argument and the fd is a VFIO device.
-        let ret = unsafe { ioctl(&self.dev, VFIO_DEVICE_RESET()) };
+        let ret = unsafe { ioctl(&*self.dev, VFIO_DEVICE_RESET()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -325,6 +354,17 @@ impl VfioDeviceOps for VfioBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_whose_sysfs_entry_is_gone_is_not_handed_to_vfio_ioctls_drop() {
+        let dir = std::env::temp_dir().join(format!("strait-gone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!group_link_present(&dir));
+        assert!(!group_link_present(&dir.join("missing")));
+        std::os::unix::fs::symlink("../../kernel/iommu_groups/7", dir.join("iommu_group")).unwrap();
+        assert!(group_link_present(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn trigger_request_encodes_start_count_and_fds() {

@@ -26,7 +26,9 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use devices::interrupt::{MsiMessage, MsiRouter};
-use log::debug;
+use resources::{limited_debug, LogLimiter};
+
+static ROUTER_EVENTS: LogLimiter = LogLimiter::new();
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{IrqIndex, IrqRequest, VfioDeviceOps};
@@ -101,6 +103,19 @@ impl MsiRouter for RecordingRouter {
 
     fn trigger(&mut self, vector: u16) -> io::Result<()> {
         self.inner.trigger(vector)
+    }
+
+    // The function mask is the VMM router's to hold: VFIO keeps every eventfd attached.
+    fn set_function_mask(&mut self, masked: bool) -> io::Result<()> {
+        self.inner.set_function_mask(masked)
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        self.inner.commit()
+    }
+
+    fn is_pending(&mut self, vector: u16) -> bool {
+        self.inner.is_pending(vector)
     }
 }
 
@@ -223,7 +238,7 @@ impl MsiLine {
         let mut switched = None;
         let events = self.take_events();
         for (i, e) in events.iter().enumerate() {
-            debug!("{:?} router event {e:?}", self.kind);
+            limited_debug!(ROUTER_EVENTS, "{:?} router event {e:?}", self.kind);
             match *e {
                 RouterEvent::Enable(Some(n)) => {
                     if self.enabled() {
@@ -313,6 +328,9 @@ mod tests {
             Ok(())
         }
         fn trigger(&mut self, _: u16) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
             Ok(())
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arch::x86_64::layout;
 use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::VmFd;
 use resources::{FunctionBar, GsiAllocator, PciMap};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -81,7 +81,7 @@ pub struct BootInfo {
 pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     // Read while RAM is prefaulted: both take long, and neither needs the other.
     let files = KernelFiles::spawn_read(&spec.kernel);
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let kvm = crate::preopened::open_kvm().map_err(VmError::OpenKvm)?;
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
     let platform = PlatformState::capture(&vm_fd)?;
@@ -105,7 +105,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref(), virtio_map.as_ref());
     let boot = load_guest(spec, ram.memory(), &files, windows)?;
-    drop(files);
+    // Kept for a reboot in place: a sandboxed Strait may no longer open files.
+    let files = (spec.lifecycle.on_reboot == crate::spec::OnReboot::Restart).then_some(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
     let (pci, extra_ports) =
@@ -134,6 +135,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         extra_ports,
         boot: cpu,
         power_on,
+        files,
     };
     let parts = VmParts {
         kvm,
@@ -151,6 +153,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .start_console_input()
         .map_err(VmError::ConsoleInput)?;
     logger::mark(phase::VCPUS_STARTED);
+    // The main thread enters the sandbox in `cli`, after the API thread starts: threads
+    // started later would inherit the main thread's filter.
     Ok(vm)
 }
 

@@ -27,6 +27,7 @@ use crate::host;
 use crate::logger::{self, phase};
 use crate::memory;
 use crate::plan::VmPlan;
+use crate::sandbox::{self, RunAs, SandboxConfig, SeccompMode};
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
 use crate::vm::{forward_termination_signals, outcome, GuestExit};
@@ -64,6 +65,19 @@ pub enum Command {
         /// Serve the control API on this Unix socket (overrides the spec's `api_socket`).
         #[arg(long, value_name = "PATH")]
         api_socket: Option<PathBuf>,
+        /// Seccomp filters on every thread once the guest runs: `on` stops Strait on a
+        /// forbidden syscall (exit 159, one line naming it), `log` lets it through and
+        /// the kernel logs it (audit/dmesg `type=1326`), `off` installs none.
+        #[arg(long, value_enum, default_value_t = SeccompMode::On)]
+        seccomp: SeccompMode,
+        /// Run as this user and group after setup (numeric UID[:GID]; the group
+        /// defaults to the UID). Needs root to start; see README, "Running unprivileged".
+        #[arg(long, value_name = "UID[:GID]")]
+        user: Option<RunAs>,
+        /// Use this inherited file descriptor as /dev/kvm instead of opening it (a
+        /// privileged launcher opened it; see README, "Running unprivileged").
+        #[arg(long, value_name = "FD")]
+        kvm_fd: Option<i32>,
     },
     /// Talk to a running Strait's control API: print its JSON answer.
     ///
@@ -207,7 +221,20 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
                     source,
                 })
         }
-        Command::Run { spec, api_socket } => {
+        Command::Run {
+            spec,
+            api_socket,
+            seccomp,
+            user,
+            kvm_fd,
+        } => {
+            if let Some(fd) = kvm_fd {
+                crate::preopened::set_kvm_fd(*fd)?;
+            }
+            sandbox::configure(SandboxConfig {
+                seccomp: *seccomp,
+                run_as: *user,
+            })?;
             let stop = Arc::new(StopSignal::default());
             forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
             let prefault_stop = stop.clone();
@@ -223,6 +250,8 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
                 .transpose()?;
             // Restored when this returns, whatever the outcome (and by the panic hook).
             let _raw = raw_console(&spec);
+            // Last: every other thread runs, each in its own sandbox.
+            sandbox::enter(sandbox::ThreadKind::Main)?;
             Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
         }
     }
@@ -286,7 +315,8 @@ mod tests {
         let cli = Cli::try_parse_from(["strait", "-vv", "run", "vm.json"]).unwrap();
         assert_eq!(cli.verbose, 2);
         assert!(
-            matches!(cli.command, Command::Run { ref spec, api_socket: None } if spec == Path::new("vm.json"))
+            matches!(cli.command, Command::Run { ref spec, api_socket: None, seccomp: SeccompMode::On, user: None, kvm_fd: None }
+                if spec == Path::new("vm.json"))
         );
     }
 
@@ -324,6 +354,26 @@ mod tests {
         let err = execute(&cli).unwrap_err();
         assert!(matches!(err, Error::Ctl { .. }));
         assert_eq!(err.exit_code(), crate::error::ExitCode::Host);
+    }
+
+    #[test]
+    fn parses_run_with_seccomp_and_user() {
+        let cli = Cli::try_parse_from([
+            "strait",
+            "run",
+            "vm.json",
+            "--seccomp",
+            "log",
+            "--user",
+            "1000:36",
+        ])
+        .unwrap();
+        let Command::Run { seccomp, user, .. } = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(seccomp, SeccompMode::Log);
+        assert_eq!(user, Some(RunAs { uid: 1000, gid: 36 }));
+        assert!(Cli::try_parse_from(["strait", "run", "v.json", "--seccomp", "x"]).is_err());
     }
 
     #[test]

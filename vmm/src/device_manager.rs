@@ -397,6 +397,14 @@ impl Write for CappedConsole {
 
 /// Copy stdin into the UART's receive FIFO, waiting while the guest has not drained it.
 fn forward_stdin(serial: &Mutex<SerialPort<Console>>) {
+    // Fail closed: a thread that cannot enter the sandbox ends; the guest only loses input.
+    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Stdin) {
+        log::error!(
+            "console input off: {}",
+            crate::error::Error::from(e).one_line()
+        );
+        return;
+    }
     let mut buf = [0u8; 64];
     let mut stdin = io::stdin().lock();
     loop {

@@ -14,6 +14,8 @@ use crate::device_manager::DeviceError;
 use crate::host::HostError;
 use crate::memory::MemoryError;
 use crate::passthrough::PassthroughError;
+use crate::preopened::PreopenedError;
+use crate::sandbox::SandboxError;
 use crate::spec::SpecError;
 use crate::vcpu::VcpuError;
 use crate::virtio::VirtioError;
@@ -95,6 +97,7 @@ Exit codes:
 129  stopped at once by SIGHUP (a second signal, or during setup)
 130  stopped at once by SIGINT (a second signal, or during setup)
 143  stopped at once by SIGTERM (a second signal, or during setup)
+159  a thread made a syscall its seccomp filter forbids (one line names it)
 `strait check` has its own: 0 all OK, 1 some WARN, 2 some FAIL.";
 
 /// Everything `strait` can fail with.
@@ -132,6 +135,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Preopened(#[from] PreopenedError),
     #[error("stopped by signal {signal}")]
     Signalled { signal: i32 },
     #[error("vcpu{vcpu}: guest fatal error: {what}")]
@@ -225,6 +232,9 @@ impl Error {
             Error::GuestFatal { .. } => ExitCode::GuestFatal,
             Error::TripleFault { .. } => ExitCode::TripleFault,
             Error::ShutdownTimeout { .. } => ExitCode::ShutdownTimeout,
+            Error::Sandbox(SandboxError::Privileges { .. }) => ExitCode::Host,
+            Error::Sandbox(_) => ExitCode::Fatal,
+            Error::Preopened(_) => ExitCode::Spec,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use kvm_ioctls::{Cap, Kvm};
+use kvm_ioctls::Cap;
 
 use vfio_glue::HostPaths;
 
@@ -173,7 +173,7 @@ pub fn check_console(spec: &VmSpec) -> Result<(), DeviceError> {
 pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
     let need = open_files_needed(spec.vcpus, spec.passthrough.len());
     check_open_files(open_files_limit(), need)?;
-    let kvm = Kvm::new().map_err(HostError::OpenKvm)?;
+    let kvm = crate::preopened::open_kvm().map_err(HostError::OpenKvm)?;
     for (cap, name) in REQUIRED_CAPS {
         if !kvm.check_extension(cap) {
             return Err(HostError::MissingCapability(name));

@@ -9,9 +9,14 @@
 //! - KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouting`] keeps the table and
 //!   always writes the default IOAPIC/PIC routes of GSIs 0..23 (those KVM installs with
 //!   the in-kernel irqchip) plus every MSI route.
-//! - Masking a vector deassigns its irqfd; unmasking reassigns it. KVM injects at assign
-//!   time if the eventfd was signalled meanwhile, so an interrupt raised while masked is
-//!   held (the pending bit) and delivered on unmask, never lost.
+//! - Masking a vector (its own mask bit or the MSI-X function mask) deassigns its irqfd;
+//!   unmasking reassigns it. KVM injects at assign time if the eventfd was signalled
+//!   meanwhile, so an interrupt raised while masked is held in the eventfd (the pending
+//!   bit, see [`KvmMsiRouter`]'s `is_pending`) and delivered on unmask, never lost.
+//! - Work per guest access is what changed: the model's calls are queued and applied at
+//!   its `commit`, with at most one routing-table write; the function mask moves no
+//!   route and only switches the irqfds of vectors the guest unmasked (holding an
+//!   interrupt needs the irqfd off: neither KVM nor vfio-pci can hold one otherwise).
 //! - INTx: a level irqfd with a resample eventfd on the GSI the DSDT `_PRT` gives the
 //!   root port's slot (`arch::x86_64::layout::pci_intx_gsi`); KVM signals the resample
 //!   eventfd on EOI and VFIO unmasks the host line.
@@ -30,7 +35,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
-use resources::GsiAllocator;
+use resources::{limited_debug, GsiAllocator, LogLimiter};
 use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -141,6 +146,8 @@ impl IrqChip for VmFd {
 struct RoutingState {
     gsis: GsiAllocator,
     msi: BTreeMap<u32, MsiMessage>,
+    /// `msi` changed since the table was last written.
+    dirty: bool,
 }
 
 /// The VM's GSI routing table and MSI GSI pool, shared by all MSI routers.
@@ -154,6 +161,7 @@ impl GsiRouting {
         let state = RoutingState {
             gsis,
             msi: BTreeMap::new(),
+            dirty: false,
         };
         Arc::new(GsiRouting {
             chip,
@@ -188,15 +196,10 @@ impl GsiRouting {
 
     /// Drop the MSI routes of `gsis` with one table write (none if they had no route).
     fn remove_routes(&self, gsis: &[u32]) -> io::Result<()> {
-        let mut st = self.lock();
-        let mut changed = false;
-        for g in gsis {
-            changed |= st.msi.remove(g).is_some();
+        for &g in gsis {
+            self.stage(g, None);
         }
-        if changed {
-            self.chip.set_routes(&routing_table(&st.msi))?;
-        }
-        Ok(())
+        self.flush()
     }
 
     /// Drop the routes of `gsis` and return them to the pool.
@@ -210,17 +213,34 @@ impl GsiRouting {
         }
     }
 
-    /// Route `gsi` to `msg` (`None`: remove the route); writes the table when it changed.
-    pub fn set_msi(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
+    /// Route `gsi` to `msg` (`None`: remove the route) in the table kept here; written
+    /// to KVM by the next [`GsiRouting::flush`]. Returns whether anything changed.
+    pub fn stage(&self, gsi: u32, msg: Option<MsiMessage>) -> bool {
         let mut st = self.lock();
         let old = match msg {
             Some(m) => st.msi.insert(gsi, m),
             None => st.msi.remove(&gsi),
         };
-        if old == msg {
+        let changed = old != msg;
+        st.dirty |= changed;
+        changed
+    }
+
+    /// Write the table to KVM if it changed since the last write (one ioctl).
+    pub fn flush(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        if !st.dirty {
             return Ok(());
         }
-        self.chip.set_routes(&routing_table(&st.msi))
+        self.chip.set_routes(&routing_table(&st.msi))?;
+        st.dirty = false;
+        Ok(())
+    }
+
+    /// Route `gsi` to `msg` (`None`: remove the route) and write the table if it changed.
+    pub fn set_msi(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
+        self.stage(gsi, msg);
+        self.flush()
     }
 
     /// The MSI routes in place, for tests and logs.
@@ -234,7 +254,12 @@ struct Vector {
     gsi: u32,
     /// Our handle on the eventfd VFIO signals (a dup of the one handed to VFIO).
     fd: EventFd,
+    /// Its irqfd is assigned in KVM.
     assigned: bool,
+    /// Its own mask bit, as last programmed (vectors start masked).
+    masked: bool,
+    /// Its route is in the table.
+    routed: bool,
 }
 
 /// An [`MsiRouter`] for one capability of one function.
@@ -242,8 +267,15 @@ pub struct KvmMsiRouter {
     routing: Arc<GsiRouting>,
     vectors: Vec<Vector>,
     enabled: bool,
+    function_masked: bool,
+    /// Vectors whose irqfd may have to switch at the next commit.
+    touched: Vec<u16>,
+    /// The function mask changed since the last commit: every routed vector may switch.
+    all_touched: bool,
     label: String,
 }
+
+static ROUTER_DEBUG: LogLimiter = LogLimiter::new();
 
 impl KvmMsiRouter {
     fn set_assigned(&mut self, v: usize, on: bool) -> io::Result<()> {
@@ -263,6 +295,13 @@ impl KvmMsiRouter {
         Ok(())
     }
 
+    /// Whether vector `v`'s irqfd should be assigned now.
+    fn wants_delivery(&self, v: usize) -> bool {
+        self.enabled
+            && !self.function_masked
+            && self.vectors.get(v).is_some_and(|x| x.routed && !x.masked)
+    }
+
     /// Every irqfd deassigned, every route removed (the capability was disabled).
     fn disable_all(&mut self) -> io::Result<()> {
         let mut first_err = None;
@@ -270,7 +309,10 @@ impl KvmMsiRouter {
             if let Err(e) = self.set_assigned(v, false) {
                 first_err.get_or_insert(e);
             }
+            self.vectors[v].routed = false;
         }
+        self.touched.clear();
+        self.all_touched = false;
         let gsis: Vec<u32> = self.vectors.iter().map(|v| v.gsi).collect();
         if let Err(e) = self.routing.remove_routes(&gsis) {
             first_err.get_or_insert(e);
@@ -281,17 +323,20 @@ impl KvmMsiRouter {
 
 impl MsiRouter for KvmMsiRouter {
     fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> io::Result<()> {
-        let v = usize::from(vector);
-        let Some(gsi) = self.vectors.get(v).map(|x| x.gsi) else {
+        let label = &self.label;
+        let Some(vec) = self.vectors.get_mut(usize::from(vector)) else {
             return Ok(());
         };
-        log::debug!(
-            "{}: vector {vector} -> GSI {gsi}, {msg:x?}, masked {masked}",
-            self.label
+        limited_debug!(
+            ROUTER_DEBUG,
+            "{label}: vector {vector} -> GSI {}, {msg:x?}, masked {masked}",
+            vec.gsi
         );
-        // The route first: an irqfd assigned to an unrouted GSI would inject nothing.
-        self.routing.set_msi(gsi, Some(msg))?;
-        self.set_assigned(v, self.enabled && !masked)
+        self.routing.stage(vec.gsi, Some(msg));
+        vec.routed = true;
+        vec.masked = masked;
+        self.touched.push(vector);
+        Ok(())
     }
 
     fn enable(&mut self, vectors: Option<u16>) -> io::Result<()> {
@@ -302,11 +347,47 @@ impl MsiRouter for KvmMsiRouter {
         Ok(())
     }
 
+    fn set_function_mask(&mut self, masked: bool) -> io::Result<()> {
+        if self.function_masked != masked {
+            self.function_masked = masked;
+            self.all_touched = true;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        // The routes first: an irqfd assigned to an unrouted GSI would inject nothing.
+        let mut first_err = self.routing.flush().err();
+        let touched: Vec<usize> = if std::mem::take(&mut self.all_touched) {
+            self.touched.clear();
+            (0..self.vectors.len()).collect()
+        } else {
+            self.touched.drain(..).map(usize::from).collect()
+        };
+        for v in touched {
+            if let Err(e) = self.set_assigned(v, self.wants_delivery(v)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn trigger(&mut self, vector: u16) -> io::Result<()> {
         // Through the eventfd: delivered now if assigned, else held until unmask.
         match self.vectors.get(usize::from(vector)) {
             Some(v) => v.fd.write(1),
             None => Ok(()),
+        }
+    }
+
+    fn is_pending(&mut self, vector: u16) -> bool {
+        // Only an unassigned eventfd holds anything; read it and put the count back.
+        match self.vectors.get(usize::from(vector)) {
+            Some(v) if !v.assigned => match v.fd.read() {
+                Ok(n) => v.fd.write(n).is_ok(),
+                Err(_) => false,
+            },
+            _ => false,
         }
     }
 }
@@ -361,6 +442,8 @@ impl IrqProvider for KvmIrqProvider {
                 gsi,
                 fd,
                 assigned: false,
+                masked: true,
+                routed: false,
             });
         }
         log::debug!(
@@ -372,6 +455,9 @@ impl IrqProvider for KvmIrqProvider {
             routing: self.routing.clone(),
             vectors,
             enabled: false,
+            function_masked: false,
+            touched: Vec::new(),
+            all_touched: false,
             label: format!("{} {kind:?}", self.label),
         };
         Ok(MsiVectors {
@@ -523,6 +609,7 @@ mod tests {
         let mut other = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
         other.router.enable(Some(1)).unwrap();
         other.router.update(0, MSG, false).unwrap();
+        other.router.commit().unwrap();
         assert_eq!(
             routing.msi_routes().keys().copied().collect::<Vec<_>>(),
             [27]
@@ -535,13 +622,16 @@ mod tests {
         let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
         v.router.enable(Some(2)).unwrap();
         v.router.update(1, MSG, false).unwrap();
+        v.router.commit().unwrap();
         let calls = chip.take();
         assert!(matches!(&calls[0], Call::Routes(t) if t.last() == Some(&(25, Route::Msi(MSG)))));
         assert_eq!(calls[1], Call::Assign(25));
         v.router.update(1, MSG, true).unwrap();
+        v.router.commit().unwrap();
         // Same message: no table write, only the deassign.
         assert_eq!(chip.take(), vec![Call::Deassign(25)]);
         v.router.update(1, MSG, false).unwrap();
+        v.router.commit().unwrap();
         assert_eq!(chip.take(), vec![Call::Assign(25)]);
     }
 
@@ -550,6 +640,7 @@ mod tests {
         let (chip, routing) = setup();
         let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
         v.router.update(0, MSG, false).unwrap();
+        v.router.commit().unwrap();
         assert!(!chip.take().iter().any(|c| matches!(c, Call::Assign(_))));
     }
 
@@ -559,6 +650,7 @@ mod tests {
         let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
         v.router.enable(Some(2)).unwrap();
         v.router.update(0, MSG, false).unwrap();
+        v.router.commit().unwrap();
         chip.take();
         v.router.enable(None).unwrap();
         let calls = chip.take();
@@ -583,15 +675,57 @@ mod tests {
         let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
         v.router.enable(Some(2)).unwrap();
         v.router.update(0, MSG, false).unwrap();
+        v.router.commit().unwrap();
         drop(v);
         assert!(routing.msi_routes().is_empty());
         let again = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
         let mut r = again.router;
         r.update(0, MSG, false).unwrap();
+        r.commit().unwrap();
         assert_eq!(
             routing.msi_routes().keys().copied().collect::<Vec<_>>(),
             [24]
         );
+    }
+
+    #[test]
+    fn function_mask_toggles_move_no_route_and_switch_only_unmasked_vectors() {
+        let (chip, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 8).unwrap();
+        v.router.enable(Some(8)).unwrap();
+        for i in 0..8 {
+            v.router.update(i, MSG, i >= 2).unwrap();
+        }
+        v.router.commit().unwrap();
+        let calls = chip.take();
+        let tables = calls.iter().filter(|c| matches!(c, Call::Routes(_)));
+        assert_eq!(tables.count(), 1, "one table write for the whole access");
+        assert_eq!(calls.len(), 3);
+        for _ in 0..1000 {
+            v.router.set_function_mask(true).unwrap();
+            v.router.commit().unwrap();
+            v.router.set_function_mask(false).unwrap();
+            v.router.commit().unwrap();
+        }
+        let calls = chip.take();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Routes(_))));
+        // Vectors 0 and 1 are the only ones the guest unmasked.
+        assert_eq!(calls.len(), 2 * 2 * 1000);
+        assert_eq!(&calls[..2], &[Call::Deassign(24), Call::Deassign(25)]);
+    }
+
+    #[test]
+    fn an_interrupt_held_by_a_mask_shows_as_pending_and_stays_held() {
+        let (_, routing) = setup();
+        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
+        v.router.enable(Some(1)).unwrap();
+        v.router.update(0, MSG, true).unwrap();
+        v.router.commit().unwrap();
+        assert!(!v.router.is_pending(0));
+        v.eventfds[0].write(1).unwrap();
+        assert!(v.router.is_pending(0));
+        assert!(v.router.is_pending(0), "reading it keeps it");
+        assert_eq!(v.eventfds[0].read().unwrap(), 1);
     }
 
     #[test]

@@ -132,6 +132,13 @@ impl Drop for IoThread {
 }
 
 fn run(mut em: EventManager<Subscriber>, stopped: &AtomicBool) {
+    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Io) {
+        log::error!(
+            "{IO_THREAD_NAME}: {}",
+            crate::error::Error::from(e).one_line()
+        );
+        return;
+    }
     while !stopped.load(Ordering::Acquire) {
         if let Err(e) = em.run() {
             // EINTR is the only expected failure; anything else would spin.

@@ -6,7 +6,8 @@
 //! [`device_manager`], [`vcpu`]) -> [`vm::Vm::wait`] ([`exits`] decides each vCPU exit).
 //! [`error`] maps every failure to an exit code; [`logger`] writes stderr and the boot
 //! timeline; [`files`] opens the files a spec names without blocking. [`check`] is
-//! `strait check`, the host preflight that needs no spec.
+//! `strait check`, the host preflight that needs no spec. [`sandbox`] is what each thread gives up once the
+//! guest runs (seccomp, capabilities, Landlock, `--user`).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -28,6 +29,8 @@ pub mod memory;
 pub mod passthrough;
 pub mod pci_layout;
 pub mod plan;
+pub mod preopened;
+pub mod sandbox;
 pub mod slots;
 pub mod spec;
 pub mod stop;

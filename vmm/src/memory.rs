@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use arch::x86_64::layout;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+use crate::sandbox::{self, ThreadKind};
 use crate::spec::{HugePages, MemorySpec};
 
 /// Alignment of anonymous RAM, so THP can back guest 2 MiB pages with host 2 MiB pages.
@@ -438,7 +439,10 @@ fn prefault(
                 let (addr, len) = (base + c.start, c.len());
                 let spawn = std::thread::Builder::new()
                     .name("strait-prefault".into())
-                    .spawn_scoped(s, move || populate_in_steps(addr, len, steps));
+                    .spawn_scoped(s, move || {
+                        sandbox::enter(ThreadKind::Prefault).map_err(io::Error::other)?;
+                        populate_in_steps(addr, len, steps)
+                    });
                 // Cannot start a thread: do that chunk here instead.
                 spawn.map_err(|_| (addr, len))
             })

@@ -34,6 +34,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::exits::{handle_exit, ExitCounters, Step, StopReason};
 use crate::io_buses::IoBuses;
 use crate::passthrough::BarMapper;
+use crate::sandbox::{self, ThreadKind};
 use crate::stop::StopSignal;
 
 /// Offset from SIGRTMIN of the signal that kicks vCPUs out of KVM_RUN.
@@ -430,6 +431,13 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<Reset
         }
     }
     KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
+    if let Err(e) = sandbox::enter(ThreadKind::Vcpu) {
+        ctx.stop.stop(StopReason::HostFailure {
+            vcpu: index,
+            what: crate::error::Error::from(e).one_line(),
+        });
+        return vcpu;
+    }
     while !ctx.stop.is_stopping() {
         ctx.gate.park_while_paused(&ctx.stop);
         if ctx.stop.is_stopping() {

@@ -33,6 +33,7 @@ use crate::exits::{ExitCounters, StopReason};
 use crate::logger::{self, phase};
 use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
+use crate::sandbox::{self, ThreadKind};
 use crate::spec::{OnReboot, VmSpec};
 use crate::stop::{ShutdownStep, StopSignal};
 use crate::vcpu::{self, PauseGate, ResetOrder, VcpuContext, VcpuError};
@@ -100,30 +101,45 @@ pub fn forward_termination_signals(stop: Arc<StopSignal>) -> io::Result<()> {
     }
     std::thread::Builder::new()
         .name("strait-signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `sig` is ours to write.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
+        .spawn(move || {
+            if let Err(e) = sandbox::enter(ThreadKind::Signals) {
+                log::error!("signal thread: {}", Error::from(e).one_line());
+                stop.stop(StopReason::HostFailure {
+                    vcpu: 0,
+                    what: "the signal thread cannot enter the sandbox".into(),
+                });
+                return;
             }
-            if stop.is_stopping() {
-                // Kept for after a reboot in place, if one is under way; else too late.
-                stop.stop(StopReason::Signal(sig));
-                log::warn!("signal {sig} while stopping or rebooting; it stops the VM");
-                continue;
-            }
-            match stop.shut_down(None, Some(StopReason::Signal(sig))) {
-                ShutdownStep::ButtonPressed => log::info!(
-                    "signal {sig}: power button pressed; waiting for the guest to power off \
-                     (another signal stops it now)"
-                ),
-                ShutdownStep::StoppedNow => {
-                    crate::terminal::restore();
-                    log::info!("signal {sig}: stopping the VM")
-                }
-            }
+            wait_for_signals(&set, &stop)
         })
         .map(drop)
+}
+
+/// Turn each SIGINT/SIGTERM in `set` into a stop request, forever.
+fn wait_for_signals(set: &libc::sigset_t, stop: &StopSignal) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` is ours to write.
+        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
+            continue;
+        }
+        if stop.is_stopping() {
+            // Kept for after a reboot in place, if one is under way; else too late.
+            stop.stop(StopReason::Signal(sig));
+            log::warn!("signal {sig} while stopping or rebooting; it stops the VM");
+            continue;
+        }
+        match stop.shut_down(None, Some(StopReason::Signal(sig))) {
+            ShutdownStep::ButtonPressed => log::info!(
+                "signal {sig}: power button pressed; waiting for the guest to power off \
+                 (another signal stops it now)"
+            ),
+            ShutdownStep::StoppedNow => {
+                crate::terminal::restore();
+                log::info!("signal {sig}: stopping the VM")
+            }
+        }
+    }
 }
 
 /// What a [`Vm`] is made of.

@@ -232,6 +232,12 @@ impl PciConfigSpace {
             .collect()
     }
 
+    /// The ROM BAR's enable bit, if there is a ROM BAR.
+    pub(super) fn rom_enable_bit(&self) -> Option<bool> {
+        self.used(ROM_BAR_INDEX)?;
+        Some(self.read_u32(self.bar_offset(ROM_BAR_INDEX)) & ROM_ENABLE != 0)
+    }
+
     fn decode_enabled(&self, index: u8, kind: BarKind) -> bool {
         let cmd = self.command();
         match (index, kind) {
@@ -559,6 +565,20 @@ mod tests {
         assert_eq!(r.bar_moves.len(), 1);
         assert_eq!(r.bar_moves[0].index, ROM_BAR_INDEX);
         assert_eq!(r.bar_moves[0].new, 0xc100_0000);
+    }
+
+    #[test]
+    fn rom_enable_bit_switches_are_reported() {
+        let mut c = cfg();
+        c.add_rom_bar(0x8000).unwrap();
+        c.set_bar_addr(ROM_BAR_INDEX, 0xc000_0000).unwrap();
+        let r = write32(&mut c, ROM_ADDRESS, 0xc000_0001);
+        assert_eq!(r.rom_decode, Some(true));
+        assert_eq!(write32(&mut c, ROM_ADDRESS, 0xc000_0001).rom_decode, None);
+        assert_eq!(
+            write32(&mut c, ROM_ADDRESS, 0xc000_0000).rom_decode,
+            Some(false)
+        );
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl PciConfigSpace {
             return ConfigWriteResult::default();
         };
         let old_cmd = self.command();
+        let old_rom = self.rom_enable_bit();
         for (i, &v) in data.iter().enumerate() {
             let at = start + i;
             let (w, c) = (self.wmask[at], self.w1c[at]);
@@ -288,10 +289,12 @@ impl PciConfigSpace {
         let new_cmd = self.command();
         let changed = old_cmd ^ new_cmd;
         let decode = |bit: u16| (changed & bit != 0).then_some(new_cmd & bit != 0);
+        let new_rom = self.rom_enable_bit();
         ConfigWriteResult {
             bar_moves: self.take_bar_moves(),
             mem_decode: decode(COMMAND_MEMORY),
             io_decode: decode(COMMAND_IO),
+            rom_decode: new_rom.filter(|_| new_rom != old_rom),
             ..ConfigWriteResult::default()
         }
     }

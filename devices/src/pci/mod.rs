@@ -17,6 +17,8 @@ mod bar;
 pub mod config;
 pub mod config_access;
 mod error;
+#[cfg(test)]
+mod fuzzish;
 pub mod host_bridge;
 pub mod msi;
 pub mod msix;
@@ -77,6 +79,9 @@ pub struct ConfigWriteResult {
     /// Memory or I/O decode was switched (command register); `Some(enabled)`.
     pub mem_decode: Option<bool>,
     pub io_decode: Option<bool>,
+    /// The expansion ROM's enable bit was switched (6.2.5.2); `Some(enabled)`. The ROM
+    /// decodes only with this bit and memory decode both on.
+    pub rom_decode: Option<bool>,
     /// A bridge's Secondary Bus Reset bit went from 0 to 1 (PCI-to-PCI Bridge
     /// 1.2, 3.2.5.18): the caller resets the devices below it, e.g. through
     /// VFIO. Holding or clearing the bit reports nothing.

@@ -230,6 +230,7 @@ impl Msi {
         let Some(n) = enabled else {
             if old_enabled.is_some() {
                 router_result("disable", 0, self.router.enable(None));
+                router_result("commit", 0, self.router.commit());
             }
             return;
         };
@@ -253,6 +254,7 @@ impl Msi {
                 }
             }
         }
+        router_result("commit", 0, self.router.commit());
     }
 }
 

@@ -6,16 +6,22 @@
 //! registers are read-only). The table and PBA live in BARs and are reached
 //! through [`Msix::read`] / [`Msix::write`] from the device's BAR handlers.
 //!
-//! Interrupt delivery is the VMM's ([`MsiRouter`]). Calls made:
-//! - guest sets MSI-X Enable: `enable(Some(table size))`, then `update(v, msg,
-//!   function_masked)` for every vector whose own mask bit is clear (masked
-//!   vectors get theirs on unmask);
-//!   clearing it: `enable(None)`;
-//! - while enabled and not function-masked: an entry's mask bit set ->
-//!   `update(v, msg, true)`; cleared -> `update(v, msg, false)` and, if its
-//!   pending bit is set, `trigger(v)` and the bit clears (6.8.2.9); a new
-//!   address/data on an unmasked vector -> `update(v, msg, false)`;
-//! - Function Mask set/cleared: the same per unmasked vector.
+//! Interrupt delivery is the VMM's ([`MsiRouter`]). Calls made, each guest access
+//! that made any ending with one `commit()`:
+//! - guest sets MSI-X Enable: `enable(Some(table size))`, `set_function_mask(fm)`,
+//!   then `update(v, msg, false)` for every vector whose own mask bit is clear
+//!   (masked vectors get theirs on unmask); clearing it: `enable(None)`;
+//! - while enabled: an entry's mask bit set -> `update(v, msg, true)`; cleared ->
+//!   `update(v, msg, false)` and, if its pending bit is set and the function is not
+//!   masked, `trigger(v)` and the bit clears (6.8.2.9); a new address/data on an
+//!   unmasked vector -> `update(v, msg, false)`;
+//! - Function Mask set/cleared: `set_function_mask(..)` only, whatever the table
+//!   size: a guest toggling it in a loop costs no per-vector re-routing. On clear,
+//!   vectors pending here are triggered.
+//!
+//! The PBA shows this model's pending bits and the ones the router holds
+//! ([`MsiRouter::is_pending`]: a passed-through device's interrupt that arrived
+//! while its vector was masked).
 //!
 //! Wiring in a device: after `cfg.write(reg, offset, data)`, call
 //! `msix.config_write(&cfg, reg * 4 + offset, data.len())`; in `bar_read` /
@@ -261,36 +267,45 @@ impl Msix {
     fn set_control(&mut self, control: u16) {
         let enable = control & CONTROL_ENABLE != 0;
         let fmask = control & CONTROL_FUNCTION_MASK != 0;
-        if enable != self.enabled {
-            self.enabled = enable;
-            self.function_masked = fmask;
-            if !enable {
-                router_result("disable", 0, self.router.enable(None));
-                return;
+        let (was_enabled, was_masked) = (self.enabled, self.function_masked);
+        self.enabled = enable;
+        self.function_masked = fmask;
+        if enable == was_enabled && fmask == was_masked {
+            return;
+        }
+        if fmask != was_masked {
+            let r = self.router.set_function_mask(fmask);
+            router_result("function mask", 0, r);
+        }
+        if enable != was_enabled {
+            let n = enable.then_some(self.layout.vectors);
+            router_result("enable", 0, self.router.enable(n));
+            if enable {
+                self.route_unmasked();
             }
-            router_result("enable", 0, self.router.enable(Some(self.layout.vectors)));
-            self.route_unmasked(fmask);
-        } else if fmask != self.function_masked {
-            self.function_masked = fmask;
-            if self.enabled {
-                self.route_unmasked(fmask);
+        }
+        if enable && !fmask {
+            for v in 0..self.layout.vectors {
+                if !self.table[usize::from(v)].masked() {
+                    self.deliver_pending(v);
+                }
+            }
+        }
+        self.commit();
+    }
+
+    /// `update` every vector whose own mask bit is clear (at enable).
+    fn route_unmasked(&mut self) {
+        for v in 0..self.layout.vectors {
+            let e = self.table[usize::from(v)];
+            if !e.masked() {
+                router_result("update", v, self.router.update(v, e.message(), false));
             }
         }
     }
 
-    /// `update` every vector whose own mask bit is clear, with `masked`; when
-    /// unmasking, deliver what was pending.
-    fn route_unmasked(&mut self, masked: bool) {
-        for v in 0..self.layout.vectors {
-            let e = self.table[usize::from(v)];
-            if e.masked() {
-                continue;
-            }
-            router_result("update", v, self.router.update(v, e.message(), masked));
-            if !masked {
-                self.deliver_pending(v);
-            }
-        }
+    fn commit(&mut self) {
+        router_result("commit", 0, self.router.commit());
     }
 
     fn deliver_pending(&mut self, v: u16) {
@@ -316,7 +331,8 @@ impl Msix {
         if bir == self.layout.table_bir && self.table_range().contains(&offset) {
             self.table_read(offset - self.table_range().start, data);
         } else if bir == self.layout.pba_bir && self.pba_range().contains(&offset) {
-            self.pba_read(offset - self.pba_range().start, data);
+            let at = offset - self.pba_range().start;
+            self.pba_read(at, data);
         } else {
             return false;
         }
@@ -385,25 +401,40 @@ impl Msix {
 
     fn entry_changed(&mut self, v: u16, old: Entry) {
         let new = self.table[usize::from(v)];
-        if !self.enabled || self.function_masked || new == old {
+        if !self.enabled || new == old {
             return;
         }
         match (old.masked(), new.masked()) {
             (_, false) => {
                 router_result("update", v, self.router.update(v, new.message(), false));
-                self.deliver_pending(v);
+                if !self.function_masked {
+                    self.deliver_pending(v);
+                }
             }
             (false, true) => router_result("update", v, self.router.update(v, new.message(), true)),
-            (true, true) => {}
+            (true, true) => return,
         }
+        self.commit();
     }
 
-    fn pba_read(&self, offset: u64, data: &mut [u8]) {
+    fn pba_read(&mut self, offset: u64, data: &mut [u8]) {
         if !Self::access_ok(offset, data.len()) {
             data.fill(0xff);
             return;
         }
-        let q = self.pba[(offset / 8) as usize].to_le_bytes();
+        let qword = (offset / 8) as usize;
+        let mut bits = self.pba[qword];
+        // Bits the router holds: only masked vectors can have any.
+        let first = qword * 64;
+        let last = (first + 64).min(usize::from(self.layout.vectors));
+        for v in first..last {
+            // v < vectors <= 2048.
+            let v16 = v as u16;
+            if self.enabled && self.is_masked(v16) && self.router.is_pending(v16) {
+                bits |= 1 << (v - first);
+            }
+        }
+        let q = bits.to_le_bytes();
         let start = (offset % 8) as usize;
         data.copy_from_slice(&q[start..start + data.len()]);
     }
@@ -690,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn function_mask_masks_all_then_replays_pending() {
+    fn function_mask_is_one_call_then_replays_pending() {
         let mut f = fixture();
         f.entry_write(0, 3, 0);
         f.entry_write(1, 3, 0);
@@ -698,38 +729,79 @@ mod tests {
         f.calls.take();
         f.control(0xc000);
         assert!(f.msix.is_function_masked() && f.msix.is_masked(0));
-        assert_eq!(
-            f.calls.take(),
-            vec![
-                Call::Update(0, msg(0, 0), true),
-                Call::Update(1, msg(0, 0), true)
-            ]
-        );
+        assert_eq!(f.calls.take(), vec![Call::FunctionMask(true)]);
         f.msix.signal(1).unwrap();
         assert!(f.msix.is_pending(1));
         f.control(0x8000);
         assert_eq!(
             f.calls.take(),
-            vec![
-                Call::Update(0, msg(0, 0), false),
-                Call::Update(1, msg(0, 0), false),
-                Call::Trigger(1)
-            ]
+            vec![Call::FunctionMask(false), Call::Trigger(1)]
         );
     }
 
     #[test]
-    fn enable_with_function_mask_routes_nothing_unmasked() {
+    fn function_mask_toggles_cost_no_rerouting_at_2048_vectors() {
+        let layout = MsixLayout {
+            vectors: MSIX_MAX_VECTORS,
+            table_bir: 0,
+            table_offset: 0,
+            pba_bir: 1,
+            pba_offset: 0,
+        };
+        let mut cfg = PciConfigSpace::new_type0(PciIds::default(), ConfigSize::Pcie);
+        let calls = RecordingRouter::default();
+        let mut msix = Msix::new(layout, Box::new(calls.clone())).unwrap();
+        let cap = msix.add_to(&mut cfg).unwrap();
+        for v in 0..u64::from(MSIX_MAX_VECTORS) {
+            assert!(msix.write(0, v * 16 + 12, &0u32.to_le_bytes()));
+        }
+        let mut control = |c: u16| {
+            cfg.write((cap + 2) / 4, ((cap + 2) % 4) as u64, &c.to_le_bytes());
+            msix.config_write(&cfg, cap + 2, 2);
+        };
+        control(0x8000);
+        assert_eq!(calls.take().len(), 1 + usize::from(MSIX_MAX_VECTORS));
+        calls.take_commits();
+        for _ in 0..1000 {
+            control(0xc000);
+            control(0x8000);
+        }
+        let c = calls.take();
+        assert_eq!(c.len(), 2000, "one call per guest write");
+        assert!(c.iter().all(|c| matches!(c, Call::FunctionMask(_))));
+        assert_eq!(calls.take_commits(), 2000);
+    }
+
+    #[test]
+    fn enable_with_function_mask_routes_unmasked_vectors_held() {
         let mut f = fixture();
         f.entry_write(0, 3, 0);
         f.control(0xc000);
         assert_eq!(
             f.calls.take(),
-            vec![Call::Enable(Some(4)), Call::Update(0, msg(0, 0), true)]
+            vec![
+                Call::FunctionMask(true),
+                Call::Enable(Some(4)),
+                Call::Update(0, msg(0, 0), false)
+            ]
         );
-        // Entry changes under the function mask wait for the unmask.
+        // The router holds delivery; entry changes still reach it.
         f.entry_write(0, 2, 7);
-        assert!(f.calls.take().is_empty());
+        assert_eq!(f.calls.take(), vec![Call::Update(0, msg(0, 7), false)]);
+    }
+
+    #[test]
+    fn pba_shows_interrupts_the_router_holds_for_masked_vectors() {
+        let mut f = fixture();
+        f.entry_write(1, 3, 0);
+        f.control(0x8000);
+        f.calls.held.lock().unwrap().extend([1, 2]);
+        // Vector 1 is unmasked: whatever the router has is being delivered.
+        assert_eq!(f.read32(0x3000), 0b100);
+        f.control(0xc000);
+        assert_eq!(f.read32(0x3000), 0b110);
+        f.control(0);
+        assert_eq!(f.read32(0x3000), 0, "disabled: nothing pending");
     }
 
     #[test]

@@ -10,18 +10,27 @@ pub enum Call {
     Update(u16, MsiMessage, bool),
     Enable(Option<u16>),
     Trigger(u16),
+    FunctionMask(bool),
 }
 
 /// Records calls; clones share the log so a test keeps one after boxing another.
 #[derive(Clone, Default)]
 pub struct RecordingRouter {
     calls: Arc<Mutex<Vec<Call>>>,
+    commits: Arc<Mutex<usize>>,
+    /// Vectors the router says it holds an interrupt for.
+    pub held: Arc<Mutex<Vec<u16>>>,
 }
 
 impl RecordingRouter {
     /// Calls since the last `take`.
     pub fn take(&self) -> Vec<Call> {
         std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// `commit` calls since the last `take_commits`.
+    pub fn take_commits(&self) -> usize {
+        std::mem::take(&mut *self.commits.lock().unwrap())
     }
 
     fn push(&self, c: Call) -> std::io::Result<()> {
@@ -41,6 +50,19 @@ impl MsiRouter for RecordingRouter {
 
     fn trigger(&mut self, vector: u16) -> std::io::Result<()> {
         self.push(Call::Trigger(vector))
+    }
+
+    fn set_function_mask(&mut self, masked: bool) -> std::io::Result<()> {
+        self.push(Call::FunctionMask(masked))
+    }
+
+    fn commit(&mut self) -> std::io::Result<()> {
+        *self.commits.lock().unwrap() += 1;
+        Ok(())
+    }
+
+    fn is_pending(&mut self, vector: u16) -> bool {
+        self.held.lock().unwrap().contains(&vector)
     }
 }
 

@@ -7,12 +7,10 @@
 //! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
-use crate::host::elf_is_static;
-use crate::images::{Cache, KeyHasher};
+use crate::error::Result;
+use crate::images::Cache;
 
 /// iobench's source, compiled into a static executable for L2.
 const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");
@@ -61,104 +59,16 @@ poweroff -f
     )
 }
 
-/// The rustc that builds iobench: `$RUSTC`, else `rustc` on the PATH.
-fn rustc() -> String {
-    std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
-}
-
-/// The compiler's version line, part of the cache key.
-pub fn rustc_version() -> Result<String> {
-    let rustc = rustc();
-    let out = Command::new(&rustc)
-        .arg("-V")
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: rustc.clone(),
-            source,
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+pub use crate::images::rustc_version;
 
 /// The arguments that build `source` into a static, stripped `output`.
 pub fn iobench_rustc_args(source: &Path, output: &Path) -> Vec<String> {
-    [
-        "--crate-name",
-        "iobench",
-        "--edition",
-        "2021",
-        "-C",
-        "opt-level=3",
-        "-C",
-        "panic=abort",
-        "-C",
-        "strip=symbols",
-        "-C",
-        "target-feature=+crt-static",
-        "-o",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([output.display().to_string(), source.display().to_string()])
-    .collect()
+    crate::images::static_rustc_args("iobench", source, output)
 }
 
 /// The static iobench executable, built once per source text and compiler.
 pub fn iobench(cache: &Cache) -> Result<PathBuf> {
-    let version = rustc_version()?;
-    let key = KeyHasher::default()
-        .str(IOBENCH_SOURCE)
-        .str(&version)
-        .finish();
-    cache.artefact("iobench", key, "bin", || {
-        let stem = cache
-            .dir()
-            .join(format!(".iobench-{key:016x}-{}", std::process::id()));
-        let (source, output) = (stem.with_extension("rs"), stem.with_extension("out"));
-        std::fs::write(&source, IOBENCH_SOURCE).map_err(|e| Error::WriteFile {
-            path: source.clone(),
-            source: e,
-        })?;
-        let built = compile(&source, &output);
-        let _ = std::fs::remove_file(&source);
-        let bytes = built.and_then(|()| {
-            std::fs::read(&output).map_err(|e| Error::ReadFile {
-                path: output.clone(),
-                source: e,
-            })
-        });
-        let _ = std::fs::remove_file(&output);
-        let bytes = bytes?;
-        if !elf_is_static(&bytes) {
-            return Err(Error::BuildGuestTool {
-                what: "iobench".into(),
-                command: rustc(),
-                detail: "the result needs a dynamic loader (crt-static ignored?)".into(),
-            });
-        }
-        Ok(bytes)
-    })
-}
-
-fn compile(source: &Path, output: &Path) -> Result<()> {
-    let args = iobench_rustc_args(source, output);
-    let command = format!("{} {}", rustc(), args.join(" "));
-    log::info!("building iobench: {command}");
-    let out = Command::new(rustc())
-        .args(&args)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: rustc(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(Error::BuildGuestTool {
-        what: "iobench".into(),
-        command,
-        detail: format!("{}: {}", out.status, crate::outcome::tail(&stderr, 10)),
-    })
+    crate::images::static_tool(cache, "iobench", IOBENCH_SOURCE)
 }
 
 #[cfg(test)]

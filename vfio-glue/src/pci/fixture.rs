@@ -124,6 +124,9 @@ impl MsiRouter for VmmRouter {
     fn trigger(&mut self, _vector: u16) -> std::io::Result<()> {
         Ok(())
     }
+    fn set_function_mask(&mut self, _masked: bool) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The VMM side of the seam: eventfds per vector, remembered for assertions.

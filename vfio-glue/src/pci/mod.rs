@@ -42,8 +42,8 @@ use devices::pci::{
     ROM_BAR_INDEX,
 };
 use log::{error, info, warn};
-use resources::limited_debug;
 use resources::LogLimiter;
+use resources::{limited_debug, limited_log};
 
 use crate::addr::HostPciAddress;
 use crate::caps::ExtCapView;
@@ -55,6 +55,9 @@ use emulated::{msix_layout, CapError, EmulatedMsi, EmulatedMsix};
 use setup::MappedBar;
 
 static GUEST_ODDITY: LogLimiter = LogLimiter::new();
+/// VFIO_DEVICE_SET_IRQS failures: host problems, but a guest toggling MSI/MSI-X in a
+/// loop repeats them.
+static IRQ_FAILED: LogLimiter = LogLimiter::new();
 
 /// The dword holding the header type (cache line size, latency, header, BIST).
 const HEADER_DWORD: usize = regs::CACHE_LINE_SIZE;
@@ -315,7 +318,7 @@ impl VfioPciDevice {
         }
         if turned_off && !any_on {
             if let Some(Err(e)) = intx.as_mut().map(|i| i.enable(ops)) {
-                error!("{}: re-enabling INTx: {e}", self.addr);
+                limited_log!(IRQ_FAILED, error, "{}: re-enabling INTx: {e}", self.addr);
             }
         }
     }
@@ -325,7 +328,7 @@ fn log_irq_result(addr: HostPciAddress, res: std::io::Result<Option<bool>>, turn
     match res {
         Ok(Some(false)) => *turned_off = true,
         Ok(_) => {}
-        Err(e) => error!("{addr}: VFIO_DEVICE_SET_IRQS: {e}"),
+        Err(e) => limited_log!(IRQ_FAILED, error, "{addr}: VFIO_DEVICE_SET_IRQS: {e}"),
     }
 }
 

@@ -496,3 +496,21 @@ fn a_card_stuck_after_a_later_reset_fails_that_reset() {
         "{line}"
     );
 }
+
+#[test]
+fn failing_set_irqs_in_a_guest_loop_leaves_the_log_small() {
+    let log = CallLog::default();
+    let mut cfg = config();
+    // No INTx: taking the device would set its IRQs, which fail here.
+    cfg[0x3d] = 0;
+    let mut dev = fake(&log, &cfg);
+    dev.fail_set_irqs = Some(libc::EINVAL);
+    let mut f = build(dev, log, false);
+    let lines = resources::testing::lines_logged_by(|| {
+        for _ in 0..5_000 {
+            f.msix_control(0x8000);
+            f.msix_control(0);
+        }
+    });
+    assert!(lines <= 40, "{lines} lines for 10,000 failing SET_IRQS");
+}

@@ -71,15 +71,26 @@ pub fn start(path: &Path, control: Box<dyn VmControl>) -> Result<ApiHandle, ApiE
     manager.add_subscriber(Arc::new(Mutex::new(server)));
     std::thread::Builder::new()
         .name("strait-api".into())
-        .spawn(move || loop {
-            if let Err(e) = manager.run() {
-                log::error!("api: event loop: {e:?}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
+        .spawn(move || {
+            if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Api) {
+                log::error!("api: {}", crate::error::Error::from(e).one_line());
+                return;
             }
+            serve(manager)
         })
         .map_err(ApiError::EventLoop)?;
     log::info!("control API on {}", path.display());
     Ok(handle)
+}
+
+/// The API thread's loop: an event loop failure is logged and the loop goes on.
+fn serve(mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>) {
+    loop {
+        if let Err(e) = manager.run() {
+            log::error!("api: event loop: {e:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 /// Bind the socket with mode 0600 from the start (umask), replacing a stale socket.

@@ -29,14 +29,19 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
-use resources::LogLimiter;
+use resources::{limited_debug, limited_log, LogLimiter};
 use vfio_glue::VfioPciDevice;
 
 use super::bar_rules::{BarWindows, ConfigEffects, Effect};
 use crate::io_buses::IoBuses;
 use crate::slots::{MemorySlots, SlotPool};
 
+/// Every log line on the paths a guest drives (moves, decode switches) goes through
+/// one of these: a guest moving BARs in a loop must not flood the log.
 static REFUSED_MOVE: LogLimiter = LogLimiter::new();
+static MAP_FAILED: LogLimiter = LogLimiter::new();
+static UNMAP_FAILED: LogLimiter = LogLimiter::new();
+static MAPPED: LogLimiter = LogLimiter::new();
 
 /// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.
 struct BarTrap {
@@ -74,6 +79,8 @@ struct FunctionBars {
     dev: Arc<Mutex<VfioPciDevice>>,
     mem_on: bool,
     io_on: bool,
+    /// The ROM BAR's enable bit: the ROM decodes only with it and `mem_on`.
+    rom_on: bool,
     bars: Vec<BarState>,
 }
 
@@ -134,6 +141,7 @@ impl BarMapper {
                     dev,
                     mem_on: false,
                     io_on: false,
+                    rom_on: false,
                     bars,
                 }
             })
@@ -254,6 +262,9 @@ impl MapperState {
         if let Some(on) = result.io_decode {
             func.io_on = on;
         }
+        if let Some(on) = result.rom_decode {
+            func.rom_on = on;
+        }
         for mv in &result.bar_moves {
             if let Some(b) = func.bars.iter_mut().find(|b| b.info.index == mv.index) {
                 b.target = mv.new;
@@ -268,8 +279,9 @@ impl MapperState {
     fn sync_bar(&mut self, f: usize, b: usize) {
         let func = &self.functions[f];
         let bar = &func.bars[b];
-        let decodes = match bar.info.kind {
-            BarKind::Io => func.io_on,
+        let decodes = match (bar.info.index, bar.info.kind) {
+            (ROM_BAR_INDEX, _) => func.mem_on && func.rom_on,
+            (_, BarKind::Io) => func.io_on,
             _ => func.mem_on,
         };
         let want = decodes.then_some(bar.target);
@@ -282,29 +294,32 @@ impl MapperState {
         };
         let (kind, size) = (bar.info.kind, bar.info.size);
         if let Err(why) = self.windows.check(kind, addr, size) {
-            if REFUSED_MOVE.allow() {
-                log::warn!(
-                    "{}: BAR {} at {addr:#x} ({size:#x} bytes) refused: {why:?}; \
-                     it stays at {:x?} (event #{})",
-                    func.label,
-                    bar.info.index,
-                    bar.live_at,
-                    REFUSED_MOVE.count()
-                );
-            }
+            limited_log!(
+                REFUSED_MOVE,
+                warn,
+                "{}: BAR {} at {addr:#x} ({size:#x} bytes) refused: {why:?}; it stays at {:x?}",
+                func.label,
+                bar.info.index,
+                bar.live_at
+            );
             return;
         }
         let old = bar.live_at;
         self.unmap(f, b);
         if let Err(e) = self.map(f, b, addr) {
-            log::warn!(
-                "{}: cannot map BAR {} at {addr:#x}: {e}; keeping {old:x?}",
-                self.functions[f].label,
-                self.functions[f].bars[b].info.index
+            let (label, index) = (
+                &self.functions[f].label,
+                self.functions[f].bars[b].info.index,
+            );
+            limited_log!(
+                MAP_FAILED,
+                warn,
+                "{label}: cannot map BAR {index} at {addr:#x}: {e}; keeping {old:x?}"
             );
             if let Some(old) = old {
                 if let Err(e) = self.map(f, b, old) {
-                    log::error!("{}: cannot restore the BAR: {e}", self.functions[f].label);
+                    let label = &self.functions[f].label;
+                    limited_log!(MAP_FAILED, error, "{label}: cannot restore the BAR: {e}");
                 }
             }
         }
@@ -353,7 +368,8 @@ impl MapperState {
             res.map_err(io::Error::other)?;
             self.functions[f].bars[b].traps.push(base);
         }
-        log::debug!(
+        limited_debug!(
+            MAPPED,
             "{}: BAR {} live at {addr:#x}",
             self.functions[f].label,
             info.index
@@ -373,7 +389,13 @@ impl MapperState {
             match self.slots.remove(slot, gpa) {
                 Ok(()) => self.pool.put(slot),
                 // A slot KVM still holds must not be reused.
-                Err(e) => log::error!("BAR {index}: removing KVM slot {slot}: {e}"),
+                Err(e) => {
+                    limited_log!(
+                        UNMAP_FAILED,
+                        error,
+                        "BAR {index}: removing KVM slot {slot}: {e}"
+                    )
+                }
             }
         }
         for base in traps {
@@ -382,7 +404,11 @@ impl MapperState {
                 _ => self.buses.bar_mmio_mut().remove(base),
             };
             if let Err(e) = res {
-                log::error!("BAR {index}: removing trap at {base:#x}: {e}");
+                limited_log!(
+                    UNMAP_FAILED,
+                    error,
+                    "BAR {index}: removing trap at {base:#x}: {e}"
+                );
             }
         }
     }

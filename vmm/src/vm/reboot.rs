@@ -88,6 +88,9 @@ pub(crate) struct Restart {
     pub boot: BootCpuState,
     /// Per vCPU, by index.
     pub power_on: Vec<PowerOnState>,
+    /// The kernel and initramfs as the first boot read them (with `on_reboot`
+    /// "restart"): a sandboxed Strait may no longer open files.
+    pub files: Option<KernelFiles>,
 }
 
 impl Vm {
@@ -106,7 +109,12 @@ impl Vm {
         }
         self.devices.reset();
         restart.platform.restore(&self.vm_fd)?;
-        let boot = reload(self.ram.memory(), &restart.spec, restart.windows)?;
+        let boot = reload(
+            self.ram.memory(),
+            &restart.spec,
+            restart.windows,
+            restart.files.as_ref(),
+        )?;
         restart.boot.entry = boot.entry;
         restart.boot.cr3 = boot.cr3;
         let cpu = Arc::new(restart.boot.clone());
@@ -133,13 +141,21 @@ impl Vm {
 
 /// Load the guest again into RAM that still holds the last boot's bytes: the first MiB
 /// (zero page, command line, boot page tables, GDT, ACPI tables) is zeroed first, the
-/// kernel and initramfs are read from their paths again.
+/// kernel and initramfs are the first boot's (`kept`), or read from their paths again.
 fn reload(
     mem: &GuestMemoryMmap,
     spec: &VmSpec,
     windows: PciWindows,
+    kept: Option<&KernelFiles>,
 ) -> Result<builder::BootInfo, Error> {
-    let files = KernelFiles::read(&spec.kernel)?;
+    let read;
+    let files = match kept {
+        Some(f) => f,
+        None => {
+            read = KernelFiles::read(&spec.kernel)?;
+            &read
+        }
+    };
     let low = vec![0u8; layout::HIMEM_START.0 as usize];
     mem.write_slice(&low, GuestAddress(0))
         .map_err(|e| BootError::Arch {
@@ -150,5 +166,5 @@ fn reload(
                 source: e,
             },
         })?;
-    builder::load_guest(spec, mem, &files, windows)
+    builder::load_guest(spec, mem, files, windows)
 }

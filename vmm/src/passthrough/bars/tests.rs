@@ -11,6 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 const GIB: u64 = 1 << 30;
 const BAR0: u64 = 0xc000_0000;
 const IO_BAR: u64 = 0x1000;
+const ROM: u64 = 0xc100_0000;
 
 fn windows() -> BarWindows {
     BarWindows {
@@ -62,6 +63,11 @@ impl IrqProvider for NoIrqs {
 /// A function with BAR0 64-bit 16 KiB (mmap-able) and BAR2 I/O 32 bytes, at
 /// [`BAR0`] and [`IO_BAR`].
 fn function() -> Arc<Mutex<VfioPciDevice>> {
+    build_function(false)
+}
+
+/// [`function`], with a 32 KiB expansion ROM at [`ROM`] when `rom`.
+fn build_function(rom: bool) -> Arc<Mutex<VfioPciDevice>> {
     let mut cfg = vec![0u8; 256];
     cfg[0..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
     cfg[0x10] = 0x4;
@@ -74,9 +80,12 @@ fn function() -> Arc<Mutex<VfioPciDevice>> {
         ..Default::default()
     };
     let log = CallLog::default();
-    let dev = FakeDevice::new(log.clone(), &cfg)
+    let mut dev = FakeDevice::new(log.clone(), &cfg)
         .with_region(0, region(0x4000, true))
         .with_region(2, region(0x20, false));
+    if rom {
+        dev = dev.with_region(vfio_glue::device::ROM_REGION, region(0x8000, false));
+    }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
     let dma = GuestDma::map(Arc::new(FakeDmaMapper::new(log, vec![])), &mem).unwrap();
     let params = VfioPciParams {
@@ -86,6 +95,9 @@ fn function() -> Arc<Mutex<VfioPciDevice>> {
     let mut d = VfioPciDevice::new(Box::new(dev), dma, &mut NoIrqs, params).unwrap();
     d.place_bar(0, BAR0).unwrap();
     d.place_bar(2, IO_BAR).unwrap();
+    if rom {
+        d.place_bar(ROM_BAR_INDEX, ROM).unwrap();
+    }
     Arc::new(Mutex::new(d))
 }
 
@@ -281,4 +293,51 @@ fn reset_all_brings_moved_bars_back_to_their_placement() {
     assert_eq!(lock(&dev).config_read(4) & !0xf, BAR0 as u32);
     apply(&m, decode(Some(true), None));
     assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+}
+
+#[test]
+fn a_guest_retrying_a_refused_move_leaves_the_log_small() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    // SAFETY: the fake does not touch host memory.
+    unsafe { slots.add(99, 0xd000_0000, 0x1000, 0) }.unwrap();
+    let lines = resources::testing::lines_logged_by(|| {
+        for _ in 0..10_000 {
+            apply(&m, moved(0, BAR0, 0xd000_0000));
+            apply(&m, moved(0, BAR0, 0x1000));
+        }
+    });
+    assert!(lines <= 3 * 20, "{lines} lines for 20,000 refused moves");
+    assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+}
+
+#[test]
+fn the_rom_decodes_only_with_its_enable_bit_and_memory_decode() {
+    let slots = Arc::new(FakeSlots::default());
+    let buses = IoBuses::new(Bus::new(), Bus::new());
+    let params = BarMapperParams {
+        slots,
+        pool: SlotPool::new(1),
+        buses: buses.clone(),
+        windows: windows(),
+        effects: Arc::default(),
+        behind_ports: vec![vec![0]],
+    };
+    let m = BarMapper::new(params, vec![("f".into(), build_function(true))]);
+    let rom_live = || m.live()[0].iter().find(|b| b.0 == ROM_BAR_INDEX).unwrap().1;
+    apply(&m, decode(Some(true), None));
+    assert_eq!(rom_live(), None, "memory decode alone leaves the ROM off");
+    assert!(buses.bar_mmio().resolve(ROM).is_none());
+    let rom_on = |on| ConfigWriteResult {
+        rom_decode: Some(on),
+        ..Default::default()
+    };
+    apply(&m, rom_on(true));
+    assert_eq!(rom_live(), Some(ROM));
+    assert!(buses.bar_mmio().resolve(ROM + 0x7fff).is_some());
+    apply(&m, decode(Some(false), None));
+    assert_eq!(rom_live(), None, "memory decode off turns the ROM off too");
+    apply(&m, decode(Some(true), None));
+    apply(&m, rom_on(false));
+    assert_eq!(rom_live(), None);
 }
