@@ -94,6 +94,13 @@ pub enum HostCheck {
     },
     /// The file L2 wrote on its virtio-blk root disk is in the image (debugfs).
     RootDiskFile(RootDisk),
+    /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
+    StraitLogged {
+        /// The check's name.
+        name: &'static str,
+        /// The text to find.
+        text: &'static str,
+    },
 }
 
 impl HostCheck {
@@ -105,7 +112,8 @@ impl HostCheck {
             HostCheck::StraitPlan => "strait-plan",
             HostCheck::L2Printed { name, .. }
             | HostCheck::ActionPrinted { name, .. }
-            | HostCheck::L2PrintedTimes { name, .. } => name,
+            | HostCheck::L2PrintedTimes { name, .. }
+            | HostCheck::StraitLogged { name, .. } => name,
             HostCheck::ApiDevicesMatchL2 => "api-devices-match-l2",
             HostCheck::TickGap { .. } => "pause-gap",
             HostCheck::RootDiskFile(_) => "root-disk-file",
@@ -114,7 +122,10 @@ impl HostCheck {
 
     /// Whether the check is about Strait's own tools (not run for another VMM).
     pub fn strait_only(self) -> bool {
-        matches!(self, HostCheck::StraitCheck | HostCheck::StraitPlan)
+        matches!(
+            self,
+            HostCheck::StraitCheck | HostCheck::StraitPlan | HostCheck::StraitLogged { .. }
+        )
     }
 }
 
@@ -174,6 +185,8 @@ pub struct Scenario {
     pub expected_exit: i32,
     /// An ext4 root filesystem on virtio-blk that L2 switches to (`/dev/vda`).
     pub root_disk: Option<RootDisk>,
+    /// L2 gets virtio-net on a tap that L1 creates ([`crate::net`]).
+    pub net: bool,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -195,6 +208,13 @@ pub const BUILTIN: &[&str] = &[
     "reboot",
     "api",
     "root-disk",
+    "net",
+];
+
+/// The modules L2 needs for virtio-net.
+const NET_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required(&["virtio_pci"]),
+    ModuleRequest::required(&["virtio_net"]),
 ];
 
 /// The modules L2 needs to boot from a virtio-blk ext4 root disk.
@@ -223,6 +243,7 @@ impl Scenario {
             strait: StraitSettings::default(),
             expected_exit: 0,
             root_disk: None,
+            net: false,
         }
     }
 
@@ -236,6 +257,9 @@ impl Scenario {
             .collect();
         if self.root_disk.is_some() {
             m.extend_from_slice(ROOT_DISK_MODULES);
+        }
+        if self.net {
+            m.extend_from_slice(NET_MODULES);
         }
         m.extend(self.l2_modules.iter().copied());
         m
@@ -255,6 +279,7 @@ impl Scenario {
             "reboot" => Ok(reboot()),
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
+            "net" => Ok(net()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -624,6 +649,29 @@ pub fn root_disk() -> Scenario {
     ];
     s.host_checks = vec![HostCheck::RootDiskFile(disk)];
     s.root_disk = Some(disk);
+    s
+}
+
+/// L2 on virtio-net over a tap in L1: it takes an address, reaches L1, and 64 MiB go
+/// each way with matching md5 sums (busybox httpd and wget on both sides); the check
+/// details carry the throughput. Strait must say it used vhost-net.
+pub fn net() -> Scenario {
+    let mut s = Scenario::new("net");
+    s.net = true;
+    s.checks = vec![
+        checks::net_link(),
+        checks::net_download(),
+        checks::net_upload(),
+    ];
+    s.l1_actions = vec![L1Action {
+        after: crate::net::UPLOAD_READY.into(),
+        run: crate::net::upload_action(),
+    }];
+    s.host_checks = vec![HostCheck::StraitLogged {
+        name: "strait-vhost-net",
+        text: crate::net::STRAIT_VHOST_LOG,
+    }];
+    s.timeout = Duration::from_secs(600);
     s
 }
 
