@@ -29,6 +29,8 @@ pub const TRANSFER_MIB: u32 = 64;
 pub const UPLOAD_READY: &str = "TESTBED-NET-UPLOAD-READY";
 /// What Strait logs when vhost-net carries the frames.
 pub const STRAIT_VHOST_LOG: &str = "data path vhost-net";
+/// What Strait logs when its I/O thread carries them.
+pub const STRAIT_USERSPACE_LOG: &str = "data path userspace";
 
 /// Shell for L1's run script, before the VMM starts: the tap, its address, the file
 /// L2 downloads and httpd serving it.
@@ -73,9 +75,9 @@ pub fn qemu_args(n: usize) -> Vec<String> {
     ]
 }
 
-/// Strait's `net` spec entry.
-pub fn strait_spec() -> serde_json::Value {
-    serde_json::json!([{ "tap": TAP, "mac": L2_MAC }])
+/// Strait's `net` spec entry; `vhost` false keeps the frames on Strait's I/O thread.
+pub fn strait_spec(vhost: bool) -> serde_json::Value {
+    serde_json::json!([{ "tap": TAP, "mac": L2_MAC, "vhost": vhost }])
 }
 
 #[cfg(test)]

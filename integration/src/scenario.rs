@@ -149,6 +149,8 @@ pub struct StraitSettings {
     pub on_reboot: Option<&'static str>,
     /// Give the VM a control API socket ([`API_SOCKET`]).
     pub api_socket: bool,
+    /// `net[].vhost` false: frames on Strait's I/O thread instead of vhost-net.
+    pub net_userspace: bool,
 }
 
 /// Everything one testbed run needs to know about the scenario.
@@ -209,6 +211,7 @@ pub const BUILTIN: &[&str] = &[
     "api",
     "root-disk",
     "net",
+    "net-userspace",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -280,6 +283,7 @@ impl Scenario {
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
             "net" => Ok(net()),
+            "net-userspace" => Ok(net_userspace()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -672,6 +676,19 @@ pub fn net() -> Scenario {
         text: crate::net::STRAIT_VHOST_LOG,
     }];
     s.timeout = Duration::from_secs(600);
+    s
+}
+
+/// The same on Strait's userspace path (`"vhost": false`): the frames cross the
+/// `strait-io` thread.
+pub fn net_userspace() -> Scenario {
+    let mut s = net();
+    s.name = "net-userspace".into();
+    s.strait.net_userspace = true;
+    s.host_checks = vec![HostCheck::StraitLogged {
+        name: "strait-userspace-net",
+        text: crate::net::STRAIT_USERSPACE_LOG,
+    }];
     s
 }
 

@@ -200,7 +200,7 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
         spec["disks"] = serde_json::Value::Array(disks);
     }
     if guest.net {
-        spec["net"] = crate::net::strait_spec();
+        spec["net"] = crate::net::strait_spec(!guest.strait.net_userspace);
     }
     spec
 }
