@@ -151,6 +151,66 @@ pub fn largest_tick_gap(l2_console: &str) -> f64 {
     ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
+/// L2's virtio-net (1af4:1041, modern) has an interface, which takes L2's address and
+/// reaches L1 across the tap.
+pub fn net_link() -> Check {
+    use crate::net::{L1_ADDR, L2_ADDR};
+    let body = format!(
+        r#"d=$(find_pci 0x1af4 0x1041) || {{ echo "no virtio-net (1af4:1041) on the PCI bus"; return 1; }}
+n=$(ls $d/virtio*/net 2>/dev/null | head -n 1)
+[ -n "$n" ] || {{ echo "no network interface under $d (driver $(driver_of $d))"; return 1; }}
+ip link set $n up && ip addr add {L2_ADDR}/24 dev $n || {{ echo "cannot configure $n"; return 1; }}
+i=0
+until ping -c 1 -W 1 {L1_ADDR} >/dev/null 2>&1; do
+	i=$((i + 1)); [ $i -ge 30 ] && {{ echo "$n cannot reach {L1_ADDR}"; return 1; }}
+done
+echo "$n $(cat /sys/class/net/$n/address) reaches {L1_ADDR}; features $(cat $d/virtio*/features)""#
+    );
+    check("net-link", body)
+}
+
+/// Shell printing "BYTES in SECS s (RATE MiB/s)" from `$size`, `$t0`, `$t1`.
+const RATE: &str = r#"awk -v b=$size -v a=$t0 -v z=$t1 'BEGIN { d = z - a; if (d <= 0) d = 0.01; printf "%d bytes in %.1f s (%.1f MiB/s)", b, d, b / 1048576 / d }'"#;
+
+/// L1 -> L2: the 64 MiB file L1 serves arrives with L1's md5.
+pub fn net_download() -> Check {
+    use crate::net::{L1_ADDR, TRANSFER_MIB};
+    let bytes = u64::from(TRANSFER_MIB) << 20;
+    let body = format!(
+        r#"read t0 _ < /proc/uptime
+wget -q -O /tmp/down.bin http://{L1_ADDR}/down.bin || {{ echo "wget from L1 failed"; return 1; }}
+read t1 _ < /proc/uptime
+want=$(wget -q -O - http://{L1_ADDR}/down.md5)
+got=$(md5sum /tmp/down.bin | cut -d' ' -f1)
+size=$(wc -c < /tmp/down.bin)
+rm -f /tmp/down.bin
+echo "L1 -> L2 $({RATE}), md5 $got, L1's $want"
+[ "$got" = "$want" ] && [ "$size" = {bytes} ]"#
+    );
+    check("net-l1-to-l2", body)
+}
+
+/// L2 -> L1: L2 serves 64 MiB; L1 (an action) fetches it and publishes the md5.
+pub fn net_upload() -> Check {
+    use crate::net::{L1_ADDR, TRANSFER_MIB, UPLOAD_READY};
+    let body = format!(
+        r#"mkdir -p /tmp/up && dd if=/dev/urandom of=/tmp/up/up.bin bs=1M count={TRANSFER_MIB} 2>/dev/null || {{ echo "cannot write the file"; return 1; }}
+want=$(md5sum /tmp/up/up.bin | cut -d' ' -f1)
+httpd -p 8080 -h /tmp/up || {{ echo "cannot start httpd"; return 1; }}
+echo {UPLOAD_READY} > /dev/console
+i=0
+until wget -q -O /tmp/up.md5 http://{L1_ADDR}/up.md5 2>/dev/null; do
+	i=$((i + 1)); [ $i -ge 300 ] && {{ echo "L1 published no md5 in 300 s"; return 1; }}
+	sleep 1
+done
+got=$(cat /tmp/up.md5)
+set -- $(wget -q -O - http://{L1_ADDR}/up.stat); size=$1; t0=$2; t1=$3
+echo "L2 -> L1 $({RATE}), L1 got md5 $got, L2's $want"
+[ "$got" = "$want" ]"#
+    );
+    check("net-l2-to-l1", body)
+}
+
 /// virtio-blk's /dev/vda appeared and its ext4 filesystem mounts on /newroot, with an
 /// /init to switch to (L2's /init then `switch_root`s there when every check passed).
 pub fn root_disk_mount() -> Check {

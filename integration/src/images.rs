@@ -30,6 +30,9 @@ pub const L1_MODULES: &[ModuleRequest] = &[
     ModuleRequest::required(&["virtio_pci"]),
     ModuleRequest::required(&["9pnet_virtio"]),
     ModuleRequest::required(&["9p"]),
+    // The `net` scenario's tap and the vhost-net data path of the VMM under test.
+    ModuleRequest::required(&["tun"]),
+    ModuleRequest::required(&["vhost_net"]),
 ];
 
 /// The images a scenario boots.

@@ -52,6 +52,7 @@ pub mod images;
 pub mod kernel;
 pub mod l0;
 pub mod modules;
+pub mod net;
 mod options;
 pub mod outcome;
 pub mod preflight;

@@ -120,6 +120,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
         pre_commands: pre_commands(ctx, work_dir),
         actions: ctx.scenario.l1_actions.clone(),
+        net: ctx.scenario.net,
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }
@@ -191,6 +192,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         devices: ctx.scenario.devices.len(),
         strait: ctx.scenario.strait.clone(),
         disks: Vec::new(),
+        net: ctx.scenario.net,
     }
 }
 
@@ -282,6 +284,20 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                     if found { "has" } else { "lacks" }
                 ),
             )
+        }
+        HostCheck::StraitLogged { text, .. } => {
+            let line = logs.l2_console.lines().find(|l| l.contains(text));
+            let detail = match line {
+                Some(l) => l.trim().to_string(),
+                None => {
+                    let net = logs.l2_console.lines().find(|l| l.contains("virtio-net"));
+                    format!(
+                        "no `{text}` in Strait's log; it said: {}",
+                        net.unwrap_or("nothing about virtio-net")
+                    )
+                }
+            };
+            result(line.is_some(), detail)
         }
         HostCheck::L2PrintedTimes { marker, count, .. } => {
             let n = logs.l2_console.matches(marker).count();

@@ -102,6 +102,13 @@ pub enum HostCheck {
         /// The most lines allowed.
         max: usize,
     },
+    /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
+    StraitLogged {
+        /// The check's name.
+        name: &'static str,
+        /// The text to find.
+        text: &'static str,
+    },
 }
 
 impl HostCheck {
@@ -113,7 +120,8 @@ impl HostCheck {
             HostCheck::StraitPlan => "strait-plan",
             HostCheck::L2Printed { name, .. }
             | HostCheck::ActionPrinted { name, .. }
-            | HostCheck::L2PrintedTimes { name, .. } => name,
+            | HostCheck::L2PrintedTimes { name, .. }
+            | HostCheck::StraitLogged { name, .. } => name,
             HostCheck::ApiDevicesMatchL2 => "api-devices-match-l2",
             HostCheck::TickGap { .. } => "pause-gap",
             HostCheck::RootDiskFile(_) => "root-disk-file",
@@ -130,6 +138,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
+                | HostCheck::StraitLogged { .. }
         )
     }
 }
@@ -184,6 +193,8 @@ pub struct StraitSettings {
     pub on_reboot: Option<&'static str>,
     /// Give the VM a control API socket ([`API_SOCKET`]).
     pub api_socket: bool,
+    /// `net[].vhost` false: frames on Strait's I/O thread instead of vhost-net.
+    pub net_userspace: bool,
 }
 
 /// Everything one testbed run needs to know about the scenario.
@@ -222,6 +233,8 @@ pub struct Scenario {
     pub expected_exit: i32,
     /// An ext4 root filesystem on virtio-blk that L2 switches to (`/dev/vda`).
     pub root_disk: Option<RootDisk>,
+    /// L2 gets virtio-net on a tap that L1 creates ([`crate::net`]).
+    pub net: bool,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -244,6 +257,14 @@ pub const BUILTIN: &[&str] = &[
     "api",
     "root-disk",
     "hostile",
+    "net",
+    "net-userspace",
+];
+
+/// The modules L2 needs for virtio-net.
+const NET_MODULES: &[ModuleRequest] = &[
+    ModuleRequest::required(&["virtio_pci"]),
+    ModuleRequest::required(&["virtio_net"]),
 ];
 
 /// The modules L2 needs to boot from a virtio-blk ext4 root disk.
@@ -273,6 +294,7 @@ impl Scenario {
             strait: StraitSettings::default(),
             expected_exit: 0,
             root_disk: None,
+            net: false,
         }
     }
 
@@ -286,6 +308,9 @@ impl Scenario {
             .collect();
         if self.root_disk.is_some() {
             m.extend_from_slice(ROOT_DISK_MODULES);
+        }
+        if self.net {
+            m.extend_from_slice(NET_MODULES);
         }
         m.extend(self.l2_modules.iter().copied());
         m
@@ -306,6 +331,8 @@ impl Scenario {
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
             "hostile" => Ok(hostile()),
+            "net" => Ok(net()),
+            "net-userspace" => Ok(net_userspace()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -705,6 +732,42 @@ pub fn hostile() -> Scenario {
 /// The most lines a VMM may log through the `hostile` run: its setup and teardown
 /// lines (about 35 with two devices) plus a few rate-limited lines per kind of abuse.
 pub const HOSTILE_MAX_LOG_LINES: usize = 150;
+
+/// L2 on virtio-net over a tap in L1: it takes an address, reaches L1, and 64 MiB go
+/// each way with matching md5 sums (busybox httpd and wget on both sides); the check
+/// details carry the throughput. Strait must say it used vhost-net.
+pub fn net() -> Scenario {
+    let mut s = Scenario::new("net");
+    s.net = true;
+    s.checks = vec![
+        checks::net_link(),
+        checks::net_download(),
+        checks::net_upload(),
+    ];
+    s.l1_actions = vec![L1Action {
+        after: crate::net::UPLOAD_READY.into(),
+        run: crate::net::upload_action(),
+    }];
+    s.host_checks = vec![HostCheck::StraitLogged {
+        name: "strait-vhost-net",
+        text: crate::net::STRAIT_VHOST_LOG,
+    }];
+    s.timeout = Duration::from_secs(600);
+    s
+}
+
+/// The same on Strait's userspace path (`"vhost": false`): the frames cross the
+/// `strait-io` thread.
+pub fn net_userspace() -> Scenario {
+    let mut s = net();
+    s.name = "net-userspace".into();
+    s.strait.net_userspace = true;
+    s.host_checks = vec![HostCheck::StraitLogged {
+        name: "strait-userspace-net",
+        text: crate::net::STRAIT_USERSPACE_LOG,
+    }];
+    s
+}
 
 #[cfg(test)]
 mod tests {

@@ -159,6 +159,8 @@ pub struct RunPlan {
     pub pre_commands: Vec<(String, Vec<String>)>,
     /// What L1 does while the VMM runs, each once, when L2 prints its marker.
     pub actions: Vec<L1Action>,
+    /// Make L1's tap and servers for L2's virtio-net ([`crate::net`]).
+    pub net: bool,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -304,6 +306,9 @@ fn l1_setup_script(plan: &RunPlan) -> String {
             "sed -e ''{subst} $W/{template} > $W/spec.json || fail \"cannot write spec.json\""
         );
     }
+    if plan.net {
+        s.push_str(&crate::net::l1_setup());
+    }
     let devs: Vec<String> = (0..plan.devices.len())
         .map(|i| format!("$DEV{i}"))
         .collect();
@@ -397,6 +402,7 @@ mod tests {
             l0_timeout_secs: 240,
             pre_commands: Vec::new(),
             actions: Vec::new(),
+            net: false,
         }
     }
 

@@ -44,6 +44,8 @@ pub struct GuestConfig {
     pub strait: StraitSettings,
     /// Raw disk images given to L2 as virtio-blk (host paths, /dev/vda first).
     pub disks: Vec<PathBuf>,
+    /// Give L2 virtio-net on L1's tap ([`crate::net`]).
+    pub net: bool,
 }
 
 /// The control API socket in L1's chroot: on its /run tmpfs (a Unix socket cannot be
@@ -144,6 +146,10 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
         let blk = format!("virtio-blk-pci,drive=vd{i},bus=rpv{i},disable-legacy=on");
         push(&["-drive", &drive, "-device", &port, "-device", &blk]);
     }
+    if guest.net {
+        args.extend(crate::net::qemu_args(guest.devices + guest.disks.len() + 1));
+    }
+    let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
     push(&["-kernel", &guest.kernel.display().to_string()]);
     push(&["-initrd", &guest.initramfs.display().to_string()]);
     push(&["-append", &guest.cmdline]);
@@ -193,6 +199,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
             .collect();
         spec["disks"] = serde_json::Value::Array(disks);
     }
+    if guest.net {
+        spec["net"] = crate::net::strait_spec(!guest.strait.net_userspace);
+    }
     spec
 }
 
@@ -212,6 +221,7 @@ mod tests {
             cmdline: "console=ttyS0 pci=nomsi".into(),
             devices,
             disks: Vec::new(),
+            net: false,
         }
     }
 

@@ -16,6 +16,8 @@
 //!   BARs onto RAM and onto each other and toggles the MSI-X function mask in a loop;
 //!   Strait keeps running with a short log, nvme still works, and L1 sees every Strait
 //!   thread under seccomp with no_new_privs and no capabilities while L2 runs.
+//! - `net`: L2's virtio-net on a tap in L1 (vhost-net): 64 MiB each way with matching
+//!   md5 sums; Strait's log must say vhost-net carried the frames.
 //! - ten `boot` launches in a row in one L1 boot, QEMU's interleaved for the ratio of
 //!   wall times (issue 3's acceptance run); timings are printed, never asserted.
 //!
@@ -140,6 +142,11 @@ fn strait_is_controlled_through_its_api_socket() {
 #[test]
 fn strait_boots_l2_from_a_virtio_blk_root_disk() {
     run_with_strait(scenario::root_disk());
+}
+
+#[test]
+fn strait_moves_64_mib_each_way_over_virtio_net_on_vhost() {
+    run_with_strait(scenario::net());
 }
 
 #[test]

@@ -297,6 +297,7 @@ fn check(path: &Path, timeline: bool) -> Result<(VmSpec, KernelImage), Error> {
     host::check_host(&spec)?;
     host::check_console(&spec)?;
     crate::virtio::check_disks(&spec)?;
+    crate::virtio::check_net(&spec)?;
     Ok((spec, image))
 }
 

@@ -252,6 +252,7 @@ mod tests {
             lifecycle: Default::default(),
             api_socket: None,
             disks: vec![],
+            net: vec![],
         }
     }
 

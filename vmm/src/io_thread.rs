@@ -10,12 +10,15 @@
 //! Syscalls this thread makes (for its seccomp filter): epoll_wait/epoll_pwait (the
 //! loop), read (notify eventfds), write (irqfd eventfds; log lines to stderr), preadv,
 //! pwritev, fdatasync, fallocate (discard, write zeroes on files), ioctl BLKDISCARD and
-//! BLKZEROOUT (block devices only), futex (the device mutex), mmap/munmap/madvise/brk
+//! BLKZEROOUT (block devices only); for virtio-net on the userspace path read and
+//! writev on the tap fd (epoll_ctl happens before the thread starts; vhost-net
+//! interfaces put nothing on this thread); futex (the device mutex), mmap/munmap/madvise/brk
 //! (the allocator), clock_gettime (log timestamps, usually vDSO), and at exit
 //! rt_sigprocmask, sigaltstack, munmap, exit. The epoll fd is created (epoll_create1,
 //! epoll_ctl) before the thread starts; opening disks happens on the main thread.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,11 +31,18 @@ use vmm_sys_util::eventfd::EventFd;
 /// Name of the thread, for logs, `ps -T` and the seccomp filter.
 pub const IO_THREAD_NAME: &str = "strait-io";
 
-/// One device's queues: the notify eventfds, by queue index.
+/// Event data of backend fds start here; below are queue indexes (notify eventfds).
+const BACKEND_DATA: u32 = 0x1_0000;
+
+/// One device's events: the notify eventfds by queue index (none when an in-kernel
+/// backend takes them), and backend fds (a tap) that make a queue ready.
 pub struct QueueEvents {
     pub label: String,
     pub device: SharedVirtioDevice,
     pub kicks: Vec<EventFd>,
+    /// Watched edge-triggered: the device reads until EAGAIN or until the guest has no
+    /// buffer, and a full receive ring must not spin the loop.
+    pub backend: Vec<(OwnedFd, usize)>,
 }
 
 impl MutEventSubscriber for QueueEvents {
@@ -42,15 +52,33 @@ impl MutEventSubscriber for QueueEvents {
                 log::error!("{}: cannot watch queue {i}: {e:?}", self.label);
             }
         }
+        for (j, (fd, queue)) in (BACKEND_DATA..).zip(&self.backend) {
+            let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), j, set)) {
+                log::error!(
+                    "{}: cannot watch the backend of queue {queue}: {e:?}",
+                    self.label
+                );
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let i = events.data() as usize;
-        if let Some(k) = self.kicks.get(i) {
-            // Non-blocking: a spurious wake-up reads EAGAIN and processes an empty queue.
-            let _ = k.read();
-        }
-        lock(&self.device).process_queue(i);
+        let data = events.data();
+        let queue = if data >= BACKEND_DATA {
+            match self.backend.get((data - BACKEND_DATA) as usize) {
+                Some((_, q)) => *q,
+                None => return,
+            }
+        } else {
+            let i = data as usize;
+            if let Some(k) = self.kicks.get(i) {
+                // Non-blocking: a spurious wake-up reads EAGAIN and processes an empty queue.
+                let _ = k.read();
+            }
+            i
+        };
+        lock(&self.device).process_queue(queue);
     }
 }
 
@@ -193,6 +221,7 @@ mod tests {
             label: "test".into(),
             device: dev.clone(),
             kicks,
+            backend: Vec::new(),
         }])
         .unwrap();
         k1.write(1).unwrap();

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use devices::pci::{Bdf, BdfError};
+use devices::virtio::net::MacAddr;
 use serde::{Deserialize, Serialize};
 
 /// Largest vCPU count: xAPIC IDs are 8 bits and 0xff is the broadcast ID.
@@ -102,6 +103,21 @@ pub enum SpecError {
     DiskSerial { index: usize, reason: &'static str },
     #[error("disks[{index}].path: the same image is also disks[{first}]; give each disk its own")]
     DuplicateDisk { index: usize, first: usize },
+    #[error(
+        "net[{index}]: give exactly one of \"tap\" (an existing tap's name) and \"tap_fd\" \
+         (an open tap fd Strait inherits)"
+    )]
+    NetBackend { index: usize },
+    #[error("net[{index}].tap: {name:?} is not an interface name (1-15 bytes, no `/`, no space)")]
+    TapName { index: usize, name: String },
+    #[error(
+        "net[{index}].{field}: the same tap is also net[{first}]; give each interface its own"
+    )]
+    DuplicateTap {
+        index: usize,
+        first: usize,
+        field: &'static str,
+    },
     #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
     DuplicatePassthrough {
         index: usize,
@@ -133,6 +149,64 @@ pub struct VmSpec {
     /// virtio-blk disks, in the order the guest names them (/dev/vda, /dev/vdb, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// virtio-net interfaces over host taps, in the order the guest finds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetSpec>,
+}
+
+/// One virtio-net interface over a host tap: by name, or an fd Strait inherits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    /// An existing tap (`ip tuntap add dev NAME mode tap user USER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// An open tap fd Strait inherits and owns from then on, attached with
+    /// IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (for a launcher that keeps CAP_NET_ADMIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_fd: Option<i32>,
+    /// The guest's MAC; default derived from the tap name (stable, locally administered).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "mac_text")]
+    pub mac: Option<MacAddr>,
+    /// Use vhost-net when /dev/vhost-net opens; false keeps the frames in Strait's
+    /// I/O thread.
+    #[serde(default = "default_true")]
+    pub vhost: bool,
+}
+
+impl NetSpec {
+    /// What names the tap in logs and seeds the default MAC.
+    pub fn tap_label(&self) -> String {
+        match (&self.tap, self.tap_fd) {
+            (Some(name), _) => name.clone(),
+            (None, Some(fd)) => format!("fd {fd}"),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The MAC the guest sees.
+    pub fn mac_or_default(&self) -> MacAddr {
+        self.mac
+            .unwrap_or_else(|| MacAddr::derived(&self.tap_label()))
+    }
+}
+
+/// `net[].mac` as "52:54:00:12:34:56", parsed once here.
+mod mac_text {
+    use devices::virtio::net::MacAddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => s.serialize_str(&m.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Shutdown and reboot policy.
@@ -513,6 +587,39 @@ impl VmSpec {
             return Err(SpecError::ApiSocketEmpty);
         }
         self.validate_disks()?;
+        self.validate_net()?;
+        Ok(())
+    }
+
+    fn validate_net(&self) -> Result<(), SpecError> {
+        for (index, n) in self.net.iter().enumerate() {
+            match (&n.tap, n.tap_fd) {
+                (Some(name), None) => {
+                    let ok = !name.is_empty()
+                        && name.len() < 16
+                        && !name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace());
+                    if !ok {
+                        return Err(SpecError::TapName {
+                            index,
+                            name: name.clone(),
+                        });
+                    }
+                }
+                (None, Some(fd)) if fd >= 0 => {}
+                _ => return Err(SpecError::NetBackend { index }),
+            }
+            let same = |o: &NetSpec| {
+                (o.tap.is_some() && o.tap == n.tap) || (o.tap_fd.is_some() && o.tap_fd == n.tap_fd)
+            };
+            if let Some(first) = self.net[..index].iter().position(same) {
+                let field = if n.tap.is_some() { "tap" } else { "tap_fd" };
+                return Err(SpecError::DuplicateTap {
+                    index,
+                    first,
+                    field,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1191,6 +1298,65 @@ mod tests {
         assert!(matches!(
             s.validate(),
             Err(SpecError::DuplicateDisk { index: 1, first: 0 })
+        ));
+    }
+
+    fn with_net(net: &str) -> Result<VmSpec, SpecError> {
+        VmSpec::parse(&GOOD.replacen('{', &format!("{{\"net\": {net},"), 1))
+    }
+
+    #[test]
+    fn net_parses_with_a_given_or_derived_mac() {
+        let s =
+            with_net(r#"[{"tap": "tap0", "mac": "52:54:00:12:34:56"}, {"tap_fd": 5}]"#).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.net[0].mac_or_default().to_string(), "52:54:00:12:34:56");
+        assert!(s.net[0].vhost);
+        let derived = s.net[1].mac_or_default();
+        assert_eq!(derived, MacAddr::derived("fd 5"));
+        assert!(derived.is_unicast());
+    }
+
+    #[test]
+    fn a_multicast_or_malformed_mac_names_the_field() {
+        for mac in ["01:00:5e:00:00:01", "52:54:00:12:34"] {
+            let err = with_net(&format!(r#"[{{"tap": "tap0", "mac": "{mac}"}}]"#)).unwrap_err();
+            assert!(err.to_string().contains("net[0].mac"), "{err}");
+        }
+    }
+
+    #[test]
+    fn net_needs_exactly_one_backend() {
+        for net in [
+            r#"[{}]"#,
+            r#"[{"tap": "tap0", "tap_fd": 3}]"#,
+            r#"[{"tap_fd": -1}]"#,
+        ] {
+            let s = with_net(net).unwrap();
+            assert!(
+                matches!(s.validate(), Err(SpecError::NetBackend { index: 0 })),
+                "{net}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_or_repeated_tap_names_are_refused() {
+        for name in ["", "a-name-of-16-byt", "a/b", "a b"] {
+            let s = with_net(&format!(r#"[{{"tap": "{name}"}}]"#)).unwrap();
+            assert!(
+                matches!(s.validate(), Err(SpecError::TapName { index: 0, .. })),
+                "{name:?}"
+            );
+        }
+        let s = with_net(r#"[{"tap": "tap0"}, {"tap": "tap0"}]"#).unwrap();
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::DuplicateTap {
+                index: 1,
+                first: 0,
+                field: "tap"
+            })
         ));
     }
 }

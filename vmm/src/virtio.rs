@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{Bdf, PciDevice, SharedPciDevice};
 use devices::virtio::block::{Block, DiskError, DiskFile, DiskOptions};
+use devices::virtio::net::tap::{self, Tap, TapError};
+use devices::virtio::net::vhost::VhostNet;
+use devices::virtio::net::Net;
 use devices::virtio::pci::{msix_vectors, TransportError, TransportParams, VirtioPciTransport};
 use devices::virtio::SharedVirtioDevice;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
@@ -43,6 +46,18 @@ pub enum VirtioError {
         #[source]
         source: DiskError,
     },
+    #[error("net[{index}].{field}: {source}")]
+    OpenTap {
+        index: usize,
+        field: &'static str,
+        #[source]
+        source: TapError,
+    },
+    #[error(
+        "net[{index}].tap: there is no interface {name} (/sys/class/net/{name}); create it \
+         first, e.g. `ip tuntap add dev {name} mode tap user $USER` and `ip link set {name} up`"
+    )]
+    NoInterface { index: usize, name: String },
     #[error("{label}: cannot allocate its MSI-X vectors")]
     Vectors {
         label: String,
@@ -86,18 +101,125 @@ pub enum VirtioError {
 impl VirtioError {
     /// True when the spec names something unusable (a missing or malformed image).
     pub fn is_spec_problem(&self) -> bool {
-        matches!(self, VirtioError::OpenDisk { .. })
+        matches!(
+            self,
+            VirtioError::OpenDisk { .. }
+                | VirtioError::OpenTap { .. }
+                | VirtioError::NoInterface { .. }
+        )
     }
 }
 
-/// The topology slots of the spec's virtio devices, in spec order.
+/// The topology slots of the spec's virtio devices: disks, then network interfaces.
 pub fn slot_requests(spec: &VmSpec) -> Vec<SlotRequest> {
-    (0..spec.disks.len())
-        .map(|i| SlotRequest {
-            tag: format!("virtio-blk disks[{i}]"),
-            functions: 1,
-        })
+    let disks = (0..spec.disks.len()).map(|i| format!("virtio-blk disks[{i}]"));
+    let nets = (0..spec.net.len()).map(|i| format!("virtio-net net[{i}]"));
+    disks
+        .chain(nets)
+        .map(|tag| SlotRequest { tag, functions: 1 })
         .collect()
+}
+
+/// Check every network interface as far as can be done without taking it (for
+/// `validate` and before `run`): a named tap exists and /dev/net/tun opens for this
+/// user; an inherited fd is an open tap with the flags Strait needs.
+pub fn check_net(spec: &VmSpec) -> Result<(), VirtioError> {
+    for (index, n) in spec.net.iter().enumerate() {
+        if let Some(name) = &n.tap {
+            if !tap::interface_exists(name) {
+                return Err(VirtioError::NoInterface {
+                    index,
+                    name: name.clone(),
+                });
+            }
+            tap::check_tun_access().map_err(|source| VirtioError::OpenTap {
+                index,
+                field: "tap",
+                source,
+            })?;
+        }
+        if let Some(fd) = n.tap_fd {
+            tap::tap_fd_name(fd).map_err(|source| VirtioError::OpenTap {
+                index,
+                field: "tap_fd",
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn open_tap(spec: &VmSpec, index: usize) -> Result<Tap, VirtioError> {
+    let n = &spec.net[index];
+    let err = |field| {
+        move |source| VirtioError::OpenTap {
+            index,
+            field,
+            source,
+        }
+    };
+    match (&n.tap, n.tap_fd) {
+        (Some(name), _) => {
+            if !tap::interface_exists(name) {
+                return Err(VirtioError::NoInterface {
+                    index,
+                    name: name.clone(),
+                });
+            }
+            Tap::open(name).map_err(err("tap"))
+        }
+        (None, Some(fd)) => {
+            tap::tap_fd_name(fd).map_err(err("tap_fd"))?;
+            let owned = tap::inherited_fd(fd)
+                .ok_or(TapError::NotTap { fd })
+                .map_err(err("tap_fd"))?;
+            Tap::from_fd(owned).map_err(err("tap_fd"))
+        }
+        (None, None) => Err(VirtioError::OpenTap {
+            index,
+            field: "tap",
+            source: TapError::BadName(String::new()),
+        }),
+    }
+}
+
+/// A virtio-net device for `net[index]`, on vhost-net when asked for and available.
+fn net_device(
+    spec: &VmSpec,
+    index: usize,
+    mem: &GuestMemoryMmap,
+) -> Result<(String, Net), VirtioError> {
+    let n = &spec.net[index];
+    let tap = open_tap(spec, index)?;
+    let mac = n.mac_or_default();
+    let label = format!("virtio-net net[{index}] ({})", tap.name());
+    let vhost = if n.vhost {
+        match VhostNet::open(mem) {
+            Ok(v) => {
+                log::info!("{label}: MAC {mac}, data path vhost-net (in the host kernel)");
+                Some(v)
+            }
+            Err(e) => {
+                log::info!(
+                    "{label}: MAC {mac}, data path userspace on {} (vhost-net unavailable: {e}: {})",
+                    crate::io_thread::IO_THREAD_NAME,
+                    vhost_cause(&e)
+                );
+                None
+            }
+        }
+    } else {
+        log::info!(
+            "{label}: MAC {mac}, data path userspace on {} (\"vhost\": false)",
+            crate::io_thread::IO_THREAD_NAME
+        );
+        None
+    };
+    Ok((label.clone(), Net::new(label, mac, tap, vhost)))
+}
+
+fn vhost_cause(e: &dyn std::error::Error) -> String {
+    e.source().map_or_else(String::new, |s| s.to_string())
 }
 
 /// Open every disk of `spec` as `run` does (for `validate`): the file exists, is a
@@ -185,6 +307,10 @@ impl VirtioDevices {
             );
             let block = Block::new(label.clone(), disk, &d.serial_or_default(index));
             functions.push(function(label, Arc::new(Mutex::new(block)), mem, routing)?);
+        }
+        for index in 0..spec.net.len() {
+            let (label, net) = net_device(spec, index, mem)?;
+            functions.push(function(label, Arc::new(Mutex::new(net)), mem, routing)?);
         }
         Ok(VirtioDevices {
             functions,
@@ -301,10 +427,12 @@ impl VirtioDevices {
                 .map(|(_, fd)| fd.try_clone())
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(VirtioError::IoThread)?;
+            let wanted = lock(&f.device).io_events().map_err(VirtioError::IoThread)?;
             events.push(QueueEvents {
                 label: f.label.clone(),
                 device: f.device.clone(),
-                kicks,
+                kicks: if wanted.kicks { kicks } else { Vec::new() },
+                backend: wanted.backend,
             });
         }
         self.io = Some(IoThread::start(events).map_err(VirtioError::IoThread)?);
@@ -408,6 +536,54 @@ mod tests {
         assert_eq!(slots.len(), 1);
         assert_eq!(slots[0].functions, 1);
         assert_eq!(slots[0].tag, "virtio-blk disks[0]");
+    }
+
+    #[test]
+    fn net_interfaces_follow_the_disks_one_slot_each() {
+        let text = r#"{"vcpus": 1, "memory": {"size_mib": 64}, "kernel": {"path": "/k"},
+            "disks": [{"path": "/a.img"}], "net": [{"tap": "tap0"}, {"tap": "tap1"}]}"#;
+        let tags: Vec<String> = slot_requests(&VmSpec::parse(text).unwrap())
+            .into_iter()
+            .map(|s| s.tag)
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "virtio-blk disks[0]",
+                "virtio-net net[0]",
+                "virtio-net net[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn validate_refuses_a_missing_tap_naming_the_field() {
+        let text = r#"{"vcpus": 1, "memory": {"size_mib": 64}, "kernel": {"path": "/k"},
+            "net": [{"tap": "strait-nx0"}]}"#;
+        let e = check_net(&VmSpec::parse(text).unwrap()).unwrap_err();
+        assert!(e.is_spec_problem());
+        assert!(matches!(&e, VirtioError::NoInterface { index: 0, name } if name == "strait-nx0"));
+        assert!(e.to_string().starts_with("net[0].tap: "), "{e}");
+    }
+
+    #[test]
+    fn validate_refuses_an_fd_that_is_not_a_tap() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let text = format!(
+            r#"{{"vcpus": 1, "memory": {{"size_mib": 64}}, "kernel": {{"path": "/k"}},
+                "net": [{{"tap_fd": {fd}}}]}}"#
+        );
+        let e = check_net(&VmSpec::parse(&text).unwrap()).unwrap_err();
+        assert!(matches!(
+            e,
+            VirtioError::OpenTap {
+                index: 0,
+                field: "tap_fd",
+                source: TapError::NotTap { .. }
+            }
+        ));
+        assert!(e.to_string().starts_with("net[0].tap_fd: "), "{e}");
     }
 
     #[test]

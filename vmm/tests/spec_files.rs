@@ -62,6 +62,18 @@ fn root_disk_example_has_a_direct_disk_next_to_the_spec() {
     assert!(spec.disks[0].direct && !spec.disks[0].readonly);
 }
 
+#[test]
+fn net_example_has_a_named_tap_and_a_mac() {
+    let spec = VmSpec::load(&crate_dir().join("examples/net-tap.json")).unwrap();
+    assert_eq!(spec.net.len(), 1);
+    assert_eq!(spec.net[0].tap.as_deref(), Some("tap0"));
+    assert_eq!(
+        spec.net[0].mac_or_default().to_string(),
+        "52:54:00:12:34:56"
+    );
+    assert!(spec.net[0].vhost);
+}
+
 /// Check every key of `value` is a property of `schema` (recursively), and every object
 /// schema forbids additional properties, like `deny_unknown_fields`.
 fn assert_described(schema: &Value, value: &Value, at: &str) {

@@ -14,10 +14,13 @@
 //! A chain that breaks a rule is refused whole: the device completes it with no bytes
 //! written, it never reads or writes a byte of it.
 
+use std::io;
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{
+    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, Permissions,
+};
 
 /// Most descriptors one request may use. Linux uses at most `seg_max` + 2 for a block
 /// request and 19 for a network packet; this leaves room and bounds the work a guest
@@ -118,4 +121,19 @@ pub fn in_ram<M: GuestMemory + ?Sized>(
     access: Permissions,
 ) -> bool {
     addr.checked_add(u64::from(len)).is_some() && mem.check_range(addr, len as usize, access)
+}
+
+/// Host iovecs for guest buffers, split where guest RAM regions end.
+pub fn iovecs(mem: &GuestMemoryMmap, bufs: &[Buffer]) -> io::Result<Vec<libc::iovec>> {
+    let mut iov = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        for slice in GuestMemoryBackend::get_slices(mem, b.addr, b.len as usize) {
+            let slice = slice.map_err(io::Error::other)?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    Ok(iov)
 }

@@ -5,18 +5,21 @@
 //!   KVM: it hands out the notify addresses and the eventfds the VMM registers with
 //!   KVM_IOEVENTFD, and signals interrupts by writing the eventfds the VMM turned into
 //!   irqfds;
-//! - the devices, behind [`VirtioDevice`]: what a request means ([`block`]);
-//! - the backends: where the bytes go ([`block::disk`]: a raw image or block device).
+//! - the devices, behind [`VirtioDevice`]: what a request means ([`block`], [`net`]);
+//! - the backends: where the bytes go ([`block::disk`]: a raw image or block device;
+//!   [`net::tap`] and [`net::vhost`]: a tap, its frames moved by Strait or vhost-net).
 //!
 //! Guest-written descriptors are hostile input: [`chain`] is the one place they are
 //! read, bounds-checked against guest RAM and capped in length.
 
 pub mod block;
 pub mod chain;
+pub mod net;
 pub mod pci;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use resources::LogLimiter;
@@ -70,6 +73,18 @@ pub struct Activation {
     /// One per queue the device offers; queues the driver left disabled are not ready.
     pub queues: Vec<Queue>,
     pub interrupts: Interrupts,
+    /// Each queue's notify eventfd (the one KVM signals): for an in-kernel backend
+    /// (vhost-net's kick).
+    pub kicks: Vec<EventFd>,
+}
+
+/// What the I/O thread waits on for a device.
+#[derive(Debug)]
+pub struct IoEvents {
+    /// Whether it watches the queues' notify eventfds (false when the host kernel does).
+    pub kicks: bool,
+    /// Backend fds whose readability runs `process_queue(index)`, watched edge-triggered.
+    pub backend: Vec<(OwnedFd, usize)>,
 }
 
 /// Why a device could not start.
@@ -79,6 +94,8 @@ pub enum ActivateError {
     NoQueue,
     #[error("queue {0} lies outside guest RAM or is not ready")]
     BadQueue(usize),
+    #[error("the backend refused to start: {0}")]
+    Backend(String),
 }
 
 /// One virtio device, as the transport and the I/O thread see it. The transport calls
@@ -104,6 +121,13 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The driver notified queue `index` (or its backend became ready): process it.
     fn process_queue(&mut self, index: usize);
+    /// What the I/O thread should wait on (asked once, when it starts).
+    fn io_events(&self) -> std::io::Result<IoEvents> {
+        Ok(IoEvents {
+            kicks: true,
+            backend: Vec::new(),
+        })
+    }
 }
 
 /// A device shared by its transport and the I/O thread.

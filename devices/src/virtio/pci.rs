@@ -477,11 +477,18 @@ impl VirtioPciTransport {
         irqs.config = self
             .vector_fd(self.config_vector)
             .and_then(|f| f.try_clone().ok());
+        let kicks = self
+            .kicks
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| super::ActivateError::Backend(format!("cloning a notify eventfd: {e}")))?;
         Ok(Activation {
             mem: self.mem.clone(),
             features: self.driver_features,
             queues,
             interrupts: irqs,
+            kicks,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct TestQueue {
     pub mem: GuestMemoryMmap,
     pub size: u16,
     avail_idx: u16,
+    /// Where this queue's rings are (DESC/AVAIL/USED for the first queue).
+    base: [u64; 3],
 }
 
 impl TestQueue {
@@ -31,6 +33,17 @@ impl TestQueue {
             mem,
             size,
             avail_idx: 0,
+            base: [DESC, AVAIL, USED],
+        }
+    }
+
+    /// Another queue in the same guest RAM, its rings 0x4000 above this one's.
+    pub fn next_queue(&self, size: u16) -> TestQueue {
+        TestQueue {
+            mem: self.mem.clone(),
+            size,
+            avail_idx: 0,
+            base: self.base.map(|a| a + 0x4000),
         }
     }
 
@@ -46,14 +59,14 @@ impl TestQueue {
     }
 
     pub fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc_at(DESC, i, addr, len, flags, next);
+        self.desc_at(self.base[0], i, addr, len, flags, next);
     }
 
     /// Make the chain starting at `head` available.
     pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+            .write_obj(head, GuestAddress(self.base[1] + 4 + 2 * slot))
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.set_avail_idx(self.avail_idx);
@@ -61,26 +74,31 @@ impl TestQueue {
 
     /// Write the avail index directly (a hostile driver may put anything there).
     pub fn set_avail_idx(&self, idx: u16) {
-        self.mem.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+        self.mem
+            .write_obj(idx, GuestAddress(self.base[1] + 2))
+            .unwrap();
     }
 
     /// A ready queue over the rings.
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
-        q.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        q.try_set_desc_table_address(GuestAddress(self.base[0]))
+            .unwrap();
+        q.try_set_avail_ring_address(GuestAddress(self.base[1]))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(self.base[2]))
+            .unwrap();
         q.set_ready(true);
         q
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.mem.read_obj(GuestAddress(self.base[2] + 2)).unwrap()
     }
 
     /// Used ring entry `i`: (head, length written).
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let at = USED + 4 + 8 * u64::from(i % self.size);
+        let at = self.base[2] + 4 + 8 * u64::from(i % self.size);
         let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id, len)

@@ -206,6 +206,7 @@ fn write_agent_files(
         l0_timeout_secs: ctx.scenario.timeout.as_secs(),
         pre_commands: Vec::new(),
         actions: Vec::new(),
+        net: false,
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }

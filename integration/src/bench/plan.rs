@@ -460,6 +460,7 @@ mod tests {
                 cmdline: "console=ttyS0".into(),
                 devices: 1,
                 disks: Vec::new(),
+                net: false,
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),

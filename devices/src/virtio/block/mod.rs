@@ -23,9 +23,9 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::chain::{parse_chain, Buffer, Chain};
+use super::chain::{iovecs, parse_chain, Buffer, Chain};
 use super::{ActivateError, Activation, Interrupts, VirtioDevice};
 pub use disk::{DiskError, DiskFile, DiskOptions, SECTOR_SIZE};
 
@@ -306,21 +306,6 @@ fn scatter(mem: &GuestMemoryMmap, bufs: &[Buffer], mut data: &[u8]) {
         }
         data = &data[n..];
     }
-}
-
-/// Host iovecs for guest buffers, split where guest RAM regions end.
-fn iovecs(mem: &GuestMemoryMmap, bufs: &[Buffer]) -> io::Result<Vec<libc::iovec>> {
-    let mut iov = Vec::with_capacity(bufs.len());
-    for b in bufs {
-        for slice in mem.get_slices(b.addr, b.len as usize) {
-            let slice = slice.map_err(io::Error::other)?;
-            iov.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-    }
-    Ok(iov)
 }
 
 impl VirtioDevice for Block {

@@ -35,6 +35,7 @@ fn rig_with(readonly: bool, disk_bytes: usize) -> Rig {
         features: 0,
         queues: vec![q.queue()],
         interrupts: Interrupts::default(),
+        kicks: Vec::new(),
     })
     .unwrap();
     Rig {
