@@ -258,6 +258,15 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                     // start replaces a stale socket).
                     libc::SYS_unlink,
                     libc::SYS_unlinkat,
+                    // What a restarted vCPU thread does entering its own sandbox under
+                    // this filter: capabilities, Landlock, its seccomp filter.
+                    libc::SYS_capget,
+                    libc::SYS_capset,
+                    libc::SYS_geteuid,
+                    libc::SYS_landlock_create_ruleset,
+                    libc::SYS_landlock_add_rule,
+                    libc::SYS_landlock_restrict_self,
+                    libc::SYS_seccomp,
                 ],
             );
             let mut ioctls = vcpu_ioctls();
