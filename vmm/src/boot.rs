@@ -346,6 +346,13 @@ pub struct KernelFiles {
 }
 
 impl KernelFiles {
+    /// The files as a reboot in place keeps them: without the vmlinux decompressed on
+    /// the host (tens of MiB), so a restarted guest decompresses its bzImage itself.
+    pub fn for_reboot(mut self) -> KernelFiles {
+        self.unpacked = Unpacked::None;
+        self
+    }
+
     /// Identify the kernel and read it and the initramfs whole; decompress a bzImage's
     /// kernel (from the user's cache when it holds it) unless its format is unknown here.
     pub fn read(spec: &KernelSpec) -> Result<KernelFiles, BootError> {
@@ -997,6 +1004,21 @@ pub(crate) mod tests {
             carried,
             (HDRS_MAGIC, 0x20f, 0x0123_4000, 0x20_0000, 1, 2047, 0x01)
         );
+    }
+
+    #[test]
+    fn files_kept_for_a_reboot_boot_the_bzimage_itself() {
+        let path = bzimage_of(&tiny_elf(0x20_0000, &[0xf4u8; 32], 0x1000), "reboot");
+        let spec = KernelSpec {
+            path: path.clone(),
+            initramfs: None,
+            cmdline: String::new(),
+        };
+        let files = KernelFiles::read_with_cache(&spec, None);
+        std::fs::remove_file(&path).unwrap();
+        let kept = files.unwrap().for_reboot();
+        assert!(matches!(kept.unpacked, Unpacked::None));
+        assert_eq!(kept.to_load().0, KernelFormat::BzImage);
     }
 
     #[test]

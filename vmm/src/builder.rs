@@ -106,7 +106,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let windows = pci_windows(spec, passthrough.as_ref(), virtio_map.as_ref());
     let boot = load_guest(spec, ram.memory(), &files, windows)?;
     // Kept for a reboot in place: a sandboxed Strait may no longer open files.
-    let files = (spec.lifecycle.on_reboot == crate::spec::OnReboot::Restart).then_some(files);
+    let files =
+        (spec.lifecycle.on_reboot == crate::spec::OnReboot::Restart).then(|| files.for_reboot());
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
     let (pci, extra_ports) =

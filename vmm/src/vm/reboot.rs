@@ -88,8 +88,9 @@ pub(crate) struct Restart {
     pub boot: BootCpuState,
     /// Per vCPU, by index.
     pub power_on: Vec<PowerOnState>,
-    /// The kernel and initramfs as the first boot read them (with `on_reboot`
-    /// "restart"): a sandboxed Strait may no longer open files.
+    /// The kernel and initramfs as the first boot read them, without the vmlinux
+    /// decompressed on the host (with `on_reboot` "restart"): a sandboxed Strait may no
+    /// longer open files, and the guest decompresses its kernel itself on a reboot.
     pub files: Option<KernelFiles>,
 }
 
