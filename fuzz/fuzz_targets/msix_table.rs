@@ -1,26 +1,10 @@
 //! The MSI-X model: any sequence of control writes, table and PBA accesses and VMM
 //! signals keeps the capability's read-only registers and never panics.
 #![no_main]
-use devices::interrupt::{MsiMessage, MsiRouter};
 use devices::pci::config::{ConfigSize, PciIds};
 use devices::pci::{Msix, MsixLayout, PciConfigSpace};
 use libfuzzer_sys::fuzz_target;
-
-struct Null;
-impl MsiRouter for Null {
-    fn update(&mut self, _: u16, _: MsiMessage, _: bool) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn enable(&mut self, _: Option<u16>) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn trigger(&mut self, _: u16) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn set_function_mask(&mut self, _: bool) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vfio_glue::fake::NullRouter;
 
 fuzz_target!(|data: &[u8]| {
     let Some((head, ops)) = data.split_first_chunk::<2>() else {
@@ -35,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         pba_offset: 0,
     };
     let mut cfg = PciConfigSpace::new_type0(PciIds::default(), ConfigSize::Pcie);
-    let mut msix = Msix::new(layout, Box::new(Null)).expect("valid layout");
+    let mut msix = Msix::new(layout, Box::new(NullRouter)).expect("valid layout");
     let cap = msix.add_to(&mut cfg).expect("room for the capability");
     for op in ops.chunks_exact(12) {
         let offset = u64::from(u32::from_le_bytes([op[1], op[2], op[3], op[4]])) % 0x9000;

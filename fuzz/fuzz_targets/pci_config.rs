@@ -4,31 +4,14 @@
 #![no_main]
 use std::io;
 
-use devices::interrupt::{MsiMessage, MsiRouter};
 use devices::pci::{HostBridge, PciDevice, RootPort, RootPortConfig};
 use libfuzzer_sys::fuzz_target;
 use vfio_glue::device::{IrqIndex, IrqInfo, RegionInfo};
-use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper};
+use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper, NullRouter};
 use vfio_glue::{
     GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciDevice, VfioPciParams,
 };
 use vmm_sys_util::eventfd::EventFd;
-
-struct Null;
-impl MsiRouter for Null {
-    fn update(&mut self, _: u16, _: MsiMessage, _: bool) -> io::Result<()> {
-        Ok(())
-    }
-    fn enable(&mut self, _: Option<u16>) -> io::Result<()> {
-        Ok(())
-    }
-    fn trigger(&mut self, _: u16) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Irqs;
 impl IrqProvider for Irqs {
@@ -37,7 +20,7 @@ impl IrqProvider for Irqs {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<io::Result<_>>()?;
         Ok(MsiVectors {
-            router: Box::new(Null),
+            router: Box::new(NullRouter),
             eventfds,
         })
     }

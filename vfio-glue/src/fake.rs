@@ -1,6 +1,8 @@
 //! Fakes of the hardware traits for tests here and in the VMM: a VFIO device
 //! whose regions are byte arrays, and a DMA mapper; both append what they are
 //! asked to one shared [`CallLog`], so tests assert on call order across them.
+//! [`NullRouter`] is an MSI router that accepts everything (fuzz targets, tests that
+//! do not look at interrupts).
 
 use resources::lock;
 use std::collections::BTreeMap;
@@ -12,6 +14,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::container::{DmaMapper, IovaRange};
 use crate::device::{IrqIndex, IrqInfo, IrqRequest, RegionInfo, VfioDeviceOps, CONFIG_REGION};
 use crate::mapping::HostMapping;
+
+/// An MSI router that accepts every call and does nothing.
+#[derive(Debug, Default)]
+pub struct NullRouter;
+
+impl devices::interrupt::MsiRouter for NullRouter {
+    fn update(&mut self, _: u16, _: devices::interrupt::MsiMessage, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+    fn enable(&mut self, _: Option<u16>) -> io::Result<()> {
+        Ok(())
+    }
+    fn trigger(&mut self, _: u16) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A call a fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -316,24 +316,7 @@ impl IntxLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{Call, CallLog, FakeDevice};
-
-    #[derive(Default)]
-    struct NullRouter;
-    impl MsiRouter for NullRouter {
-        fn update(&mut self, _: u16, _: MsiMessage, _: bool) -> io::Result<()> {
-            Ok(())
-        }
-        fn enable(&mut self, _: Option<u16>) -> io::Result<()> {
-            Ok(())
-        }
-        fn trigger(&mut self, _: u16) -> io::Result<()> {
-            Ok(())
-        }
-        fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::fake::{Call, CallLog, FakeDevice, NullRouter};
 
     fn efd() -> EventFd {
         EventFd::new(libc::EFD_NONBLOCK).unwrap()
