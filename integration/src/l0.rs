@@ -110,6 +110,13 @@ fn device_args(device: Device, work_dir: &Path) -> Vec<String> {
             strings(&["-object", &backend, "-device", "ivshmem-plain,memdev=shm0"])
         }
         Device::Edu => strings(&["-device", "edu"]),
+        // Slot 0x10 of the root bus: L1's own devices take the low slots.
+        Device::GpuSlot => strings(&[
+            "-device",
+            "bochs-display,bus=pcie.0,addr=0x10.0,multifunction=on",
+            "-device",
+            "ich9-intel-hda,bus=pcie.0,addr=0x10.1",
+        ]),
     }
 }
 

@@ -181,6 +181,11 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         initramfs: ctx.artefacts.l2_initrd.clone(),
         cmdline,
         devices: ctx.scenario.devices.len(),
+        whole_slots: (0..)
+            .zip(&ctx.scenario.devices)
+            .filter_map(|(i, d)| d.slot_functions().map(|f| (i, f)))
+            .collect(),
+        hide_hypervisor: ctx.scenario.hide_hypervisor,
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Scenario {
     pub hugepages: HugePages,
     /// Appended to L2's kernel command line (e.g. `pci=nomsi`).
     pub cmdline_extra: String,
+    /// Hide the hypervisor from L2's CPUID.
+    pub hide_hypervisor: bool,
     /// Guest-side checks, run in order.
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
@@ -102,7 +104,16 @@ pub struct Scenario {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: &[&str] = &["nvme", "boot", "boot-1g", "passthrough", "nvme-intx", "edu"];
+pub const BUILTIN: &[&str] = &[
+    "nvme",
+    "boot",
+    "boot-hidden",
+    "boot-1g",
+    "passthrough",
+    "nvme-intx",
+    "edu",
+    "gpu-slot",
+];
 
 impl Scenario {
     /// A scenario with no devices or checks and the defaults of the baseline.
@@ -114,6 +125,7 @@ impl Scenario {
             memory_mib: 512,
             hugepages: HugePages::Size2M,
             cmdline_extra: String::new(),
+            hide_hypervisor: false,
             checks: Vec::new(),
             host_checks: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
@@ -125,10 +137,12 @@ impl Scenario {
         match name {
             "nvme" => Ok(nvme()),
             "boot" => Ok(boot()),
+            "boot-hidden" => Ok(boot_hidden()),
             "boot-1g" => Ok(boot_1g()),
             "passthrough" => Ok(passthrough()),
             "nvme-intx" => Ok(nvme_intx()),
             "edu" => Ok(edu()),
+            "gpu-slot" => Ok(gpu_slot()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -228,6 +242,20 @@ pub fn boot() -> Scenario {
     s
 }
 
+/// `boot` with the hypervisor hidden from L2's CPUID: no `hypervisor` flag, no
+/// "Hypervisor detected" line, and the clock source L2 falls back to in the detail.
+pub fn boot_hidden() -> Scenario {
+    let mut s = boot();
+    s.name = "boot-hidden".into();
+    s.hide_hypervisor = true;
+    s.checks = vec![
+        checks::cpus(s.vcpus),
+        checks::memory(s.memory_mib),
+        checks::no_hypervisor(),
+    ];
+    s
+}
+
 /// No devices, RAM on 1 GiB pages (reserved on L1's kernel command line).
 pub fn boot_1g() -> Scenario {
     let mut s = Scenario::new("boot-1g");
@@ -279,6 +307,15 @@ pub fn edu() -> Scenario {
     let mut s = Scenario::new("edu");
     s.devices = vec![Device::Edu];
     s.checks = vec![checks::edu_mmio()];
+    s
+}
+
+/// A GPU-like two-function slot (display + HD audio, one IOMMU group) passed through
+/// as one guest slot: bochs-drm binds the display, snd_hda_intel the audio function.
+pub fn gpu_slot() -> Scenario {
+    let mut s = Scenario::new("gpu-slot");
+    s.devices = vec![Device::GpuSlot];
+    s.checks = vec![checks::bochs_drm(), checks::hda_in_display_slot()];
     s
 }
 

@@ -40,11 +40,22 @@ pub struct GuestConfig {
     pub cmdline: String,
     /// Number of passed-through devices (`@DEV0@`..).
     pub devices: usize,
+    /// Devices passed through as whole slots: (index, functions). Strait gets the slot
+    /// form `DDDD:BB:DD`, QEMU one vfio-pci device per function behind one root port.
+    pub whole_slots: Vec<(usize, u8)>,
+    /// Hide the hypervisor from L2's CPUID (Strait: `cpu.hide_hypervisor`; QEMU:
+    /// `kvm=off,hypervisor=off`).
+    pub hide_hypervisor: bool,
 }
 
 /// The placeholder for the BDF of the `index`-th passed-through device.
 pub fn device_placeholder(index: usize) -> String {
     format!("@DEV{index}@")
+}
+
+/// The placeholder for the slot (`DDDD:BB:DD`) of the `index`-th device.
+pub fn slot_placeholder(index: usize) -> String {
+    format!("@SLOT{index}@")
 }
 
 /// Where L1 mounts hugetlbfs for each page size (inside the chroot).
@@ -101,7 +112,12 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
         push(&["-object", &backend]);
         machine.push_str(",memory-backend=ram0");
     }
-    push(&["-machine", &machine, "-cpu", "host"]);
+    let cpu = if guest.hide_hypervisor {
+        "host,kvm=off,hypervisor=off"
+    } else {
+        "host"
+    };
+    push(&["-machine", &machine, "-cpu", cpu]);
     push(&[
         "-smp",
         &guest.vcpus.to_string(),
@@ -121,8 +137,23 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
             i + 1,
             i + 1
         );
-        let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
-        push(&["-device", &port, "-device", &vfio]);
+        push(&["-device", &port]);
+        match guest.whole_slots.iter().find(|(d, _)| *d == i) {
+            Some((_, functions)) => {
+                for f in 0..*functions {
+                    let multi = if f == 0 { ",multifunction=on" } else { "" };
+                    let vfio = format!(
+                        "vfio-pci,host={}.{f},bus=rp{i},addr=0.{f}{multi}",
+                        slot_placeholder(i)
+                    );
+                    push(&["-device", &vfio]);
+                }
+            }
+            None => {
+                let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
+                push(&["-device", &vfio]);
+            }
+        }
     }
     push(&["-kernel", &guest.kernel.display().to_string()]);
     push(&["-initrd", &guest.initramfs.display().to_string()]);
@@ -137,7 +168,14 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
 /// for that device, since only L1 knows its bus numbering.
 pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     let passthrough: Vec<_> = (0..guest.devices)
-        .map(|i| serde_json::json!({ "host": device_placeholder(i) }))
+        .map(|i| {
+            let host = if guest.whole_slots.iter().any(|(d, _)| *d == i) {
+                slot_placeholder(i)
+            } else {
+                device_placeholder(i)
+            };
+            serde_json::json!({ "host": host })
+        })
         .collect();
     let mut spec = serde_json::json!({
         "vcpus": guest.vcpus,
@@ -151,6 +189,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     });
     if !passthrough.is_empty() {
         spec["passthrough"] = serde_json::Value::Array(passthrough);
+    }
+    if guest.hide_hypervisor {
+        spec["cpu"] = serde_json::json!({ "hide_hypervisor": true });
     }
     spec
 }
@@ -169,6 +210,8 @@ mod tests {
             initramfs: PathBuf::from("/cache/l2.cpio"),
             cmdline: "console=ttyS0 pci=nomsi".into(),
             devices,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
         }
     }
 
@@ -191,6 +234,32 @@ mod tests {
                 "vfio-pci,host=@DEV1@,bus=rp1",
             ]
         );
+    }
+
+    #[test]
+    fn a_whole_slot_is_one_spec_entry_and_one_vfio_device_per_function_for_qemu() {
+        let mut g = guest(1, HugePages::Size2M);
+        g.whole_slots = vec![(0, 2)];
+        assert_eq!(
+            after(&qemu_command(&g), "-device"),
+            [
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1",
+                "vfio-pci,host=@SLOT0@.0,bus=rp0,addr=0.0,multifunction=on",
+                "vfio-pci,host=@SLOT0@.1,bus=rp0,addr=0.1",
+            ]
+        );
+        assert_eq!(strait_spec(&g)["passthrough"][0]["host"], "@SLOT0@");
+    }
+
+    #[test]
+    fn hiding_the_hypervisor_reaches_both_vmms() {
+        let mut g = guest(0, HugePages::Size2M);
+        g.hide_hypervisor = true;
+        assert_eq!(
+            after(&qemu_command(&g), "-cpu"),
+            ["host,kvm=off,hypervisor=off"]
+        );
+        assert_eq!(strait_spec(&g)["cpu"]["hide_hypervisor"], true);
     }
 
     #[test]

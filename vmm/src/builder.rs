@@ -9,6 +9,7 @@ use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use resources::GsiAllocator;
+use vfio_glue::sysfs::Sysfs;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{self, KernelFiles};
@@ -17,7 +18,7 @@ use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
-use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
+use crate::passthrough::{self, AttachParams, ConfigEffects, Passthrough, PassthroughError};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
@@ -83,21 +84,24 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let vm_fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
     setup_platform(&vm_fd)?;
     let cpuid = vcpu::guest_cpuid(&kvm)?;
-    let hosts = spec.passthrough_hosts();
+    let hosts = passthrough::expand_hosts(&Sysfs::default(), &spec.passthrough_hosts())
+        .map_err(PassthroughError::Vfio)?;
+    let cliques = passthrough::cliques(&Sysfs::default(), spec).map_err(PassthroughError::Vfio)?;
     let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes())?;
     let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
     let mut slots = SlotPool::new(0);
     register_ram(&vm_fd, &ram, &mut slots)?;
     logger::mark(phase::MEMORY_READY);
     if let Some(p) = passthrough.as_mut() {
-        attach_passthrough(p, &vm_fd, &ram, spec, &cpuid)?;
+        attach_passthrough(p, &vm_fd, &ram, spec, &cpuid, &cliques)?;
     }
     logger::mark(phase::DMA_MAPPED);
     let files = files
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref());
-    let boot = load_guest(spec, ram.memory(), &files, windows)?;
+    let cmdline = vcpu::guest_cmdline(&kvm, &spec.kernel.cmdline, spec.cpu.hide_hypervisor);
+    let boot = load_guest(spec, ram.memory(), &files, windows, &cmdline)?;
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
@@ -111,6 +115,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         entry: boot.entry,
         cr3: boot.cr3,
         supported_cpuid: cpuid,
+        hide_hypervisor: spec.cpu.hide_hypervisor,
     };
     let vcpus = (0..spec.vcpus)
         .map(|i| vcpu::create_vcpu(&vm_fd, i, spec.vcpus, &cpu))
@@ -139,6 +144,7 @@ fn attach_passthrough(
     ram: &GuestRam,
     spec: &VmSpec,
     cpuid: &CpuId,
+    cliques: &[(vfio_glue::HostPciAddress, u8)],
 ) -> Result<(), Error> {
     let gsis =
         GsiAllocator::new(layout::MSI_GSI_BASE, MAX_MSI_GSI).map_err(PassthroughError::GsiPool)?;
@@ -147,6 +153,8 @@ fn attach_passthrough(
         ram_size: spec.memory_bytes(),
         routing: &GsiRouting::new(vm_fd.clone(), gsis),
         phys_bits: arch::x86_64::phys_address_bits(cpuid),
+        cliques,
+        p2p: spec.p2p,
     };
     Ok(p.attach(params)?)
 }
@@ -224,11 +232,12 @@ fn load_guest(
     mem: &GuestMemoryMmap,
     files: &KernelFiles,
     pci: PciWindows,
+    cmdline: &str,
 ) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
     let kernel = boot::load_kernel(mem, files)?;
     let initramfs = boot::load_initramfs(mem, files, &kernel, ram_size)?;
-    let cmdline_size = boot::load_cmdline(mem, &files.image, &spec.kernel.cmdline)?;
+    let cmdline_size = boot::load_cmdline(mem, &files.image, cmdline)?;
     let rsdp = write_acpi(mem, spec, pci)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;

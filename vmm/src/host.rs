@@ -197,7 +197,9 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
 /// is bound to vfio-pci, its IOMMU group is viable and /dev/vfio/N opens; no device is
 /// listed twice; the memlock limit covers guest RAM.
 pub fn check_passthrough(spec: &VmSpec, paths: &HostPaths) -> Result<(), HostError> {
-    passthrough::check_host(paths, &spec.passthrough_hosts(), spec.memory_bytes())?;
+    let addrs = passthrough::expand_hosts(&paths.sysfs, &spec.passthrough_hosts())?;
+    passthrough::check_host(paths, &addrs, spec.memory_bytes())?;
+    passthrough::cliques(&paths.sysfs, spec)?;
     Ok(())
 }
 
@@ -242,6 +244,7 @@ mod tests {
                 hugepages: HugePages::None,
                 prefault: true,
             },
+            cpu: Default::default(),
             kernel: KernelSpec {
                 path: kernel.into(),
                 initramfs: initramfs.map(Into::into),
@@ -249,6 +252,7 @@ mod tests {
             },
             passthrough: vec![],
             serial: SerialSpec::Off,
+            p2p: Default::default(),
         }
     }
 
@@ -454,6 +458,7 @@ mod tests {
             .iter()
             .map(|h| PassthroughSpec {
                 host: h.to_string().into(),
+                clique: None,
             })
             .collect();
         s

@@ -28,7 +28,7 @@ use vfio_glue::HostPciAddress;
 
 use crate::check::HostRoot;
 use crate::passthrough::plan_slots;
-use crate::spec::VmSpec;
+use crate::spec::{HostSelector, VmSpec};
 
 /// Why the plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +67,13 @@ pub struct VmPlan {
     iova_source: String,
     map: PciMap,
     functions: Vec<FunctionView>,
+    /// Per root port, the host link it mirrors (`None`: the default Gen3 x16).
+    links: Vec<Option<devices::pci::PortLink>>,
 }
 
 /// Plan `spec` (loaded and validated) on the host seen from `root`.
 pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
-    let hosts = spec.passthrough_hosts();
+    let hosts = expand_slots(root, spec)?;
     let (topology, groups) = plan_slots(&hosts).map_err(PlanError::Topology)?;
     let cpuinfo = root.read("proc/cpuinfo").unwrap_or_default();
     let phys_bits = crate::check::phys_bits(&cpuinfo).ok_or(PlanError::PhysBits)?;
@@ -93,6 +95,11 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         }
         bars.push(port_bars);
     }
+    let sysfs = vfio_glue::sysfs::Sysfs::new(root.path("sys"));
+    let links = groups
+        .iter()
+        .map(|g| g.first().and_then(|h| sysfs.upstream_link(h)))
+        .collect();
     let (iova, iova_source) = iova_ranges(root, &hosts);
     let ram_size = spec.memory_bytes();
     let platform = layout::pci_platform(ram_size, phys_bits, iova.clone());
@@ -110,7 +117,30 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         iova_source,
         map,
         functions,
+        links,
     })
+}
+
+/// The host functions the spec names, a slot as every function sysfs lists for it (on
+/// whatever driver: the plan shows what `run` would build once they are on vfio-pci).
+fn expand_slots(root: &HostRoot, spec: &VmSpec) -> Result<Vec<HostPciAddress>, PlanError> {
+    let sysfs = vfio_glue::sysfs::Sysfs::new(root.path("sys"));
+    let mut addrs = Vec::new();
+    for h in spec.passthrough_hosts() {
+        match h {
+            HostSelector::Function(a) => addrs.push(a),
+            HostSelector::Slot(s) => {
+                let members = vfio_glue::host::slot_members(&sysfs, s).map_err(|_| {
+                    PlanError::DeviceMissing {
+                        addr: s,
+                        path: root.path("sys/bus/pci/devices").display().to_string(),
+                    }
+                })?;
+                addrs.extend(members.iter().map(|m| m.addr));
+            }
+        }
+    }
+    Ok(addrs)
 }
 
 /// A function's BARs (from `config` and `resource`) and the spans that trap.
@@ -290,13 +320,24 @@ impl VmPlan {
         Some(t.iter().find(|(i, _)| *i == index)?.1.clone())
     }
 
+    /// The link root port `i` reports: the host's it mirrors, else the default.
+    fn link(&self, i: usize) -> devices::pci::PortLink {
+        self.links
+            .get(i)
+            .copied()
+            .flatten()
+            .unwrap_or(devices::pci::PortLink::DEFAULT)
+    }
+
     /// The plan as a JSON document (addresses as hex strings: JSON numbers lose bits).
     pub fn to_json(&self) -> Value {
         let ports: Vec<Value> = self
             .map
             .ports
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
+                let link = self.link(i);
                 let bars: Vec<Value> = p
                     .bars
                     .iter()
@@ -337,6 +378,7 @@ impl VmPlan {
                     "io": range_json(&p.io),
                     "mem": range_json(&p.mem),
                     "prefetchable": range_json(&p.prefetchable),
+                    "link": json!({ "speed": link.speed.rate(), "width": link.width }),
                     "functions": functions,
                     "bars": bars,
                 })
@@ -421,15 +463,18 @@ impl fmt::Display for VmPlan {
             resources::HOST_BRIDGE,
             self.map.bus_end
         )?;
-        for p in &self.map.ports {
+        for (i, p) in self.map.ports.iter().enumerate() {
+            let link = self.link(i);
             writeln!(
                 f,
-                "  root port {} -> bus {}  io {}  mem {}  prefetchable {}",
+                "  root port {} -> bus {}  io {}  mem {}  prefetchable {}  link {} x{}",
                 p.slot.bdf,
                 p.slot.secondary_bus,
                 window(&p.io),
                 window(&p.mem),
-                window(&p.prefetchable)
+                window(&p.prefetchable),
+                link.speed.rate(),
+                link.width
             )?;
             for g in &p.slot.functions {
                 let host = self.function(*g).map_or("?".into(), |v| v.host.to_string());

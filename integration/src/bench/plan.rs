@@ -458,6 +458,8 @@ mod tests {
                 initramfs: PathBuf::from("/c/l2-bench.cpio"),
                 cmdline: "console=ttyS0".into(),
                 devices: 1,
+                whole_slots: Vec::new(),
+                hide_hypervisor: false,
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),

@@ -386,6 +386,8 @@ mod tests {
             initramfs: PathBuf::from("/c/l2-boot.cpio"),
             cmdline: "console=ttyS0".into(),
             devices: 0,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
         }
     }
 

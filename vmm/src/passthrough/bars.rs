@@ -13,6 +13,14 @@
 //! queues them ([`ConfigEffects`]); the vCPU applies the queue after the dispatch
 //! ([`BarMapper::apply_pending`]), before it re-enters the guest.
 //!
+//! Peer-to-peer DMA: for the functions it is on for, each directly mapped span is also
+//! DMA-mapped in the VFIO container at its guest physical address (IOVA = GPA, as guest
+//! RAM is), so that another passed-through device can DMA into the BAR (kernel VFIO
+//! docs, "VFIO_IOMMU_MAP_DMA"; the PCIe switch or root complex routes the peer write).
+//! The mapping follows the KVM slot: made with it when decode turns on or the BAR
+//! moves, removed before it. A span outside the IOMMU's IOVA ranges, or one the IOMMU
+//! refuses, keeps its KVM slot and only loses P2P (logged, rate-limited).
+//!
 //! A move the rules of [`BarWindows::check`] refuse (onto RAM, outside the host bridge
 //! windows), or that KVM or the bus refuses (an overlap), keeps the old mapping; the
 //! refusal is logged (rate-limited) and the VM goes on.
@@ -25,13 +33,14 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
 use resources::LogLimiter;
-use vfio_glue::VfioPciDevice;
+use vfio_glue::{DmaMapper, IovaRange, VfioPciDevice};
 
 use super::bar_rules::{BarWindows, ConfigEffects};
 use crate::io_buses::IoBuses;
 use crate::slots::{MemorySlots, SlotPool};
 
 static REFUSED_MOVE: LogLimiter = LogLimiter::new();
+static P2P_REFUSED: LogLimiter = LogLimiter::new();
 
 /// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.
 struct BarTrap {
@@ -61,6 +70,8 @@ struct BarState {
     live_at: Option<u64>,
     slots: Vec<(u32, u64)>,
     traps: Vec<u64>,
+    /// Spans DMA-mapped for peer-to-peer, (IOVA = GPA, size).
+    dma: Vec<(u64, u64)>,
 }
 
 /// One passed-through function's BARs.
@@ -69,6 +80,8 @@ struct FunctionBars {
     dev: Arc<Mutex<VfioPciDevice>>,
     mem_on: bool,
     io_on: bool,
+    /// Its directly mapped BAR spans are DMA-mapped for peer-to-peer.
+    p2p: bool,
     bars: Vec<BarState>,
 }
 
@@ -77,7 +90,23 @@ struct MapperState {
     pool: SlotPool,
     buses: IoBuses,
     windows: BarWindows,
+    p2p: Option<P2pDma>,
     functions: Vec<FunctionBars>,
+}
+
+/// Where peer-to-peer mappings go: the VFIO container and the IOVA ranges it accepts
+/// (empty: any).
+#[derive(Clone)]
+pub struct P2pDma {
+    pub mapper: Arc<dyn DmaMapper>,
+    pub iova: Vec<IovaRange>,
+}
+
+impl P2pDma {
+    fn accepts(&self, iova: u64, size: u64) -> bool {
+        let last = iova.saturating_add(size.saturating_sub(1));
+        self.iova.is_empty() || self.iova.iter().any(|r| r.start <= iova && last <= r.end)
+    }
 }
 
 /// The BAR mappings of every passed-through function.
@@ -101,14 +130,20 @@ pub struct BarMapperParams {
     pub windows: BarWindows,
     /// Where the config-write handlers queue their effects.
     pub effects: Arc<ConfigEffects>,
+    /// Peer-to-peer DMA mappings, for the functions given with `p2p` set; `None`: off.
+    pub p2p: Option<P2pDma>,
 }
 
 impl BarMapper {
-    /// Track `functions` (label, device), whose BARs are placed and not yet decoded.
-    pub fn new(p: BarMapperParams, functions: Vec<(String, Arc<Mutex<VfioPciDevice>>)>) -> Self {
+    /// Track `functions` (label, device, peer-to-peer on), whose BARs are placed and
+    /// not yet decoded.
+    pub fn new(
+        p: BarMapperParams,
+        functions: Vec<(String, Arc<Mutex<VfioPciDevice>>, bool)>,
+    ) -> Self {
         let functions = functions
             .into_iter()
-            .map(|(label, dev)| {
+            .map(|(label, dev, p2p)| {
                 let bars = lock(&dev)
                     .bars()
                     .into_iter()
@@ -118,6 +153,7 @@ impl BarMapper {
                         live_at: None,
                         slots: Vec::new(),
                         traps: Vec::new(),
+                        dma: Vec::new(),
                     })
                     .collect();
                 FunctionBars {
@@ -125,6 +161,7 @@ impl BarMapper {
                     dev,
                     mem_on: false,
                     io_on: false,
+                    p2p,
                     bars,
                 }
             })
@@ -134,6 +171,7 @@ impl BarMapper {
             pool: p.pool,
             buses: p.buses,
             windows: p.windows,
+            p2p: p.p2p,
             functions,
         };
         BarMapper {
@@ -269,6 +307,7 @@ impl MapperState {
                 return Err(e);
             }
             self.functions[f].bars[b].slots.push((slot, gpa));
+            self.map_p2p(f, b, gpa, size, host);
         }
         for span in trapped {
             let trap: SharedDevice = Arc::new(Mutex::new(BarTrap {
@@ -293,8 +332,48 @@ impl MapperState {
         Ok(())
     }
 
+    /// DMA-map a directly mapped span for peer-to-peer, if on for function `f`; a
+    /// refusal only costs P2P for the span.
+    fn map_p2p(&mut self, f: usize, b: usize, gpa: u64, size: u64, host: u64) {
+        let Some(p2p) = self.p2p.as_ref().filter(|_| self.functions[f].p2p) else {
+            return;
+        };
+        let res = if p2p.accepts(gpa, size) {
+            // SAFETY: `host` is the device's BAR mmap, kept alive through `dev` until
+            // `unmap` has removed this DMA mapping (before the KVM slot and the device).
+            unsafe { p2p.mapper.map(gpa, size, host) }
+        } else {
+            Err(io::Error::other("outside the IOMMU's IOVA ranges"))
+        };
+        match res {
+            Ok(()) => self.functions[f].bars[b].dma.push((gpa, size)),
+            Err(e) => {
+                if P2P_REFUSED.allow() {
+                    log::warn!(
+                        "{}: BAR {} span {gpa:#x}+{size:#x}: no peer-to-peer DMA mapping: {e} \
+                         (event #{})",
+                        self.functions[f].label,
+                        self.functions[f].bars[b].info.index,
+                        P2P_REFUSED.count()
+                    );
+                }
+            }
+        }
+    }
+
     fn unmap(&mut self, f: usize, b: usize) {
         let bar = &mut self.functions[f].bars[b];
+        // Peers stop reaching the BAR before the guest does.
+        for (iova, size) in std::mem::take(&mut bar.dma) {
+            if let Some(p2p) = &self.p2p {
+                if let Err(e) = p2p.mapper.unmap(iova, size) {
+                    log::error!(
+                        "BAR {}: peer-to-peer DMA unmap {iova:#x}+{size:#x}: {e}",
+                        bar.info.index
+                    );
+                }
+            }
+        }
         let (slots, traps) = (
             std::mem::take(&mut bar.slots),
             std::mem::take(&mut bar.traps),
