@@ -162,6 +162,31 @@ echo "no hypervisor flag, no 'Hypervisor detected', clock source $cs; $(dmesg | 
     check("no-hypervisor", body.to_string())
 }
 
+/// L2 has `nodes` NUMA nodes, node `i` with CPU `i` and about `memory_mib / nodes` of RAM
+/// (at least half of it: the kernel's own reservations sit on node 0), and a SLIT
+/// distance row per node.
+pub fn numa_nodes(nodes: u32, memory_mib: u32) -> Check {
+    let low = u64::from(memory_mib / nodes) * 1024 / 2;
+    let body = format!(
+        r#"n=$(ls -d /sys/devices/system/node/node[0-9]* | wc -l)
+[ "$n" = {nodes} ] || {{ echo "$n NUMA nodes, want {nodes} ($(dmesg | grep -i -m2 'srat\|numa' | tr '
+' ';'))"; return 1; }}
+out=""
+i=0
+while [ $i -lt {nodes} ]; do
+	d=/sys/devices/system/node/node$i
+	c=$(cat $d/cpulist)
+	[ "$c" = $i ] || {{ echo "node$i has CPUs '$c', want $i"; return 1; }}
+	kb=$(awk '/MemTotal/ {{ print $4 }}' $d/meminfo)
+	[ "$kb" -ge {low} ] || {{ echo "node$i has $kb kB, want at least {low}"; return 1; }}
+	out="$out node$i: CPU $c, $kb kB, distances $(cat $d/distance);"
+	i=$((i + 1))
+done
+echo "$out""#
+    );
+    check("numa-nodes", body)
+}
+
 /// MemTotal lies between 80% and 100% of the configured RAM (the kernel
 /// keeps its image and early reservations out of MemTotal).
 pub fn memory(memory_mib: u32) -> Check {

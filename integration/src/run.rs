@@ -186,6 +186,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
             .filter_map(|(i, d)| d.slot_functions().map(|f| (i, f)))
             .collect(),
         hide_hypervisor: ctx.scenario.hide_hypervisor,
+        numa_nodes: ctx.scenario.numa_nodes,
     }
 }
 

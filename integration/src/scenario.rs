@@ -92,6 +92,8 @@ pub struct Scenario {
     pub cmdline_extra: String,
     /// Hide the hypervisor from L2's CPUID.
     pub hide_hypervisor: bool,
+    /// Guest NUMA nodes, one vCPU each (Strait only; 0: none).
+    pub numa_nodes: u32,
     /// Guest-side checks, run in order.
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
@@ -113,6 +115,7 @@ pub const BUILTIN: &[&str] = &[
     "nvme-intx",
     "edu",
     "gpu-slot",
+    "numa",
 ];
 
 impl Scenario {
@@ -126,6 +129,7 @@ impl Scenario {
             hugepages: HugePages::Size2M,
             cmdline_extra: String::new(),
             hide_hypervisor: false,
+            numa_nodes: 0,
             checks: Vec::new(),
             host_checks: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
@@ -143,6 +147,7 @@ impl Scenario {
             "nvme-intx" => Ok(nvme_intx()),
             "edu" => Ok(edu()),
             "gpu-slot" => Ok(gpu_slot()),
+            "numa" => Ok(numa()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -316,6 +321,16 @@ pub fn gpu_slot() -> Scenario {
     let mut s = Scenario::new("gpu-slot");
     s.devices = vec![Device::GpuSlot];
     s.checks = vec![checks::bochs_drm(), checks::hda_in_display_slot()];
+    s
+}
+
+/// Two guest NUMA nodes (Strait only: vCPU `i` and half the RAM on node `i`, both on
+/// L1's node 0): L2 finds them in its SRAT and SLIT.
+pub fn numa() -> Scenario {
+    let mut s = Scenario::new("numa");
+    s.vcpus = 2;
+    s.numa_nodes = 2;
+    s.checks = vec![checks::numa_nodes(2, s.memory_mib)];
     s
 }
 

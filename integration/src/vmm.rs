@@ -46,6 +46,9 @@ pub struct GuestConfig {
     /// Hide the hypervisor from L2's CPUID (Strait: `cpu.hide_hypervisor`; QEMU:
     /// `kvm=off,hypervisor=off`).
     pub hide_hypervisor: bool,
+    /// Guest NUMA nodes (Strait only): vCPU `i` and an equal share of RAM on node `i`,
+    /// all on L1's node 0; 0 for none.
+    pub numa_nodes: u32,
 }
 
 /// The placeholder for the BDF of the `index`-th passed-through device.
@@ -193,6 +196,12 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     if guest.hide_hypervisor {
         spec["cpu"] = serde_json::json!({ "hide_hypervisor": true });
     }
+    if let Some(share) = guest.memory_mib.checked_div(guest.numa_nodes) {
+        let nodes: Vec<_> = (0..guest.numa_nodes)
+            .map(|i| serde_json::json!({ "vcpus": [i], "memory_mib": share, "host_node": 0 }))
+            .collect();
+        spec["numa"] = serde_json::Value::Array(nodes);
+    }
     spec
 }
 
@@ -212,6 +221,7 @@ mod tests {
             devices,
             whole_slots: Vec::new(),
             hide_hypervisor: false,
+            numa_nodes: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - `boot`: no devices; L2 sees its vCPUs and memory.
 //! - `boot-hidden`: the same with `cpu.hide_hypervisor`: L2 finds no hypervisor.
+//! - `numa`: two guest NUMA nodes from the spec's `numa`, seen in L2's SRAT and SLIT.
 //! - `gpu-slot`: a display + HD-audio slot passed as `"host": "DDDD:BB:DD"`; bochs-drm
 //!   and snd_hda_intel bind in L2.
 //! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
@@ -80,6 +81,11 @@ fn strait_hides_the_hypervisor_from_l2() {
 #[test]
 fn strait_passes_a_two_function_slot_in_one_line() {
     run_with_strait(scenario::gpu_slot());
+}
+
+#[test]
+fn strait_gives_l2_two_numa_nodes() {
+    run_with_strait(scenario::numa());
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
+use crate::numa;
 use crate::passthrough::{self, AttachParams, ConfigEffects, Passthrough, PassthroughError};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
@@ -88,7 +89,16 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .map_err(PassthroughError::Vfio)?;
     let cliques = passthrough::cliques(&Sysfs::default(), spec).map_err(PassthroughError::Vfio)?;
     let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes())?;
-    let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
+    let host_nodes = numa::HostNodes::default();
+    let numa = numa::plan(spec, &host_nodes, &numa::device_nodes(spec, &host_nodes))
+        .map_err(crate::host::HostError::Numa)?;
+    let regions = memory::plan_regions(spec.memory_bytes());
+    let ram_layout: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest, r.len)).collect();
+    let binds = numa
+        .as_ref()
+        .map(|n| n.ram_binds(&ram_layout))
+        .unwrap_or_default();
+    let ram = GuestRam::new_bound(&spec.memory, &regions, &binds)?;
     let mut slots = SlotPool::new(0);
     register_ram(&vm_fd, &ram, &mut slots)?;
     logger::mark(phase::MEMORY_READY);
@@ -101,7 +111,11 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref());
     let cmdline = vcpu::guest_cmdline(&kvm, &spec.kernel.cmdline, spec.cpu.hide_hypervisor);
-    let boot = load_guest(spec, ram.memory(), &files, windows, &cmdline)?;
+    let numa_acpi = numa
+        .as_ref()
+        .map(|n| n.acpi_nodes(&ram_layout))
+        .unwrap_or_default();
+    let boot = load_guest(spec, ram.memory(), &files, windows, &cmdline, numa_acpi)?;
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
     let effects = Arc::new(ConfigEffects::default());
@@ -130,6 +144,9 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     };
     let mut vm = Vm::new(parts);
     vm.start_vcpus(vcpus)?;
+    if let Some(n) = &numa {
+        vm.pin_vcpus(|i| n.vcpu_cpus(i));
+    }
     vm.devices()
         .start_console_input()
         .map_err(VmError::ConsoleInput)?;
@@ -233,12 +250,13 @@ fn load_guest(
     files: &KernelFiles,
     pci: PciWindows,
     cmdline: &str,
+    numa: Vec<arch::x86_64::NumaNode>,
 ) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
     let kernel = boot::load_kernel(mem, files)?;
     let initramfs = boot::load_initramfs(mem, files, &kernel, ram_size)?;
     let cmdline_size = boot::load_cmdline(mem, &files.image, cmdline)?;
-    let rsdp = write_acpi(mem, spec, pci)?;
+    let rsdp = write_acpi(mem, spec, pci, numa)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;
     let params = arch::x86_64::build_boot_params(&BootParamsConfig {
@@ -269,11 +287,13 @@ fn write_acpi(
     mem: &GuestMemoryMmap,
     spec: &VmSpec,
     pci: PciWindows,
+    numa: Vec<arch::x86_64::NumaNode>,
 ) -> Result<GuestAddress, VmError> {
     let cfg = AcpiConfig {
         vcpus: spec.vcpus,
         pci,
         com1: true,
+        numa,
     };
     arch::x86_64::create_acpi_tables(mem, &cfg).map_err(|source| VmError::Arch {
         what: "ACPI tables",

@@ -128,7 +128,7 @@ fn plan_exit_code(e: &crate::plan::PlanError) -> ExitCode {
     match e {
         E::DeviceMissing { .. } => ExitCode::DeviceMissing,
         E::Topology(_) => ExitCode::Spec,
-        E::PhysBits | E::Place(_) => ExitCode::Host,
+        E::PhysBits | E::Place(_) | E::Numa(_) => ExitCode::Host,
     }
 }
 

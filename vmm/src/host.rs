@@ -38,6 +38,8 @@ pub enum HostError {
     Memory(#[from] MemoryError),
     #[error("passthrough: {0}")]
     Passthrough(#[from] vfio_glue::Error),
+    #[error(transparent)]
+    Numa(#[from] crate::numa::NumaError),
 }
 
 /// What to do about a failed /dev/kvm open or KVM_CREATE_VM: out of file descriptors
@@ -200,6 +202,8 @@ pub fn check_passthrough(spec: &VmSpec, paths: &HostPaths) -> Result<(), HostErr
     let addrs = passthrough::expand_hosts(&paths.sysfs, &spec.passthrough_hosts())?;
     passthrough::check_host(paths, &addrs, spec.memory_bytes())?;
     passthrough::cliques(&paths.sysfs, spec)?;
+    let nodes = crate::numa::HostNodes::new(paths.sysfs.root());
+    crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?;
     Ok(())
 }
 
@@ -253,6 +257,7 @@ mod tests {
             passthrough: vec![],
             serial: SerialSpec::Off,
             p2p: Default::default(),
+            numa: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod interrupts;
 pub mod io_buses;
 pub mod logger;
 pub mod memory;
+pub mod numa;
 pub mod passthrough;
 pub mod plan;
 pub mod slots;

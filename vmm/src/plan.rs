@@ -33,6 +33,8 @@ use crate::spec::{HostSelector, VmSpec};
 /// Why the plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    #[error(transparent)]
+    Numa(#[from] crate::numa::NumaError),
     #[error("{addr}: no such PCI device ({path} is missing); `lspci -D` lists the host's devices")]
     DeviceMissing { addr: HostPciAddress, path: String },
     #[error("cannot read the host's physical address bits from /proc/cpuinfo")]
@@ -69,7 +71,11 @@ pub struct VmPlan {
     functions: Vec<FunctionView>,
     /// Per root port, the host link it mirrors (`None`: the default Gen3 x16).
     links: Vec<Option<devices::pci::PortLink>>,
+    numa: Vec<NumaView>,
 }
+
+/// A guest NUMA node as the plan shows it: vCPUs, RAM ranges (base, length), host node.
+type NumaView = (Vec<u32>, Vec<(u64, u64)>, u32);
 
 /// Plan `spec` (loaded and validated) on the host seen from `root`.
 pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
@@ -100,6 +106,21 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         .iter()
         .map(|g| g.first().and_then(|h| sysfs.upstream_link(h)))
         .collect();
+    let nodes = crate::numa::HostNodes::new(root.path("sys"));
+    let ram: Vec<(u64, u64)> = layout::ram_regions(spec.memory_bytes())
+        .into_iter()
+        .map(|(a, len)| (a.0, len))
+        .collect();
+    let numa = crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?
+        .map(|p| {
+            let acpi = p.acpi_nodes(&ram);
+            p.nodes
+                .iter()
+                .zip(acpi)
+                .map(|(n, a)| (n.vcpus.clone(), a.memory, n.host_node))
+                .collect()
+        })
+        .unwrap_or_default();
     let (iova, iova_source) = iova_ranges(root, &hosts);
     let ram_size = spec.memory_bytes();
     let platform = layout::pci_platform(ram_size, phys_bits, iova.clone());
@@ -118,6 +139,7 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         map,
         functions,
         links,
+        numa,
     })
 }
 
@@ -387,7 +409,19 @@ impl VmPlan {
         let (m64, m64_size) = self.map.mmio64;
         json!({
             "vcpus": self.vcpus,
-            "numa_nodes": Value::Null,
+            "numa_nodes": if self.numa.is_empty() {
+                Value::Null
+            } else {
+                self.numa
+                    .iter()
+                    .map(|(cpus, mem, host)| {
+                        let mem: Vec<Value> =
+                            mem.iter().map(|(a, l)| json!([hex(*a), hex(*l)])).collect();
+                        json!({ "vcpus": cpus, "memory": mem, "host_node": host })
+                    })
+                    .collect::<Vec<_>>()
+                    .into()
+            },
             "ram": self.ram.iter().map(|(a, l)| json!([hex(*a), hex(*l)])).collect::<Vec<_>>(),
             "phys_bits": self.phys_bits,
             "iova_ranges": self.iova.iter().map(|(a, b)| json!([hex(*a), hex(*b)])).collect::<Vec<_>>(),
@@ -457,6 +491,13 @@ impl fmt::Display for VmPlan {
             iova.join(", ")
         };
         writeln!(f, "IOVA ranges  {iova} ({})", self.iova_source)?;
+        for (i, (cpus, mem, host)) in self.numa.iter().enumerate() {
+            let mib: u64 = mem.iter().map(|(_, l)| l >> 20).sum();
+            writeln!(
+                f,
+                "NUMA node {i}  vCPUs {cpus:?}  {mib} MiB  on host node {host}"
+            )?;
+        }
         writeln!(
             f,
             "host bridge  {}  buses 0-{}",

@@ -95,6 +95,28 @@ pub enum SpecError {
         "passthrough[{index}].clique: {clique} is above 15; the GPUDirect clique ID has four bits"
     )]
     CliqueRange { index: usize, clique: u8 },
+    #[error("numa: the nodes' memory_mib add up to {sum} MiB, but memory.size_mib is {size}")]
+    NumaMemorySum { sum: u64, size: u64 },
+    #[error("numa[{node}].memory_mib: {mib} MiB is not a multiple of the {page} hugepage size")]
+    NumaMemoryPage {
+        node: usize,
+        mib: u64,
+        page: HugePages,
+    },
+    #[error("numa[{node}].vcpus: vCPU {cpu} does not exist (vcpus is {vcpus}: 0..={})", .vcpus - 1)]
+    NumaCpuMissing { node: usize, cpu: u32, vcpus: u32 },
+    #[error("numa[{node}].vcpus: vCPU {cpu} is already on numa[{first}]")]
+    NumaCpuTwice { node: usize, first: usize, cpu: u32 },
+    #[error("numa: vCPU {cpu} is on no node; list every vCPU once")]
+    NumaCpuUnplaced { cpu: u32 },
+    #[error("numa[{node}].devices: {device} is not a passthrough index (0..{count})")]
+    NumaDevice {
+        node: usize,
+        device: usize,
+        count: usize,
+    },
+    #[error("numa: no node; give at least one, or \"auto\"")]
+    NumaEmpty,
     #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
     DuplicatePassthrough {
         index: usize,
@@ -124,6 +146,42 @@ pub struct VmSpec {
     /// Peer-to-peer DMA between passed-through devices.
     #[serde(default, skip_serializing_if = "P2pMode::is_auto")]
     pub p2p: P2pMode,
+    /// Guest NUMA nodes and the host nodes behind them (`numa.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<NumaSpec>,
+}
+
+/// `numa`: `"auto"` (one guest node per host node that holds passed-through devices)
+/// or the guest nodes, each `{"vcpus": [..], "memory_mib": N, "host_node": H,
+/// "devices": [passthrough indices]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumaSpec {
+    Auto(NumaAuto),
+    Nodes(Vec<NumaNodeSpec>),
+}
+
+/// The word `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumaAuto {
+    Auto,
+}
+
+/// One guest NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNodeSpec {
+    /// Its vCPUs (indices 0..vcpus); may be empty (a memory-only node).
+    #[serde(default)]
+    pub vcpus: Vec<u32>,
+    /// Its share of `memory.size_mib`.
+    pub memory_mib: u64,
+    /// The host node its RAM comes from and its vCPUs run on.
+    pub host_node: u32,
+    /// Indices into `passthrough` of the devices that sit on it.
+    #[serde(default)]
+    pub devices: Vec<usize>,
 }
 
 /// `p2p`: whether each passed-through BAR is DMA-mapped at its guest address, so that one
@@ -539,6 +597,59 @@ impl VmSpec {
             return Err(SpecError::ConsoleCapZero);
         }
         self.passthrough_addresses()?;
+        if let Some(NumaSpec::Nodes(nodes)) = &self.numa {
+            self.validate_numa(nodes)?;
+        }
+        Ok(())
+    }
+
+    /// Guest nodes cover every vCPU once, add up to the RAM size in whole hugepages and
+    /// name existing passthrough entries. The host nodes are checked on the host.
+    fn validate_numa(&self, nodes: &[NumaNodeSpec]) -> Result<(), SpecError> {
+        if nodes.is_empty() {
+            return Err(SpecError::NumaEmpty);
+        }
+        let mut owner: Vec<Option<usize>> = vec![None; self.vcpus as usize];
+        let page_mib = (self.memory.hugepages.page_size() >> 20).max(1);
+        for (node, n) in nodes.iter().enumerate() {
+            if n.memory_mib % page_mib != 0 {
+                return Err(SpecError::NumaMemoryPage {
+                    node,
+                    mib: n.memory_mib,
+                    page: self.memory.hugepages,
+                });
+            }
+            for &cpu in &n.vcpus {
+                let slot = owner
+                    .get_mut(cpu as usize)
+                    .ok_or(SpecError::NumaCpuMissing {
+                        node,
+                        cpu,
+                        vcpus: self.vcpus,
+                    })?;
+                if let Some(first) = *slot {
+                    return Err(SpecError::NumaCpuTwice { node, first, cpu });
+                }
+                *slot = Some(node);
+            }
+            if let Some(&device) = n.devices.iter().find(|d| **d >= self.passthrough.len()) {
+                return Err(SpecError::NumaDevice {
+                    node,
+                    device,
+                    count: self.passthrough.len(),
+                });
+            }
+        }
+        if let Some(cpu) = owner.iter().position(Option::is_none) {
+            return Err(SpecError::NumaCpuUnplaced { cpu: cpu as u32 });
+        }
+        let sum: u64 = nodes.iter().map(|n| n.memory_mib).sum();
+        if sum != self.memory.size_mib {
+            return Err(SpecError::NumaMemorySum {
+                sum,
+                size: self.memory.size_mib,
+            });
+        }
         Ok(())
     }
 
@@ -1100,6 +1211,124 @@ mod tests {
             "{:?}",
             VmSpec::parse(&bad)
         );
+    }
+
+    fn with_numa(numa: &str) -> Result<VmSpec, SpecError> {
+        let text = GOOD.replacen("} }", &format!("}}, \"numa\": {numa} }}"), 1);
+        let s = VmSpec::parse(&text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn numa_takes_auto_or_a_list_of_nodes() {
+        assert_eq!(
+            with_numa("\"auto\"").unwrap().numa,
+            Some(NumaSpec::Auto(NumaAuto::Auto))
+        );
+        let s = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [1], "memory_mib": 256, "host_node": 1}]"#,
+        )
+        .unwrap();
+        let Some(NumaSpec::Nodes(nodes)) = s.numa else {
+            panic!("nodes expected");
+        };
+        assert_eq!((nodes[1].vcpus.clone(), nodes[1].host_node), (vec![1], 1));
+    }
+
+    #[test]
+    fn numa_memory_must_add_up() {
+        let err = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [1], "memory_mib": 128, "host_node": 1}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaMemorySum {
+                    sum: 384,
+                    size: 512
+                }
+            ),
+            "{err:?}"
+        );
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1], "memory_mib": 511, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaMemoryPage {
+                    node: 0,
+                    mib: 511,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn numa_vcpus_must_exist_and_be_placed_once() {
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1, 2], "memory_mib": 512, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaCpuMissing {
+                    node: 0,
+                    cpu: 2,
+                    vcpus: 2
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("numa[0].vcpus: vCPU 2 does not exist"),
+            "{err}"
+        );
+        let err = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [0], "memory_mib": 256, "host_node": 1}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaCpuTwice {
+                    node: 1,
+                    first: 0,
+                    cpu: 0
+                }
+            ),
+            "{err:?}"
+        );
+        let err = with_numa(r#"[{"vcpus": [0], "memory_mib": 512, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(err, SpecError::NumaCpuUnplaced { cpu: 1 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn numa_devices_must_be_passthrough_entries() {
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1], "memory_mib": 512, "host_node": 0, "devices": [0]}]"#)
+                .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaDevice {
+                    node: 0,
+                    device: 0,
+                    count: 0
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(with_numa("[]"), Err(SpecError::NumaEmpty)));
     }
 
     #[test]

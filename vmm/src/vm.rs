@@ -154,6 +154,21 @@ impl Vm {
         Ok(())
     }
 
+    /// Pin each vCPU thread to the host CPUs `cpus` gives for its index (guest NUMA);
+    /// a vCPU it gives none for, or a refusal, leaves the thread where it is (logged).
+    pub fn pin_vcpus<'a>(&self, cpus: impl Fn(u32) -> Option<&'a [usize]>) {
+        use std::os::unix::thread::JoinHandleExt;
+        for (i, t) in (0u32..).zip(&self.threads) {
+            let Some(set) = cpus(i).filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            match crate::numa::pin_thread(t.as_pthread_t(), set) {
+                Ok(()) => log::info!("numa: vcpu{i} pinned to host CPUs {set:?}"),
+                Err(e) => log::warn!("numa: cannot pin vcpu{i} to host CPUs {set:?}: {e}"),
+            }
+        }
+    }
+
     /// Run until the guest powers off, reboots or dies; stop and join all vCPUs.
     pub fn wait(mut self) -> Result<GuestExit, Error> {
         let reason = self.stop.wait();

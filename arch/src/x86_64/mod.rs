@@ -32,7 +32,9 @@ pub mod layout;
 pub mod paging;
 pub mod regs;
 
-pub use acpi::{create_acpi_tables, AcpiConfig, AddrRange, PciWindows};
+pub use acpi::{
+    create_acpi_tables, split_ram, AcpiConfig, AddrRange, NumaNode, PciWindows, LOCAL_DISTANCE,
+};
 pub use boot_params::{
     build_boot_params, initramfs_addr, kernel_entry, write_boot_params, BootParamsConfig,
 };

@@ -460,6 +460,7 @@ mod tests {
                 devices: 1,
                 whole_slots: Vec::new(),
                 hide_hypervisor: false,
+                numa_nodes: 0,
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),

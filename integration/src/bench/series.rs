@@ -388,6 +388,7 @@ mod tests {
             devices: 0,
             whole_slots: Vec::new(),
             hide_hypervisor: false,
+            numa_nodes: 0,
         }
     }
 
