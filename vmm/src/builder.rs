@@ -69,6 +69,12 @@ impl VmError {
     }
 }
 
+/// What the guest's ACPI tables say about NUMA: the nodes and the host bridge's node.
+struct GuestNuma {
+    nodes: Vec<arch::x86_64::NumaNode>,
+    pci_node: Option<u32>,
+}
+
 /// Where the boot vCPU starts.
 #[derive(Debug, Clone, Copy)]
 pub struct BootInfo {
@@ -111,10 +117,10 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref());
     let cmdline = vcpu::guest_cmdline(&kvm, &spec.kernel.cmdline, spec.cpu.hide_hypervisor);
-    let numa_acpi = numa
-        .as_ref()
-        .map(|n| n.acpi_nodes(&ram_layout))
-        .unwrap_or_default();
+    let numa_acpi = numa.as_ref().map(|n| GuestNuma {
+        nodes: n.acpi_nodes(&ram_layout),
+        pci_node: n.pci_node(spec.passthrough.len()),
+    });
     let boot = load_guest(spec, ram.memory(), &files, windows, &cmdline, numa_acpi)?;
     drop(files);
     logger::mark(phase::KERNEL_LOADED);
@@ -250,7 +256,7 @@ fn load_guest(
     files: &KernelFiles,
     pci: PciWindows,
     cmdline: &str,
-    numa: Vec<arch::x86_64::NumaNode>,
+    numa: Option<GuestNuma>,
 ) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
     let kernel = boot::load_kernel(mem, files)?;
@@ -287,13 +293,15 @@ fn write_acpi(
     mem: &GuestMemoryMmap,
     spec: &VmSpec,
     pci: PciWindows,
-    numa: Vec<arch::x86_64::NumaNode>,
+    numa: Option<GuestNuma>,
 ) -> Result<GuestAddress, VmError> {
+    let (numa, pci_pxm) = numa.map_or((Vec::new(), None), |n| (n.nodes, n.pci_node));
     let cfg = AcpiConfig {
         vcpus: spec.vcpus,
         pci,
         com1: true,
         numa,
+        pci_pxm,
     };
     arch::x86_64::create_acpi_tables(mem, &cfg).map_err(|source| VmError::Arch {
         what: "ACPI tables",

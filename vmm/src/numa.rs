@@ -255,6 +255,31 @@ impl NumaPlan {
             .collect()
     }
 
+    /// The guest node all passed-through devices sit on, for the one host bridge's
+    /// `_PXM`: the node listing them, or the only node. `None` when they are spread
+    /// over several nodes (one host bridge per node is not built yet).
+    pub fn pci_node(&self, devices: usize) -> Option<u32> {
+        if self.nodes.len() == 1 {
+            return Some(0);
+        }
+        let holding: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| !self.nodes[*i].devices.is_empty())
+            .collect();
+        let listed: usize = self.nodes.iter().map(|n| n.devices.len()).sum();
+        match holding.as_slice() {
+            [only] if listed == devices => u32::try_from(*only).ok(),
+            _ => {
+                if devices > 0 {
+                    log::warn!(
+                        "numa: the passed-through devices are not all on one guest node; \
+                         they get no proximity domain (one host bridge per node is not built yet)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
     /// The host CPUs vCPU `index` may run on (its node's), if it is on a node.
     pub fn vcpu_cpus(&self, index: u32) -> Option<&[usize]> {
         self.nodes
@@ -423,6 +448,24 @@ mod tests {
         );
         let p = plan(&s, &h, &[]).unwrap().unwrap();
         assert_eq!(p.distances, [[10, 11], [11, 10]]);
+    }
+
+    #[test]
+    fn the_host_bridge_goes_to_the_node_holding_every_device() {
+        let (_d, h) = host();
+        let two = |devs0: &str, devs1: &str| {
+            spec(
+                &format!(
+                    r#"[{{"vcpus": [0], "memory_mib": 256, "host_node": 0, "devices": [{devs0}]}},
+                        {{"vcpus": [1], "memory_mib": 256, "host_node": 1, "devices": [{devs1}]}}]"#
+                ),
+                r#"{"host": "0000:81:00.0"}, {"host": "0000:82:00.0"}"#,
+            )
+        };
+        let p = plan(&two("", "0, 1"), &h, &[]).unwrap().unwrap();
+        assert_eq!(p.pci_node(2), Some(1));
+        let p = plan(&two("0", "1"), &h, &[]).unwrap().unwrap();
+        assert_eq!(p.pci_node(2), None);
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct AcpiConfig {
     pub com1: bool,
     /// Guest NUMA nodes (SRAT and SLIT); empty: no NUMA tables.
     pub numa: Vec<NumaNode>,
+    /// The host bridge's proximity domain (`_PXM`): the guest node its devices are on.
+    pub pci_pxm: Option<u32>,
 }
 
 /// Largest vCPU count: xAPIC IDs 0..=254 (255 is the broadcast ID).
@@ -287,6 +289,7 @@ pub(crate) mod tests {
             }),
             com1: true,
             numa: Vec::new(),
+            pci_pxm: None,
         }
     }
 
