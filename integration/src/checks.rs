@@ -187,6 +187,17 @@ echo "$out""#
     check("numa-nodes", body)
 }
 
+/// `device`'s `numa_node` in L2 is `node`.
+pub fn device_node(device: Device, node: u32) -> Check {
+    let mut body = pci_lookup(device);
+    body.push_str(&format!(
+        r#"n=$(cat $d/numa_node)
+[ "$n" = {node} ] || {{ echo "${{d##*/}} numa_node $n, want {node}"; return 1; }}
+echo "${{d##*/}} numa_node $n""#
+    ));
+    check(&format!("{}-node", device.name()), body)
+}
+
 /// MemTotal lies between 80% and 100% of the configured RAM (the kernel
 /// keeps its image and early reservations out of MemTotal).
 pub fn memory(memory_mib: u32) -> Check {

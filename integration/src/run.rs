@@ -145,6 +145,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         smp: ctx.opts.l0_smp,
         work_dir: work_dir.to_path_buf(),
         devices: ctx.scenario.devices.clone(),
+        numa: ctx.scenario.l0_numa,
     }
 }
 
@@ -187,6 +188,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
             .collect(),
         hide_hypervisor: ctx.scenario.hide_hypervisor,
         numa_nodes: ctx.scenario.numa_nodes,
+        numa_auto: ctx.scenario.l0_numa,
     }
 }
 

@@ -94,6 +94,9 @@ pub struct Scenario {
     pub hide_hypervisor: bool,
     /// Guest NUMA nodes, one vCPU each (Strait only; 0: none).
     pub numa_nodes: u32,
+    /// L1 gets two NUMA nodes, the devices on node 1 behind an expander bus, and
+    /// Strait's spec says `"numa": "auto"`.
+    pub l0_numa: bool,
     /// Guest-side checks, run in order.
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
@@ -116,6 +119,7 @@ pub const BUILTIN: &[&str] = &[
     "edu",
     "gpu-slot",
     "numa",
+    "numa-auto",
 ];
 
 impl Scenario {
@@ -130,6 +134,7 @@ impl Scenario {
             cmdline_extra: String::new(),
             hide_hypervisor: false,
             numa_nodes: 0,
+            l0_numa: false,
             checks: Vec::new(),
             host_checks: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
@@ -148,6 +153,7 @@ impl Scenario {
             "edu" => Ok(edu()),
             "gpu-slot" => Ok(gpu_slot()),
             "numa" => Ok(numa()),
+            "numa-auto" => Ok(numa_auto()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -331,6 +337,21 @@ pub fn numa() -> Scenario {
     s.vcpus = 2;
     s.numa_nodes = 2;
     s.checks = vec![checks::numa_nodes(2, s.memory_mib)];
+    s
+}
+
+/// L1 with two NUMA nodes and the nvme on node 1 (pxb-pcie), Strait with `"numa":
+/// "auto"`: L2 has two nodes (CPU `i` on node `i`) and its nvme reports node 1.
+pub fn numa_auto() -> Scenario {
+    let mut s = Scenario::new("numa-auto");
+    s.devices = vec![Device::Nvme];
+    s.vcpus = 2;
+    s.l0_numa = true;
+    s.checks = vec![
+        checks::numa_nodes(2, s.memory_mib),
+        checks::nvme_bound(),
+        checks::device_node(Device::Nvme, 1),
+    ];
     s
 }
 

@@ -49,6 +49,8 @@ pub struct GuestConfig {
     /// Guest NUMA nodes (Strait only): vCPU `i` and an equal share of RAM on node `i`,
     /// all on L1's node 0; 0 for none.
     pub numa_nodes: u32,
+    /// Strait's spec says `"numa": "auto"`.
+    pub numa_auto: bool,
 }
 
 /// The placeholder for the BDF of the `index`-th passed-through device.
@@ -202,6 +204,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
             .collect();
         spec["numa"] = serde_json::Value::Array(nodes);
     }
+    if guest.numa_auto {
+        spec["numa"] = "auto".into();
+    }
     spec
 }
 
@@ -222,6 +227,7 @@ mod tests {
             whole_slots: Vec::new(),
             hide_hypervisor: false,
             numa_nodes: 0,
+            numa_auto: false,
         }
     }
 

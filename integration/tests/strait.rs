@@ -4,6 +4,8 @@
 //! - `boot`: no devices; L2 sees its vCPUs and memory.
 //! - `boot-hidden`: the same with `cpu.hide_hypervisor`: L2 finds no hypervisor.
 //! - `numa`: two guest NUMA nodes from the spec's `numa`, seen in L2's SRAT and SLIT.
+//! - `numa-auto`: L1 with two nodes and the nvme on node 1; `"numa": "auto"` gives L2
+//!   two nodes and the nvme node 1.
 //! - `gpu-slot`: a display + HD-audio slot passed as `"host": "DDDD:BB:DD"`; bochs-drm
 //!   and snd_hda_intel bind in L2.
 //! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
@@ -86,6 +88,11 @@ fn strait_passes_a_two_function_slot_in_one_line() {
 #[test]
 fn strait_gives_l2_two_numa_nodes() {
     run_with_strait(scenario::numa());
+}
+
+#[test]
+fn strait_mirrors_l1_numa_nodes_with_auto() {
+    run_with_strait(scenario::numa_auto());
 }
 
 #[test]

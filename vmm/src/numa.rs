@@ -3,9 +3,10 @@
 //! `online`, `nodeN/cpulist`, `nodeN/distance`; a PCI function's `numa_node`), and what
 //! the guest is told (SRAT and SLIT, from `arch`).
 //!
-//! `"auto"` gives the guest one node per host node that holds passed-through devices,
-//! in host node order, with the vCPUs and RAM split evenly and each device's node its
-//! host node's; devices that report no node (-1) change nothing. Guest RAM of a node
+//! `"auto"` mirrors the host: one guest node per online host node with CPUs, in host
+//! node order, the vCPUs and RAM split evenly, each device on its host node's guest
+//! node (a device reporting no node, -1, on none); a host with one node gives the
+//! guest no NUMA tables. Guest RAM of a node
 //! is bound (`mbind(MPOL_BIND)`) to its host node before it is prefaulted, so the
 //! prefault threads allocate it there; its vCPU threads are pinned to that node's CPUs.
 
@@ -118,19 +119,18 @@ pub struct NumaPlan {
     pub distances: Vec<Vec<u8>>,
 }
 
-/// `"auto"`: the host nodes of the passthrough entries' devices (`device_nodes`, per
-/// entry), one guest node each, vCPUs and RAM split evenly (RAM in `page` multiples).
+/// `"auto"`: one guest node per host node of `hosts` (more than one), vCPUs and RAM
+/// split evenly (RAM in `page` multiples), each passthrough entry on the guest node of
+/// its host node (`device_nodes`, per entry).
 pub fn auto_nodes(
     vcpus: u32,
     memory: u64,
     page: u64,
+    hosts: &[u32],
     device_nodes: &[Option<u32>],
 ) -> Vec<NumaNodeSpec> {
-    let mut hosts: Vec<u32> = device_nodes.iter().flatten().copied().collect();
-    hosts.sort_unstable();
-    hosts.dedup();
     let k = hosts.len() as u64;
-    if k == 0 {
+    if k < 2 {
         return Vec::new();
     }
     let share = (memory / k) / page * page;
@@ -174,11 +174,17 @@ pub fn plan(
                 HugePages::None => 2 << 20,
                 _ => page,
             };
-            auto_nodes(spec.vcpus, spec.memory_bytes(), page, device_nodes)
+            let hosts: Vec<u32> = host
+                .online()
+                .into_iter()
+                .filter_map(|n| u32::try_from(n).ok())
+                .filter(|n| !host.cpus(*n).is_empty())
+                .collect();
+            auto_nodes(spec.vcpus, spec.memory_bytes(), page, &hosts, device_nodes)
         }
     };
     if nodes.is_empty() {
-        log::info!("numa: auto: no passed-through device reports a NUMA node; one node");
+        log::info!("numa: auto: the host has one NUMA node; so has the guest");
         return Ok(None);
     }
     let online = host.online();
@@ -386,24 +392,28 @@ mod tests {
     }
 
     #[test]
-    fn auto_puts_the_guest_on_the_devices_node() {
+    fn auto_mirrors_the_host_nodes_with_the_device_on_its_own() {
         let (_d, h) = host();
         let s = spec("\"auto\"", r#"{"host": "0000:81:00.0"}"#);
         let p = plan(&s, &h, &device_nodes(&s, &h)).unwrap().unwrap();
-        assert_eq!(p.nodes.len(), 1);
-        let n = &p.nodes[0];
+        assert_eq!(p.nodes.len(), 2);
+        let n = &p.nodes[1];
         assert_eq!(
             (n.host_node, n.memory, n.vcpus.clone()),
-            (1, 512 << 20, vec![0, 1])
+            (1, 256 << 20, vec![1])
         );
-        assert_eq!(n.devices, [0]);
+        assert_eq!((p.nodes[0].devices.len(), n.devices.clone()), (0, vec![0]));
         assert_eq!(p.vcpu_cpus(1), Some(&[2usize, 3][..]));
-        assert_eq!(p.ram_binds(&[(0, 512 << 20)]), [(0, 512 << 20, 1)]);
+        assert_eq!(
+            p.ram_binds(&[(0, 512 << 20)]),
+            [(0, 256 << 20, 0), (256 << 20, 256 << 20, 1)]
+        );
+        assert_eq!(p.pci_node(1), Some(1));
     }
 
     #[test]
-    fn auto_splits_cpus_and_memory_between_the_devices_nodes() {
-        let nodes = auto_nodes(3, 3 << 30, 2 << 20, &[Some(1), None, Some(0)]);
+    fn auto_splits_cpus_and_memory_between_the_host_nodes() {
+        let nodes = auto_nodes(3, 3 << 30, 2 << 20, &[0, 1], &[Some(1), None, Some(0)]);
         assert_eq!(nodes.len(), 2);
         assert_eq!((nodes[0].host_node, nodes[0].vcpus.clone()), (0, vec![0]));
         assert_eq!(
@@ -418,10 +428,8 @@ mod tests {
     }
 
     #[test]
-    fn auto_without_device_nodes_is_no_numa() {
-        let (_d, h) = host();
-        let s = spec("\"auto\"", "");
-        assert_eq!(plan(&s, &h, &device_nodes(&s, &h)), Ok(None));
+    fn auto_on_a_one_node_host_is_no_numa() {
+        assert!(auto_nodes(2, 1 << 30, 2 << 20, &[0], &[Some(0)]).is_empty());
     }
 
     #[test]

@@ -151,8 +151,8 @@ pub struct VmSpec {
     pub numa: Option<NumaSpec>,
 }
 
-/// `numa`: `"auto"` (one guest node per host node that holds passed-through devices)
-/// or the guest nodes, each `{"vcpus": [..], "memory_mib": N, "host_node": H,
+/// `numa`: `"auto"` (one guest node per host node with CPUs, as `numa.rs` says) or the
+/// guest nodes, each `{"vcpus": [..], "memory_mib": N, "host_node": H,
 /// "devices": [passthrough indices]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -461,6 +461,7 @@ mod tests {
                 whole_slots: Vec::new(),
                 hide_hypervisor: false,
                 numa_nodes: 0,
+                numa_auto: false,
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),

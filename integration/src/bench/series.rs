@@ -389,6 +389,7 @@ mod tests {
             whole_slots: Vec::new(),
             hide_hypervisor: false,
             numa_nodes: 0,
+            numa_auto: false,
         }
     }
 
