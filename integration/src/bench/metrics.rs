@@ -207,8 +207,10 @@ fn sides(
 pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
     let mut rows = launch_rows(records);
     rows.extend(memory_rows(records, layout));
-    rows.extend(nvme_rows(records));
+    rows.extend(io_rows(records, LaunchKind::Nvme));
+    rows.extend(io_rows(records, LaunchKind::Blk));
     rows.extend(exit_rows(records));
+    rows.extend(blk_exit_rows(records));
     rows.push(row(
         "Resident memory",
         "VMM resident memory, guest RAM excluded".into(),
@@ -324,30 +326,68 @@ fn per_gib_row(medians: &[(u32, Option<f64>, Option<f64>)], pages: HugePages) ->
     ))
 }
 
-fn nvme_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+/// iobench's rates in the nvme launch (passthrough) or the blk launch (virtio-blk).
+fn io_rows(records: &[LaunchRecord], kind: LaunchKind) -> Vec<Metric> {
+    let (section, what) = if kind == LaunchKind::Blk {
+        (
+            "virtio-blk (iobench in L2, O_DIRECT on L1's disk; QEMU cache=none,aio=io_uring)",
+            "virtio-blk",
+        )
+    } else {
+        ("NVMe passthrough (iobench in L2, O_DIRECT)", "NVMe")
+    };
     let io = |name: &str, unit: &'static str, f: fn(&LaunchRecord) -> Result<f64, String>| {
         row(
-            "NVMe passthrough (iobench in L2, O_DIRECT)",
-            name.to_string(),
+            section,
+            format!("{what} {name}"),
             unit,
             Better::Higher,
             Some(Target::Ratio(1.0)),
-            sides(records, LaunchKind::Nvme, None, f),
+            sides(records, kind, None, f),
         )
     };
     vec![
-        io("NVMe sequential 64 KiB reads", "MB/s", |r| {
+        io("sequential 64 KiB reads", "MB/s", |r| {
             analysis::io_run(r, "seq").map(|x| x.mbps())
         }),
-        io("NVMe sequential 64 KiB reads", "IOPS", |r| {
+        io("sequential 64 KiB reads", "IOPS", |r| {
             analysis::io_run(r, "seq").map(|x| x.iops())
         }),
-        io("NVMe random 4 KiB reads", "MB/s", |r| {
+        io("random 4 KiB reads", "MB/s", |r| {
             analysis::io_run(r, "rand").map(|x| x.mbps())
         }),
-        io("NVMe random 4 KiB reads", "IOPS", |r| {
+        io("random 4 KiB reads", "IOPS", |r| {
             analysis::io_run(r, "rand").map(|x| x.iops())
         }),
+    ]
+}
+
+/// Exits during the virtio-blk load: the goal is none to userspace (queue notifies
+/// end in KVM's ioeventfds, completions leave by irqfd).
+fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Exits during the virtio-blk run";
+    let kvm = |counter: &'static str| {
+        sides(records, LaunchKind::Blk, None, move |r| {
+            analysis::kvm_per_kilo_io(r, counter)
+        })
+    };
+    vec![
+        row(
+            section,
+            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
+            "/1000 IO",
+            Better::Lower,
+            Some(Target::StraitAtMost(1.0)),
+            kvm("mmio_exits"),
+        ),
+        row(
+            section,
+            "All VM exits per 1000 reads (KVM `exits`)".into(),
+            "/1000 IO",
+            Better::Lower,
+            None,
+            kvm("exits"),
+        ),
     ]
 }
 

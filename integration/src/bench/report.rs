@@ -262,7 +262,12 @@ fn timeline_medians(records: &[&LaunchRecord]) -> String {
 fn exit_table(records: &[LaunchRecord]) -> String {
     let mut s = String::from("\n## Strait's exit counters by kind (medians over launches)\n\n");
     let mut any = false;
-    for kind in [LaunchKind::Bare, LaunchKind::Boot, LaunchKind::Nvme] {
+    for kind in [
+        LaunchKind::Bare,
+        LaunchKind::Boot,
+        LaunchKind::Nvme,
+        LaunchKind::Blk,
+    ] {
         let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in select(records, kind, None, VmmKind::Strait) {
             for (k, v) in strait_exits(r).unwrap_or_default() {
@@ -293,6 +298,7 @@ fn exit_table(records: &[LaunchRecord]) -> String {
         let label = match kind {
             LaunchKind::Bare => "boot, no device",
             LaunchKind::Boot => "boot",
+            LaunchKind::Blk => "virtio-blk",
             _ => "nvme",
         };
         let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));

@@ -313,6 +313,8 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                     libc::SYS_fsync,
                     libc::SYS_fdatasync,
                     libc::SYS_fallocate,
+                    // The last worker to exit may hold the last reference to the disk.
+                    libc::SYS_close,
                 ],
             );
             allow_ioctls(&mut r, &[BLKDISCARD(), BLKZEROOUT(), TCGETS, TCSETS])?;
