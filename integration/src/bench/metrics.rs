@@ -374,7 +374,7 @@ fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
     vec![
         row(
             section,
-            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
+            "virtio-blk: MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
             "/1000 IO",
             Better::Lower,
             Some(Target::StraitAtMost(1.0)),
@@ -382,7 +382,7 @@ fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
         ),
         row(
             section,
-            "All VM exits per 1000 reads (KVM `exits`)".into(),
+            "virtio-blk: all VM exits per 1000 reads (KVM `exits`)".into(),
             "/1000 IO",
             Better::Lower,
             None,

@@ -227,7 +227,11 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad) -> String {
     match kind {
         LaunchKind::Nvme | LaunchKind::Blk => format!(
             "{base} testbed.bench={} testbed.iosecs={} testbed.qd={}",
-            if kind == LaunchKind::Nvme { "nvme" } else { "blk" },
+            if kind == LaunchKind::Nvme {
+                "nvme"
+            } else {
+                "blk"
+            },
             io.secs,
             io.queue_depth
         ),

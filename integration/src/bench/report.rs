@@ -398,6 +398,9 @@ writes (guest console and its own log) is timestamped as it arrives.
   O_DIRECT from N threads (queue depth N), sequential 64 KiB then random 4 KiB, each for a fixed
   time. Bytes and reads come from iobench; the duration is the time between its BEGIN and RESULT
   lines on L1's clock (a nested guest's clock is the less trustworthy one). MB/s = 10^6 bytes/s.
+- **virtio-blk reads**: the same loads on /dev/vda, a virtio-blk disk over L1's own /dev/vda (a
+  blank disk L0 gives L1), with no device passed through. Both VMMs open it with O_DIRECT:
+  Strait `"direct": true` (requests on its worker threads), QEMU `cache=none,aio=io_uring`.
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,

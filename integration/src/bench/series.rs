@@ -388,7 +388,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             devices: 0,
             disks: Vec::new(),
-        direct_disks: false,
+            direct_disks: false,
             net: false,
         }
     }
