@@ -713,11 +713,13 @@ pub fn root_disk() -> Scenario {
 
 /// `root-disk` with the image on a real block device in L1: L0 gives L1 the image as a
 /// virtio-blk disk and the VMM opens L1's /dev/vda with O_DIRECT (Strait `"direct":
-/// true`, QEMU `cache=none,aio=io_uring`), which L1's tmpfs would refuse.
+/// true`, QEMU `cache=none,aio=io_uring`), which L1's tmpfs would refuse. L1's sample of
+/// the VMM's threads, the disk's workers among them, must show each sandboxed.
 pub fn root_disk_direct() -> Scenario {
     let mut s = root_disk();
     s.name = "root-disk-direct".into();
     s.l1_disk = Some(crate::rootdisk::ROOT_IMAGE);
+    s.host_checks.push(HostCheck::VmmSandboxed);
     s
 }
 
