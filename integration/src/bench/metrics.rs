@@ -362,31 +362,43 @@ fn io_rows(records: &[LaunchRecord], kind: LaunchKind) -> Vec<Metric> {
     ]
 }
 
+/// KVM's `counter` per 1000 iobench reads in the launches of `kind`, both VMMs.
+fn kvm_row(
+    records: &[LaunchRecord],
+    kind: LaunchKind,
+    section: &'static str,
+    name: &str,
+    counter: &'static str,
+    target: Option<Target>,
+) -> Metric {
+    row(
+        section,
+        name.to_string(),
+        "/1000 IO",
+        Better::Lower,
+        target,
+        sides(records, kind, None, move |r| {
+            analysis::kvm_per_kilo_io(r, counter)
+        }),
+    )
+}
+
 /// Exits during the virtio-blk load: the goal is none to userspace (queue notifies
 /// end in KVM's ioeventfds, completions leave by irqfd).
 fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
     let section = "Exits during the virtio-blk run";
-    let kvm = |counter: &'static str| {
-        sides(records, LaunchKind::Blk, None, move |r| {
-            analysis::kvm_per_kilo_io(r, counter)
-        })
-    };
+    let kvm =
+        |name, counter, target| kvm_row(records, LaunchKind::Blk, section, name, counter, target);
     vec![
-        row(
-            section,
-            "virtio-blk: MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "virtio-blk: MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)",
+            "mmio_exits",
             Some(Target::StraitAtMost(1.0)),
-            kvm("mmio_exits"),
         ),
-        row(
-            section,
-            "virtio-blk: all VM exits per 1000 reads (KVM `exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "virtio-blk: all VM exits per 1000 reads (KVM `exits`)",
+            "exits",
             None,
-            kvm("exits"),
         ),
     ]
 }
@@ -403,11 +415,8 @@ fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             strait,
         )
     };
-    let kvm = |counter: &'static str| {
-        sides(records, LaunchKind::Nvme, None, move |r| {
-            analysis::kvm_per_kilo_io(r, counter)
-        })
-    };
+    let kvm =
+        |name, counter, target| kvm_row(records, LaunchKind::Nvme, section, name, counter, target);
     vec![
         row(
             section,
@@ -425,30 +434,17 @@ fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             None,
             strait_only(LaunchKind::Boot),
         ),
-        row(
-            section,
-            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)",
+            "mmio_exits",
             Some(Target::StraitAtMost(1.0)),
-            kvm("mmio_exits"),
         ),
-        row(
-            section,
-            "Port I/O exits per 1000 reads (KVM `io_exits`, in-kernel too)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "Port I/O exits per 1000 reads (KVM `io_exits`, in-kernel too)",
+            "io_exits",
             None,
-            kvm("io_exits"),
         ),
-        row(
-            section,
-            "All VM exits per 1000 reads (KVM `exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
-            None,
-            kvm("exits"),
-        ),
+        kvm("All VM exits per 1000 reads (KVM `exits`)", "exits", None),
     ]
 }
 
