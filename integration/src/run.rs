@@ -159,6 +159,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         work_dir: work_dir.to_path_buf(),
         devices: ctx.scenario.devices.clone(),
         l1_disk: ctx.scenario.l1_disk.map(|name| work_dir.join(name)),
+        numa: ctx.scenario.l0_numa,
     }
 }
 
@@ -199,6 +200,13 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         disks: Vec::new(),
         direct_disks: false,
         net: ctx.scenario.net,
+        whole_slots: (0..)
+            .zip(&ctx.scenario.devices)
+            .filter_map(|(i, d)| d.slot_functions().map(|f| (i, f)))
+            .collect(),
+        hide_hypervisor: ctx.scenario.hide_hypervisor,
+        numa_nodes: ctx.scenario.numa_nodes,
+        numa_auto: ctx.scenario.l0_numa,
     }
 }
 

@@ -390,6 +390,10 @@ mod tests {
             disks: Vec::new(),
             direct_disks: false,
             net: false,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
+            numa_nodes: 0,
+            numa_auto: false,
         }
     }
 
