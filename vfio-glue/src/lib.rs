@@ -31,6 +31,7 @@ pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod host;
+pub mod hot_reset;
 pub mod irq;
 pub mod mapping;
 pub mod open;
