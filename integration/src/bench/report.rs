@@ -392,6 +392,15 @@ writes (guest console and its own log) is timestamped as it arrives.
   O_DIRECT from N threads (queue depth N), sequential 64 KiB then random 4 KiB, each for a fixed
   time. Bytes and reads come from iobench; the duration is the time between its BEGIN and RESULT
   lines on L1's clock (a nested guest's clock is the less trustworthy one). MB/s = 10^6 bytes/s.
+- **Reboot**: L2 boots with the NVMe controller, binds it, writes its launch's token into a
+  block of the namespace, prints `TESTBED-BENCH rebooting` and runs `reboot -f` (the kernel
+  resets through the ACPI reset register). QEMU runs without `-no-reboot`, so it resets the
+  machine in the same process (`system_reset`: SeaBIOS and the linuxboot ROM again); Strait
+  reboots in place (`lifecycle.on_reboot` `"restart"`). The time runs from that line to the next
+  `TESTBED-INIT`; a sample counts only if the second boot found the token on the NVMe
+  (`TESTBED-BENCH second-boot`, then it powers off). Strait's own row is its log line
+  `reboot: boot 2 started N ms after the guest's request` (vCPUs stopped, devices reset, kernel
+  reloaded, vCPUs running again).
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,
