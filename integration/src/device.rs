@@ -16,17 +16,29 @@ pub enum Device {
     Ivshmem,
     /// QEMU's educational device (MMIO registers, DMA, INTx and MSI).
     Edu,
+    /// bochs-display and edu as functions 0 and 1 of one slot behind a PCIe root port
+    /// of L0's: like a GPU and its audio function, neither has FLR and they share
+    /// their bus and IOMMU group, so the display resets only by a bus (hot) reset
+    /// that reaches both. The display is passed through; edu stays bound to vfio-pci
+    /// in L1 as its group sibling.
+    DisplayPair,
 }
 
 impl Device {
     /// Every device, in the order L0 adds them.
-    pub const ALL: [Device; 4] = [Device::Nvme, Device::Bochs, Device::Ivshmem, Device::Edu];
+    pub const ALL: [Device; 5] = [
+        Device::Nvme,
+        Device::Bochs,
+        Device::Ivshmem,
+        Device::Edu,
+        Device::DisplayPair,
+    ];
 
     /// PCI vendor and device id: how L1 and L2 find the device in sysfs.
     pub fn pci_id(self) -> (u16, u16) {
         match self {
             Device::Nvme => (0x1b36, 0x0010),
-            Device::Bochs => (0x1234, 0x1111),
+            Device::Bochs | Device::DisplayPair => (0x1234, 0x1111),
             Device::Ivshmem => (0x1af4, 0x1110),
             Device::Edu => (0x1234, 0x11e8),
         }
@@ -39,6 +51,16 @@ impl Device {
             Device::Bochs => "bochs-display",
             Device::Ivshmem => "ivshmem",
             Device::Edu => "edu",
+            Device::DisplayPair => "display-pair",
+        }
+    }
+
+    /// PCI vendor:device ids of the other functions of its IOMMU group, which L1 binds
+    /// to vfio-pci too (the group must be viable and a hot reset needs them there).
+    pub fn group_siblings(self) -> &'static [(u16, u16)] {
+        match self {
+            Device::DisplayPair => &[(0x1234, 0x11e8)],
+            _ => &[],
         }
     }
 
@@ -48,7 +70,7 @@ impl Device {
         const BOCHS: &[ModuleRequest] = &[ModuleRequest::required(&["bochs", "bochs-drm"])];
         match self {
             Device::Nvme => NVME,
-            Device::Bochs => BOCHS,
+            Device::Bochs | Device::DisplayPair => BOCHS,
             Device::Ivshmem | Device::Edu => &[],
         }
     }
