@@ -374,7 +374,7 @@ fn reboot_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             Better::Lower,
             None,
             (
-                Side::unavailable("QEMU logs no reset time (see the row above)"),
+                Side::unavailable("QEMU logs no reset time; see the row above"),
                 strait,
             ),
         ),

@@ -17,7 +17,8 @@
 //! read through the ROM region.
 //!
 //! Lifetime: the device is reset when taken, when the guest reboots or resets
-//! its bus ([`VfioPciDevice::reset`]) and when let go; after each reset its
+//! its bus ([`VfioPciDevice::reset`]) and when let go (VFIO_DEVICE_RESET, or a hot
+//! reset of its bus for a function without one: [`crate::hot_reset`]); after each reset its
 //! config space must read back (a vendor ID of 0xffff means the card did not
 //! come back: [`Error::DeviceStuck`]). Dropping it (on every exit path) turns
 //! interrupts off, clears bus mastering, resets, then drops its hold on the
