@@ -102,6 +102,13 @@ pub enum HostCheck {
         /// The most lines allowed.
         max: usize,
     },
+    /// Strait only: in L1's sample of the VMM's /proc/PID/maps, every mapping of a VFIO
+    /// device of at least 2 MiB (a BAR) starts at an address aligned to its size, up to
+    /// 1 GiB, and the largest is at least `min_bytes` long (so the check saw the BAR).
+    BarMapsAligned {
+        /// The size of the largest BAR mapping expected.
+        min_bytes: u64,
+    },
     /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
     StraitLogged {
         /// The check's name.
@@ -127,6 +134,7 @@ impl HostCheck {
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+            HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
         }
     }
 
@@ -138,6 +146,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
+                | HostCheck::BarMapsAligned { .. }
                 | HostCheck::StraitLogged { .. }
         )
     }
@@ -494,6 +503,7 @@ pub fn passthrough() -> Scenario {
         },
         HostCheck::StraitCheck,
         HostCheck::StraitPlan,
+        HostCheck::BarMapsAligned { min_bytes: 8 << 30 },
     ];
     s.timeout = Duration::from_secs(420);
     s
