@@ -138,6 +138,14 @@ fn device_args(device: Device, work_dir: &Path) -> Vec<String> {
             "-device",
             "ich9-intel-hda,bus=pcie.0,addr=0x10.1",
         ]),
+        Device::DisplayPair => strings(&[
+            "-device",
+            "pcie-root-port,id=rph0,bus=pcie.0,chassis=20,slot=20",
+            "-device",
+            "bochs-display,bus=rph0,addr=0.0,multifunction=on",
+            "-device",
+            "edu,bus=rph0,addr=0.1",
+        ]),
     }
 }
 
@@ -591,6 +599,16 @@ mod tests {
         assert!(args.contains("-drive file=/w/nvme.img,if=none,id=nvme0,format=raw"));
         assert!(args.contains("mem-path=/w/ivshmem.shm,size=8G,share=on"));
         assert!(args.contains("-device ivshmem-plain,memdev=shm0"));
+    }
+
+    #[test]
+    fn display_pair_shares_one_slot_behind_a_root_port() {
+        let args = joined(&config(vec![Device::DisplayPair]));
+        assert!(args.contains(
+            "-device pcie-root-port,id=rph0,bus=pcie.0,chassis=20,slot=20 \
+             -device bochs-display,bus=rph0,addr=0.0,multifunction=on \
+             -device edu,bus=rph0,addr=0.1"
+        ));
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - `graceful-shutdown`, `graceful-shutdown-timeout`: SIGTERM presses the ACPI power
 //!   button; acpid in L2 powers off (exit 0), or L2 ignores it and is stopped (exit 9).
 //! - `reboot`: L2 reboots once and boots again in the same Strait process.
+//! - `hot-reset`: as `reboot`, plus a display that only a bus reset resets (beside a
+//!   sibling function in its IOMMU group): VFIO hot resets at take, at L2's own bus
+//!   resets, at the reboot and at release.
 //! - `api`: `strait ctl` reads, pauses, resumes and shuts down the VM over its socket.
 //! - `root-disk`: L2 switches root to ext4 on virtio-blk (/dev/vda) with nvme passed
 //!   through; the file it writes there is found in the image by the host (debugfs).
@@ -150,6 +153,14 @@ fn strait_stops_a_guest_that_ignores_the_button_after_the_timeout() {
 #[test]
 fn strait_reboots_the_guest_in_place() {
     run_with_strait(scenario::reboot());
+}
+
+/// A display without FLR beside a sibling function (one IOMMU group, one bus): Strait
+/// holds the group, so take, L2's secondary bus resets, the reboot in place and release
+/// each reset it with VFIO_DEVICE_PCI_HOT_RESET; the display keeps its driver throughout.
+#[test]
+fn strait_hot_resets_a_function_that_only_a_bus_reset_resets() {
+    run_with_strait(scenario::hot_reset());
 }
 
 /// `strait ctl` against the control API while L2 runs: info names the devices at the

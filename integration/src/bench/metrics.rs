@@ -209,6 +209,7 @@ pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
     rows.extend(memory_rows(records, layout));
     rows.extend(io_rows(records, LaunchKind::Nvme));
     rows.extend(io_rows(records, LaunchKind::Blk));
+    rows.extend(reboot_rows(records));
     rows.extend(exit_rows(records));
     rows.extend(blk_exit_rows(records));
     rows.push(row(
@@ -403,6 +404,35 @@ fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
     ]
 }
 
+fn reboot_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Reboot (guest reboots once, NVMe attached)";
+    let strait = Side::collect(
+        &select(records, LaunchKind::Reboot, None, VmmKind::Strait),
+        analysis::strait_reset_ms,
+    );
+    vec![
+        row(
+            section,
+            "Guest reboot request → guest /init again".into(),
+            "s",
+            Better::Lower,
+            None,
+            sides(records, LaunchKind::Reboot, None, analysis::reboot_to_init),
+        ),
+        row(
+            section,
+            "Reboot request → vCPUs running again (Strait's log)".into(),
+            "ms",
+            Better::Lower,
+            None,
+            (
+                Side::unavailable("QEMU logs no reset time; see the row above"),
+                strait,
+            ),
+        ),
+    ]
+}
+
 fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
     let section = "Exits during the NVMe run";
     let strait_only = |kind: LaunchKind| {
@@ -551,6 +581,27 @@ mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(goals, ["Launch → RAM + DMA ready, 2048 MiB, 2 MiB pages"]);
+    }
+
+    #[test]
+    fn reboot_rows_compare_both_vmms_and_add_strait_s_reset_time() {
+        use crate::bench::analysis::tests::reboot_record;
+        let mut qemu = reboot_record(VmmKind::Qemu);
+        qemu.lines[4].ms = 9000.0;
+        let records = [qemu, reboot_record(VmmKind::Strait)];
+        let layout = Layout {
+            memory_sizes: vec![],
+            page_kinds: vec![],
+        };
+        let rows = metrics(&records, &layout);
+        let reboot: Vec<&Metric> = rows
+            .iter()
+            .filter(|m| m.section.starts_with("Reboot"))
+            .collect();
+        assert_eq!(reboot.len(), 2);
+        assert_eq!(reboot[0].ratio(), Some(0.5));
+        assert_eq!(reboot[1].strait.median(), Some(35.0));
+        assert!(reboot[1].qemu.na_reason().is_some());
     }
 
     #[test]

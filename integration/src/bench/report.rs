@@ -401,6 +401,15 @@ writes (guest console and its own log) is timestamped as it arrives.
 - **virtio-blk reads**: the same loads on /dev/vda, a virtio-blk disk over L1's own /dev/vda (a
   blank disk L0 gives L1), with no device passed through. Both VMMs open it with O_DIRECT:
   Strait `"direct": true` (requests on its worker threads), QEMU `cache=none,aio=io_uring`.
+- **Reboot**: L2 boots with the NVMe controller, binds it, writes its launch's token into a
+  block of the namespace, prints `TESTBED-BENCH rebooting` and runs `reboot -f` (the kernel
+  resets through the ACPI reset register). QEMU runs without `-no-reboot`, so it resets the
+  machine in the same process (`system_reset`: SeaBIOS and the linuxboot ROM again); Strait
+  reboots in place (`lifecycle.on_reboot` `"restart"`). The time runs from that line to the next
+  `TESTBED-INIT`; a sample counts only if the second boot found the token on the NVMe
+  (`TESTBED-BENCH second-boot`, then it powers off). Strait's own row is its log line
+  `reboot: boot 2 started N ms after the guest's request` (vCPUs stopped, devices reset, kernel
+  reloaded, vCPUs running again).
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,
