@@ -130,7 +130,8 @@ fn pre_commands(ctx: &RunContext<'_>, work_dir: &Path) -> Vec<(String, Vec<Strin
     let Vmm::Strait { binary } = &ctx.opts.vmm else {
         return Vec::new();
     };
-    if !ctx.scenario.host_checks.iter().any(|c| c.strait_only()) {
+    let preflight = |c: &HostCheck| matches!(c, HostCheck::StraitCheck | HostCheck::StraitPlan);
+    if !ctx.scenario.host_checks.iter().any(preflight) {
         return Vec::new();
     }
     let spec = work_dir.join("spec.json").display().to_string();
@@ -298,6 +299,10 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 }
             };
             result(line.is_some(), detail)
+        }
+        HostCheck::TimelineOrder { first, then } => {
+            let (passed, detail) = crate::checks::timeline_order(logs.l2_console, first, then);
+            result(passed, detail)
         }
         HostCheck::L2PrintedTimes { marker, count, .. } => {
             let n = logs.l2_console.matches(marker).count();

@@ -109,6 +109,14 @@ pub enum HostCheck {
         /// The text to find.
         text: &'static str,
     },
+    /// Strait only: its timeline (`strait: timeline: <phase>=<ms>ms`) marks `first`
+    /// before `then`, both once at least (the first of each counts).
+    TimelineOrder {
+        /// The phase that must come first.
+        first: &'static str,
+        /// The phase that must come after it.
+        then: &'static str,
+    },
 }
 
 impl HostCheck {
@@ -127,6 +135,7 @@ impl HostCheck {
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+            HostCheck::TimelineOrder { .. } => "timeline-order",
         }
     }
 
@@ -139,6 +148,7 @@ impl HostCheck {
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
                 | HostCheck::StraitLogged { .. }
+                | HostCheck::TimelineOrder { .. }
         )
     }
 }
@@ -407,8 +417,15 @@ impl Scenario {
     }
 }
 
+/// Strait starts the vCPUs before guest RAM is DMA-mapped (in the background).
+pub const VCPUS_BEFORE_DMA: HostCheck = HostCheck::TimelineOrder {
+    first: "vcpus_started",
+    then: "dma_mapped",
+};
+
 /// The baseline: nvme passed through; the stock driver binds, a pattern
-/// round-trips, MSI-X vectors fire.
+/// round-trips, MSI-X vectors fire. Under Strait, the vCPUs started before guest RAM
+/// was DMA-mapped, and the nvme still only reached mapped RAM (the pattern).
 pub fn nvme() -> Scenario {
     let mut s = Scenario::new("nvme");
     s.devices = vec![Device::Nvme];
@@ -417,6 +434,7 @@ pub fn nvme() -> Scenario {
         checks::nvme_pattern(),
         checks::nvme_msix(),
     ];
+    s.host_checks = vec![VCPUS_BEFORE_DMA];
     s
 }
 
@@ -460,6 +478,7 @@ pub fn passthrough() -> Scenario {
         },
         HostCheck::StraitCheck,
         HostCheck::StraitPlan,
+        VCPUS_BEFORE_DMA,
     ];
     s.timeout = Duration::from_secs(420);
     s
@@ -820,7 +839,7 @@ mod tests {
     #[test]
     fn expected_checks_include_host_checks() {
         let names = passthrough().expected_checks();
-        assert_eq!(names.last().map(String::as_str), Some("strait-plan"));
+        assert_eq!(names.last().map(String::as_str), Some("timeline-order"));
         let qemu = passthrough().expected_checks_for(false);
         assert_eq!(qemu.last().map(String::as_str), Some("ivshmem-backing"));
     }

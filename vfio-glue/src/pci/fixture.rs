@@ -173,15 +173,40 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn build(fake_dev: FakeDevice, log: CallLog, multifunction: bool) -> Fixture {
-    let mapper = Arc::new(FakeDmaMapper::new(
+    let dma = GuestDma::map(mapper(&log), &guest_mem()).unwrap();
+    build_with(fake_dev, log, dma, multifunction)
+}
+
+/// A fixture whose guest RAM is not DMA-mapped yet (the mapping runs in the background).
+pub(super) fn pending() -> (Fixture, Arc<GuestDma>) {
+    let log = CallLog::default();
+    let dma = GuestDma::pending(mapper(&log), &guest_mem()).unwrap();
+    (
+        build_with(fake(&log, &config()), log, dma.clone(), false),
+        dma,
+    )
+}
+
+fn mapper(log: &CallLog) -> Arc<FakeDmaMapper> {
+    Arc::new(FakeDmaMapper::new(
         log.clone(),
         vec![IovaRange {
             start: 0,
             end: (1 << 39) - 1,
         }],
-    ));
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let dma = GuestDma::map(mapper, &mem).unwrap();
+    ))
+}
+
+fn guest_mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+}
+
+fn build_with(
+    fake_dev: FakeDevice,
+    log: CallLog,
+    dma: Arc<GuestDma>,
+    multifunction: bool,
+) -> Fixture {
     let mut vmm = Vmm::default();
     let params = VfioPciParams {
         addr: "0000:01:00.0".parse().unwrap(),

@@ -15,7 +15,9 @@
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
 //!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close, the
 //!   readlink vfio-ioctls does when a device is dropped);
-//! - signals: sigwait; stdin: read; prefault: madvise.
+//! - signals: sigwait; stdin: read; prefault (RAM setup behind the running guest):
+//!   madvise, VFIO_IOMMU_MAP_DMA, getrlimit, config reads and writes (pread64/pwrite64
+//!   on VFIO device fds) releasing held bus mastering.
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
 //! (SECCOMP_RET_TRAP): the handler writes one line naming the syscall number and thread
@@ -98,6 +100,7 @@ const VFIO_BASE: u32 = 100;
 ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -287,7 +290,15 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
             allow(&mut r, &[libc::SYS_read]);
             allow_ioctls(&mut r, &[TCGETS, TCSETS])?;
         }
-        ThreadKind::Prefault => {}
+        ThreadKind::Prefault => {
+            // Pinning guest RAM, the memlock limit named when that fails, and the
+            // config accesses that release a function's held bus mastering.
+            allow(
+                &mut r,
+                &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_prlimit64],
+            );
+            allow_ioctls(&mut r, &[VFIO_IOMMU_MAP_DMA()])?;
+        }
         ThreadKind::Io => {
             allow(
                 &mut r,
