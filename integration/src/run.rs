@@ -121,6 +121,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         pre_commands: pre_commands(ctx, work_dir),
         actions: ctx.scenario.l1_actions.clone(),
         net: ctx.scenario.net,
+        kernel_cache: !ctx.scenario.strait.no_kernel_cache,
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }

@@ -13,6 +13,9 @@
 //! one call at a time; faulting first zeroes the chunks on every thread at once and
 //! leaves the map call only the pinning.
 //!
+//! The threads run at a lower priority (nice 10) than the vCPUs and the kernel
+//! loader: on a host with few CPUs the zeroing must not delay the guest's start.
+//!
 //! The end is a timeline mark (`dma_mapped`, or `ram_prefaulted` without devices).
 //! A chunk that fails stops the VM with the error. A reboot in place goes on with the
 //! work; the VM's teardown cancels it between chunks and joins the threads
@@ -36,6 +39,15 @@ use crate::stop::StopSignal;
 /// Bytes one thread faults in and maps before it looks for a stop request or the next
 /// chunk: tens of milliseconds of zeroing, so a stop is seen within a second.
 pub const CHUNK: u64 = 128 << 20;
+/// The most VFIO_IOMMU_MAP_DMA mappings (vfio_iommu_type1 entries) guest RAM of
+/// `ram_bytes` takes: one per [`CHUNK`] of each RAM region (fewer on 1 GiB pages).
+pub fn mapping_count(ram_bytes: u64) -> u64 {
+    memory::plan_regions(ram_bytes)
+        .iter()
+        .map(|r| r.len.div_ceil(CHUNK))
+        .sum()
+}
+
 /// Most threads; beyond this the page allocator's locks, not zeroing, limit.
 const MAX_THREADS: usize = 16;
 
@@ -152,9 +164,21 @@ fn run(work: &Work, threads: usize, release: &[Arc<Mutex<VfioPciDevice>>]) {
     finish(work, release);
 }
 
-/// One thread: enter the sandbox, then take chunks until none is left, one failed or
-/// the VM stops.
+/// How much lower than the vCPUs and the kernel loader the RAM threads run (nice):
+/// zeroing takes the CPU time the guest's boot leaves.
+const NICENESS: libc::c_int = 10;
+
+/// One thread: lower its priority, enter the sandbox, then take chunks until none is
+/// left, one failed or the VM stops.
 fn work_on(work: &Work) {
+    // SAFETY: setpriority on this thread (a TID is a PRIO_PROCESS target on Linux).
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICENESS) } != 0
+    {
+        log::debug!(
+            "RAM setup thread keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     if let Err(e) = sandbox::enter(ThreadKind::Prefault) {
         let what = crate::error::Error::from(e).one_line();
         fail(work, format!("a RAM setup thread: {what}"), ExitCode::Fatal);
@@ -367,6 +391,13 @@ mod tests {
         );
         assert_eq!(bme_writes(&seen), vec![vec![2, 0]]);
         assert_eq!(bme_writes(&log.calls()), vec![vec![2, 0]]);
+    }
+
+    #[test]
+    fn ram_takes_one_mapping_per_chunk_of_each_region() {
+        assert_eq!(mapping_count(512 * MIB), 4);
+        // 3 GiB below the hole, 1 GiB above it.
+        assert_eq!(mapping_count(4096 * MIB), 24 + 8);
     }
 
     #[test]
