@@ -172,13 +172,6 @@ pub fn parse_iova_ranges(buf: &[u8]) -> Vec<IovaRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{Call, CallLog, FakeDmaMapper};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    const TESTBED: IovaRange = IovaRange {
-        start: 0,
-        end: (1 << 39) - 1,
-    };
 
     /// (capability ID, next offset, IOVA ranges as (start, end)).
     type CapSpec = (u16, u32, Vec<(u64, u64)>);

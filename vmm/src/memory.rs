@@ -573,8 +573,8 @@ mod tests {
         // SAFETY: inside the fresh 4 MiB mapping.
         unsafe { (base as *mut u8).add(4096).write_volatile(0x5a) };
         populate(base, map.len, BASE_PAGE).unwrap();
-        // SAFETY: as above.
         assert_eq!(
+            // SAFETY: as above.
             unsafe { (base as *const u8).add(4096).read_volatile() },
             0x5a
         );

@@ -51,6 +51,9 @@ pub fn mapping_count(ram_bytes: u64) -> u64 {
 /// Most threads; beyond this the page allocator's locks, not zeroing, limit.
 const MAX_THREADS: usize = 16;
 
+/// Guest RAM's pending DMA mapping and the functions whose bus mastering waits for it.
+pub type PendingDma = (Arc<GuestDma>, Vec<Arc<Mutex<VfioPciDevice>>>);
+
 /// What the threads are asked to do.
 pub struct RamSetupParams {
     /// Fault every chunk in (`memory.prefault`, or RAM that is DMA-mapped).
@@ -59,7 +62,7 @@ pub struct RamSetupParams {
     pub chunk: u64,
     /// The pending DMA mapping of guest RAM, and the functions whose held bus mastering
     /// is released once it is complete.
-    pub dma: Option<(Arc<GuestDma>, Vec<Arc<Mutex<VfioPciDevice>>>)>,
+    pub dma: Option<PendingDma>,
     pub stop: Arc<StopSignal>,
 }
 
@@ -251,22 +254,10 @@ mod tests {
     use crate::memory::plan_regions;
     use crate::spec::{HugePages, MemorySpec};
     use devices::pci::PciDevice;
-    use std::io;
-    use vfio_glue::fake::{Call, CallLog, FakeDevice, FakeDmaMapper};
-    use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
+    use vfio_glue::fake::{Call, CallLog, FakeDevice, FakeDmaMapper, NoIrqs};
+    use vfio_glue::VfioPciParams;
 
     const MIB: u64 = 1 << 20;
-
-    struct NoIrqs;
-
-    impl IrqProvider for NoIrqs {
-        fn msi(&mut self, _: MsiKind, _: u16) -> io::Result<MsiVectors> {
-            Err(io::ErrorKind::Unsupported.into())
-        }
-        fn intx(&mut self, _: u8) -> io::Result<IntxFds> {
-            Err(io::ErrorKind::Unsupported.into())
-        }
-    }
 
     /// 8 MiB of anonymous guest RAM, its pending DMA mapping and one function over the
     /// fake backend, all logging to one call log.
