@@ -74,6 +74,14 @@ pub enum MemoryError {
     },
     #[error("cannot prefault guest RAM")]
     Prefault(#[source] io::Error),
+    #[error("numa: cannot bind guest RAM {guest:#x}+{len:#x} to host node {node}")]
+    BindNode {
+        guest: u64,
+        len: u64,
+        node: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Regions(String),
 }
@@ -230,6 +238,16 @@ impl GuestRam {
     /// Map RAM for `spec` laid out as `ranges`. Nothing is faulted in here: `ram_setup`
     /// does that (`memory.prefault`) while the guest starts.
     pub fn new(spec: &MemorySpec, ranges: &[RamRange]) -> Result<GuestRam, MemoryError> {
+        GuestRam::new_bound(spec, ranges, &[])
+    }
+
+    /// [`GuestRam::new`], with the guest ranges of `binds` (guest start, length, host
+    /// node) bound to their host node before any page is faulted in (guest NUMA).
+    pub fn new_bound(
+        spec: &MemorySpec,
+        ranges: &[RamRange],
+        binds: &[(u64, u64, u32)],
+    ) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         check_backing(spec.hugepages, total)?;
         let mut mappings = Vec::new();
@@ -244,6 +262,7 @@ impl GuestRam {
                 HugePages::None => map_anonymous(len)?,
                 page => map_hugetlb(len, page)?,
             };
+            bind_range(&map, r, binds)?;
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
         }
@@ -371,6 +390,27 @@ fn map_hugetlb(len: usize, page: HugePages) -> Result<Mapping, MemoryError> {
         });
     }
     Ok(Mapping { addr: raw, len })
+}
+
+/// Bind the parts of `binds` inside `r` (mapped at `map`) to their host nodes.
+fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<(), MemoryError> {
+    for &(guest, len, node) in binds {
+        let (start, end) = (guest.max(r.guest), (guest + len).min(r.guest + r.len));
+        if start >= end {
+            continue;
+        }
+        let host = map.addr as u64 + (start - r.guest);
+        crate::numa::bind_memory(host, end - start, node).map_err(|source| {
+            MemoryError::BindNode {
+                guest: start,
+                len: end - start,
+                node,
+                source,
+            }
+        })?;
+        log::info!("numa: guest RAM {start:#x}..{end:#x} bound to host node {node}");
+    }
+    Ok(())
 }
 
 /// Fault `addr..addr+len` (inside a mapping of ours) in: MADV_POPULATE_WRITE (Linux 5.14),

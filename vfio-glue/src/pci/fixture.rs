@@ -173,18 +173,37 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn build(fake_dev: FakeDevice, log: CallLog, multifunction: bool) -> Fixture {
-    let dma = GuestDma::map(mapper(&log), &guest_mem()).unwrap();
-    build_with(fake_dev, log, dma, multifunction)
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction,
+        clique: None,
+    };
+    let (dev, vmm) = take(fake_dev, log.clone(), params).unwrap();
+    Fixture { dev, log, vmm }
+}
+
+/// The device taken with `params`, or why not.
+pub(super) fn build_with(
+    fake_dev: FakeDevice,
+    log: CallLog,
+    params: VfioPciParams,
+) -> Result<VfioPciDevice> {
+    take(fake_dev, log, params).map(|(dev, _)| dev)
 }
 
 /// A fixture whose guest RAM is not DMA-mapped yet (the mapping runs in the background).
 pub(super) fn pending() -> (Fixture, Arc<GuestDma>) {
     let log = CallLog::default();
     let dma = GuestDma::pending(mapper(&log), &guest_mem()).unwrap();
-    (
-        build_with(fake(&log, &config()), log, dma.clone(), false),
-        dma,
-    )
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+        clique: None,
+    };
+    let mut vmm = Vmm::default();
+    let fake_dev = Box::new(fake(&log, &config()));
+    let dev = VfioPciDevice::new(fake_dev, dma.clone(), &mut vmm, params).unwrap();
+    (Fixture { dev, log, vmm }, dma)
 }
 
 fn mapper(log: &CallLog) -> Arc<FakeDmaMapper> {
@@ -201,19 +220,11 @@ fn guest_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
 }
 
-fn build_with(
-    fake_dev: FakeDevice,
-    log: CallLog,
-    dma: Arc<GuestDma>,
-    multifunction: bool,
-) -> Fixture {
+fn take(fake_dev: FakeDevice, log: CallLog, params: VfioPciParams) -> Result<(VfioPciDevice, Vmm)> {
+    let dma = GuestDma::map(mapper(&log), &guest_mem()).unwrap();
     let mut vmm = Vmm::default();
-    let params = VfioPciParams {
-        addr: "0000:01:00.0".parse().unwrap(),
-        multifunction,
-    };
-    let dev = VfioPciDevice::new(Box::new(fake_dev), dma, &mut vmm, params).unwrap();
-    Fixture { dev, log, vmm }
+    let dev = VfioPciDevice::new(Box::new(fake_dev), dma, &mut vmm, params)?;
+    Ok((dev, vmm))
 }
 
 pub(super) fn fixture() -> Fixture {
