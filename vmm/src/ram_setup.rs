@@ -277,6 +277,7 @@ mod tests {
         let params = VfioPciParams {
             addr: "0000:01:00.0".parse().unwrap(),
             multifunction: false,
+            clique: None,
         };
         let backend = Box::new(FakeDevice::new(log.clone(), &cfg));
         let dev = VfioPciDevice::new(backend, dma.clone(), &mut NoIrqs, params).unwrap();

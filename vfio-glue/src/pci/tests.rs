@@ -636,6 +636,7 @@ fn fast_teardown_quiets_then_closes_without_a_second_reset() {
     // Dropping it later touches the device no more.
     drop(f.dev);
     assert!(f.log.take().is_empty());
+}
 
 #[test]
 fn clique_capability_is_read_only_and_never_reaches_the_device() {
