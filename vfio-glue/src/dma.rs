@@ -235,9 +235,8 @@ impl GuestDma {
     }
 
     /// Unmap everything still mapped, adjacent chunks in one call; errors are logged
-    /// and the rest goes on. The VMM calls it once its devices are quiet (no bus
-    /// mastering), before it closes them; dropping the last handle does it too.
-    pub fn unmap_all(&self) {
+    /// and the rest goes on (when the last handle is dropped).
+    fn unmap_all(&self) {
         let mapped = std::mem::take(&mut *lock(&self.mapped));
         for (iova, size) in merged_spans(&mapped).into_iter().rev() {
             if let Err(e) = self.mapper.unmap(iova, size) {

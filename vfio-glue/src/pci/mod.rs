@@ -351,36 +351,6 @@ fn log_irq_result(addr: HostPciAddress, res: std::io::Result<Option<bool>>, turn
     }
 }
 
-/// The backend of a closed device: every access fails, config reads float high.
-struct Closed;
-
-impl VfioDeviceOps for Closed {
-    fn reset_supported(&self) -> bool {
-        false
-    }
-    fn region_info(&self, _: u32) -> Option<crate::device::RegionInfo> {
-        None
-    }
-    fn region_read(&self, _: u32, _: u64, _: &mut [u8]) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-    fn region_write(&self, _: u32, _: u64, _: &[u8]) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-    fn mmap(&self, _: u32, _: u64, _: u64) -> std::io::Result<crate::mapping::HostMapping> {
-        Err(std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-    fn irq_info(&self, _: IrqIndex) -> Option<crate::device::IrqInfo> {
-        None
-    }
-    fn set_irqs(&self, _: crate::device::IrqRequest<'_>) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-    fn reset(&self) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENODEV))
-    }
-}
-
 /// A guest config access that is 1, 2 or 4 bytes inside one register.
 fn access_ok(offset: u64, len: usize) -> bool {
     matches!(len, 1 | 2 | 4) && offset < 4 && offset as usize + len <= 4
@@ -398,34 +368,6 @@ impl VfioPciDevice {
             Ok(()) => info!("{}: released", self.addr),
             Err(e) => error!("{e}"),
         }
-    }
-
-    /// The VMM's fast teardown, first half: interrupts and bus mastering off, so the
-    /// function can no longer DMA or interrupt and guest RAM may be unmapped.
-    pub fn quiet(&mut self) {
-        if !self.torn_down {
-            self.quiesce();
-        }
-    }
-
-    /// The second half, after [`VfioPciDevice::quiet`] (and the DMA unmap): unmap the
-    /// BARs and close the device. vfio-pci resets a function whose last reference goes
-    /// (`vfio_pci_core_disable`: FLR or PM reset when it has one), so Strait does not
-    /// reset it a second time here; the BAR mmaps are references too. The caller has
-    /// removed every KVM slot over the BARs.
-    pub fn close(&mut self) {
-        if std::mem::replace(&mut self.torn_down, true) {
-            return;
-        }
-        if !self.ops.reset_supported() {
-            warn!(
-                "{}: no reset mechanism (no FLR/PM reset); device state may leak between VMs",
-                self.addr
-            );
-        }
-        self.bars.clear();
-        drop(std::mem::replace(&mut self.ops, Box::new(Closed)));
-        info!("{}: released", self.addr);
     }
 
     /// Reset the function in place, as a machine reset or the guest's secondary bus

@@ -612,33 +612,6 @@ fn a_write_to_the_status_half_never_holds_bus_master() {
 }
 
 #[test]
-fn fast_teardown_quiets_then_closes_without_a_second_reset() {
-    let (mut f, dma) = pending();
-    dma.set_complete();
-    dma.finish(true);
-    f.write(0x04, &0x0006u16.to_le_bytes());
-    f.msix_control(0x8000);
-    f.log.take();
-    f.dev.quiet();
-    dma.unmap_all();
-    f.dev.close();
-    let calls = f.log.take();
-    assert_eq!(
-        calls,
-        vec![
-            Call::IrqDisable {
-                index: IrqIndex::Msix
-            },
-            command_write([2, 0]),
-            Call::DeviceClosed,
-        ]
-    );
-    // Dropping it later touches the device no more.
-    drop(f.dev);
-    assert!(f.log.take().is_empty());
-}
-
-#[test]
 fn clique_capability_is_read_only_and_never_reaches_the_device() {
     let log = CallLog::default();
     let mut cfg = config();

@@ -19,8 +19,8 @@
 //! 5. [`Passthrough::reset`] when the guest reboots in place: BARs dead, every function
 //!    reset through VFIO and checked, its guest view at power-on, the root ports as
 //!    planned; guest RAM stays DMA-mapped;
-//! 6. [`Passthrough::shutdown`]: BAR slots and traps out, every function quiet, DMA
-//!    unmapped, every function closed (vfio-pci resets it then), all at once.
+//! 6. [`Passthrough::shutdown`]: BAR slots and traps out, every function quiet and
+//!    reset, all at once (one thread each: a reset waits 100 ms or more).
 
 mod attach;
 mod bar_rules;
@@ -429,28 +429,22 @@ impl Passthrough {
             .collect()
     }
 
-    /// BAR slots and traps out; every function quiet (interrupts and bus mastering
-    /// off); guest RAM's DMA unmapped in one call per span; then every function closed,
-    /// which has vfio-pci reset it. Closing waits 100 ms or more per reset, so each
-    /// function closes on a thread of its own.
+    /// BAR slots and traps out, then every function quiet and reset, each on a thread
+    /// of its own (a reset waits 100 ms or more; a function is done here when no thread
+    /// starts). Guest RAM's DMA is unmapped when the last function lets it go, in one
+    /// call per contiguous span.
     pub fn shutdown(&self) {
         if let Some(bars) = &self.bars {
             bars.unmap_all();
         }
-        for (_, f) in &self.functions {
-            lock(&f.dev).quiet();
-        }
-        if let Some(dma) = &self.dma {
-            dma.unmap_all();
-        }
         std::thread::scope(|s| {
             for (_, f) in &self.functions {
-                let close = || lock(&f.dev).close();
+                let quiet = || lock(&f.dev).shutdown();
                 let spawned = std::thread::Builder::new()
                     .name("strait-teardown".into())
-                    .spawn_scoped(s, close);
+                    .spawn_scoped(s, quiet);
                 if spawned.is_err() {
-                    close();
+                    quiet();
                 }
             }
         });
