@@ -140,6 +140,29 @@ pub fn api_devices_match(actions_log: &str, l2_console: &str) -> (bool, String) 
     )
 }
 
+/// The first `strait: timeline: <phase>=<ms>ms` mark of `phase` in Strait's log, in ms.
+pub fn timeline_mark(log: &str, phase: &str) -> Option<f64> {
+    let prefix = format!("strait: timeline: {phase}=");
+    log.lines().find_map(|l| {
+        let rest = &l[l.find(&prefix)? + prefix.len()..];
+        rest.trim_end().strip_suffix("ms")?.parse().ok()
+    })
+}
+
+/// Whether Strait's timeline marks `first` before `then`, and the detail line.
+pub fn timeline_order(log: &str, first: &str, then: &str) -> (bool, String) {
+    match (timeline_mark(log, first), timeline_mark(log, then)) {
+        (Some(a), Some(b)) => (
+            a < b,
+            format!("{first}={a:.1}ms, {then}={b:.1}ms ({:+.1} ms)", b - a),
+        ),
+        (a, b) => (
+            false,
+            format!("timeline lacks a mark: {first}={a:?}, {then}={b:?}"),
+        ),
+    }
+}
+
 /// The largest step between consecutive `TESTBED-TICK <uptime>` lines of L2's console,
 /// in seconds (0 with fewer than two ticks).
 pub fn largest_tick_gap(l2_console: &str) -> f64 {
@@ -490,5 +513,25 @@ mod tests {
     #[test]
     fn check_lib_prints_the_marker_format() {
         assert!(L2_LIB.contains("echo \"TESTBED-CHECK $1 $status"));
+    }
+
+    #[test]
+    fn timeline_order_reads_the_first_marks() {
+        let log = "strait: timeline: memory_ready=10.0ms\nguest text\nstrait: timeline: vcpus_started=120.5ms\nstrait: timeline: dma_mapped=300.0ms\nstrait: timeline: vcpus_started=900.0ms\n";
+        assert_eq!(timeline_mark(log, "vcpus_started"), Some(120.5));
+        let (passed, detail) = timeline_order(log, "vcpus_started", "dma_mapped");
+        assert!(passed, "{detail}");
+        assert!(!timeline_order(log, "dma_mapped", "vcpus_started").0);
+    }
+
+    #[test]
+    fn a_missing_mark_fails_the_order() {
+        let (passed, detail) = timeline_order(
+            "strait: timeline: vcpus_started=1.0ms",
+            "vcpus_started",
+            "dma_mapped",
+        );
+        assert!(!passed);
+        assert!(detail.contains("dma_mapped=None"), "{detail}");
     }
 }

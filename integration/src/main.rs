@@ -50,6 +50,10 @@ enum Cmd {
         /// Override the scenario's time limit, in seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// Override L2's RAM, in MiB (a whole number of the scenario's hugepages; L1
+        /// gets the memory to back it).
+        #[arg(long)]
+        memory_mib: Option<u32>,
     },
     /// The main job: build Strait, then boot a guest on the testbed with Strait and the
     /// embedded default (scenario `passthrough`: nvme, bochs-display and an 8 GiB-BAR
@@ -231,6 +235,7 @@ fn execute(cli: &Cli) -> testbed::Result<ExitCode> {
             break_checks,
             keep,
             timeout,
+            memory_mib,
         } => {
             opts.vmm = match vmm {
                 VmmArg::Qemu => Vmm::Qemu,
@@ -245,6 +250,10 @@ fn execute(cli: &Cli) -> testbed::Result<ExitCode> {
             let mut scenario = Scenario::builtin(scenario)?;
             if let Some(secs) = timeout {
                 scenario.timeout = Duration::from_secs(*secs);
+            }
+            if let Some(mib) = memory_mib {
+                scenario.memory_mib = *mib;
+                scenario.validate()?;
             }
             let outcome = Testbed::new(opts)?.run(&scenario)?;
             let _ = writeln!(out, "{}", outcome.summary());

@@ -125,6 +125,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         pre_commands: pre_commands(ctx, work_dir),
         actions: ctx.scenario.l1_actions.clone(),
         net: ctx.scenario.net,
+        kernel_cache: !ctx.scenario.strait.no_kernel_cache,
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }
@@ -134,7 +135,8 @@ fn pre_commands(ctx: &RunContext<'_>, work_dir: &Path) -> Vec<(String, Vec<Strin
     let Vmm::Strait { binary } = &ctx.opts.vmm else {
         return Vec::new();
     };
-    if !ctx.scenario.host_checks.iter().any(|c| c.strait_only()) {
+    let preflight = |c: &HostCheck| matches!(c, HostCheck::StraitCheck | HostCheck::StraitPlan);
+    if !ctx.scenario.host_checks.iter().any(preflight) {
         return Vec::new();
     }
     let spec = work_dir.join("spec.json").display().to_string();
@@ -312,6 +314,10 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 }
             };
             result(line.is_some(), detail)
+        }
+        HostCheck::TimelineOrder { first, then } => {
+            let (passed, detail) = crate::checks::timeline_order(logs.l2_console, first, then);
+            result(passed, detail)
         }
         HostCheck::L2PrintedTimes { marker, count, .. } => {
             let n = logs.l2_console.matches(marker).count();

@@ -188,6 +188,8 @@ pub struct RunPlan {
     pub actions: Vec<L1Action>,
     /// Make L1's tap and servers for L2's virtio-net ([`crate::net`]).
     pub net: bool,
+    /// Lend the VMM its per-user cache (`XDG_CACHE_HOME`); without, it has none.
+    pub kernel_cache: bool,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -318,12 +320,17 @@ fn l1_setup_script(plan: &RunPlan) -> String {
         "WORK={}",
         shell_word(&plan.work_dir.display().to_string(), 0)
     );
-    // The VMM's per-user cache (Strait's decompressed kernels), kept between runs.
-    let _ = writeln!(
-        s,
-        "export XDG_CACHE_HOME=\"$WORK/{}\"",
-        crate::run::VMM_CACHE
-    );
+    // The VMM's per-user cache (Strait's decompressed kernels), kept between runs; or
+    // one it cannot create (L1's root is read-only).
+    let _ = if plan.kernel_cache {
+        writeln!(
+            s,
+            "export XDG_CACHE_HOME=\"$WORK/{}\"",
+            crate::run::VMM_CACHE
+        )
+    } else {
+        writeln!(s, "export XDG_CACHE_HOME=/nonexistent-cache")
+    };
     s.push_str(L1_RUN_LIB);
     push_hugepages(&mut s, plan);
     for (i, device) in plan.devices.iter().enumerate() {
@@ -441,6 +448,7 @@ mod tests {
 
     fn plan(devices: Vec<Device>, hugepages: HugePages) -> RunPlan {
         RunPlan {
+            kernel_cache: true,
             work_dir: PathBuf::from("/repo/integration/cache/runs/x"),
             devices,
             hugepages,

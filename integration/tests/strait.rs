@@ -9,6 +9,9 @@
 //! - `gpu-slot`: a display + HD-audio slot passed as `"host": "DDDD:BB:DD"`; bochs-drm
 //!   and snd_hda_intel bind in L2.
 //! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
+//! - `dma-background`: nvme with 3 GiB of RAM; Strait's timeline shows the vCPUs started
+//!   before guest RAM was DMA-mapped (in the background, bus mastering held until
+//!   then), and the nvme pattern still round-trips.
 //! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
 //! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
 //!   above 4 GiB, written by L2 and found in L0's backing file) at once.
@@ -116,6 +119,11 @@ fn strait_mirrors_l1_numa_nodes_with_auto() {
 #[test]
 fn strait_passes_nvme_through_to_l2() {
     run_with_strait(scenario::nvme());
+}
+
+#[test]
+fn strait_starts_the_vcpus_before_guest_ram_is_dma_mapped() {
+    run_with_strait(scenario::dma_background());
 }
 
 #[test]

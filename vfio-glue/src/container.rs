@@ -1,23 +1,19 @@
-//! The VFIO type1 IOMMU container and the DMA mapping of guest RAM into it
+//! The VFIO type1 IOMMU container, which maps host memory for device DMA
 //! (Documentation/driver-api/vfio.rst, include/uapi/linux/vfio.h:
 //! VFIO_TYPE1v2_IOMMU, VFIO_IOMMU_MAP_DMA/UNMAP_DMA, VFIO_IOMMU_GET_INFO with
 //! the VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE capability).
 //!
-//! Guest RAM is mapped with IOVA = guest physical address, so a device the guest
-//! programs with a guest physical address DMAs into the right host page. The
-//! mapping pins every page, which is why the memlock limit must cover it.
-//! Hardware sits behind [`DmaMapper`]; tests use a recording fake.
+//! A mapping pins every page, which is why the memlock limit must cover guest
+//! RAM; guest RAM's mapping is [`crate::dma::GuestDma`]. Hardware sits behind
+//! [`DmaMapper`]; tests use a recording fake.
 
-use std::any::Any;
 use std::io;
 use std::sync::Arc;
 
-use log::{error, info};
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_TYPE,
 };
 use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioOps};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::ioctl_io_nr;
 
@@ -182,137 +178,9 @@ pub fn parse_iova_ranges(buf: &[u8]) -> Vec<IovaRange> {
     ranges
 }
 
-/// One guest RAM region as DMA sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamRegion {
-    pub gpa: u64,
-    pub size: u64,
-    pub host_addr: u64,
-}
-
-/// The RAM regions of a vm-memory guest memory.
-pub fn ram_regions<M: GuestMemoryBackend>(mem: &M) -> Result<Vec<RamRegion>> {
-    mem.iter()
-        .map(|r| {
-            let (gpa, size) = (r.start_addr().raw_value(), r.len());
-            let host = r
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|_| Error::GuestRamHostAddress { iova: gpa, size })?;
-            Ok(RamRegion {
-                gpa,
-                size,
-                host_addr: host as u64,
-            })
-        })
-        .collect()
-}
-
-/// Guest RAM mapped for DMA. Unmapped when dropped (after the devices that
-/// hold it let go, so no device DMAs into unmapped memory). It keeps the guest
-/// memory alive so the pinned host pages cannot be unmapped under the IOMMU.
-pub struct GuestDma {
-    mapper: Arc<dyn DmaMapper>,
-    mapped: Vec<(u64, u64)>,
-    _keep_alive: Box<dyn Any + Send + Sync>,
-}
-
-impl GuestDma {
-    /// Map every region of `mem` at IOVA = guest physical address, inside the
-    /// IOVA ranges the IOMMU reports. On failure nothing stays mapped.
-    pub fn map<M>(mapper: Arc<dyn DmaMapper>, mem: &M) -> Result<Arc<GuestDma>>
-    where
-        M: GuestMemoryBackend + Clone + Send + Sync + 'static,
-    {
-        let regions = ram_regions(mem)?;
-        let ranges = mapper.iova_ranges().map_err(Error::IommuInfo)?;
-        info!("IOMMU IOVA ranges: {ranges:x?}");
-        check_inside(&regions, &ranges)?;
-        let mut dma = GuestDma {
-            mapper,
-            mapped: Vec::new(),
-            _keep_alive: Box::new(mem.clone()),
-        };
-        let total: u64 = regions.iter().map(|r| r.size).sum();
-        for r in &regions {
-            // SAFETY: `r` is a region of `mem`, kept alive by `_keep_alive` until
-            // after unmap; vm-memory only accesses guest RAM volatilely.
-            let res = unsafe { dma.mapper.map(r.gpa, r.size, r.host_addr) };
-            if let Err(source) = res {
-                return Err(map_error(r, total, source));
-            }
-            dma.mapped.push((r.gpa, r.size));
-        }
-        Ok(Arc::new(dma))
-    }
-
-    /// The mappings in place, (iova, size).
-    pub fn mapped(&self) -> &[(u64, u64)] {
-        &self.mapped
-    }
-
-    /// Unmap everything still mapped; errors are logged and the rest goes on.
-    fn unmap_all(&mut self) {
-        for (iova, size) in self.mapped.drain(..).rev() {
-            if let Err(e) = self.mapper.unmap(iova, size) {
-                error!(
-                    "{}",
-                    Error::UnmapDma {
-                        iova,
-                        size,
-                        source: e
-                    }
-                );
-            }
-        }
-    }
-}
-
-/// ENOMEM from MAP_DMA is almost always the memlock limit; say so with numbers.
-fn map_error(r: &RamRegion, total: u64, source: io::Error) -> Error {
-    if source.raw_os_error() == Some(libc::ENOMEM) {
-        if let Err(e) = crate::host::check_memlock(total) {
-            return e;
-        }
-    }
-    Error::MapDma {
-        iova: r.gpa,
-        size: r.size,
-        source,
-    }
-}
-
-fn check_inside(regions: &[RamRegion], ranges: &[IovaRange]) -> Result<()> {
-    if ranges.is_empty() {
-        return Ok(());
-    }
-    for r in regions {
-        if !ranges.iter().any(|x| x.contains(r.gpa, r.size)) {
-            return Err(Error::IovaOutOfRange {
-                iova: r.gpa,
-                size: r.size,
-                ranges: ranges.to_vec(),
-            });
-        }
-    }
-    Ok(())
-}
-
-impl Drop for GuestDma {
-    fn drop(&mut self) {
-        self.unmap_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{Call, CallLog, FakeDmaMapper};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    const TESTBED: IovaRange = IovaRange {
-        start: 0,
-        end: (1 << 39) - 1,
-    };
 
     /// (capability ID, next offset, IOVA ranges as (start, end)).
     type CapSpec = (u16, u32, Vec<(u64, u64)>);
@@ -333,11 +201,6 @@ mod tests {
             }
         }
         b
-    }
-
-    fn mem(ranges: &[(u64, usize)]) -> GuestMemoryMmap {
-        let r: Vec<_> = ranges.iter().map(|&(a, s)| (GuestAddress(a), s)).collect();
-        GuestMemoryMmap::from_ranges(&r).unwrap()
     }
 
     #[test]
@@ -388,82 +251,6 @@ mod tests {
                 start: 0,
                 end: 0xffff
             }]
-        );
-    }
-
-    #[test]
-    fn maps_every_ram_region_at_its_guest_address() {
-        let log = CallLog::default();
-        let mapper = Arc::new(FakeDmaMapper::new(log.clone(), vec![TESTBED]));
-        let dma = GuestDma::map(mapper, &mem(&[(0, 0x10000), (1 << 32, 0x20000)])).unwrap();
-        assert_eq!(dma.mapped(), &[(0, 0x10000), (1 << 32, 0x20000)]);
-        assert_eq!(
-            log.calls(),
-            vec![
-                Call::DmaMap {
-                    iova: 0,
-                    size: 0x10000
-                },
-                Call::DmaMap {
-                    iova: 1 << 32,
-                    size: 0x20000
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn ram_outside_iova_ranges_is_rejected_before_mapping() {
-        let log = CallLog::default();
-        let mapper = Arc::new(FakeDmaMapper::new(log.clone(), vec![TESTBED]));
-        let err = GuestDma::map(mapper, &mem(&[(0, 0x1000), (1 << 39, 0x1000)])).err();
-        assert!(matches!(err, Some(Error::IovaOutOfRange { iova, .. }) if iova == 1 << 39));
-        assert_eq!(log.calls(), vec![Call::ContainerClosed]);
-    }
-
-    #[test]
-    fn failed_map_unmaps_what_was_mapped() {
-        let log = CallLog::default();
-        let mut mapper = FakeDmaMapper::new(log.clone(), vec![]);
-        mapper.fail_at = Some((0x100000, libc::EINVAL));
-        let err = GuestDma::map(Arc::new(mapper), &mem(&[(0, 0x1000), (0x100000, 0x1000)])).err();
-        assert!(matches!(err, Some(Error::MapDma { iova: 0x100000, .. })));
-        assert_eq!(
-            log.calls(),
-            vec![
-                Call::DmaMap {
-                    iova: 0,
-                    size: 0x1000
-                },
-                Call::DmaUnmap {
-                    iova: 0,
-                    size: 0x1000
-                },
-                Call::ContainerClosed
-            ]
-        );
-    }
-
-    #[test]
-    fn dropping_the_mapping_unmaps_then_closes_the_container() {
-        let log = CallLog::default();
-        let mapper = Arc::new(FakeDmaMapper::new(log.clone(), vec![TESTBED]));
-        let dma = GuestDma::map(mapper, &mem(&[(0, 0x1000), (0x2000, 0x1000)])).unwrap();
-        log.take();
-        drop(dma);
-        assert_eq!(
-            log.calls(),
-            vec![
-                Call::DmaUnmap {
-                    iova: 0x2000,
-                    size: 0x1000
-                },
-                Call::DmaUnmap {
-                    iova: 0,
-                    size: 0x1000
-                },
-                Call::ContainerClosed
-            ]
         );
     }
 

@@ -1,8 +1,8 @@
 //! Fakes of the hardware traits for tests here and in the VMM: a VFIO device
 //! whose regions are byte arrays, and a DMA mapper; both append what they are
 //! asked to one shared [`CallLog`], so tests assert on call order across them.
-//! [`NullRouter`] is an MSI router that accepts everything (fuzz targets, tests that
-//! do not look at interrupts).
+//! [`NullRouter`] is an MSI router that accepts everything, [`NoIrqs`] an interrupt
+//! provider that gives none (fuzz targets, tests that do not look at interrupts).
 
 use resources::lock;
 use std::collections::BTreeMap;
@@ -32,6 +32,20 @@ impl devices::interrupt::MsiRouter for NullRouter {
     }
     fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// An interrupt provider that refuses MSI, MSI-X and INTx: a function taken with it
+/// has no interrupts (tests that do not look at them).
+#[derive(Debug, Default)]
+pub struct NoIrqs;
+
+impl crate::irq::IrqProvider for NoIrqs {
+    fn msi(&mut self, _: crate::irq::MsiKind, _: u16) -> io::Result<crate::irq::MsiVectors> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn intx(&mut self, _: u8) -> io::Result<crate::irq::IntxFds> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
 

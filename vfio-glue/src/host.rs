@@ -271,6 +271,35 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
     Ok((rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur))
 }
 
+/// Raise RLIMIT_MEMLOCK by `need` bytes when it is finite, for threads that pin
+/// guest RAM after giving up CAP_IPC_LOCK (which lets a privileged process pin past
+/// the limit). Without the privilege to raise it, the limit stays (`check_memlock`
+/// already held it against `need`); logged at debug.
+pub fn cover_memlock(need: u64) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: rl.rlim_cur.saturating_add(need),
+        rlim_max: rl.rlim_max.max(rl.rlim_cur.saturating_add(need)),
+    };
+    // SAFETY: setrlimit reads the rlimit struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } != 0 {
+        log::debug!(
+            "RLIMIT_MEMLOCK stays at {} bytes: {}",
+            rl.rlim_cur,
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Check that this process may pin `need` bytes for DMA.
 pub fn check_memlock(need: u64) -> Result<()> {
     match memlock_limit() {

@@ -10,7 +10,9 @@
 //! The recipe, as the VMM's passthrough layer (`vmm/src/passthrough/`) runs it, with
 //! addresses from `resources::Topology`:
 //! 1. [`open::open_devices`]: host checks, container, one backend per device.
-//! 2. [`container::GuestDma::map`]: guest RAM at IOVA = guest physical address.
+//! 2. [`dma::GuestDma::pending`], then its chunks mapped ([`dma::dma_chunks`],
+//!    possibly in the background while the guest runs): guest RAM at IOVA = guest
+//!    physical address. Bus mastering waits for it (see [`dma`]).
 //! 3. [`pci::VfioPciDevice::new`] per backend, with the VMM's
 //!    [`irq::IrqProvider`] (KVM irqfds + GSI routes); then
 //!    [`pci::VfioPciDevice::place_bar`] for every BAR and a KVM memory slot per
@@ -30,6 +32,7 @@ pub mod bars;
 pub mod caps;
 pub mod container;
 pub mod device;
+pub mod dma;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
@@ -42,8 +45,9 @@ pub mod pci;
 pub mod sysfs;
 
 pub use addr::HostPciAddress;
-pub use container::{Container, DmaMapper, GuestDma, IovaRange};
+pub use container::{Container, DmaMapper, IovaRange};
 pub use device::{VfioBackend, VfioDeviceOps};
+pub use dma::{dma_chunks, DmaProgress, GuestDma, RamRegion};
 pub use error::{Error, Result};
 pub use host::{check_memlock, HostDevice, HostPaths};
 pub use irq::{IntxFds, IrqProvider, MsiKind, MsiVectors};

@@ -3,7 +3,7 @@
 //! limit against guest RAM, open the container, open each device (which
 //! attaches its group and sets the type1v2 IOMMU).
 //!
-//! The VMM then maps guest RAM ([`crate::container::GuestDma::map`], after at
+//! The VMM then maps guest RAM ([`crate::dma::GuestDma::pending`], after at
 //! least one device is open so the IOMMU is set) and builds one
 //! [`crate::pci::VfioPciDevice`] per backend.
 

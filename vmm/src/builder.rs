@@ -1,6 +1,8 @@
 //! The boot recipe: one linear [`build_vm`] from a validated spec to running vCPUs,
 //! following the order in `arch/src/x86_64/mod.rs` (VM and irqchip, RAM, kernel and
 //! boot tables, devices, vCPUs). Each line is one step; each step fails with `?`.
+//! Faulting RAM in and DMA-mapping it run in the background from the step after the
+//! devices are taken ([`RamSetup`]), so the vCPUs start before they end.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use crate::memory::{self, GuestRam};
 use crate::numa;
 use crate::passthrough::{self, AttachParams, ConfigEffects, Passthrough, PassthroughError};
 use crate::pci_layout::{self, RootPorts};
+use crate::ram_setup::{RamSetup, RamSetupParams};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
 use crate::stop::StopSignal;
@@ -62,6 +65,8 @@ pub enum VmError {
     ConsoleInput(#[source] std::io::Error),
     #[error("cannot set up SIGINT/SIGTERM handling")]
     Signals(#[source] std::io::Error),
+    #[error("cannot start the RAM setup thread")]
+    RamSetupThread(#[source] std::io::Error),
 }
 
 impl VmError {
@@ -118,7 +123,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     if let Some(p) = passthrough.as_mut() {
         attach_passthrough(p, &ram, spec, &cpuid, &routing, virtio.bars(), &cliques)?;
     }
-    logger::mark(phase::DMA_MAPPED);
+    let ram_setup = start_ram_setup(spec, &ram, passthrough.as_ref(), &stop)?;
     let virtio_map = place_virtio(&vm_fd, spec, &cpuid, passthrough.as_ref(), &mut virtio)?;
     let files = files
         .join()
@@ -177,6 +182,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         kvm,
         vm_fd,
         ram,
+        ram_setup,
         devices,
         stop,
         passthrough,
@@ -206,6 +212,29 @@ fn gsi_routing(vm_fd: &Arc<VmFd>) -> Result<Arc<GsiRouting>, Error> {
     let gsis =
         GsiAllocator::new(layout::MSI_GSI_BASE, MAX_MSI_GSI).map_err(PassthroughError::GsiPool)?;
     Ok(GsiRouting::new(vm_fd.clone(), gsis))
+}
+
+/// Fault RAM in (`memory.prefault`) and DMA-map it for the passed-through functions,
+/// in the background; their held bus mastering is released when it is done.
+fn start_ram_setup(
+    spec: &VmSpec,
+    ram: &GuestRam,
+    passthrough: Option<&Passthrough>,
+    stop: &Arc<StopSignal>,
+) -> Result<RamSetup, Error> {
+    let dma = passthrough.and_then(|p| Some((p.dma()?.clone(), p.function_devices())));
+    if let Some((d, _)) = &dma {
+        let bytes = d.regions().iter().map(|r| r.size).sum();
+        // Mapped by threads without capabilities: CAP_IPC_LOCK no longer counts then.
+        vfio_glue::host::cover_memlock(bytes);
+    }
+    let params = RamSetupParams {
+        populate: spec.memory.prefault,
+        chunk: crate::ram_setup::CHUNK,
+        dma,
+        stop: stop.clone(),
+    };
+    RamSetup::start(ram, params).map_err(|e| VmError::RamSetupThread(e).into())
 }
 
 /// Take the opened devices over (after RAM exists: DMA maps it), placing the virtio

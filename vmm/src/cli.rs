@@ -25,7 +25,6 @@ use crate::check::{self, CheckInput, HostRoot, ProcessLimits, Report};
 use crate::error::{Error, EXIT_CODES_HELP};
 use crate::host;
 use crate::logger::{self, phase};
-use crate::memory;
 use crate::plan::VmPlan;
 use crate::sandbox::{self, RunAs, SandboxConfig, SeccompMode};
 use crate::spec::VmSpec;
@@ -237,8 +236,6 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             })?;
             let stop = Arc::new(StopSignal::default());
             forward_termination_signals(stop.clone()).map_err(VmError::Signals)?;
-            let prefault_stop = stop.clone();
-            memory::stop_prefault_when(move || prefault_stop.is_stopping());
             let (spec, _) = check(spec, true).map_err(|e| signalled_or(e, &stop))?;
             if let Some(e) = stopped(&stop) {
                 return Err(e);
@@ -252,7 +249,9 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             let _raw = raw_console(&spec);
             // Last: every other thread runs, each in its own sandbox.
             sandbox::enter(sandbox::ThreadKind::Main)?;
-            Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
+            let ran = vm.wait(spec.lifecycle.on_reboot);
+            logger::mark(phase::TORN_DOWN);
+            Ok(Outcome::Ran(ran?))
         }
     }
 }

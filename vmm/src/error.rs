@@ -153,6 +153,10 @@ pub enum Error {
     ShutdownTimeout { secs: u64 },
     #[error("vcpu{vcpu}: {what}")]
     VcpuFailed { vcpu: u32, what: String },
+    /// Guest RAM setup behind the running guest failed; `exit` is the code the same
+    /// failure has during setup (e.g. 16 for the memlock limit).
+    #[error("guest RAM setup failed while the guest ran: {what}")]
+    RamSetup { what: String, exit: ExitCode },
 }
 
 /// Exit code of a failure passing devices through: one per kind a user fixes
@@ -233,6 +237,7 @@ impl Error {
             Error::Boot(_) => ExitCode::Kernel,
             Error::Devices(_) | Error::Vcpu(_) | Error::Vm(_) => ExitCode::Fatal,
             Error::VcpuFailed { .. } => ExitCode::Fatal,
+            Error::RamSetup { exit, .. } => *exit,
             Error::GuestFatal { .. } => ExitCode::GuestFatal,
             Error::TripleFault { .. } => ExitCode::TripleFault,
             Error::ShutdownTimeout { .. } => ExitCode::ShutdownTimeout,

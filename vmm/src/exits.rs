@@ -40,6 +40,12 @@ pub enum StopReason {
     Signal(i32),
     /// The guest did not power off within the graceful shutdown timeout.
     ShutdownTimeout { secs: u64 },
+    /// Faulting in or DMA-mapping guest RAM behind the running guest failed
+    /// (`ram_setup`): the error, and the exit code it has during setup.
+    RamSetup {
+        what: String,
+        exit: crate::error::ExitCode,
+    },
 }
 
 /// Decision for one exit.

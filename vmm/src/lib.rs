@@ -31,6 +31,7 @@ pub mod passthrough;
 pub mod pci_layout;
 pub mod plan;
 pub mod preopened;
+pub mod ram_setup;
 pub mod sandbox;
 pub mod slots;
 pub mod spec;

@@ -15,14 +15,23 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 static START: OnceLock<Instant> = OnceLock::new();
 static LOGGER: StderrLogger = StderrLogger;
 
-/// Boot phases marked on the timeline, in order.
+/// Phases marked on the timeline. `ram_prefaulted` (prefault, no passed-through
+/// device) or `dma_mapped` (with them) come from the background RAM setup, so after
+/// `vcpus_started` as a rule.
 pub mod phase {
     pub const SPEC_PARSED: &str = "spec_parsed";
+    /// Guest RAM mapped in Strait and registered with KVM (not yet faulted in).
     pub const MEMORY_READY: &str = "memory_ready";
-    pub const DMA_MAPPED: &str = "dma_mapped";
     pub const KERNEL_LOADED: &str = "kernel_loaded";
     pub const VCPUS_STARTED: &str = "vcpus_started";
+    /// Every page of guest RAM faulted in (`memory.prefault`, no passthrough).
+    pub const RAM_PREFAULTED: &str = "ram_prefaulted";
+    /// Guest RAM faulted in and DMA-mapped, held bus mastering released.
+    pub const DMA_MAPPED: &str = "dma_mapped";
+    /// The guest stopped (powered off, crashed, signal).
     pub const GUEST_EXIT: &str = "guest_exit";
+    /// vCPUs joined, devices reset, DMA unmapped, RAM unmapped: Strait exits next.
+    pub const TORN_DOWN: &str = "torn_down";
 }
 
 struct StderrLogger;

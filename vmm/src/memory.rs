@@ -7,48 +7,23 @@
 //! hugetlbfs mount needed. The pool is checked *before* mapping so a short pool is a clear
 //! error, never a SIGBUS when the guest first touches a page.
 //!
-//! Prefaulting (the kernel zeroing every page) is most of the cost of RAM setup, so it
-//! runs on several threads, each `MADV_POPULATE_WRITE` on its own page-aligned chunk.
+//! Prefaulting (the kernel zeroing every page) is most of the cost of RAM setup; it
+//! runs in the background while the guest starts (`ram_setup`), each thread
+//! [`populate`]-ing a page-aligned chunk at a time.
 
 use std::io;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use arch::x86_64::layout;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-use crate::sandbox::{self, ThreadKind};
 use crate::spec::{HugePages, MemorySpec};
 
 /// Alignment of anonymous RAM, so THP can back guest 2 MiB pages with host 2 MiB pages.
 const THP_ALIGN: usize = 2 << 20;
-/// Smallest share of RAM worth a prefault thread of its own: below this, starting the
-/// thread and contending on the mm's locks cost more than the parallel zeroing saves.
-const PREFAULT_MIN_CHUNK: usize = 128 << 20;
-/// Most prefault threads; beyond this the page allocator's locks, not zeroing, limit.
-const PREFAULT_MAX_THREADS: usize = 16;
 /// Base page size, the step of the touch fallback on anonymous memory.
 const BASE_PAGE: usize = 4096;
-/// RAM one prefault call covers before its thread looks for a stop request: tens of
-/// milliseconds of zeroing, so SIGINT/SIGTERM end even a huge prefault within a second.
-const PREFAULT_STEP: usize = 64 << 20;
 
-/// Whether a stop was requested (SIGINT/SIGTERM), asked between prefault steps; set once
-/// by the command that builds the VM ([`stop_prefault_when`]).
-static PREFAULT_STOP: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>> =
-    std::sync::OnceLock::new();
-
-/// Make prefaulting give up, with [`MemoryError::Stopped`], once `stopping` returns true.
-/// A process-wide hook so that `GuestRam::new` keeps its signature; the first call wins.
-pub fn stop_prefault_when(stopping: impl Fn() -> bool + Send + Sync + 'static) {
-    if PREFAULT_STOP.set(Box::new(stopping)).is_err() {
-        log::debug!("prefault stop hook already set");
-    }
-}
-
-fn prefault_stop_requested() -> bool {
-    PREFAULT_STOP.get().is_some_and(|stopping| stopping())
-}
 /// Where the host kernel says how much memory it can give without swapping.
 pub const MEMINFO: &str = "/proc/meminfo";
 
@@ -107,8 +82,6 @@ pub enum MemoryError {
         #[source]
         source: io::Error,
     },
-    #[error("guest RAM setup stopped by a signal")]
-    Stopped,
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Regions(String),
 }
@@ -258,16 +231,18 @@ pub struct GuestRam {
     ranges: Vec<RamRange>,
     // Declared after `memory` so vm-memory's handles drop before the unmapping.
     mappings: Vec<Mapping>,
+    page: HugePages,
 }
 
 impl GuestRam {
-    /// Map and (optionally) prefault RAM for `spec` laid out as `ranges`.
+    /// Map RAM for `spec` laid out as `ranges`. Nothing is faulted in here: `ram_setup`
+    /// does that (`memory.prefault`) while the guest starts.
     pub fn new(spec: &MemorySpec, ranges: &[RamRange]) -> Result<GuestRam, MemoryError> {
         GuestRam::new_bound(spec, ranges, &[])
     }
 
     /// [`GuestRam::new`], with the guest ranges of `binds` (guest start, length, host
-    /// node) bound to their host node before they are prefaulted (guest NUMA).
+    /// node) bound to their host node before any page is faulted in (guest NUMA).
     pub fn new_bound(
         spec: &MemorySpec,
         ranges: &[RamRange],
@@ -288,9 +263,6 @@ impl GuestRam {
                 page => map_hugetlb(len, page)?,
             };
             bind_range(&map, r, binds)?;
-            if spec.prefault {
-                prefault(&map, spec.hugepages, &prefault_stop_requested)?;
-            }
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
         }
@@ -300,7 +272,24 @@ impl GuestRam {
             memory,
             ranges: ranges.to_vec(),
             mappings,
+            page: spec.hugepages,
         })
+    }
+
+    /// The host page size backing RAM (2 MiB for THP): chunks of work start on it.
+    pub fn page_size(&self) -> u64 {
+        match self.page {
+            HugePages::None => THP_ALIGN as u64,
+            huge => huge.page_size(),
+        }
+    }
+
+    /// The stride of [`populate`]'s touch fallback on this RAM.
+    pub fn touch_step(&self) -> usize {
+        match self.page {
+            HugePages::None => BASE_PAGE,
+            huge => huge.page_size() as usize,
+        }
     }
 
     /// The guest memory, for loaders and device emulation.
@@ -424,106 +413,9 @@ fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<
     Ok(())
 }
 
-/// Split `len` bytes into one chunk per prefault thread, each starting on an `align`
-/// boundary: min(`parallelism`, chunks of at least [`PREFAULT_MIN_CHUNK`],
-/// [`PREFAULT_MAX_THREADS`]) chunks, at least one, the last one possibly shorter.
-pub fn prefault_chunks(len: usize, align: usize, parallelism: usize) -> Vec<Range<usize>> {
-    if len == 0 || align == 0 {
-        return Vec::new();
-    }
-    let threads = parallelism
-        .min(len / PREFAULT_MIN_CHUNK)
-        .clamp(1, PREFAULT_MAX_THREADS);
-    let step = len.div_ceil(align).div_ceil(threads) * align;
-    (0..len)
-        .step_by(step)
-        .map(|start| start..len.min(start + step))
-        .collect()
-}
-
-/// How each prefault thread walks its chunk.
-#[derive(Clone, Copy)]
-struct Steps<'a> {
-    /// Bytes per MADV_POPULATE_WRITE call, a multiple of the page size.
-    step: usize,
-    /// Stride of the touch fallback.
-    touch_step: usize,
-    stopping: &'a (dyn Fn() -> bool + Sync),
-}
-
-/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel, each
-/// [`PREFAULT_STEP`] at a time; gives up with [`MemoryError::Stopped`] once `stopping`.
-fn prefault(
-    map: &Mapping,
-    page: HugePages,
-    stopping: &(dyn Fn() -> bool + Sync),
-) -> Result<(), MemoryError> {
-    let (align, touch_step) = match page {
-        // THP: chunk on 2 MiB so no huge page straddles two threads.
-        HugePages::None => (THP_ALIGN, BASE_PAGE),
-        huge => (huge.page_size() as usize, huge.page_size() as usize),
-    };
-    let steps = Steps {
-        step: PREFAULT_STEP.next_multiple_of(align),
-        touch_step,
-        stopping,
-    };
-    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunks = prefault_chunks(map.len, align, parallelism);
-    let base = map.addr as usize;
-    let results: Vec<io::Result<()>> = std::thread::scope(|s| {
-        let spawned: Vec<_> = chunks
-            .iter()
-            .skip(1)
-            .map(|c| {
-                let (addr, len) = (base + c.start, c.len());
-                let spawn = std::thread::Builder::new()
-                    .name("strait-prefault".into())
-                    .spawn_scoped(s, move || {
-                        sandbox::enter(ThreadKind::Prefault).map_err(io::Error::other)?;
-                        populate_in_steps(addr, len, steps)
-                    });
-                // Cannot start a thread: do that chunk here instead.
-                spawn.map_err(|_| (addr, len))
-            })
-            .collect();
-        let mut results: Vec<_> = chunks
-            .first()
-            .map(|c| populate_in_steps(base + c.start, c.len(), steps))
-            .into_iter()
-            .collect();
-        for handle in spawned {
-            results.push(match handle {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err((addr, len)) => populate_in_steps(addr, len, steps),
-            });
-        }
-        results
-    });
-    results
-        .into_iter()
-        .collect::<io::Result<()>>()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::Interrupted => MemoryError::Stopped,
-            _ => MemoryError::Prefault(e),
-        })
-}
-
-/// [`populate`] `addr..addr+len` one `steps.step` at a time, giving up (`Interrupted`)
-/// when a stop is requested between two steps.
-fn populate_in_steps(addr: usize, len: usize, steps: Steps<'_>) -> io::Result<()> {
-    for off in (0..len).step_by(steps.step) {
-        if (steps.stopping)() {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
-        populate(addr + off, steps.step.min(len - off), steps.touch_step)?;
-    }
-    Ok(())
-}
-
 /// Fault `addr..addr+len` (inside a mapping of ours) in: MADV_POPULATE_WRITE (Linux 5.14),
 /// or on older kernels (EINVAL) writing one byte per `touch_step`.
-fn populate(addr: usize, len: usize, touch_step: usize) -> io::Result<()> {
+pub(crate) fn populate(addr: usize, len: usize, touch_step: usize) -> io::Result<()> {
     // SAFETY: advice on part of our own read-write mapping.
     if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
         return Ok(());
@@ -534,10 +426,18 @@ fn populate(addr: usize, len: usize, touch_step: usize) -> io::Result<()> {
     }
     let base = addr as *mut u8;
     for off in (0..len).step_by(touch_step) {
-        // SAFETY: `off < len`, inside our private read-write mapping that no guest uses
-        // yet (hugetlb pages were reserved at mmap, so this cannot SIGBUS); writing zero
-        // over zero-filled memory changes nothing but residency.
-        unsafe { base.add(off).write_volatile(0) };
+        // SAFETY: `off < len`, inside our private read-write mapping (hugetlb pages were
+        // reserved at mmap, so this cannot SIGBUS), which lives as long as `GuestRam`.
+        // The guest may run already: a compare-exchange of a byte with itself faults
+        // the page in for writing and never loses a byte the guest writes meanwhile.
+        let byte = unsafe { std::sync::atomic::AtomicU8::from_ptr(base.add(off)) };
+        let old = byte.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = byte.compare_exchange(
+            old,
+            old,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     Ok(())
 }
@@ -634,47 +534,6 @@ mod tests {
         );
     }
 
-    const MIB: usize = 1 << 20;
-
-    #[test]
-    fn small_ram_prefaults_on_one_thread() {
-        assert_eq!(prefault_chunks(64 * MIB, 2 * MIB, 8), vec![0..64 * MIB]);
-    }
-
-    #[test]
-    fn prefault_threads_are_limited_by_parallelism() {
-        let c = prefault_chunks(2048 * MIB, 2 * MIB, 2);
-        assert_eq!(c, vec![0..1024 * MIB, 1024 * MIB..2048 * MIB]);
-    }
-
-    #[test]
-    fn prefault_chunks_are_at_least_128_mib() {
-        assert_eq!(prefault_chunks(512 * MIB, 2 * MIB, 64).len(), 4);
-        assert_eq!(prefault_chunks(255 * MIB, 2 * MIB, 64).len(), 1);
-    }
-
-    #[test]
-    fn prefault_threads_are_capped_at_16() {
-        assert_eq!(prefault_chunks(64 << 30, 2 * MIB, 256).len(), 16);
-    }
-
-    #[test]
-    fn prefault_chunks_start_page_aligned_and_cover_ram() {
-        let (len, page) = (3 << 30, 1 << 30);
-        let c = prefault_chunks(len, page, 2);
-        assert_eq!(c, vec![0..2 << 30, 2 << 30..3 << 30]);
-        let c = prefault_chunks(1000 * MIB + 4096, 2 * MIB, 3);
-        assert!(c.iter().all(|r| r.start % (2 * MIB) == 0));
-        assert_eq!(c.first().map(|r| r.start), Some(0));
-        assert_eq!(c.last().map(|r| r.end), Some(1000 * MIB + 4096));
-        assert!(c.windows(2).all(|w| w[0].end == w[1].start));
-    }
-
-    #[test]
-    fn empty_ram_has_no_prefault_chunks() {
-        assert!(prefault_chunks(0, 2 * MIB, 4).is_empty());
-    }
-
     /// A meminfo file in a temporary directory with `available` as MemAvailable.
     fn meminfo(dir: &vmm_sys_util::tempdir::TempDir, available: Option<&str>) -> PathBuf {
         let path = dir.as_path().join("meminfo");
@@ -748,20 +607,29 @@ mod tests {
     }
 
     #[test]
-    fn prefault_gives_up_between_steps_once_stopping() {
-        let len = 3 * PREFAULT_STEP;
-        let map = map_anonymous(len).unwrap();
-        let calls = std::sync::atomic::AtomicUsize::new(0);
-        let stop_after_one = || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
-        let err = prefault(&map, HugePages::None, &stop_after_one).unwrap_err();
-        assert!(matches!(err, MemoryError::Stopped), "{err:?}");
-        prefault(&map, HugePages::None, &|| false).unwrap();
+    fn populate_keeps_what_was_written() {
+        let map = map_anonymous(4 << 20).unwrap();
+        let base = map.addr as usize;
+        // SAFETY: inside the fresh 4 MiB mapping.
+        unsafe { (base as *mut u8).add(4096).write_volatile(0x5a) };
+        populate(base, map.len, BASE_PAGE).unwrap();
+        assert_eq!(
+            // SAFETY: as above.
+            unsafe { (base as *const u8).add(4096).read_volatile() },
+            0x5a
+        );
     }
 
     #[test]
-    fn stopped_prefault_is_not_a_host_problem_line() {
-        let e = crate::error::Error::Memory(MemoryError::Stopped);
-        assert_eq!(e.one_line(), "guest RAM setup stopped by a signal");
+    fn page_size_is_the_backing_page() {
+        let spec = MemorySpec {
+            size_mib: 4,
+            hugepages: HugePages::None,
+            prefault: true,
+        };
+        let ram = GuestRam::new(&spec, &plan_regions(4 << 20)).unwrap();
+        assert_eq!(ram.page_size(), THP_ALIGN as u64);
+        assert_eq!(ram.touch_step(), BASE_PAGE);
     }
 
     #[test]

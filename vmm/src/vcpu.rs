@@ -36,6 +36,7 @@ use crate::io_buses::IoBuses;
 use crate::passthrough::BarMapper;
 use crate::sandbox::{self, ThreadKind};
 use crate::stop::StopSignal;
+use vfio_glue::GuestDma;
 
 /// Offset from SIGRTMIN of the signal that kicks vCPUs out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: c_int = 0;
@@ -425,6 +426,9 @@ pub struct VcpuContext {
     pub gate: Arc<PauseGate>,
     /// Passed-through BARs: config-write effects are applied after each dispatch.
     pub bars: Option<Arc<BarMapper>>,
+    /// Guest RAM's DMA mapping: while a function holds its bus mastering back for it,
+    /// a vCPU that exits waits before it re-enters the guest.
+    pub dma: Option<Arc<GuestDma>>,
 }
 
 /// What a restarted vCPU thread does before its first KVM_RUN (a reboot in place).
@@ -486,6 +490,9 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<Reset
                 if let Some(bars) = &ctx.bars {
                     bars.apply_pending();
                 }
+                if let Some(dma) = &ctx.dma {
+                    wait_for_dma(dma, &ctx.stop);
+                }
                 step
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -512,6 +519,27 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<Reset
     }
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     vcpu
+}
+
+/// How often a vCPU waiting for the DMA mapping looks for a stop request.
+const DMA_WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// The guest set Bus Master Enable on a passed-through function before guest RAM was
+/// fully DMA-mapped: wait until it is (and the bit is in the device), so the guest
+/// never runs on past that write with the device unable to master the bus. A stop
+/// request (or a reboot) ends the wait.
+pub(crate) fn wait_for_dma(dma: &GuestDma, stop: &StopSignal) {
+    if !dma.bus_master_held() {
+        return;
+    }
+    let since = Instant::now();
+    while dma.bus_master_held() && !stop.is_stopping() {
+        dma.wait(DMA_WAIT_POLL);
+    }
+    log::debug!(
+        "waited {} ms for the DMA mapping of guest RAM (bus mastering held)",
+        since.elapsed().as_millis()
+    );
 }
 
 /// Stops the VM if a vCPU thread unwinds, so the main thread is not left waiting for a

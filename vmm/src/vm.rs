@@ -33,6 +33,7 @@ use crate::exits::{ExitCounters, StopReason};
 use crate::logger::{self, phase};
 use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
+use crate::ram_setup::RamSetup;
 use crate::sandbox::{self, ThreadKind};
 use crate::spec::{OnReboot, VmSpec};
 use crate::stop::{ShutdownStep, StopSignal};
@@ -71,6 +72,7 @@ pub fn outcome(reason: StopReason) -> Result<GuestExit, Error> {
         StopReason::HostFailure { vcpu, what } => Err(Error::VcpuFailed { vcpu, what }),
         StopReason::Signal(signal) => Err(Error::Signalled { signal }),
         StopReason::ShutdownTimeout { secs } => Err(Error::ShutdownTimeout { secs }),
+        StopReason::RamSetup { what, exit } => Err(Error::RamSetup { what, exit }),
     }
 }
 
@@ -147,6 +149,7 @@ pub(crate) struct VmParts {
     pub kvm: Kvm,
     pub vm_fd: Arc<VmFd>,
     pub ram: GuestRam,
+    pub ram_setup: RamSetup,
     pub devices: DeviceManager,
     pub stop: Arc<StopSignal>,
     pub passthrough: Option<Passthrough>,
@@ -166,6 +169,9 @@ pub struct Vm {
     stop: Arc<StopSignal>,
     counters: Arc<ExitCounters>,
     gate: Arc<PauseGate>,
+    /// Faulting in and DMA-mapping RAM in the background; cancelled and joined before
+    /// the devices are reset and RAM is unmapped.
+    ram_setup: RamSetup,
     passthrough: Option<Passthrough>,
     /// Its I/O thread is joined before RAM is unmapped (it reads and writes guest RAM).
     virtio: VirtioDevices,
@@ -189,6 +195,7 @@ impl Vm {
             kvm,
             vm_fd,
             ram,
+            ram_setup,
             devices,
             stop,
             passthrough,
@@ -204,6 +211,7 @@ impl Vm {
             stop,
             counters,
             gate: Arc::default(),
+            ram_setup,
             passthrough,
             virtio,
             devices,
@@ -232,6 +240,7 @@ impl Vm {
             stop: self.stop.clone(),
             gate: self.gate.clone(),
             bars: self.passthrough.as_ref().and_then(|p| p.bars().cloned()),
+            dma: self.passthrough.as_ref().and_then(|p| p.dma().cloned()),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
             let reset = resets.as_mut().and_then(Iterator::next);
@@ -433,6 +442,7 @@ impl VmControl for VmHandle {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
+        self.ram_setup.cancel();
         self.virtio.stop();
         if let Some(p) = &self.passthrough {
             p.shutdown();

@@ -147,7 +147,7 @@ pub fn launch_to_exit(r: &LaunchRecord) -> Result<f64, String> {
 }
 
 /// Launch to "RAM allocated, pinned and DMA-mapped, VM ready to run", in ms:
-/// QEMU's QMP answer under -S, Strait's `vcpus_started` line as read by the
+/// QEMU's QMP answer under -S, Strait's `dma_mapped` line as read by the
 /// agent. The VMM must have pinned (nearly) all guest RAM by then: VFIO's type1
 /// driver accounts pinned pages in VmLck.
 pub fn memory_ready(r: &LaunchRecord) -> Result<f64, String> {
@@ -618,7 +618,7 @@ pub(crate) mod tests {
         let mut r = record(
             LaunchKind::Memory,
             vmm,
-            &[(1251.7, "strait: timeline: vcpus_started=1208.8ms")],
+            &[(1251.7, "strait: timeline: dma_mapped=1208.8ms")],
         );
         r.stopped = true;
         r.exit_code = None;

@@ -207,6 +207,7 @@ fn write_agent_files(
         pre_commands: Vec::new(),
         actions: Vec::new(),
         net: false,
+        kernel_cache: true,
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }

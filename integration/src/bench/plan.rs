@@ -37,9 +37,10 @@ pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
 /// ... and this on the second boot, once it found the first boot's token on the nvme.
 pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 
-/// Strait's timeline mark after RAM, kernel, devices (and their DMA maps) are set
-/// up and the vCPUs started: the end of a memory launch under Strait.
-pub const STRAIT_READY_MARK: &str = "vcpus_started";
+/// Strait's timeline mark once all guest RAM is faulted in and DMA-mapped (in the
+/// background, usually after the vCPUs started): the end of a memory launch under
+/// Strait.
+pub const STRAIT_READY_MARK: &str = "dma_mapped";
 
 /// The VMM of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -574,7 +575,7 @@ mod tests {
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
-            Some("strait: timeline: vcpus_started=")
+            Some("strait: timeline: dma_mapped=")
         );
         let spec = l.spec.as_ref().map(|s| s["memory"].clone());
         assert_eq!(

@@ -388,8 +388,8 @@ writes (guest console and its own log) is timestamped as it arrives.
   negotiates and asks `query-status`. In-band QMP commands are served by QEMU's main loop, which
   starts after machine init: RAM allocated (hugetlbfs with `prealloc=on` for 2 MiB pages),
   kernel loaded, vfio-pci realized with all guest RAM DMA-mapped. For Strait, until its
-  `strait: timeline: vcpus_started` line arrives, which `build_vm` logs after RAM (prefaulted),
-  kernel, devices and their DMA maps are set up. Both are then killed. A sample is valid only if
+  `strait: timeline: dma_mapped` line arrives, which its RAM setup threads log once all guest
+  RAM is faulted in and DMA-mapped (the vCPUs start before that). Both are then killed. A sample is valid only if
   the VMM had pinned at least 90% of guest RAM by then (VmLck, where VFIO's type1 driver accounts
   pinned pages); otherwise the VMM did not DMA-map RAM and the row says so. 4 KiB-page runs have
   L1's transparent hugepages set to `never` (both VMMs madvise THP). The per-GiB row takes the

@@ -191,16 +191,37 @@ pub(super) fn build_with(
     take(fake_dev, log, params).map(|(dev, _)| dev)
 }
 
-fn take(fake_dev: FakeDevice, log: CallLog, params: VfioPciParams) -> Result<(VfioPciDevice, Vmm)> {
-    let mapper = Arc::new(FakeDmaMapper::new(
+/// A fixture whose guest RAM is not DMA-mapped yet (the mapping runs in the background).
+pub(super) fn pending() -> (Fixture, Arc<GuestDma>) {
+    let log = CallLog::default();
+    let dma = GuestDma::pending(mapper(&log), &guest_mem()).unwrap();
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+        clique: None,
+    };
+    let mut vmm = Vmm::default();
+    let fake_dev = Box::new(fake(&log, &config()));
+    let dev = VfioPciDevice::new(fake_dev, dma.clone(), &mut vmm, params).unwrap();
+    (Fixture { dev, log, vmm }, dma)
+}
+
+fn mapper(log: &CallLog) -> Arc<FakeDmaMapper> {
+    Arc::new(FakeDmaMapper::new(
         log.clone(),
         vec![IovaRange {
             start: 0,
             end: (1 << 39) - 1,
         }],
-    ));
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let dma = GuestDma::map(mapper, &mem).unwrap();
+    ))
+}
+
+fn guest_mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+}
+
+fn take(fake_dev: FakeDevice, log: CallLog, params: VfioPciParams) -> Result<(VfioPciDevice, Vmm)> {
+    let dma = GuestDma::map(mapper(&log), &guest_mem()).unwrap();
     let mut vmm = Vmm::default();
     let dev = VfioPciDevice::new(Box::new(fake_dev), dma, &mut vmm, params)?;
     Ok((dev, vmm))

@@ -9,7 +9,10 @@
 //! list ([`crate::caps`]); everything else is read from and written to the
 //! device's config region, which the kernel's vfio-pci filters further.
 //! Command writes also reach the device, so its decode and bus mastering
-//! follow the guest.
+//! follow the guest; but while guest RAM is not yet fully DMA-mapped
+//! ([`GuestDma::hold_bus_master`]) Bus Master Enable is held back from the
+//! device (the guest still reads back what it wrote) until the VMM calls
+//! [`VfioPciDevice::release_bus_master`].
 //!
 //! BARs: [`crate::bars`] decides what is mapped (see [`VfioPciDevice::direct_mappings`])
 //! and what traps to `bar_read`/`bar_write`: the MSI-X table and PBA are
@@ -50,8 +53,8 @@ use resources::{limited_debug, limited_log};
 
 use crate::addr::HostPciAddress;
 use crate::caps::ExtCapView;
-use crate::container::GuestDma;
 use crate::device::{IrqIndex, VfioDeviceOps, CONFIG_REGION, ROM_REGION};
+use crate::dma::GuestDma;
 use crate::error::{Error, Result};
 use crate::irq::{IntxLine, IrqProvider};
 use clique::CliqueCap;
@@ -107,10 +110,13 @@ pub struct VfioPciDevice {
     intx: Option<IntxLine>,
     /// Where Strait placed each BAR (index, guest address): a reset puts them back.
     placed: Vec<(u8, u64)>,
+    /// The guest set Bus Master Enable before guest RAM was fully DMA-mapped: the
+    /// device has it off until [`VfioPciDevice::release_bus_master`].
+    bus_master_held: bool,
     torn_down: bool,
     // Dropped last, in this order: DMA stays mapped until the device is reset,
     // the device fd closes after.
-    _dma: Arc<GuestDma>,
+    dma: Arc<GuestDma>,
     ops: Box<dyn VfioDeviceOps>,
 }
 
@@ -228,8 +234,9 @@ impl VfioPciDevice {
             clique,
             intx,
             placed: Vec::new(),
+            bus_master_held: false,
             torn_down: false,
-            _dma: dma,
+            dma,
             ops,
         })
     }
@@ -431,6 +438,7 @@ impl VfioPciDevice {
 
     /// Interrupts off and bus mastering off: the device stops raising and DMA-ing.
     fn quiesce(&mut self) {
+        self.bus_master_held = false;
         let ops = &*self.ops;
         let addr = self.addr;
         let off = |what: &str, r: std::io::Result<()>| {
@@ -456,8 +464,38 @@ impl VfioPciDevice {
 
     fn write_command(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         let res = self.shadow.write(reg, offset, data);
-        self.device_write(reg * 4 + offset as usize, data);
+        // Bus Master Enable is bit 2 of the command register's low byte.
+        let mut data = data.to_vec();
+        let bme = COMMAND_BUS_MASTER as u8;
+        match data.first_mut().filter(|_| offset == 0) {
+            Some(low) if *low & bme != 0 && self.dma.hold_bus_master() => {
+                *low &= !bme;
+                self.bus_master_held = true;
+            }
+            Some(low) if *low & bme == 0 => self.bus_master_held = false,
+            _ => {}
+        }
+        self.device_write(reg * 4 + offset as usize, &data);
         res
+    }
+
+    /// Guest RAM is fully DMA-mapped now: give the device the Bus Master Enable its
+    /// guest wrote meanwhile (if it still wants it).
+    pub fn release_bus_master(&mut self) {
+        if !std::mem::take(&mut self.bus_master_held) || self.torn_down {
+            return;
+        }
+        if self.shadow.read_u32(COMMAND) as u16 & COMMAND_BUS_MASTER == 0 {
+            return;
+        }
+        let cmd = (self.device_dword(COMMAND) & 0xffff) as u16;
+        if cmd != 0xffff {
+            self.device_write(COMMAND, &(cmd | COMMAND_BUS_MASTER).to_le_bytes());
+            info!(
+                "{}: bus mastering on (held until guest RAM was DMA-mapped)",
+                self.addr
+            );
+        }
     }
 }
 

@@ -613,6 +613,72 @@ fn failing_set_irqs_in_a_guest_loop_leaves_the_log_small() {
     assert!(lines <= 40, "{lines} lines for 10,000 failing SET_IRQS");
 }
 
+fn command_write(data: [u8; 2]) -> Call {
+    Call::RegionWrite {
+        index: CONFIG_REGION,
+        offset: 4,
+        data: data.to_vec(),
+    }
+}
+
+#[test]
+fn bus_master_is_held_from_the_device_until_guest_ram_is_mapped() {
+    let (mut f, dma) = pending();
+    f.log.take();
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    // The device decodes memory but may not master the bus; the guest reads back its write.
+    assert_eq!(f.log.take(), vec![command_write([2, 0])]);
+    assert_eq!(f.read(0x04) & 0xffff, 0x0006);
+    assert!(dma.bus_master_held());
+    for r in dma.regions().to_vec() {
+        dma.map_chunk(&r).unwrap();
+    }
+    dma.set_complete();
+    f.dev.release_bus_master();
+    dma.finish(true);
+    let calls = f.log.take();
+    assert!(
+        matches!(calls.first(), Some(Call::DmaMap { .. })),
+        "{calls:?}"
+    );
+    assert_eq!(calls.last(), Some(&command_write([6, 0])));
+    assert!(!dma.bus_master_held());
+    // Released once: a second release writes nothing.
+    f.dev.release_bus_master();
+    assert!(f.log.take().is_empty());
+}
+
+#[test]
+fn bus_master_cleared_by_the_guest_meanwhile_is_not_released() {
+    let (mut f, dma) = pending();
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.write(0x04, &0x0002u16.to_le_bytes());
+    f.log.take();
+    dma.set_complete();
+    f.dev.release_bus_master();
+    assert!(f.log.take().is_empty());
+}
+
+#[test]
+fn bus_master_goes_straight_to_the_device_once_mapped() {
+    let (mut f, dma) = pending();
+    dma.set_complete();
+    dma.finish(true);
+    f.log.take();
+    f.write(0x04, &0x0004u16.to_le_bytes());
+    assert_eq!(f.log.take(), vec![command_write([4, 0])]);
+    assert!(!dma.bus_master_held());
+}
+
+#[test]
+fn a_write_to_the_status_half_never_holds_bus_master() {
+    let (mut f, dma) = pending();
+    f.log.take();
+    // Byte 2 of the dword is the status register's low byte, not the command's.
+    f.write(0x06, &[0x04]);
+    assert!(!dma.bus_master_held());
+}
+
 #[test]
 fn clique_capability_is_read_only_and_never_reaches_the_device() {
     let log = CallLog::default();

@@ -7,7 +7,6 @@
 
 use std::io;
 
-use arch::x86_64::layout;
 use resources::Size;
 use vfio_glue::host::{has_cap_ipc_lock, memlock_limit, memlock_verdict};
 
@@ -226,8 +225,8 @@ fn memlock(memory: Option<u64>, limits: Option<&ProcessLimits>) -> Finding {
 
 /// vfio_iommu_type1 counts one entry (`struct vfio_dma`) per VFIO_IOMMU_MAP_DMA
 /// mapping, whatever its size, and refuses mappings past `dma_entry_limit` (default
-/// 65535) with ENOSPC. Strait maps each guest RAM region with one call, so it needs
-/// `layout::ram_regions(ram).len()` entries (at most two): below that is a FAIL. A
+/// 65535) with ENOSPC. Strait maps guest RAM in chunks of 128 MiB or one 1 GiB page
+/// (`ram_setup::mapping_count`: 8 for 1 GiB): below that is a FAIL. A
 /// mapping is only as large as the memory behind it is contiguous to the VMM, though:
 /// RAM mapped per page (a guest vIOMMU, a balloon or virtio-mem punching holes) needs
 /// one entry per piece. With 4 KiB pages no limit covers that worst case; with the
@@ -247,7 +246,7 @@ fn dma_entries(root: &HostRoot, memory: Option<u64>) -> Finding {
             format!("dma_entry_limit {limit}; pass --memory SIZE to compare"),
         );
     };
-    let strait = layout::ram_regions(ram).len() as u64;
+    let strait = crate::ram_setup::mapping_count(ram);
     let worst = ram.div_ceil(DMA_GRANULE);
     let fix = |want: u64| {
         format!(

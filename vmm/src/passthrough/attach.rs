@@ -1,7 +1,8 @@
 //! Taking opened passthrough devices over, after guest RAM exists (vfio-glue's recipe,
 //! steps 2-3; PCI-to-PCI Bridge 1.2, 3.2.5 for the root ports' windows).
 //!
-//! [`Passthrough::attach`] DMA-maps all guest RAM at IOVA = guest physical address, takes
+//! [`Passthrough::attach`] prepares the DMA mapping of all guest RAM at IOVA = guest
+//! physical address (the chunks are mapped later, in the background: `ram_setup`), takes
 //! each function (reset, config space, BAR mmaps, interrupts through KVM irqfds), then
 //! asks the [`resources::Topology`] where every BAR and root port window goes, inside
 //! min(guest physical address bits, the container's IOVA ranges), and programs that.
@@ -34,17 +35,15 @@ pub struct AttachParams<'a> {
 }
 
 impl Passthrough {
-    /// DMA-map guest RAM, take every function, place its BARs, build the root ports.
+    /// Prepare the DMA mapping of guest RAM (checked against the IOVA ranges, mapped
+    /// later: [`Passthrough::dma`]), take every function, place its BARs, build the
+    /// root ports.
     pub fn attach(&mut self, p: AttachParams<'_>) -> Result<(), PassthroughError> {
         let mapper: Arc<dyn DmaMapper> = self.container.clone();
-        let dma = GuestDma::map(mapper, p.ram.memory())?;
-        log::info!(
-            "guest RAM DMA-mapped for passthrough ({} MiB)",
-            p.ram_size >> 20
-        );
+        let dma = GuestDma::pending(mapper, p.ram.memory())?;
         self.take_functions(&dma, p.routing, p.cliques)?;
-        // The devices hold the mapping now; the last one to go unmaps it.
-        drop(dma);
+        // The devices hold the mapping too; the last one to go unmaps it.
+        self.dma = Some(dma);
         let iova = self
             .container
             .iova_ranges()

@@ -10,14 +10,17 @@
 //! 1. [`check_host`] (by `strait validate`, and by `run` before anything starts);
 //! 2. [`Passthrough::open`]: host checks again, the VFIO container, the KVM VFIO
 //!    device, the device fds; before RAM;
-//! 3. [`Passthrough::attach`] (`attach.rs`): DMA-map RAM, take each function over, lay
-//!    its BARs out and build the root ports; after RAM;
+//! 3. [`Passthrough::attach`] (`attach.rs`): prepare RAM's DMA mapping, take each
+//!    function over, lay its BARs out and build the root ports; after RAM. The chunks
+//!    of the mapping are mapped in the background (`ram_setup`), and each function's
+//!    bus mastering waits for them;
 //! 4. [`Passthrough::start`]: the BAR mapper (`bars.rs`, rules in `bar_rules.rs`) makes
 //!    BARs live as the guest enables decode; the vCPUs call [`Passthrough::bars`];
 //! 5. [`Passthrough::reset`] when the guest reboots in place: BARs dead, every function
 //!    reset through VFIO and checked, its guest view at power-on, the root ports as
 //!    planned; guest RAM stays DMA-mapped;
-//! 6. [`Passthrough::shutdown`]: BAR slots and traps out, each function quiet and reset.
+//! 6. [`Passthrough::shutdown`]: BAR slots and traps out, every function quiet and
+//!    reset, all at once (one thread each: a reset waits 100 ms or more).
 
 mod attach;
 mod bar_rules;
@@ -33,7 +36,7 @@ use resources::{lock, PciMap, PlanError, SlotRequest, Topology, TopologyError};
 use vfio_glue::addr::same_slot;
 use vfio_glue::host::probe_device;
 use vfio_glue::{check_memlock, HostDevice, HostPaths, HostPciAddress, VfioBackend};
-use vfio_glue::{Container, VfioPciDevice};
+use vfio_glue::{Container, GuestDma, VfioPciDevice};
 
 pub use attach::AttachParams;
 pub use bar_rules::{BarWindows, ConfigEffects, Effect, Refusal};
@@ -210,6 +213,8 @@ pub struct Passthrough {
     p2p: Option<P2pPlan>,
     /// After start.
     bars: Option<Arc<BarMapper>>,
+    /// After attach: guest RAM's DMA mapping (its chunks mapped by `ram_setup`).
+    dma: Option<Arc<GuestDma>>,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -264,6 +269,7 @@ impl Passthrough {
             bar_windows: None,
             p2p: None,
             bars: None,
+            dma: None,
         }))
     }
 
@@ -379,6 +385,17 @@ impl Passthrough {
         self.ports.reset()
     }
 
+    /// Guest RAM's DMA mapping (after attach), which the vCPUs wait for while a
+    /// function holds its bus mastering back.
+    pub fn dma(&self) -> Option<&Arc<GuestDma>> {
+        self.dma.as_ref()
+    }
+
+    /// Every function, for releasing held bus mastering once RAM is DMA-mapped.
+    pub fn function_devices(&self) -> Vec<Arc<Mutex<VfioPciDevice>>> {
+        self.functions.iter().map(|(_, f)| f.dev.clone()).collect()
+    }
+
     /// The BAR mapper the vCPUs apply config-write effects through (after start).
     pub fn bars(&self) -> Option<&Arc<BarMapper>> {
         self.bars.as_ref()
@@ -412,14 +429,25 @@ impl Passthrough {
             .collect()
     }
 
-    /// BAR slots and traps out, then each function quiet and reset.
+    /// BAR slots and traps out, then every function quiet and reset, each on a thread
+    /// of its own (a reset waits 100 ms or more; a function is done here when no thread
+    /// starts). Guest RAM's DMA is unmapped when the last function lets it go, in one
+    /// call per contiguous span.
     pub fn shutdown(&self) {
         if let Some(bars) = &self.bars {
             bars.unmap_all();
         }
-        for (_, f) in &self.functions {
-            lock(&f.dev).shutdown();
-        }
+        std::thread::scope(|s| {
+            for (_, f) in &self.functions {
+                let quiet = || lock(&f.dev).shutdown();
+                let spawned = std::thread::Builder::new()
+                    .name("strait-teardown".into())
+                    .spawn_scoped(s, quiet);
+                if spawned.is_err() {
+                    quiet();
+                }
+            }
+        });
     }
 }
 

@@ -42,7 +42,7 @@ pub enum ThreadKind {
     Signals,
     /// `strait-stdin`: console input.
     Stdin,
-    /// `strait-prefault`: RAM prefault during setup.
+    /// `strait-ram`: faulting RAM in and DMA-mapping it behind the running guest.
     Prefault,
     /// `strait-io`: the virtio devices' event loop (queue eventfds, disk and tap fds).
     Io,

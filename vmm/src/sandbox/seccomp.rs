@@ -16,7 +16,9 @@
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
 //!   ioctls plus VFIO_DEVICE_RESET and the hot reset pair, VFIO_IOMMU_UNMAP_DMA, group release, close, the
 //!   readlink vfio-ioctls does when a device is dropped);
-//! - signals: sigwait; stdin: read; prefault: madvise;
+//! - signals: sigwait; stdin: read; prefault (RAM setup behind the running guest):
+//!   madvise, VFIO_IOMMU_MAP_DMA, getrlimit, config reads and writes (pread64/pwrite64
+//!   on VFIO device fds) releasing held bus mastering;
 //! - I/O thread: epoll, eventfd reads, tap reads and writes; block workers: the disk's
 //!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls.
 //!
@@ -303,7 +305,15 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
             allow(&mut r, &[libc::SYS_read]);
             allow_ioctls(&mut r, &[TCGETS, TCSETS])?;
         }
-        ThreadKind::Prefault => {}
+        ThreadKind::Prefault => {
+            // Pinning guest RAM, the memlock limit named when that fails, and the
+            // config accesses that release a function's held bus mastering.
+            allow(
+                &mut r,
+                &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_prlimit64],
+            );
+            allow_ioctls(&mut r, &[VFIO_IOMMU_MAP_DMA()])?;
+        }
         ThreadKind::Io => {
             allow(
                 &mut r,

@@ -4,8 +4,8 @@ use devices::bus::Bus;
 use devices::pci::{Bdf, PciRoot};
 use devices::pci::{PciEcam, SharedPciDevice};
 use vfio_glue::device::RegionInfo;
-use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper};
-use vfio_glue::{GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
+use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper, NoIrqs};
+use vfio_glue::{GuestDma, VfioPciParams};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const GIB: u64 = 1 << 30;
@@ -46,17 +46,6 @@ impl MemorySlots for FakeSlots {
     fn remove(&self, slot: u32, _gpa: u64) -> io::Result<()> {
         lock(&self.0).retain(|&(s, _, _)| s != slot);
         Ok(())
-    }
-}
-
-struct NoIrqs;
-
-impl IrqProvider for NoIrqs {
-    fn msi(&mut self, _: MsiKind, _: u16) -> io::Result<MsiVectors> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-    fn intx(&mut self, _: u8) -> io::Result<IntxFds> {
-        Err(io::ErrorKind::Unsupported.into())
     }
 }
 
