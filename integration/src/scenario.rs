@@ -184,9 +184,22 @@ pub struct L1Action {
     pub run: String,
 }
 
+/// How L1 starts Strait when not directly as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// A root shell opens /dev/kvm, /dev/vfio/vfio and each device's /dev/vfio/N and
+    /// starts Strait with the fds and `--user` ([`crate::vmm::LAUNCHER_UID`]).
+    RootWithUser,
+    /// The same shell, but Strait starts as that user (setpriv), never root: the fds
+    /// and the memlock limit are all the launcher gives it.
+    Unprivileged,
+}
+
 /// Strait-only settings of a scenario's spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StraitSettings {
+    /// Start Strait through a launcher that passes it pre-opened fds.
+    pub launcher: Option<Launcher>,
     /// `lifecycle.shutdown_timeout_s`.
     pub shutdown_timeout_s: Option<u32>,
     /// `lifecycle.on_reboot`.
@@ -259,6 +272,8 @@ pub const BUILTIN: &[&str] = &[
     "hostile",
     "net",
     "net-userspace",
+    "preopened",
+    "unprivileged",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -333,6 +348,8 @@ impl Scenario {
             "hostile" => Ok(hostile()),
             "net" => Ok(net()),
             "net-userspace" => Ok(net_userspace()),
+            "preopened" => Ok(preopened(Launcher::RootWithUser)),
+            "unprivileged" => Ok(preopened(Launcher::Unprivileged)),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -726,6 +743,29 @@ pub fn hostile() -> Scenario {
         },
     ];
     s.timeout = Duration::from_secs(420);
+    s
+}
+
+/// nvme through a launcher that opens /dev/kvm, /dev/vfio/vfio and /dev/vfio/N itself
+/// and passes the fds (`preopened`: Strait started as root with `--user`;
+/// `unprivileged`: Strait never root): the pattern round-trips, every thread is
+/// sandboxed, and Strait logged that it used the launcher's fds. QEMU runs the plain
+/// `nvme` setup.
+pub fn preopened(launcher: Launcher) -> Scenario {
+    let mut s = nvme();
+    s.name = match launcher {
+        Launcher::RootWithUser => "preopened",
+        Launcher::Unprivileged => "unprivileged",
+    }
+    .into();
+    s.strait.launcher = Some(launcher);
+    s.host_checks = vec![
+        HostCheck::VmmSandboxed,
+        HostCheck::StraitLogged {
+            name: "strait-used-launcher-fds",
+            text: "VFIO: container and 1 group(s) from the launcher",
+        },
+    ];
     s
 }
 

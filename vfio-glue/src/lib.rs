@@ -30,6 +30,7 @@ pub mod device;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
+pub mod group;
 pub mod host;
 pub mod irq;
 pub mod mapping;

@@ -183,6 +183,7 @@ fn vfio_exit_code(e: &vfio_glue::Error) -> ExitCode {
     use vfio_glue::Error as E;
     match e {
         E::DeviceMissing { .. } => ExitCode::DeviceMissing,
+        E::GroupNotNeeded { .. } => ExitCode::Spec,
         E::BoundToOtherDriver { .. } | E::NotBound { .. } => ExitCode::DeviceDriver,
         E::GroupNotViable { .. } => ExitCode::GroupNotViable,
         E::NoPermission { .. } => ExitCode::VfioPermission,

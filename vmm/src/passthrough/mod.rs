@@ -186,8 +186,13 @@ impl Passthrough {
             .map_err(PassthroughError::KvmVfioDevice)?;
         // Runs the host checks of `check_host` again before opening anything: the host
         // may have changed since `run` checked it.
-        let opened =
-            vfio_glue::open_devices(&HostPaths::default(), addrs, ram_bytes, Some(kvm_vfio))?;
+        let opened = vfio_glue::open_devices(
+            &crate::preopened::host_paths(),
+            addrs,
+            ram_bytes,
+            Some(kvm_vfio),
+            crate::preopened::take_vfio_fds(),
+        )?;
         let backends = opened
             .devices
             .into_iter()

@@ -13,8 +13,7 @@
 //!   BAR moves (KVM_SET_USER_MEMORY_REGION), MSI/MSI-X programming (KVM_IRQFD,
 //!   KVM_SET_GSI_ROUTING), eventfd reads and writes, register dumps of a dead guest;
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
-//!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close, the
-//!   readlink vfio-ioctls does when a device is dropped);
+//!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close);
 //! - signals: sigwait; stdin: read; prefault: madvise.
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
@@ -248,7 +247,6 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                 &mut r,
                 &[
                     libc::SYS_tgkill,
-                    libc::SYS_readlink,
                     libc::SYS_sched_getaffinity,
                     libc::SYS_clone,
                     libc::SYS_clone3,
