@@ -290,10 +290,10 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
             let detail = match line {
                 Some(l) => l.trim().to_string(),
                 None => {
-                    let net = logs.l2_console.lines().find(|l| l.contains("virtio-net"));
+                    let error = logs.l2_console.lines().find(|l| l.contains("error"));
                     format!(
-                        "no `{text}` in Strait's log; it said: {}",
-                        net.unwrap_or("nothing about virtio-net")
+                        "no `{text}` in Strait's log; first error line: {}",
+                        error.unwrap_or("none")
                     )
                 }
             };

@@ -121,7 +121,7 @@ ulimit -l unlimited
 set -- "$bin" run "$spec" --kvm-fd 3 --vfio-container-fd 4 $groups
 echo "launcher: $how, uid $uid: $*"
 if [ "$how" = unprivileged ]; then
-	exec setpriv --reuid=$uid --regid=$uid --clear-groups "$@"
+	exec /usr/bin/setpriv --reuid=$uid --regid=$uid --clear-groups "$@"
 fi
 exec "$@" --user $uid:$uid
 "#;

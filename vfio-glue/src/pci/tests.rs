@@ -28,9 +28,21 @@ fn bar_sizes_come_from_vfio_regions() {
                 4 * PAGE
             ),
             (2, BarKind::Io, 0x20),
-            (3, BarKind::Mem32, 256),
+            (
+                3,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                256
+            ),
             (4, BarKind::Mem64 { prefetchable: true }, 0x10_0000),
-            (6, BarKind::Mem32, 0x1_0000),
+            (
+                6,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1_0000
+            ),
         ]
     );
     f.write(0x10, &u32::MAX.to_le_bytes());

@@ -147,7 +147,9 @@ mod tests {
         }
     }
 
-    const MEM: BarKind = BarKind::Mem32;
+    const MEM: BarKind = BarKind::Mem32 {
+        prefetchable: false,
+    };
 
     #[test]
     fn bar_inside_a_window_is_accepted() {
