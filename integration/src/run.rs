@@ -343,6 +343,14 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 detail,
             }
         }
+        HostCheck::VmmRanAs { uid } => {
+            let (passed, detail) = uid_verdict(&read("vmm-sandbox.txt"), uid);
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
         HostCheck::VmmLogLines { max } => {
             let lines = read("l2-console.log")
                 .lines()
@@ -412,6 +420,22 @@ pub(crate) fn sandbox_verdict(sample: &str) -> (bool, String) {
         (true, detail)
     } else {
         (false, format!("not sandboxed: {}", bad.join("; ")))
+    }
+}
+
+/// Every thread in L1's sample shows `Uid: U U U U` for `uid`.
+pub(crate) fn uid_verdict(sample: &str, uid: u32) -> (bool, String) {
+    let want = format!("Uid: {uid} {uid} {uid} {uid} ");
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.contains(&want))
+        .collect();
+    match (lines.is_empty(), bad.is_empty()) {
+        (true, _) => (false, "no sample of the VMM's threads".into()),
+        (false, true) => (true, format!("{} threads as uid {uid}", lines.len())),
+        (false, false) => (false, format!("not uid {uid}: {}", bad.join("; "))),
     }
 }
 
@@ -538,6 +562,16 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
         assert_eq!(names, ["new.elf", "old.elf"]);
         assert_eq!(old, b"old");
+    }
+
+    #[test]
+    fn uid_verdict_wants_every_thread_as_the_user() {
+        let good =
+            "strait Uid: 1000 1000 1000 1000 CapEff: 0 \nstrait-vcpu0 Uid: 1000 1000 1000 1000 \n";
+        assert!(uid_verdict(good, 1000).0);
+        assert!(!uid_verdict(good, 1001).0);
+        assert!(!uid_verdict("strait Uid: 0 0 0 0 \n", 1000).0);
+        assert!(!uid_verdict("", 1000).0);
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub enum HostCheck {
     /// Every thread of the VMM, sampled by L1 while L2 ran, had a seccomp filter
     /// (`Seccomp: 2`), no_new_privs and no effective capability.
     VmmSandboxed,
+    /// Every thread of the VMM, in the same sample, ran as this user (real, effective,
+    /// saved and filesystem UID).
+    VmmRanAs {
+        /// The user id.
+        uid: u32,
+    },
     /// The VMM wrote at most this many log lines (`strait:` on its stderr).
     VmmLogLines {
         /// The most lines allowed.
@@ -126,6 +132,7 @@ impl HostCheck {
             HostCheck::TickGap { .. } => "pause-gap",
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
+            HostCheck::VmmRanAs { .. } => "vmm-ran-as-user",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
         }
     }
@@ -137,6 +144,7 @@ impl HostCheck {
             HostCheck::StraitCheck
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
+                | HostCheck::VmmRanAs { .. }
                 | HostCheck::VmmLogLines { .. }
                 | HostCheck::StraitLogged { .. }
         )
@@ -761,6 +769,9 @@ pub fn preopened(launcher: Launcher) -> Scenario {
     s.strait.launcher = Some(launcher);
     s.host_checks = vec![
         HostCheck::VmmSandboxed,
+        HostCheck::VmmRanAs {
+            uid: crate::vmm::LAUNCHER_UID,
+        },
         HostCheck::StraitLogged {
             name: "strait-used-launcher-fds",
             text: "VFIO: container and 1 group(s) from the launcher",

@@ -270,6 +270,7 @@ impl Passthrough {
             windows,
             effects,
             behind_ports: self.behind_ports(),
+            ports: self.ports.ports(),
         };
         let watched = self
             .functions
