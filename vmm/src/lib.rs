@@ -30,6 +30,7 @@ pub mod passthrough;
 pub mod pci_layout;
 pub mod plan;
 pub mod preopened;
+pub mod restart_gate;
 pub mod sandbox;
 pub mod slots;
 pub mod spec;

@@ -190,8 +190,8 @@ fn landlock_deny_all() -> Result<Landlock, SandboxError> {
 /// root (to `run_as`), every capability, no_new_privs, and file access (Landlock).
 pub(super) fn give_up(run_as: Option<RunAs>) -> Result<Landlock, SandboxError> {
     drop_bounding_set();
-    // A thread started by one that already switched (vCPUs restarted by a reboot in
-    // place) is that user already, and may no longer call setgroups.
+    // A thread started by one that already switched is that user already, and may no
+    // longer call setgroups.
     // SAFETY: geteuid has no preconditions.
     if let Some(r) = run_as.filter(|r| unsafe { libc::geteuid() } != r.uid) {
         switch_user(r)?;
