@@ -343,6 +343,22 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 detail,
             }
         }
+        HostCheck::ApiSocketRemoved => {
+            let listing = read("run-after-vmm.txt");
+            let socket = crate::vmm::API_SOCKET.trim_start_matches("/run/");
+            let left = listing.lines().any(|l| l.trim() == socket);
+            let passed = !listing.trim().is_empty() && !left;
+            let detail = match (listing.trim().is_empty(), left) {
+                (true, _) => "L1 listed nothing in /run after the VMM".to_string(),
+                (false, true) => format!("{socket} still in /run after the VMM exited"),
+                (false, false) => format!("{socket} removed at exit"),
+            };
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
         HostCheck::VmmRanAs { uid } => {
             let (passed, detail) = uid_verdict(&read("vmm-sandbox.txt"), uid);
             CheckResult {

@@ -103,6 +103,9 @@ pub enum HostCheck {
         /// The user id.
         uid: u32,
     },
+    /// Strait only: its API socket is gone once it exited (L1 lists the chroot's /run
+    /// after the VMM ends): the main thread's Landlock domain still lets it remove it.
+    ApiSocketRemoved,
     /// The VMM wrote at most this many log lines (`strait:` on its stderr).
     VmmLogLines {
         /// The most lines allowed.
@@ -133,6 +136,7 @@ impl HostCheck {
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
             HostCheck::VmmRanAs { .. } => "vmm-ran-as-user",
+            HostCheck::ApiSocketRemoved => "api-socket-removed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
         }
     }
@@ -145,6 +149,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmRanAs { .. }
+                | HostCheck::ApiSocketRemoved
                 | HostCheck::VmmLogLines { .. }
                 | HostCheck::StraitLogged { .. }
         )
@@ -705,6 +710,7 @@ echo "== shutdown"; {ctl} shutdown; echo "ctl-shutdown-rc=$?""#
             name: "api-shutdown",
             marker: BUTTON_PRESSED,
         },
+        HostCheck::ApiSocketRemoved,
     ];
     s
 }
@@ -748,6 +754,10 @@ pub fn hostile() -> Scenario {
         HostCheck::VmmSandboxed,
         HostCheck::VmmLogLines {
             max: HOSTILE_MAX_LOG_LINES,
+        },
+        HostCheck::StraitLogged {
+            name: "landlock-in-force",
+            text: "(checked: opening / is refused)",
         },
     ];
     s.timeout = Duration::from_secs(420);

@@ -126,6 +126,7 @@ while kill -0 $vmm 2>/dev/null; do
 done
 wait $vmm; rc=$?
 mark vmm-exit
+ls -a $R/run > $W/run-after-vmm.txt 2>&1
 dmesg | grep 'type=1326' > $W/seccomp-audit.log
 [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
 kill $wd $hb 2>/dev/null

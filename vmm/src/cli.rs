@@ -261,7 +261,8 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             // Restored when this returns, whatever the outcome (and by the panic hook).
             let _raw = raw_console(&spec);
             // Last: every other thread runs, each in its own sandbox.
-            sandbox::enter(sandbox::ThreadKind::Main)?;
+            let keep = sandbox::main_thread_paths(socket.map(PathBuf::as_path));
+            sandbox::enter_keeping(sandbox::ThreadKind::Main, &keep)?;
             Ok(Outcome::Ran(vm.wait(spec.lifecycle.on_reboot)?))
         }
     }
