@@ -222,15 +222,15 @@ fn vcpu_ioctls() -> Vec<libc::c_ulong> {
     v
 }
 
-/// Syscalls of a vCPU thread besides ioctl.
-const VCPU_SYSCALLS: &[libc::c_long] = &[
+/// Syscalls besides ioctl of a thread driving devices (vCPU exits, a reset, teardown):
+/// VFIO region accesses, eventfds.
+const DEVICE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_read,
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_eventfd2,
-    libc::SYS_sched_setaffinity,
 ];
 
 /// The syscall rules of `kind`.
@@ -238,21 +238,17 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
     let mut r = common()?;
     match kind {
         ThreadKind::Vcpu => {
-            allow(&mut r, VCPU_SYSCALLS);
+            allow(&mut r, DEVICE_SYSCALLS);
+            allow(&mut r, &[libc::SYS_sched_setaffinity]);
             allow_ioctls(&mut r, &vcpu_ioctls())?;
         }
         ThreadKind::Main => {
             // Waiting, kicking vCPUs, a reboot in place (the vCPU threads park and reset
             // themselves) and teardown: no thread creation, no KVM_RUN.
+            allow(&mut r, DEVICE_SYSCALLS);
             allow(
                 &mut r,
                 &[
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_read,
-                    libc::SYS_close,
-                    libc::SYS_fcntl,
-                    libc::SYS_eventfd2,
                     libc::SYS_tgkill,
                     libc::SYS_sched_getaffinity,
                     libc::SYS_epoll_ctl,

@@ -132,6 +132,21 @@ fn mapper() -> (
     (m, slots, buses, dev)
 }
 
+/// ECAM over the mapper's root port at 00:01.0 and the function behind it at 01:00.0,
+/// with the mapper's config-write handler.
+fn ecam_over(m: &BarMapper, dev: &Arc<Mutex<VfioPciDevice>>) -> PciEcam {
+    let shared: SharedPciDevice = dev.clone();
+    let port: SharedPciDevice = lock(&m.state).ports[0].clone();
+    let mut root = PciRoot::new(0);
+    root.add_device("00:01.0".parse().unwrap(), port.clone())
+        .unwrap();
+    root.add_device("01:00.0".parse().unwrap(), shared.clone())
+        .unwrap();
+    let root = Arc::new(root);
+    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
+    PciEcam::new(root, Some(handler))
+}
+
 fn decode(mem: Option<bool>, io: Option<bool>) -> ConfigWriteResult {
     ConfigWriteResult {
         mem_decode: mem,
@@ -270,16 +285,7 @@ fn trapped_io_bar_reaches_the_function() {
 #[test]
 fn secondary_bus_reset_on_the_port_resets_the_function_behind_it() {
     let (m, slots, buses, dev) = mapper();
-    let shared: SharedPciDevice = dev.clone();
-    let port: SharedPciDevice = lock(&m.state).ports[0].clone();
-    let mut root = PciRoot::new(0);
-    root.add_device("00:01.0".parse().unwrap(), port.clone())
-        .unwrap();
-    root.add_device("01:00.0".parse().unwrap(), shared.clone())
-        .unwrap();
-    let root = Arc::new(root);
-    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
-    let mut ecam = PciEcam::new(root, Some(handler));
+    let mut ecam = ecam_over(&m, &dev);
     ecam.write(0, 1 << 20 | 4, &[0x03, 0x00]);
     m.apply_pending();
     assert!(!slots.live().is_empty());
@@ -380,16 +386,7 @@ fn a_bar_outside_the_ports_current_window_is_not_live() {
 #[test]
 fn a_guest_write_to_the_ports_window_reaches_the_mapper() {
     let (m, slots, _, dev) = mapper();
-    let shared: SharedPciDevice = dev;
-    let port: SharedPciDevice = lock(&m.state).ports[0].clone();
-    let mut root = PciRoot::new(0);
-    root.add_device("00:01.0".parse().unwrap(), port.clone())
-        .unwrap();
-    root.add_device("01:00.0".parse().unwrap(), shared.clone())
-        .unwrap();
-    let root = Arc::new(root);
-    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
-    let mut ecam = PciEcam::new(root, Some(handler));
+    let mut ecam = ecam_over(&m, &dev);
     ecam.write(0, 1 << 20 | 4, &[0x02, 0x00]);
     m.apply_pending();
     assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
