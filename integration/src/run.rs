@@ -306,10 +306,10 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
             let detail = match line {
                 Some(l) => l.trim().to_string(),
                 None => {
-                    let net = logs.l2_console.lines().find(|l| l.contains("virtio-net"));
+                    let error = logs.l2_console.lines().find(|l| l.contains("error"));
                     format!(
-                        "no `{text}` in Strait's log; it said: {}",
-                        net.unwrap_or("nothing about virtio-net")
+                        "no `{text}` in Strait's log; first error line: {}",
+                        error.unwrap_or("none")
                     )
                 }
             };
@@ -357,6 +357,30 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
         }
         HostCheck::VmmSandboxed => {
             let (passed, detail) = sandbox_verdict(&read("vmm-sandbox.txt"));
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
+        HostCheck::ApiSocketRemoved => {
+            let listing = read("run-after-vmm.txt");
+            let socket = crate::vmm::API_SOCKET.trim_start_matches("/run/");
+            let left = listing.lines().any(|l| l.trim() == socket);
+            let passed = !listing.trim().is_empty() && !left;
+            let detail = match (listing.trim().is_empty(), left) {
+                (true, _) => "L1 listed nothing in /run after the VMM".to_string(),
+                (false, true) => format!("{socket} still in /run after the VMM exited"),
+                (false, false) => format!("{socket} removed at exit"),
+            };
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
+        HostCheck::VmmRanAs { uid } => {
+            let (passed, detail) = uid_verdict(&read("vmm-sandbox.txt"), uid);
             CheckResult {
                 name,
                 passed,
@@ -491,6 +515,22 @@ pub(crate) fn sandbox_verdict(sample: &str) -> (bool, String) {
     }
 }
 
+/// Every thread in L1's sample shows `Uid: U U U U` for `uid`.
+pub(crate) fn uid_verdict(sample: &str, uid: u32) -> (bool, String) {
+    let want = format!("Uid: {uid} {uid} {uid} {uid} ");
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.contains(&want))
+        .collect();
+    match (lines.is_empty(), bad.is_empty()) {
+        (true, _) => (false, "no sample of the VMM's threads".into()),
+        (false, true) => (true, format!("{} threads as uid {uid}", lines.len())),
+        (false, false) => (false, format!("not uid {uid}: {}", bad.join("; "))),
+    }
+}
+
 fn create_work_dir(runs: &Path, scenario: &str, label: &str) -> Result<PathBuf> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -614,6 +654,16 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
         assert_eq!(names, ["new.elf", "old.elf"]);
         assert_eq!(old, b"old");
+    }
+
+    #[test]
+    fn uid_verdict_wants_every_thread_as_the_user() {
+        let good =
+            "strait Uid: 1000 1000 1000 1000 CapEff: 0 \nstrait-vcpu0 Uid: 1000 1000 1000 1000 \n";
+        assert!(uid_verdict(good, 1000).0);
+        assert!(!uid_verdict(good, 1001).0);
+        assert!(!uid_verdict("strait Uid: 0 0 0 0 \n", 1000).0);
+        assert!(!uid_verdict("", 1000).0);
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub enum HostCheck {
     /// Every thread of the VMM, sampled by L1 while L2 ran, had a seccomp filter
     /// (`Seccomp: 2`), no_new_privs and no effective capability.
     VmmSandboxed,
+    /// Every thread of the VMM, in the same sample, ran as this user (real, effective,
+    /// saved and filesystem UID).
+    VmmRanAs {
+        /// The user id.
+        uid: u32,
+    },
+    /// Strait only: its API socket is gone once it exited (L1 lists the chroot's /run
+    /// after the VMM ends): the main thread's Landlock domain still lets it remove it.
+    ApiSocketRemoved,
     /// The VMM wrote at most this many log lines (`strait:` on its stderr).
     VmmLogLines {
         /// The most lines allowed.
@@ -141,6 +150,8 @@ impl HostCheck {
             HostCheck::TickGap { .. } => "pause-gap",
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
+            HostCheck::VmmRanAs { .. } => "vmm-ran-as-user",
+            HostCheck::ApiSocketRemoved => "api-socket-removed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
             HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
             HostCheck::TimelineOrder { .. } => "timeline-order",
@@ -154,6 +165,8 @@ impl HostCheck {
             HostCheck::StraitCheck
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
+                | HostCheck::VmmRanAs { .. }
+                | HostCheck::ApiSocketRemoved
                 | HostCheck::VmmLogLines { .. }
                 | HostCheck::BarMapsAligned { .. }
                 | HostCheck::StraitLogged { .. }
@@ -203,9 +216,22 @@ pub struct L1Action {
     pub run: String,
 }
 
+/// How L1 starts Strait when not directly as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// A root shell opens /dev/kvm, /dev/vfio/vfio and each device's /dev/vfio/N and
+    /// starts Strait with the fds and `--user` ([`crate::vmm::LAUNCHER_UID`]).
+    RootWithUser,
+    /// The same shell, but Strait starts as that user (setpriv), never root: the fds
+    /// and the memlock limit are all the launcher gives it.
+    Unprivileged,
+}
+
 /// Strait-only settings of a scenario's spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StraitSettings {
+    /// Start Strait through a launcher that passes it pre-opened fds.
+    pub launcher: Option<Launcher>,
     /// `lifecycle.shutdown_timeout_s`.
     pub shutdown_timeout_s: Option<u32>,
     /// `lifecycle.on_reboot`.
@@ -298,6 +324,8 @@ pub const BUILTIN: &[&str] = &[
     "gpu-slot",
     "numa",
     "numa-auto",
+    "preopened",
+    "unprivileged",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -383,6 +411,8 @@ impl Scenario {
             "gpu-slot" => Ok(gpu_slot()),
             "numa" => Ok(numa()),
             "numa-auto" => Ok(numa_auto()),
+            "preopened" => Ok(preopened(Launcher::RootWithUser)),
+            "unprivileged" => Ok(preopened(Launcher::Unprivileged)),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -795,6 +825,7 @@ echo "== shutdown"; {ctl} shutdown; echo "ctl-shutdown-rc=$?""#
             name: "api-shutdown",
             marker: BUTTON_PRESSED,
         },
+        HostCheck::ApiSocketRemoved,
     ];
     s
 }
@@ -851,8 +882,38 @@ pub fn hostile() -> Scenario {
         HostCheck::VmmLogLines {
             max: HOSTILE_MAX_LOG_LINES,
         },
+        HostCheck::StraitLogged {
+            name: "landlock-in-force",
+            text: "(checked: opening / is refused)",
+        },
     ];
     s.timeout = Duration::from_secs(420);
+    s
+}
+
+/// nvme through a launcher that opens /dev/kvm, /dev/vfio/vfio and /dev/vfio/N itself
+/// and passes the fds (`preopened`: Strait started as root with `--user`;
+/// `unprivileged`: Strait never root): the pattern round-trips, every thread is
+/// sandboxed, and Strait logged that it used the launcher's fds. QEMU runs the plain
+/// `nvme` setup.
+pub fn preopened(launcher: Launcher) -> Scenario {
+    let mut s = nvme();
+    s.name = match launcher {
+        Launcher::RootWithUser => "preopened",
+        Launcher::Unprivileged => "unprivileged",
+    }
+    .into();
+    s.strait.launcher = Some(launcher);
+    s.host_checks = vec![
+        HostCheck::VmmSandboxed,
+        HostCheck::VmmRanAs {
+            uid: crate::vmm::LAUNCHER_UID,
+        },
+        HostCheck::StraitLogged {
+            name: "strait-used-launcher-fds",
+            text: "VFIO: container and 1 group(s) from the launcher",
+        },
+    ];
     s
 }
 

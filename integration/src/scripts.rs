@@ -74,7 +74,7 @@ mark() { read up _ < /proc/uptime; echo "TESTBED-L1 $1 uptime=$up"; echo "$1=$up
 sandbox_status() { # PID: each thread's name, seccomp mode, no_new_privs and CapEff, while L2 runs
 	for t in /proc/$1/task/*; do
 		read c < $t/comm || continue
-		echo "$c $(grep -E '^(Seccomp|NoNewPrivs|CapEff):' $t/status | tr '\t\n' '  ')"
+		echo "$c $(grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff):' $t/status | tr '\t\n' '  ')"
 	done > $W/vmm-sandbox.tmp 2>/dev/null && mv $W/vmm-sandbox.tmp $W/vmm-sandbox.txt
 	cp /proc/$1/maps $W/vmm-maps.tmp 2>/dev/null && mv $W/vmm-maps.tmp $W/vmm-maps.txt
 }
@@ -153,6 +153,7 @@ while kill -0 $vmm 2>/dev/null; do
 done
 wait $vmm; rc=$?
 mark vmm-exit
+ls -a $R/run > $W/run-after-vmm.txt 2>&1
 dmesg | grep 'type=1326' > $W/seccomp-audit.log
 [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
 kill $wd $hb 2>/dev/null

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::scenario::{HugePages, StraitSettings};
+use crate::scenario::{HugePages, Launcher, StraitSettings};
 
 /// Which VMM boots L2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,11 +99,16 @@ impl Vmm {
     pub fn command(&self, guest: &GuestConfig, spec_path: &Path) -> Vec<String> {
         match self {
             Vmm::Qemu => qemu_command(guest),
-            Vmm::Strait { binary } => vec![
-                binary.display().to_string(),
-                "run".into(),
-                spec_path.display().to_string(),
-            ],
+            Vmm::Strait { binary } => {
+                let (bin, spec) = (
+                    binary.display().to_string(),
+                    spec_path.display().to_string(),
+                );
+                match guest.strait.launcher {
+                    None => vec![bin, "run".into(), spec],
+                    Some(l) => launcher_command(l, bin, spec, guest.devices),
+                }
+            }
         }
     }
 
@@ -114,6 +119,49 @@ impl Vmm {
             Vmm::Strait { .. } => serde_json::to_string_pretty(&strait_spec(guest)).ok(),
         }
     }
+}
+
+/// The user a launcher runs Strait as (`--user`, or setpriv before Strait starts).
+pub const LAUNCHER_UID: u32 = 1000;
+
+/// A privileged launcher as a shell: it opens /dev/kvm (fd 3), the VFIO container
+/// (fd 4) and each device's group (fds 5..), raises the memlock limit, and starts
+/// Strait with those fds, either as root with `--user` or already as that user.
+const LAUNCHER_SH: &str = r#"set -e
+bin=$1; spec=$2; how=$3; uid=$4; shift 4
+exec 3<>/dev/kvm 4<>/dev/vfio/vfio
+fd=5; groups=
+for d in "$@"; do
+	g=$(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)")
+	eval "exec $fd<>/dev/vfio/$g"
+	groups="$groups --vfio-group-fd $fd"; fd=$((fd + 1))
+done
+ulimit -l unlimited
+set -- "$bin" run "$spec" --kvm-fd 3 --vfio-container-fd 4 $groups
+echo "launcher: $how, uid $uid: $*"
+if [ "$how" = unprivileged ]; then
+	exec /usr/bin/setpriv --reuid=$uid --regid=$uid --clear-groups "$@"
+fi
+exec "$@" --user $uid:$uid
+"#;
+
+/// `sh -c LAUNCHER_SH` with Strait, the spec, how, the user and the devices.
+fn launcher_command(l: Launcher, bin: String, spec: String, devices: usize) -> Vec<String> {
+    let how = match l {
+        Launcher::RootWithUser => "root-with-user",
+        Launcher::Unprivileged => "unprivileged",
+    };
+    let mut v = vec![
+        "sh".into(),
+        "-c".into(),
+        LAUNCHER_SH.into(),
+        "launcher".into(),
+        bin,
+        spec,
+    ];
+    v.extend([how.to_string(), LAUNCHER_UID.to_string()]);
+    v.extend((0..devices).map(device_placeholder));
+    v
 }
 
 /// QEMU as L2's VMM: q35 with KVM, host CPU model, RAM from hugetlbfs

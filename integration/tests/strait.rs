@@ -30,6 +30,9 @@
 //!   BARs onto RAM and onto each other and toggles the MSI-X function mask in a loop;
 //!   Strait keeps running with a short log, nvme still works, and L1 sees every Strait
 //!   thread under seccomp with no_new_privs and no capabilities while L2 runs.
+//! - `preopened`, `unprivileged`: a launcher shell opens /dev/kvm, /dev/vfio/vfio and
+//!   /dev/vfio/N and starts Strait with the fds, as root with `--user` or already as
+//!   that user (setpriv); nvme works and every thread runs as the user, sandboxed.
 //! - `net`: L2's virtio-net on a tap in L1 (vhost-net): 64 MiB each way with matching
 //!   md5 sums; Strait's log must say vhost-net carried the frames.
 //! - ten `boot` launches in a row in one L1 boot, QEMU's interleaved for the ratio of
@@ -129,6 +132,16 @@ fn strait_starts_the_vcpus_before_guest_ram_is_dma_mapped() {
 #[test]
 fn strait_survives_a_hostile_guest_sandboxed() {
     run_with_strait(scenario::hostile());
+}
+
+#[test]
+fn strait_runs_from_a_launchers_fds_with_user() {
+    run_with_strait(scenario::preopened(scenario::Launcher::RootWithUser));
+}
+
+#[test]
+fn strait_runs_unprivileged_from_a_launchers_fds() {
+    run_with_strait(scenario::preopened(scenario::Launcher::Unprivileged));
 }
 
 #[test]

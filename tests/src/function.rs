@@ -96,7 +96,7 @@ fn put(c: &mut [u8], off: usize, bytes: &[u8]) {
 fn bar_flags(kind: BarKind) -> u32 {
     match kind {
         BarKind::Io => 0x1,
-        BarKind::Mem32 => 0x0,
+        BarKind::Mem32 { .. } => 0x0,
         BarKind::Mem64 { prefetchable } => 0x4 | if prefetchable { 0x8 } else { 0 },
     }
 }
@@ -366,7 +366,9 @@ pub fn gpu() -> FunctionSpec {
         bars: vec![
             BarSpec {
                 index: 0,
-                kind: BarKind::Mem32,
+                kind: BarKind::Mem32 {
+                    prefetchable: false,
+                },
                 size: 16 * MIB,
             },
             BarSpec {
@@ -423,7 +425,9 @@ pub fn hdmi_audio() -> FunctionSpec {
         interrupt_pin: 2,
         bars: vec![BarSpec {
             index: 0,
-            kind: BarKind::Mem32,
+            kind: BarKind::Mem32 {
+                prefetchable: false,
+            },
             size: 16 << 10,
         }],
         rom_size: None,

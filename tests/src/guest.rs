@@ -222,7 +222,12 @@ pub fn size_bar(cfg: &dyn ConfigIo, bdf: Bdf, index: u8) -> Option<SizedBar> {
     let raw = cfg.read32(bdf, off);
     let lo = probe(cfg, bdf, off);
     let (kind, mask) = if index == ROM_BAR_INDEX {
-        (BarKind::Mem32, lo & ROM_ADDR_MASK)
+        (
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            lo & ROM_ADDR_MASK,
+        )
     } else if raw & BAR_IO_SPACE != 0 {
         (BarKind::Io, lo & BAR_IO_ADDR_MASK)
     } else if raw & BAR_MEM_TYPE_64 != 0 {
@@ -236,7 +241,12 @@ pub fn size_bar(cfg: &dyn ConfigIo, bdf: Bdf, index: u8) -> Option<SizedBar> {
             size,
         });
     } else {
-        (BarKind::Mem32, lo & BAR_MEM_ADDR_MASK)
+        (
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            lo & BAR_MEM_ADDR_MASK,
+        )
     };
     (mask != 0).then(|| SizedBar {
         index,

@@ -33,10 +33,20 @@ const IOVA_46: [(u64, u64); 2] = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 46) - 1)
 fn gpu(tag: &str, vram: u64) -> PortRequest {
     let pref64 = BarKind::Mem64 { prefetchable: true };
     let bars = [
-        (BarKind::Mem32, 16 * MIB),
+        (
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            16 * MIB,
+        ),
         (pref64, vram),
         (pref64, 32 * MIB),
-        (BarKind::Mem32, 128 << 10),
+        (
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            128 << 10,
+        ),
     ];
     PortRequest {
         tag: tag.into(),
@@ -377,7 +387,10 @@ fn set_without_64bit_bars_plans_an_empty_window_that_acpi_omits() {
         tag: "nic".into(),
         bars: vec![BarRequest {
             size: 128 << 10,
-            class: BarKind::Mem32.into(),
+            class: BarKind::Mem32 {
+                prefetchable: false,
+            }
+            .into(),
         }],
     };
     let floor = layout::pci_platform(GIB, 39, TESTBED_IOVA.to_vec()).mmio64;

@@ -237,7 +237,9 @@ fn expected_bars(spec: &FunctionSpec) -> Vec<SizedBar> {
         .collect();
     v.extend(spec.rom_size.map(|size| SizedBar {
         index: ROM_BAR_INDEX,
-        kind: BarKind::Mem32,
+        kind: BarKind::Mem32 {
+            prefetchable: false,
+        },
         size,
     }));
     v
@@ -326,7 +328,9 @@ fn bar_moved_with_decode_off_is_reported_when_decode_returns() {
     vm.enable_decode(&cfg, audio_bdf());
     let expected = BarMove {
         index: 0,
-        kind: BarKind::Mem32,
+        kind: BarKind::Mem32 {
+            prefetchable: false,
+        },
         size: 16 << 10,
         old,
         new,

@@ -8,19 +8,20 @@
 //! [`DmaMapper`]; tests use a recording fake.
 
 use std::io;
-use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_BASE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_TYPE,
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, VFIO_BASE, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_WRITE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_TYPE,
 };
-use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioOps};
-use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
+use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ref};
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::error::{Error, Result};
-use crate::hot_reset::HeldGroups;
+use crate::group::{Groups, VfioFds};
 
 ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE as u32, VFIO_BASE + 13);
+ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE as u32, VFIO_BASE + 14);
 
 /// An inclusive range of IO virtual addresses the IOMMU translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,58 +59,64 @@ pub trait DmaMapper: Send + Sync {
 
 /// A VFIO container (one IOMMU domain shared by all passed-through groups).
 pub struct Container {
-    inner: Arc<VfioContainer>,
-    /// Duplicates of the attached groups' fds, for hot resets.
-    groups: Arc<HeldGroups>,
+    groups: Groups,
 }
 
 impl Container {
-    /// Open /dev/vfio/vfio and check it offers VFIO_TYPE1v2_IOMMU. `kvm_vfio` is
-    /// the KVM VFIO pseudo-device (KVM_DEV_TYPE_VFIO), which tells KVM about
-    /// non-coherent DMA; groups are added to it as they are attached.
-    pub fn open(kvm_vfio: Option<kvm_ioctls::DeviceFd>) -> Result<Self> {
-        let handle = kvm_vfio.map(|fd| Arc::new(VfioDeviceFd::new_from_kvm(fd)));
-        let inner = VfioContainer::new(handle).map_err(Error::OpenContainer)?;
-        Ok(Container {
-            inner: Arc::new(inner),
-            groups: Arc::default(),
-        })
+    /// The container from `fds` (a launcher's) or /dev/vfio/vfio, checked to offer
+    /// VFIO_TYPE1v2_IOMMU. `kvm_vfio` is the KVM VFIO pseudo-device
+    /// (KVM_DEV_TYPE_VFIO), which tells KVM about non-coherent DMA; groups are added to
+    /// it as they are attached. Groups not in `fds` are opened under `dev_vfio`.
+    pub fn open(
+        fds: VfioFds,
+        dev_vfio: &std::path::Path,
+        kvm_vfio: Option<kvm_ioctls::DeviceFd>,
+    ) -> Result<Self> {
+        let groups = Groups::open(fds, dev_vfio, kvm_vfio).map_err(Error::OpenContainer)?;
+        Ok(Container { groups })
     }
 
-    /// The group fds this container's devices may name in a hot reset.
-    pub(crate) fn held_groups(&self) -> Arc<HeldGroups> {
-        self.groups.clone()
-    }
-
-    /// The handle vfio-ioctls opens devices through (attaching their group).
-    pub(crate) fn ops(&self) -> Arc<dyn VfioOps> {
-        self.inner.clone()
-    }
-}
-
-fn vfio_to_io(e: vfio_ioctls::VfioError) -> io::Error {
-    use std::error::Error as _;
-    let errno = e
-        .source()
-        .and_then(|s| s.downcast_ref::<vmm_sys_util::errno::Error>())
-        .map(|s| s.errno());
-    match errno {
-        Some(n) => io::Error::from_raw_os_error(n),
-        None => io::Error::other(e),
+    /// The groups, for opening devices (attaching their group first).
+    pub(crate) fn groups(&self) -> &Groups {
+        &self.groups
     }
 }
 
 impl DmaMapper for Container {
     unsafe fn map(&self, iova: u64, size: u64, host_addr: u64) -> io::Result<()> {
-        let size = usize::try_from(size).map_err(io::Error::other)?;
-        // SAFETY: the caller upholds the mapping contract of this trait method,
-        // which is the contract of vfio_dma_map.
-        unsafe { self.inner.vfio_dma_map(iova, size, host_addr as *mut u8) }.map_err(vfio_to_io)
+        let map = vfio_iommu_type1_dma_map {
+            argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
+            flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr: host_addr,
+            iova,
+            size,
+        };
+        // SAFETY: `map` is a complete vfio_iommu_type1_dma_map the kernel only reads; the
+        // caller upholds this trait method's contract on the host range it names.
+        let ret = unsafe { ioctl_with_ref(self.groups.container(), VFIO_IOMMU_MAP_DMA(), &map) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn unmap(&self, iova: u64, size: u64) -> io::Result<()> {
-        let size = usize::try_from(size).map_err(io::Error::other)?;
-        self.inner.vfio_dma_unmap(iova, size).map_err(vfio_to_io)
+        let mut unmap = vfio_iommu_type1_dma_unmap {
+            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            flags: 0,
+            iova,
+            size,
+            ..Default::default()
+        };
+        // SAFETY: `unmap` is a vfio_iommu_type1_dma_unmap of argsz bytes (no bitmap);
+        // the kernel writes the unmapped size back into it.
+        let ret = unsafe {
+            ioctl_with_mut_ref(self.groups.container(), VFIO_IOMMU_UNMAP_DMA(), &mut unmap)
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn iova_ranges(&self) -> io::Result<Vec<IovaRange>> {
@@ -121,7 +128,11 @@ impl DmaMapper for Container {
             // SAFETY: `buf` is argsz bytes long and the kernel writes at most argsz
             // bytes of struct vfio_iommu_type1_info plus capabilities into it.
             let ret = unsafe {
-                ioctl_with_mut_ptr(&*self.inner, VFIO_IOMMU_GET_INFO(), buf.as_mut_ptr())
+                ioctl_with_mut_ptr(
+                    self.groups.container(),
+                    VFIO_IOMMU_GET_INFO(),
+                    buf.as_mut_ptr(),
+                )
             };
             if ret < 0 {
                 return Err(io::Error::last_os_error());
@@ -136,12 +147,12 @@ impl DmaMapper for Container {
     }
 }
 
-fn u32_at(buf: &[u8], off: usize) -> Option<u32> {
+pub(crate) fn u32_at(buf: &[u8], off: usize) -> Option<u32> {
     let b = buf.get(off..off.checked_add(4)?)?;
     Some(u32::from_ne_bytes(b.try_into().ok()?))
 }
 
-fn u64_at(buf: &[u8], off: usize) -> Option<u64> {
+pub(crate) fn u64_at(buf: &[u8], off: usize) -> Option<u64> {
     let b = buf.get(off..off.checked_add(8)?)?;
     Some(u64::from_ne_bytes(b.try_into().ok()?))
 }

@@ -1,38 +1,39 @@
 //! One VFIO device behind a small trait, [`VfioDeviceOps`]: region info (with
 //! sparse mmap areas and the MSI-X-mappable capability), region read/write,
 //! mmap, irq info, VFIO_DEVICE_SET_IRQS and VFIO_DEVICE_RESET
-//! (include/uapi/linux/vfio.h). [`VfioBackend`] implements it over
-//! vfio-ioctls; `fake::FakeDevice` implements it for tests.
+//! (include/uapi/linux/vfio.h). [`VfioBackend`] implements it over the device fd
+//! its group handed out ([`crate::group`]); `fake::FakeDevice` implements it for
+//! tests.
 //!
-//! SET_IRQS is issued here rather than through vfio-ioctls' `enable_irq`,
-//! which only sets whole blocks from vector 0: per-vector changes (an eventfd
-//! of -1 detaches one vector) need `start`/`count` of our choosing.
+//! SET_IRQS takes `start`/`count` of our choosing: per-vector changes (an eventfd
+//! of -1 detaches one vector) need them.
 
+use std::fs::File;
 use std::io;
-use std::mem::ManuallyDrop;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::warn;
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
+    vfio_device_info, vfio_irq_info, VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE, VFIO_TYPE,
 };
-use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr};
 use vmm_sys_util::ioctl_io_nr;
 
-use crate::container::Container;
+use crate::container::{u32_at, u64_at, Container};
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
-use crate::hot_reset::{self, HeldGroups, HotResetTarget};
+use crate::hot_reset::{self, HotResetTarget};
 use crate::mapping::HostMapping;
 
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
+ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 ioctl_io_nr!(
@@ -130,86 +131,135 @@ pub trait VfioDeviceOps: Send {
     fn hot_reset(&self, groups: &[u32]) -> io::Result<()>;
 }
 
-/// A device opened through vfio-ioctls.
+/// A device opened through its VFIO group.
 pub struct VfioBackend {
-    /// Dropped by hand: see [`VfioBackend`]'s `Drop`.
-    dev: ManuallyDrop<VfioDevice>,
+    file: File,
     flags: u32,
-    regions: Vec<Option<RegionInfo>>,
-    /// The function's sysfs directory, which vfio-ioctls reads again on drop.
-    sysfs_path: PathBuf,
-    /// The container's group fds, for a hot reset.
-    groups: Arc<HeldGroups>,
+    /// Region info and the region's offset in the device fd, by region index.
+    regions: Vec<Option<(RegionInfo, u64)>>,
+    irqs: Vec<Option<IrqInfo>>,
+    /// Keeps the group attached (and the container open) while the device is open; a
+    /// hot reset names its groups' fds.
+    container: Arc<Container>,
 }
 
-/// Whether vfio-ioctls can release the device at `sysfs_path`: its drop reads the
-/// `iommu_group` link there and panics when it is gone (the function was removed from
-/// the host meanwhile, e.g. hot-unplugged or its bus reset away).
-fn group_link_present(sysfs_path: &Path) -> bool {
-    sysfs_path.join("iommu_group").read_link().is_ok()
-}
-
-impl Drop for VfioBackend {
-    fn drop(&mut self) {
-        if group_link_present(&self.sysfs_path) {
-            // SAFETY: dropped once, here; `dev` is not used afterwards.
-            unsafe { ManuallyDrop::drop(&mut self.dev) };
-        } else {
-            // Leaking the fds is the safe end: the kernel closes them (and releases the
-            // group) when Strait exits, which it is about to.
-            warn!(
-                "{}: sysfs entry gone; leaving the device's release to process exit",
-                self.sysfs_path.display()
-            );
+/// struct vfio_region_info (32 bytes) and the capability chain after it.
+fn region_info_raw(file: &File, index: u32) -> io::Result<Vec<u64>> {
+    // u64 words: the kernel writes u64 fields at 8-byte offsets.
+    let mut buf = vec![0u64; 4];
+    for _ in 0..2 {
+        let argsz = (buf.len() * 8) as u32;
+        // argsz, then flags 0 (first word); index, then cap_offset 0 (second).
+        buf[0] = u64::from(argsz);
+        buf[1] = u64::from(index);
+        // SAFETY: `buf` is argsz bytes, a vfio_region_info with room for its caps; the
+        // kernel writes at most argsz bytes.
+        let ret =
+            unsafe { ioctl_with_mut_ptr(file, VFIO_DEVICE_GET_REGION_INFO(), buf.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
         }
+        let want = (buf[0] & 0xffff_ffff) as usize;
+        if want <= buf.len() * 8 {
+            break;
+        }
+        buf.resize(want.div_ceil(8), 0);
     }
+    Ok(buf)
 }
 
-fn region_from(dev: &VfioDevice, index: u32) -> Option<RegionInfo> {
-    let flags = dev.get_region_flags(index);
-    // vfio-pci reports absent BARs (and the upper half of 64-bit BARs) with no flags.
+fn as_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// Region info from a `vfio_region_info` buffer: flags, size, offset and the sparse
+/// mmap / MSI-X mappable capabilities. `None` for an absent region (no flags: vfio-pci
+/// reports absent BARs and the upper half of 64-bit BARs so). The capability walk is
+/// bounded: offsets must move forward and stay inside the buffer.
+pub(crate) fn parse_region_info(buf: &[u8]) -> Option<(RegionInfo, u64)> {
+    let flags = u32_at(buf, 4)?;
     if flags == 0 {
         return None;
     }
     let mut info = RegionInfo {
-        size: dev.get_region_size(index),
+        size: u64_at(buf, 16)?,
         readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
         writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
         mmap: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
         ..Default::default()
     };
-    for cap in dev.get_region_caps(index) {
-        match cap {
-            VfioRegionInfoCap::SparseMmap(s) => {
-                let areas = s.areas.iter().map(|a| Span {
-                    offset: a.offset,
-                    size: a.size,
-                });
-                info.sparse_areas = Some(areas.collect());
+    let offset = u64_at(buf, 24)?;
+    let mut at = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
+        u32_at(buf, 12).unwrap_or(0) as usize
+    } else {
+        0
+    };
+    while at >= 32 {
+        let (Some(hdr), Some(next)) = (u32_at(buf, at), u32_at(buf, at + 4)) else {
+            break;
+        };
+        match hdr & 0xffff {
+            VFIO_REGION_INFO_CAP_SPARSE_MMAP => {
+                let n = u32_at(buf, at + 8).unwrap_or(0) as usize;
+                let areas = (0..n)
+                    .map_while(|i| {
+                        let a = at + 16 + i * 16;
+                        Some(Span {
+                            offset: u64_at(buf, a)?,
+                            size: u64_at(buf, a + 8)?,
+                        })
+                    })
+                    .collect();
+                info.sparse_areas = Some(areas);
             }
-            VfioRegionInfoCap::MsixMappable => info.msix_mappable = true,
+            VFIO_REGION_INFO_CAP_MSIX_MAPPABLE => info.msix_mappable = true,
             _ => {}
         }
+        if next as usize <= at {
+            break;
+        }
+        at = next as usize;
     }
-    Some(info)
+    Some((info, offset))
+}
+
+fn irq_info_raw(file: &File, index: u32) -> Option<IrqInfo> {
+    let mut irq = vfio_irq_info {
+        argsz: std::mem::size_of::<vfio_irq_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: `irq` is a vfio_irq_info of argsz bytes the kernel fills.
+    let ret = unsafe { ioctl_with_mut_ref(file, VFIO_DEVICE_GET_IRQ_INFO(), &mut irq) };
+    if ret < 0 {
+        return None;
+    }
+    Some(IrqInfo {
+        count: irq.count,
+        eventfd: irq.flags & VFIO_IRQ_INFO_EVENTFD != 0,
+        maskable: irq.flags & VFIO_IRQ_INFO_MASKABLE != 0,
+        automasked: irq.flags & VFIO_IRQ_INFO_AUTOMASKED != 0,
+        noresize: irq.flags & VFIO_IRQ_INFO_NORESIZE != 0,
+    })
 }
 
 impl VfioBackend {
-    /// Open `host` through `container` (attaching its group and, for the
-    /// first group, setting the type1v2 IOMMU) and read its regions.
-    pub fn open(container: &Container, host: &HostDevice) -> Result<Self> {
-        let dev = VfioDevice::new(&host.sysfs_path, container.ops(), false).map_err(|source| {
-            Error::OpenDevice {
+    /// Open `host` through `container` (attaching its group and, for the first group,
+    /// setting the type1v2 IOMMU) and read its regions and interrupts.
+    pub fn open(container: &Arc<Container>, host: &HostDevice) -> Result<Self> {
+        let file = container
+            .groups()
+            .open_device(host.group, &host.addr.to_string())
+            .map_err(|source| Error::OpenDevice {
                 addr: host.addr,
                 source,
-            }
-        })?;
+            })?;
         let mut info = vfio_device_info {
             argsz: std::mem::size_of::<vfio_device_info>() as u32,
             ..Default::default()
         };
         // SAFETY: the fd is a VFIO device and `info` is a vfio_device_info of argsz bytes.
-        let ret = unsafe { ioctl_with_mut_ref(&dev, VFIO_DEVICE_GET_INFO(), &mut info) };
+        let ret = unsafe { ioctl_with_mut_ref(&file, VFIO_DEVICE_GET_INFO(), &mut info) };
         if ret < 0 {
             warn!(
                 "{}: VFIO_DEVICE_GET_INFO: {}",
@@ -217,20 +267,27 @@ impl VfioBackend {
                 io::Error::last_os_error()
             );
         }
-        let regions = (0..=CONFIG_REGION).map(|i| region_from(&dev, i)).collect();
-        let groups = container.held_groups();
-        groups.keep(host.group);
+        let regions = (0..=CONFIG_REGION.min(info.num_regions.saturating_sub(1)))
+            .map(|i| {
+                region_info_raw(&file, i)
+                    .ok()
+                    .and_then(|b| parse_region_info(&as_bytes(&b)))
+            })
+            .collect();
+        let irqs = (0..info.num_irqs.min(3))
+            .map(|i| irq_info_raw(&file, i))
+            .collect();
         Ok(VfioBackend {
-            dev: ManuallyDrop::new(dev),
+            file,
             flags: info.flags,
             regions,
-            sysfs_path: host.sysfs_path.clone(),
-            groups,
+            irqs,
+            container: container.clone(),
         })
     }
 
     fn region(&self, index: u32, offset: u64, len: usize) -> io::Result<u64> {
-        let info = self
+        let (info, at) = self
             .regions
             .get(index as usize)
             .and_then(|r| r.as_ref())
@@ -242,7 +299,7 @@ impl VfioBackend {
                 "access past region end",
             ));
         }
-        Ok(self.dev.get_region_offset(index) + offset)
+        Ok(at + offset)
     }
 }
 
@@ -297,7 +354,8 @@ impl VfioDeviceOps for VfioBackend {
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.regions.get(index as usize).cloned().flatten()
+        let r = self.regions.get(index as usize)?.as_ref()?;
+        Some(r.0.clone())
     }
 
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
@@ -305,7 +363,7 @@ impl VfioDeviceOps for VfioBackend {
         // SAFETY: pread writes at most data.len() bytes into `data`.
         let n = unsafe {
             libc::pread(
-                self.dev.as_raw_fd(),
+                self.file.as_raw_fd(),
                 data.as_mut_ptr().cast(),
                 data.len(),
                 at as libc::off_t,
@@ -319,7 +377,7 @@ impl VfioDeviceOps for VfioBackend {
         // SAFETY: pwrite reads at most data.len() bytes from `data`.
         let n = unsafe {
             libc::pwrite(
-                self.dev.as_raw_fd(),
+                self.file.as_raw_fd(),
                 data.as_ptr().cast(),
                 data.len(),
                 at as libc::off_t,
@@ -347,7 +405,7 @@ impl VfioDeviceOps for VfioBackend {
             .unwrap_or(0)
             .min(MAX_BAR_ALIGN);
         HostMapping::map_file_aligned(
-            self.dev.as_raw_fd(),
+            self.file.as_raw_fd(),
             at,
             len,
             prot,
@@ -357,21 +415,14 @@ impl VfioDeviceOps for VfioBackend {
     }
 
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo> {
-        let irq = self.dev.get_irq_info(index as u32)?;
-        Some(IrqInfo {
-            count: irq.count,
-            eventfd: irq.flags & VFIO_IRQ_INFO_EVENTFD != 0,
-            maskable: irq.flags & VFIO_IRQ_INFO_MASKABLE != 0,
-            automasked: irq.flags & VFIO_IRQ_INFO_AUTOMASKED != 0,
-            noresize: irq.flags & VFIO_IRQ_INFO_NORESIZE != 0,
-        })
+        *self.irqs.get(index as usize)?
     }
 
     fn set_irqs(&self, req: IrqRequest<'_>) -> io::Result<()> {
         let words = irq_set_words(&req);
         // SAFETY: `words` is a complete struct vfio_irq_set of argsz bytes
         // (header plus one 32-bit fd per vector); the kernel only reads it.
-        let ret = unsafe { ioctl_with_ptr(&*self.dev, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
+        let ret = unsafe { ioctl_with_ptr(&self.file, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -380,7 +431,7 @@ impl VfioDeviceOps for VfioBackend {
 
     fn reset(&self) -> io::Result<()> {
         // SAFETY: VFIO_DEVICE_RESET takes no argument and the fd is a VFIO device.
-        let ret = unsafe { ioctl(&*self.dev, VFIO_DEVICE_RESET()) };
+        let ret = unsafe { ioctl(&self.file, VFIO_DEVICE_RESET()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -395,7 +446,7 @@ impl VfioDeviceOps for VfioBackend {
             // first word); the kernel writes at most that many.
             let ret = unsafe {
                 ioctl_with_mut_ptr(
-                    &*self.dev,
+                    &self.file,
                     VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
                     buf.as_mut_ptr(),
                 )
@@ -413,15 +464,15 @@ impl VfioDeviceOps for VfioBackend {
     }
 
     fn held_groups(&self) -> Vec<u32> {
-        self.groups.ids()
+        self.container.groups().ids()
     }
 
     fn hot_reset(&self, groups: &[u32]) -> io::Result<()> {
-        let ret = self.groups.with_fds(groups, |fds| {
+        let ret = self.container.groups().with_fds(groups, |fds| {
             let words = hot_reset::reset_words(fds);
             // SAFETY: `words` is a complete struct vfio_pci_hot_reset of argsz bytes
             // naming open group fds; the kernel only reads it.
-            unsafe { ioctl_with_ptr(&*self.dev, VFIO_DEVICE_PCI_HOT_RESET(), words.as_ptr()) }
+            unsafe { ioctl_with_ptr(&self.file, VFIO_DEVICE_PCI_HOT_RESET(), words.as_ptr()) }
         })?;
         if ret < 0 {
             return Err(io::Error::last_os_error());
@@ -434,15 +485,86 @@ impl VfioDeviceOps for VfioBackend {
 mod tests {
     use super::*;
 
+    /// vfio_region_info (32 bytes) as the kernel fills it, then `caps`.
+    fn region_buf(flags: u32, size: u64, offset: u64, caps: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((32 + caps.len()) as u32).to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        let cap_offset: u32 = if caps.is_empty() { 0 } else { 32 };
+        b.extend_from_slice(&cap_offset.to_ne_bytes());
+        b.extend_from_slice(&size.to_ne_bytes());
+        b.extend_from_slice(&offset.to_ne_bytes());
+        b.extend_from_slice(caps);
+        b
+    }
+
+    fn cap(id: u16, next: u32, body: &[u8]) -> Vec<u8> {
+        let mut c = Vec::new();
+        c.extend_from_slice(&id.to_ne_bytes());
+        c.extend_from_slice(&1u16.to_ne_bytes());
+        c.extend_from_slice(&next.to_ne_bytes());
+        c.extend_from_slice(body);
+        c
+    }
+
     #[test]
-    fn a_device_whose_sysfs_entry_is_gone_is_not_handed_to_vfio_ioctls_drop() {
-        let dir = std::env::temp_dir().join(format!("strait-gone-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(!group_link_present(&dir));
-        assert!(!group_link_present(&dir.join("missing")));
-        std::os::unix::fs::symlink("../../kernel/iommu_groups/7", dir.join("iommu_group")).unwrap();
-        assert!(group_link_present(&dir));
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn region_info_reads_flags_size_offset_and_caps() {
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        let plain = region_buf(rw, 0x4000, 0x10_0000_0000, &[]);
+        let (info, at) = parse_region_info(&plain).unwrap();
+        assert_eq!(
+            (info.size, at, info.readable, info.writable, info.mmap),
+            (0x4000, 0x10_0000_0000, true, true, false)
+        );
+        assert_eq!(info.sparse_areas, None);
+        // Sparse areas (0, 0x1000) and (0x3000, 0x1000), then MSI-X mappable.
+        let mut body = Vec::new();
+        body.extend_from_slice(&2u32.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        for (o, l) in [(0u64, 0x1000u64), (0x3000, 0x1000)] {
+            body.extend_from_slice(&o.to_ne_bytes());
+            body.extend_from_slice(&l.to_ne_bytes());
+        }
+        let sparse = cap(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16, 32 + 48, &body);
+        let msix = cap(VFIO_REGION_INFO_CAP_MSIX_MAPPABLE as u16, 0, &[]);
+        let flags = rw | VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS;
+        let buf = region_buf(flags, 0x4000, 0, &[sparse, msix].concat());
+        let (info, _) = parse_region_info(&buf).unwrap();
+        assert!(info.mmap && info.msix_mappable);
+        assert_eq!(
+            info.sparse_areas,
+            Some(vec![
+                Span {
+                    offset: 0,
+                    size: 0x1000
+                },
+                Span {
+                    offset: 0x3000,
+                    size: 0x1000
+                }
+            ])
+        );
+    }
+
+    #[test]
+    fn absent_region_and_malformed_caps_are_safe() {
+        assert_eq!(parse_region_info(&region_buf(0, 0x1000, 0, &[])), None);
+        assert_eq!(parse_region_info(&[0u8; 8]), None);
+        // A chain that points back at itself, and one that claims more areas than fit.
+        let flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_CAPS;
+        let looped = region_buf(flags, 1, 0, &cap(99, 32, &[]));
+        assert!(parse_region_info(&looped).is_some());
+        let mut body = 1000u32.to_ne_bytes().to_vec();
+        body.extend_from_slice(&[0; 4]);
+        let short = region_buf(
+            flags,
+            1,
+            0,
+            &cap(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16, 0, &body),
+        );
+        let (info, _) = parse_region_info(&short).unwrap();
+        assert_eq!(info.sparse_areas, Some(Vec::new()));
     }
 
     #[test]

@@ -168,14 +168,17 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("opening the VFIO container /dev/vfio/vfio")]
-    OpenContainer(#[source] vfio_ioctls::VfioError),
+    #[error("--vfio-group-fd: group {group} holds none of the spec's passthrough devices; pass only their groups")]
+    GroupNotNeeded { group: u32 },
+
+    #[error("setting up the VFIO container")]
+    OpenContainer(#[source] crate::group::GroupError),
 
     #[error("{addr}: opening the device through VFIO")]
     OpenDevice {
         addr: HostPciAddress,
         #[source]
-        source: vfio_ioctls::VfioError,
+        source: crate::group::GroupError,
     },
 
     #[error("reading the IOMMU's IOVA ranges (VFIO_IOMMU_GET_INFO)")]

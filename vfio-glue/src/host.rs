@@ -23,6 +23,9 @@ use crate::sysfs::Sysfs;
 pub struct HostPaths {
     pub sysfs: Sysfs,
     pub dev_vfio: PathBuf,
+    /// Groups a launcher opened for us ([`crate::group::VfioFds`]): their nodes are
+    /// not opened by path.
+    pub given_groups: Vec<u32>,
 }
 
 impl Default for HostPaths {
@@ -30,6 +33,7 @@ impl Default for HostPaths {
         HostPaths {
             sysfs: Sysfs::default(),
             dev_vfio: PathBuf::from("/dev/vfio"),
+            given_groups: Vec::new(),
         }
     }
 }
@@ -39,7 +43,7 @@ impl Default for HostPaths {
 pub struct HostDevice {
     pub addr: HostPciAddress,
     pub group: u32,
-    /// `/sys/bus/pci/devices/<addr>`, the name vfio-ioctls opens it by.
+    /// `/sys/bus/pci/devices/<addr>`.
     pub sysfs_path: PathBuf,
     /// What the kernel lists in `reset_method` (None: not published).
     pub reset_methods: Option<Vec<String>>,
@@ -75,7 +79,9 @@ pub fn probe_device(paths: &HostPaths, addr: HostPciAddress) -> Result<HostDevic
         .iommu_group(&addr)?
         .ok_or(Error::NoIommuGroup { addr })?;
     check_group_viable(sysfs, addr, group)?;
-    check_group_node(&paths.dev_vfio.join(group.to_string()), addr, group)?;
+    if !paths.given_groups.contains(&group) {
+        check_group_node(&paths.dev_vfio.join(group.to_string()), addr, group)?;
+    }
     let reset_methods = sysfs.reset_methods(&addr);
     info!("{addr}: IOMMU group {group}, reset methods {reset_methods:?}");
     Ok(HostDevice {
@@ -326,6 +332,7 @@ mod tests {
         HostPaths {
             sysfs: fs.sysfs(),
             dev_vfio,
+            given_groups: Vec::new(),
         }
     }
 
@@ -346,6 +353,17 @@ mod tests {
             dev.sysfs_path,
             fs.root().join("bus/pci/devices/0000:01:00.0")
         );
+    }
+
+    #[test]
+    fn a_group_a_launcher_gave_needs_no_node() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(4));
+        let mut p = paths(&fs);
+        let err = probe_device(&p, a("0000:01:00.0")).unwrap_err();
+        assert!(matches!(err, Error::NoGroupNode { .. }));
+        p.given_groups = vec![4];
+        assert_eq!(probe_device(&p, a("0000:01:00.0")).unwrap().group, 4);
     }
 
     #[test]

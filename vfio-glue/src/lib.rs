@@ -36,6 +36,7 @@ pub mod dma;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
+pub mod group;
 pub mod host;
 pub mod hot_reset;
 pub mod irq;

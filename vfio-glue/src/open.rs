@@ -1,7 +1,8 @@
 //! The host half of the passthrough recipe, in order: check the list, probe
 //! every device (driver, group viability, /dev/vfio/N), check the memlock
 //! limit against guest RAM, open the container, open each device (which
-//! attaches its group and sets the type1v2 IOMMU).
+//! attaches its group and sets the type1v2 IOMMU). The container and groups a
+//! launcher opened ([`VfioFds`]) are used instead of their device nodes.
 //!
 //! The VMM then maps guest RAM ([`crate::dma::GuestDma::pending`], after at
 //! least one device is open so the IOMMU is set) and builds one
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use crate::addr::HostPciAddress;
 use crate::container::Container;
 use crate::device::VfioBackend;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::group::VfioFds;
 use crate::host::{check_memlock, probe_device, HostDevice, HostPaths};
 
 /// Devices opened through one container, ready for DMA mapping.
@@ -30,13 +32,21 @@ pub fn open_devices(
     addrs: &[HostPciAddress],
     ram_bytes: u64,
     kvm_vfio: Option<kvm_ioctls::DeviceFd>,
+    fds: VfioFds,
 ) -> Result<OpenedDevices> {
     let hosts = addrs
         .iter()
         .map(|a| probe_device(paths, *a))
         .collect::<Result<Vec<_>>>()?;
+    if let Some(&group) = fds
+        .groups
+        .keys()
+        .find(|g| !hosts.iter().any(|h| h.group == **g))
+    {
+        return Err(Error::GroupNotNeeded { group });
+    }
     check_memlock(ram_bytes)?;
-    let container = Arc::new(Container::open(kvm_vfio)?);
+    let container = Arc::new(Container::open(fds, &paths.dev_vfio, kvm_vfio)?);
     let mut devices = Vec::with_capacity(hosts.len());
     for host in hosts {
         let backend = VfioBackend::open(&container, &host)?;
@@ -48,13 +58,13 @@ pub fn open_devices(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::sysfs::fake::FakeSysfs;
 
     fn paths(fs: &FakeSysfs) -> HostPaths {
         HostPaths {
             sysfs: fs.sysfs(),
             dev_vfio: fs.root().join("dev-vfio"),
+            given_groups: Vec::new(),
         }
     }
 
@@ -67,7 +77,22 @@ mod tests {
             "0000:01:00.0".parse().unwrap(),
             "0000:02:00.0".parse().unwrap(),
         ];
-        let err = open_devices(&paths(&fs), &list, 1 << 30, None).err();
+        let err = open_devices(&paths(&fs), &list, 1 << 30, None, VfioFds::default()).err();
         assert!(matches!(err, Some(Error::NoGroupNode { .. })));
+    }
+
+    #[test]
+    fn a_given_group_no_device_needs_is_refused() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(3));
+        let mut p = paths(&fs);
+        p.given_groups = vec![3, 9];
+        let fds = VfioFds {
+            container: None,
+            groups: [(9, std::fs::File::open("/dev/null").unwrap())].into(),
+        };
+        let list = ["0000:01:00.0".parse().unwrap()];
+        let err = open_devices(&p, &list, 1 << 30, None, fds).err();
+        assert!(matches!(err, Some(Error::GroupNotNeeded { group: 9 })));
     }
 }

@@ -77,6 +77,13 @@ pub enum Command {
         /// privileged launcher opened it; see README, "Running unprivileged").
         #[arg(long, value_name = "FD")]
         kvm_fd: Option<i32>,
+        /// Use this inherited file descriptor as the VFIO container /dev/vfio/vfio.
+        #[arg(long, value_name = "FD")]
+        vfio_container_fd: Option<i32>,
+        /// Use this inherited file descriptor as a VFIO group /dev/vfio/N (its number
+        /// is read from the device); once per group of the spec's passthrough devices.
+        #[arg(long, value_name = "FD")]
+        vfio_group_fd: Vec<i32>,
     },
     /// Talk to a running Strait's control API: print its JSON answer.
     ///
@@ -226,10 +233,13 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             seccomp,
             user,
             kvm_fd,
+            vfio_container_fd,
+            vfio_group_fd,
         } => {
             if let Some(fd) = kvm_fd {
                 crate::preopened::set_kvm_fd(*fd)?;
             }
+            crate::preopened::set_vfio_fds(*vfio_container_fd, vfio_group_fd)?;
             sandbox::configure(SandboxConfig {
                 seccomp: *seccomp,
                 run_as: *user,
@@ -248,7 +258,8 @@ pub fn execute(cli: &Cli) -> Result<Outcome, Error> {
             // Restored when this returns, whatever the outcome (and by the panic hook).
             let _raw = raw_console(&spec);
             // Last: every other thread runs, each in its own sandbox.
-            sandbox::enter(sandbox::ThreadKind::Main)?;
+            let keep = sandbox::main_thread_paths(socket.map(PathBuf::as_path));
+            sandbox::enter_keeping(sandbox::ThreadKind::Main, &keep)?;
             let ran = vm.wait(spec.lifecycle.on_reboot);
             logger::mark(phase::TORN_DOWN);
             Ok(Outcome::Ran(ran?))
@@ -315,7 +326,7 @@ mod tests {
         let cli = Cli::try_parse_from(["strait", "-vv", "run", "vm.json"]).unwrap();
         assert_eq!(cli.verbose, 2);
         assert!(
-            matches!(cli.command, Command::Run { ref spec, api_socket: None, seccomp: SeccompMode::On, user: None, kvm_fd: None }
+            matches!(cli.command, Command::Run { ref spec, api_socket: None, seccomp: SeccompMode::On, user: None, kvm_fd: None, .. }
                 if spec == Path::new("vm.json"))
         );
     }

@@ -191,6 +191,7 @@ fn vfio_exit_code(e: &vfio_glue::Error) -> ExitCode {
         E::BoundToOtherDriver { .. } | E::NotBound { .. } | E::SlotNotOnVfio { .. } => {
             ExitCode::DeviceDriver
         }
+        E::GroupNotNeeded { .. } => ExitCode::Spec,
         E::GroupNotViable { .. } => ExitCode::GroupNotViable,
         E::CliqueNotGpu { .. } | E::Clique { .. } => ExitCode::Spec,
         E::NoPermission { .. } => ExitCode::VfioPermission,

@@ -192,7 +192,7 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
         });
     }
     memory::check_backing(spec.memory.hugepages, spec.memory_bytes())?;
-    check_passthrough(spec, &HostPaths::default())
+    check_passthrough(spec, &crate::preopened::host_paths())
 }
 
 /// The passthrough checks `run` repeats when it opens the devices: each device exists,
@@ -438,6 +438,7 @@ mod tests {
             HostPaths {
                 sysfs: vfio_glue::sysfs::Sysfs::new(self.dir.as_path()),
                 dev_vfio: self.dir.as_path().join("dev-vfio"),
+                given_groups: Vec::new(),
             }
         }
 

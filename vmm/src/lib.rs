@@ -32,6 +32,7 @@ pub mod pci_layout;
 pub mod plan;
 pub mod preopened;
 pub mod ram_setup;
+pub mod restart_gate;
 pub mod sandbox;
 pub mod slots;
 pub mod spec;

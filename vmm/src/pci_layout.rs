@@ -43,10 +43,15 @@ impl RootPorts {
 
     /// Port `i` as its config-write handler knows it.
     pub fn shared(&self) -> Vec<SharedPciDevice> {
-        self.ports
-            .iter()
-            .map(|(p, _, _)| p.clone() as SharedPciDevice)
+        self.ports()
+            .into_iter()
+            .map(|p| p as SharedPciDevice)
             .collect()
+    }
+
+    /// Port `i`, for reading the windows the guest programmed in it.
+    pub fn ports(&self) -> Vec<Arc<Mutex<RootPort>>> {
+        self.ports.iter().map(|(p, _, _)| p.clone()).collect()
     }
 
     /// Back to the plan (a machine reset).

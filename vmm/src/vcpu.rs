@@ -9,11 +9,12 @@
 //! Application processors are started by the guest with INIT/SIPI through the in-kernel
 //! LAPIC, which also holds their MP state.
 //!
-//! A reboot in place keeps the vCPU fds: each one's state right after KVM_CREATE_VCPU
-//! and KVM_SET_CPUID2 ([`PowerOnState`]: registers, segments, FPU, XCRs, LAPIC, MP
-//! state, pending events, debug registers and the MSRs KVM knows, KVM's paravirtual
-//! ones included) is kept, and the restarted thread puts it back and loads the boot
-//! state on top before its first KVM_RUN ([`reset_vcpu`]).
+//! A reboot in place keeps the vCPU threads and fds: each thread parks when the VM stops
+//! ([`crate::restart_gate`]); each one's state right after KVM_CREATE_VCPU and
+//! KVM_SET_CPUID2 ([`PowerOnState`]: registers, segments, FPU, XCRs, LAPIC, MP state,
+//! pending events, debug registers and the MSRs KVM knows, KVM's paravirtual ones
+//! included) is kept, and the thread puts it back and loads the boot state on top
+//! before its next KVM_RUN ([`reset_vcpu`]).
 
 use std::cell::Cell;
 use std::sync::{Arc, Barrier, Condvar, Mutex};
@@ -34,6 +35,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::exits::{handle_exit, ExitCounters, Step, StopReason};
 use crate::io_buses::IoBuses;
 use crate::passthrough::BarMapper;
+use crate::restart_gate::RestartGate;
 use crate::sandbox::{self, ThreadKind};
 use crate::stop::StopSignal;
 use vfio_glue::GuestDma;
@@ -429,9 +431,11 @@ pub struct VcpuContext {
     /// Guest RAM's DMA mapping: while a function holds its bus mastering back for it,
     /// a vCPU that exits waits before it re-enters the guest.
     pub dma: Option<Arc<GuestDma>>,
+    /// Where the thread waits out a reboot in place.
+    pub restart: Arc<RestartGate<ResetOrder>>,
 }
 
-/// What a restarted vCPU thread does before its first KVM_RUN (a reboot in place).
+/// What a parked vCPU thread does before its next KVM_RUN (a reboot in place).
 pub struct ResetOrder {
     pub power_on: PowerOnState,
     pub boot: Arc<BootCpuState>,
@@ -446,21 +450,33 @@ pub fn spawn_vcpu(
     index: u32,
     vcpu: VcpuFd,
     ctx: VcpuContext,
-    reset: Option<ResetOrder>,
 ) -> Result<JoinHandle<VcpuFd>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("strait-vcpu{index}"))
-        .spawn(move || run_vcpu(index, vcpu, &ctx, reset))
+        .spawn(move || run_vcpu(index, vcpu, &ctx))
         .map_err(|source| VcpuError::SpawnThread { index, source })
 }
 
-/// The vCPU loop. Ends when the VM stops; reports its own reason for stopping, if any.
-fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<ResetOrder>) -> VcpuFd {
+/// The vCPU thread: one run per boot, parked between boots, until the VM ends.
+fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext) -> VcpuFd {
     let _guard = StopOnPanic {
         stop: &ctx.stop,
+        restart: &ctx.restart,
         index,
     };
-    if let Some(order) = reset {
+    KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
+    if let Err(e) = sandbox::enter(ThreadKind::Vcpu) {
+        ctx.stop.stop(StopReason::HostFailure {
+            vcpu: index,
+            what: crate::error::Error::from(e).one_line(),
+        });
+        return vcpu;
+    }
+    loop {
+        run_until_stopped(index, &mut vcpu, ctx);
+        let Some(order) = ctx.restart.park(index) else {
+            break;
+        };
         let res = reset_vcpu(&vcpu, index, &order.power_on, &order.boot);
         order.barrier.wait();
         if let Err(e) = res {
@@ -470,14 +486,12 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<Reset
             });
         }
     }
-    KVM_RUN.with(|p| p.set(std::ptr::from_mut(vcpu.get_kvm_run())));
-    if let Err(e) = sandbox::enter(ThreadKind::Vcpu) {
-        ctx.stop.stop(StopReason::HostFailure {
-            vcpu: index,
-            what: crate::error::Error::from(e).one_line(),
-        });
-        return vcpu;
-    }
+    vcpu
+}
+
+/// The vCPU loop of one boot. Ends when the VM stops; reports its own reason for
+/// stopping, if any.
+fn run_until_stopped(index: u32, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.is_stopping() {
         ctx.gate.park_while_paused(&ctx.stop);
         if ctx.stop.is_stopping() {
@@ -512,13 +526,11 @@ fn run_vcpu(index: u32, mut vcpu: VcpuFd, ctx: &VcpuContext, reset: Option<Reset
         };
         if let Step::Stop { reason, dump_regs } = step {
             if dump_regs {
-                log_registers(index, &vcpu);
+                log_registers(index, vcpu);
             }
             ctx.stop.stop(reason);
         }
     }
-    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
-    vcpu
 }
 
 /// How often a vCPU waiting for the DMA mapping looks for a stop request.
@@ -543,15 +555,17 @@ pub(crate) fn wait_for_dma(dma: &GuestDma, stop: &StopSignal) {
 }
 
 /// Stops the VM if a vCPU thread unwinds, so the main thread is not left waiting for a
-/// stop request that will never come.
+/// stop request that will never come, and tells the restart gate the thread is gone.
 struct StopOnPanic<'a> {
     stop: &'a StopSignal,
+    restart: &'a RestartGate<ResetOrder>,
     index: u32,
 }
 
 impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        self.restart.gone();
         if std::thread::panicking() {
             let what = "vCPU thread panicked".to_string();
             self.stop.stop(StopReason::HostFailure {
@@ -599,10 +613,12 @@ mod tests {
     #[test]
     fn a_panicking_vcpu_thread_stops_the_vm() {
         let stop = Arc::new(StopSignal::default());
-        let s2 = stop.clone();
+        let restart = Arc::new(RestartGate::new(1));
+        let (s2, r2) = (stop.clone(), restart.clone());
         let t = std::thread::spawn(move || {
             let _guard = StopOnPanic {
                 stop: &s2,
+                restart: &r2,
                 index: 3,
             };
             panic!("test panic");
@@ -612,6 +628,10 @@ mod tests {
             stop.wait(),
             StopReason::HostFailure { vcpu: 3, .. }
         ));
+        assert!(
+            restart.wait_parked().is_err(),
+            "a reboot would not wait for it"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::logger::{self, phase};
 use crate::memory::GuestRam;
 use crate::passthrough::Passthrough;
 use crate::ram_setup::RamSetup;
+use crate::restart_gate::RestartGate;
 use crate::sandbox::{self, ThreadKind};
 use crate::spec::{OnReboot, VmSpec};
 use crate::stop::{ShutdownStep, StopSignal};
@@ -172,6 +173,8 @@ pub struct Vm {
     /// Faulting in and DMA-mapping RAM in the background; cancelled and joined before
     /// the devices are reset and RAM is unmapped.
     ram_setup: RamSetup,
+    /// Where the vCPU threads wait out a reboot in place.
+    restart_gate: Arc<RestartGate<ResetOrder>>,
     passthrough: Option<Passthrough>,
     /// Its I/O thread is joined before RAM is unmapped (it reads and writes guest RAM).
     virtio: VirtioDevices,
@@ -212,6 +215,7 @@ impl Vm {
             counters,
             gate: Arc::default(),
             ram_setup,
+            restart_gate: Arc::new(RestartGate::new(0)),
             passthrough,
             virtio,
             devices,
@@ -221,19 +225,10 @@ impl Vm {
         }
     }
 
-    /// Start one thread per vCPU; vCPU 0 is the boot processor.
+    /// Start one thread per vCPU, for the life of the VM; vCPU 0 is the boot processor.
     pub fn start_vcpus(&mut self, vcpus: Vec<VcpuFd>) -> Result<(), VcpuError> {
         vcpu::install_kick_handler()?;
-        self.spawn_vcpus(vcpus, None)
-    }
-
-    /// One thread per vCPU fd, each running `resets[i]` first when given.
-    fn spawn_vcpus(
-        &mut self,
-        vcpus: Vec<VcpuFd>,
-        resets: Option<Vec<ResetOrder>>,
-    ) -> Result<(), VcpuError> {
-        let mut resets = resets.map(Vec::into_iter);
+        self.restart_gate = Arc::new(RestartGate::new(vcpus.len()));
         let ctx = VcpuContext {
             buses: self.devices.buses().clone(),
             counters: self.counters.clone(),
@@ -241,11 +236,10 @@ impl Vm {
             gate: self.gate.clone(),
             bars: self.passthrough.as_ref().and_then(|p| p.bars().cloned()),
             dma: self.passthrough.as_ref().and_then(|p| p.dma().cloned()),
+            restart: self.restart_gate.clone(),
         };
         for (index, fd) in (0u32..).zip(vcpus) {
-            let reset = resets.as_mut().and_then(Iterator::next);
-            self.threads
-                .push(vcpu::spawn_vcpu(index, fd, ctx.clone(), reset)?);
+            self.threads.push(vcpu::spawn_vcpu(index, fd, ctx.clone())?);
         }
         self.gate
             .set_threads(self.threads.iter().map(|t| t.as_pthread_t()).collect());
@@ -311,9 +305,8 @@ impl Vm {
         drop(self.join_vcpus());
     }
 
-    /// Kick every vCPU thread out of KVM_RUN, join it and take its fd back (in index
-    /// order); fails if a thread panicked (its fd is gone).
-    fn join_vcpus(&mut self) -> Result<Vec<VcpuFd>, Error> {
+    /// Kick every vCPU thread out of KVM_RUN (the VM is stopping, or stopped by now).
+    fn kick_vcpus(&mut self) {
         self.gate.resume();
         if !self.stop.is_stopping() {
             self.stop.stop(StopReason::HostFailure {
@@ -325,6 +318,25 @@ impl Vm {
             // A thread that already left its loop may be gone; nothing to kick then.
             let _ = t.kill(vcpu::kick_signal());
         }
+    }
+
+    /// Kick every vCPU thread out of KVM_RUN and wait until all are parked (a reboot in
+    /// place); fails if a thread is gone.
+    fn park_vcpus(&mut self) -> Result<(), Error> {
+        self.kick_vcpus();
+        self.restart_gate
+            .wait_parked()
+            .map_err(|gone| Error::VcpuFailed {
+                vcpu: 0,
+                what: format!("{} vCPU thread(s) ended during the reboot", gone.0),
+            })
+    }
+
+    /// Kick every vCPU thread out of KVM_RUN, let it end, join it and take its fd back
+    /// (in index order); fails if a thread panicked (its fd is gone).
+    fn join_vcpus(&mut self) -> Result<Vec<VcpuFd>, Error> {
+        self.kick_vcpus();
+        self.restart_gate.end();
         let mut fds = Vec::new();
         let mut lost = None;
         for (index, t) in (0u32..).zip(self.threads.drain(..)) {

@@ -38,18 +38,25 @@ impl From<BarKind> for resources::BarClass {
     fn from(kind: BarKind) -> Self {
         match kind {
             BarKind::Io => Self::Io,
-            BarKind::Mem32 => Self::Mem32 {
-                prefetchable: false,
-            },
+            BarKind::Mem32 { prefetchable } => Self::Mem32 { prefetchable },
             BarKind::Mem64 { prefetchable } => Self::Mem64 { prefetchable },
         }
+    }
+}
+
+/// The BAR's Prefetchable bit (PCI Local Bus 3.0, 6.2.5.1).
+fn prefetch_bit(prefetchable: bool) -> u32 {
+    if prefetchable {
+        BAR_MEM_PREFETCHABLE
+    } else {
+        0
     }
 }
 
 fn size_ok(kind: BarKind, size: u64) -> bool {
     let (min, max) = match kind {
         BarKind::Io => (4, 1 << 16),
-        BarKind::Mem32 => (16, 1 << 31),
+        BarKind::Mem32 { .. } => (16, 1 << 31),
         BarKind::Mem64 { .. } => (16, 1 << 63),
     };
     size.is_power_of_two() && (min..=max).contains(&size)
@@ -107,15 +114,11 @@ impl PciConfigSpace {
         let addr_bits = !(size - 1);
         let (flags, mask) = match kind {
             BarKind::Io => (BAR_IO_SPACE, BAR_IO_ADDR_MASK),
-            BarKind::Mem32 => (0, BAR_MEM_ADDR_MASK),
-            BarKind::Mem64 { prefetchable } => {
-                let pf = if prefetchable {
-                    BAR_MEM_PREFETCHABLE
-                } else {
-                    0
-                };
-                (BAR_MEM_TYPE_64 | pf, BAR_MEM_ADDR_MASK)
-            }
+            BarKind::Mem32 { prefetchable } => (prefetch_bit(prefetchable), BAR_MEM_ADDR_MASK),
+            BarKind::Mem64 { prefetchable } => (
+                BAR_MEM_TYPE_64 | prefetch_bit(prefetchable),
+                BAR_MEM_ADDR_MASK,
+            ),
         };
         self.set_u32(off, flags);
         self.set_wmask(off, 4, addr_bits as u32 & mask);
@@ -145,7 +148,9 @@ impl PciConfigSpace {
         self.set_u32(off, 0);
         self.set_wmask(off, 4, (!(size - 1) as u32 & ROM_ADDR_MASK) | ROM_ENABLE);
         self.bars[usize::from(index)] = BarSlot::Used {
-            kind: BarKind::Mem32,
+            kind: BarKind::Mem32 {
+                prefetchable: false,
+            },
             size,
             mapped: 0,
         };
@@ -166,7 +171,7 @@ impl PciConfigSpace {
         match (index, kind) {
             (ROM_BAR_INDEX, _) => u64::from(lo & ROM_ADDR_MASK),
             (_, BarKind::Io) => u64::from(lo & BAR_IO_ADDR_MASK),
-            (_, BarKind::Mem32) => u64::from(lo & BAR_MEM_ADDR_MASK),
+            (_, BarKind::Mem32 { .. }) => u64::from(lo & BAR_MEM_ADDR_MASK),
             (_, BarKind::Mem64 { .. }) => {
                 u64::from(lo & BAR_MEM_ADDR_MASK) | u64::from(self.read_u32(off + 4)) << 32
             }
@@ -185,7 +190,7 @@ impl PciConfigSpace {
         let (kind, size, _) = self.used(index).ok_or(PciError::NoBar { index })?;
         let reach = match kind {
             BarKind::Mem64 { .. } => u64::MAX,
-            BarKind::Io | BarKind::Mem32 => u64::from(u32::MAX),
+            BarKind::Io | BarKind::Mem32 { .. } => u64::from(u32::MAX),
         };
         if addr & (size - 1) != 0 || addr > reach - (size - 1) {
             return Err(PciError::BadBarAddress { index, addr });
@@ -327,8 +332,28 @@ mod tests {
     #[test]
     fn mem32_bar_sizes() {
         let mut c = cfg();
-        c.add_bar(1, BarKind::Mem32, 0x100_0000).unwrap();
+        c.add_bar(
+            1,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x100_0000,
+        )
+        .unwrap();
         assert_eq!(size_probe(&mut c, BAR0 + 4), 0xff00_0000);
+    }
+
+    #[test]
+    fn mem32_prefetchable_bar_shows_bit_3_and_places_as_prefetchable() {
+        let mut c = cfg();
+        let kind = BarKind::Mem32 { prefetchable: true };
+        c.add_bar(1, kind, 0x10_0000).unwrap();
+        assert_eq!(c.read_u32(BAR0 + 4), 0x8);
+        assert_eq!(size_probe(&mut c, BAR0 + 4), 0xfff0_0008);
+        assert_eq!(
+            resources::BarClass::from(kind),
+            resources::BarClass::Mem32 { prefetchable: true }
+        );
     }
 
     #[test]
@@ -388,7 +413,13 @@ mod tests {
     fn registration_errors() {
         let mut c = cfg();
         assert_eq!(
-            c.add_bar(6, BarKind::Mem32, 0x1000),
+            c.add_bar(
+                6,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1000
+            ),
             Err(PciError::BadBarIndex {
                 index: 6,
                 header: 0
@@ -403,11 +434,23 @@ mod tests {
         );
         c.add_bar(0, PREF64, 0x1000).unwrap();
         assert_eq!(
-            c.add_bar(1, BarKind::Mem32, 0x1000),
+            c.add_bar(
+                1,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1000
+            ),
             Err(PciError::BarInUse { index: 1 })
         );
         assert_eq!(
-            c.add_bar(2, BarKind::Mem32, 0x1800),
+            c.add_bar(
+                2,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1800
+            ),
             Err(PciError::BadBarSize {
                 index: 2,
                 size: 0x1800
@@ -430,7 +473,13 @@ mod tests {
     fn bridge_has_two_bars() {
         let mut c = PciConfigSpace::new_type1(PciIds::default(), ConfigSize::Pcie);
         assert_eq!(
-            c.add_bar(2, BarKind::Mem32, 0x1000),
+            c.add_bar(
+                2,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1000
+            ),
             Err(PciError::BadBarIndex {
                 index: 2,
                 header: 1
@@ -442,7 +491,14 @@ mod tests {
     #[test]
     fn set_bar_addr_programs_registers_and_bars_lists_them() {
         let mut c = cfg();
-        c.add_bar(0, BarKind::Mem32, 0x1000).unwrap();
+        c.add_bar(
+            0,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         c.add_bar(2, PREF64, 1 << 33).unwrap();
         c.add_rom_bar(0x1_0000).unwrap();
         c.set_bar_addr(0, 0xc000_0000).unwrap();
@@ -468,7 +524,14 @@ mod tests {
     #[test]
     fn set_bar_addr_rejects_misaligned_and_unreachable() {
         let mut c = cfg();
-        c.add_bar(0, BarKind::Mem32, 0x1000).unwrap();
+        c.add_bar(
+            0,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         assert_eq!(
             c.set_bar_addr(0, 0x800),
             Err(PciError::BadBarAddress {
@@ -489,7 +552,14 @@ mod tests {
     #[test]
     fn move_of_enabled_bar_is_reported() {
         let mut c = cfg();
-        c.add_bar(0, BarKind::Mem32, 0x1000).unwrap();
+        c.add_bar(
+            0,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         c.set_bar_addr(0, 0xc000_0000).unwrap();
         write32(&mut c, COMMAND, u32::from(COMMAND_MEMORY));
         let r = write32(&mut c, BAR0, 0xc010_0000);
@@ -497,7 +567,9 @@ mod tests {
             r.bar_moves,
             vec![BarMove {
                 index: 0,
-                kind: BarKind::Mem32,
+                kind: BarKind::Mem32 {
+                    prefetchable: false
+                },
                 size: 0x1000,
                 old: 0xc000_0000,
                 new: 0xc010_0000
@@ -522,7 +594,14 @@ mod tests {
     #[test]
     fn sizing_while_enabled_is_not_a_move() {
         let mut c = cfg();
-        c.add_bar(0, BarKind::Mem32, 0x1000).unwrap();
+        c.add_bar(
+            0,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         c.set_bar_addr(0, 0xc000_0000).unwrap();
         write32(&mut c, COMMAND, u32::from(COMMAND_MEMORY));
         assert!(write32(&mut c, BAR0, u32::MAX).bar_moves.is_empty());
@@ -594,7 +673,14 @@ mod tests {
     #[test]
     fn flag_bits_are_read_only() {
         let mut c = cfg();
-        c.add_bar(0, BarKind::Mem32, 0x1000).unwrap();
+        c.add_bar(
+            0,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         write32(&mut c, BAR0, 0xc000_000f);
         assert_eq!(c.read_u32(BAR0), 0xc000_0000);
     }

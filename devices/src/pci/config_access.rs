@@ -316,7 +316,9 @@ mod tests {
             got[0].1.bar_moves,
             vec![BarMove {
                 index: 0,
-                kind: crate::pci::BarKind::Mem32,
+                kind: crate::pci::BarKind::Mem32 {
+                    prefetchable: false
+                },
                 size: 0x1000,
                 old: 0,
                 new: 0xc000_0000

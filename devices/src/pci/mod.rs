@@ -46,7 +46,7 @@ pub use root_port::{LinkSpeed, PortLink, RootPort, RootPortConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
     Io,
-    Mem32,
+    Mem32 { prefetchable: bool },
     Mem64 { prefetchable: bool },
 }
 
@@ -86,6 +86,9 @@ pub struct ConfigWriteResult {
     /// 1.2, 3.2.5.18): the caller resets the devices below it, e.g. through
     /// VFIO. Holding or clearing the bit reports nothing.
     pub secondary_bus_reset: bool,
+    /// A bridge's I/O, memory or prefetchable window registers were written (PCI-to-PCI
+    /// Bridge 1.2, 3.2.5.6-3.2.5.10): what it forwards may have changed.
+    pub bridge_windows: bool,
 }
 
 /// One PCI function as the guest sees it.

@@ -325,6 +325,9 @@ impl RootPort {
     }
 }
 
+/// The dwords holding the I/O, memory and prefetchable windows (0x1c..=0x33).
+const WINDOW_REGS: std::ops::RangeInclusive<usize> = 7..=12;
+
 fn check_window(
     window: &'static str,
     r: &RangeInclusive<u64>,
@@ -415,6 +418,7 @@ impl PciDevice for RootPort {
         // Only the rising edge asks for a reset: the guest holds the bit for
         // a while and then clears it, and one reset per assertion is enough.
         result.secondary_bus_reset = !was_in_reset && self.secondary_bus_reset();
+        result.bridge_windows = WINDOW_REGS.contains(&reg);
         // D1 and D2 are not supported: such a write leaves the state alone
         // (PCI PM 1.2, 5.4.1).
         if matches!(self.cfg.read_u16(pmcsr) & PM_STATE_MASK, 1 | 2) {
@@ -458,6 +462,19 @@ mod tests {
         p.config_write(6, 0, &[0, 5, 9, 0xff]);
         assert_eq!((p.secondary_bus(), p.subordinate_bus()), (5, 9));
         assert_eq!(p.config_read(6) >> 24, 0, "secondary latency timer is 0");
+    }
+
+    #[test]
+    fn window_writes_are_reported_and_other_writes_not() {
+        let mut p = port();
+        assert!(
+            p.config_write(8, 0, &[0x00, 0xc0, 0x00, 0xc0])
+                .bridge_windows
+        );
+        assert_eq!(p.mem_window(), Some(0xc000_0000..=0xc00f_ffff));
+        assert!(p.config_write(12, 0, &[0, 0]).bridge_windows);
+        assert!(!p.config_write(1, 0, &[0x06, 0x00]).bridge_windows);
+        assert!(!p.config_write(15, 2, &[0x00, 0x00]).bridge_windows);
     }
 
     #[test]

@@ -90,7 +90,14 @@ impl TestEndpoint {
             ..PciIds::default()
         };
         let mut cfg = PciConfigSpace::new_type0(ids, ConfigSize::Pcie);
-        cfg.add_bar(0, super::BarKind::Mem32, 0x1000).unwrap();
+        cfg.add_bar(
+            0,
+            super::BarKind::Mem32 {
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
         Self { cfg }
     }
 

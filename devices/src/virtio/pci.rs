@@ -212,7 +212,13 @@ impl VirtioPciTransport {
             subsystem: SUBSYSTEM_ID,
         };
         let mut cfg = PciConfigSpace::new_type0(ids, ConfigSize::Pci);
-        cfg.add_bar(BAR_INDEX, BarKind::Mem32, BAR_SIZE)?;
+        cfg.add_bar(
+            BAR_INDEX,
+            BarKind::Mem32 {
+                prefetchable: false,
+            },
+            BAR_SIZE,
+        )?;
         let notify_len = (max_sizes.len() as u64 * u64::from(NOTIFY_MULTIPLIER)).max(4);
         for (ty, off, len) in [
             (CAP_COMMON, COMMON_OFFSET, REGION_LEN),

@@ -41,7 +41,8 @@ mod tests;
 use std::sync::Arc;
 
 use devices::pci::regs::{
-    self, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, INTERRUPT_PIN, ROM_ADDRESS,
+    self, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY,
+    INTERRUPT_PIN, ROM_ADDRESS,
 };
 use devices::pci::{
     walk_capabilities, BarInfo, ConfigSize, ConfigWriteResult, PciConfigSpace, PciDevice,
@@ -113,6 +114,9 @@ pub struct VfioPciDevice {
     /// The guest set Bus Master Enable before guest RAM was fully DMA-mapped: the
     /// device has it off until [`VfioPciDevice::release_bus_master`].
     bus_master_held: bool,
+    /// Decode bits (COMMAND_MEMORY, COMMAND_IO) the guest turned off that the device
+    /// still has on, until the VMM removed the BAR mappings ([`Self::release_decode`]).
+    held_decode: u16,
     torn_down: bool,
     // Dropped last, in this order: DMA stays mapped until the device is reset,
     // the device fd closes after.
@@ -235,6 +239,7 @@ impl VfioPciDevice {
             intx,
             placed: Vec::new(),
             bus_master_held: false,
+            held_decode: 0,
             torn_down: false,
             dma,
             ops,
@@ -413,6 +418,7 @@ impl VfioPciDevice {
     pub fn reset(&mut self) -> Result<()> {
         self.quiesce();
         reset_or_warn(&*self.ops, self.addr)?;
+        self.held_decode = 0;
         let command = regs::COMMAND / 4;
         self.shadow.write(command, 0, &[0, 0]);
         for (index, gpa) in self.placed.clone() {
@@ -456,27 +462,57 @@ impl VfioPciDevice {
             off("INTx", i.disable(ops));
         }
         // Stop DMA before the reset, in case the device has no reset at all.
-        let cmd = (self.device_dword(COMMAND) & 0xffff) as u16;
+        let cmd = self.device_command();
         if cmd != 0xffff && cmd & COMMAND_BUS_MASTER != 0 {
             self.device_write(COMMAND, &(cmd & !COMMAND_BUS_MASTER).to_le_bytes());
         }
     }
 
+    /// The guest's command write. Decode switched off reaches the device only once the
+    /// VMM removed the BAR's KVM slots ([`Self::release_decode`]): vfio-pci zaps its
+    /// mmaps when memory decode goes off, and a vCPU touching a slot over a zapped mmap
+    /// would fault (KVM_RUN fails with EFAULT). Decode switched on goes through at once.
     fn write_command(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         let res = self.shadow.write(reg, offset, data);
-        // Bus Master Enable is bit 2 of the command register's low byte.
-        let mut data = data.to_vec();
-        let bme = COMMAND_BUS_MASTER as u8;
-        match data.first_mut().filter(|_| offset == 0) {
-            Some(low) if *low & bme != 0 && self.dma.hold_bus_master() => {
+        let bits = |to: bool| {
+            let bit = |switched: Option<bool>, b: u16| if switched == Some(to) { b } else { 0 };
+            bit(res.mem_decode, COMMAND_MEMORY) | bit(res.io_decode, COMMAND_IO)
+        };
+        let (going_off, going_on) = (bits(false), bits(true));
+        self.held_decode = (self.held_decode | going_off) & !going_on;
+        let mut to_device = data.to_vec();
+        // The decode bits and Bus Master Enable sit in the command register's low byte
+        // (offset 0 of dword 1).
+        if let (0, Some(low)) = (offset, to_device.first_mut()) {
+            *low |= self.held_decode as u8;
+            let bme = COMMAND_BUS_MASTER as u8;
+            if *low & bme != 0 && self.dma.hold_bus_master() {
                 *low &= !bme;
                 self.bus_master_held = true;
+            } else if *low & bme == 0 {
+                self.bus_master_held = false;
             }
-            Some(low) if *low & bme == 0 => self.bus_master_held = false,
-            _ => {}
         }
-        self.device_write(reg * 4 + offset as usize, &data);
+        self.device_write(reg * 4 + offset as usize, &to_device);
         res
+    }
+
+    /// Let the device turn off the decode the guest switched off: the VMM calls this
+    /// after it removed the BARs' KVM slots and traps.
+    pub fn release_decode(&mut self) {
+        let held = std::mem::take(&mut self.held_decode);
+        if held == 0 {
+            return;
+        }
+        let cmd = self.device_command();
+        if cmd != 0xffff {
+            self.device_write(COMMAND, &(cmd & !held).to_le_bytes());
+        }
+    }
+
+    /// The command register as the device has it (the guest sees its own view).
+    pub fn device_command(&self) -> u16 {
+        (self.device_dword(COMMAND) & 0xffff) as u16
     }
 
     /// Guest RAM is fully DMA-mapped now: give the device the Bus Master Enable its
@@ -488,7 +524,7 @@ impl VfioPciDevice {
         if self.shadow.read_u32(COMMAND) as u16 & COMMAND_BUS_MASTER == 0 {
             return;
         }
-        let cmd = (self.device_dword(COMMAND) & 0xffff) as u16;
+        let cmd = self.device_command();
         if cmd != 0xffff {
             self.device_write(COMMAND, &(cmd | COMMAND_BUS_MASTER).to_le_bytes());
             info!(

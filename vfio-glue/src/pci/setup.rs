@@ -68,9 +68,9 @@ fn kind_of(raw: u32) -> BarKind {
             prefetchable: raw & 8 != 0,
         }
     } else {
-        // A 32-bit prefetchable BAR is shown non-prefetchable: the model has
-        // no such kind, and the guest then only loses write combining.
-        BarKind::Mem32
+        BarKind::Mem32 {
+            prefetchable: raw & 8 != 0,
+        }
     }
 }
 
@@ -115,7 +115,9 @@ pub fn guest_bars(cfg: &[u8], region_size: &dyn Fn(u32) -> Option<u64>) -> Vec<G
     if let Some(rom) = region_size(ROM_REGION).filter(|s| *s > 0) {
         bars.push(GuestBar {
             index: ROM_BAR_INDEX,
-            kind: BarKind::Mem32,
+            kind: BarKind::Mem32 {
+                prefetchable: false,
+            },
             size: rom.max(0x800).next_power_of_two(),
         });
     }
@@ -234,8 +236,13 @@ mod tests {
     #[test]
     fn bar_kinds_follow_the_low_bits() {
         assert_eq!(kind_of(0x1), BarKind::Io);
-        assert_eq!(kind_of(0x0), BarKind::Mem32);
-        assert_eq!(kind_of(0x8), BarKind::Mem32);
+        assert_eq!(
+            kind_of(0x0),
+            BarKind::Mem32 {
+                prefetchable: false
+            }
+        );
+        assert_eq!(kind_of(0x8), BarKind::Mem32 { prefetchable: true });
         assert_eq!(
             kind_of(0x4),
             BarKind::Mem64 {
@@ -247,9 +254,33 @@ mod tests {
 
     #[test]
     fn bar_sizes_are_powers_of_two_with_type_minimums() {
-        assert_eq!(bar_size(BarKind::Mem32, 256), 256);
-        assert_eq!(bar_size(BarKind::Mem32, 8), 16);
+        assert_eq!(
+            bar_size(
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                256
+            ),
+            256
+        );
+        assert_eq!(
+            bar_size(
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                8
+            ),
+            16
+        );
         assert_eq!(bar_size(BarKind::Io, 2), 4);
-        assert_eq!(bar_size(BarKind::Mem32, 0x3000), 0x4000);
+        assert_eq!(
+            bar_size(
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x3000
+            ),
+            0x4000
+        );
     }
 }

@@ -28,9 +28,21 @@ fn bar_sizes_come_from_vfio_regions() {
                 4 * PAGE
             ),
             (2, BarKind::Io, 0x20),
-            (3, BarKind::Mem32, 256),
+            (
+                3,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                256
+            ),
             (4, BarKind::Mem64 { prefetchable: true }, 0x10_0000),
-            (6, BarKind::Mem32, 0x1_0000),
+            (
+                6,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1_0000
+            ),
         ]
     );
     f.write(0x10, &u32::MAX.to_le_bytes());
@@ -67,6 +79,51 @@ fn command_register_is_virtualised_and_forwarded() {
     );
     // Status comes from the device, command from the guest's view.
     assert_eq!(f.read(0x04), 0x0010_0006);
+}
+
+#[test]
+fn decode_off_reaches_the_device_only_when_released() {
+    let mut f = fixture();
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.log.take();
+    // The guest turns memory decode off and keeps bus mastering: the device still
+    // decodes until the VMM removed the BAR's slots.
+    let r = f.write(0x04, &0x0004u16.to_le_bytes());
+    assert_eq!(r.mem_decode, Some(false));
+    let forwarded = |calls: Vec<Call>| -> Vec<Vec<u8>> {
+        calls
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::RegionWrite {
+                    index: CONFIG_REGION,
+                    offset: 4,
+                    data,
+                } => Some(data),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(forwarded(f.log.take()), vec![vec![6, 0]]);
+    assert_eq!(f.read(0x04) & 0xffff, 0x0004, "the guest sees decode off");
+    f.dev.release_decode();
+    let released = forwarded(f.log.take());
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0][0] & 0x2, 0, "memory decode off at the device");
+    assert_eq!(released[0][0] & 0x4, 0x4, "bus mastering kept");
+    // Nothing held: a second release writes nothing.
+    f.dev.release_decode();
+    assert!(forwarded(f.log.take()).is_empty());
+}
+
+#[test]
+fn decode_switched_back_on_before_release_is_not_turned_off() {
+    let mut f = fixture();
+    f.write(0x04, &0x0002u16.to_le_bytes());
+    f.write(0x04, &0x0000u16.to_le_bytes());
+    f.write(0x04, &0x0002u16.to_le_bytes());
+    f.log.take();
+    f.dev.release_decode();
+    assert!(f.log.calls().is_empty());
 }
 
 #[test]

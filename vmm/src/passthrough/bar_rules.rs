@@ -5,17 +5,23 @@
 //!   ACPI `_CRS` announces (I/O BARs in the I/O window, memory BARs in the 32- or 64-bit
 //!   window) and never over guest RAM. Linux keeps BARs where Strait placed them; the
 //!   rule is for guests that move them.
+//! - [`PortWindows::forwards`]: the root port above a function forwards an access only
+//!   inside the windows the guest programmed in it now (PCI-to-PCI Bridge 1.2, 3.2.5.6-
+//!   3.2.5.10: I/O, memory, prefetchable memory; a prefetchable BAR may sit in either
+//!   memory window); a BAR outside them is not reachable and is not mapped.
 //! - [`ConfigEffects`]: the effects of guest config writes (BAR moves, decode switches,
 //!   a root port's Secondary Bus Reset, PCI-to-PCI Bridge 1.2, 3.2.5.18) queue here. The ECAM and CF8 handlers run under a bus read lock and must not take a
 //!   bus write lock, so they only record; the vCPU applies the queue after the dispatch
 //!   ([`super::BarMapper::apply_pending`]).
 
 use resources::lock;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devices::pci::{BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, PciRoot, SharedPciDevice};
+use devices::pci::{
+    BarKind, Bdf, ConfigWriteHandler, ConfigWriteResult, PciRoot, RootPort, SharedPciDevice,
+};
 
 /// The guest physical map a BAR must respect: RAM it may not cover and the host bridge
 /// windows (ACPI `_CRS`) it must stay inside. Ranges are half-open.
@@ -63,6 +69,43 @@ impl BarWindows {
     }
 }
 
+/// A root port's forwarding windows as the guest last programmed them (`None`: closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortWindows {
+    pub io: Option<RangeInclusive<u64>>,
+    pub mem: Option<RangeInclusive<u64>>,
+    pub prefetchable: Option<RangeInclusive<u64>>,
+}
+
+impl PortWindows {
+    /// The windows `port` forwards now.
+    pub fn of(port: &RootPort) -> Self {
+        PortWindows {
+            io: port.io_window(),
+            mem: port.mem_window(),
+            prefetchable: port.prefetchable_window(),
+        }
+    }
+
+    /// Does the port forward accesses to a BAR of `kind` at `addr` with `size` bytes?
+    pub fn forwards(&self, kind: BarKind, addr: u64, size: u64) -> bool {
+        let Some(last) = size.checked_sub(1).and_then(|s| addr.checked_add(s)) else {
+            return false;
+        };
+        let holds = |w: &Option<RangeInclusive<u64>>| {
+            w.as_ref()
+                .is_some_and(|w| w.contains(&addr) && w.contains(&last))
+        };
+        match kind {
+            BarKind::Io => holds(&self.io),
+            BarKind::Mem32 { prefetchable: true } | BarKind::Mem64 { prefetchable: true } => {
+                holds(&self.mem) || holds(&self.prefetchable)
+            }
+            BarKind::Mem32 { .. } | BarKind::Mem64 { .. } => holds(&self.mem),
+        }
+    }
+}
+
 /// A queued config-write effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -71,9 +114,15 @@ pub enum Effect {
     /// The guest set Secondary Bus Reset on passthrough root port `i`: the functions
     /// behind it are reset.
     BusReset(usize),
+    /// The guest wrote a forwarding window of passthrough root port `i`: the BARs
+    /// behind it are checked against the new windows.
+    PortWindows(usize),
 }
 
-/// Config-write effects waiting for the vCPU to apply them.
+/// Config-write effects waiting for the vCPU to apply them. `pending` stays set until
+/// every queued effect has been applied, not just taken: a vCPU that wrote a config
+/// register re-enters the guest only once its effects are in force, even when another
+/// vCPU took them off the queue.
 #[derive(Debug, Default)]
 pub struct ConfigEffects {
     queued: Mutex<Vec<Effect>>,
@@ -85,18 +134,34 @@ impl ConfigEffects {
         self.push_effect(Effect::Function(function, result));
     }
 
+    #[cfg(test)]
+    pub(crate) fn push_port_windows(&self, port: usize) {
+        self.push_effect(Effect::PortWindows(port));
+    }
+
     fn push_effect(&self, effect: Effect) {
-        lock(&self.queued).push(effect);
+        let mut q = lock(&self.queued);
+        q.push(effect);
         self.pending.store(true, Ordering::Release);
     }
 
+    /// Whether effects are queued or being applied. Every vCPU asks after every exit: a
+    /// plain load keeps the common case from writing the shared cache line.
+    pub(crate) fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The queued effects; the caller applies them, then calls [`Self::settle`].
     pub(crate) fn take(&self) -> Vec<Effect> {
-        // Every vCPU asks after every exit: a plain load keeps the common case from
-        // writing the shared cache line.
-        if !self.pending.load(Ordering::Acquire) || !self.pending.swap(false, Ordering::AcqRel) {
-            return Vec::new();
-        }
         std::mem::take(&mut *lock(&self.queued))
+    }
+
+    /// Everything taken is applied: clear `pending` unless more arrived meanwhile.
+    pub(crate) fn settle(&self) {
+        let q = lock(&self.queued);
+        if q.is_empty() {
+            self.pending.store(false, Ordering::Release);
+        }
     }
 
     /// The handler for an ECAM or CF8 front-end over `root`. It finds the function by
@@ -123,6 +188,9 @@ impl ConfigEffects {
                 if result.secondary_bus_reset {
                     effects.push_effect(Effect::BusReset(i));
                 }
+                if result.bridge_windows {
+                    effects.push_effect(Effect::PortWindows(i));
+                }
             }
         })
     }
@@ -147,7 +215,9 @@ mod tests {
         }
     }
 
-    const MEM: BarKind = BarKind::Mem32;
+    const MEM: BarKind = BarKind::Mem32 {
+        prefetchable: false,
+    };
 
     #[test]
     fn bar_inside_a_window_is_accepted() {
@@ -202,5 +272,35 @@ mod tests {
         e.push(1, r.clone());
         assert_eq!(e.take(), vec![Effect::Function(1, r)]);
         assert!(e.take().is_empty());
+    }
+
+    #[test]
+    fn a_port_forwards_each_kind_only_inside_its_window() {
+        let w = PortWindows {
+            io: Some(0x1000..=0x1fff),
+            mem: Some(0xc000_0000..=0xc0ff_ffff),
+            prefetchable: Some(0x2_0000_0000..=0x2_ffff_ffff),
+        };
+        let pref32 = BarKind::Mem32 { prefetchable: true };
+        let pref64 = BarKind::Mem64 { prefetchable: true };
+        assert!(w.forwards(BarKind::Io, 0x1ff0, 0x10));
+        assert!(!w.forwards(BarKind::Io, 0x1ff0, 0x20), "crosses the limit");
+        assert!(w.forwards(MEM, 0xc0ff_f000, 0x1000));
+        assert!(
+            !w.forwards(MEM, 0x2_0000_0000, 0x1000),
+            "not in the prefetchable one"
+        );
+        assert!(w.forwards(pref64, 0x2_0000_0000, 1 << 30));
+        assert!(
+            w.forwards(pref64, 0xc000_0000, 0x1000),
+            "either memory window"
+        );
+        assert!(w.forwards(pref32, 0xc000_0000, 0x1000));
+        assert!(!w.forwards(MEM, u64::MAX, 0x1000), "wraps");
+        assert!(!w.forwards(MEM, 0xc000_0000, 0), "empty");
+        assert!(
+            !PortWindows::default().forwards(MEM, 0xc000_0000, 0x1000),
+            "closed"
+        );
     }
 }

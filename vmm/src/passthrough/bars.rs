@@ -18,6 +18,12 @@
 //! VFIO (outside every bus lock) and comes back with decode off, as real functions do
 //! after a bus reset; the guest's driver then restores their config space.
 //!
+//! Memory decode switched off reaches the device only after the BAR's slots are gone
+//! ([`VfioPciDevice::release_decode`]): vfio-pci zaps its mmaps at that moment, and a
+//! slot still over them would fault a vCPU that touches the BAR. A BAR outside the
+//! windows its root port forwards now ([`PortWindows`]) is not live either; a guest
+//! write to those windows re-checks the BARs behind the port.
+//!
 //! Peer-to-peer DMA: for the functions it is on for, each directly mapped span is also
 //! DMA-mapped in the VFIO container at its guest physical address (IOVA = GPA, as guest
 //! RAM is), so that another passed-through device can DMA into the BAR (kernel VFIO
@@ -36,11 +42,11 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusDevice, SharedDevice};
-use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
+use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, RootPort, ROM_BAR_INDEX};
 use resources::{limited_debug, limited_log, LogLimiter};
 use vfio_glue::{DmaMapper, IovaRange, VfioPciDevice};
 
-use super::bar_rules::{BarWindows, ConfigEffects, Effect};
+use super::bar_rules::{BarWindows, ConfigEffects, Effect, PortWindows};
 use crate::io_buses::IoBuses;
 use crate::slots::{MemorySlots, SlotPool};
 
@@ -106,6 +112,8 @@ struct MapperState {
     functions: Vec<FunctionBars>,
     /// The functions behind each passthrough root port, by index.
     behind_ports: Vec<Vec<usize>>,
+    /// The passthrough root ports, by index (as `behind_ports`).
+    ports: Vec<Arc<Mutex<RootPort>>>,
 }
 
 /// Where peer-to-peer mappings go: the VFIO container and the IOVA ranges it accepts
@@ -146,6 +154,8 @@ pub struct BarMapperParams {
     pub effects: Arc<ConfigEffects>,
     /// The functions (indices in the mapper's list) behind each root port.
     pub behind_ports: Vec<Vec<usize>>,
+    /// The root ports, in the order of `behind_ports`.
+    pub ports: Vec<Arc<Mutex<RootPort>>>,
     /// Peer-to-peer DMA mappings, for the functions given with `p2p` set; `None`: off.
     pub p2p: Option<P2pDma>,
 }
@@ -191,6 +201,7 @@ impl BarMapper {
             p2p: p.p2p,
             functions,
             behind_ports: p.behind_ports,
+            ports: p.ports,
         };
         BarMapper {
             state: Mutex::new(state),
@@ -199,19 +210,27 @@ impl BarMapper {
     }
 
     /// Apply queued config-write effects. Called by vCPU threads after each port or MMIO
-    /// exit, outside any bus lock; cheap when nothing is queued.
+    /// exit, outside any bus lock; cheap when nothing is queued. Returns once every
+    /// effect queued before the call is in force, whichever vCPU applies it.
     pub fn apply_pending(&self) {
-        let queued = self.effects.take();
-        if queued.is_empty() {
+        if !self.effects.pending() {
             return;
         }
         let mut st = lock(&self.state);
-        for effect in queued {
-            match effect {
-                Effect::Function(function, result) => st.apply(function, &result),
-                Effect::BusReset(port) => st.bus_reset(port),
+        loop {
+            let queued = self.effects.take();
+            if queued.is_empty() {
+                break;
+            }
+            for effect in queued {
+                match effect {
+                    Effect::Function(function, result) => st.apply(function, &result),
+                    Effect::BusReset(port) => st.bus_reset(port),
+                    Effect::PortWindows(port) => st.port_windows(port),
+                }
             }
         }
+        self.effects.settle();
     }
 
     /// A machine reset: forget queued effects, then reset every function (BARs dead,
@@ -219,6 +238,7 @@ impl BarMapper {
     /// is returned.
     pub fn reset_all(&self) -> Result<(), vfio_glue::Error> {
         drop(self.effects.take());
+        self.effects.settle();
         let mut st = lock(&self.state);
         let mut first = Ok(());
         for f in 0..st.functions.len() {
@@ -252,6 +272,21 @@ impl BarMapper {
 }
 
 impl MapperState {
+    /// The guest wrote root port `port`'s windows: BARs behind it follow.
+    fn port_windows(&mut self, port: usize) {
+        for f in self.behind_ports.get(port).cloned().unwrap_or_default() {
+            for b in 0..self.functions[f].bars.len() {
+                self.sync_bar(f, b);
+            }
+        }
+    }
+
+    /// The windows of the root port above function `f`, if it has one.
+    fn windows_above(&self, f: usize) -> Option<PortWindows> {
+        let port = self.behind_ports.iter().position(|fs| fs.contains(&f))?;
+        Some(PortWindows::of(&lock(self.ports.get(port)?)))
+    }
+
     /// The guest's Secondary Bus Reset on root port `port`. A card that does not come
     /// back is a host problem the guest cannot report: said loudly, once per reset.
     fn bus_reset(&mut self, port: usize) {
@@ -311,10 +346,13 @@ impl MapperState {
         for b in 0..self.functions[f].bars.len() {
             self.sync_bar(f, b);
         }
+        // Only now, with the slots gone, may the device stop decoding.
+        lock(&self.functions[f].dev).release_decode();
     }
 
     /// Make BAR `b` of function `f` live where the guest wants it, if allowed.
     fn sync_bar(&mut self, f: usize, b: usize) {
+        let windows = self.windows_above(f);
         let func = &self.functions[f];
         let bar = &func.bars[b];
         let decodes = match (bar.info.index, bar.info.kind) {
@@ -322,24 +360,35 @@ impl MapperState {
             (_, BarKind::Io) => func.io_on,
             _ => func.mem_on,
         };
-        let want = decodes.then_some(bar.target);
-        if want == bar.live_at {
-            return;
-        }
-        let Some(addr) = want else {
-            self.unmap(f, b);
+        let Some(addr) = decodes.then_some(bar.target) else {
+            if bar.live_at.is_some() {
+                self.unmap(f, b);
+            }
             return;
         };
         let (kind, size) = (bar.info.kind, bar.info.size);
-        if let Err(why) = self.windows.check(kind, addr, size) {
-            limited_log!(
-                REFUSED_MOVE,
-                warn,
-                "{}: BAR {} at {addr:#x} ({size:#x} bytes) refused: {why:?}; it stays at {:x?}",
-                func.label,
-                bar.info.index,
-                bar.live_at
-            );
+        // Strait's own rules first: a refused move keeps the old mapping.
+        if Some(addr) != bar.live_at {
+            if let Err(why) = self.windows.check(kind, addr, size) {
+                limited_log!(
+                    REFUSED_MOVE,
+                    warn,
+                    "{}: BAR {} at {addr:#x} ({size:#x} bytes) refused: {why:?}; it stays at {:x?}",
+                    func.label,
+                    bar.info.index,
+                    bar.live_at
+                );
+                return;
+            }
+        }
+        // Then the guest's own routing: outside its port's windows a BAR is unreachable.
+        if !windows.is_none_or(|w| w.forwards(kind, addr, size)) {
+            if bar.live_at.is_some() {
+                self.unmap(f, b);
+            }
+            return;
+        }
+        if Some(addr) == bar.live_at {
             return;
         }
         let old = bar.live_at;

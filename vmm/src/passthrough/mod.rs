@@ -250,8 +250,13 @@ impl Passthrough {
             .map_err(PassthroughError::KvmVfioDevice)?;
         // Runs the host checks of `check_host` again before opening anything: the host
         // may have changed since `run` checked it.
-        let opened =
-            vfio_glue::open_devices(&HostPaths::default(), addrs, ram_bytes, Some(kvm_vfio))?;
+        let opened = vfio_glue::open_devices(
+            &crate::preopened::host_paths(),
+            addrs,
+            ram_bytes,
+            Some(kvm_vfio),
+            crate::preopened::take_vfio_fds(),
+        )?;
         let backends = opened
             .devices
             .into_iter()
@@ -339,6 +344,7 @@ impl Passthrough {
             windows,
             effects,
             behind_ports: self.behind_ports(),
+            ports: self.ports.ports(),
             p2p,
         };
         let on = |i: usize| {
@@ -429,25 +435,17 @@ impl Passthrough {
             .collect()
     }
 
-    /// BAR slots and traps out, then every function quiet and reset, each on a thread
-    /// of its own (a reset waits 100 ms or more; a function is done here when no thread
-    /// starts). Guest RAM's DMA is unmapped when the last function lets it go, in one
-    /// call per contiguous span.
+    /// BAR slots and traps out, then every function quiet and reset, one after the
+    /// other: the main thread, sandboxed by now, may not start threads (a pool started
+    /// before the sandbox would let the resets overlap). Guest RAM's DMA is unmapped
+    /// when the last function lets it go, in one call per contiguous span.
     pub fn shutdown(&self) {
         if let Some(bars) = &self.bars {
             bars.unmap_all();
         }
-        std::thread::scope(|s| {
-            for (_, f) in &self.functions {
-                let quiet = || lock(&f.dev).shutdown();
-                let spawned = std::thread::Builder::new()
-                    .name("strait-teardown".into())
-                    .spawn_scoped(s, quiet);
-                if spawned.is_err() {
-                    quiet();
-                }
-            }
-        });
+        for (_, f) in &self.functions {
+            lock(&f.dev).shutdown();
+        }
     }
 }
 

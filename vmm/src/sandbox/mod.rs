@@ -3,7 +3,8 @@
 //! work is done (a vCPU before its first KVM_RUN, the main thread after `build_vm`,
 //! helper threads as they start) and gives up, for itself:
 //! 1. privileges ([`privileges`]): the capability bounding set, root (`--user`), every
-//!    capability, then no_new_privs and a Landlock domain with no file access;
+//!    capability, then no_new_privs and a Landlock domain with no file access but the
+//!    [`PathRule`]s the thread keeps (the main thread: removing the API socket);
 //! 2. syscalls ([`seccomp`]): the seccomp filter of its kind (`--seccomp on|log|off`).
 //!
 //! Per thread, because credentials, capabilities, Landlock domains and seccomp filters
@@ -16,7 +17,7 @@ pub mod seccomp;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-pub use privileges::{Landlock, RunAs};
+pub use privileges::{main_thread_paths, Landlock, PathRule, RunAs};
 pub use seccomp::VIOLATION_EXIT_CODE;
 
 /// What a seccomp violation does (`--seccomp`).
@@ -137,15 +138,25 @@ pub fn configure(config: SandboxConfig) -> Result<(), SandboxError> {
 /// never called [`configure`] (unit tests, a library user) this does nothing: `strait
 /// run` always configures first.
 pub fn enter(kind: ThreadKind) -> Result<(), SandboxError> {
+    enter_keeping(kind, &[])
+}
+
+/// [`enter`], keeping the file rights `keep` under Landlock.
+pub fn enter_keeping(kind: ThreadKind, keep: &[PathRule]) -> Result<(), SandboxError> {
     let Some(config) = CONFIG.get().copied() else {
         return Ok(());
     };
-    let landlock = privileges::give_up(config.run_as)?;
+    let landlock = privileges::give_up(config.run_as, keep)?;
     if kind == ThreadKind::Main {
+        let kept: Vec<String> = keep.iter().map(|r| r.path.display().to_string()).collect();
         match landlock {
-            Landlock::Restricted(abi) => log::debug!("Landlock ABI {abi}: no file access"),
+            Landlock::Restricted(abi) => log::info!(
+                "Landlock ABI {abi}: no file access but removing files in [{}] \
+                 (checked: opening / is refused)",
+                kept.join(", ")
+            ),
             Landlock::Unsupported => {
-                log::debug!("Landlock unavailable: file access not restricted")
+                log::info!("Landlock unavailable: file access not restricted")
             }
         }
     }

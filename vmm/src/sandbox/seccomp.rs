@@ -13,9 +13,11 @@
 //!   BAR moves (KVM_SET_USER_MEMORY_REGION, and VFIO_IOMMU_MAP_DMA/UNMAP_DMA for the
 //!   BARs' peer-to-peer DMA mappings), MSI/MSI-X programming (KVM_IRQFD,
 //!   KVM_SET_GSI_ROUTING), eventfd reads and writes, register dumps of a dead guest;
-//! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
-//!   ioctls plus VFIO_DEVICE_RESET and the hot reset pair, VFIO_IOMMU_UNMAP_DMA, group release, close, the
-//!   readlink vfio-ioctls does when a device is dropped);
+//! - main, after setup: waiting, kicking vCPUs (tgkill), a reboot in place and teardown
+//!   (the devices' KVM/VFIO ioctls plus VFIO_DEVICE_RESET and the hot reset pair,
+//!   VFIO_IOMMU_UNMAP_DMA, group release, the in-kernel irqchip and PIT, close); no
+//!   KVM_RUN and no thread creation: vCPU threads park across a reboot and reset
+//!   themselves, and the teardown resets the functions one after the other;
 //! - signals: sigwait; stdin: read; prefault (RAM setup behind the running guest):
 //!   madvise, VFIO_IOMMU_MAP_DMA, getrlimit, config reads and writes (pread64/pwrite64
 //!   on VFIO device fds) releasing held bus mastering;
@@ -240,15 +242,15 @@ fn vcpu_ioctls() -> Vec<libc::c_ulong> {
     v
 }
 
-/// Syscalls of a vCPU thread besides ioctl.
-const VCPU_SYSCALLS: &[libc::c_long] = &[
+/// Syscalls besides ioctl of a thread driving devices (vCPU exits, a reset, teardown):
+/// VFIO region accesses, eventfds.
+const DEVICE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_read,
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_eventfd2,
-    libc::SYS_sched_setaffinity,
 ];
 
 /// The syscall rules of `kind`.
@@ -256,39 +258,27 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
     let mut r = common()?;
     match kind {
         ThreadKind::Vcpu => {
-            allow(&mut r, VCPU_SYSCALLS);
+            allow(&mut r, DEVICE_SYSCALLS);
+            allow(&mut r, &[libc::SYS_sched_setaffinity]);
             allow_ioctls(&mut r, &vcpu_ioctls())?;
         }
         ThreadKind::Main => {
-            // A superset of the vCPUs' list: a reboot in place starts the vCPU threads
-            // again from this thread, and they keep its filter under their own.
-            allow(&mut r, VCPU_SYSCALLS);
+            // Waiting, kicking vCPUs, a reboot in place (the vCPU threads park and reset
+            // themselves) and teardown: no thread creation, no KVM_RUN.
+            allow(&mut r, DEVICE_SYSCALLS);
             allow(
                 &mut r,
                 &[
                     libc::SYS_tgkill,
-                    libc::SYS_readlink,
                     libc::SYS_sched_getaffinity,
-                    libc::SYS_clone,
-                    libc::SYS_clone3,
-                    libc::SYS_prctl,
                     libc::SYS_epoll_ctl,
-                    // The API socket's removal at exit (Landlock refuses it; the next
-                    // start replaces a stale socket).
+                    // The API socket's removal at exit (the one file right the main
+                    // thread's Landlock domain keeps).
                     libc::SYS_unlink,
                     libc::SYS_unlinkat,
-                    // What a restarted vCPU thread does entering its own sandbox under
-                    // this filter: capabilities, Landlock, its seccomp filter.
-                    libc::SYS_capget,
-                    libc::SYS_capset,
-                    libc::SYS_geteuid,
-                    libc::SYS_landlock_create_ruleset,
-                    libc::SYS_landlock_add_rule,
-                    libc::SYS_landlock_restrict_self,
-                    libc::SYS_seccomp,
                 ],
             );
-            let mut ioctls = vcpu_ioctls();
+            let mut ioctls = guest_exit_ioctls();
             ioctls.extend([
                 VFIO_GROUP_UNSET_CONTAINER(),
                 KVM_SET_DEVICE_ATTR(),
@@ -501,18 +491,13 @@ mod tests {
                 libc::SYS_clone3,
                 libc::SYS_ptrace,
             ] {
-                // The main thread starts the vCPU threads again on a reboot in place.
-                let restarts_vcpus =
-                    kind == ThreadKind::Main && [libc::SYS_clone, libc::SYS_clone3].contains(&s);
-                if !restarts_vcpus {
-                    assert!(!r.contains_key(&s), "{kind:?} allows syscall {s}");
-                }
+                assert!(!r.contains_key(&s), "{kind:?} allows syscall {s}");
             }
         }
     }
 
     #[test]
-    fn only_vcpus_and_the_thread_restarting_them_may_run_the_guest() {
+    fn only_vcpus_may_run_the_guest() {
         let has_kvm_run = |kind| {
             let r = rules(kind).unwrap();
             r.get(&libc::SYS_ioctl).is_some_and(|rules| {
@@ -521,10 +506,8 @@ mod tests {
             })
         };
         assert!(has_kvm_run(ThreadKind::Vcpu));
-        // vCPU threads restarted by a reboot in place keep the main thread's filter
-        // under their own, so it must allow what theirs does.
-        assert!(has_kvm_run(ThreadKind::Main));
         for kind in [
+            ThreadKind::Main,
             ThreadKind::Signals,
             ThreadKind::Stdin,
             ThreadKind::Io,

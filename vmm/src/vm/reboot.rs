@@ -3,14 +3,14 @@
 //! as a PC does on a warm reset.
 //!
 //! Kept: guest RAM, mapped and DMA-pinned (not zeroed, as on real hardware), the KVM VM
-//! and vCPU fds, the memory slots, the GSIs and irqfds, the device fds. Reset, in this
+//! and vCPU fds and threads, the memory slots, the GSIs and irqfds, the device fds. Reset, in this
 //! order once every vCPU thread has stopped ([`Vm::reboot`]): the virtio devices, every
 //! passed-through function (BARs dead, VFIO reset, checked, its guest view at
 //! power-on) and the root ports, the platform devices, the in-kernel PIC, IOAPIC and
 //! PIT ([`PlatformState`]); then the kernel, initramfs, command line, zero page and
 //! ACPI tables are loaded again (the first MiB, where the boot tables live, zeroed
-//! first), and the vCPU threads start again, each restoring its power-on state first
-//! ([`crate::vcpu::reset_vcpu`]).
+//! first), and the vCPU threads, parked meanwhile ([`crate::restart_gate`]), go on, each
+//! restoring its power-on state first ([`crate::vcpu::reset_vcpu`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
@@ -104,7 +104,7 @@ impl Vm {
     pub(super) fn reboot(&mut self, how: &str) -> Result<(), Error> {
         let started = Instant::now();
         log::info!("guest reboot ({how}): resetting the VM in place");
-        let fds = self.join_vcpus()?;
+        self.park_vcpus()?;
         self.virtio.reset();
         if let Some(p) = &self.passthrough {
             p.reset()?;
@@ -119,7 +119,7 @@ impl Vm {
         restart.boot.entry = boot.entry;
         restart.boot.cr3 = boot.cr3;
         let cpu = Arc::new(restart.boot.clone());
-        let barrier = Arc::new(Barrier::new(fds.len()));
+        let barrier = Arc::new(Barrier::new(restart.power_on.len()));
         let orders = restart
             .power_on
             .iter()
@@ -131,7 +131,7 @@ impl Vm {
             .collect();
         self.stop.rearm();
         let boots = self.boots.fetch_add(1, Ordering::SeqCst) + 1;
-        self.spawn_vcpus(fds, Some(orders))?;
+        self.restart_gate.release(orders);
         log::info!(
             "reboot: boot {boots} started {} ms after the guest's request",
             started.elapsed().as_millis()

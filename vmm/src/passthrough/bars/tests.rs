@@ -91,6 +91,15 @@ fn build_function(rom: bool) -> Arc<Mutex<VfioPciDevice>> {
     Arc::new(Mutex::new(d))
 }
 
+/// The root port above the function, forwarding the whole 32-bit MMIO window and the
+/// first 4 KiB of I/O, as Strait programs it.
+fn port() -> Arc<Mutex<RootPort>> {
+    let mut p = RootPort::new(devices::pci::RootPortConfig::new(0, 1)).unwrap();
+    p.set_mem_window(Some(0xc000_0000..=0xdfff_ffff)).unwrap();
+    p.set_io_window(Some(0x1000..=0x1fff)).unwrap();
+    Arc::new(Mutex::new(p))
+}
+
 fn mapper() -> (
     BarMapper,
     Arc<FakeSlots>,
@@ -107,10 +116,26 @@ fn mapper() -> (
         windows: windows(),
         effects: Arc::default(),
         behind_ports: vec![vec![0]],
+        ports: vec![port()],
         p2p: None,
     };
     let m = BarMapper::new(params, vec![("f".into(), dev.clone(), false)]);
     (m, slots, buses, dev)
+}
+
+/// ECAM over the mapper's root port at 00:01.0 and the function behind it at 01:00.0,
+/// with the mapper's config-write handler.
+fn ecam_over(m: &BarMapper, dev: &Arc<Mutex<VfioPciDevice>>) -> PciEcam {
+    let shared: SharedPciDevice = dev.clone();
+    let port: SharedPciDevice = lock(&m.state).ports[0].clone();
+    let mut root = PciRoot::new(0);
+    root.add_device("00:01.0".parse().unwrap(), port.clone())
+        .unwrap();
+    root.add_device("01:00.0".parse().unwrap(), shared.clone())
+        .unwrap();
+    let root = Arc::new(root);
+    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
+    PciEcam::new(root, Some(handler))
 }
 
 fn decode(mem: Option<bool>, io: Option<bool>) -> ConfigWriteResult {
@@ -251,17 +276,7 @@ fn trapped_io_bar_reaches_the_function() {
 #[test]
 fn secondary_bus_reset_on_the_port_resets_the_function_behind_it() {
     let (m, slots, buses, dev) = mapper();
-    let shared: SharedPciDevice = dev.clone();
-    let port = devices::pci::RootPort::new(devices::pci::RootPortConfig::new(0, 1)).unwrap();
-    let port: SharedPciDevice = Arc::new(Mutex::new(port));
-    let mut root = PciRoot::new(0);
-    root.add_device("00:01.0".parse().unwrap(), port.clone())
-        .unwrap();
-    root.add_device("01:00.0".parse().unwrap(), shared.clone())
-        .unwrap();
-    let root = Arc::new(root);
-    let handler = m.effects.handler(root.clone(), vec![shared], vec![port]);
-    let mut ecam = PciEcam::new(root, Some(handler));
+    let mut ecam = ecam_over(&m, &dev);
     ecam.write(0, 1 << 20 | 4, &[0x03, 0x00]);
     m.apply_pending();
     assert!(!slots.live().is_empty());
@@ -313,6 +328,7 @@ fn the_rom_decodes_only_with_its_enable_bit_and_memory_decode() {
         windows: windows(),
         effects: Arc::default(),
         behind_ports: vec![vec![0]],
+        ports: vec![port()],
         p2p: None,
     };
     let m = BarMapper::new(params, vec![("f".into(), build_function(true), false)]);
@@ -334,6 +350,93 @@ fn the_rom_decodes_only_with_its_enable_bit_and_memory_decode() {
     assert_eq!(rom_live(), None);
 }
 
+#[test]
+fn a_bar_outside_the_ports_current_window_is_not_live() {
+    let (m, slots, _, _) = mapper();
+    apply(&m, decode(Some(true), None));
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    // The guest shrinks the port's memory window below BAR0 (inside the host bridge
+    // window): the BAR is no longer reachable.
+    let port = lock(&m.state).ports[0].clone();
+    lock(&port)
+        .set_mem_window(Some(0xd000_0000..=0xd00f_ffff))
+        .unwrap();
+    m.effects.push_port_windows(0);
+    m.apply_pending();
+    assert!(slots.live().is_empty());
+    // A move into the new window makes it live there; one out of it does not.
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    assert_eq!(slots.live(), vec![(1, 0xd000_0000, 0x4000)]);
+    apply(&m, moved(0, 0xd000_0000, 0xd010_0000));
+    assert!(slots.live().is_empty(), "outside the port's window");
+    // Closed window: nothing behind the port decodes.
+    lock(&port).set_mem_window(None).unwrap();
+    apply(&m, moved(0, 0xd010_0000, 0xd000_0000));
+    assert!(slots.live().is_empty());
+}
+
+#[test]
+fn a_guest_write_to_the_ports_window_reaches_the_mapper() {
+    let (m, slots, _, dev) = mapper();
+    let mut ecam = ecam_over(&m, &dev);
+    ecam.write(0, 1 << 20 | 4, &[0x02, 0x00]);
+    m.apply_pending();
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+    // Memory base/limit (0x20) of 00:01.0: 0xd000_0000..=0xd00f_ffff.
+    ecam.write(0, 1 << 15 | 0x20, &[0x00, 0xd0, 0x00, 0xd0]);
+    m.apply_pending();
+    assert!(slots.live().is_empty());
+    ecam.write(0, 1 << 15 | 0x20, &[0x00, 0xc0, 0xf0, 0xdf]);
+    m.apply_pending();
+    assert_eq!(slots.live(), vec![(1, BAR0, 0x4000)]);
+}
+
+#[test]
+fn decode_off_reaches_the_device_after_the_slot_is_gone() {
+    let (m, slots, _, dev) = mapper();
+    lock(&dev).config_write(1, 0, &[0x02, 0x00]);
+    apply(&m, decode(Some(true), None));
+    let device_decodes = || lock(&dev).device_command() & 0x2 != 0;
+    assert!(device_decodes());
+    // The guest's write: the vCPU's dispatch, then its effects.
+    let r = lock(&dev).config_write(1, 0, &[0x00, 0x00]);
+    assert!(
+        !slots.live().is_empty() && device_decodes(),
+        "slot and decode both on"
+    );
+    m.effects.push(0, r);
+    m.apply_pending();
+    assert!(slots.live().is_empty());
+    assert!(!device_decodes(), "decode off once the slot is gone");
+}
+
+#[test]
+fn effects_another_vcpu_took_are_in_force_before_apply_pending_returns() {
+    let (m, slots, _, _) = mapper();
+    m.effects.push(0, decode(Some(true), None));
+    // Another vCPU took the effect off the queue and applies it while holding the
+    // mapper: this vCPU must wait for it, not return with the queue empty.
+    let st = lock(&m.state);
+    let taken = m.effects.take();
+    assert!(m.effects.pending(), "still pending while being applied");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            m.apply_pending();
+            slots.live()
+        });
+        let mut st = st;
+        for e in taken {
+            if let Effect::Function(f, r) = e {
+                st.apply(f, &r);
+            }
+        }
+        drop(st);
+        assert_eq!(waiter.join().unwrap(), vec![(1, BAR0, 0x4000)]);
+    });
+    m.apply_pending();
+    assert!(!m.effects.pending());
+}
+
 /// A mapper whose function has peer-to-peer DMA on (`p2p`), over a fake container
 /// accepting `iova`; the container's calls land in the returned log.
 fn p2p_mapper(p2p: bool, iova: Vec<vfio_glue::IovaRange>) -> (BarMapper, CallLog) {
@@ -345,6 +448,7 @@ fn p2p_mapper(p2p: bool, iova: Vec<vfio_glue::IovaRange>) -> (BarMapper, CallLog
         windows: windows(),
         effects: Arc::default(),
         behind_ports: vec![vec![0]],
+        ports: vec![port()],
         p2p: Some(P2pDma {
             mapper: Arc::new(FakeDmaMapper::new(log.clone(), iova.clone())),
             iova,
