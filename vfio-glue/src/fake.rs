@@ -20,16 +20,10 @@ use crate::mapping::HostMapping;
 pub struct NullRouter;
 
 impl devices::interrupt::MsiRouter for NullRouter {
-    fn update(&mut self, _: u16, _: devices::interrupt::MsiMessage, _: bool) -> io::Result<()> {
-        Ok(())
-    }
-    fn enable(&mut self, _: Option<u16>) -> io::Result<()> {
+    fn apply(&mut self, _: &[devices::interrupt::MsiChange]) -> io::Result<()> {
         Ok(())
     }
     fn trigger(&mut self, _: u16) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
         Ok(())
     }
 }

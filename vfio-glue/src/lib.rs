@@ -42,6 +42,6 @@ pub use container::{Container, DmaMapper, GuestDma, IovaRange};
 pub use device::{VfioBackend, VfioDeviceOps};
 pub use error::{Error, Result};
 pub use host::{check_memlock, HostDevice, HostPaths};
-pub use irq::{IntxFds, IrqProvider, MsiKind, MsiVectors};
+pub use irq::{Holder, IntxFds, IrqProvider, MsiKind, MsiVectors};
 pub use open::{open_devices, OpenedDevices};
 pub use pci::{DirectMapping, VfioPciDevice, VfioPciParams};
