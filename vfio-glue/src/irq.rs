@@ -156,7 +156,7 @@ impl MsiLine {
 
     /// Apply what one guest access changed: routes and irqfds first (through the
     /// router), so VFIO never signals an eventfd KVM does not deliver yet, then
-    /// SET_IRQS. Returns whether the line was turned on (`Some(true)`) or off
+    /// SET_IRQS (the other way round when the access disabled the capability). Returns whether the line was turned on (`Some(true)`) or off
     /// (`Some(false)`), so the caller switches INTx; `before_enable` turns the other
     /// modes off first.
     pub(crate) fn apply(
@@ -169,6 +169,11 @@ impl MsiLine {
             return Ok(None);
         }
         limited_debug!(CHANGES, "{:?} changes {changes:?}", self.kind);
+        if changes.contains(&MsiChange::Enable(None)) {
+            // Off in the reverse order: VFIO stops signalling before the irqfds go.
+            let switched = self.apply_vfio(ops, changes, before_enable)?;
+            return self.router.apply(changes).map(|()| switched);
+        }
         let routed = self.router.apply(changes);
         let switched = self.apply_vfio(ops, changes, before_enable)?;
         routed.map(|()| switched)
@@ -201,7 +206,9 @@ impl MsiLine {
                     self.function_masked = m;
                     // The vectors in use: attached, or unmasked and waiting for it.
                     let targets = self.targets.iter().flatten().zip(&self.unmasked);
-                    let in_use = targets.enumerate().filter(|(_, (t, u))| **t != Target::Nothing || **u);
+                    let in_use = targets
+                        .enumerate()
+                        .filter(|(_, (t, u))| **t != Target::Nothing || **u);
                     touched.extend(in_use.map(|(v, _)| v));
                 }
                 MsiChange::Vector { vector, masked, .. } => {
@@ -422,7 +429,10 @@ mod tests {
         let log = CallLog::default();
         let dev = FakeDevice::new(log.clone(), &[]);
         let (mut l, _) = line(MsiKind::Msix, 4);
-        assert_eq!(apply(&mut l, &dev, &[MsiChange::Enable(Some(4))]), Some(true));
+        assert_eq!(
+            apply(&mut l, &dev, &[MsiChange::Enable(Some(4))]),
+            Some(true)
+        );
         assert_eq!(
             log.irq_calls(),
             vec![Call::IrqTrigger {
@@ -455,7 +465,11 @@ mod tests {
         let log = CallLog::default();
         let dev = FakeDevice::new(log.clone(), &[]);
         let (mut l, _) = line(MsiKind::Msix, 2);
-        apply(&mut l, &dev, &[MsiChange::Enable(Some(2)), vector(1, false)]);
+        apply(
+            &mut l,
+            &dev,
+            &[MsiChange::Enable(Some(2)), vector(1, false)],
+        );
         apply(&mut l, &dev, &[vector(1, true)]);
         assert!(!l.held(1));
         // The device fires while masked: VFIO signals the hold eventfd.
@@ -473,7 +487,11 @@ mod tests {
         let log = CallLog::default();
         let dev = FakeDevice::new(log.clone(), &[]);
         let (mut l, raw) = line(MsiKind::Msix, 3);
-        let enable = [MsiChange::Enable(Some(3)), vector(0, false), vector(2, false)];
+        let enable = [
+            MsiChange::Enable(Some(3)),
+            vector(0, false),
+            vector(2, false),
+        ];
         apply(&mut l, &dev, &enable);
         assert_eq!(
             log.irq_calls(),
@@ -562,7 +580,11 @@ mod tests {
         let log = CallLog::default();
         let dev = FakeDevice::new(log.clone(), &[]);
         let (mut l, _) = line(MsiKind::Msix, 2);
-        apply(&mut l, &dev, &[MsiChange::Enable(Some(2)), vector(0, false)]);
+        apply(
+            &mut l,
+            &dev,
+            &[MsiChange::Enable(Some(2)), vector(0, false)],
+        );
         apply(&mut l, &dev, &[vector(0, true)]);
         l.holds[0].as_ref().unwrap().write(1).unwrap();
         log.take();
@@ -582,7 +604,11 @@ mod tests {
         let log = CallLog::default();
         let dev = FakeDevice::new(log.clone(), &[]);
         let (mut l, raw) = line(MsiKind::Msi, 4);
-        apply(&mut l, &dev, &[MsiChange::Enable(Some(2)), vector(0, false)]);
+        apply(
+            &mut l,
+            &dev,
+            &[MsiChange::Enable(Some(2)), vector(0, false)],
+        );
         apply(&mut l, &dev, &[vector(0, true)]);
         assert_eq!(
             log.irq_calls(),

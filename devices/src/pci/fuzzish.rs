@@ -4,8 +4,8 @@
 use super::config::{ConfigSize, PciIds};
 use super::ratelimit::apply_changes;
 use super::testutil::{Call, RecordingRouter};
-use crate::interrupt::MsiRouter;
 use super::{HostBridge, Msix, MsixLayout, PciConfigSpace, PciDevice, RootPort, RootPortConfig};
+use crate::interrupt::MsiRouter;
 
 /// xorshift64: a fixed, dependency-free sequence.
 struct Rng(u64);

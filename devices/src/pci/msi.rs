@@ -266,8 +266,8 @@ impl Msi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::config::{ConfigSize, PciIds};
     use crate::interrupt::MsiRouter;
+    use crate::pci::config::{ConfigSize, PciIds};
     use crate::pci::ratelimit::apply_changes;
     use crate::pci::testutil::{msg, Call, RecordingRouter};
 

@@ -253,7 +253,12 @@ impl Msix {
 
     /// Call after every guest config write of `len` bytes at byte `offset`; acts when
     /// it touched the message control register. Returns what changed.
-    pub fn config_write(&mut self, cfg: &PciConfigSpace, offset: usize, len: usize) -> Vec<MsiChange> {
+    pub fn config_write(
+        &mut self,
+        cfg: &PciConfigSpace,
+        offset: usize,
+        len: usize,
+    ) -> Vec<MsiChange> {
         let Some(cap) = self.cap_offset else {
             return Vec::new();
         };
@@ -446,8 +451,8 @@ impl Msix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::config::{ConfigSize, PciIds};
     use crate::interrupt::MsiRouter;
+    use crate::pci::config::{ConfigSize, PciIds};
     use crate::pci::ratelimit::apply_changes;
     use crate::pci::testutil::{msg, Call, RecordingRouter};
 
@@ -581,17 +586,15 @@ mod tests {
             }),
             PciError::BadMsixLayout { .. }
         ));
-        assert!(Msix::new(
-            MsixLayout {
-                pba_offset: 0x2040,
-                ..LAYOUT
+        assert!(Msix::new(MsixLayout {
+            pba_offset: 0x2040,
+            ..LAYOUT
         })
         .is_ok());
-        assert!(Msix::new(
-            MsixLayout {
-                pba_bir: 1,
-                pba_offset: 0x2000,
-                ..LAYOUT
+        assert!(Msix::new(MsixLayout {
+            pba_bir: 1,
+            pba_offset: 0x2000,
+            ..LAYOUT
         })
         .is_ok());
     }
@@ -772,7 +775,10 @@ mod tests {
         let mut msix = Msix::new(layout).unwrap();
         let cap = msix.add_to(&mut cfg).unwrap();
         for v in 0..u64::from(MSIX_MAX_VECTORS) {
-            assert_eq!(msix.write(0, v * 16 + 12, &0u32.to_le_bytes()), Some(vec![]));
+            assert_eq!(
+                msix.write(0, v * 16 + 12, &0u32.to_le_bytes()),
+                Some(vec![])
+            );
         }
         let mut control = |c: u16| {
             cfg.write((cap + 2) / 4, ((cap + 2) % 4) as u64, &c.to_le_bytes());

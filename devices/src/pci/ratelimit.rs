@@ -20,10 +20,7 @@ pub(crate) fn log_router_error(what: &str, res: std::io::Result<()>) {
     static LIMIT: LogLimiter = LogLimiter::new();
     if let Err(e) = res {
         if LIMIT.allow() {
-            log::error!(
-                "MSI router {what} failed (failure #{}): {e}",
-                LIMIT.count()
-            );
+            log::error!("MSI router {what} failed (failure #{}): {e}", LIMIT.count());
         }
     }
 }

@@ -584,7 +584,10 @@ impl PciDevice for VirtioPciTransport {
             return;
         }
         let router = &mut self.router;
-        if !self.msix.read(index, offset, data, &mut |v| router.is_pending(v)) {
+        if !self
+            .msix
+            .read(index, offset, data, &mut |v| router.is_pending(v))
+        {
             self.region_read(offset, data);
         }
     }

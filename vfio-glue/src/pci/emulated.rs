@@ -112,7 +112,9 @@ impl EmulatedMsix {
         for v in 0..l.vectors {
             let entry = u64::from(l.table_offset) + u64::from(v) * 16;
             for (at, value) in [(0, 0u32), (4, 0), (8, 0), (12, 1)] {
-                let c = self.emu.write(l.table_bir, entry + at, &value.to_le_bytes());
+                let c = self
+                    .emu
+                    .write(l.table_bir, entry + at, &value.to_le_bytes());
                 changes.extend(c.unwrap_or_default());
             }
             self.emu.set_pending(v, false);

@@ -301,8 +301,14 @@ impl VfioPciDevice {
         let ops = &*self.ops;
         let (msix, msi, intx) = (&mut self.msix, &mut self.msi, &mut self.intx);
         let (line, other) = match kind {
-            MsiKind::Msix => (msix.as_mut().map(|m| &mut m.line), msi.as_mut().map(|m| &mut m.line)),
-            MsiKind::Msi => (msi.as_mut().map(|m| &mut m.line), msix.as_mut().map(|m| &mut m.line)),
+            MsiKind::Msix => (
+                msix.as_mut().map(|m| &mut m.line),
+                msi.as_mut().map(|m| &mut m.line),
+            ),
+            MsiKind::Msi => (
+                msi.as_mut().map(|m| &mut m.line),
+                msix.as_mut().map(|m| &mut m.line),
+            ),
         };
         let (Some(line), mut other) = (line, other) else {
             return;
@@ -312,7 +318,11 @@ impl VfioPciDevice {
             other.as_mut().map_or(Ok(()), |m| m.disable(ops))
         };
         let mut turned_off = false;
-        log_irq_result(self.addr, line.apply(ops, changes, &mut before), &mut turned_off);
+        log_irq_result(
+            self.addr,
+            line.apply(ops, changes, &mut before),
+            &mut turned_off,
+        );
         let any_on = self.msix.as_ref().is_some_and(|m| m.line.enabled())
             || self.msi.as_ref().is_some_and(|m| m.line.enabled());
         if turned_off && !any_on {
@@ -463,12 +473,17 @@ impl PciDevice for VfioPciDevice {
             // Header type (read-only) shares this dword with cache line size,
             // latency timer and BIST, which the device handles.
             o if self.msix.as_ref().is_some_and(|m| m.cap.covers(o)) => {
-                if let Some(changes) = self.msix.as_mut().map(|m| m.config_write(off, offset, data)) {
+                if let Some(changes) = self
+                    .msix
+                    .as_mut()
+                    .map(|m| m.config_write(off, offset, data))
+                {
                     self.apply_irqs(MsiKind::Msix, &changes);
                 }
             }
             o if self.msi.as_ref().is_some_and(|m| m.cap.covers(o)) => {
-                if let Some(changes) = self.msi.as_mut().map(|m| m.config_write(off, offset, data)) {
+                if let Some(changes) = self.msi.as_mut().map(|m| m.config_write(off, offset, data))
+                {
                     self.apply_irqs(MsiKind::Msi, &changes);
                 }
             }
@@ -523,7 +538,11 @@ impl PciDevice for VfioPciDevice {
         // Where a guest write to the MSI-X table starts its way to KVM and VFIO: the
         // model returns what changed and `apply_irqs` -> `MsiLine::apply` makes the
         // routes, irqfds and SET_IRQS calls (see the module header of `crate::irq`).
-        if let Some(changes) = self.msix.as_mut().and_then(|m| m.emu.write(index, offset, data)) {
+        if let Some(changes) = self
+            .msix
+            .as_mut()
+            .and_then(|m| m.emu.write(index, offset, data))
+        {
             self.apply_irqs(MsiKind::Msix, &changes);
             return;
         }

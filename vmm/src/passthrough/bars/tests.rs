@@ -5,7 +5,7 @@ use devices::pci::{Bdf, PciRoot};
 use devices::pci::{PciEcam, SharedPciDevice};
 use vfio_glue::device::RegionInfo;
 use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper};
-use vfio_glue::{GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
+use vfio_glue::{GuestDma, Holder, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciParams};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const GIB: u64 = 1 << 30;
@@ -52,7 +52,7 @@ impl MemorySlots for FakeSlots {
 struct NoIrqs;
 
 impl IrqProvider for NoIrqs {
-    fn msi(&mut self, _: MsiKind, _: u16) -> io::Result<MsiVectors> {
+    fn msi(&mut self, _: MsiKind, _: u16, _: Holder) -> io::Result<MsiVectors> {
         Err(io::ErrorKind::Unsupported.into())
     }
     fn intx(&mut self, _: u8) -> io::Result<IntxFds> {
