@@ -535,9 +535,9 @@ impl PciDevice for VfioPciDevice {
             );
             return;
         }
-        // Where a guest write to the MSI-X table starts its way to KVM and VFIO: the
-        // model returns what changed and `apply_irqs` -> `MsiLine::apply` makes the
-        // routes, irqfds and SET_IRQS calls (see the module header of `crate::irq`).
+        // A guest write to the MSI-X table: the model returns what changed and
+        // `apply_irqs` -> `MsiLine::apply` makes the route, irqfd and SET_IRQS calls
+        // (the whole way, counted in files and crate crossings: `crate::irq`'s header).
         if let Some(changes) = self
             .msix
             .as_mut()
