@@ -76,6 +76,7 @@ fn vfio_function() -> VfioPciDevice {
     let params = VfioPciParams {
         addr: "0000:01:00.0".parse().expect("address"),
         multifunction: false,
+        clique: None,
     };
     VfioPciDevice::new(Box::new(dev), dma, &mut Irqs, params).expect("fake function")
 }

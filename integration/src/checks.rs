@@ -308,6 +308,54 @@ echo "TSC deadline timer available""#;
     check("tsc-deadline", body.to_string())
 }
 
+/// L2 believes it runs on bare metal: no `hypervisor` flag in /proc/cpuinfo and no
+/// "Hypervisor detected" in dmesg. The detail names the clock source it chose instead
+/// of kvm-clock.
+pub fn no_hypervisor() -> Check {
+    let body = r#"grep -q -w hypervisor /proc/cpuinfo && { echo "/proc/cpuinfo has the hypervisor flag"; return 1; }
+hv=$(dmesg | grep 'Hypervisor detected') && { echo "dmesg: $hv"; return 1; }
+cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+[ "$cs" != kvm-clock ] || { echo "clock source is kvm-clock"; return 1; }
+echo "no hypervisor flag, no 'Hypervisor detected', clock source $cs; $(dmesg | grep -i -m4 'tsc' | sed 's/^\[[^]]*\] //' | tr '\n' ';')""#;
+    check("no-hypervisor", body.to_string())
+}
+
+/// L2 has `nodes` NUMA nodes, node `i` with CPU `i` and about `memory_mib / nodes` of RAM
+/// (at least half of it: the kernel's own reservations sit on node 0), and a SLIT
+/// distance row per node.
+pub fn numa_nodes(nodes: u32, memory_mib: u32) -> Check {
+    let low = u64::from(memory_mib / nodes) * 1024 / 2;
+    let body = format!(
+        r#"n=$(ls -d /sys/devices/system/node/node[0-9]* | wc -l)
+[ "$n" = {nodes} ] || {{ echo "$n NUMA nodes, want {nodes} ($(dmesg | grep -i -m2 'srat\|numa' | tr '
+' ';'))"; return 1; }}
+out=""
+i=0
+while [ $i -lt {nodes} ]; do
+	d=/sys/devices/system/node/node$i
+	c=$(cat $d/cpulist)
+	[ "$c" = $i ] || {{ echo "node$i has CPUs '$c', want $i"; return 1; }}
+	kb=$(awk '/MemTotal/ {{ print $4 }}' $d/meminfo)
+	[ "$kb" -ge {low} ] || {{ echo "node$i has $kb kB, want at least {low}"; return 1; }}
+	out="$out node$i: CPU $c, $kb kB, distances $(cat $d/distance);"
+	i=$((i + 1))
+done
+echo "$out""#
+    );
+    check("numa-nodes", body)
+}
+
+/// `device`'s `numa_node` in L2 is `node`.
+pub fn device_node(device: Device, node: u32) -> Check {
+    let mut body = pci_lookup(device);
+    body.push_str(&format!(
+        r#"n=$(cat $d/numa_node)
+[ "$n" = {node} ] || {{ echo "${{d##*/}} numa_node $n, want {node}"; return 1; }}
+echo "${{d##*/}} numa_node $n""#
+    ));
+    check(&format!("{}-node", device.name()), body)
+}
+
 /// MemTotal lies between 80% and 100% of the configured RAM (the kernel
 /// keeps its image and early reservations out of MemTotal).
 pub fn memory(memory_mib: u32) -> Check {
@@ -331,6 +379,22 @@ drv=$(driver_of $d)
 echo "${d##*/} bound to bochs-drm, /dev/dri/card0 present""#,
     );
     check("bochs-drm", body)
+}
+
+/// The GPU-like slot's HD-audio function sits in the display's slot as function 1
+/// and the stock snd_hda_intel driver bound it.
+pub fn hda_in_display_slot() -> Check {
+    let (vendor, id) = Device::HDA_ID;
+    let mut body = pci_lookup(Device::GpuSlot);
+    body.push_str(&format!(
+        r#"h=$(find_pci 0x{vendor:04x} 0x{id:04x}) || {{ echo "no HD-audio function ({vendor:04x}:{id:04x}) on the PCI bus"; return 1; }}
+[ "${{h%.*}}" = "${{d%.*}}" ] && [ "${{d##*.}}" = 0 ] && [ "${{h##*.}}" = 1 ] || {{ echo "display ${{d##*/}} and audio ${{h##*/}} are not functions 0 and 1 of one slot"; return 1; }}
+n=0; while [ "$(driver_of $h)" != snd_hda_intel ] && [ $n -lt 100 ]; do n=$((n + 1)); usleep 100000; done
+drv=$(driver_of $h)
+[ "$drv" = snd_hda_intel ] || {{ echo "${{h##*/}} bound to '$drv', want snd_hda_intel"; return 1; }}
+echo "${{d##*/}} display and ${{h##*/}} audio in one slot, audio bound to snd_hda_intel""#
+    ));
+    check("hda-slot", body)
 }
 
 /// ivshmem's 8 GiB BAR2 sits above 4 GiB and a word written through it

@@ -16,11 +16,24 @@ pub enum Device {
     Ivshmem,
     /// QEMU's educational device (MMIO registers, DMA, INTx and MSI).
     Edu,
+    /// A GPU-like multi-function slot: bochs-display at function 0 and an ICH9 HD-audio
+    /// controller at function 1 (like a GPU and its HDMI audio), in one IOMMU group.
+    /// Found by its display function; passed through as a whole slot.
+    GpuSlot,
 }
 
 impl Device {
     /// Every device, in the order L0 adds them.
-    pub const ALL: [Device; 4] = [Device::Nvme, Device::Bochs, Device::Ivshmem, Device::Edu];
+    pub const ALL: [Device; 5] = [
+        Device::Nvme,
+        Device::Bochs,
+        Device::Ivshmem,
+        Device::Edu,
+        Device::GpuSlot,
+    ];
+
+    /// PCI vendor and device id of the HD-audio function of [`Device::GpuSlot`].
+    pub const HDA_ID: (u16, u16) = (0x8086, 0x293e);
 
     /// PCI vendor and device id: how L1 and L2 find the device in sysfs.
     pub fn pci_id(self) -> (u16, u16) {
@@ -29,6 +42,7 @@ impl Device {
             Device::Bochs => (0x1234, 0x1111),
             Device::Ivshmem => (0x1af4, 0x1110),
             Device::Edu => (0x1234, 0x11e8),
+            Device::GpuSlot => (0x1234, 0x1111),
         }
     }
 
@@ -39,6 +53,16 @@ impl Device {
             Device::Bochs => "bochs-display",
             Device::Ivshmem => "ivshmem",
             Device::Edu => "edu",
+            Device::GpuSlot => "gpu-slot",
+        }
+    }
+
+    /// Functions of the device's slot when it is passed through as a whole slot
+    /// (`"host": "DDDD:BB:DD"`); `None` for a single function.
+    pub fn slot_functions(self) -> Option<u8> {
+        match self {
+            Device::GpuSlot => Some(2),
+            _ => None,
         }
     }
 
@@ -46,9 +70,14 @@ impl Device {
     pub fn l2_modules(self) -> &'static [ModuleRequest] {
         const NVME: &[ModuleRequest] = &[ModuleRequest::required(&["nvme"])];
         const BOCHS: &[ModuleRequest] = &[ModuleRequest::required(&["bochs", "bochs-drm"])];
+        const GPU_SLOT: &[ModuleRequest] = &[
+            ModuleRequest::required(&["bochs", "bochs-drm"]),
+            ModuleRequest::required(&["snd-hda-intel"]),
+        ];
         match self {
             Device::Nvme => NVME,
             Device::Bochs => BOCHS,
+            Device::GpuSlot => GPU_SLOT,
             Device::Ivshmem | Device::Edu => &[],
         }
     }

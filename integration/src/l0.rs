@@ -46,12 +46,25 @@ pub struct L0Config {
     pub work_dir: PathBuf,
     /// Emulated devices to add.
     pub devices: Vec<Device>,
+    /// Two NUMA nodes (CPU `i` and half the RAM on node `i`) and the devices behind a
+    /// root port on a pxb-pcie expander bus (bus 0x80) on node 1.
+    pub numa: bool,
 }
 
+/// The expander bus's root port that devices plug into when [`L0Config::numa`] is set.
+const NUMA_PORT: &str = "rpx";
+
 /// L1's kernel command line. 1 GiB pages can only be had at boot.
+///
+/// `no_timer_check`: under TCG on a loaded host, the kernel's check that the timer
+/// interrupt arrives through the (interrupt-remapped) IO-APIC can time out, and L1 then
+/// panics with "timer doesn't work through Interrupt-remapped IO-APIC" before any test
+/// runs (seen with the machine's two cores shared by several testbeds). The timer works;
+/// only the check's window is too short for an emulated CPU that is not scheduled.
 pub fn l1_cmdline(scenario: &Scenario) -> String {
-    let mut cmdline =
-        String::from("console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet mitigations=off");
+    let mut cmdline = String::from(
+        "console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet mitigations=off no_timer_check",
+    );
     if scenario.hugepages == HugePages::Size1G {
         let pages = scenario.memory_mib.div_ceil(1024);
         cmdline.push_str(&format!(" hugepagesz=1G hugepages={pages}"));
@@ -110,6 +123,13 @@ fn device_args(device: Device, work_dir: &Path) -> Vec<String> {
             strings(&["-object", &backend, "-device", "ivshmem-plain,memdev=shm0"])
         }
         Device::Edu => strings(&["-device", "edu"]),
+        // Slot 0x10 of the root bus: L1's own devices take the low slots.
+        Device::GpuSlot => strings(&[
+            "-device",
+            "bochs-display,bus=pcie.0,addr=0x10.0,multifunction=on",
+            "-device",
+            "ich9-intel-hda,bus=pcie.0,addr=0x10.1",
+        ]),
     }
 }
 
@@ -139,23 +159,67 @@ pub fn l0_args(cfg: &L0Config) -> Vec<String> {
         "-m".into(),
         format!("{}M", cfg.memory_mib),
     ]);
-    for device in &cfg.devices {
-        args.extend(device_args(*device, &cfg.work_dir));
+    if cfg.numa {
+        args.extend(numa_args(cfg.memory_mib));
     }
+    for device in &cfg.devices {
+        let mut a = device_args(*device, &cfg.work_dir);
+        if cfg.numa {
+            // Every `-device` goes behind the expander's root port.
+            for i in 1..a.len() {
+                if a[i - 1] == "-device" {
+                    a[i].push_str(&format!(",bus={NUMA_PORT}"));
+                }
+            }
+        }
+        args.extend(a);
+    }
+    let host_share =
+        "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap".to_string();
     let work_share = format!(
         "local,path={},mount_tag=work,security_model=none",
         cfg.work_dir.display()
     );
-    args.extend([
-        "-virtfs".into(),
-        "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap".into(),
-        "-virtfs".into(),
-        work_share,
-    ]);
+    for (id, share) in [("host", host_share), ("work", work_share)] {
+        if cfg.numa {
+            // With an expander bus, a device without `bus=` may land on it: name pcie.0.
+            let fs = share.replace(&format!(",mount_tag={id}"), "");
+            args.extend([
+                "-fsdev".into(),
+                format!("{fs},id=fs{id}"),
+                "-device".into(),
+                format!("virtio-9p-pci,fsdev=fs{id},mount_tag={id},bus=pcie.0"),
+            ]);
+        } else {
+            args.extend(["-virtfs".into(), share]);
+        }
+    }
     args.extend(["-kernel".into(), cfg.kernel.display().to_string()]);
     args.extend(["-initrd".into(), cfg.initrd.display().to_string()]);
     args.extend(["-append".into(), cfg.cmdline.clone()]);
     args
+}
+
+/// Two NUMA nodes of half the RAM each, CPU `i` on node `i`, and a pxb-pcie expander
+/// bus on node 1 with one root port (testbed notes: L1 then sees the port and what is
+/// behind it with `numa_node` 1).
+fn numa_args(memory_mib: u32) -> Vec<String> {
+    let half = memory_mib / 2;
+    [
+        "-object".to_string(),
+        format!("memory-backend-ram,id=m0,size={half}M"),
+        "-object".into(),
+        format!("memory-backend-ram,id=m1,size={}M", memory_mib - half),
+        "-numa".into(),
+        "node,nodeid=0,cpus=0,memdev=m0".into(),
+        "-numa".into(),
+        "node,nodeid=1,cpus=1,memdev=m1".into(),
+        "-device".into(),
+        "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0".into(),
+        "-device".into(),
+        format!("pcie-root-port,id={NUMA_PORT},bus=pxb1,chassis=10"),
+    ]
+    .into()
 }
 
 /// Creates the devices' sparse backing files in the work dir.
@@ -429,6 +493,7 @@ mod tests {
             smp: 2,
             work_dir: PathBuf::from("/w"),
             devices,
+            numa: false,
         }
     }
 
@@ -445,6 +510,24 @@ mod tests {
         );
         assert!(args.contains("-device intel-iommu"));
         assert!(args.contains("-smp 2 -m 3072M"));
+    }
+
+    #[test]
+    fn numa_l0_puts_the_devices_behind_an_expander_on_node_1() {
+        let mut cfg = config(vec![Device::Nvme]);
+        cfg.numa = true;
+        let args = joined(&cfg);
+        assert!(
+            args.contains("-numa node,nodeid=1,cpus=1,memdev=m1"),
+            "{args}"
+        );
+        assert!(args.contains("pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0"));
+        assert!(
+            args.contains("nvme,drive=nvme0,serial=testbed0,bus=rpx"),
+            "{args}"
+        );
+        assert!(args.contains("virtio-9p-pci,fsdev=fshost,mount_tag=host,bus=pcie.0"));
+        assert!(!args.contains("-virtfs"));
     }
 
     #[test]

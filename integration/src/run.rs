@@ -154,6 +154,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         smp: ctx.opts.l0_smp,
         work_dir: work_dir.to_path_buf(),
         devices: ctx.scenario.devices.clone(),
+        numa: ctx.scenario.l0_numa,
     }
 }
 
@@ -193,6 +194,13 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         strait: ctx.scenario.strait.clone(),
         disks: Vec::new(),
         net: ctx.scenario.net,
+        whole_slots: (0..)
+            .zip(&ctx.scenario.devices)
+            .filter_map(|(i, d)| d.slot_functions().map(|f| (i, f)))
+            .collect(),
+        hide_hypervisor: ctx.scenario.hide_hypervisor,
+        numa_nodes: ctx.scenario.numa_nodes,
+        numa_auto: ctx.scenario.l0_numa,
     }
 }
 

@@ -212,6 +212,13 @@ pub struct Scenario {
     pub hugepages: HugePages,
     /// Appended to L2's kernel command line (e.g. `pci=nomsi`).
     pub cmdline_extra: String,
+    /// Hide the hypervisor from L2's CPUID.
+    pub hide_hypervisor: bool,
+    /// Guest NUMA nodes, one vCPU each (Strait only; 0: none).
+    pub numa_nodes: u32,
+    /// L1 gets two NUMA nodes, the devices on node 1 behind an expander bus, and
+    /// Strait's spec says `"numa": "auto"`.
+    pub l0_numa: bool,
     /// Guest-side checks, run in order.
     pub checks: Vec<Check>,
     /// Host-side checks after L0 exits.
@@ -247,6 +254,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 pub const BUILTIN: &[&str] = &[
     "nvme",
     "boot",
+    "boot-hidden",
     "boot-1g",
     "passthrough",
     "nvme-intx",
@@ -259,6 +267,9 @@ pub const BUILTIN: &[&str] = &[
     "hostile",
     "net",
     "net-userspace",
+    "gpu-slot",
+    "numa",
+    "numa-auto",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -284,6 +295,9 @@ impl Scenario {
             memory_mib: 512,
             hugepages: HugePages::Size2M,
             cmdline_extra: String::new(),
+            hide_hypervisor: false,
+            numa_nodes: 0,
+            l0_numa: false,
             checks: Vec::new(),
             host_checks: Vec::new(),
             tools: Vec::new(),
@@ -321,6 +335,7 @@ impl Scenario {
         match name {
             "nvme" => Ok(nvme()),
             "boot" => Ok(boot()),
+            "boot-hidden" => Ok(boot_hidden()),
             "boot-1g" => Ok(boot_1g()),
             "passthrough" => Ok(passthrough()),
             "nvme-intx" => Ok(nvme_intx()),
@@ -333,6 +348,9 @@ impl Scenario {
             "hostile" => Ok(hostile()),
             "net" => Ok(net()),
             "net-userspace" => Ok(net_userspace()),
+            "gpu-slot" => Ok(gpu_slot()),
+            "numa" => Ok(numa()),
+            "numa-auto" => Ok(numa_auto()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -428,6 +446,20 @@ pub fn boot() -> Scenario {
         checks::cpus(s.vcpus),
         checks::memory(s.memory_mib),
         checks::tsc_deadline(),
+    ];
+    s
+}
+
+/// `boot` with the hypervisor hidden from L2's CPUID: no `hypervisor` flag, no
+/// "Hypervisor detected" line, and the clock source L2 falls back to in the detail.
+pub fn boot_hidden() -> Scenario {
+    let mut s = boot();
+    s.name = "boot-hidden".into();
+    s.hide_hypervisor = true;
+    s.checks = vec![
+        checks::cpus(s.vcpus),
+        checks::memory(s.memory_mib),
+        checks::no_hypervisor(),
     ];
     s
 }
@@ -766,6 +798,40 @@ pub fn net_userspace() -> Scenario {
         name: "strait-userspace-net",
         text: crate::net::STRAIT_USERSPACE_LOG,
     }];
+    s
+}
+
+/// A GPU-like two-function slot (display + HD audio, one IOMMU group) passed through
+/// as one guest slot: bochs-drm binds the display, snd_hda_intel the audio function.
+pub fn gpu_slot() -> Scenario {
+    let mut s = Scenario::new("gpu-slot");
+    s.devices = vec![Device::GpuSlot];
+    s.checks = vec![checks::bochs_drm(), checks::hda_in_display_slot()];
+    s
+}
+
+/// Two guest NUMA nodes (Strait only: vCPU `i` and half the RAM on node `i`, both on
+/// L1's node 0): L2 finds them in its SRAT and SLIT.
+pub fn numa() -> Scenario {
+    let mut s = Scenario::new("numa");
+    s.vcpus = 2;
+    s.numa_nodes = 2;
+    s.checks = vec![checks::numa_nodes(2, s.memory_mib)];
+    s
+}
+
+/// L1 with two NUMA nodes and the nvme on node 1 (pxb-pcie), Strait with `"numa":
+/// "auto"`: L2 has two nodes (CPU `i` on node `i`) and its nvme reports node 1.
+pub fn numa_auto() -> Scenario {
+    let mut s = Scenario::new("numa-auto");
+    s.devices = vec![Device::Nvme];
+    s.vcpus = 2;
+    s.l0_numa = true;
+    s.checks = vec![
+        checks::numa_nodes(2, s.memory_mib),
+        checks::nvme_bound(),
+        checks::device_node(Device::Nvme, 1),
+    ];
     s
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use crate::device::Device;
 use crate::scenario::{HugePages, L1Action, Scenario};
-use crate::vmm::{device_placeholder, hugetlbfs_mount};
+use crate::vmm::{device_placeholder, hugetlbfs_mount, slot_placeholder};
 
 /// L1's /init: modules, pseudo file systems, the two 9p shares, then run.sh.
 pub const L1_INIT: &str = r#"#!/bin/sh
@@ -95,6 +95,23 @@ bind_vfio() { # BDF: hand the device to vfio-pci; it must be alone in its IOMMU 
 	[ -c /dev/vfio/$g ] || fail "$1 handed to vfio-pci but no /dev/vfio/$g"
 	echo "TESTBED-L1 $1 bound to vfio-pci, IOMMU group $g"
 }
+bind_slot() { # BDF of function 0: hand every function of its slot to vfio-pci; the
+	# IOMMU group must hold those functions only
+	s=${1%.*}
+	for f in /sys/bus/pci/devices/$s.*; do
+		b=${f##*/}
+		[ -e $f/driver ] && echo $b > $f/driver/unbind
+		echo vfio-pci > $f/driver_override
+		echo $b > /sys/bus/pci/drivers_probe
+	done
+	d=/sys/bus/pci/devices/$1
+	g=$(basename "$(readlink $d/iommu_group)")
+	for m in $d/iommu_group/devices/*; do
+		case ${m##*/} in $s.*) ;; *) fail "$s shares IOMMU group $g with ${m##*/}" ;; esac
+	done
+	[ -c /dev/vfio/$g ] || fail "$s handed to vfio-pci but no /dev/vfio/$g"
+	echo "TESTBED-L1 slot $s: $(ls -d /sys/bus/pci/devices/$s.* | wc -l) functions bound to vfio-pci, IOMMU group $g"
+}
 : > $W/l1-timings
 # A checkout under /tmp or /run would vanish under the chroot's tmpfs mounts:
 # keep the top of its tree (e.g. /tmp/clone) visible at its own path.
@@ -166,16 +183,26 @@ pub struct RunPlan {
 /// Seconds of L0's time limit kept for L1 to save results and power off.
 pub const L1_TEARDOWN_SECS: u64 = 20;
 
-/// Quotes `arg` for sh, except `@DEVn@` placeholders, which become `"$DEVn"`.
+/// Quotes `arg` for sh, except `@DEVn@` and `@SLOTn@` placeholders, which become
+/// `"$DEVn"` and `"$SLOTn"`.
 pub fn shell_word(arg: &str, devices: usize) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let placeholders: Vec<(String, String)> = (0..devices)
+        .flat_map(|i| {
+            [
+                (device_placeholder(i), format!("\"$DEV{i}\"")),
+                (slot_placeholder(i), format!("\"$SLOT{i}\"")),
+            ]
+        })
+        .collect();
     let mut out = String::new();
     let mut rest = arg;
     loop {
-        let next = (0..devices)
-            .filter_map(|i| rest.find(&device_placeholder(i)).map(|pos| (pos, i)))
-            .min();
-        let Some((pos, i)) = next else {
+        let next = placeholders
+            .iter()
+            .filter_map(|(p, v)| rest.find(p.as_str()).map(|pos| (pos, p, v)))
+            .min_by_key(|(pos, _, _)| *pos);
+        let Some((pos, placeholder, value)) = next else {
             if !rest.is_empty() || out.is_empty() {
                 out.push_str(&quote(rest));
             }
@@ -184,8 +211,8 @@ pub fn shell_word(arg: &str, devices: usize) -> String {
         if pos > 0 {
             out.push_str(&quote(&rest[..pos]));
         }
-        let _ = write!(out, "\"$DEV{i}\"");
-        rest = &rest[pos + device_placeholder(i).len()..];
+        out.push_str(value);
+        rest = &rest[pos + placeholder.len()..];
     }
 }
 
@@ -291,15 +318,20 @@ fn l1_setup_script(plan: &RunPlan) -> String {
     push_hugepages(&mut s, plan);
     for (i, device) in plan.devices.iter().enumerate() {
         let (vendor, id) = device.pci_id();
+        let bind = if device.slot_functions().is_some() {
+            "bind_slot"
+        } else {
+            "bind_vfio"
+        };
         let _ = writeln!(
             s,
-            "DEV{i}=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} ({vendor:04x}:{id:04x}) not found in L1\"\nbind_vfio $DEV{i}",
+            "DEV{i}=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} ({vendor:04x}:{id:04x}) not found in L1\"\nSLOT{i}=${{DEV{i}%.*}}\n{bind} $DEV{i}",
             device.name()
         );
     }
     if let Some(template) = &plan.spec_template {
         let subst: String = (0..plan.devices.len())
-            .map(|i| format!(" -e \"s/@DEV{i}@/$DEV{i}/g\""))
+            .map(|i| format!(" -e \"s/@DEV{i}@/$DEV{i}/g\" -e \"s/@SLOT{i}@/$SLOT{i}/g\""))
             .collect();
         let _ = writeln!(
             s,
@@ -451,8 +483,18 @@ mod tests {
         p.spec_template = Some("spec.template.json".into());
         let script = l1_run_script(&p);
         assert!(script.contains(
-            "sed -e '' -e \"s/@DEV0@/$DEV0/g\" -e \"s/@DEV1@/$DEV1/g\" $W/spec.template.json > $W/spec.json"
+            "sed -e '' -e \"s/@DEV0@/$DEV0/g\" -e \"s/@SLOT0@/$SLOT0/g\" -e \"s/@DEV1@/$DEV1/g\" -e \"s/@SLOT1@/$SLOT1/g\" $W/spec.template.json > $W/spec.json"
         ));
+    }
+
+    #[test]
+    fn a_whole_slot_device_binds_every_function_and_names_its_slot() {
+        let script = l1_run_script(&plan(vec![Device::GpuSlot], HugePages::None));
+        assert!(
+            script.contains("SLOT0=${DEV0%.*}\nbind_slot $DEV0"),
+            "{script}"
+        );
+        assert_eq!(shell_word("host=@SLOT0@.1", 1), "'host='\"$SLOT0\"'.1'");
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub struct GuestConfig {
     pub disks: Vec<PathBuf>,
     /// Give L2 virtio-net on L1's tap ([`crate::net`]).
     pub net: bool,
+    /// Devices passed through as whole slots: (index, functions). Strait gets the slot
+    /// form `DDDD:BB:DD`, QEMU one vfio-pci device per function behind one root port.
+    pub whole_slots: Vec<(usize, u8)>,
+    /// Hide the hypervisor from L2's CPUID (Strait: `cpu.hide_hypervisor`; QEMU:
+    /// `kvm=off,hypervisor=off`).
+    pub hide_hypervisor: bool,
+    /// Guest NUMA nodes (Strait only): vCPU `i` and an equal share of RAM on node `i`,
+    /// all on L1's node 0; 0 for none.
+    pub numa_nodes: u32,
+    /// Strait's spec says `"numa": "auto"`.
+    pub numa_auto: bool,
 }
 
 /// The control API socket in L1's chroot: on its /run tmpfs (a Unix socket cannot be
@@ -55,6 +66,11 @@ pub const API_SOCKET: &str = "/run/strait-api.sock";
 /// The placeholder for the BDF of the `index`-th passed-through device.
 pub fn device_placeholder(index: usize) -> String {
     format!("@DEV{index}@")
+}
+
+/// The placeholder for the slot (`DDDD:BB:DD`) of the `index`-th device.
+pub fn slot_placeholder(index: usize) -> String {
+    format!("@SLOT{index}@")
 }
 
 /// Where L1 mounts hugetlbfs for each page size (inside the chroot).
@@ -111,7 +127,12 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
         push(&["-object", &backend]);
         machine.push_str(",memory-backend=ram0");
     }
-    push(&["-machine", &machine, "-cpu", "host"]);
+    let cpu = if guest.hide_hypervisor {
+        "host,kvm=off,hypervisor=off"
+    } else {
+        "host"
+    };
+    push(&["-machine", &machine, "-cpu", cpu]);
     push(&[
         "-smp",
         &guest.vcpus.to_string(),
@@ -131,8 +152,23 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
             i + 1,
             i + 1
         );
-        let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
-        push(&["-device", &port, "-device", &vfio]);
+        push(&["-device", &port]);
+        match guest.whole_slots.iter().find(|(d, _)| *d == i) {
+            Some((_, functions)) => {
+                for f in 0..*functions {
+                    let multi = if f == 0 { ",multifunction=on" } else { "" };
+                    let vfio = format!(
+                        "vfio-pci,host={}.{f},bus=rp{i},addr=0.{f}{multi}",
+                        slot_placeholder(i)
+                    );
+                    push(&["-device", &vfio]);
+                }
+            }
+            None => {
+                let vfio = format!("vfio-pci,host={},bus=rp{i}", device_placeholder(i));
+                push(&["-device", &vfio]);
+            }
+        }
     }
     // Each disk behind a root port of its own, after the passed-through devices, as
     // Strait places them; host page cache, like Strait's `"direct": false`.
@@ -163,7 +199,14 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
 /// for that device, since only L1 knows its bus numbering.
 pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     let passthrough: Vec<_> = (0..guest.devices)
-        .map(|i| serde_json::json!({ "host": device_placeholder(i) }))
+        .map(|i| {
+            let host = if guest.whole_slots.iter().any(|(d, _)| *d == i) {
+                slot_placeholder(i)
+            } else {
+                device_placeholder(i)
+            };
+            serde_json::json!({ "host": host })
+        })
         .collect();
     let mut spec = serde_json::json!({
         "vcpus": guest.vcpus,
@@ -202,6 +245,18 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     if guest.net {
         spec["net"] = crate::net::strait_spec(!guest.strait.net_userspace);
     }
+    if guest.hide_hypervisor {
+        spec["cpu"] = serde_json::json!({ "hide_hypervisor": true });
+    }
+    if let Some(share) = guest.memory_mib.checked_div(guest.numa_nodes) {
+        let nodes: Vec<_> = (0..guest.numa_nodes)
+            .map(|i| serde_json::json!({ "vcpus": [i], "memory_mib": share, "host_node": 0 }))
+            .collect();
+        spec["numa"] = serde_json::Value::Array(nodes);
+    }
+    if guest.numa_auto {
+        spec["numa"] = "auto".into();
+    }
     spec
 }
 
@@ -222,6 +277,10 @@ mod tests {
             devices,
             disks: Vec::new(),
             net: false,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
+            numa_nodes: 0,
+            numa_auto: false,
         }
     }
 
@@ -244,6 +303,32 @@ mod tests {
                 "vfio-pci,host=@DEV1@,bus=rp1",
             ]
         );
+    }
+
+    #[test]
+    fn a_whole_slot_is_one_spec_entry_and_one_vfio_device_per_function_for_qemu() {
+        let mut g = guest(1, HugePages::Size2M);
+        g.whole_slots = vec![(0, 2)];
+        assert_eq!(
+            after(&qemu_command(&g), "-device"),
+            [
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1",
+                "vfio-pci,host=@SLOT0@.0,bus=rp0,addr=0.0,multifunction=on",
+                "vfio-pci,host=@SLOT0@.1,bus=rp0,addr=0.1",
+            ]
+        );
+        assert_eq!(strait_spec(&g)["passthrough"][0]["host"], "@SLOT0@");
+    }
+
+    #[test]
+    fn hiding_the_hypervisor_reaches_both_vmms() {
+        let mut g = guest(0, HugePages::Size2M);
+        g.hide_hypervisor = true;
+        assert_eq!(
+            after(&qemu_command(&g), "-cpu"),
+            ["host,kvm=off,hypervisor=off"]
+        );
+        assert_eq!(strait_spec(&g)["cpu"]["hide_hypervisor"], true);
     }
 
     #[test]

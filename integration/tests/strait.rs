@@ -2,6 +2,12 @@
 //! emulated devices through PCIe root ports, and L2's stock drivers use them.
 //!
 //! - `boot`: no devices; L2 sees its vCPUs and memory.
+//! - `boot-hidden`: the same with `cpu.hide_hypervisor`: L2 finds no hypervisor.
+//! - `numa`: two guest NUMA nodes from the spec's `numa`, seen in L2's SRAT and SLIT.
+//! - `numa-auto`: L1 with two nodes and the nvme on node 1; `"numa": "auto"` gives L2
+//!   two nodes and the nvme node 1.
+//! - `gpu-slot`: a display + HD-audio slot passed as `"host": "DDDD:BB:DD"`; bochs-drm
+//!   and snd_hda_intel bind in L2.
 //! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
 //! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
 //! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
@@ -80,6 +86,26 @@ fn run_with_strait(scenario: Scenario) {
 #[test]
 fn strait_boots_l2() {
     run_with_strait(scenario::boot());
+}
+
+#[test]
+fn strait_hides_the_hypervisor_from_l2() {
+    run_with_strait(scenario::boot_hidden());
+}
+
+#[test]
+fn strait_passes_a_two_function_slot_in_one_line() {
+    run_with_strait(scenario::gpu_slot());
+}
+
+#[test]
+fn strait_gives_l2_two_numa_nodes() {
+    run_with_strait(scenario::numa());
+}
+
+#[test]
+fn strait_mirrors_l1_numa_nodes_with_auto() {
+    run_with_strait(scenario::numa_auto());
 }
 
 #[test]

@@ -241,7 +241,8 @@ fn build_root(
     let mut root_ports = Vec::new();
     for port in &plan.ports {
         let bdf = port.slot.bdf;
-        let rp = RootPort::for_port(port).map_err(|source| SetupError::RootPort { bdf, source })?;
+        let rp = RootPort::for_port(port, None)
+            .map_err(|source| SetupError::RootPort { bdf, source })?;
         let rp = Arc::new(Mutex::new(rp));
         attach(&mut root, bdf, rp.clone())?;
         root_ports.push(rp);

@@ -291,6 +291,8 @@ fn acpi(mmio64: (u64, u64)) -> (GuestMemoryMmap, arch::Result<GuestAddress>) {
             size: mmio64.1,
         }),
         com1: true,
+        numa: Vec::new(),
+        pci_pxm: None,
     };
     let rsdp = create_acpi_tables(&mem, &cfg);
     (mem, rsdp)

@@ -54,6 +54,41 @@ fn mib(bytes: &u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
+/// `DDDD:BB:DD`: the slot (physical device) `addr` is a function of.
+pub fn slot_name(addr: &HostPciAddress) -> String {
+    format!(
+        "{:04x}:{:02x}:{:02x}",
+        addr.segment(),
+        addr.bus(),
+        addr.device()
+    )
+}
+
+/// A host function of a slot and the driver it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMember {
+    pub addr: HostPciAddress,
+    pub driver: Option<String>,
+}
+
+fn list_members(list: &[SlotMember]) -> String {
+    let found = list
+        .iter()
+        .map(|m| match &m.driver {
+            Some(d) => format!("{} on {d}", m.addr),
+            None => format!("{} on no driver", m.addr),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let fixes = list
+        .iter()
+        .filter(|m| !m.driver.as_deref().is_some_and(crate::host::is_vfio_driver))
+        .map(|m| rebind_hint(&m.addr.to_string()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("found {found}; every function passes through, so bind the others to vfio-pci: {fixes}")
+}
+
 /// Everything that can fail in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +96,22 @@ pub enum Error {
         "{addr}: no such PCI device ({path:?} is missing); `lspci -D` lists the host's devices"
     )]
     DeviceMissing { addr: HostPciAddress, path: PathBuf },
+
+    #[error("{}: no such PCI device: no function {}.* under {path:?}; `lspci -D` lists the host's devices", slot_name(.slot), slot_name(.slot))]
+    SlotMissing { slot: HostPciAddress, path: PathBuf },
+
+    #[error("{}: not every function is on vfio-pci: {}", slot_name(.slot), list_members(.members))]
+    SlotNotOnVfio {
+        slot: HostPciAddress,
+        members: Vec<SlotMember>,
+    },
+
+    #[error("{addr}: vendor {vendor:#06x}, class {class:#08x}: only an NVIDIA GPU (vendor 0x10de, class 0x03xxxx) takes a GPUDirect `clique`; drop `clique` from this entry or give it to the GPU function")]
+    CliqueNotGpu {
+        addr: HostPciAddress,
+        vendor: u16,
+        class: u32,
+    },
 
     #[error("{addr}: bound to `{driver}`, not vfio-pci; rebind it with {}", rebind_hint(&addr.to_string()))]
     BoundToOtherDriver {
@@ -208,6 +259,13 @@ pub enum Error {
         what: &'static str,
         #[source]
         source: devices::pci::PciError,
+    },
+
+    #[error("{addr}: cannot add the GPUDirect P2P clique capability")]
+    Clique {
+        addr: HostPciAddress,
+        #[source]
+        source: crate::pci::CliqueError,
     },
 
     #[error("{addr}: VFIO_DEVICE_RESET")]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use log::{info, warn};
 
 use crate::addr::{same_slot, HostPciAddress};
-use crate::error::{Error, GroupOffender, Result};
+use crate::error::{Error, GroupOffender, Result, SlotMember};
 use crate::sysfs::Sysfs;
 
 /// Where the host's sysfs and VFIO group nodes live (prefixes for tests).
@@ -84,6 +84,89 @@ pub fn probe_device(paths: &HostPaths, addr: HostPciAddress) -> Result<HostDevic
         sysfs_path,
         reset_methods,
     })
+}
+
+/// The functions of the host slot `slot` (its segment:bus:device; the function number
+/// is ignored) in function order, with their drivers; `SlotMissing` when there is none.
+pub fn slot_members(sysfs: &Sysfs, slot: HostPciAddress) -> Result<Vec<SlotMember>> {
+    let members = sysfs
+        .pci_devices()?
+        .into_iter()
+        .filter(|a| same_slot(a, &slot))
+        .map(|addr| {
+            Ok(SlotMember {
+                addr,
+                driver: sysfs.driver(&addr)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if members.is_empty() {
+        return Err(Error::SlotMissing {
+            slot,
+            path: sysfs.root().join("bus/pci/devices"),
+        });
+    }
+    Ok(members)
+}
+
+/// A whole slot to pass through: its functions in function order, each bound to a
+/// VFIO driver; otherwise `SlotNotOnVfio` lists every function found with its driver
+/// and the rebind commands for the others.
+pub fn slot_functions(sysfs: &Sysfs, slot: HostPciAddress) -> Result<Vec<HostPciAddress>> {
+    let members = slot_members(sysfs, slot)?;
+    if members
+        .iter()
+        .all(|m| m.driver.as_deref().is_some_and(is_vfio_driver))
+    {
+        log::debug!(
+            "{}: functions {:?}, all on vfio-pci",
+            crate::error::slot_name(&slot),
+            members
+                .iter()
+                .map(|m| m.addr.function())
+                .collect::<Vec<_>>()
+        );
+        Ok(members.into_iter().map(|m| m.addr).collect())
+    } else {
+        Err(Error::SlotNotOnVfio { slot, members })
+    }
+}
+
+/// Of `functions` (one entry of the spec: a function, or the functions of a slot), the
+/// ones that take a GPUDirect clique: the NVIDIA display functions. A function named
+/// alone must be one; a slot must hold one. Read from sysfs `vendor` and `class`.
+pub fn clique_functions(
+    sysfs: &Sysfs,
+    functions: &[HostPciAddress],
+) -> Result<Vec<HostPciAddress>> {
+    let ids = |a: &HostPciAddress| {
+        let hex = |name: &str| {
+            sysfs
+                .attr(a, name)
+                .and_then(|t| u32::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(0)
+        };
+        (hex("vendor") as u16, hex("class"))
+    };
+    let gpus: Vec<HostPciAddress> = functions
+        .iter()
+        .copied()
+        .filter(|a| {
+            let (vendor, class) = ids(a);
+            vendor == crate::pci::NVIDIA_VENDOR_ID && class >> 16 == 0x03
+        })
+        .collect();
+    match functions.first() {
+        Some(first) if gpus.is_empty() => {
+            let (vendor, class) = ids(first);
+            Err(Error::CliqueNotGpu {
+                addr: *first,
+                vendor,
+                class,
+            })
+        }
+        _ => Ok(gpus),
+    }
 }
 
 /// Every member of `group` must be bound to a driver the kernel accepts.
@@ -234,6 +317,94 @@ mod tests {
             dev.sysfs_path,
             fs.root().join("bus/pci/devices/0000:01:00.0")
         );
+    }
+
+    #[test]
+    fn a_slot_expands_to_its_functions_in_order() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.1", Some("vfio-pci"), Some(4));
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(4));
+        fs.add("0000:01:01.0", Some("nvme"), Some(5));
+        let got = slot_functions(&fs.sysfs(), a("0000:01:00.0")).unwrap();
+        assert_eq!(got, [a("0000:01:00.0"), a("0000:01:00.1")]);
+    }
+
+    #[test]
+    fn a_slot_with_a_function_elsewhere_names_every_function() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(4));
+        fs.add("0000:01:00.1", Some("snd_hda_intel"), Some(4));
+        let err = slot_functions(&fs.sysfs(), a("0000:01:00.0")).unwrap_err();
+        assert!(
+            matches!(&err, Error::SlotNotOnVfio { members, .. } if members.len() == 2),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("0000:01:00: "), "{text}");
+        assert!(text.contains("0000:01:00.1 on snd_hda_intel"), "{text}");
+        assert!(
+            text.contains("echo 0000:01:00.1 > /sys/bus/pci/devices/0000:01:00.1/driver/unbind"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("devices/0000:01:00.0/driver/unbind"),
+            "{text}"
+        );
+    }
+
+    fn nvidia_slot(fs: &FakeSysfs) {
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(4));
+        fs.add("0000:01:00.1", Some("vfio-pci"), Some(4));
+        for f in ["0000:01:00.0", "0000:01:00.1"] {
+            fs.set_attr(f, "vendor", "0x10de\n");
+        }
+        fs.set_attr("0000:01:00.0", "class", "0x030200\n");
+        fs.set_attr("0000:01:00.1", "class", "0x040300\n");
+    }
+
+    #[test]
+    fn a_clique_on_a_slot_goes_to_its_gpu_function() {
+        let fs = FakeSysfs::new();
+        nvidia_slot(&fs);
+        let both = [a("0000:01:00.0"), a("0000:01:00.1")];
+        assert_eq!(
+            clique_functions(&fs.sysfs(), &both).unwrap(),
+            [a("0000:01:00.0")]
+        );
+    }
+
+    #[test]
+    fn a_clique_on_a_function_that_is_no_nvidia_gpu_is_refused() {
+        let fs = FakeSysfs::new();
+        nvidia_slot(&fs);
+        let err = clique_functions(&fs.sysfs(), &[a("0000:01:00.1")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CliqueNotGpu {
+                    vendor: 0x10de,
+                    class: 0x040300,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        fs.add("0000:02:00.0", Some("vfio-pci"), Some(5));
+        fs.set_attr("0000:02:00.0", "vendor", "0x1002\n");
+        fs.set_attr("0000:02:00.0", "class", "0x030000\n");
+        let err = clique_functions(&fs.sysfs(), &[a("0000:02:00.0")]).unwrap_err();
+        assert!(
+            matches!(err, Error::CliqueNotGpu { vendor: 0x1002, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_slot_is_missing() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(4));
+        let err = slot_functions(&fs.sysfs(), a("0000:02:00.0")).unwrap_err();
+        assert!(matches!(err, Error::SlotMissing { .. }), "{err:?}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use devices::pci::PortLink;
+
 use crate::addr::HostPciAddress;
 use crate::error::{Error, Result};
 
@@ -120,6 +122,21 @@ impl Sysfs {
             .map(|t| t.trim().to_string())
     }
 
+    /// The PCIe link above `addr`: its own `current_link_speed`/`current_link_width`,
+    /// else its upstream port's (the parent in the device tree); `None` when neither
+    /// reports one (a root-complex integrated endpoint, a conventional PCI device).
+    pub fn upstream_link(&self, addr: &HostPciAddress) -> Option<PortLink> {
+        let dir = self.device_dir(addr);
+        let read = |d: &Path| {
+            let attr = |n: &str| std::fs::read_to_string(d.join(n)).ok();
+            PortLink::from_sysfs(&attr("current_link_speed")?, &attr("current_link_width")?)
+        };
+        read(&dir).or_else(|| {
+            let parent = std::fs::canonicalize(&dir).ok()?.parent()?.to_path_buf();
+            read(&parent)
+        })
+    }
+
     /// Reset methods the kernel found for `addr` (`flr`, `pm`, `bus`, ...), in
     /// the order it tries them. `None` when the kernel does not publish the
     /// file (before 5.15); an empty list when the device has no reset.
@@ -214,6 +231,36 @@ pub mod fake {
 mod tests {
     use super::fake::FakeSysfs;
     use super::*;
+    use devices::pci::LinkSpeed;
+
+    #[test]
+    fn upstream_link_is_the_devices_own_when_it_reports_one() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(1));
+        fs.set_attr("0000:01:00.0", "current_link_speed", "16.0 GT/s PCIe\n");
+        fs.set_attr("0000:01:00.0", "current_link_width", "16\n");
+        let link = fs.sysfs().upstream_link(&a("0000:01:00.0")).unwrap();
+        assert_eq!((link.speed, link.width), (LinkSpeed::Gen4, 16));
+    }
+
+    #[test]
+    fn upstream_link_falls_back_to_the_parent_port() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:01:00.0", Some("vfio-pci"), Some(1));
+        fs.set_attr("0000:01:00.0", "current_link_speed", "Unknown\n");
+        let port = fs.root().join("devices/pci0000:00");
+        std::fs::write(port.join("current_link_speed"), "8.0 GT/s PCIe\n").unwrap();
+        std::fs::write(port.join("current_link_width"), "4\n").unwrap();
+        let link = fs.sysfs().upstream_link(&a("0000:01:00.0")).unwrap();
+        assert_eq!((link.speed, link.width), (LinkSpeed::Gen3, 4));
+    }
+
+    #[test]
+    fn no_link_anywhere_is_none() {
+        let fs = FakeSysfs::new();
+        fs.add("0000:00:03.0", Some("vfio-pci"), Some(1));
+        assert_eq!(fs.sysfs().upstream_link(&a("0000:00:03.0")), None);
+    }
 
     fn a(s: &str) -> HostPciAddress {
         s.parse().unwrap()

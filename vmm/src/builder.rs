@@ -9,6 +9,7 @@ use arch::x86_64::{AcpiConfig, AddrRange, BootParamsConfig, PciWindows};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
 use resources::{FunctionBar, GsiAllocator, PciMap};
+use vfio_glue::sysfs::Sysfs;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{self, KernelFiles};
@@ -17,7 +18,8 @@ use crate::error::Error;
 use crate::interrupts::GsiRouting;
 use crate::logger::{self, phase};
 use crate::memory::{self, GuestRam};
-use crate::passthrough::{AttachParams, ConfigEffects, Passthrough, PassthroughError};
+use crate::numa;
+use crate::passthrough::{self, AttachParams, ConfigEffects, Passthrough, PassthroughError};
 use crate::pci_layout::{self, RootPorts};
 use crate::slots::SlotPool;
 use crate::spec::VmSpec;
@@ -69,6 +71,13 @@ impl VmError {
     }
 }
 
+/// What the guest's ACPI tables say about NUMA: the nodes and the host bridge's node.
+#[derive(Debug, Clone)]
+pub(crate) struct GuestNuma {
+    nodes: Vec<arch::x86_64::NumaNode>,
+    pci_node: Option<u32>,
+}
+
 /// Where the boot vCPU starts.
 #[derive(Debug, Clone, Copy)]
 pub struct BootInfo {
@@ -86,17 +95,28 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     setup_platform(&vm_fd)?;
     let platform = PlatformState::capture(&vm_fd)?;
     let cpuid = vcpu::guest_cpuid(&kvm)?;
-    let hosts = spec.passthrough_hosts();
+    let hosts = passthrough::expand_hosts(&Sysfs::default(), &spec.passthrough_hosts())
+        .map_err(PassthroughError::Vfio)?;
+    let cliques = passthrough::cliques(&Sysfs::default(), spec).map_err(PassthroughError::Vfio)?;
     let virtio_slots = virtio::slot_requests(spec);
     let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes(), &virtio_slots)?;
-    let ram = GuestRam::new(&spec.memory, &memory::plan_regions(spec.memory_bytes()))?;
+    let host_nodes = numa::HostNodes::default();
+    let numa = numa::plan(spec, &host_nodes, &numa::device_nodes(spec, &host_nodes))
+        .map_err(crate::host::HostError::Numa)?;
+    let regions = memory::plan_regions(spec.memory_bytes());
+    let ram_layout: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest, r.len)).collect();
+    let binds = numa
+        .as_ref()
+        .map(|n| n.ram_binds(&ram_layout))
+        .unwrap_or_default();
+    let ram = GuestRam::new_bound(&spec.memory, &regions, &binds)?;
     let mut slots = SlotPool::new(0);
     register_ram(&vm_fd, &ram, &mut slots)?;
     logger::mark(phase::MEMORY_READY);
     let routing = gsi_routing(&vm_fd)?;
     let mut virtio = VirtioDevices::create(spec, ram.memory(), &routing)?;
     if let Some(p) = passthrough.as_mut() {
-        attach_passthrough(p, &ram, spec, &cpuid, &routing, virtio.bars())?;
+        attach_passthrough(p, &ram, spec, &cpuid, &routing, virtio.bars(), &cliques)?;
     }
     logger::mark(phase::DMA_MAPPED);
     let virtio_map = place_virtio(&vm_fd, spec, &cpuid, passthrough.as_ref(), &mut virtio)?;
@@ -104,7 +124,19 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref(), virtio_map.as_ref());
-    let boot = load_guest(spec, ram.memory(), &files, windows)?;
+    let cmdline = vcpu::guest_cmdline(&kvm, &spec.kernel.cmdline, spec.cpu.hide_hypervisor);
+    let numa_acpi = numa.as_ref().map(|n| GuestNuma {
+        nodes: n.acpi_nodes(&ram_layout),
+        pci_node: n.pci_node(spec.passthrough.len()),
+    });
+    let boot = load_guest(
+        spec,
+        ram.memory(),
+        &files,
+        windows,
+        &cmdline,
+        numa_acpi.clone(),
+    )?;
     // Kept for a reboot in place: a sandboxed Strait may no longer open files.
     let files =
         (spec.lifecycle.on_reboot == crate::spec::OnReboot::Restart).then(|| files.for_reboot());
@@ -125,6 +157,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         cr3: boot.cr3,
         supported_cpuid: cpuid,
         reset_msrs: vcpu::reset_msr_indices(&kvm)?,
+        hide_hypervisor: spec.cpu.hide_hypervisor,
     };
     let (vcpus, power_on) = (0..spec.vcpus)
         .map(|i| vcpu::create_vcpu(&vm_fd, i, spec.vcpus, &cpu))
@@ -137,6 +170,8 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         boot: cpu,
         power_on,
         files,
+        cmdline,
+        numa: numa_acpi,
     };
     let parts = VmParts {
         kvm,
@@ -150,6 +185,13 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     };
     let mut vm = Vm::new(parts);
     vm.start_vcpus(vcpus)?;
+    if let Some(n) = &numa {
+        vm.pin_vcpus(
+            (0..spec.vcpus)
+                .map(|i| n.vcpu_cpus(i).unwrap_or_default().to_vec())
+                .collect(),
+        );
+    }
     vm.devices()
         .start_console_input()
         .map_err(VmError::ConsoleInput)?;
@@ -175,6 +217,7 @@ fn attach_passthrough(
     cpuid: &CpuId,
     routing: &Arc<GsiRouting>,
     extra_bars: Vec<Vec<FunctionBar>>,
+    cliques: &[(vfio_glue::HostPciAddress, u8)],
 ) -> Result<(), Error> {
     let params = AttachParams {
         ram,
@@ -182,6 +225,8 @@ fn attach_passthrough(
         routing,
         phys_bits: arch::x86_64::phys_address_bits(cpuid),
         extra_bars,
+        cliques,
+        p2p: spec.p2p,
     };
     Ok(p.attach(params)?)
 }
@@ -223,7 +268,7 @@ fn pci_functions(
     let mut pci = passthrough
         .map(|p| p.pci_functions(effects))
         .unwrap_or_default();
-    let ports = virtio_map.map(RootPorts::build).transpose()?;
+    let ports = virtio_map.map(|m| RootPorts::build(m, &[])).transpose()?;
     if let Some(p) = &ports {
         pci.functions.extend(p.functions());
     }
@@ -311,12 +356,14 @@ pub(crate) fn load_guest(
     mem: &GuestMemoryMmap,
     files: &KernelFiles,
     pci: PciWindows,
+    cmdline: &str,
+    numa: Option<GuestNuma>,
 ) -> Result<BootInfo, Error> {
     let ram_size = spec.memory_bytes();
     let kernel = boot::load_kernel(mem, files)?;
     let initramfs = boot::load_initramfs(mem, files, &kernel, ram_size)?;
-    let cmdline_size = boot::load_cmdline(mem, &files.image, &spec.kernel.cmdline)?;
-    let rsdp = write_acpi(mem, spec, pci)?;
+    let cmdline_size = boot::load_cmdline(mem, &files.image, cmdline)?;
+    let rsdp = write_acpi(mem, spec, pci, numa)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;
     let params = arch::x86_64::build_boot_params(&BootParamsConfig {
@@ -347,11 +394,15 @@ fn write_acpi(
     mem: &GuestMemoryMmap,
     spec: &VmSpec,
     pci: PciWindows,
+    numa: Option<GuestNuma>,
 ) -> Result<GuestAddress, VmError> {
+    let (numa, pci_pxm) = numa.map_or((Vec::new(), None), |n| (n.nodes, n.pci_node));
     let cfg = AcpiConfig {
         vcpus: spec.vcpus,
         pci,
         com1: true,
+        numa,
+        pci_pxm,
     };
     arch::x86_64::create_acpi_tables(mem, &cfg).map_err(|source| VmError::Arch {
         what: "ACPI tables",

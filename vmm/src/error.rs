@@ -165,6 +165,7 @@ fn passthrough_exit_code(e: &PassthroughError) -> ExitCode {
         PassthroughError::IovaRanges(_)
         | PassthroughError::GsiPool(_)
         | PassthroughError::RootPort { .. } => ExitCode::Fatal,
+        PassthroughError::P2pOutsideIova { .. } => ExitCode::Host,
     }
 }
 
@@ -174,7 +175,7 @@ fn plan_exit_code(e: &crate::plan::PlanError) -> ExitCode {
     match e {
         E::DeviceMissing { .. } => ExitCode::DeviceMissing,
         E::Topology(_) => ExitCode::Spec,
-        E::PhysBits | E::Place(_) => ExitCode::Host,
+        E::PhysBits | E::Place(_) | E::Numa(_) => ExitCode::Host,
     }
 }
 
@@ -182,9 +183,12 @@ fn plan_exit_code(e: &crate::plan::PlanError) -> ExitCode {
 fn vfio_exit_code(e: &vfio_glue::Error) -> ExitCode {
     use vfio_glue::Error as E;
     match e {
-        E::DeviceMissing { .. } => ExitCode::DeviceMissing,
-        E::BoundToOtherDriver { .. } | E::NotBound { .. } => ExitCode::DeviceDriver,
+        E::DeviceMissing { .. } | E::SlotMissing { .. } => ExitCode::DeviceMissing,
+        E::BoundToOtherDriver { .. } | E::NotBound { .. } | E::SlotNotOnVfio { .. } => {
+            ExitCode::DeviceDriver
+        }
         E::GroupNotViable { .. } => ExitCode::GroupNotViable,
+        E::CliqueNotGpu { .. } | E::Clique { .. } => ExitCode::Spec,
         E::NoPermission { .. } => ExitCode::VfioPermission,
         E::MemlockTooLow { .. } => ExitCode::Memlock,
         E::DeviceStuck { .. } => ExitCode::DeviceStuck,
@@ -428,7 +432,7 @@ mod tests {
         let e = spec_err(SpecError::DuplicatePassthrough {
             index: 1,
             first: 0,
-            addr: addr(),
+            addr: addr().to_string(),
         });
         assert_eq!(e.exit_code() as u8, 14);
     }

@@ -38,6 +38,8 @@ pub enum HostError {
     Memory(#[from] MemoryError),
     #[error("passthrough: {0}")]
     Passthrough(#[from] vfio_glue::Error),
+    #[error(transparent)]
+    Numa(#[from] crate::numa::NumaError),
 }
 
 /// What to do about a failed /dev/kvm open or KVM_CREATE_VM: out of file descriptors
@@ -197,7 +199,11 @@ pub fn check_host(spec: &VmSpec) -> Result<(), HostError> {
 /// is bound to vfio-pci, its IOMMU group is viable and /dev/vfio/N opens; no device is
 /// listed twice; the memlock limit covers guest RAM.
 pub fn check_passthrough(spec: &VmSpec, paths: &HostPaths) -> Result<(), HostError> {
-    passthrough::check_host(paths, &spec.passthrough_hosts(), spec.memory_bytes())?;
+    let addrs = passthrough::expand_hosts(&paths.sysfs, &spec.passthrough_hosts())?;
+    passthrough::check_host(paths, &addrs, spec.memory_bytes())?;
+    passthrough::cliques(&paths.sysfs, spec)?;
+    let nodes = crate::numa::HostNodes::new(paths.sysfs.root());
+    crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?;
     Ok(())
 }
 
@@ -242,6 +248,7 @@ mod tests {
                 hugepages: HugePages::None,
                 prefault: true,
             },
+            cpu: Default::default(),
             kernel: KernelSpec {
                 path: kernel.into(),
                 initramfs: initramfs.map(Into::into),
@@ -253,6 +260,8 @@ mod tests {
             api_socket: None,
             disks: vec![],
             net: vec![],
+            p2p: Default::default(),
+            numa: None,
         }
     }
 
@@ -458,6 +467,7 @@ mod tests {
             .iter()
             .map(|h| PassthroughSpec {
                 host: h.to_string().into(),
+                clique: None,
             })
             .collect();
         s

@@ -26,6 +26,7 @@ pub mod io_buses;
 pub mod io_thread;
 pub mod logger;
 pub mod memory;
+pub mod numa;
 pub mod passthrough;
 pub mod pci_layout;
 pub mod plan;

@@ -99,6 +99,14 @@ pub enum MemoryError {
     },
     #[error("cannot prefault guest RAM")]
     Prefault(#[source] io::Error),
+    #[error("numa: cannot bind guest RAM {guest:#x}+{len:#x} to host node {node}")]
+    BindNode {
+        guest: u64,
+        len: u64,
+        node: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("guest RAM setup stopped by a signal")]
     Stopped,
     #[error("cannot describe guest RAM to vm-memory: {0}")]
@@ -255,6 +263,16 @@ pub struct GuestRam {
 impl GuestRam {
     /// Map and (optionally) prefault RAM for `spec` laid out as `ranges`.
     pub fn new(spec: &MemorySpec, ranges: &[RamRange]) -> Result<GuestRam, MemoryError> {
+        GuestRam::new_bound(spec, ranges, &[])
+    }
+
+    /// [`GuestRam::new`], with the guest ranges of `binds` (guest start, length, host
+    /// node) bound to their host node before they are prefaulted (guest NUMA).
+    pub fn new_bound(
+        spec: &MemorySpec,
+        ranges: &[RamRange],
+        binds: &[(u64, u64, u32)],
+    ) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         check_backing(spec.hugepages, total)?;
         let mut mappings = Vec::new();
@@ -269,6 +287,7 @@ impl GuestRam {
                 HugePages::None => map_anonymous(len)?,
                 page => map_hugetlb(len, page)?,
             };
+            bind_range(&map, r, binds)?;
             if spec.prefault {
                 prefault(&map, spec.hugepages, &prefault_stop_requested)?;
             }
@@ -382,6 +401,27 @@ fn map_hugetlb(len: usize, page: HugePages) -> Result<Mapping, MemoryError> {
         });
     }
     Ok(Mapping { addr: raw, len })
+}
+
+/// Bind the parts of `binds` inside `r` (mapped at `map`) to their host nodes.
+fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<(), MemoryError> {
+    for &(guest, len, node) in binds {
+        let (start, end) = (guest.max(r.guest), (guest + len).min(r.guest + r.len));
+        if start >= end {
+            continue;
+        }
+        let host = map.addr as u64 + (start - r.guest);
+        crate::numa::bind_memory(host, end - start, node).map_err(|source| {
+            MemoryError::BindNode {
+                guest: start,
+                len: end - start,
+                node,
+                source,
+            }
+        })?;
+        log::info!("numa: guest RAM {start:#x}..{end:#x} bound to host node {node}");
+    }
+    Ok(())
 }
 
 /// Split `len` bytes into one chunk per prefault thread, each starting on an `align`

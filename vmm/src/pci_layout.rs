@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use arch::x86_64::{layout, AddrRange, PciWindows};
-use devices::pci::{Bdf, RootPort, SharedPciDevice};
+use devices::pci::{Bdf, PortLink, RootPort, SharedPciDevice};
 use resources::{lock, FunctionBar, PciMap, PortMap, SlotRequest, Topology};
 
 use crate::passthrough::PassthroughError;
@@ -16,16 +16,19 @@ use crate::passthrough::PassthroughError;
 /// control and MSI as planned, whatever the guest changed).
 #[derive(Default)]
 pub struct RootPorts {
-    ports: Vec<(Arc<Mutex<RootPort>>, PortMap)>,
+    ports: Vec<(Arc<Mutex<RootPort>>, PortMap, Option<PortLink>)>,
 }
 
 impl RootPorts {
-    /// One root port per slot of `map`, with its bus numbers and windows.
-    pub fn build(map: &PciMap) -> Result<RootPorts, PassthroughError> {
-        let ports = map
-            .ports
-            .iter()
-            .map(|plan| Ok((Arc::new(Mutex::new(port(plan)?)), plan.clone())))
+    /// One root port per slot of `map`, with its bus numbers and windows; port `i`'s
+    /// link is `links[i]` (the host's link above the device), Gen3 x16 where none.
+    pub fn build(map: &PciMap, links: &[Option<PortLink>]) -> Result<RootPorts, PassthroughError> {
+        let ports = (0..)
+            .zip(&map.ports)
+            .map(|(i, plan)| {
+                let link = links.get(i).copied().flatten();
+                Ok((Arc::new(Mutex::new(port(plan, link)?)), plan.clone(), link))
+            })
             .collect::<Result<_, PassthroughError>>()?;
         Ok(RootPorts { ports })
     }
@@ -34,7 +37,7 @@ impl RootPorts {
     pub fn functions(&self) -> Vec<(Bdf, SharedPciDevice)> {
         self.ports
             .iter()
-            .map(|(p, plan)| (plan.slot.bdf, p.clone() as SharedPciDevice))
+            .map(|(p, plan, _)| (plan.slot.bdf, p.clone() as SharedPciDevice))
             .collect()
     }
 
@@ -42,22 +45,22 @@ impl RootPorts {
     pub fn shared(&self) -> Vec<SharedPciDevice> {
         self.ports
             .iter()
-            .map(|(p, _)| p.clone() as SharedPciDevice)
+            .map(|(p, _, _)| p.clone() as SharedPciDevice)
             .collect()
     }
 
     /// Back to the plan (a machine reset).
     pub fn reset(&self) -> Result<(), PassthroughError> {
-        for (p, plan) in &self.ports {
-            *lock(p) = port(plan)?;
+        for (p, plan, link) in &self.ports {
+            *lock(p) = port(plan, *link)?;
         }
         Ok(())
     }
 }
 
-fn port(plan: &PortMap) -> Result<RootPort, PassthroughError> {
+fn port(plan: &PortMap, link: Option<PortLink>) -> Result<RootPort, PassthroughError> {
     let bdf = plan.slot.bdf;
-    RootPort::for_port(plan).map_err(|source| PassthroughError::RootPort { bdf, source })
+    RootPort::for_port(plan, link).map_err(|source| PassthroughError::RootPort { bdf, source })
 }
 
 /// The host bridge's bus range and windows for the DSDT.

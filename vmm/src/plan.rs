@@ -28,11 +28,13 @@ use vfio_glue::HostPciAddress;
 
 use crate::check::HostRoot;
 use crate::passthrough::plan_slots;
-use crate::spec::VmSpec;
+use crate::spec::{HostSelector, VmSpec};
 
 /// Why the plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    #[error(transparent)]
+    Numa(#[from] crate::numa::NumaError),
     #[error("{addr}: no such PCI device ({path} is missing); `lspci -D` lists the host's devices")]
     DeviceMissing { addr: HostPciAddress, path: String },
     #[error("cannot read the host's physical address bits from /proc/cpuinfo")]
@@ -67,11 +69,17 @@ pub struct VmPlan {
     iova_source: String,
     map: PciMap,
     functions: Vec<FunctionView>,
+    /// Per root port, the host link it mirrors (`None`: the default Gen3 x16).
+    links: Vec<Option<devices::pci::PortLink>>,
+    numa: Vec<NumaView>,
 }
+
+/// A guest NUMA node as the plan shows it: vCPUs, RAM ranges (base, length), host node.
+type NumaView = (Vec<u32>, Vec<(u64, u64)>, u32);
 
 /// Plan `spec` (loaded and validated) on the host seen from `root`.
 pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
-    let hosts = spec.passthrough_hosts();
+    let hosts = expand_slots(root, spec)?;
     let (topology, groups) = plan_slots(&hosts).map_err(PlanError::Topology)?;
     let cpuinfo = root.read("proc/cpuinfo").unwrap_or_default();
     let phys_bits = crate::check::phys_bits(&cpuinfo).ok_or(PlanError::PhysBits)?;
@@ -93,6 +101,26 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         }
         bars.push(port_bars);
     }
+    let sysfs = vfio_glue::sysfs::Sysfs::new(root.path("sys"));
+    let links = groups
+        .iter()
+        .map(|g| g.first().and_then(|h| sysfs.upstream_link(h)))
+        .collect();
+    let nodes = crate::numa::HostNodes::new(root.path("sys"));
+    let ram: Vec<(u64, u64)> = layout::ram_regions(spec.memory_bytes())
+        .into_iter()
+        .map(|(a, len)| (a.0, len))
+        .collect();
+    let numa = crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?
+        .map(|p| {
+            let acpi = p.acpi_nodes(&ram);
+            p.nodes
+                .iter()
+                .zip(acpi)
+                .map(|(n, a)| (n.vcpus.clone(), a.memory, n.host_node))
+                .collect()
+        })
+        .unwrap_or_default();
     let (iova, iova_source) = iova_ranges(root, &hosts);
     let ram_size = spec.memory_bytes();
     let platform = layout::pci_platform(ram_size, phys_bits, iova.clone());
@@ -110,7 +138,31 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         iova_source,
         map,
         functions,
+        links,
+        numa,
     })
+}
+
+/// The host functions the spec names, a slot as every function sysfs lists for it (on
+/// whatever driver: the plan shows what `run` would build once they are on vfio-pci).
+fn expand_slots(root: &HostRoot, spec: &VmSpec) -> Result<Vec<HostPciAddress>, PlanError> {
+    let sysfs = vfio_glue::sysfs::Sysfs::new(root.path("sys"));
+    let mut addrs = Vec::new();
+    for h in spec.passthrough_hosts() {
+        match h {
+            HostSelector::Function(a) => addrs.push(a),
+            HostSelector::Slot(s) => {
+                let members = vfio_glue::host::slot_members(&sysfs, s).map_err(|_| {
+                    PlanError::DeviceMissing {
+                        addr: s,
+                        path: root.path("sys/bus/pci/devices").display().to_string(),
+                    }
+                })?;
+                addrs.extend(members.iter().map(|m| m.addr));
+            }
+        }
+    }
+    Ok(addrs)
 }
 
 /// A function's BARs (from `config` and `resource`) and the spans that trap.
@@ -290,13 +342,24 @@ impl VmPlan {
         Some(t.iter().find(|(i, _)| *i == index)?.1.clone())
     }
 
+    /// The link root port `i` reports: the host's it mirrors, else the default.
+    fn link(&self, i: usize) -> devices::pci::PortLink {
+        self.links
+            .get(i)
+            .copied()
+            .flatten()
+            .unwrap_or(devices::pci::PortLink::DEFAULT)
+    }
+
     /// The plan as a JSON document (addresses as hex strings: JSON numbers lose bits).
     pub fn to_json(&self) -> Value {
         let ports: Vec<Value> = self
             .map
             .ports
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
+                let link = self.link(i);
                 let bars: Vec<Value> = p
                     .bars
                     .iter()
@@ -337,6 +400,7 @@ impl VmPlan {
                     "io": range_json(&p.io),
                     "mem": range_json(&p.mem),
                     "prefetchable": range_json(&p.prefetchable),
+                    "link": json!({ "speed": link.speed.rate(), "width": link.width }),
                     "functions": functions,
                     "bars": bars,
                 })
@@ -345,7 +409,19 @@ impl VmPlan {
         let (m64, m64_size) = self.map.mmio64;
         json!({
             "vcpus": self.vcpus,
-            "numa_nodes": Value::Null,
+            "numa_nodes": if self.numa.is_empty() {
+                Value::Null
+            } else {
+                self.numa
+                    .iter()
+                    .map(|(cpus, mem, host)| {
+                        let mem: Vec<Value> =
+                            mem.iter().map(|(a, l)| json!([hex(*a), hex(*l)])).collect();
+                        json!({ "vcpus": cpus, "memory": mem, "host_node": host })
+                    })
+                    .collect::<Vec<_>>()
+                    .into()
+            },
             "ram": self.ram.iter().map(|(a, l)| json!([hex(*a), hex(*l)])).collect::<Vec<_>>(),
             "phys_bits": self.phys_bits,
             "iova_ranges": self.iova.iter().map(|(a, b)| json!([hex(*a), hex(*b)])).collect::<Vec<_>>(),
@@ -415,21 +491,31 @@ impl fmt::Display for VmPlan {
             iova.join(", ")
         };
         writeln!(f, "IOVA ranges  {iova} ({})", self.iova_source)?;
+        for (i, (cpus, mem, host)) in self.numa.iter().enumerate() {
+            let mib: u64 = mem.iter().map(|(_, l)| l >> 20).sum();
+            writeln!(
+                f,
+                "NUMA node {i}  vCPUs {cpus:?}  {mib} MiB  on host node {host}"
+            )?;
+        }
         writeln!(
             f,
             "host bridge  {}  buses 0-{}",
             resources::HOST_BRIDGE,
             self.map.bus_end
         )?;
-        for p in &self.map.ports {
+        for (i, p) in self.map.ports.iter().enumerate() {
+            let link = self.link(i);
             writeln!(
                 f,
-                "  root port {} -> bus {}  io {}  mem {}  prefetchable {}",
+                "  root port {} -> bus {}  io {}  mem {}  prefetchable {}  link {} x{}",
                 p.slot.bdf,
                 p.slot.secondary_bus,
                 window(&p.io),
                 window(&p.mem),
-                window(&p.prefetchable)
+                window(&p.prefetchable),
+                link.speed.rate(),
+                link.width
             )?;
             for g in &p.slot.functions {
                 let host = self.function(*g).map_or("?".into(), |v| v.host.to_string());

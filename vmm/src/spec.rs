@@ -118,11 +118,38 @@ pub enum SpecError {
         first: usize,
         field: &'static str,
     },
+    #[error(
+        "passthrough[{index}].clique: {clique} is above 15; the GPUDirect clique ID has four bits"
+    )]
+    CliqueRange { index: usize, clique: u8 },
+    #[error("numa: the nodes' memory_mib add up to {sum} MiB, but memory.size_mib is {size}")]
+    NumaMemorySum { sum: u64, size: u64 },
+    #[error("numa[{node}].memory_mib: {mib} MiB is not a multiple of the {page} hugepage size")]
+    NumaMemoryPage {
+        node: usize,
+        mib: u64,
+        page: HugePages,
+    },
+    #[error("numa[{node}].vcpus: vCPU {cpu} does not exist (vcpus is {vcpus}: 0..={})", .vcpus - 1)]
+    NumaCpuMissing { node: usize, cpu: u32, vcpus: u32 },
+    #[error("numa[{node}].vcpus: vCPU {cpu} is already on numa[{first}]")]
+    NumaCpuTwice { node: usize, first: usize, cpu: u32 },
+    #[error("numa: vCPU {cpu} is on no node; list every vCPU once")]
+    NumaCpuUnplaced { cpu: u32 },
+    #[error("numa[{node}].devices: {device} is not a passthrough index (0..{count})")]
+    NumaDevice {
+        node: usize,
+        device: usize,
+        count: usize,
+    },
+    #[error("numa: no node; give at least one, or \"auto\"")]
+    NumaEmpty,
     #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
     DuplicatePassthrough {
         index: usize,
         first: usize,
-        addr: Bdf,
+        /// The entry's text, a function or a slot.
+        addr: String,
     },
 }
 
@@ -133,6 +160,9 @@ pub struct VmSpec {
     /// Number of vCPUs, 1..=255.
     pub vcpus: u32,
     pub memory: MemorySpec,
+    /// What the guest's CPUs show of the hypervisor.
+    #[serde(default, skip_serializing_if = "CpuSpec::is_default")]
+    pub cpu: CpuSpec,
     pub kernel: KernelSpec,
     /// Host PCI functions given to the guest.
     #[serde(default)]
@@ -152,6 +182,120 @@ pub struct VmSpec {
     /// virtio-net interfaces over host taps, in the order the guest finds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<NetSpec>,
+    /// Peer-to-peer DMA between passed-through devices.
+    #[serde(default, skip_serializing_if = "P2pMode::is_auto")]
+    pub p2p: P2pMode,
+    /// Guest NUMA nodes and the host nodes behind them (`numa.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<NumaSpec>,
+}
+
+/// `numa`: `"auto"` (one guest node per host node with CPUs, as `numa.rs` says) or the
+/// guest nodes, each `{"vcpus": [..], "memory_mib": N, "host_node": H,
+/// "devices": [passthrough indices]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumaSpec {
+    Auto(NumaAuto),
+    Nodes(Vec<NumaNodeSpec>),
+}
+
+/// The word `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumaAuto {
+    Auto,
+}
+
+/// One guest NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNodeSpec {
+    /// Its vCPUs (indices 0..vcpus); may be empty (a memory-only node).
+    #[serde(default)]
+    pub vcpus: Vec<u32>,
+    /// Its share of `memory.size_mib`.
+    pub memory_mib: u64,
+    /// The host node its RAM comes from and its vCPUs run on.
+    pub host_node: u32,
+    /// Indices into `passthrough` of the devices that sit on it.
+    #[serde(default)]
+    pub devices: Vec<usize>,
+}
+
+/// `p2p`: whether each passed-through BAR is DMA-mapped at its guest address, so that one
+/// device can DMA into another's BAR. `true`/`false` or a mode name (serde impls below).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum P2pMode {
+    /// On when more than one device (guest slot) is passed through, best effort.
+    #[default]
+    Auto,
+    /// On; a BAR outside the IOMMU's IOVA ranges is an error.
+    On,
+    /// On; a BAR outside the IOMMU's IOVA ranges turns P2P off for its device, with a
+    /// warning.
+    BestEffort,
+    /// Off.
+    Off,
+}
+
+const P2P_NAMES: [(&str, P2pMode); 4] = [
+    ("auto", P2pMode::Auto),
+    ("on", P2pMode::On),
+    ("best-effort", P2pMode::BestEffort),
+    ("off", P2pMode::Off),
+];
+
+impl Serialize for P2pMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let name = P2P_NAMES.iter().find(|(_, m)| m == self).map(|(n, _)| *n);
+        s.serialize_str(name.unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for P2pMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(P2pVisitor)
+    }
+}
+
+struct P2pVisitor;
+
+impl serde::de::Visitor<'_> for P2pVisitor {
+    type Value = P2pMode;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"true, false, "auto", "on", "best-effort" or "off""#)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<P2pMode, E> {
+        Ok(if v { P2pMode::On } else { P2pMode::Off })
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<P2pMode, E> {
+        P2P_NAMES
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, mode)| *mode)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+    }
+}
+
+impl P2pMode {
+    fn is_auto(&self) -> bool {
+        *self == P2pMode::Auto
+    }
+
+    /// Whether P2P is on for `slots` guest slots, and whether a BAR outside the IOVA
+    /// ranges is an error (rather than P2P off for that device).
+    pub fn resolve(self, slots: usize) -> Option<bool> {
+        match self {
+            P2pMode::Auto => (slots > 1).then_some(false),
+            P2pMode::On => Some(true),
+            P2pMode::BestEffort => Some(false),
+            P2pMode::Off => None,
+        }
+    }
 }
 
 /// One virtio-net interface over a host tap: by name, or an fd Strait inherits.
@@ -298,6 +442,22 @@ pub struct MemorySpec {
     pub prefault: bool,
 }
 
+/// The guest's view of its CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// Clear the CPUID hypervisor bit and drop KVM's signature leaves (QEMU's `kvm=off`
+    /// with `-hypervisor`): the guest then loses kvmclock and KVM's other paravirt features.
+    #[serde(default)]
+    pub hide_hypervisor: bool,
+}
+
+impl CpuSpec {
+    fn is_default(&self) -> bool {
+        *self == CpuSpec::default()
+    }
+}
+
 /// Backing page size of guest RAM. Deserialized by hand so that a wrong value (`true`,
 /// `"4M"`) is named with the values allowed instead of serde's "expected value".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -385,12 +545,54 @@ pub struct KernelSpec {
     pub cmdline: String,
 }
 
-/// One host PCI function to pass through.
+/// One host PCI function, or every function of one host device, to pass through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassthroughSpec {
-    /// Host address, `DDDD:BB:DD.F` as in sysfs.
+    /// Host address, `DDDD:BB:DD.F` as in sysfs, or `DDDD:BB:DD` for the whole slot.
     pub host: HostAddress,
+    /// NVIDIA GPUDirect P2P clique ID (0-15) for the GPU function(s) of this entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clique: Option<u8>,
+}
+
+/// What `passthrough[].host` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostSelector {
+    /// One function, `DDDD:BB:DD.F`.
+    Function(Bdf),
+    /// Every function of a device, `DDDD:BB:DD` (held as its function 0): expanded from
+    /// sysfs by the host checks, passed through as one multi-function guest slot.
+    Slot(Bdf),
+}
+
+impl HostSelector {
+    /// The address given, function 0 for a slot.
+    pub fn addr(self) -> Bdf {
+        match self {
+            HostSelector::Function(a) | HostSelector::Slot(a) => a,
+        }
+    }
+
+    /// True when `self` and `other` name a function in common.
+    fn overlaps(self, other: HostSelector) -> bool {
+        let (a, b) = (self.addr(), other.addr());
+        let same_slot =
+            a.segment() == b.segment() && a.bus() == b.bus() && a.device() == b.device();
+        match (self, other) {
+            (HostSelector::Function(_), HostSelector::Function(_)) => a == b,
+            _ => same_slot,
+        }
+    }
+
+    /// Parses `DDDD:BB:DD.F` / `BB:DD.F` (a function) or `DDDD:BB:DD` / `BB:DD` (a slot).
+    fn parse(text: &str) -> Result<HostSelector, BdfError> {
+        let text = text.trim();
+        if text.contains('.') {
+            return text.parse().map(HostSelector::Function);
+        }
+        format!("{text}.0").parse().map(HostSelector::Slot)
+    }
 }
 
 /// `passthrough[].host`: parsed once, when the spec loads, into the typed address the
@@ -401,12 +603,12 @@ pub struct PassthroughSpec {
 #[serde(from = "String", into = "String")]
 pub struct HostAddress {
     text: String,
-    parsed: Result<Bdf, BdfError>,
+    parsed: Result<HostSelector, BdfError>,
 }
 
 impl From<String> for HostAddress {
     fn from(text: String) -> Self {
-        let parsed = text.trim().parse();
+        let parsed = HostSelector::parse(&text);
         HostAddress { text, parsed }
     }
 }
@@ -424,8 +626,8 @@ impl From<HostAddress> for String {
 }
 
 impl HostAddress {
-    /// The address, or why the text is not one.
-    pub fn parsed(&self) -> Result<Bdf, BdfError> {
+    /// The function or slot, or why the text is neither.
+    pub fn parsed(&self) -> Result<HostSelector, BdfError> {
         self.parsed.clone()
     }
 }
@@ -588,6 +790,9 @@ impl VmSpec {
         }
         self.validate_disks()?;
         self.validate_net()?;
+        if let Some(NumaSpec::Nodes(nodes)) = &self.numa {
+            self.validate_numa(nodes)?;
+        }
         Ok(())
     }
 
@@ -650,6 +855,56 @@ impl VmSpec {
         Ok(())
     }
 
+    /// Guest nodes cover every vCPU once, add up to the RAM size in whole hugepages and
+    /// name existing passthrough entries. The host nodes are checked on the host.
+    fn validate_numa(&self, nodes: &[NumaNodeSpec]) -> Result<(), SpecError> {
+        if nodes.is_empty() {
+            return Err(SpecError::NumaEmpty);
+        }
+        let mut owner: Vec<Option<usize>> = vec![None; self.vcpus as usize];
+        let page_mib = (self.memory.hugepages.page_size() >> 20).max(1);
+        for (node, n) in nodes.iter().enumerate() {
+            if n.memory_mib % page_mib != 0 {
+                return Err(SpecError::NumaMemoryPage {
+                    node,
+                    mib: n.memory_mib,
+                    page: self.memory.hugepages,
+                });
+            }
+            for &cpu in &n.vcpus {
+                let slot = owner
+                    .get_mut(cpu as usize)
+                    .ok_or(SpecError::NumaCpuMissing {
+                        node,
+                        cpu,
+                        vcpus: self.vcpus,
+                    })?;
+                if let Some(first) = *slot {
+                    return Err(SpecError::NumaCpuTwice { node, first, cpu });
+                }
+                *slot = Some(node);
+            }
+            if let Some(&device) = n.devices.iter().find(|d| **d >= self.passthrough.len()) {
+                return Err(SpecError::NumaDevice {
+                    node,
+                    device,
+                    count: self.passthrough.len(),
+                });
+            }
+        }
+        if let Some(cpu) = owner.iter().position(Option::is_none) {
+            return Err(SpecError::NumaCpuUnplaced { cpu: cpu as u32 });
+        }
+        let sum: u64 = nodes.iter().map(|n| n.memory_mib).sum();
+        if sum != self.memory.size_mib {
+            return Err(SpecError::NumaMemorySum {
+                sum,
+                size: self.memory.size_mib,
+            });
+        }
+        Ok(())
+    }
+
     fn validate_memory(&self) -> Result<(), SpecError> {
         let m = &self.memory;
         if m.size_mib < MIN_MEMORY_MIB {
@@ -695,25 +950,33 @@ impl VmSpec {
         Ok(())
     }
 
-    /// The passthrough addresses; errors on bad syntax or duplicates (the one place
-    /// either is checked).
-    pub fn passthrough_addresses(&self) -> Result<Vec<Bdf>, SpecError> {
-        let mut seen: Vec<Bdf> = Vec::new();
+    /// The passthrough functions and slots; errors on bad syntax or on two entries
+    /// naming one function (the one place either is checked).
+    pub fn passthrough_addresses(&self) -> Result<Vec<HostSelector>, SpecError> {
+        let mut seen: Vec<HostSelector> = Vec::new();
         for (index, p) in self.passthrough.iter().enumerate() {
-            let addr = p
+            let sel = p
                 .host
                 .parsed()
                 .map_err(|source| SpecError::PciAddress { index, source })?;
-            if let Some(first) = seen.iter().position(|a| *a == addr) {
-                return Err(SpecError::DuplicatePassthrough { index, first, addr });
+            if let Some(clique) = p.clique.filter(|c| *c > vfio_glue::pci::MAX_CLIQUE) {
+                return Err(SpecError::CliqueRange { index, clique });
             }
-            seen.push(addr);
+            if let Some(first) = seen.iter().position(|a| a.overlaps(sel)) {
+                return Err(SpecError::DuplicatePassthrough {
+                    index,
+                    first,
+                    addr: String::from(p.host.clone()),
+                });
+            }
+            seen.push(sel);
         }
         Ok(seen)
     }
 
-    /// The passthrough addresses of a validated spec, in spec order.
-    pub fn passthrough_hosts(&self) -> Vec<Bdf> {
+    /// The passthrough functions and slots of a validated spec, in spec order (slots
+    /// are expanded from sysfs by `passthrough::expand_hosts`).
+    pub fn passthrough_hosts(&self) -> Vec<HostSelector> {
         self.passthrough
             .iter()
             .filter_map(|p| p.host.parsed().ok())
@@ -873,6 +1136,27 @@ mod tests {
         let err = VmSpec::parse(&text).unwrap_err();
         assert!(
             matches!(err, SpecError::InvalidValue { ref at, .. } if at == "lifecycle.on_reboot"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn hypervisor_is_shown_unless_hidden() {
+        assert!(!spec().cpu.hide_hypervisor);
+        let text = GOOD.replacen(
+            "\"kernel\"",
+            "\"cpu\": {\"hide_hypervisor\": true}, \"kernel\"",
+            1,
+        );
+        assert!(VmSpec::parse(&text).unwrap().cpu.hide_hypervisor);
+    }
+
+    #[test]
+    fn unknown_cpu_field_is_named() {
+        let text = GOOD.replacen("\"kernel\"", "\"cpu\": {\"kvm\": false}, \"kernel\"", 1);
+        let err = VmSpec::parse(&text).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::UnknownField { at, field, .. } if at == "cpu" && field == "kvm"),
             "{err:?}"
         );
     }
@@ -1121,14 +1405,18 @@ mod tests {
     #[test]
     fn bad_pci_address_rejected() {
         for bad in [
-            "01:00",
-            "0000:01:00",
+            "0000:01",
+            "01",
+            "0000:01:20",
             "0000:01:20.0",
             "0000:01:00.8",
             "000g:01:00.0",
         ] {
             let mut s = spec();
-            s.passthrough = vec![PassthroughSpec { host: bad.into() }];
+            s.passthrough = vec![PassthroughSpec {
+                host: bad.into(),
+                clique: None,
+            }];
             let err = s.validate().unwrap_err();
             assert!(
                 matches!(err, SpecError::PciAddress { index: 0, .. }),
@@ -1144,6 +1432,7 @@ mod tests {
             .iter()
             .map(|h| PassthroughSpec {
                 host: h.to_string().into(),
+                clique: None,
             })
             .collect();
         let err = s.validate().unwrap_err();
@@ -1158,13 +1447,238 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_without_function_names_the_whole_device() {
+        let mut s = spec();
+        s.passthrough = vec![PassthroughSpec {
+            host: "0000:01:00".into(),
+            clique: None,
+        }];
+        let addrs = s.passthrough_addresses().unwrap();
+        assert_eq!(addrs, [HostSelector::Slot("0000:01:00.0".parse().unwrap())]);
+        let short: HostAddress = "0a:1f".into();
+        assert_eq!(
+            short.parsed().unwrap(),
+            HostSelector::Slot("0000:0a:1f.0".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_function_of_a_listed_slot_is_a_duplicate() {
+        for pair in [
+            ["0000:01:00", "0000:01:00.1"],
+            ["01:00.1", "0000:01:00"],
+            ["01:00", "0000:01:00"],
+        ] {
+            let mut s = spec();
+            s.passthrough = pair
+                .iter()
+                .map(|h| PassthroughSpec {
+                    host: (*h).into(),
+                    clique: None,
+                })
+                .collect();
+            let err = s.validate().unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    SpecError::DuplicatePassthrough {
+                        index: 1,
+                        first: 0,
+                        ..
+                    }
+                ),
+                "{pair:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn clique_above_15_is_refused_with_its_entry() {
+        let text = GOOD.replacen(
+            "} }",
+            "}, \"passthrough\": [{\"host\": \"01:00\", \"clique\": 7}, {\"host\": \"02:00\", \"clique\": 16}] }",
+            1,
+        );
+        let s = VmSpec::parse(&text).unwrap();
+        assert_eq!(s.passthrough[0].clique, Some(7));
+        let err = s.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::CliqueRange {
+                    index: 1,
+                    clique: 16
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("passthrough[1].clique: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn p2p_is_on_by_default_only_for_several_devices() {
+        assert_eq!(spec().p2p, P2pMode::Auto);
+        assert_eq!(P2pMode::Auto.resolve(1), None);
+        assert_eq!(P2pMode::Auto.resolve(2), Some(false));
+        assert_eq!(P2pMode::On.resolve(1), Some(true));
+        assert_eq!(P2pMode::BestEffort.resolve(8), Some(false));
+        assert_eq!(P2pMode::Off.resolve(8), None);
+        let text = GOOD.replacen("} }", "}, \"p2p\": \"best-effort\" }", 1);
+        assert_eq!(VmSpec::parse(&text).unwrap().p2p, P2pMode::BestEffort);
+        let on = GOOD.replacen("} }", "}, \"p2p\": true }", 1);
+        assert_eq!(VmSpec::parse(&on).unwrap().p2p, P2pMode::On);
+        let bad = GOOD.replacen("} }", "}, \"p2p\": \"yes\" }", 1);
+        assert!(
+            matches!(VmSpec::parse(&bad), Err(SpecError::InvalidValue { at, .. }) if at == "p2p"),
+            "{:?}",
+            VmSpec::parse(&bad)
+        );
+    }
+
+    fn with_numa(numa: &str) -> Result<VmSpec, SpecError> {
+        let text = GOOD.replacen("} }", &format!("}}, \"numa\": {numa} }}"), 1);
+        let s = VmSpec::parse(&text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn numa_takes_auto_or_a_list_of_nodes() {
+        assert_eq!(
+            with_numa("\"auto\"").unwrap().numa,
+            Some(NumaSpec::Auto(NumaAuto::Auto))
+        );
+        let s = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [1], "memory_mib": 256, "host_node": 1}]"#,
+        )
+        .unwrap();
+        let Some(NumaSpec::Nodes(nodes)) = s.numa else {
+            panic!("nodes expected");
+        };
+        assert_eq!((nodes[1].vcpus.clone(), nodes[1].host_node), (vec![1], 1));
+    }
+
+    #[test]
+    fn numa_memory_must_add_up() {
+        let err = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [1], "memory_mib": 128, "host_node": 1}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaMemorySum {
+                    sum: 384,
+                    size: 512
+                }
+            ),
+            "{err:?}"
+        );
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1], "memory_mib": 511, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaMemoryPage {
+                    node: 0,
+                    mib: 511,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn numa_vcpus_must_exist_and_be_placed_once() {
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1, 2], "memory_mib": 512, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaCpuMissing {
+                    node: 0,
+                    cpu: 2,
+                    vcpus: 2
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("numa[0].vcpus: vCPU 2 does not exist"),
+            "{err}"
+        );
+        let err = with_numa(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0},
+                {"vcpus": [0], "memory_mib": 256, "host_node": 1}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaCpuTwice {
+                    node: 1,
+                    first: 0,
+                    cpu: 0
+                }
+            ),
+            "{err:?}"
+        );
+        let err = with_numa(r#"[{"vcpus": [0], "memory_mib": 512, "host_node": 0}]"#).unwrap_err();
+        assert!(
+            matches!(err, SpecError::NumaCpuUnplaced { cpu: 1 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn numa_devices_must_be_passthrough_entries() {
+        let err =
+            with_numa(r#"[{"vcpus": [0, 1], "memory_mib": 512, "host_node": 0, "devices": [0]}]"#)
+                .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaDevice {
+                    node: 0,
+                    device: 0,
+                    count: 0
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(with_numa("[]"), Err(SpecError::NumaEmpty)));
+    }
+
+    #[test]
+    fn another_slot_on_the_same_bus_is_no_duplicate() {
+        let mut s = spec();
+        s.passthrough = ["0000:01:00", "0000:01:01.0"]
+            .iter()
+            .map(|h| PassthroughSpec {
+                host: (*h).into(),
+                clique: None,
+            })
+            .collect();
+        s.validate().unwrap();
+    }
+
+    #[test]
     fn short_pci_address_means_segment_zero() {
         let mut s = spec();
         s.passthrough = vec![PassthroughSpec {
             host: "0a:1f.7".into(),
+            clique: None,
         }];
         let addrs = s.passthrough_addresses().unwrap();
-        assert_eq!(addrs[0].to_string(), "0000:0a:1f.7");
+        assert_eq!(addrs[0].addr().to_string(), "0000:0a:1f.7");
+        assert!(matches!(addrs[0], HostSelector::Function(_)));
     }
 
     #[test]

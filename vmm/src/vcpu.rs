@@ -87,6 +87,8 @@ pub struct BootCpuState {
     pub supported_cpuid: CpuId,
     /// The MSRs a reset puts back ([`reset_msr_indices`]).
     pub reset_msrs: Vec<u32>,
+    /// The spec's `cpu.hide_hypervisor`: no hypervisor bit, no KVM leaves.
+    pub hide_hypervisor: bool,
 }
 
 /// The MSRs a reboot in place restores: the boot MSRs and KVM's paravirtual ones, as far
@@ -221,6 +223,37 @@ pub fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
     Ok(cpuid)
 }
 
+/// The kernel command line the guest boots with: the spec's, plus, with the hypervisor
+/// hidden, `tsc_early_khz=` with the rate KVM runs new vCPUs' TSCs at. A guest that
+/// finds no hypervisor has no kvmclock and calibrates its TSC against the PIT, HPET or
+/// ACPI PM timer; Strait offers only the PIT, and where that calibration fails (nested
+/// or loaded hosts) the guest marks the TSC unusable and hangs in its timer checks.
+pub fn guest_cmdline(kvm: &Kvm, cmdline: &str, hide_hypervisor: bool) -> String {
+    if !hide_hypervisor || cmdline.contains("tsc_early_khz=") {
+        return cmdline.to_string();
+    }
+    match tsc_khz(kvm) {
+        Ok(khz) => with_tsc_khz(cmdline, khz),
+        Err(e) => {
+            log::warn!("cannot read the vCPU TSC rate ({e}); the guest calibrates its TSC");
+            cmdline.to_string()
+        }
+    }
+}
+
+/// `cmdline` with `tsc_early_khz=khz` appended.
+fn with_tsc_khz(cmdline: &str, khz: u32) -> String {
+    format!("{} tsc_early_khz={khz}", cmdline.trim_end())
+}
+
+/// The TSC rate of a new vCPU (KVM_GET_TSC_KHZ), read from a scratch VM: the VM's own
+/// vCPUs are created after the kernel is loaded.
+fn tsc_khz(kvm: &Kvm) -> Result<u32, kvm_ioctls::Error> {
+    let vm = kvm.create_vm()?;
+    let vcpu = vm.create_vcpu(0)?;
+    vcpu.get_tsc_khz()
+}
+
 /// Create vCPU `index` of `count`, keep its power-on state and load its boot state.
 pub fn create_vcpu(
     vm: &VmFd,
@@ -234,6 +267,9 @@ pub fn create_vcpu(
     let mut cpuid = boot.supported_cpuid.clone();
     arch::x86_64::patch_cpuid(&mut cpuid, index, count)
         .map_err(|source| VcpuError::Arch { index, source })?;
+    if boot.hide_hypervisor {
+        arch::x86_64::hide_hypervisor(&mut cpuid);
+    }
     vcpu.set_cpuid2(&cpuid)
         .map_err(kvm_err(index, "KVM_SET_CPUID2"))?;
     let power_on = PowerOnState::capture(&vcpu, index, &boot.reset_msrs)?;
@@ -523,6 +559,14 @@ fn log_registers(index: u32, vcpu: &VcpuFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tsc_rate_is_appended_to_the_command_line() {
+        assert_eq!(
+            with_tsc_khz("console=ttyS0 quiet ", 2_994_372),
+            "console=ttyS0 quiet tsc_early_khz=2994372"
+        );
+    }
 
     #[test]
     fn a_panicking_vcpu_thread_stops_the_vm() {

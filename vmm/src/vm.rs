@@ -158,6 +158,8 @@ pub(crate) struct VmParts {
 /// and RAM is unmapped.
 pub struct Vm {
     threads: Vec<JoinHandle<VcpuFd>>,
+    /// Host CPUs per vCPU index ([`Vm::pin_vcpus`]); empty for none.
+    vcpu_cpus: Vec<Vec<usize>>,
     /// Guest boots in this process.
     boots: Arc<AtomicU32>,
     restart: Restart,
@@ -196,6 +198,7 @@ impl Vm {
         let counters = Arc::new(ExitCounters::default());
         Vm {
             threads: Vec::new(),
+            vcpu_cpus: Vec::new(),
             boots: Arc::new(AtomicU32::new(1)),
             restart,
             stop,
@@ -237,6 +240,7 @@ impl Vm {
         }
         self.gate
             .set_threads(self.threads.iter().map(|t| t.as_pthread_t()).collect());
+        self.apply_pinning();
         Ok(())
     }
 
@@ -254,6 +258,26 @@ impl Vm {
                 .passthrough
                 .as_ref()
                 .map_or_else(Vec::new, |p| p.device_views()),
+        }
+    }
+
+    /// Pin vCPU `i`'s thread to the host CPUs `cpus[i]` (guest NUMA), now and after every
+    /// reboot in place; an empty set, or a refusal, leaves the thread where it is (logged).
+    pub fn pin_vcpus(&mut self, cpus: Vec<Vec<usize>>) {
+        self.vcpu_cpus = cpus;
+        self.apply_pinning();
+    }
+
+    fn apply_pinning(&self) {
+        use std::os::unix::thread::JoinHandleExt;
+        for ((i, t), set) in (0u32..).zip(&self.threads).zip(&self.vcpu_cpus) {
+            if set.is_empty() {
+                continue;
+            }
+            match crate::numa::pin_thread(t.as_pthread_t(), set) {
+                Ok(()) => log::info!("numa: vcpu{i} pinned to host CPUs {set:?}"),
+                Err(e) => log::warn!("numa: cannot pin vcpu{i} to host CPUs {set:?}: {e}"),
+            }
         }
     }
 

@@ -10,6 +10,12 @@
 //! left as KVM reports them (including the paravirt leaves 0x4000_0000.., leaf 0x6 ARAT and
 //! leaf 0xa, whose PMU KVM emulates in the kernel, x2APIC, which KVM reports itself, and
 //! invariant TSC in 0x8000_0007, reported when the host's TSC is constant).
+//!
+//! On request ([`hide_hypervisor`], the spec's `cpu.hide_hypervisor`, QEMU's `kvm=off`
+//! plus `-hypervisor`), the hypervisor bit and the whole hypervisor leaf range
+//! 0x4000_0000..=0x4000_00ff (KVM's "KVMKVMKVM" signature and its paravirt feature leaf,
+//! Linux's Documentation/virt/kvm/x86/cpuid.rst) are taken out, so a guest driver that
+//! refuses to run under a hypervisor sees bare metal.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -27,6 +33,11 @@ pub const LEVEL_TYPE_SMT: u32 = 1;
 pub const LEVEL_TYPE_CORE: u32 = 2;
 /// Physical address bits assumed when leaf 0x8000_0008 is missing (Intel SDM: 36).
 pub const DEFAULT_PHYS_BITS: u8 = 36;
+
+/// The leaves a hypervisor owns (Intel SDM Vol. 2A "CPUID": 0x4000_0000-0x4FFF_FFFF are
+/// reserved for software; KVM, Hyper-V and Xen put their signature and features in the
+/// first 256).
+pub const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_00ff;
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
@@ -208,6 +219,20 @@ fn replace_topology_leaf(cpuid: &mut CpuId, leaf: u32, topo: Topology) -> Result
         })?;
     }
     Ok(())
+}
+
+/// Takes the hypervisor out of a guest's CPUID, after [`patch_cpuid`] (which sets the
+/// hypervisor bit): clears leaf 0x1 `ECX[31]` and drops every leaf of
+/// [`HYPERVISOR_LEAVES`]. The guest then finds no KVM signature, so it uses none of
+/// KVM's paravirt features (kvmclock, PV EOI, steal time, async page faults, PV TLB
+/// flush and spinlocks); the hardware leaves are unchanged.
+pub fn hide_hypervisor(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_FEATURES {
+            e.ecx &= !CPUID1_ECX_HYPERVISOR;
+        }
+    }
+    cpuid.retain(|e| !HYPERVISOR_LEAVES.contains(&e.function));
 }
 
 /// Guest physical address bits: leaf 0x8000_0008 `EAX[7:0]`, lowered to the guest physical
@@ -439,6 +464,50 @@ mod tests {
     fn paravirt_leaves_are_untouched() {
         let before = find(&host_cpuid(), 0x4000_0000, 0);
         assert_eq!(find(&patched(1, 2), 0x4000_0000, 0), before);
+    }
+
+    fn hidden(index: u32, count: u32) -> CpuId {
+        let mut c = patched(index, count);
+        c.push(entry(0x4000_0001, 0, [0x0100_7afb, 0, 0, 0]))
+            .unwrap();
+        c.push(entry(0x4000_0100, 0, [1, 2, 3, 4])).unwrap();
+        hide_hypervisor(&mut c);
+        c
+    }
+
+    #[test]
+    fn hiding_clears_the_hypervisor_bit_after_the_per_vcpu_patch() {
+        assert_eq!(find(&hidden(1, 2), 0x1, 0).ecx & CPUID1_ECX_HYPERVISOR, 0);
+    }
+
+    #[test]
+    fn hiding_drops_the_kvm_signature_and_feature_leaves() {
+        let c = hidden(0, 1);
+        assert!(!c
+            .as_slice()
+            .iter()
+            .any(|e| HYPERVISOR_LEAVES.contains(&e.function)));
+    }
+
+    #[test]
+    fn hiding_keeps_leaves_outside_the_hypervisor_range() {
+        let c = hidden(0, 2);
+        assert_eq!(find(&c, 0x4000_0100, 0).eax, 1);
+        assert_eq!(
+            find(&c, 0x8000_0008, 0),
+            find(&patched(0, 2), 0x8000_0008, 0)
+        );
+    }
+
+    #[test]
+    fn hiding_keeps_the_other_leaf1_bits() {
+        let before = find(&patched(1, 2), 0x1, 0);
+        let after = find(&hidden(1, 2), 0x1, 0);
+        assert_eq!(after.ecx, before.ecx & !CPUID1_ECX_HYPERVISOR);
+        assert_eq!(
+            (after.eax, after.ebx, after.edx),
+            (before.eax, before.ebx, before.edx)
+        );
     }
 
     #[test]

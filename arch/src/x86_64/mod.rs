@@ -12,7 +12,7 @@
 //!    [`boot_params::build_boot_params`] + [`boot_params::write_boot_params`].
 //! 4. Once: `KVM_GET_SUPPORTED_CPUID` -> [`cpuid::add_emulated_features`] (from KVM's
 //!    capabilities). Per vCPU `i` of `n`: that table -> [`cpuid::patch_cpuid`] ->
-//!    `KVM_SET_CPUID2`; `KVM_SET_MSRS` with [`regs::boot_msrs`]; `KVM_SET_FPU` with
+//!    (only when the hypervisor is hidden) [`cpuid::hide_hypervisor`] -> `KVM_SET_CPUID2`; `KVM_SET_MSRS` with [`regs::boot_msrs`]; `KVM_SET_FPU` with
 //!    [`regs::boot_fpu`]; `KVM_GET_LAPIC` -> [`regs::set_lint`] -> `KVM_SET_LAPIC`.
 //!    On the boot vCPU (i == 0) also `KVM_SET_REGS` with
 //!    [`regs::boot_regs`]`(`[`kernel_entry`]`(..))` and
@@ -32,11 +32,15 @@ pub mod layout;
 pub mod paging;
 pub mod regs;
 
-pub use acpi::{create_acpi_tables, AcpiConfig, AddrRange, PciWindows};
+pub use acpi::{
+    create_acpi_tables, split_ram, AcpiConfig, AddrRange, NumaNode, PciWindows, LOCAL_DISTANCE,
+};
 pub use boot_params::{
     build_boot_params, initramfs_addr, kernel_entry, write_boot_params, BootParamsConfig,
 };
-pub use cpuid::{add_emulated_features, patch_cpuid, phys_address_bits, EmulatedFeatures};
+pub use cpuid::{
+    add_emulated_features, hide_hypervisor, patch_cpuid, phys_address_bits, EmulatedFeatures,
+};
 pub use e820::{e820_table, E820Entry, E820Kind};
 pub use regs::{boot_fpu, boot_msrs, boot_regs, set_boot_sregs, set_lint, KVM_PARAVIRT_MSRS};
 

@@ -40,7 +40,7 @@ pub use msi::Msi;
 pub use msix::{Msix, MsixLayout};
 pub use resources::{Bdf, BdfError};
 pub use root::{PciRoot, SharedPciDevice};
-pub use root_port::{LinkSpeed, RootPort, RootPortConfig};
+pub use root_port::{LinkSpeed, PortLink, RootPort, RootPortConfig};
 
 /// Which address space a BAR decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,65 @@ pub enum LinkSpeed {
     Gen3 = 3,
     Gen4 = 4,
     Gen5 = 5,
+    Gen6 = 6,
+}
+
+impl LinkSpeed {
+    /// The transfer rate as sysfs and `lspci` write it, e.g. "8 GT/s".
+    pub fn rate(self) -> &'static str {
+        match self {
+            LinkSpeed::Gen1 => "2.5 GT/s",
+            LinkSpeed::Gen2 => "5 GT/s",
+            LinkSpeed::Gen3 => "8 GT/s",
+            LinkSpeed::Gen4 => "16 GT/s",
+            LinkSpeed::Gen5 => "32 GT/s",
+            LinkSpeed::Gen6 => "64 GT/s",
+        }
+    }
+
+    /// The speed Linux writes in sysfs `current_link_speed`/`max_link_speed`
+    /// ("8.0 GT/s PCIe", older kernels "8 GT/s"); `None` for "Unknown" or anything else.
+    pub fn from_sysfs(text: &str) -> Option<LinkSpeed> {
+        let rate: f64 = text.split_whitespace().next()?.parse().ok()?;
+        let speeds = [
+            (2.5, LinkSpeed::Gen1),
+            (5.0, LinkSpeed::Gen2),
+            (8.0, LinkSpeed::Gen3),
+            (16.0, LinkSpeed::Gen4),
+            (32.0, LinkSpeed::Gen5),
+            (64.0, LinkSpeed::Gen6),
+        ];
+        speeds
+            .iter()
+            .find(|(gt, _)| (rate - gt).abs() < 0.01)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// A root port's link as a host port reports it: speed and negotiated width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortLink {
+    pub speed: LinkSpeed,
+    /// Lanes: 1, 2, 4, 8, 12, 16 or 32.
+    pub width: u8,
+}
+
+impl PortLink {
+    /// What a root port without a host link to mirror reports: Gen3 x16.
+    pub const DEFAULT: PortLink = PortLink {
+        speed: LinkSpeed::Gen3,
+        width: 16,
+    };
+
+    /// The link from sysfs `current_link_speed` and `current_link_width` texts; `None`
+    /// when either is unknown (a root-complex integrated endpoint has no link).
+    pub fn from_sysfs(speed: &str, width: &str) -> Option<PortLink> {
+        let speed = LinkSpeed::from_sysfs(speed)?;
+        let width: u8 = width.trim().parse().ok()?;
+        [1, 2, 4, 8, 12, 16, 32]
+            .contains(&width)
+            .then_some(PortLink { speed, width })
+    }
 }
 
 /// How to build a root port.
@@ -119,10 +178,16 @@ impl std::fmt::Debug for RootPort {
 
 impl RootPort {
     /// The root port the topology plan describes: its number, secondary bus and the
-    /// windows it forwards, programmed as firmware leaves them.
-    pub fn for_port(plan: &resources::PortMap) -> Result<Self, PciError> {
+    /// windows it forwards, programmed as firmware leaves them; its link `link` (the
+    /// host's link above the device it leads to), Gen3 x16 when that is unknown.
+    pub fn for_port(plan: &resources::PortMap, link: Option<PortLink>) -> Result<Self, PciError> {
         let number = plan.slot.slot().saturating_sub(1);
-        let mut port = RootPort::new(RootPortConfig::new(number, plan.slot.secondary_bus))?;
+        let mut config = RootPortConfig::new(number, plan.slot.secondary_bus);
+        if let Some(link) = link {
+            config.link_speed = link.speed;
+            config.link_width = link.width;
+        }
+        let mut port = RootPort::new(config)?;
         port.set_io_window(plan.io.clone())?;
         port.set_mem_window(plan.mem.clone())?;
         port.set_prefetchable_window(plan.prefetchable.clone())?;
@@ -479,6 +544,79 @@ mod tests {
         assert_eq!(lnksta & 0x3ff, 3 | 16 << 4);
         assert_ne!(lnksta & LNKSTA_DLL_ACTIVE, 0);
         assert_eq!(c.read_u32(cap + EXP_LNKCAP2), 0b1110);
+    }
+
+    #[test]
+    fn sysfs_link_speeds_parse_old_and_new_forms() {
+        assert_eq!(
+            LinkSpeed::from_sysfs("2.5 GT/s PCIe"),
+            Some(LinkSpeed::Gen1)
+        );
+        assert_eq!(LinkSpeed::from_sysfs("8 GT/s"), Some(LinkSpeed::Gen3));
+        assert_eq!(
+            LinkSpeed::from_sysfs("16.0 GT/s PCIe"),
+            Some(LinkSpeed::Gen4)
+        );
+        assert_eq!(
+            LinkSpeed::from_sysfs("64.0 GT/s PCIe"),
+            Some(LinkSpeed::Gen6)
+        );
+        assert_eq!(LinkSpeed::from_sysfs("Unknown"), None);
+        assert_eq!(LinkSpeed::from_sysfs("3.0 GT/s"), None);
+    }
+
+    #[test]
+    fn sysfs_link_needs_a_known_speed_and_a_lane_count() {
+        let link = PortLink::from_sysfs("16.0 GT/s PCIe", "8\n");
+        assert_eq!(
+            link,
+            Some(PortLink {
+                speed: LinkSpeed::Gen4,
+                width: 8
+            })
+        );
+        assert_eq!(PortLink::from_sysfs("16.0 GT/s PCIe", "0"), None);
+        assert_eq!(PortLink::from_sysfs("16.0 GT/s PCIe", "3"), None);
+        assert_eq!(PortLink::from_sysfs("Unknown", "16"), None);
+    }
+
+    fn planned_port() -> resources::PortMap {
+        let topo = resources::Topology::new(&[resources::SlotRequest {
+            tag: "gpu".into(),
+            functions: 1,
+        }])
+        .unwrap();
+        resources::PortMap {
+            slot: topo.ports[0].clone(),
+            io: None,
+            mem: None,
+            prefetchable: None,
+            bars: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn planned_port_mirrors_the_host_link() {
+        let link = PortLink {
+            speed: LinkSpeed::Gen5,
+            width: 8,
+        };
+        let p = RootPort::for_port(&planned_port(), Some(link)).unwrap();
+        let c = p.config_space();
+        let cap = p.express_cap_offset();
+        assert_eq!(c.read_u32(cap + EXP_LNKCAP) & 0x3ff, 5 | 8 << 4);
+        assert_eq!(c.read_u16(cap + EXP_LNKSTA) & 0x3ff, 5 | 8 << 4);
+        assert_eq!(c.read_u32(cap + EXP_LNKCAP2), 0b11_1110);
+    }
+
+    #[test]
+    fn planned_port_without_a_host_link_is_gen3_x16() {
+        let p = RootPort::for_port(&planned_port(), None).unwrap();
+        let cap = p.express_cap_offset();
+        assert_eq!(
+            p.config_space().read_u16(cap + EXP_LNKSTA) & 0x3ff,
+            3 | 16 << 4
+        );
     }
 
     #[test]

@@ -389,6 +389,10 @@ mod tests {
             devices: 0,
             disks: Vec::new(),
             net: false,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
+            numa_nodes: 0,
+            numa_auto: false,
         }
     }
 

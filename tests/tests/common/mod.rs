@@ -66,6 +66,7 @@ pub fn vm_with(list: &[Passthrough]) -> Vm {
         let params = VfioPciParams {
             addr: p.host,
             multifunction,
+            clique: None,
         };
         VfioPciDevice::new(backend(&p.spec, &log), dma.clone(), &mut rec, params)
             .expect("the fake backend is a well-formed device")

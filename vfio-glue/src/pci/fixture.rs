@@ -172,6 +172,25 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn build(fake_dev: FakeDevice, log: CallLog, multifunction: bool) -> Fixture {
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction,
+        clique: None,
+    };
+    let (dev, vmm) = take(fake_dev, log.clone(), params).unwrap();
+    Fixture { dev, log, vmm }
+}
+
+/// The device taken with `params`, or why not.
+pub(super) fn build_with(
+    fake_dev: FakeDevice,
+    log: CallLog,
+    params: VfioPciParams,
+) -> Result<VfioPciDevice> {
+    take(fake_dev, log, params).map(|(dev, _)| dev)
+}
+
+fn take(fake_dev: FakeDevice, log: CallLog, params: VfioPciParams) -> Result<(VfioPciDevice, Vmm)> {
     let mapper = Arc::new(FakeDmaMapper::new(
         log.clone(),
         vec![IovaRange {
@@ -182,12 +201,8 @@ pub(super) fn build(fake_dev: FakeDevice, log: CallLog, multifunction: bool) -> 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let dma = GuestDma::map(mapper, &mem).unwrap();
     let mut vmm = Vmm::default();
-    let params = VfioPciParams {
-        addr: "0000:01:00.0".parse().unwrap(),
-        multifunction,
-    };
-    let dev = VfioPciDevice::new(Box::new(fake_dev), dma, &mut vmm, params).unwrap();
-    Fixture { dev, log, vmm }
+    let dev = VfioPciDevice::new(Box::new(fake_dev), dma, &mut vmm, params)?;
+    Ok((dev, vmm))
 }
 
 pub(super) fn fixture() -> Fixture {

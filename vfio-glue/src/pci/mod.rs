@@ -23,11 +23,13 @@
 //! interrupts off, clears bus mastering, resets, then drops its hold on the
 //! guest DMA mapping and closes the device.
 
+mod clique;
 mod emulated;
 #[cfg(test)]
 mod fixture;
 mod setup;
 
+pub use clique::{CliqueError, MAX_CLIQUE, NVIDIA_VENDOR_ID};
 pub use setup::{guest_bars, msix_holes, msix_of, GuestBar};
 #[cfg(test)]
 mod tests;
@@ -51,6 +53,7 @@ use crate::container::GuestDma;
 use crate::device::{IrqIndex, VfioDeviceOps, CONFIG_REGION, ROM_REGION};
 use crate::error::{Error, Result};
 use crate::irq::{IntxLine, IrqProvider, MsiKind};
+use clique::CliqueCap;
 use devices::interrupt::MsiChange;
 use emulated::{msix_layout, CapError, EmulatedMsi, EmulatedMsix};
 use setup::MappedBar;
@@ -74,6 +77,8 @@ pub struct VfioPciParams {
     pub addr: HostPciAddress,
     /// Set the multi-function bit (function 0 of a slot holding several functions).
     pub multifunction: bool,
+    /// Add the NVIDIA GPUDirect P2P clique capability with this ID ([`clique`]).
+    pub clique: Option<u8>,
 }
 
 /// A BAR span the guest reaches without exits: the VMM registers a KVM memory
@@ -96,6 +101,7 @@ pub struct VfioPciDevice {
     bars: Vec<MappedBar>,
     msix: Option<EmulatedMsix>,
     msi: Option<EmulatedMsi>,
+    clique: Option<CliqueCap>,
     intx: Option<IntxLine>,
     /// Where Strait placed each BAR (index, guest address): a reset puts them back.
     placed: Vec<(u8, u64)>,
@@ -150,6 +156,11 @@ impl VfioPciDevice {
         let addr = params.addr;
         reset_or_warn(&*ops, addr)?;
         let cfg = setup::read_config(&*ops, addr)?;
+        let clique = params
+            .clique
+            .map(|c| CliqueCap::new(&cfg, c))
+            .transpose()
+            .map_err(|source| Error::Clique { addr, source })?;
         let size = if cfg.len() > 256 {
             ConfigSize::Pcie
         } else {
@@ -180,6 +191,7 @@ impl VfioPciDevice {
             bars,
             msix,
             msi,
+            clique,
             intx,
             placed: Vec::new(),
             torn_down: false,
@@ -422,11 +434,10 @@ impl VfioPciDevice {
     }
 }
 
-impl PciDevice for VfioPciDevice {
-    fn config_read(&mut self, reg: usize) -> u32 {
-        let Some(off) = reg.checked_mul(4).filter(|o| *o < self.config_len) else {
-            return u32::MAX;
-        };
+impl VfioPciDevice {
+    /// The guest's config dword at `off` (inside config space), before the clique
+    /// capability's patch.
+    fn config_dword(&self, off: usize) -> u32 {
         match off {
             COMMAND => {
                 (self.device_dword(off) & 0xffff_0000) | (self.shadow.read_u32(off) & 0xffff)
@@ -455,7 +466,7 @@ impl PciDevice for VfioPciDevice {
         }
     }
 
-    fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
+    fn config_write_dword(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         let off = reg.saturating_mul(4);
         if !access_ok(offset, data.len()) || off >= self.config_len {
             limited_debug!(
@@ -497,6 +508,32 @@ impl PciDevice for VfioPciDevice {
             _ => self.device_write(off + offset as usize, data),
         }
         ConfigWriteResult::default()
+    }
+}
+
+impl PciDevice for VfioPciDevice {
+    fn config_read(&mut self, reg: usize) -> u32 {
+        let Some(off) = reg.checked_mul(4).filter(|o| *o < self.config_len) else {
+            return u32::MAX;
+        };
+        let value = self.config_dword(off);
+        match &self.clique {
+            Some(c) => c.patch(off, value),
+            None => value,
+        }
+    }
+
+    fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
+        let off = reg.saturating_mul(4);
+        if self.clique.as_ref().is_some_and(|c| c.covers(off)) {
+            limited_debug!(
+                GUEST_ODDITY,
+                "{}: dropped write to the clique capability",
+                self.addr
+            );
+            return ConfigWriteResult::default();
+        }
+        self.config_write_dword(reg, offset, data)
     }
 
     fn bars(&self) -> Vec<BarInfo> {

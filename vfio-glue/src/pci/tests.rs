@@ -473,6 +473,7 @@ fn a_card_stuck_after_reset_is_refused_at_take() {
     let params = VfioPciParams {
         addr: "0000:01:00.0".parse().unwrap(),
         multifunction: false,
+        clique: None,
     };
     let r = VfioPciDevice::new(Box::new(dev), dma, &mut Vmm::default(), params);
     assert!(matches!(r, Err(Error::DeviceStuck { source: None, .. })));
@@ -494,6 +495,35 @@ fn a_card_stuck_after_a_later_reset_fails_that_reset() {
     );
 }
 
+/// The fixture's device as an NVIDIA GPU (display class), taken with `clique`.
+fn nvidia_with_clique(clique: u8) -> Result<VfioPciDevice> {
+    let log = CallLog::default();
+    let mut cfg = config();
+    cfg[0..2].copy_from_slice(&NVIDIA_VENDOR_ID.to_le_bytes());
+    cfg[0x09..0x0c].copy_from_slice(&[0x00, 0x00, 0x03]);
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+        clique: Some(clique),
+    };
+    build_with(fake(&log, &cfg), log, params)
+}
+
+#[test]
+fn clique_capability_is_appended_to_the_device_list() {
+    let mut dev = nvidia_with_clique(3).unwrap();
+    // PCIe at 0x80 was last: its next pointer now leads to 0xc8.
+    assert_eq!(dev.config_read(0x80 / 4) & 0xff00, 0xc800);
+    assert_eq!(
+        dev.config_read(0xc8 / 4),
+        u32::from_le_bytes([0x09, 0, 8, b'P'])
+    );
+    assert_eq!(
+        dev.config_read(0xcc / 4),
+        u32::from_le_bytes([b'2', b'P', 3 << 3, 0])
+    );
+}
+
 #[test]
 fn failing_set_irqs_in_a_guest_loop_leaves_the_log_small() {
     let log = CallLog::default();
@@ -510,4 +540,45 @@ fn failing_set_irqs_in_a_guest_loop_leaves_the_log_small() {
         }
     });
     assert!(lines <= 40, "{lines} lines for 10,000 failing SET_IRQS");
+}
+
+#[test]
+fn clique_capability_is_read_only_and_never_reaches_the_device() {
+    let log = CallLog::default();
+    let mut cfg = config();
+    cfg[0..2].copy_from_slice(&NVIDIA_VENDOR_ID.to_le_bytes());
+    cfg[0x09..0x0c].copy_from_slice(&[0x00, 0x00, 0x03]);
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+        clique: Some(1),
+    };
+    let mut dev = build_with(fake(&log, &cfg), log.clone(), params).unwrap();
+    log.take();
+    dev.config_write(0xcc / 4, 2, &[0xff]);
+    assert!(log.calls().is_empty());
+    assert_eq!(dev.config_read(0xcc / 4) >> 16 & 0xff, 1 << 3);
+}
+
+#[test]
+fn clique_on_a_device_that_is_not_nvidia_is_refused() {
+    let log = CallLog::default();
+    let params = VfioPciParams {
+        addr: "0000:01:00.0".parse().unwrap(),
+        multifunction: false,
+        clique: Some(1),
+    };
+    let Err(err) = build_with(fake(&log, &config()), log, params) else {
+        panic!("a clique on a non-NVIDIA device was accepted");
+    };
+    assert!(
+        matches!(
+            err,
+            Error::Clique {
+                source: CliqueError::NotNvidia(0x1b36),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

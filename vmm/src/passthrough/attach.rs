@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use arch::x86_64::layout;
 use devices::pci::PciDevice;
-use resources::{lock, BarClass, BarRequest, FunctionBar, PciMap};
-use vfio_glue::{DmaMapper, GuestDma, VfioPciDevice, VfioPciParams};
+use resources::{lock, BarClass, BarRequest, Bdf, FunctionBar, PciMap, PlacedBar};
+use vfio_glue::{DmaMapper, GuestDma, HostPciAddress, VfioPciDevice, VfioPciParams};
 
 use super::{BarWindows, Function, Passthrough, PassthroughError};
 use crate::interrupts::{GsiRouting, KvmIrqProvider};
 use crate::memory::GuestRam;
+use crate::spec::P2pMode;
 
 /// What [`Passthrough::attach`] needs besides the opened devices.
 pub struct AttachParams<'a> {
@@ -26,6 +27,10 @@ pub struct AttachParams<'a> {
     pub phys_bits: u8,
     /// The BARs of the extra (virtio) slots, in their topology order.
     pub extra_bars: Vec<Vec<FunctionBar>>,
+    /// The functions that get the GPUDirect P2P clique capability, with their ID.
+    pub cliques: &'a [(HostPciAddress, u8)],
+    /// The spec's `p2p`.
+    pub p2p: P2pMode,
 }
 
 impl Passthrough {
@@ -37,7 +42,7 @@ impl Passthrough {
             "guest RAM DMA-mapped for passthrough ({} MiB)",
             p.ram_size >> 20
         );
-        self.take_functions(&dma, p.routing)?;
+        self.take_functions(&dma, p.routing, p.cliques)?;
         // The devices hold the mapping now; the last one to go unmaps it.
         drop(dma);
         let iova = self
@@ -61,6 +66,7 @@ impl Passthrough {
             p.phys_bits,
         );
         self.program(&map)?;
+        self.plan_p2p(p.p2p, &map, iova)?;
         let mmio64 = map.mmio64.0..map.mmio64.0 + map.mmio64.1;
         self.acpi = Some(crate::pci_layout::acpi_windows(&map));
         self.bar_windows = Some(bar_windows(p.ram_size, mmio64));
@@ -73,6 +79,7 @@ impl Passthrough {
         &mut self,
         dma: &Arc<GuestDma>,
         routing: &Arc<GsiRouting>,
+        cliques: &[(HostPciAddress, u8)],
     ) -> Result<(), PassthroughError> {
         for (port, hosts) in self.topology.ports.iter().zip(&self.hosts) {
             for (&guest, &host) in port.functions.iter().zip(hosts) {
@@ -89,12 +96,42 @@ impl Passthrough {
                 let params = VfioPciParams {
                     addr: host,
                     multifunction: port.multifunction() && guest.function() == 0,
+                    clique: cliques.iter().find(|(a, _)| *a == host).map(|(_, c)| *c),
                 };
                 let dev = VfioPciDevice::new(Box::new(backend), dma.clone(), &mut irqs, params)?;
                 let dev = Arc::new(Mutex::new(dev));
                 self.functions.push((guest, Function { label, dev }));
             }
         }
+        Ok(())
+    }
+
+    /// Which functions get peer-to-peer DMA mappings (`mode` resolved for the guest's
+    /// slots): each whose directly mapped BARs lie in the IOVA ranges `iova`; one that
+    /// does not is an error with `p2p: "on"`, else P2P is off for it with a warning.
+    fn plan_p2p(
+        &mut self,
+        mode: P2pMode,
+        map: &PciMap,
+        iova: Vec<(u64, u64)>,
+    ) -> Result<(), PassthroughError> {
+        let Some(strict) = mode.resolve(self.topology.ports.len()) else {
+            self.p2p = None;
+            return Ok(());
+        };
+        let bars: Vec<PlacedBar> = map.ports.iter().flat_map(|p| p.bars.clone()).collect();
+        let functions: Vec<(Bdf, &str)> = self
+            .functions
+            .iter()
+            .map(|(g, f)| (*g, f.label.as_str()))
+            .collect();
+        let on = p2p_functions(&functions, &bars, &iova, strict)?;
+        log::info!(
+            "peer-to-peer DMA mappings for {} of {} functions",
+            on.iter().filter(|o| **o).count(),
+            on.len()
+        );
+        self.p2p = Some(super::P2pPlan { on, iova });
         Ok(())
     }
 
@@ -125,7 +162,9 @@ impl Passthrough {
 
     /// Program the BAR addresses and build each root port with its windows.
     fn program(&mut self, map: &PciMap) -> Result<(), PassthroughError> {
-        for port in &map.ports {
+        let sysfs = vfio_glue::sysfs::Sysfs::default();
+        let mut links = Vec::new();
+        for (port, hosts) in map.ports.iter().zip(&self.hosts) {
             for bar in &port.bars {
                 let Some((_, f)) = self.functions.iter().find(|(g, _)| *g == bar.function) else {
                     continue;
@@ -133,10 +172,65 @@ impl Passthrough {
                 lock(&f.dev).place_bar(bar.index, bar.addr)?;
                 log::info!("{}: BAR {} at {:#x}", f.label, bar.index, bar.addr);
             }
+            let bdf = port.slot.bdf;
+            let link = hosts.first().and_then(|h| sysfs.upstream_link(h));
+            if let Some(l) = link {
+                log::info!(
+                    "root port {bdf}: link {} x{} as the host's",
+                    l.speed.rate(),
+                    l.width
+                );
+            }
+            links.push(link);
         }
-        self.ports = crate::pci_layout::RootPorts::build(map)?;
+        self.ports = crate::pci_layout::RootPorts::build(map, &links)?;
         Ok(())
     }
+}
+
+/// Per function (`functions`: guest address, label), whether its memory BARs (`bars`)
+/// all lie in the IOVA ranges `iova` (empty: any), so that peer-to-peer DMA can be on
+/// for it. One outside is an error when `strict`, else P2P off for it with a warning.
+fn p2p_functions(
+    functions: &[(Bdf, &str)],
+    bars: &[PlacedBar],
+    iova: &[(u64, u64)],
+    strict: bool,
+) -> Result<Vec<bool>, PassthroughError> {
+    let inside = |a: u64, size: u64| {
+        let last = a.saturating_add(size.saturating_sub(1));
+        iova.is_empty() || iova.iter().any(|&(s, e)| s <= a && last <= e)
+    };
+    let mut on = Vec::new();
+    for (guest, label) in functions {
+        let outside = bars
+            .iter()
+            .filter(|b| b.function == *guest && b.request.class != BarClass::Io)
+            .find(|b| !inside(b.addr, b.request.size));
+        match outside {
+            Some(b) if strict => {
+                return Err(PassthroughError::P2pOutsideIova {
+                    label: label.to_string(),
+                    bar: b.index,
+                    addr: b.addr,
+                    size: b.request.size,
+                    iova: iova.to_vec(),
+                })
+            }
+            Some(b) => {
+                log::warn!(
+                    "{label}: BAR {} at {:#x}+{:#x} is outside the IOVA ranges {iova:x?}: \
+                     peer-to-peer DMA is off for this device",
+                    b.index,
+                    b.addr,
+                    b.request.size
+                );
+                on.push(false);
+            }
+            None => on.push(true),
+        }
+    }
+    Ok(on)
 }
 
 /// The windows BARs may live in and the RAM they may not cover.
@@ -156,6 +250,46 @@ pub fn bar_windows(ram_size: u64, mmio64: std::ops::Range<u64>) -> BarWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bar(function: &str, addr: u64, size: u64) -> PlacedBar {
+        PlacedBar {
+            function: function.parse().unwrap(),
+            index: 0,
+            addr,
+            request: BarRequest {
+                size,
+                class: BarClass::Mem64 { prefetchable: true },
+            },
+        }
+    }
+
+    const IOVA_39_BITS: [(u64, u64); 1] = [(0, (1 << 39) - 1)];
+
+    #[test]
+    fn p2p_is_on_for_functions_whose_bars_the_iommu_reaches() {
+        let functions = [
+            ("01:00.0".parse().unwrap(), "a"),
+            ("02:00.0".parse().unwrap(), "b"),
+        ];
+        let bars = [
+            bar("01:00.0", 1 << 38, 1 << 30),
+            bar("02:00.0", 1 << 39, 1 << 30),
+        ];
+        let on = p2p_functions(&functions, &bars, &IOVA_39_BITS, false).unwrap();
+        assert_eq!(on, [true, false]);
+    }
+
+    #[test]
+    fn p2p_on_refuses_a_bar_outside_the_iova_ranges() {
+        let functions = [("02:00.0".parse().unwrap(), "b")];
+        let bars = [bar("02:00.0", (1 << 39) - (1 << 29), 1 << 30)];
+        let err = p2p_functions(&functions, &bars, &IOVA_39_BITS, true).unwrap_err();
+        assert!(
+            matches!(err, PassthroughError::P2pOutsideIova { bar: 0, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("p2p: b: BAR 0 at "), "{err}");
+    }
 
     #[test]
     fn bar_windows_follow_the_platform_layout() {

@@ -18,6 +18,14 @@
 //! VFIO (outside every bus lock) and comes back with decode off, as real functions do
 //! after a bus reset; the guest's driver then restores their config space.
 //!
+//! Peer-to-peer DMA: for the functions it is on for, each directly mapped span is also
+//! DMA-mapped in the VFIO container at its guest physical address (IOVA = GPA, as guest
+//! RAM is), so that another passed-through device can DMA into the BAR (kernel VFIO
+//! docs, "VFIO_IOMMU_MAP_DMA"; the PCIe switch or root complex routes the peer write).
+//! The mapping follows the KVM slot: made with it when decode turns on or the BAR
+//! moves, removed before it. A span outside the IOMMU's IOVA ranges, or one the IOMMU
+//! refuses, keeps its KVM slot and only loses P2P (logged, rate-limited).
+//!
 //! A move the rules of [`BarWindows::check`] refuse (onto RAM, outside the host bridge
 //! windows), or that KVM or the bus refuses (an overlap), keeps the old mapping; the
 //! refusal is logged (rate-limited) and the VM goes on.
@@ -30,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{BarInfo, BarKind, ConfigWriteResult, PciDevice, ROM_BAR_INDEX};
 use resources::{limited_debug, limited_log, LogLimiter};
-use vfio_glue::VfioPciDevice;
+use vfio_glue::{DmaMapper, IovaRange, VfioPciDevice};
 
 use super::bar_rules::{BarWindows, ConfigEffects, Effect};
 use crate::io_buses::IoBuses;
@@ -42,6 +50,7 @@ static REFUSED_MOVE: LogLimiter = LogLimiter::new();
 static MAP_FAILED: LogLimiter = LogLimiter::new();
 static UNMAP_FAILED: LogLimiter = LogLimiter::new();
 static MAPPED: LogLimiter = LogLimiter::new();
+static P2P_REFUSED: LogLimiter = LogLimiter::new();
 
 /// A trapped span of one BAR on a bus: accesses go to the function's BAR handlers.
 struct BarTrap {
@@ -71,6 +80,8 @@ struct BarState {
     live_at: Option<u64>,
     slots: Vec<(u32, u64)>,
     traps: Vec<u64>,
+    /// Spans DMA-mapped for peer-to-peer, (IOVA = GPA, size).
+    dma: Vec<(u64, u64)>,
 }
 
 /// One passed-through function's BARs.
@@ -81,6 +92,8 @@ struct FunctionBars {
     io_on: bool,
     /// The ROM BAR's enable bit: the ROM decodes only with it and `mem_on`.
     rom_on: bool,
+    /// Its directly mapped BAR spans are DMA-mapped for peer-to-peer.
+    p2p: bool,
     bars: Vec<BarState>,
 }
 
@@ -89,9 +102,25 @@ struct MapperState {
     pool: SlotPool,
     buses: IoBuses,
     windows: BarWindows,
+    p2p: Option<P2pDma>,
     functions: Vec<FunctionBars>,
     /// The functions behind each passthrough root port, by index.
     behind_ports: Vec<Vec<usize>>,
+}
+
+/// Where peer-to-peer mappings go: the VFIO container and the IOVA ranges it accepts
+/// (empty: any).
+#[derive(Clone)]
+pub struct P2pDma {
+    pub mapper: Arc<dyn DmaMapper>,
+    pub iova: Vec<IovaRange>,
+}
+
+impl P2pDma {
+    fn accepts(&self, iova: u64, size: u64) -> bool {
+        let last = iova.saturating_add(size.saturating_sub(1));
+        self.iova.is_empty() || self.iova.iter().any(|r| r.start <= iova && last <= r.end)
+    }
 }
 
 /// The BAR mappings of every passed-through function.
@@ -117,14 +146,20 @@ pub struct BarMapperParams {
     pub effects: Arc<ConfigEffects>,
     /// The functions (indices in the mapper's list) behind each root port.
     pub behind_ports: Vec<Vec<usize>>,
+    /// Peer-to-peer DMA mappings, for the functions given with `p2p` set; `None`: off.
+    pub p2p: Option<P2pDma>,
 }
 
 impl BarMapper {
-    /// Track `functions` (label, device), whose BARs are placed and not yet decoded.
-    pub fn new(p: BarMapperParams, functions: Vec<(String, Arc<Mutex<VfioPciDevice>>)>) -> Self {
+    /// Track `functions` (label, device, peer-to-peer on), whose BARs are placed and
+    /// not yet decoded.
+    pub fn new(
+        p: BarMapperParams,
+        functions: Vec<(String, Arc<Mutex<VfioPciDevice>>, bool)>,
+    ) -> Self {
         let functions = functions
             .into_iter()
-            .map(|(label, dev)| {
+            .map(|(label, dev, p2p)| {
                 let bars = lock(&dev)
                     .bars()
                     .into_iter()
@@ -134,6 +169,7 @@ impl BarMapper {
                         live_at: None,
                         slots: Vec::new(),
                         traps: Vec::new(),
+                        dma: Vec::new(),
                     })
                     .collect();
                 FunctionBars {
@@ -142,6 +178,7 @@ impl BarMapper {
                     mem_on: false,
                     io_on: false,
                     rom_on: false,
+                    p2p,
                     bars,
                 }
             })
@@ -151,6 +188,7 @@ impl BarMapper {
             pool: p.pool,
             buses: p.buses,
             windows: p.windows,
+            p2p: p.p2p,
             functions,
             behind_ports: p.behind_ports,
         };
@@ -352,6 +390,7 @@ impl MapperState {
                 return Err(e);
             }
             self.functions[f].bars[b].slots.push((slot, gpa));
+            self.map_p2p(f, b, gpa, size, host);
         }
         for span in trapped {
             let trap: SharedDevice = Arc::new(Mutex::new(BarTrap {
@@ -377,8 +416,46 @@ impl MapperState {
         Ok(())
     }
 
+    /// DMA-map a directly mapped span for peer-to-peer, if on for function `f`; a
+    /// refusal only costs P2P for the span.
+    fn map_p2p(&mut self, f: usize, b: usize, gpa: u64, size: u64, host: u64) {
+        let Some(p2p) = self.p2p.as_ref().filter(|_| self.functions[f].p2p) else {
+            return;
+        };
+        let res = if p2p.accepts(gpa, size) {
+            // SAFETY: `host` is the device's BAR mmap, kept alive through `dev` until
+            // `unmap` has removed this DMA mapping (before the KVM slot and the device).
+            unsafe { p2p.mapper.map(gpa, size, host) }
+        } else {
+            Err(io::Error::other("outside the IOMMU's IOVA ranges"))
+        };
+        match res {
+            Ok(()) => self.functions[f].bars[b].dma.push((gpa, size)),
+            Err(e) => limited_log!(
+                P2P_REFUSED,
+                warn,
+                "{}: BAR {} span {gpa:#x}+{size:#x}: no peer-to-peer DMA mapping: {e}",
+                self.functions[f].label,
+                self.functions[f].bars[b].info.index
+            ),
+        }
+    }
+
     fn unmap(&mut self, f: usize, b: usize) {
         let bar = &mut self.functions[f].bars[b];
+        // Peers stop reaching the BAR before the guest does.
+        for (iova, size) in std::mem::take(&mut bar.dma) {
+            if let Some(p2p) = &self.p2p {
+                if let Err(e) = p2p.mapper.unmap(iova, size) {
+                    limited_log!(
+                        UNMAP_FAILED,
+                        error,
+                        "BAR {}: peer-to-peer DMA unmap {iova:#x}+{size:#x}: {e}",
+                        bar.info.index
+                    );
+                }
+            }
+        }
         let (slots, traps) = (
             std::mem::take(&mut bar.slots),
             std::mem::take(&mut bar.traps),

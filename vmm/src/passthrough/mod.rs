@@ -43,6 +43,7 @@ use crate::device_manager::PciFunctions;
 use crate::io_buses::IoBuses;
 use crate::pci_layout::RootPorts;
 use crate::slots::{MemorySlots, SlotPool};
+use crate::spec::HostSelector;
 
 /// Failures passing devices through. Host-check variants keep vfio-glue's message,
 /// which names the device and the fix.
@@ -60,6 +61,18 @@ pub enum PassthroughError {
     Topology(#[source] TopologyError),
     #[error("cannot set up the MSI GSI pool")]
     GsiPool(#[source] resources::IdError),
+    #[error(
+        "p2p: {label}: BAR {bar} at {addr:#x}+{size:#x} lies outside the IOMMU's IOVA ranges \
+         {iova:x?}, so peers cannot DMA into it; use less memory or fewer devices, or \
+         \"p2p\": \"best-effort\" to pass it without peer-to-peer DMA"
+    )]
+    P2pOutsideIova {
+        label: String,
+        bar: u8,
+        addr: u64,
+        size: u64,
+        iova: Vec<(u64, u64)>,
+    },
     #[error("cannot set up root port {bdf}")]
     RootPort {
         bdf: Bdf,
@@ -90,6 +103,41 @@ pub fn check_host(
         check_memlock(ram_bytes)?;
     }
     Ok(hosts)
+}
+
+/// The host functions `hosts` name, in spec order: a function as given, a slot as
+/// its functions from sysfs (every one on vfio-pci, else `SlotNotOnVfio` lists them).
+pub fn expand_hosts(
+    sysfs: &vfio_glue::sysfs::Sysfs,
+    hosts: &[HostSelector],
+) -> Result<Vec<HostPciAddress>, vfio_glue::Error> {
+    let mut addrs = Vec::new();
+    for h in hosts {
+        match *h {
+            HostSelector::Function(a) => addrs.push(a),
+            HostSelector::Slot(s) => addrs.extend(vfio_glue::host::slot_functions(sysfs, s)?),
+        }
+    }
+    Ok(addrs)
+}
+
+/// The functions that get the GPUDirect P2P clique capability, with their ID: for each
+/// entry of `spec` with a `clique`, its NVIDIA GPU functions (`CliqueNotGpu` when it
+/// has none). Slots are expanded as [`expand_hosts`] does.
+pub fn cliques(
+    sysfs: &vfio_glue::sysfs::Sysfs,
+    spec: &crate::spec::VmSpec,
+) -> Result<Vec<(HostPciAddress, u8)>, vfio_glue::Error> {
+    let mut out = Vec::new();
+    for (p, sel) in spec.passthrough.iter().zip(spec.passthrough_hosts()) {
+        let Some(clique) = p.clique else {
+            continue;
+        };
+        let functions = expand_hosts(sysfs, &[sel])?;
+        let gpus = vfio_glue::host::clique_functions(sysfs, &functions)?;
+        out.extend(gpus.into_iter().map(|a| (a, clique)));
+    }
+    Ok(out)
 }
 
 /// The host functions of each guest slot, in the order of first mention, each slot's
@@ -127,6 +175,14 @@ pub fn plan_slots_with(
     Ok((Topology::new(&requests)?, groups))
 }
 
+/// Peer-to-peer DMA as attach decided it.
+struct P2pPlan {
+    /// Per function, in `Passthrough::functions` order: its BARs are DMA-mapped.
+    on: Vec<bool>,
+    /// The container's IOVA ranges (inclusive).
+    iova: Vec<(u64, u64)>,
+}
+
 /// A function taken over and placed.
 struct Function {
     /// `host as guest`, the prefix of this function's log lines.
@@ -149,6 +205,9 @@ pub struct Passthrough {
     /// After attach: where every slot's BARs went, the extra slots' included.
     map: Option<PciMap>,
     bar_windows: Option<BarWindows>,
+    /// After attach, when peer-to-peer DMA is on: per function (in `functions` order)
+    /// whether its BARs are DMA-mapped, and the IOVA ranges.
+    p2p: Option<P2pPlan>,
     /// After start.
     bars: Option<Arc<BarMapper>>,
 }
@@ -203,6 +262,7 @@ impl Passthrough {
             acpi: None,
             map: None,
             bar_windows: None,
+            p2p: None,
             bars: None,
         }))
     }
@@ -258,6 +318,14 @@ impl Passthrough {
         let Some(windows) = self.bar_windows.clone() else {
             return;
         };
+        let p2p = self.p2p.as_ref().map(|plan| bars::P2pDma {
+            mapper: self.container.clone(),
+            iova: plan
+                .iova
+                .iter()
+                .map(|&(start, end)| vfio_glue::IovaRange { start, end })
+                .collect(),
+        });
         let params = bars::BarMapperParams {
             slots,
             pool,
@@ -265,11 +333,18 @@ impl Passthrough {
             windows,
             effects,
             behind_ports: self.behind_ports(),
+            p2p,
+        };
+        let on = |i: usize| {
+            self.p2p
+                .as_ref()
+                .is_some_and(|p| p.on.get(i) == Some(&true))
         };
         let watched = self
             .functions
             .iter()
-            .map(|(_, f)| (f.label.clone(), f.dev.clone()))
+            .enumerate()
+            .map(|(i, (_, f))| (f.label.clone(), f.dev.clone(), on(i)))
             .collect();
         self.bars = Some(Arc::new(BarMapper::new(params, watched)));
     }

@@ -87,7 +87,10 @@ fn duplicates_are_the_spec_s_to_refuse_once() {
         VmSpec::parse(r#"{"vcpus": 1, "memory": {"size_mib": 64}, "kernel": {"path": "/k"}}"#)
             .unwrap();
     for h in ["0000:01:00.0", "01:00.0"] {
-        spec.passthrough.push(PassthroughSpec { host: h.into() });
+        spec.passthrough.push(PassthroughSpec {
+            host: h.into(),
+            clique: None,
+        });
     }
     assert!(matches!(
         spec.validate(),

@@ -48,8 +48,10 @@ fn spec(hosts: &[&str]) -> VmSpec {
         VmSpec::parse(r#"{"vcpus": 4, "memory": {"size_mib": 8192}, "kernel": {"path": "/k"}}"#)
             .unwrap();
     for h in hosts {
-        s.passthrough
-            .push(crate::spec::PassthroughSpec { host: (*h).into() });
+        s.passthrough.push(crate::spec::PassthroughSpec {
+            host: (*h).into(),
+            clique: None,
+        });
     }
     s.validate().unwrap();
     s
@@ -200,7 +202,7 @@ fn readme_spec() -> VmSpec {
 fn the_readme_gpu_example_plans_on_a_ready_host() {
     let h = host(true);
     let spec = readme_spec();
-    assert_eq!(spec.passthrough_hosts()[0].to_string(), GPU);
+    assert_eq!(spec.passthrough_hosts()[0].addr().to_string(), GPU);
     let text = plan(&spec, &h.root()).unwrap().to_string();
     assert!(text.contains("0000:01:00.0 (host 0000:01:00.0)"), "{text}");
     assert!(text.contains("BAR1 32 GiB mem64 prefetchable"), "{text}");

@@ -10,7 +10,8 @@
 //!   back, write for the log, exit);
 //! - vCPU: KVM_RUN and what its exits trigger: config and BAR accesses of
 //!   passed-through functions (pread64/pwrite64 on VFIO device fds, VFIO_DEVICE_SET_IRQS),
-//!   BAR moves (KVM_SET_USER_MEMORY_REGION), MSI/MSI-X programming (KVM_IRQFD,
+//!   BAR moves (KVM_SET_USER_MEMORY_REGION, and VFIO_IOMMU_MAP_DMA/UNMAP_DMA for the
+//!   BARs' peer-to-peer DMA mappings), MSI/MSI-X programming (KVM_IRQFD,
 //!   KVM_SET_GSI_ROUTING), eventfd reads and writes, register dumps of a dead guest;
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
 //!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close, the
@@ -98,6 +99,7 @@ const VFIO_BASE: u32 = 100;
 ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -173,12 +175,15 @@ fn common() -> Result<Rules, SandboxError> {
     Ok(r)
 }
 
-/// KVM, VFIO, vhost and tap calls a running guest's exits lead to: BAR moves, MSI and
+/// KVM, VFIO, vhost and tap calls a running guest's exits lead to: BAR moves and
+/// memory-decode switches (KVM slots, and the BARs' peer-to-peer DMA mappings), MSI and
 /// MSI-X programming, a secondary bus reset on a root port, a virtio device's
 /// DRIVER_OK (vhost-net activation, tap offloads) or reset.
 fn guest_exit_ioctls() -> Vec<libc::c_ulong> {
     vec![
         KVM_SET_USER_MEMORY_REGION(),
+        VFIO_IOMMU_MAP_DMA(),
+        VFIO_IOMMU_UNMAP_DMA(),
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
         VFIO_DEVICE_SET_IRQS(),
@@ -271,7 +276,6 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
             );
             let mut ioctls = vcpu_ioctls();
             ioctls.extend([
-                VFIO_IOMMU_UNMAP_DMA(),
                 VFIO_GROUP_UNSET_CONTAINER(),
                 KVM_SET_DEVICE_ATTR(),
                 KVM_SET_IRQCHIP(),

@@ -92,6 +92,11 @@ pub(crate) struct Restart {
     /// decompressed on the host (with `on_reboot` "restart"): a sandboxed Strait may no
     /// longer open files, and the guest decompresses its kernel itself on a reboot.
     pub files: Option<KernelFiles>,
+    /// The command line the guest boots with (the spec's, plus `tsc_early_khz=` with the
+    /// hypervisor hidden).
+    pub cmdline: String,
+    /// The guest's NUMA nodes for its ACPI tables.
+    pub numa: Option<builder::GuestNuma>,
 }
 
 impl Vm {
@@ -110,12 +115,7 @@ impl Vm {
         }
         self.devices.reset();
         restart.platform.restore(&self.vm_fd)?;
-        let boot = reload(
-            self.ram.memory(),
-            &restart.spec,
-            restart.windows,
-            restart.files.as_ref(),
-        )?;
+        let boot = reload(self.ram.memory(), restart)?;
         restart.boot.entry = boot.entry;
         restart.boot.cr3 = boot.cr3;
         let cpu = Arc::new(restart.boot.clone());
@@ -143,12 +143,16 @@ impl Vm {
 /// Load the guest again into RAM that still holds the last boot's bytes: the first MiB
 /// (zero page, command line, boot page tables, GDT, ACPI tables) is zeroed first, the
 /// kernel and initramfs are the first boot's (`kept`), or read from their paths again.
-fn reload(
-    mem: &GuestMemoryMmap,
-    spec: &VmSpec,
-    windows: PciWindows,
-    kept: Option<&KernelFiles>,
-) -> Result<builder::BootInfo, Error> {
+fn reload(mem: &GuestMemoryMmap, restart: &Restart) -> Result<builder::BootInfo, Error> {
+    let Restart {
+        spec,
+        windows,
+        files: kept,
+        cmdline,
+        numa,
+        ..
+    } = restart;
+    let kept = kept.as_ref();
     let read;
     let files = match kept {
         Some(f) => f,
@@ -167,5 +171,5 @@ fn reload(
                 source: e,
             },
         })?;
-    builder::load_guest(spec, mem, files, windows)
+    builder::load_guest(spec, mem, files, *windows, cmdline, numa.clone())
 }

@@ -137,7 +137,11 @@ fn host_bridge(cfg: &AcpiConfig) -> Vec<u8> {
     let crs = host_bridge_crs(cfg);
     let osc = host_bridge_osc();
     let prt = host_bridge_prt();
-    let raw = [crs, osc, prt].concat();
+    let mut pxm = Vec::new();
+    if let Some(node) = cfg.pci_pxm {
+        Name::new("_PXM".into(), &node).to_aml_bytes(&mut pxm);
+    }
+    let raw = [crs, osc, prt, pxm].concat();
     let raw = RawAml(&raw);
     let mut bytes = Vec::new();
     Device::new("_SB_.PCI0".into(), vec![&hid, &cid, &uid, &seg, &bbn, &raw])
@@ -274,6 +278,15 @@ mod tests {
         ] {
             assert!(contains(&d, name), "{}", String::from_utf8_lossy(name));
         }
+    }
+
+    #[test]
+    fn host_bridge_has_a_proximity_domain_only_when_given_one() {
+        assert!(!contains(&build_dsdt(&config(1)), b"_PXM"));
+        let mut cfg = config(1);
+        cfg.pci_pxm = Some(1);
+        // Name(_PXM, One): NameOp, the name, OneOp.
+        assert!(contains(&build_dsdt(&cfg), b"\x08_PXM\x01"));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 
 mod dsdt;
 mod madt;
+mod numa;
+
+pub use numa::{split_ram, NumaNode, LOCAL_DISTANCE};
 
 use acpi_tables::fadt::{FADTBuilder, Flags, FADT};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -120,7 +123,7 @@ impl PciWindows {
 }
 
 /// Inputs of the ACPI tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiConfig {
     /// Number of vCPUs (APIC IDs 0..vcpus); 1..=[`MAX_VCPUS`].
     pub vcpus: u32,
@@ -129,6 +132,10 @@ pub struct AcpiConfig {
     /// Describe COM1 (PNP0501 at 0x3f8, IRQ 4) in the DSDT. Recommended whenever COM1 is
     /// emulated: on a hardware-reduced platform it is how Linux maps IRQ 4 to GSI 4.
     pub com1: bool,
+    /// Guest NUMA nodes (SRAT and SLIT); empty: no NUMA tables.
+    pub numa: Vec<NumaNode>,
+    /// The host bridge's proximity domain (`_PXM`): the guest node its devices are on.
+    pub pci_pxm: Option<u32>,
 }
 
 /// Largest vCPU count: xAPIC IDs 0..=254 (255 is the broadcast ID).
@@ -217,6 +224,8 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let dsdt = dsdt::build_dsdt(cfg);
     let madt = madt::build_madt(cfg);
     let mcfg = madt::build_mcfg(cfg);
+    let numa =
+        (!cfg.numa.is_empty()).then(|| [numa::build_srat(&cfg.numa), numa::build_slit(&cfg.numa)]);
 
     let mut placer = Placer { next: RSDP_START.0 };
     let rsdp_addr = placer.place(Rsdp::len())?;
@@ -225,9 +234,22 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let dsdt_addr = placer.place(dsdt.len())?;
     let madt_addr = placer.place(madt.len())?;
     let mcfg_addr = placer.place(mcfg.len())?;
+    let mut entries = vec![fadt_addr, madt_addr, mcfg_addr];
+    let mut numa_at = Vec::new();
+    for t in numa.iter().flatten() {
+        let at = placer.place(t.len())?;
+        numa_at.push((at, t));
+        entries.push(at);
+    }
+    // The XSDT was sized for three entries above: place it again if it grew.
+    let xsdt_addr = if entries.len() > 3 {
+        placer.place(build_xsdt(&entries).len())?
+    } else {
+        xsdt_addr
+    };
 
     let fadt = build_fadt(dsdt_addr);
-    let xsdt = build_xsdt(&[fadt_addr, madt_addr, mcfg_addr]);
+    let xsdt = build_xsdt(&entries);
     let mut rsdp = Vec::new();
     Rsdp::new(OEM_ID, xsdt_addr.0).to_aml_bytes(&mut rsdp);
 
@@ -237,6 +259,9 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     write_bytes(mem, "DSDT", dsdt_addr, &dsdt)?;
     write_bytes(mem, "MADT", madt_addr, &madt)?;
     write_bytes(mem, "MCFG", mcfg_addr, &mcfg)?;
+    for (at, t) in numa_at {
+        write_bytes(mem, "SRAT/SLIT", at, t)?;
+    }
     log::debug!(
         "ACPI tables at {:#x}..{:#x} for {} vCPUs",
         rsdp_addr.0,
@@ -263,6 +288,8 @@ pub(crate) mod tests {
                 size: 1 << 34,
             }),
             com1: true,
+            numa: Vec::new(),
+            pci_pxm: None,
         }
     }
 

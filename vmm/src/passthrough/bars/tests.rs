@@ -91,6 +91,7 @@ fn build_function(rom: bool) -> Arc<Mutex<VfioPciDevice>> {
     let params = VfioPciParams {
         addr: "0000:01:00.0".parse().unwrap(),
         multifunction: false,
+        clique: None,
     };
     let mut d = VfioPciDevice::new(Box::new(dev), dma, &mut NoIrqs, params).unwrap();
     d.place_bar(0, BAR0).unwrap();
@@ -117,8 +118,9 @@ fn mapper() -> (
         windows: windows(),
         effects: Arc::default(),
         behind_ports: vec![vec![0]],
+        p2p: None,
     };
-    let m = BarMapper::new(params, vec![("f".into(), dev.clone())]);
+    let m = BarMapper::new(params, vec![("f".into(), dev.clone(), false)]);
     (m, slots, buses, dev)
 }
 
@@ -322,8 +324,9 @@ fn the_rom_decodes_only_with_its_enable_bit_and_memory_decode() {
         windows: windows(),
         effects: Arc::default(),
         behind_ports: vec![vec![0]],
+        p2p: None,
     };
-    let m = BarMapper::new(params, vec![("f".into(), build_function(true))]);
+    let m = BarMapper::new(params, vec![("f".into(), build_function(true), false)]);
     let rom_live = || m.live()[0].iter().find(|b| b.0 == ROM_BAR_INDEX).unwrap().1;
     apply(&m, decode(Some(true), None));
     assert_eq!(rom_live(), None, "memory decode alone leaves the ROM off");
@@ -340,4 +343,141 @@ fn the_rom_decodes_only_with_its_enable_bit_and_memory_decode() {
     apply(&m, decode(Some(true), None));
     apply(&m, rom_on(false));
     assert_eq!(rom_live(), None);
+}
+
+/// A mapper whose function has peer-to-peer DMA on (`p2p`), over a fake container
+/// accepting `iova`; the container's calls land in the returned log.
+fn p2p_mapper(p2p: bool, iova: Vec<vfio_glue::IovaRange>) -> (BarMapper, CallLog) {
+    let log = CallLog::default();
+    let params = BarMapperParams {
+        slots: Arc::new(FakeSlots::default()),
+        pool: SlotPool::new(1),
+        buses: IoBuses::new(Bus::new(), Bus::new()),
+        windows: windows(),
+        effects: Arc::default(),
+        behind_ports: vec![vec![0]],
+        p2p: Some(P2pDma {
+            mapper: Arc::new(FakeDmaMapper::new(log.clone(), iova.clone())),
+            iova,
+        }),
+    };
+    let m = BarMapper::new(params, vec![("f".into(), function(), p2p)]);
+    (m, log)
+}
+
+fn dma_calls(log: &CallLog) -> Vec<vfio_glue::fake::Call> {
+    log.take()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                vfio_glue::fake::Call::DmaMap { .. } | vfio_glue::fake::Call::DmaUnmap { .. }
+            )
+        })
+        .collect()
+}
+
+use vfio_glue::fake::Call::{DmaMap, DmaUnmap};
+
+#[test]
+fn p2p_maps_the_bar_at_its_guest_address_when_decode_turns_on() {
+    let (m, log) = p2p_mapper(true, vec![]);
+    assert!(dma_calls(&log).is_empty());
+    apply(&m, decode(Some(true), Some(true)));
+    // BAR0's one directly mapped span; the I/O BAR has none.
+    assert_eq!(
+        dma_calls(&log),
+        [DmaMap {
+            iova: BAR0,
+            size: 0x4000
+        }]
+    );
+}
+
+#[test]
+fn p2p_unmaps_when_decode_turns_off_and_maps_again_when_on() {
+    let (m, log) = p2p_mapper(true, vec![]);
+    apply(&m, decode(Some(true), None));
+    log.take();
+    apply(&m, decode(Some(false), None));
+    assert_eq!(
+        dma_calls(&log),
+        [DmaUnmap {
+            iova: BAR0,
+            size: 0x4000
+        }]
+    );
+    apply(&m, decode(Some(true), None));
+    assert_eq!(
+        dma_calls(&log),
+        [DmaMap {
+            iova: BAR0,
+            size: 0x4000
+        }]
+    );
+}
+
+#[test]
+fn p2p_follows_a_moved_bar() {
+    let (m, log) = p2p_mapper(true, vec![]);
+    apply(&m, decode(Some(true), None));
+    log.take();
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    assert_eq!(
+        dma_calls(&log),
+        [
+            DmaUnmap {
+                iova: BAR0,
+                size: 0x4000
+            },
+            DmaMap {
+                iova: 0xd000_0000,
+                size: 0x4000
+            }
+        ]
+    );
+}
+
+#[test]
+fn p2p_moves_nothing_while_decode_is_off() {
+    let (m, log) = p2p_mapper(true, vec![]);
+    apply(&m, moved(0, BAR0, 0xd000_0000));
+    assert!(dma_calls(&log).is_empty());
+}
+
+#[test]
+fn p2p_off_for_the_function_maps_nothing() {
+    let (m, log) = p2p_mapper(false, vec![]);
+    apply(&m, decode(Some(true), None));
+    m.unmap_all();
+    assert!(dma_calls(&log).is_empty());
+}
+
+#[test]
+fn p2p_outside_the_iova_ranges_keeps_the_slot_and_maps_nothing() {
+    let below_bar = vfio_glue::IovaRange {
+        start: 0,
+        end: BAR0 - 1,
+    };
+    let (m, log) = p2p_mapper(true, vec![below_bar]);
+    apply(&m, decode(Some(true), None));
+    assert!(dma_calls(&log).is_empty());
+    assert_eq!(m.live()[0][0], (0, Some(BAR0)));
+    m.unmap_all();
+    assert!(dma_calls(&log).is_empty());
+}
+
+#[test]
+fn unmap_all_removes_the_p2p_mappings() {
+    let (m, log) = p2p_mapper(true, vec![]);
+    apply(&m, decode(Some(true), None));
+    log.take();
+    m.unmap_all();
+    assert_eq!(
+        dma_calls(&log),
+        [DmaUnmap {
+            iova: BAR0,
+            size: 0x4000
+        }]
+    );
 }
