@@ -420,6 +420,20 @@ mod tests {
         l.apply(dev, changes, &mut || Ok(())).unwrap()
     }
 
+    /// A fake device and the log it writes to.
+    fn device() -> (CallLog, FakeDevice) {
+        let log = CallLog::default();
+        let dev = FakeDevice::new(log.clone(), &[]);
+        (log, dev)
+    }
+
+    /// What enabling `n` vectors with `unmasked` ones clear reports.
+    fn enable(n: u16, unmasked: &[u16]) -> Vec<MsiChange> {
+        let mut c = vec![MsiChange::Enable(Some(n))];
+        c.extend(unmasked.iter().map(|&v| vector(v, false)));
+        c
+    }
+
     fn vector(v: u16, masked: bool) -> MsiChange {
         MsiChange::Vector {
             vector: v,
@@ -440,8 +454,7 @@ mod tests {
 
     #[test]
     fn msix_enable_allocates_all_vectors_unattached() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, _) = line(MsiKind::Msix, 4);
         assert_eq!(
             apply(&mut l, &dev, &[MsiChange::Enable(Some(4))]),
@@ -459,8 +472,7 @@ mod tests {
 
     #[test]
     fn msix_unmask_attaches_the_irqfd_and_mask_moves_to_a_hold_eventfd() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, raw) = line(MsiKind::Msix, 4);
         apply(&mut l, &dev, &[MsiChange::Enable(Some(4))]);
         log.take();
@@ -476,14 +488,9 @@ mod tests {
 
     #[test]
     fn an_interrupt_on_hold_shows_as_held_and_is_replayed_on_unmask() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, _) = line(MsiKind::Msix, 2);
-        apply(
-            &mut l,
-            &dev,
-            &[MsiChange::Enable(Some(2)), vector(1, false)],
-        );
+        apply(&mut l, &dev, &enable(2, &[1]));
         apply(&mut l, &dev, &[vector(1, true)]);
         assert!(!l.held(1));
         // The device fires while masked: VFIO signals the hold eventfd.
@@ -498,8 +505,7 @@ mod tests {
 
     #[test]
     fn msix_vectors_unmasked_in_the_enable_batch_are_attached_at_enable() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, raw) = line(MsiKind::Msix, 3);
         let enable = [
             MsiChange::Enable(Some(3)),
@@ -519,8 +525,7 @@ mod tests {
 
     #[test]
     fn msix_enabled_under_the_function_mask_attaches_vectors_at_function_unmask() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, raw) = line(MsiKind::Msix, 3);
         let enable = [
             MsiChange::FunctionMask(true),
@@ -536,13 +541,11 @@ mod tests {
 
     #[test]
     fn function_mask_toggles_cost_one_set_irqs_each_at_2048_vectors() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let router = CountingRouter::default();
         let (mut l, raw) = line_with(MsiKind::Msix, 2048, Box::new(router.clone()));
-        let mut enable = vec![MsiChange::Enable(Some(2048))];
-        enable.extend((0..2048).map(|v| vector(v, false)));
-        apply(&mut l, &dev, &enable);
+        let all: Vec<u16> = (0..2048).collect();
+        apply(&mut l, &dev, &enable(2048, &all));
         assert_eq!(log.take().len(), 1, "enable: one SET_IRQS for the table");
         *router.0.lock().unwrap() = Default::default();
         let toggles = 1000;
@@ -563,8 +566,7 @@ mod tests {
 
     #[test]
     fn function_mask_moves_only_attached_vectors() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, raw) = line(MsiKind::Msix, 64);
         apply(&mut l, &dev, &[MsiChange::Enable(Some(64))]);
         apply(&mut l, &dev, &[vector(3, false)]);
@@ -579,8 +581,7 @@ mod tests {
 
     #[test]
     fn masking_a_vector_that_was_never_attached_costs_nothing() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, _) = line(MsiKind::Msix, 4);
         apply(&mut l, &dev, &[MsiChange::Enable(Some(4))]);
         log.take();
@@ -591,14 +592,9 @@ mod tests {
 
     #[test]
     fn msix_disable_is_data_none_count_zero_and_drops_what_was_held() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, _) = line(MsiKind::Msix, 2);
-        apply(
-            &mut l,
-            &dev,
-            &[MsiChange::Enable(Some(2)), vector(0, false)],
-        );
+        apply(&mut l, &dev, &enable(2, &[0]));
         apply(&mut l, &dev, &[vector(0, true)]);
         l.holds[0].as_ref().unwrap().write(1).unwrap();
         log.take();
@@ -615,14 +611,9 @@ mod tests {
 
     #[test]
     fn msi_enable_attaches_every_enabled_vector_and_masks_stay_with_the_router() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let (mut l, raw) = line(MsiKind::Msi, 4);
-        apply(
-            &mut l,
-            &dev,
-            &[MsiChange::Enable(Some(2)), vector(0, false)],
-        );
+        apply(&mut l, &dev, &enable(2, &[0]));
         apply(&mut l, &dev, &[vector(0, true)]);
         assert_eq!(
             log.irq_calls(),
@@ -636,8 +627,7 @@ mod tests {
 
     #[test]
     fn intx_sets_trigger_before_resample_and_disables_once() {
-        let log = CallLog::default();
-        let dev = FakeDevice::new(log.clone(), &[]);
+        let (log, dev) = device();
         let fds = IntxFds {
             trigger: efd(),
             resample: efd(),

@@ -579,6 +579,17 @@ mod tests {
         }
     }
 
+    fn vectors(routing: &Arc<GsiRouting>, kind: MsiKind, n: u16, holder: Holder) -> MsiVectors {
+        provider(routing).msi(kind, n, holder).unwrap()
+    }
+
+    /// What enabling `n` vectors with `unmasked` ones clear reports.
+    fn enable(n: u16, unmasked: &[u16]) -> Vec<MsiChange> {
+        let mut c = vec![MsiChange::Enable(Some(n))];
+        c.extend(unmasked.iter().map(|&v| vector(v, false)));
+        c
+    }
+
     fn apply(router: &mut Box<dyn MsiRouter>, changes: &[MsiChange]) {
         router.apply(changes).unwrap();
     }
@@ -640,19 +651,12 @@ mod tests {
     #[test]
     fn msix_vectors_get_gsis_from_24_and_separate_eventfds() {
         let (_, routing) = setup();
-        let v = provider(&routing)
-            .msi(MsiKind::Msix, 3, Holder::Router)
-            .unwrap();
+        let v = vectors(&routing, MsiKind::Msix, 3, Holder::Router);
         assert_eq!(v.eventfds.len(), 3);
         let fds: Vec<i32> = v.eventfds.iter().map(|e| e.as_raw_fd()).collect();
         assert!(fds[0] != fds[1] && fds[1] != fds[2]);
-        let mut other = provider(&routing)
-            .msi(MsiKind::Msi, 1, Holder::Router)
-            .unwrap();
-        apply(
-            &mut other.router,
-            &[MsiChange::Enable(Some(1)), vector(0, false)],
-        );
+        let mut other = vectors(&routing, MsiKind::Msi, 1, Holder::Router);
+        apply(&mut other.router, &enable(1, &[0]));
         assert_eq!(
             routing.msi_routes().keys().copied().collect::<Vec<_>>(),
             [27]
@@ -662,13 +666,8 @@ mod tests {
     #[test]
     fn unmask_routes_then_assigns_and_mask_deassigns() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 2, Holder::Router)
-            .unwrap();
-        apply(
-            &mut v.router,
-            &[MsiChange::Enable(Some(2)), vector(1, false)],
-        );
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[1]));
         let calls = chip.take();
         assert!(matches!(&calls[0], Call::Routes(t) if t.last() == Some(&(25, Route::Msi(MSG)))));
         assert_eq!(calls[1], Call::Assign(25));
@@ -682,9 +681,7 @@ mod tests {
     #[test]
     fn update_while_disabled_routes_but_does_not_assign() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 1, Holder::Router)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
         apply(&mut v.router, &[vector(0, false)]);
         assert!(!chip.take().iter().any(|c| matches!(c, Call::Assign(_))));
     }
@@ -692,13 +689,8 @@ mod tests {
     #[test]
     fn disable_deassigns_and_drops_routes_but_keeps_defaults() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 2, Holder::Router)
-            .unwrap();
-        apply(
-            &mut v.router,
-            &[MsiChange::Enable(Some(2)), vector(0, false)],
-        );
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[0]));
         chip.take();
         apply(&mut v.router, &[MsiChange::Enable(None)]);
         let calls = chip.take();
@@ -710,9 +702,7 @@ mod tests {
     #[test]
     fn trigger_while_masked_is_held_in_the_eventfd() {
         let (_, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 1, Holder::Router)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
         apply(&mut v.router, &[MsiChange::Enable(Some(1))]);
         v.router.trigger(0).unwrap();
         // The count is visible through VFIO's copy: both are the same eventfd.
@@ -722,18 +712,11 @@ mod tests {
     #[test]
     fn dropping_a_router_frees_its_gsis_and_routes() {
         let (_, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 2, Holder::Router)
-            .unwrap();
-        apply(
-            &mut v.router,
-            &[MsiChange::Enable(Some(2)), vector(0, false)],
-        );
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[0]));
         drop(v);
         assert!(routing.msi_routes().is_empty());
-        let again = provider(&routing)
-            .msi(MsiKind::Msi, 1, Holder::Router)
-            .unwrap();
+        let again = vectors(&routing, MsiKind::Msi, 1, Holder::Router);
         let mut r = again.router;
         apply(&mut r, &[vector(0, false)]);
         assert_eq!(
@@ -745,9 +728,7 @@ mod tests {
     #[test]
     fn function_mask_toggles_move_no_route_and_switch_only_unmasked_vectors() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 8, Holder::Router)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 8, Holder::Router);
         let mut enable = vec![MsiChange::Enable(Some(8))];
         enable.extend((0..8).map(|i| vector(i, i >= 2)));
         apply(&mut v.router, &enable);
@@ -769,9 +750,7 @@ mod tests {
     #[test]
     fn source_held_vectors_keep_their_irqfd_through_masks_at_2048_vectors() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 2048, Holder::Source)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 2048, Holder::Source);
         let mut enable = vec![MsiChange::Enable(Some(2048))];
         enable.extend((0..2048).map(|i| vector(i, false)));
         apply(&mut v.router, &enable);
@@ -796,9 +775,7 @@ mod tests {
     #[test]
     fn source_held_vectors_get_their_irqfd_at_first_route_even_masked() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 2, Holder::Source)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Source);
         apply(&mut v.router, &[MsiChange::Enable(Some(2))]);
         assert!(chip.take().is_empty());
         apply(&mut v.router, &[vector(1, true)]);
@@ -810,9 +787,7 @@ mod tests {
     #[test]
     fn deliver_writes_the_eventfd_after_the_irqfd_is_assigned() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 1, Holder::Router)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
         apply(&mut v.router, &[MsiChange::Enable(Some(1))]);
         apply(&mut v.router, &[vector(0, false), MsiChange::Deliver(0)]);
         assert_eq!(chip.take().last(), Some(&Call::Assign(24)));
@@ -822,9 +797,7 @@ mod tests {
     #[test]
     fn an_interrupt_held_by_a_mask_shows_as_pending_and_stays_held() {
         let (_, routing) = setup();
-        let mut v = provider(&routing)
-            .msi(MsiKind::Msix, 1, Holder::Router)
-            .unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
         apply(
             &mut v.router,
             &[MsiChange::Enable(Some(1)), vector(0, true)],
