@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn an_interrupt_on_hold_shows_as_held_and_is_replayed_on_unmask() {
-        let (log, dev) = device();
+        let (_, dev) = device();
         let (mut l, _) = line(MsiKind::Msix, 2);
         apply(&mut l, &dev, &enable(2, &[1]));
         apply(&mut l, &dev, &[vector(1, true)]);
