@@ -102,6 +102,13 @@ pub enum HostCheck {
         /// The most lines allowed.
         max: usize,
     },
+    /// Strait only: in L1's sample of the VMM's /proc/PID/maps, every mapping of a VFIO
+    /// device of at least 2 MiB (a BAR) starts at an address aligned to its size, up to
+    /// 1 GiB, and the largest is at least `min_bytes` long (so the check saw the BAR).
+    BarMapsAligned {
+        /// The size of the largest BAR mapping expected.
+        min_bytes: u64,
+    },
     /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
     StraitLogged {
         /// The check's name.
@@ -127,6 +134,7 @@ impl HostCheck {
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+            HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
         }
     }
 
@@ -138,6 +146,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
+                | HostCheck::BarMapsAligned { .. }
                 | HostCheck::StraitLogged { .. }
         )
     }
@@ -242,6 +251,9 @@ pub struct Scenario {
     pub root_disk: Option<RootDisk>,
     /// L2 gets virtio-net on a tap that L1 creates ([`crate::net`]).
     pub net: bool,
+    /// A file in the work dir that L0 gives L1 as a disk (`l0::L1_DISK_DEVICE`); with
+    /// the root disk's image, L2's root disk is that block device opened with O_DIRECT.
+    pub l1_disk: Option<&'static str>,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -264,6 +276,7 @@ pub const BUILTIN: &[&str] = &[
     "reboot",
     "api",
     "root-disk",
+    "root-disk-direct",
     "hostile",
     "net",
     "net-userspace",
@@ -309,6 +322,7 @@ impl Scenario {
             expected_exit: 0,
             root_disk: None,
             net: false,
+            l1_disk: None,
         }
     }
 
@@ -345,6 +359,7 @@ impl Scenario {
             "reboot" => Ok(reboot()),
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
+            "root-disk-direct" => Ok(root_disk_direct()),
             "hostile" => Ok(hostile()),
             "net" => Ok(net()),
             "net-userspace" => Ok(net_userspace()),
@@ -492,6 +507,7 @@ pub fn passthrough() -> Scenario {
         },
         HostCheck::StraitCheck,
         HostCheck::StraitPlan,
+        HostCheck::BarMapsAligned { min_bytes: 8 << 30 },
     ];
     s.timeout = Duration::from_secs(420);
     s
@@ -734,6 +750,18 @@ pub fn root_disk() -> Scenario {
     ];
     s.host_checks = vec![HostCheck::RootDiskFile(disk)];
     s.root_disk = Some(disk);
+    s
+}
+
+/// `root-disk` with the image on a real block device in L1: L0 gives L1 the image as a
+/// virtio-blk disk and the VMM opens L1's /dev/vda with O_DIRECT (Strait `"direct":
+/// true`, QEMU `cache=none,aio=io_uring`), which L1's tmpfs would refuse. L1's sample of
+/// the VMM's threads, the disk's workers among them, must show each sandboxed.
+pub fn root_disk_direct() -> Scenario {
+    let mut s = root_disk();
+    s.name = "root-disk-direct".into();
+    s.l1_disk = Some(crate::rootdisk::ROOT_IMAGE);
+    s.host_checks.push(HostCheck::VmmSandboxed);
     s
 }
 

@@ -18,6 +18,8 @@
 //! - `api`: `strait ctl` reads, pauses, resumes and shuts down the VM over its socket.
 //! - `root-disk`: L2 switches root to ext4 on virtio-blk (/dev/vda) with nvme passed
 //!   through; the file it writes there is found in the image by the host (debugfs).
+//! - `root-disk-direct`: the same with the image on L1's block device (a disk L0 gives
+//!   L1) opened with O_DIRECT (`"direct": true`).
 //! - `hostile`: L2 writes every config offset with every size on every function, moves
 //!   BARs onto RAM and onto each other and toggles the MSI-X function mask in a loop;
 //!   Strait keeps running with a short log, nvme still works, and L1 sees every Strait
@@ -168,6 +170,11 @@ fn strait_is_controlled_through_its_api_socket() {
 #[test]
 fn strait_boots_l2_from_a_virtio_blk_root_disk() {
     run_with_strait(scenario::root_disk());
+}
+
+#[test]
+fn strait_boots_l2_from_an_o_direct_root_disk_on_l1s_block_device() {
+    run_with_strait(scenario::root_disk_direct());
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn launch_problem(r: &LaunchRecord) -> Option<String> {
 /// for launches that pass the controller through; the VMM's first warning
 /// about passthrough, if any, says why.
 fn device_problem(r: &LaunchRecord) -> Option<String> {
-    if r.key.kind == LaunchKind::Bare {
+    if matches!(r.key.kind, LaunchKind::Bare | LaunchKind::Blk) {
         return None;
     }
     let line = r

@@ -1,8 +1,9 @@
 //! What the benchmark runs inside L2: a /init that prints its marker, says
 //! whether the passed-through nvme controller is on its PCI bus and, in `nvme`
 //! mode, binds the stock driver and runs `iobench` (sequential 64 KiB, then
-//! random 4 KiB reads, O_DIRECT, several in flight) before powering off. The
-//! mode and load come from L2's command line (`testbed.bench=boot|nvme`,
+//! random 4 KiB reads, O_DIRECT, several in flight) before powering off; in
+//! `blk` mode it does the same on the virtio-blk disk /dev/vda. The
+//! mode and load come from L2's command line (`testbed.bench=boot|nvme|blk`,
 //! `testbed.iosecs=`, `testbed.qd=`), so one image serves every launch.
 //! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
 
@@ -41,16 +42,19 @@ for d in /sys/bus/pci/devices/*; do
 	[ "$v:$i" = "0x{vendor:04x}:0x{device:04x}" ] && nvme=${{d##*/}}
 done
 echo "TESTBED-BENCH mode=$mode nvme=$nvme"
-if [ "$mode" = nvme ] && [ "$nvme" != none ]; then
+dev=none
+[ "$mode" = nvme ] && [ "$nvme" != none ] && dev=/dev/nvme0n1
+[ "$mode" = blk ] && dev=/dev/vda
+if [ "$dev" != none ]; then
 	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
 	n=0
-	while [ ! -b /dev/nvme0n1 ] && [ $n -lt 300 ]; do usleep 100000; n=$((n + 1)); done
-	if [ -b /dev/nvme0n1 ]; then
+	while [ ! -b $dev ] && [ $n -lt 300 ]; do usleep 100000; n=$((n + 1)); done
+	if [ -b $dev ]; then
 		echo "TESTBED-BENCH ready"
-		iobench --mode seq --bs 65536 --qd $qd --secs $secs /dev/nvme0n1
-		iobench --mode rand --bs 4096 --qd $qd --secs $secs /dev/nvme0n1
+		iobench --mode seq --bs 65536 --qd $qd --secs $secs $dev
+		iobench --mode rand --bs 4096 --qd $qd --secs $secs $dev
 	else
-		echo "TESTBED-BENCH error: no /dev/nvme0n1 after 30 s"
+		echo "TESTBED-BENCH error: no $dev after 30 s"
 	fi
 fi
 echo TESTBED-DONE
@@ -86,8 +90,10 @@ mod tests {
     #[test]
     fn init_runs_both_loads_with_the_command_line_settings() {
         let init = l2_init();
-        assert!(init.contains("iobench --mode seq --bs 65536 --qd $qd --secs $secs /dev/nvme0n1"));
-        assert!(init.contains("iobench --mode rand --bs 4096 --qd $qd --secs $secs /dev/nvme0n1"));
+        assert!(init.contains("iobench --mode seq --bs 65536 --qd $qd --secs $secs $dev"));
+        assert!(init.contains("iobench --mode rand --bs 4096 --qd $qd --secs $secs $dev"));
+        assert!(init.contains("[ \"$mode\" = nvme ] && [ \"$nvme\" != none ] && dev=/dev/nvme0n1"));
+        assert!(init.contains("[ \"$mode\" = blk ] && dev=/dev/vda"));
         assert!(init.contains("testbed.iosecs=*) secs=${w#*=};;"));
     }
 

@@ -69,6 +69,9 @@ pub enum LaunchKind {
     Bare,
     /// L2 boots, binds nvme, runs iobench (sequential then random), powers off.
     Nvme,
+    /// L2 boots with no passed-through device and a virtio-blk disk on L1's disk
+    /// (O_DIRECT in both VMMs), runs iobench against /dev/vda, powers off.
+    Blk,
     /// The VMM sets up RAM and DMA maps and is stopped once ready to run.
     Memory,
 }
@@ -164,6 +167,7 @@ impl Measurement {
             LaunchKind::Boot => "boot".into(),
             LaunchKind::Bare => "bare".into(),
             LaunchKind::Nvme => "nvme".into(),
+            LaunchKind::Blk => "blk".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
@@ -186,6 +190,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         },
         Measurement {
             kind: LaunchKind::Nvme,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Blk,
             ..base
         },
     ];
@@ -217,9 +225,15 @@ pub fn build(cfg: &PlanConfig) -> Plan {
 /// the bench /init from /proc/cmdline.
 fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad) -> String {
     match kind {
-        LaunchKind::Nvme => format!(
-            "{base} testbed.bench=nvme testbed.iosecs={} testbed.qd={}",
-            io.secs, io.queue_depth
+        LaunchKind::Nvme | LaunchKind::Blk => format!(
+            "{base} testbed.bench={} testbed.iosecs={} testbed.qd={}",
+            if kind == LaunchKind::Nvme {
+                "nvme"
+            } else {
+                "blk"
+            },
+            io.secs,
+            io.queue_depth
         ),
         LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
             format!("{base} testbed.bench=boot")
@@ -235,6 +249,11 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io);
     if m.kind == LaunchKind::Bare {
         guest.devices = 0;
+    }
+    if m.kind == LaunchKind::Blk {
+        guest.devices = 0;
+        guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
+        guest.direct_disks = true;
     }
     let memory = m.kind == LaunchKind::Memory;
     let qmp_socket = (memory && vmm == VmmKind::Qemu)
@@ -281,7 +300,7 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 100,
-        LaunchKind::Nvme => 120 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
         LaunchKind::Memory => 60,
     }
 }
@@ -299,7 +318,7 @@ impl LaunchKey {
 pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 30,
-        LaunchKind::Nvme => 45 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
         LaunchKind::Memory => 20,
     }
 }
@@ -460,6 +479,7 @@ mod tests {
                 cmdline: "console=ttyS0".into(),
                 devices: 1,
                 disks: Vec::new(),
+                direct_disks: false,
                 net: false,
                 whole_slots: Vec::new(),
                 hide_hypervisor: false,
@@ -478,20 +498,20 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, 2 sizes x 2 page kinds = 7 measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 28);
+        // boot, bare, nvme, blk, 2 sizes x 2 page kinds = 8 measurements, 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 32);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[14].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[16].key.id, "r2-boot-qemu");
     }
 
     #[test]
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[14].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[16].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -506,7 +526,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[6];
+        let l = &plan.launches[8];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -524,7 +544,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[13];
+        let l = &plan.launches[15];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -555,6 +575,28 @@ mod tests {
             .iter()
             .any(|a| a.ends_with("testbed.bench=nvme testbed.iosecs=4 testbed.qd=4")));
         assert!(!l.stop_at_qmp && l.stop_at_line.is_none());
+    }
+
+    #[test]
+    fn blk_launch_gives_l1s_disk_with_o_direct_and_no_passthrough() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[6], &plan.launches[7]);
+        assert_eq!(qemu.key.id, "r1-blk-qemu");
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a == "file=/dev/vda,if=none,id=vd0,format=raw,cache=none,aio=io_uring"));
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=blk testbed.iosecs=4 testbed.qd=4")));
+        let spec = strait.spec.as_ref().unwrap();
+        assert_eq!(
+            spec["disks"],
+            serde_json::json!([{ "path": "/dev/vda", "direct": true }])
+        );
+        assert!(spec.get("passthrough").is_none());
     }
 
     #[test]
@@ -596,7 +638,7 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 8 memory (20) = 386 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 386 + 180);
+        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 8 memory (20) = 492 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 492 + 180);
     }
 }

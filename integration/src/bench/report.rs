@@ -262,7 +262,12 @@ fn timeline_medians(records: &[&LaunchRecord]) -> String {
 fn exit_table(records: &[LaunchRecord]) -> String {
     let mut s = String::from("\n## Strait's exit counters by kind (medians over launches)\n\n");
     let mut any = false;
-    for kind in [LaunchKind::Bare, LaunchKind::Boot, LaunchKind::Nvme] {
+    for kind in [
+        LaunchKind::Bare,
+        LaunchKind::Boot,
+        LaunchKind::Nvme,
+        LaunchKind::Blk,
+    ] {
         let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in select(records, kind, None, VmmKind::Strait) {
             for (k, v) in strait_exits(r).unwrap_or_default() {
@@ -293,6 +298,7 @@ fn exit_table(records: &[LaunchRecord]) -> String {
         let label = match kind {
             LaunchKind::Bare => "boot, no device",
             LaunchKind::Boot => "boot",
+            LaunchKind::Blk => "virtio-blk",
             _ => "nvme",
         };
         let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
@@ -392,6 +398,9 @@ writes (guest console and its own log) is timestamped as it arrives.
   O_DIRECT from N threads (queue depth N), sequential 64 KiB then random 4 KiB, each for a fixed
   time. Bytes and reads come from iobench; the duration is the time between its BEGIN and RESULT
   lines on L1's clock (a nested guest's clock is the less trustworthy one). MB/s = 10^6 bytes/s.
+- **virtio-blk reads**: the same loads on /dev/vda, a virtio-blk disk over L1's own /dev/vda (a
+  blank disk L0 gives L1), with no device passed through. Both VMMs open it with O_DIRECT:
+  Strait `"direct": true` (requests on its worker threads), QEMU `cache=none,aio=io_uring`.
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,

@@ -16,7 +16,9 @@
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
 //!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close, the
 //!   readlink vfio-ioctls does when a device is dropped);
-//! - signals: sigwait; stdin: read; prefault: madvise.
+//! - signals: sigwait; stdin: read; prefault: madvise;
+//! - I/O thread: epoll, eventfd reads, tap reads and writes; block workers: the disk's
+//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls.
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
 //! (SECCOMP_RET_TRAP): the handler writes one line naming the syscall number and thread
@@ -298,16 +300,24 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                 &[
                     libc::SYS_read,
                     libc::SYS_readv,
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
                     libc::SYS_epoll_wait,
                     libc::SYS_epoll_pwait,
                     libc::SYS_epoll_ctl,
+                    libc::SYS_close,
+                ],
+            );
+            allow_ioctls(&mut r, &[TCGETS, TCSETS])?;
+        }
+        ThreadKind::Blk => {
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
                     libc::SYS_fsync,
                     libc::SYS_fdatasync,
                     libc::SYS_fallocate,
+                    // The last worker to exit may hold the last reference to the disk.
                     libc::SYS_close,
                 ],
             );
@@ -497,6 +507,7 @@ mod tests {
             ThreadKind::Stdin,
             ThreadKind::Io,
             ThreadKind::Api,
+            ThreadKind::Blk,
         ] {
             assert!(!has_kvm_run(kind), "{kind:?}");
         }
@@ -504,6 +515,14 @@ mod tests {
 
     fn rules_with_request(r: libc::c_ulong) -> SeccompRule {
         SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, u64::from(r as u32)).unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn disk_io_happens_on_the_block_workers_only() {
+        for s in [libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fdatasync] {
+            assert!(rules(ThreadKind::Blk).unwrap().contains_key(&s));
+            assert!(!rules(ThreadKind::Io).unwrap().contains_key(&s), "{s}");
+        }
     }
 
     #[test]
