@@ -4,7 +4,6 @@
 use devices::pci::config::{ConfigSize, PciIds};
 use devices::pci::{Msix, MsixLayout, PciConfigSpace};
 use libfuzzer_sys::fuzz_target;
-use vfio_glue::fake::NullRouter;
 
 fuzz_target!(|data: &[u8]| {
     let Some((head, ops)) = data.split_first_chunk::<2>() else {
@@ -19,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         pba_offset: 0,
     };
     let mut cfg = PciConfigSpace::new_type0(PciIds::default(), ConfigSize::Pcie);
-    let mut msix = Msix::new(layout, Box::new(NullRouter)).expect("valid layout");
+    let mut msix = Msix::new(layout).expect("valid layout");
     let cap = msix.add_to(&mut cfg).expect("room for the capability");
     for op in ops.chunks_exact(12) {
         let offset = u64::from(u32::from_le_bytes([op[1], op[2], op[3], op[4]])) % 0x9000;
@@ -29,14 +28,14 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let c = (value as u16).to_le_bytes();
                 cfg.write((cap + 2) / 4, ((cap + 2) % 4) as u64, &c);
-                msix.config_write(&cfg, cap + 2, 2);
+                let _ = msix.config_write(&cfg, cap + 2, 2);
             }
             1 => {
                 let _ = msix.write(0, offset, &value.to_le_bytes()[..len]);
             }
             2 => {
                 let mut d = vec![0u8; len];
-                let _ = msix.read((op[0] >> 6) & 1, offset, &mut d);
+                let _ = msix.read((op[0] >> 6) & 1, offset, &mut d, &mut |v| v % 2 == 0);
             }
             3 => {
                 let _ = msix.signal(value as u16);

@@ -9,13 +9,13 @@ use libfuzzer_sys::fuzz_target;
 use vfio_glue::device::{IrqIndex, IrqInfo, RegionInfo};
 use vfio_glue::fake::{CallLog, FakeDevice, FakeDmaMapper, NullRouter};
 use vfio_glue::{
-    GuestDma, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciDevice, VfioPciParams,
+    GuestDma, Holder, IntxFds, IrqProvider, MsiKind, MsiVectors, VfioPciDevice, VfioPciParams,
 };
 use vmm_sys_util::eventfd::EventFd;
 
 struct Irqs;
 impl IrqProvider for Irqs {
-    fn msi(&mut self, _: MsiKind, count: u16) -> io::Result<MsiVectors> {
+    fn msi(&mut self, _: MsiKind, count: u16, _: Holder) -> io::Result<MsiVectors> {
         let eventfds = (0..count)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<io::Result<_>>()?;

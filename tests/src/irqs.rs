@@ -7,8 +7,8 @@ use resources::lock;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devices::interrupt::{MsiMessage, MsiRouter};
-use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors};
+use devices::interrupt::{MsiChange, MsiMessage, MsiRouter};
+use vfio_glue::{Holder, IntxFds, IrqProvider, MsiKind, MsiVectors};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A call a router made, tagged with the capability it serves.
@@ -70,7 +70,7 @@ fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
 }
 
 impl IrqProvider for IrqRecorder {
-    fn msi(&mut self, kind: MsiKind, count: u16) -> std::io::Result<MsiVectors> {
+    fn msi(&mut self, kind: MsiKind, count: u16, _: Holder) -> std::io::Result<MsiVectors> {
         let fds = eventfds(count)?;
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut s = self.state();
@@ -106,26 +106,25 @@ struct Router {
 }
 
 impl MsiRouter for Router {
-    fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> std::io::Result<()> {
-        let r = Routed::Update(self.kind, vector, msg, masked);
-        self.record.state().routed.push(r);
-        Ok(())
-    }
-
-    fn enable(&mut self, vectors: Option<u16>) -> std::io::Result<()> {
-        let r = Routed::Enable(self.kind, vectors);
-        self.record.state().routed.push(r);
+    fn apply(&mut self, changes: &[MsiChange]) -> std::io::Result<()> {
+        let mut state = self.record.state();
+        for c in changes {
+            state.routed.push(match *c {
+                MsiChange::Enable(n) => Routed::Enable(self.kind, n),
+                MsiChange::FunctionMask(m) => Routed::FunctionMask(self.kind, m),
+                MsiChange::Vector {
+                    vector,
+                    msg,
+                    masked,
+                } => Routed::Update(self.kind, vector, msg, masked),
+                MsiChange::Deliver(v) => Routed::Trigger(self.kind, v),
+            });
+        }
         Ok(())
     }
 
     fn trigger(&mut self, vector: u16) -> std::io::Result<()> {
         let r = Routed::Trigger(self.kind, vector);
-        self.record.state().routed.push(r);
-        Ok(())
-    }
-
-    fn set_function_mask(&mut self, masked: bool) -> std::io::Result<()> {
-        let r = Routed::FunctionMask(self.kind, masked);
         self.record.state().routed.push(r);
         Ok(())
     }

@@ -21,16 +21,10 @@ use crate::mapping::HostMapping;
 pub struct NullRouter;
 
 impl devices::interrupt::MsiRouter for NullRouter {
-    fn update(&mut self, _: u16, _: devices::interrupt::MsiMessage, _: bool) -> io::Result<()> {
-        Ok(())
-    }
-    fn enable(&mut self, _: Option<u16>) -> io::Result<()> {
+    fn apply(&mut self, _: &[devices::interrupt::MsiChange]) -> io::Result<()> {
         Ok(())
     }
     fn trigger(&mut self, _: u16) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_function_mask(&mut self, _: bool) -> io::Result<()> {
         Ok(())
     }
 }
@@ -41,7 +35,12 @@ impl devices::interrupt::MsiRouter for NullRouter {
 pub struct NoIrqs;
 
 impl crate::irq::IrqProvider for NoIrqs {
-    fn msi(&mut self, _: crate::irq::MsiKind, _: u16) -> io::Result<crate::irq::MsiVectors> {
+    fn msi(
+        &mut self,
+        _: crate::irq::MsiKind,
+        _: u16,
+        _: crate::irq::Holder,
+    ) -> io::Result<crate::irq::MsiVectors> {
         Err(io::ErrorKind::Unsupported.into())
     }
     fn intx(&mut self, _: u8) -> io::Result<crate::irq::IntxFds> {

@@ -51,6 +51,6 @@ pub use device::{VfioBackend, VfioDeviceOps};
 pub use dma::{dma_chunks, DmaProgress, GuestDma, RamRegion};
 pub use error::{Error, Result};
 pub use host::{check_memlock, HostDevice, HostPaths};
-pub use irq::{IntxFds, IrqProvider, MsiKind, MsiVectors};
+pub use irq::{Holder, IntxFds, IrqProvider, MsiKind, MsiVectors};
 pub use open::{open_devices, OpenedDevices};
 pub use pci::{DirectMapping, VfioPciDevice, VfioPciParams};

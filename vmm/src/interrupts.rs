@@ -9,14 +9,21 @@
 //! - KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouting`] keeps the table and
 //!   always writes the default IOAPIC/PIC routes of GSIs 0..23 (those KVM installs with
 //!   the in-kernel irqchip) plus every MSI route.
-//! - Masking a vector (its own mask bit or the MSI-X function mask) deassigns its irqfd;
-//!   unmasking reassigns it. KVM injects at assign time if the eventfd was signalled
-//!   meanwhile, so an interrupt raised while masked is held in the eventfd (the pending
-//!   bit, see [`KvmMsiRouter`]'s `is_pending`) and delivered on unmask, never lost.
-//! - Work per guest access is what changed: the model's calls are queued and applied at
-//!   its `commit`, with at most one routing-table write; the function mask moves no
-//!   route and only switches the irqfds of vectors the guest unmasked (holding an
-//!   interrupt needs the irqfd off: neither KVM nor vfio-pci can hold one otherwise).
+//! - Who holds an interrupt raised while its vector is masked ([`Holder`]):
+//!   - `Router` (virtio functions, whose I/O thread or vhost-net writes the eventfd
+//!     whatever the mask; MSI of passed-through functions): masking a vector (its own
+//!     mask bit or the MSI-X function mask) deassigns its irqfd, unmasking reassigns
+//!     it. KVM injects at assign time if the eventfd was signalled meanwhile, so the
+//!     interrupt waits in the eventfd (the pending bit, see [`KvmMsiRouter`]'s
+//!     `is_pending`) and is delivered on unmask, never lost.
+//!   - `Source` (MSI-X of passed-through functions): vfio-glue stops VFIO signalling
+//!     a masked vector's irqfd, so the irqfd stays assigned from the vector's first
+//!     route until the capability is disabled: masks cost no KVM call here.
+//! - Work per guest access is what changed: [`MsiRouter::apply`] gets the access's
+//!   changes and makes at most one routing-table write; the function mask moves no
+//!   route and, with `Router` holding, switches only the irqfds of vectors the guest
+//!   unmasked (holding an interrupt needs the irqfd off: neither KVM nor vfio-pci can
+//!   hold one otherwise).
 //! - INTx: a level irqfd with a resample eventfd on the GSI the DSDT `_PRT` gives the
 //!   root port's slot (`arch::x86_64::layout::pci_intx_gsi`); KVM signals the resample
 //!   eventfd on EOI and VFIO unmasks the host line.
@@ -28,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arch::x86_64::layout::pci_intx_gsi;
 use arch::x86_64::layout::IOAPIC_NUM_PINS;
-use devices::interrupt::{MsiMessage, MsiRouter};
+use devices::interrupt::{MsiChange, MsiMessage, MsiRouter};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -36,7 +43,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use resources::{limited_debug, GsiAllocator, LogLimiter};
-use vfio_glue::{IntxFds, IrqProvider, MsiKind, MsiVectors};
+use vfio_glue::{Holder, IntxFds, IrqProvider, MsiKind, MsiVectors};
 use vmm_sys_util::eventfd::EventFd;
 
 /// GSIs that also reach the dual 8259 PIC (ISA IRQs 0..15).
@@ -268,10 +275,7 @@ pub struct KvmMsiRouter {
     vectors: Vec<Vector>,
     enabled: bool,
     function_masked: bool,
-    /// Vectors whose irqfd may have to switch at the next commit.
-    touched: Vec<u16>,
-    /// The function mask changed since the last commit: every routed vector may switch.
-    all_touched: bool,
+    holder: Holder,
     label: String,
 }
 
@@ -297,12 +301,16 @@ impl KvmMsiRouter {
 
     /// Whether vector `v`'s irqfd should be assigned now.
     fn wants_delivery(&self, v: usize) -> bool {
+        let unmasked = |x: &Vector| !x.masked && !self.function_masked;
         self.enabled
-            && !self.function_masked
-            && self.vectors.get(v).is_some_and(|x| x.routed && !x.masked)
+            && self
+                .vectors
+                .get(v)
+                .is_some_and(|x| x.routed && (self.holder == Holder::Source || unmasked(x)))
     }
 
-    /// Every irqfd deassigned, every route removed (the capability was disabled).
+    /// Every irqfd deassigned, every route removed, nothing left pending (the
+    /// capability was disabled).
     fn disable_all(&mut self) -> io::Result<()> {
         let mut first_err = None;
         for v in 0..self.vectors.len() {
@@ -310,9 +318,8 @@ impl KvmMsiRouter {
                 first_err.get_or_insert(e);
             }
             self.vectors[v].routed = false;
+            let _ = self.vectors[v].fd.read();
         }
-        self.touched.clear();
-        self.all_touched = false;
         let gsis: Vec<u32> = self.vectors.iter().map(|v| v.gsi).collect();
         if let Err(e) = self.routing.remove_routes(&gsis) {
             first_err.get_or_insert(e);
@@ -321,11 +328,12 @@ impl KvmMsiRouter {
     }
 }
 
-impl MsiRouter for KvmMsiRouter {
-    fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> io::Result<()> {
+impl KvmMsiRouter {
+    /// Stage `vector`'s route; its irqfd is switched after the table is written.
+    fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> bool {
         let label = &self.label;
         let Some(vec) = self.vectors.get_mut(usize::from(vector)) else {
-            return Ok(());
+            return false;
         };
         limited_debug!(
             ROUTER_DEBUG,
@@ -335,37 +343,56 @@ impl MsiRouter for KvmMsiRouter {
         self.routing.stage(vec.gsi, Some(msg));
         vec.routed = true;
         vec.masked = masked;
-        self.touched.push(vector);
-        Ok(())
+        true
     }
+}
 
-    fn enable(&mut self, vectors: Option<u16>) -> io::Result<()> {
-        self.enabled = vectors.is_some();
-        if vectors.is_none() {
-            return self.disable_all();
+impl MsiRouter for KvmMsiRouter {
+    fn apply(&mut self, changes: &[MsiChange]) -> io::Result<()> {
+        let mut first_err = None;
+        let mut touched = Vec::new();
+        let mut deliver = Vec::new();
+        for c in changes {
+            match *c {
+                MsiChange::Enable(n) => {
+                    self.enabled = n.is_some();
+                    if n.is_none() {
+                        touched.clear();
+                        if let Err(e) = self.disable_all() {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                MsiChange::FunctionMask(m) => {
+                    let moved = self.function_masked != m && self.holder == Holder::Router;
+                    self.function_masked = m;
+                    if moved {
+                        touched.extend(0..self.vectors.len());
+                    }
+                }
+                MsiChange::Vector {
+                    vector,
+                    msg,
+                    masked,
+                } => {
+                    if self.update(vector, msg, masked) {
+                        touched.push(usize::from(vector));
+                    }
+                }
+                MsiChange::Deliver(v) => deliver.push(v),
+            }
         }
-        Ok(())
-    }
-
-    fn set_function_mask(&mut self, masked: bool) -> io::Result<()> {
-        if self.function_masked != masked {
-            self.function_masked = masked;
-            self.all_touched = true;
-        }
-        Ok(())
-    }
-
-    fn commit(&mut self) -> io::Result<()> {
         // The routes first: an irqfd assigned to an unrouted GSI would inject nothing.
-        let mut first_err = self.routing.flush().err();
-        let touched: Vec<usize> = if std::mem::take(&mut self.all_touched) {
-            self.touched.clear();
-            (0..self.vectors.len()).collect()
-        } else {
-            self.touched.drain(..).map(usize::from).collect()
-        };
+        if let Err(e) = self.routing.flush() {
+            first_err.get_or_insert(e);
+        }
         for v in touched {
             if let Err(e) = self.set_assigned(v, self.wants_delivery(v)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for v in deliver {
+            if let Err(e) = self.trigger(v) {
                 first_err.get_or_insert(e);
             }
         }
@@ -425,7 +452,7 @@ pub struct KvmIrqProvider {
 }
 
 impl IrqProvider for KvmIrqProvider {
-    fn msi(&mut self, kind: MsiKind, count: u16) -> io::Result<MsiVectors> {
+    fn msi(&mut self, kind: MsiKind, count: u16, holder: Holder) -> io::Result<MsiVectors> {
         let gsis = self.routing.allocate(count)?;
         let fds = match vector_fds(gsis.len()) {
             Ok(fds) => fds,
@@ -456,8 +483,7 @@ impl IrqProvider for KvmIrqProvider {
             vectors,
             enabled: false,
             function_masked: false,
-            touched: Vec::new(),
-            all_touched: false,
+            holder,
             label: format!("{} {kind:?}", self.label),
         };
         Ok(MsiVectors {
@@ -545,6 +571,29 @@ mod tests {
         data: 0x41,
     };
 
+    fn vector(v: u16, masked: bool) -> MsiChange {
+        MsiChange::Vector {
+            vector: v,
+            msg: MSG,
+            masked,
+        }
+    }
+
+    fn vectors(routing: &Arc<GsiRouting>, kind: MsiKind, n: u16, holder: Holder) -> MsiVectors {
+        provider(routing).msi(kind, n, holder).unwrap()
+    }
+
+    /// What enabling `n` vectors with `unmasked` ones clear reports.
+    fn enable(n: u16, unmasked: &[u16]) -> Vec<MsiChange> {
+        let mut c = vec![MsiChange::Enable(Some(n))];
+        c.extend(unmasked.iter().map(|&v| vector(v, false)));
+        c
+    }
+
+    fn apply(router: &mut Box<dyn MsiRouter>, changes: &[MsiChange]) {
+        router.apply(changes).unwrap();
+    }
+
     #[test]
     fn default_routes_match_kvm_irqchip_defaults() {
         let r = default_routes();
@@ -602,14 +651,12 @@ mod tests {
     #[test]
     fn msix_vectors_get_gsis_from_24_and_separate_eventfds() {
         let (_, routing) = setup();
-        let v = provider(&routing).msi(MsiKind::Msix, 3).unwrap();
+        let v = vectors(&routing, MsiKind::Msix, 3, Holder::Router);
         assert_eq!(v.eventfds.len(), 3);
         let fds: Vec<i32> = v.eventfds.iter().map(|e| e.as_raw_fd()).collect();
         assert!(fds[0] != fds[1] && fds[1] != fds[2]);
-        let mut other = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
-        other.router.enable(Some(1)).unwrap();
-        other.router.update(0, MSG, false).unwrap();
-        other.router.commit().unwrap();
+        let mut other = vectors(&routing, MsiKind::Msi, 1, Holder::Router);
+        apply(&mut other.router, &enable(1, &[0]));
         assert_eq!(
             routing.msi_routes().keys().copied().collect::<Vec<_>>(),
             [27]
@@ -619,40 +666,33 @@ mod tests {
     #[test]
     fn unmask_routes_then_assigns_and_mask_deassigns() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
-        v.router.enable(Some(2)).unwrap();
-        v.router.update(1, MSG, false).unwrap();
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[1]));
         let calls = chip.take();
         assert!(matches!(&calls[0], Call::Routes(t) if t.last() == Some(&(25, Route::Msi(MSG)))));
         assert_eq!(calls[1], Call::Assign(25));
-        v.router.update(1, MSG, true).unwrap();
-        v.router.commit().unwrap();
+        apply(&mut v.router, &[vector(1, true)]);
         // Same message: no table write, only the deassign.
         assert_eq!(chip.take(), vec![Call::Deassign(25)]);
-        v.router.update(1, MSG, false).unwrap();
-        v.router.commit().unwrap();
+        apply(&mut v.router, &[vector(1, false)]);
         assert_eq!(chip.take(), vec![Call::Assign(25)]);
     }
 
     #[test]
     fn update_while_disabled_routes_but_does_not_assign() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
-        v.router.update(0, MSG, false).unwrap();
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
+        apply(&mut v.router, &[vector(0, false)]);
         assert!(!chip.take().iter().any(|c| matches!(c, Call::Assign(_))));
     }
 
     #[test]
     fn disable_deassigns_and_drops_routes_but_keeps_defaults() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
-        v.router.enable(Some(2)).unwrap();
-        v.router.update(0, MSG, false).unwrap();
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[0]));
         chip.take();
-        v.router.enable(None).unwrap();
+        apply(&mut v.router, &[MsiChange::Enable(None)]);
         let calls = chip.take();
         assert_eq!(calls[0], Call::Deassign(24));
         assert_eq!(calls[1], Call::Routes(default_routes()));
@@ -662,8 +702,8 @@ mod tests {
     #[test]
     fn trigger_while_masked_is_held_in_the_eventfd() {
         let (_, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
-        v.router.enable(Some(1)).unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
+        apply(&mut v.router, &[MsiChange::Enable(Some(1))]);
         v.router.trigger(0).unwrap();
         // The count is visible through VFIO's copy: both are the same eventfd.
         assert_eq!(v.eventfds[0].read().unwrap(), 1);
@@ -672,16 +712,13 @@ mod tests {
     #[test]
     fn dropping_a_router_frees_its_gsis_and_routes() {
         let (_, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 2).unwrap();
-        v.router.enable(Some(2)).unwrap();
-        v.router.update(0, MSG, false).unwrap();
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Router);
+        apply(&mut v.router, &enable(2, &[0]));
         drop(v);
         assert!(routing.msi_routes().is_empty());
-        let again = provider(&routing).msi(MsiKind::Msi, 1).unwrap();
+        let again = vectors(&routing, MsiKind::Msi, 1, Holder::Router);
         let mut r = again.router;
-        r.update(0, MSG, false).unwrap();
-        r.commit().unwrap();
+        apply(&mut r, &[vector(0, false)]);
         assert_eq!(
             routing.msi_routes().keys().copied().collect::<Vec<_>>(),
             [24]
@@ -691,21 +728,17 @@ mod tests {
     #[test]
     fn function_mask_toggles_move_no_route_and_switch_only_unmasked_vectors() {
         let (chip, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 8).unwrap();
-        v.router.enable(Some(8)).unwrap();
-        for i in 0..8 {
-            v.router.update(i, MSG, i >= 2).unwrap();
-        }
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 8, Holder::Router);
+        let mut enable = vec![MsiChange::Enable(Some(8))];
+        enable.extend((0..8).map(|i| vector(i, i >= 2)));
+        apply(&mut v.router, &enable);
         let calls = chip.take();
         let tables = calls.iter().filter(|c| matches!(c, Call::Routes(_)));
         assert_eq!(tables.count(), 1, "one table write for the whole access");
         assert_eq!(calls.len(), 3);
         for _ in 0..1000 {
-            v.router.set_function_mask(true).unwrap();
-            v.router.commit().unwrap();
-            v.router.set_function_mask(false).unwrap();
-            v.router.commit().unwrap();
+            apply(&mut v.router, &[MsiChange::FunctionMask(true)]);
+            apply(&mut v.router, &[MsiChange::FunctionMask(false)]);
         }
         let calls = chip.take();
         assert!(!calls.iter().any(|c| matches!(c, Call::Routes(_))));
@@ -715,12 +748,60 @@ mod tests {
     }
 
     #[test]
+    fn source_held_vectors_keep_their_irqfd_through_masks_at_2048_vectors() {
+        let (chip, routing) = setup();
+        let mut v = vectors(&routing, MsiKind::Msix, 2048, Holder::Source);
+        let mut enable = vec![MsiChange::Enable(Some(2048))];
+        enable.extend((0..2048).map(|i| vector(i, false)));
+        apply(&mut v.router, &enable);
+        let calls = chip.take();
+        assert_eq!(
+            calls.len(),
+            1 + 2048,
+            "one table write, one irqfd per vector"
+        );
+        for _ in 0..1000 {
+            apply(&mut v.router, &[MsiChange::FunctionMask(true)]);
+            apply(&mut v.router, &[MsiChange::FunctionMask(false)]);
+            apply(&mut v.router, &[vector(7, true)]);
+            apply(&mut v.router, &[vector(7, false)]);
+        }
+        assert!(chip.take().is_empty(), "masks cost no KVM call");
+        apply(&mut v.router, &[MsiChange::Enable(None)]);
+        let calls = chip.take();
+        assert_eq!(calls.len(), 2048 + 1, "every irqfd off, one table write");
+    }
+
+    #[test]
+    fn source_held_vectors_get_their_irqfd_at_first_route_even_masked() {
+        let (chip, routing) = setup();
+        let mut v = vectors(&routing, MsiKind::Msix, 2, Holder::Source);
+        apply(&mut v.router, &[MsiChange::Enable(Some(2))]);
+        assert!(chip.take().is_empty());
+        apply(&mut v.router, &[vector(1, true)]);
+        let calls = chip.take();
+        assert!(matches!(&calls[0], Call::Routes(_)));
+        assert_eq!(calls[1..], [Call::Assign(25)]);
+    }
+
+    #[test]
+    fn deliver_writes_the_eventfd_after_the_irqfd_is_assigned() {
+        let (chip, routing) = setup();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
+        apply(&mut v.router, &[MsiChange::Enable(Some(1))]);
+        apply(&mut v.router, &[vector(0, false), MsiChange::Deliver(0)]);
+        assert_eq!(chip.take().last(), Some(&Call::Assign(24)));
+        assert_eq!(v.eventfds[0].read().unwrap(), 1);
+    }
+
+    #[test]
     fn an_interrupt_held_by_a_mask_shows_as_pending_and_stays_held() {
         let (_, routing) = setup();
-        let mut v = provider(&routing).msi(MsiKind::Msix, 1).unwrap();
-        v.router.enable(Some(1)).unwrap();
-        v.router.update(0, MSG, true).unwrap();
-        v.router.commit().unwrap();
+        let mut v = vectors(&routing, MsiKind::Msix, 1, Holder::Router);
+        apply(
+            &mut v.router,
+            &[MsiChange::Enable(Some(1)), vector(0, true)],
+        );
         assert!(!v.router.is_pending(0));
         v.eventfds[0].write(1).unwrap();
         assert!(v.router.is_pending(0));

@@ -31,7 +31,7 @@ use devices::virtio::pci::{msix_vectors, TransportError, TransportParams, Virtio
 use devices::virtio::SharedVirtioDevice;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use resources::{lock, BarClass, BarRequest, FunctionBar, PciMap, SlotRequest};
-use vfio_glue::{IrqProvider, MsiKind};
+use vfio_glue::{Holder, IrqProvider, MsiKind};
 use vm_memory::GuestMemoryMmap;
 
 use crate::interrupts::{GsiRouting, KvmIrqProvider};
@@ -504,7 +504,7 @@ fn function(
         label: label.clone(),
     };
     let vectors = irqs
-        .msi(MsiKind::Msix, msix_vectors(queues))
+        .msi(MsiKind::Msix, msix_vectors(queues), Holder::Router)
         .map_err(|source| VirtioError::Vectors {
             label: label.clone(),
             source,

@@ -22,7 +22,7 @@ mod fuzzish;
 pub mod host_bridge;
 pub mod msi;
 pub mod msix;
-mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod regs;
 pub mod root;
 pub mod root_port;

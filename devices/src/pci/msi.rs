@@ -5,21 +5,21 @@
 //! per-vector-masking flags read-only), address, 16-bit data and, with
 //! per-vector masking, the mask (read-write) and pending (read-only) bits.
 //! After each guest config write the device calls [`Msi::config_write`], which
-//! compares the registers with what it last routed and tells the [`MsiRouter`]:
-//! - enable (or a new vector count while enabled): `enable(Some(n))`, then
-//!   `update(v, msg_v, false)` for each unmasked vector; disable: `enable(None)`;
-//! - while enabled: a mask bit set -> `update(v, msg_v, true)`; cleared ->
-//!   `update(v, msg_v, false)`, then `trigger(v)` if its pending bit was set;
-//!   a new address/data -> `update` of every unmasked vector.
+//! compares the registers with what it last reported and returns the changes
+//! ([`MsiChange`]) for the device's router:
+//! - enable (or a new vector count while enabled): `Enable(Some(n))`, then
+//!   `Vector { masked: false }` for each unmasked vector; disable: `Enable(None)`;
+//! - while enabled: a mask bit set -> `Vector { masked: true }`; cleared ->
+//!   `Vector { masked: false }`, then `Deliver(v)` if its pending bit was set;
+//!   a new address/data -> `Vector` of every unmasked vector.
 //!
 //! Vector `v` of `n` sends the programmed data with its low log2(n) bits
 //! replaced by `v` (6.8.1.6).
 
-use crate::interrupt::{MsiMessage, MsiRouter};
+use crate::interrupt::{MsiChange, MsiMessage};
 
 use super::config::PciConfigSpace;
 use super::error::PciError;
-use super::ratelimit::router_result;
 use super::regs::CAP_ID_MSI;
 
 const CONTROL_ENABLE: u16 = 1 << 0;
@@ -49,7 +49,6 @@ pub struct Msi {
     enabled: Option<u16>,
     msg: MsiMessage,
     mask: u32,
-    router: Box<dyn MsiRouter>,
 }
 
 impl std::fmt::Debug for Msi {
@@ -66,12 +65,7 @@ impl std::fmt::Debug for Msi {
 impl Msi {
     /// `vectors` capable (1, 2, 4, 8, 16 or 32), 64-bit addresses and
     /// per-vector masking as the device offers them.
-    pub fn new(
-        vectors: u16,
-        bits64: bool,
-        per_vector_mask: bool,
-        router: Box<dyn MsiRouter>,
-    ) -> Result<Self, PciError> {
+    pub fn new(vectors: u16, bits64: bool, per_vector_mask: bool) -> Result<Self, PciError> {
         if !vectors.is_power_of_two() || vectors > 32 {
             return Err(PciError::BadMsiVectors { vectors });
         }
@@ -83,7 +77,6 @@ impl Msi {
             enabled: None,
             msg: MsiMessage::default(),
             mask: 0,
-            router,
         })
     }
 
@@ -182,25 +175,32 @@ impl Msi {
         }
     }
 
-    /// Raise `v` from the VMM side: delivered if unmasked, else left pending.
-    pub fn signal(&mut self, cfg: &mut PciConfigSpace, v: u16) -> std::io::Result<()> {
+    /// Raise `v` from the VMM side. Returns whether to deliver it now; a masked
+    /// vector's interrupt is left pending instead, and one while disabled is dropped.
+    pub fn signal(&mut self, cfg: &mut PciConfigSpace, v: u16) -> bool {
         if self.enabled.is_none_or(|n| v >= n) {
-            return Ok(());
+            return false;
         }
         if self.is_masked(v) {
             self.set_pending(cfg, v, true);
-            return Ok(());
+            return false;
         }
-        self.router.trigger(v)
+        true
     }
 
-    /// Call after every guest config write of `len` bytes at `offset`.
-    pub fn config_write(&mut self, cfg: &mut PciConfigSpace, offset: usize, len: usize) {
-        let Some(cap) = self.cap_offset else {
-            return;
-        };
-        if offset < cap + self.offsets().len && cap < offset + len {
-            self.sync(cfg, cap);
+    /// Call after every guest config write of `len` bytes at `offset`; returns what
+    /// changed.
+    pub fn config_write(
+        &mut self,
+        cfg: &mut PciConfigSpace,
+        offset: usize,
+        len: usize,
+    ) -> Vec<MsiChange> {
+        match self.cap_offset {
+            Some(cap) if offset < cap + self.offsets().len && cap < offset + len => {
+                self.sync(cfg, cap)
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -221,47 +221,54 @@ impl Msi {
         (enabled, msg, mask)
     }
 
-    fn sync(&mut self, cfg: &mut PciConfigSpace, cap: usize) {
+    fn sync(&mut self, cfg: &mut PciConfigSpace, cap: usize) -> Vec<MsiChange> {
         let (enabled, msg, mask) = self.read_state(cfg, cap);
         let (old_enabled, old_msg, old_mask) = (self.enabled, self.msg, self.mask);
         self.enabled = enabled;
         self.msg = msg;
         self.mask = mask;
+        let mut changes = Vec::new();
         let Some(n) = enabled else {
             if old_enabled.is_some() {
-                router_result("disable", 0, self.router.enable(None));
-                router_result("commit", 0, self.router.commit());
+                changes.push(MsiChange::Enable(None));
             }
-            return;
+            return changes;
         };
         let fresh = old_enabled != Some(n);
         if fresh {
-            router_result("enable", 0, self.router.enable(Some(n)));
+            changes.push(MsiChange::Enable(Some(n)));
         }
         for v in 0..n {
             let bit = 1u32 << v;
             let (was, now) = (old_mask & bit != 0 || fresh, mask & bit != 0);
             let Some(m) = self.message(v) else { continue };
+            let vector = |masked| MsiChange::Vector {
+                vector: v,
+                msg: m,
+                masked,
+            };
             if now {
                 if !was {
-                    router_result("update", v, self.router.update(v, m, true));
+                    changes.push(vector(true));
                 }
             } else if was || msg != old_msg {
-                router_result("update", v, self.router.update(v, m, false));
+                changes.push(vector(false));
                 if self.is_pending(cfg, v) {
                     self.set_pending(cfg, v, false);
-                    router_result("trigger", v, self.router.trigger(v));
+                    changes.push(MsiChange::Deliver(v));
                 }
             }
         }
-        router_result("commit", 0, self.router.commit());
+        changes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interrupt::MsiRouter;
     use crate::pci::config::{ConfigSize, PciIds};
+    use crate::pci::ratelimit::apply_changes;
     use crate::pci::testutil::{msg, Call, RecordingRouter};
 
     struct Fixture {
@@ -274,7 +281,7 @@ mod tests {
     fn fixture(vectors: u16, bits64: bool, pvm: bool) -> Fixture {
         let mut cfg = PciConfigSpace::new_type0(PciIds::default(), ConfigSize::Pcie);
         let calls = RecordingRouter::default();
-        let mut msi = Msi::new(vectors, bits64, pvm, Box::new(calls.clone())).unwrap();
+        let mut msi = Msi::new(vectors, bits64, pvm).unwrap();
         let cap = msi.add_to(&mut cfg).unwrap();
         Fixture {
             cfg,
@@ -288,7 +295,15 @@ mod tests {
         fn write(&mut self, rel: usize, bytes: &[u8]) {
             let off = self.cap + rel;
             self.cfg.write(off / 4, (off % 4) as u64, bytes);
-            self.msi.config_write(&mut self.cfg, off, bytes.len());
+            let changes = self.msi.config_write(&mut self.cfg, off, bytes.len());
+            apply_changes(&mut self.calls, &changes);
+        }
+
+        /// The VMM raises `v`: triggered now or left pending.
+        fn signal(&mut self, v: u16) {
+            if self.msi.signal(&mut self.cfg, v) {
+                self.calls.trigger(v).unwrap();
+            }
         }
 
         fn write32(&mut self, rel: usize, v: u32) {
@@ -304,7 +319,7 @@ mod tests {
     fn vector_counts_are_validated() {
         for bad in [0, 3, 64] {
             assert_eq!(
-                Msi::new(bad, false, false, Box::new(RecordingRouter::default())).unwrap_err(),
+                Msi::new(bad, false, false).unwrap_err(),
                 PciError::BadMsiVectors { vectors: bad }
             );
         }
@@ -321,7 +336,7 @@ mod tests {
         );
         // Four capabilities of the largest form fit back to back.
         let mut cfg = PciConfigSpace::new_type0(PciIds::default(), ConfigSize::Pci);
-        let mut m = Msi::new(32, true, true, Box::new(RecordingRouter::default())).unwrap();
+        let mut m = Msi::new(32, true, true).unwrap();
         assert_eq!(m.add_to(&mut cfg).unwrap(), 0x40);
         assert_eq!(m.add_to(&mut cfg).unwrap(), 0x58);
     }
@@ -409,7 +424,7 @@ mod tests {
                 Call::Update(0, msg(0xfee0_0000, 0), false)
             ]
         );
-        f.msi.signal(&mut f.cfg, 1).unwrap();
+        f.signal(1);
         assert!(f.msi.is_pending(&f.cfg, 1));
         assert!(f.calls.take().is_empty());
         f.write32(0xc, 0b01);
@@ -440,11 +455,11 @@ mod tests {
     #[test]
     fn signal_unmasked_triggers_and_disabled_drops() {
         let mut f = fixture(1, false, false);
-        f.msi.signal(&mut f.cfg, 0).unwrap();
+        f.signal(0);
         assert!(f.calls.take().is_empty());
         f.control(1);
         f.calls.take();
-        f.msi.signal(&mut f.cfg, 0).unwrap();
+        f.signal(0);
         assert_eq!(f.calls.take(), vec![Call::Trigger(0)]);
         assert!(f.msi.is_masked(1));
     }

@@ -19,6 +19,7 @@ use crate::interrupt::MsiRouter;
 use super::config::{ConfigSize, PciConfigSpace, PciIds};
 use super::error::PciError;
 use super::msi::Msi;
+use super::ratelimit::apply_changes;
 use super::regs::*;
 use super::{ConfigWriteResult, PciDevice};
 
@@ -160,6 +161,8 @@ const PM_STATE_MASK: u16 = 0x3;
 pub struct RootPort {
     cfg: PciConfigSpace,
     msi: Option<Msi>,
+    /// Where the MSI capability's changes go (set with `msi`).
+    msi_router: Option<Box<dyn MsiRouter>>,
     pm: usize,
     exp: usize,
 }
@@ -203,14 +206,20 @@ impl RootPort {
         let exp = add_express_capability(&mut cfg, &config)?;
         let pm = add_pm_capability(&mut cfg)?;
         let msi = match config.msi {
-            Some(router) => {
-                let mut m = Msi::new(1, true, false, router)?;
+            Some(_) => {
+                let mut m = Msi::new(1, true, false)?;
                 m.add_to(&mut cfg)?;
                 Some(m)
             }
             None => None,
         };
-        let mut port = Self { cfg, msi, pm, exp };
+        let mut port = Self {
+            cfg,
+            msi,
+            msi_router: config.msi,
+            pm,
+            exp,
+        };
         let bus = config.secondary_bus;
         port.set_bus_numbers(0, bus, bus);
         port.set_io_window(None)?;
@@ -424,9 +433,10 @@ impl PciDevice for RootPort {
         if matches!(self.cfg.read_u16(pmcsr) & PM_STATE_MASK, 1 | 2) {
             self.cfg.set_u16(pmcsr, old_pm);
         }
-        if let Some(msi) = &mut self.msi {
+        if let (Some(msi), Some(router)) = (&mut self.msi, &mut self.msi_router) {
             let at = reg.saturating_mul(4).saturating_add(offset as usize);
-            msi.config_write(&mut self.cfg, at, data.len());
+            let changes = msi.config_write(&mut self.cfg, at, data.len());
+            apply_changes(router.as_mut(), &changes);
         }
         result
     }

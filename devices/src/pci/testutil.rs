@@ -1,10 +1,11 @@
-//! Test doubles for the PCI model: an [`MsiRouter`] that records its calls.
+//! Test doubles for the PCI model: an [`MsiRouter`] that records what it is asked to
+//! apply.
 
 use std::sync::{Arc, Mutex};
 
-use crate::interrupt::{MsiMessage, MsiRouter};
+use crate::interrupt::{MsiChange, MsiMessage, MsiRouter};
 
-/// One call made to the router.
+/// One change the router applied (`Trigger` also stands for `MsiChange::Deliver`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Update(u16, MsiMessage, bool),
@@ -17,7 +18,6 @@ pub enum Call {
 #[derive(Clone, Default)]
 pub struct RecordingRouter {
     calls: Arc<Mutex<Vec<Call>>>,
-    commits: Arc<Mutex<usize>>,
     /// Vectors the router says it holds an interrupt for.
     pub held: Arc<Mutex<Vec<u16>>>,
 }
@@ -28,11 +28,6 @@ impl RecordingRouter {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
 
-    /// `commit` calls since the last `take_commits`.
-    pub fn take_commits(&self) -> usize {
-        std::mem::take(&mut *self.commits.lock().unwrap())
-    }
-
     fn push(&self, c: Call) -> std::io::Result<()> {
         self.calls.lock().unwrap().push(c);
         Ok(())
@@ -40,25 +35,24 @@ impl RecordingRouter {
 }
 
 impl MsiRouter for RecordingRouter {
-    fn update(&mut self, vector: u16, msg: MsiMessage, masked: bool) -> std::io::Result<()> {
-        self.push(Call::Update(vector, msg, masked))
-    }
-
-    fn enable(&mut self, vectors: Option<u16>) -> std::io::Result<()> {
-        self.push(Call::Enable(vectors))
+    fn apply(&mut self, changes: &[MsiChange]) -> std::io::Result<()> {
+        for c in changes {
+            self.push(match *c {
+                MsiChange::Enable(n) => Call::Enable(n),
+                MsiChange::FunctionMask(m) => Call::FunctionMask(m),
+                MsiChange::Vector {
+                    vector,
+                    msg,
+                    masked,
+                } => Call::Update(vector, msg, masked),
+                MsiChange::Deliver(v) => Call::Trigger(v),
+            })?;
+        }
+        Ok(())
     }
 
     fn trigger(&mut self, vector: u16) -> std::io::Result<()> {
         self.push(Call::Trigger(vector))
-    }
-
-    fn set_function_mask(&mut self, masked: bool) -> std::io::Result<()> {
-        self.push(Call::FunctionMask(masked))
-    }
-
-    fn commit(&mut self) -> std::io::Result<()> {
-        *self.commits.lock().unwrap() += 1;
-        Ok(())
     }
 
     fn is_pending(&mut self, vector: u16) -> bool {

@@ -41,6 +41,7 @@ use super::{
     VIRTIO_PCI_VENDOR,
 };
 use crate::interrupt::MsiRouter;
+use crate::pci::ratelimit::apply_changes;
 use crate::pci::{
     BarInfo, BarKind, ConfigSize, ConfigWriteResult, Msix, MsixLayout, PciConfigSpace, PciDevice,
     PciError, PciIds,
@@ -155,6 +156,8 @@ pub struct VirtioPciTransport {
     label: String,
     cfg: PciConfigSpace,
     msix: Msix,
+    /// Applies what the guest changes in the MSI-X capability and table.
+    router: Box<dyn MsiRouter>,
     device: SharedVirtioDevice,
     mem: GuestMemoryMmap,
     vector_fds: Vec<EventFd>,
@@ -235,7 +238,7 @@ impl VirtioPciTransport {
             pba_bir: BAR_INDEX,
             pba_offset: MSIX_PBA_OFFSET,
         };
-        let mut msix = Msix::new(layout, p.msix)?;
+        let mut msix = Msix::new(layout)?;
         msix.add_to(&mut cfg)?;
         let kicks = max_sizes
             .iter()
@@ -246,6 +249,7 @@ impl VirtioPciTransport {
             label: p.label,
             cfg,
             msix,
+            router: p.msix,
             device: p.device,
             mem: p.mem,
             vector_fds: p.vector_fds,
@@ -564,7 +568,8 @@ impl PciDevice for VirtioPciTransport {
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigWriteResult {
         let res = self.cfg.write(reg, offset, data);
         let at = reg.saturating_mul(4).saturating_add(offset as usize);
-        self.msix.config_write(&self.cfg, at, data.len());
+        let changes = self.msix.config_write(&self.cfg, at, data.len());
+        apply_changes(self.router.as_mut(), &changes);
         if !res.bar_moves.is_empty() {
             log::warn!(
                 "{}: the guest moved BAR 0 ({:x?}); Strait does not follow virtio BAR moves",
@@ -584,7 +589,11 @@ impl PciDevice for VirtioPciTransport {
             data.fill(0xff);
             return;
         }
-        if !self.msix.read(index, offset, data) {
+        let router = &mut self.router;
+        if !self
+            .msix
+            .read(index, offset, data, &mut |v| router.is_pending(v))
+        {
             self.region_read(offset, data);
         }
     }
@@ -593,8 +602,9 @@ impl PciDevice for VirtioPciTransport {
         if index != BAR_INDEX || offset >= BAR_SIZE || data.is_empty() {
             return;
         }
-        if !self.msix.write(index, offset, data) {
-            self.region_write(offset, data);
+        match self.msix.write(index, offset, data) {
+            Some(changes) => apply_changes(self.router.as_mut(), &changes),
+            None => self.region_write(offset, data),
         }
     }
 }

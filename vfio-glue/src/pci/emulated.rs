@@ -1,6 +1,6 @@
 //! MSI and MSI-X capabilities of a passed-through function, emulated with the
-//! `devices` crate's models (PCI Local Bus 3.0, 6.8.1 and 6.8.2) and wired to
-//! VFIO through [`crate::irq`].
+//! `devices` crate's models (PCI Local Bus 3.0, 6.8.1 and 6.8.2). A guest access
+//! returns what it changed; the device applies that with [`crate::irq::MsiLine`].
 //!
 //! The models add their capability to a config space they are given. The
 //! device's capability sits at the device's own offset, so each model gets a
@@ -8,6 +8,7 @@
 //! guest offsets are rebased onto it. The capability's ID and next pointer
 //! stay the device's, so the guest walks the device's list unchanged.
 
+use devices::interrupt::MsiChange;
 use devices::pci::msix::MsixLayout;
 use devices::pci::{ConfigSize, Msi, Msix, PciConfigSpace, PciIds};
 
@@ -85,36 +86,40 @@ impl EmulatedMsix {
         at: usize,
         provider: &mut dyn IrqProvider,
     ) -> Result<Self, CapError> {
+        let mut emu = Msix::new(layout).map_err(CapError::Model)?;
+        let kind = MsiKind::Msix;
         let wiring = provider
-            .msi(MsiKind::Msix, layout.vectors)
+            .msi(kind, layout.vectors, MsiLine::holder(kind))
             .map_err(CapError::Wire)?;
-        let (line, router) = MsiLine::new(MsiKind::Msix, wiring);
-        let mut emu = Msix::new(layout, Box::new(router)).map_err(CapError::Model)?;
+        let line = MsiLine::new(kind, wiring);
         let mut cap = Rebased::new(at, 12);
         emu.add_to(&mut cap.scratch).map_err(CapError::Model)?;
         Ok(EmulatedMsix { emu, cap, line })
     }
 
-    /// A guest config write in the capability (offset `off`, covered).
-    pub(crate) fn config_write(&mut self, off: usize, offset: u64, data: &[u8]) {
+    /// A guest config write in the capability (offset `off`, covered): what changed.
+    pub(crate) fn config_write(&mut self, off: usize, offset: u64, data: &[u8]) -> Vec<MsiChange> {
         let at = self.cap.write(off, offset, data);
-        self.emu.config_write(&self.cap.scratch, at, data.len());
+        self.emu.config_write(&self.cap.scratch, at, data.len())
     }
 
     /// Back to the power-on state, as a reset leaves the function (PCI Local Bus 3.0,
     /// 6.8.2.3 and 6.8.2.9): MSI-X and the function mask off, every table entry zero and
-    /// masked, nothing pending. Replayed through the model, so its router hears it.
-    pub(crate) fn power_on(&mut self) {
-        self.config_write(self.cap.at, 2, &[0, 0]);
+    /// masked, nothing pending. Replayed through the model; returns what changed.
+    pub(crate) fn power_on(&mut self) -> Vec<MsiChange> {
+        let mut changes = self.config_write(self.cap.at, 2, &[0, 0]);
         let l = *self.emu.layout();
         for v in 0..l.vectors {
             let entry = u64::from(l.table_offset) + u64::from(v) * 16;
             for (at, value) in [(0, 0u32), (4, 0), (8, 0), (12, 1)] {
-                self.emu
+                let c = self
+                    .emu
                     .write(l.table_bir, entry + at, &value.to_le_bytes());
+                changes.extend(c.unwrap_or_default());
             }
             self.emu.set_pending(v, false);
         }
+        changes
     }
 
     /// Spans of BAR `bar` that must trap: the table and the PBA.
@@ -148,29 +153,32 @@ impl EmulatedMsi {
             (false, true) => 20,
             (true, true) => 24,
         };
+        let mut emu = Msi::new(vectors, bits64, pvm).map_err(CapError::Model)?;
+        let kind = MsiKind::Msi;
         let wiring = provider
-            .msi(MsiKind::Msi, vectors)
+            .msi(kind, vectors, MsiLine::holder(kind))
             .map_err(CapError::Wire)?;
-        let (line, router) = MsiLine::new(MsiKind::Msi, wiring);
-        let mut emu = Msi::new(vectors, bits64, pvm, Box::new(router)).map_err(CapError::Model)?;
+        let line = MsiLine::new(kind, wiring);
         let mut cap = Rebased::new(at, len);
         emu.add_to(&mut cap.scratch).map_err(CapError::Model)?;
         Ok(EmulatedMsi { emu, cap, line })
     }
 
-    pub(crate) fn config_write(&mut self, off: usize, offset: u64, data: &[u8]) {
+    pub(crate) fn config_write(&mut self, off: usize, offset: u64, data: &[u8]) -> Vec<MsiChange> {
         let at = self.cap.write(off, offset, data);
-        self.emu.config_write(&mut self.cap.scratch, at, data.len());
+        self.emu.config_write(&mut self.cap.scratch, at, data.len())
     }
 
     /// Back to the power-on state (PCI Local Bus 3.0, 6.8.1): address, data and mask
-    /// bits zero, then MSI off with one vector enabled.
-    pub(crate) fn power_on(&mut self) {
+    /// bits zero, then MSI off with one vector enabled. Returns what changed.
+    pub(crate) fn power_on(&mut self) -> Vec<MsiChange> {
         let at = self.cap.at;
+        let mut changes = Vec::new();
         for off in (at + 4..at + self.cap.len).step_by(4) {
-            self.config_write(off, 0, &[0; 4]);
+            changes.extend(self.config_write(off, 0, &[0; 4]));
         }
-        self.config_write(at, 2, &[0, 0]);
+        changes.extend(self.config_write(at, 2, &[0, 0]));
+        changes
     }
 }
 

@@ -4,7 +4,7 @@
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use devices::interrupt::{MsiMessage, MsiRouter};
+use devices::interrupt::{MsiChange, MsiRouter};
 use devices::pci::PciDevice;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -13,7 +13,7 @@ use super::*;
 use crate::container::IovaRange;
 use crate::device::{IrqInfo, RegionInfo, Span};
 use crate::fake::{CallLog, FakeDevice, FakeDmaMapper};
-use crate::irq::{IntxFds, MsiKind, MsiVectors};
+use crate::irq::{Holder, IntxFds, MsiKind, MsiVectors};
 
 pub(super) const PAGE: u64 = 4096;
 
@@ -110,21 +110,20 @@ pub(super) enum Routed {
 pub(super) struct VmmRouter(MsiKind, Arc<Mutex<Vec<Routed>>>);
 
 impl MsiRouter for VmmRouter {
-    fn update(&mut self, vector: u16, _msg: MsiMessage, masked: bool) -> std::io::Result<()> {
-        self.1
-            .lock()
-            .unwrap()
-            .push(Routed::Update(self.0, vector, masked));
-        Ok(())
-    }
-    fn enable(&mut self, vectors: Option<u16>) -> std::io::Result<()> {
-        self.1.lock().unwrap().push(Routed::Enable(self.0, vectors));
+    fn apply(&mut self, changes: &[MsiChange]) -> std::io::Result<()> {
+        let mut routed = self.1.lock().unwrap();
+        for c in changes {
+            match *c {
+                MsiChange::Enable(n) => routed.push(Routed::Enable(self.0, n)),
+                MsiChange::Vector { vector, masked, .. } => {
+                    routed.push(Routed::Update(self.0, vector, masked))
+                }
+                MsiChange::FunctionMask(_) | MsiChange::Deliver(_) => {}
+            }
+        }
         Ok(())
     }
     fn trigger(&mut self, _vector: u16) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn set_function_mask(&mut self, _masked: bool) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -143,7 +142,7 @@ pub(super) fn efd() -> EventFd {
 }
 
 impl IrqProvider for Vmm {
-    fn msi(&mut self, kind: MsiKind, count: u16) -> std::io::Result<MsiVectors> {
+    fn msi(&mut self, kind: MsiKind, count: u16, _: Holder) -> std::io::Result<MsiVectors> {
         let eventfds: Vec<EventFd> = (0..count).map(|_| efd()).collect();
         let raw = eventfds.iter().map(|e| e.as_raw_fd()).collect();
         match kind {
