@@ -9,6 +9,8 @@
 //!
 //! Prefaulting (the kernel zeroing every page) is most of the cost of RAM setup, so it
 //! runs on several threads, each `MADV_POPULATE_WRITE` on its own page-aligned chunk.
+//! RAM bound to a host NUMA node (guest NUMA) is prefaulted by threads pinned to that
+//! node's CPUs, so the pages are zeroed by the node that will use them.
 
 use std::io;
 use std::ops::Range;
@@ -111,6 +113,16 @@ pub enum MemoryError {
     Stopped,
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Regions(String),
+}
+
+/// Guest RAM `guest..guest + len` bound to host NUMA node `node`, prefaulted by threads
+/// on host CPUs `cpus` (none: wherever the scheduler puts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamBind {
+    pub guest: u64,
+    pub len: u64,
+    pub node: u32,
+    pub cpus: Vec<usize>,
 }
 
 /// One guest RAM range: guest physical start and length in bytes.
@@ -271,7 +283,7 @@ impl GuestRam {
     pub fn new_bound(
         spec: &MemorySpec,
         ranges: &[RamRange],
-        binds: &[(u64, u64, u32)],
+        binds: &[RamBind],
     ) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         check_backing(spec.hugepages, total)?;
@@ -289,7 +301,8 @@ impl GuestRam {
             };
             bind_range(&map, r, binds)?;
             if spec.prefault {
-                prefault(&map, spec.hugepages, &prefault_stop_requested)?;
+                let parts = prefault_parts(r, binds);
+                prefault(&map, spec.hugepages, &parts, &prefault_stop_requested)?;
             }
             regions.push(region(&map, r.guest, spec.hugepages)?);
             mappings.push(map);
@@ -404,9 +417,10 @@ fn map_hugetlb(len: usize, page: HugePages) -> Result<Mapping, MemoryError> {
 }
 
 /// Bind the parts of `binds` inside `r` (mapped at `map`) to their host nodes.
-fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<(), MemoryError> {
-    for &(guest, len, node) in binds {
-        let (start, end) = (guest.max(r.guest), (guest + len).min(r.guest + r.len));
+fn bind_range(map: &Mapping, r: &RamRange, binds: &[RamBind]) -> Result<(), MemoryError> {
+    for b in binds {
+        let node = b.node;
+        let (start, end) = (b.guest.max(r.guest), (b.guest + b.len).min(r.guest + r.len));
         if start >= end {
             continue;
         }
@@ -422,6 +436,84 @@ fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<
         log::info!("numa: guest RAM {start:#x}..{end:#x} bound to host node {node}");
     }
     Ok(())
+}
+
+/// A part of one RAM mapping to prefault: byte offsets into the mapping, and the host
+/// CPUs its threads must run on (`None`: anywhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefaultPart {
+    pub range: Range<usize>,
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// The parts of RAM range `r` to prefault: each bound part (with its host CPUs, if
+/// any) and the unbound rest, in address order.
+pub fn prefault_parts(r: &RamRange, binds: &[RamBind]) -> Vec<PrefaultPart> {
+    let mut bound: Vec<(u64, u64, Option<Vec<usize>>)> = binds
+        .iter()
+        .map(|b| {
+            (
+                b.guest.max(r.guest),
+                (b.guest + b.len).min(r.guest + r.len),
+                b,
+            )
+        })
+        .filter(|(start, end, _)| start < end)
+        .map(|(start, end, b)| (start, end, (!b.cpus.is_empty()).then(|| b.cpus.clone())))
+        .collect();
+    bound.sort_by_key(|p| p.0);
+    let mut parts = Vec::new();
+    let mut at = r.guest;
+    let offset = |a: u64| (a - r.guest) as usize;
+    for (start, end, cpus) in bound {
+        if start > at {
+            parts.push(PrefaultPart {
+                range: offset(at)..offset(start),
+                cpus: None,
+            });
+        }
+        parts.push(PrefaultPart {
+            range: offset(start)..offset(end),
+            cpus,
+        });
+        at = end;
+    }
+    if at < r.guest + r.len {
+        parts.push(PrefaultPart {
+            range: offset(at)..offset(r.guest + r.len),
+            cpus: None,
+        });
+    }
+    parts
+}
+
+/// One prefault thread's work: bytes at `offset` into the mapping, and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefaultJob {
+    pub offset: usize,
+    pub len: usize,
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// The prefault threads' chunks for `parts`: each part split by [`prefault_chunks`]
+/// over at most `parallelism` threads (and no more than its CPUs when pinned).
+pub fn prefault_jobs(parts: &[PrefaultPart], align: usize, parallelism: usize) -> Vec<PrefaultJob> {
+    parts
+        .iter()
+        .flat_map(|p| {
+            let threads = p
+                .cpus
+                .as_ref()
+                .map_or(parallelism, |c| parallelism.min(c.len()));
+            prefault_chunks(p.range.len(), align, threads)
+                .into_iter()
+                .map(move |c| PrefaultJob {
+                    offset: p.range.start + c.start,
+                    len: c.len(),
+                    cpus: p.cpus.clone(),
+                })
+        })
+        .collect()
 }
 
 /// Split `len` bytes into one chunk per prefault thread, each starting on an `align`
@@ -451,11 +543,13 @@ struct Steps<'a> {
     stopping: &'a (dyn Fn() -> bool + Sync),
 }
 
-/// Fault every page of `map` in now, the chunks of [`prefault_chunks`] in parallel, each
-/// [`PREFAULT_STEP`] at a time; gives up with [`MemoryError::Stopped`] once `stopping`.
+/// Fault every page of `map` in now, the jobs of [`prefault_jobs`] for `parts` in
+/// parallel, each [`PREFAULT_STEP`] at a time; gives up with [`MemoryError::Stopped`]
+/// once `stopping`. The first job runs on this thread unless it must be pinned.
 fn prefault(
     map: &Mapping,
     page: HugePages,
+    parts: &[PrefaultPart],
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), MemoryError> {
     let (align, touch_step) = match page {
@@ -469,17 +563,33 @@ fn prefault(
         stopping,
     };
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunks = prefault_chunks(map.len, align, parallelism);
+    let jobs = prefault_jobs(parts, align, parallelism);
+    for p in parts.iter().filter(|p| p.cpus.is_some()) {
+        let threads = jobs.iter().filter(|j| p.range.contains(&j.offset)).count();
+        log::info!(
+            "numa: prefault of RAM bytes {:#x}..{:#x} of a {:#x}-byte region on host CPUs {:?} ({threads} threads)",
+            p.range.start,
+            p.range.end,
+            map.len,
+            p.cpus.as_deref().unwrap_or_default()
+        );
+    }
     let base = map.addr as usize;
+    let (here, there) = match jobs.split_first() {
+        Some((first, rest)) if first.cpus.is_none() => (Some(first), rest),
+        _ => (None, &jobs[..]),
+    };
     let results: Vec<io::Result<()>> = std::thread::scope(|s| {
-        let spawned: Vec<_> = chunks
+        let spawned: Vec<_> = there
             .iter()
-            .skip(1)
-            .map(|c| {
-                let (addr, len) = (base + c.start, c.len());
+            .map(|j| {
+                let (addr, len, cpus) = (base + j.offset, j.len, j.cpus.as_deref());
                 let spawn = std::thread::Builder::new()
                     .name("strait-prefault".into())
                     .spawn_scoped(s, move || {
+                        if let Some(cpus) = cpus {
+                            pin_self(cpus);
+                        }
                         sandbox::enter(ThreadKind::Prefault).map_err(io::Error::other)?;
                         populate_in_steps(addr, len, steps)
                     });
@@ -487,9 +597,8 @@ fn prefault(
                 spawn.map_err(|_| (addr, len))
             })
             .collect();
-        let mut results: Vec<_> = chunks
-            .first()
-            .map(|c| populate_in_steps(base + c.start, c.len(), steps))
+        let mut results: Vec<_> = here
+            .map(|j| populate_in_steps(base + j.offset, j.len, steps))
             .into_iter()
             .collect();
         for handle in spawned {
@@ -507,6 +616,15 @@ fn prefault(
             io::ErrorKind::Interrupted => MemoryError::Stopped,
             _ => MemoryError::Prefault(e),
         })
+}
+
+/// Pin the calling prefault thread to `cpus`; a failure only costs locality.
+fn pin_self(cpus: &[usize]) {
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    if let Err(e) = crate::numa::pin_thread(me, cpus) {
+        log::warn!("numa: cannot pin a prefault thread to host CPUs {cpus:?}: {e}");
+    }
 }
 
 /// [`populate`] `addr..addr+len` one `steps.step` at a time, giving up (`Interrupted`)
@@ -670,6 +788,95 @@ mod tests {
         assert!(c.windows(2).all(|w| w[0].end == w[1].start));
     }
 
+    fn bind(guest: u64, len: u64, node: u32, cpus: &[usize]) -> RamBind {
+        RamBind {
+            guest,
+            len,
+            node,
+            cpus: cpus.to_vec(),
+        }
+    }
+
+    #[test]
+    fn prefault_parts_follow_the_node_binds() {
+        let r = RamRange {
+            guest: 0,
+            len: 3 * GIB,
+        };
+        // Node 0 on CPUs 0-1 holds the first GiB, node 1 on CPUs 2-3 the rest and
+        // beyond this range; a bind without CPUs runs anywhere.
+        let binds = [bind(0, GIB, 0, &[0, 1]), bind(GIB, 4 * GIB, 1, &[2, 3])];
+        let parts = prefault_parts(&r, &binds);
+        let g = GIB as usize;
+        assert_eq!(
+            parts,
+            [
+                PrefaultPart {
+                    range: 0..g,
+                    cpus: Some(vec![0, 1])
+                },
+                PrefaultPart {
+                    range: g..3 * g,
+                    cpus: Some(vec![2, 3])
+                },
+            ]
+        );
+        let high = RamRange {
+            guest: 4 * GIB,
+            len: 2 * GIB,
+        };
+        let parts = prefault_parts(&high, &[bind(4 * GIB, GIB, 1, &[])]);
+        assert_eq!(
+            parts,
+            [
+                PrefaultPart {
+                    range: 0..g,
+                    cpus: None
+                },
+                PrefaultPart {
+                    range: g..2 * g,
+                    cpus: None
+                },
+            ]
+        );
+        assert_eq!(
+            prefault_parts(&r, &[]),
+            [PrefaultPart {
+                range: 0..3 * g,
+                cpus: None
+            }]
+        );
+    }
+
+    #[test]
+    fn pinned_prefault_jobs_stay_in_their_part_on_at_most_its_cpus() {
+        let g = GIB as usize;
+        let parts = [
+            PrefaultPart {
+                range: 0..g,
+                cpus: Some(vec![3]),
+            },
+            PrefaultPart {
+                range: g..3 * g,
+                cpus: Some(vec![0, 1]),
+            },
+        ];
+        let jobs = prefault_jobs(&parts, 2 << 20, 8);
+        // One CPU: one thread for the first GiB; two for the next two GiB.
+        let shape: Vec<(usize, usize, Option<Vec<usize>>)> = jobs
+            .iter()
+            .map(|j| (j.offset, j.len, j.cpus.clone()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, g, Some(vec![3])),
+                (g, g, Some(vec![0, 1])),
+                (2 * g, g, Some(vec![0, 1])),
+            ]
+        );
+    }
+
     #[test]
     fn empty_ram_has_no_prefault_chunks() {
         assert!(prefault_chunks(0, 2 * MIB, 4).is_empty());
@@ -753,9 +960,41 @@ mod tests {
         let map = map_anonymous(len).unwrap();
         let calls = std::sync::atomic::AtomicUsize::new(0);
         let stop_after_one = || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
-        let err = prefault(&map, HugePages::None, &stop_after_one).unwrap_err();
+        let whole = [PrefaultPart {
+            range: 0..len,
+            cpus: None,
+        }];
+        let err = prefault(&map, HugePages::None, &whole, &stop_after_one).unwrap_err();
         assert!(matches!(err, MemoryError::Stopped), "{err:?}");
-        prefault(&map, HugePages::None, &|| false).unwrap();
+        prefault(&map, HugePages::None, &whole, &|| false).unwrap();
+    }
+
+    #[test]
+    fn pinned_prefault_threads_fault_their_part_in() {
+        let len = 2 * PREFAULT_STEP;
+        let map = map_anonymous(len).unwrap();
+        // This thread's own CPUs, so the pin succeeds wherever the test runs.
+        let cpus = crate::numa::parse_list(
+            &std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(String::from))
+                .unwrap_or_else(|| "0".into()),
+        );
+        let parts = [
+            PrefaultPart {
+                range: 0..PREFAULT_STEP,
+                cpus: Some(cpus),
+            },
+            PrefaultPart {
+                range: PREFAULT_STEP..len,
+                cpus: None,
+            },
+        ];
+        prefault(&map, HugePages::None, &parts, &|| false).unwrap();
+        // SAFETY: reading our own mapping, all of it faulted in and zeroed.
+        let last = unsafe { (map.addr as *const u8).add(len - 1).read_volatile() };
+        assert_eq!(last, 0);
     }
 
     #[test]
