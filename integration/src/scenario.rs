@@ -270,6 +270,7 @@ pub const BUILTIN: &[&str] = &[
     "gpu-slot",
     "numa",
     "numa-auto",
+    "numa-split",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -351,6 +352,7 @@ impl Scenario {
             "gpu-slot" => Ok(gpu_slot()),
             "numa" => Ok(numa()),
             "numa-auto" => Ok(numa_auto()),
+            "numa-split" => Ok(numa_split()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -831,6 +833,23 @@ pub fn numa_auto() -> Scenario {
         checks::numa_nodes(2, s.memory_mib),
         checks::nvme_bound(),
         checks::device_node(Device::Nvme, 1),
+    ];
+    s
+}
+
+/// As `numa-auto`, with an edu device on L1's node 0 (behind a second expander) beside
+/// the nvme on node 1: Strait gives each guest node a host bridge of its own, and L2
+/// reads node 0 for the edu and node 1 for the nvme; both devices work.
+pub fn numa_split() -> Scenario {
+    let mut s = numa_auto();
+    s.name = "numa-split".into();
+    s.devices = vec![Device::Nvme, Device::Edu];
+    s.checks = vec![
+        checks::numa_nodes(2, s.memory_mib),
+        checks::nvme_bound(),
+        checks::edu_mmio(),
+        checks::device_node(Device::Nvme, 1),
+        checks::device_node(Device::Edu, 0),
     ];
     s
 }
