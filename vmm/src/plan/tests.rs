@@ -139,27 +139,32 @@ fn no_devices_is_ram_and_bus_0() {
     assert!(p.to_string().contains("64-bit PCI   none"));
 }
 
-#[test]
-fn functions_of_one_device_share_a_slot_like_run() {
-    let h = host(true);
-    let audio = "0000:01:00.1";
+/// A function `name` of `class` on vfio-pci in IOMMU group `group`, with one 16 KiB
+/// 32-bit BAR and MSI-X.
+fn small_function(h: &FakeHost, name: &'static str, class: &'static str, group: u32) {
     h.pci(Pci {
-        name: audio,
-        class: "0x040300",
+        name,
+        class,
         driver: Some("vfio-pci"),
-        group: Some(1),
+        group: Some(group),
     });
     h.pci_attr(
-        audio,
+        name,
         "resource",
         "0x00000000fb000000 0x00000000fb003fff 0x0000000000040200\n",
     );
     std::fs::write(
-        h.root()
-            .path(&format!("sys/bus/pci/devices/{audio}/config")),
+        h.root().path(&format!("sys/bus/pci/devices/{name}/config")),
         config(&[0x0], true),
     )
     .unwrap();
+}
+
+#[test]
+fn functions_of_one_device_share_a_slot_like_run() {
+    let h = host(true);
+    let audio = "0000:01:00.1";
+    small_function(&h, audio, "0x040300", 1);
     let doc = plan(&spec(&[audio, GPU]), &h.root()).unwrap().to_json();
     let f = &doc["root_ports"][0]["functions"];
     assert_eq!(f[0]["host"], GPU);
@@ -212,22 +217,7 @@ fn the_readme_gpu_example_plans_on_a_ready_host() {
 fn devices_on_two_guest_nodes_get_a_host_bridge_each() {
     let h = host(true);
     let nic = "0000:02:00.0";
-    h.pci(Pci {
-        name: nic,
-        class: "0x020000",
-        driver: Some("vfio-pci"),
-        group: Some(2),
-    });
-    h.pci_attr(
-        nic,
-        "resource",
-        "0x00000000fb000000 0x00000000fb003fff 0x0000000000040200\n",
-    );
-    std::fs::write(
-        h.root().path(&format!("sys/bus/pci/devices/{nic}/config")),
-        config(&[0x0], true),
-    )
-    .unwrap();
+    small_function(&h, nic, "0x020000", 2);
     h.write("sys/devices/system/node/online", "0\n");
     h.write("sys/devices/system/node/node0/cpulist", "0-3\n");
     let mut s = spec(&[GPU, nic]);
