@@ -102,6 +102,13 @@ pub enum HostCheck {
         /// The most lines allowed.
         max: usize,
     },
+    /// Strait only: in L1's sample of the VMM's /proc/PID/maps, every mapping of a VFIO
+    /// device of at least 2 MiB (a BAR) starts at an address aligned to its size, up to
+    /// 1 GiB, and the largest is at least `min_bytes` long (so the check saw the BAR).
+    BarMapsAligned {
+        /// The size of the largest BAR mapping expected.
+        min_bytes: u64,
+    },
     /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
     StraitLogged {
         /// The check's name.
@@ -127,6 +134,7 @@ impl HostCheck {
             HostCheck::RootDiskFile(_) => "root-disk-file",
             HostCheck::VmmSandboxed => "vmm-sandboxed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+            HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
         }
     }
 
@@ -138,6 +146,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
+                | HostCheck::BarMapsAligned { .. }
                 | HostCheck::StraitLogged { .. }
         )
     }
@@ -242,6 +251,9 @@ pub struct Scenario {
     pub root_disk: Option<RootDisk>,
     /// L2 gets virtio-net on a tap that L1 creates ([`crate::net`]).
     pub net: bool,
+    /// A file in the work dir that L0 gives L1 as a disk (`l0::L1_DISK_DEVICE`); with
+    /// the root disk's image, L2's root disk is that block device opened with O_DIRECT.
+    pub l1_disk: Option<&'static str>,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -262,8 +274,10 @@ pub const BUILTIN: &[&str] = &[
     "graceful-shutdown",
     "graceful-shutdown-timeout",
     "reboot",
+    "hot-reset",
     "api",
     "root-disk",
+    "root-disk-direct",
     "hostile",
     "net",
     "net-userspace",
@@ -310,6 +324,7 @@ impl Scenario {
             expected_exit: 0,
             root_disk: None,
             net: false,
+            l1_disk: None,
         }
     }
 
@@ -344,8 +359,10 @@ impl Scenario {
             "graceful-shutdown" => Ok(graceful_shutdown()),
             "graceful-shutdown-timeout" => Ok(graceful_shutdown_timeout()),
             "reboot" => Ok(reboot()),
+            "hot-reset" => Ok(hot_reset()),
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
+            "root-disk-direct" => Ok(root_disk_direct()),
             "hostile" => Ok(hostile()),
             "net" => Ok(net()),
             "net-userspace" => Ok(net_userspace()),
@@ -494,6 +511,7 @@ pub fn passthrough() -> Scenario {
         },
         HostCheck::StraitCheck,
         HostCheck::StraitPlan,
+        HostCheck::BarMapsAligned { min_bytes: 8 << 30 },
     ];
     s.timeout = Duration::from_secs(420);
     s
@@ -631,6 +649,35 @@ reboot -f"#
     s
 }
 
+/// What Strait logs for each VFIO hot reset (vfio-glue's `pci` module).
+pub const HOT_RESET_LOG: &str = "bus reset through VFIO hot reset";
+
+/// The `reboot` guest plus a display that resets only by a bus reset
+/// ([`Device::DisplayPair`]: bochs-display beside edu in one slot behind an L0 root
+/// port, one IOMMU group, no FLR). Strait holds the group, so it resets the display with
+/// VFIO_DEVICE_PCI_HOT_RESET when it takes it, at each guest-set secondary bus reset
+/// (L2 resets the display through sysfs in each boot), at the reboot in place and at
+/// release: five hot resets, and the display keeps working across them.
+pub fn hot_reset() -> Scenario {
+    let mut s = reboot();
+    s.name = "hot-reset".into();
+    s.devices.push(Device::DisplayPair);
+    s.checks.push(checks::bochs_drm());
+    s.checks.push(checks::guest_bus_reset());
+    s.host_checks.push(HostCheck::L2PrintedTimes {
+        name: "vfio-hot-resets",
+        marker: HOT_RESET_LOG,
+        count: 5,
+    });
+    s.host_checks.push(HostCheck::L2PrintedTimes {
+        name: "guest-bus-reset-twice",
+        marker: "TESTBED-CHECK guest-bus-reset PASS",
+        count: 2,
+    });
+    s.timeout = Duration::from_secs(420);
+    s
+}
+
 /// The L2 marker after which L1 drives the control API.
 pub const API_READY: &str = "TESTBED-API-READY";
 /// Seconds L1 keeps the guest paused.
@@ -736,6 +783,18 @@ pub fn root_disk() -> Scenario {
     ];
     s.host_checks = vec![HostCheck::RootDiskFile(disk)];
     s.root_disk = Some(disk);
+    s
+}
+
+/// `root-disk` with the image on a real block device in L1: L0 gives L1 the image as a
+/// virtio-blk disk and the VMM opens L1's /dev/vda with O_DIRECT (Strait `"direct":
+/// true`, QEMU `cache=none,aio=io_uring`), which L1's tmpfs would refuse. L1's sample of
+/// the VMM's threads, the disk's workers among them, must show each sandboxed.
+pub fn root_disk_direct() -> Scenario {
+    let mut s = root_disk();
+    s.name = "root-disk-direct".into();
+    s.l1_disk = Some(crate::rootdisk::ROOT_IMAGE);
+    s.host_checks.push(HostCheck::VmmSandboxed);
     s
 }
 
@@ -905,7 +964,8 @@ mod tests {
     #[test]
     fn expected_checks_include_host_checks() {
         let names = passthrough().expected_checks();
-        assert_eq!(names.last().map(String::as_str), Some("strait-plan"));
+        assert_eq!(names.last().map(String::as_str), Some("bar-maps-aligned"));
+        assert!(names.iter().any(|n| n == "strait-plan"));
         let qemu = passthrough().expected_checks_for(false);
         assert_eq!(qemu.last().map(String::as_str), Some("ivshmem-backing"));
     }
