@@ -55,12 +55,15 @@ pub struct L0Config {
     /// A raw image L0 gives L1 as a virtio-blk disk ([`L1_DISK_DEVICE`]); L1 keeps it.
     pub l1_disk: Option<PathBuf>,
     /// Two NUMA nodes (CPU `i` and half the RAM on node `i`) and the devices behind a
-    /// root port on a pxb-pcie expander bus (bus 0x80) on node 1.
+    /// root port on a pxb-pcie expander bus (bus 0x80) on node 1; the edu device
+    /// behind one on node 0 (bus 0x40).
     pub numa: bool,
 }
 
 /// The expander bus's root port that devices plug into when [`L0Config::numa`] is set.
 const NUMA_PORT: &str = "rpx";
+/// The root port on node 0's expander bus, for the edu device.
+const NUMA_PORT_NODE0: &str = "rpx0";
 
 /// L1's kernel command line. 1 GiB pages can only be had at boot.
 ///
@@ -181,10 +184,15 @@ pub fn l0_args(cfg: &L0Config) -> Vec<String> {
     for device in &cfg.devices {
         let mut a = device_args(*device, &cfg.work_dir);
         if cfg.numa {
-            // Every `-device` goes behind the expander's root port.
+            // Every `-device` goes behind an expander's root port: edu on node 0's,
+            // the others on node 1's.
+            let port = match device {
+                Device::Edu => NUMA_PORT_NODE0,
+                _ => NUMA_PORT,
+            };
             for i in 1..a.len() {
                 if a[i - 1] == "-device" {
-                    a[i].push_str(&format!(",bus={NUMA_PORT}"));
+                    a[i].push_str(&format!(",bus={port}"));
                 }
             }
         }
@@ -248,6 +256,10 @@ fn numa_args(memory_mib: u32) -> Vec<String> {
         "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0".into(),
         "-device".into(),
         format!("pcie-root-port,id={NUMA_PORT},bus=pxb1,chassis=10"),
+        "-device".into(),
+        "pxb-pcie,id=pxb0,bus_nr=64,numa_node=0,bus=pcie.0".into(),
+        "-device".into(),
+        format!("pcie-root-port,id={NUMA_PORT_NODE0},bus=pxb0,chassis=11"),
     ]
     .into()
 }
@@ -569,6 +581,11 @@ mod tests {
         );
         assert!(args.contains("virtio-9p-pci,fsdev=fshost,mount_tag=host,bus=pcie.0"));
         assert!(!args.contains("-virtfs"));
+        let mut cfg = config(vec![Device::Nvme, Device::Edu]);
+        cfg.numa = true;
+        let args = joined(&cfg);
+        assert!(args.contains("pxb-pcie,id=pxb0,bus_nr=64,numa_node=0,bus=pcie.0"));
+        assert!(args.contains("edu,bus=rpx0"), "{args}");
     }
 
     #[test]

@@ -326,6 +326,7 @@ pub const BUILTIN: &[&str] = &[
     "numa-auto",
     "preopened",
     "unprivileged",
+    "numa-split",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -413,6 +414,7 @@ impl Scenario {
             "numa-auto" => Ok(numa_auto()),
             "preopened" => Ok(preopened(Launcher::RootWithUser)),
             "unprivileged" => Ok(preopened(Launcher::Unprivileged)),
+            "numa-split" => Ok(numa_split()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -987,6 +989,23 @@ pub fn numa_auto() -> Scenario {
         checks::numa_nodes(2, s.memory_mib),
         checks::nvme_bound(),
         checks::device_node(Device::Nvme, 1),
+    ];
+    s
+}
+
+/// As `numa-auto`, with an edu device on L1's node 0 (behind a second expander) beside
+/// the nvme on node 1: Strait gives each guest node a host bridge of its own, and L2
+/// reads node 0 for the edu and node 1 for the nvme; both devices work.
+pub fn numa_split() -> Scenario {
+    let mut s = numa_auto();
+    s.name = "numa-split".into();
+    s.devices = vec![Device::Nvme, Device::Edu];
+    s.checks = vec![
+        checks::numa_nodes(2, s.memory_mib),
+        checks::nvme_bound(),
+        checks::edu_mmio(),
+        checks::device_node(Device::Nvme, 1),
+        checks::device_node(Device::Edu, 0),
     ];
     s
 }

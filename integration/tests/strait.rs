@@ -6,6 +6,8 @@
 //! - `numa`: two guest NUMA nodes from the spec's `numa`, seen in L2's SRAT and SLIT.
 //! - `numa-auto`: L1 with two nodes and the nvme on node 1; `"numa": "auto"` gives L2
 //!   two nodes and the nvme node 1.
+//! - `numa-split`: the same with an edu device on L1's node 0: each guest node gets a
+//!   host bridge of its own, L2 reads node 0 for the edu and node 1 for the nvme.
 //! - `gpu-slot`: a display + HD-audio slot passed as `"host": "DDDD:BB:DD"`; bochs-drm
 //!   and snd_hda_intel bind in L2.
 //! - `nvme`: the nvme driver binds, a random pattern round-trips, MSI-X vectors fire.
@@ -117,6 +119,11 @@ fn strait_gives_l2_two_numa_nodes() {
 #[test]
 fn strait_mirrors_l1_numa_nodes_with_auto() {
     run_with_strait(scenario::numa_auto());
+}
+
+#[test]
+fn strait_gives_each_guest_node_a_host_bridge() {
+    run_with_strait(scenario::numa_split());
 }
 
 #[test]

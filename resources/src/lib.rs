@@ -28,8 +28,8 @@ pub use placement::{
 };
 pub use plan::{plan_mmio64, Mmio64Floor, PlanError, Size};
 pub use topology::{
-    FunctionBar, PciMap, PciPlatform, PlacedBar, PortMap, PortSlot, SlotRequest, Topology,
-    TopologyError, HOST_BRIDGE, MAX_ROOT_PORTS,
+    BridgeMap, BridgeSlot, FunctionBar, PciMap, PciPlatform, PlacedBar, PortMap, PortSlot,
+    SlotRequest, Topology, TopologyError, HOST_BRIDGE, MAX_ROOT_PORTS,
 };
 pub use util::{lock, testing, LogLimiter};
 

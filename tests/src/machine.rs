@@ -77,6 +77,7 @@ pub fn slot_requests(list: &[Passthrough]) -> Vec<SlotRequest> {
                 .count()
                 .try_into()
                 .unwrap_or(u8::MAX),
+            node: None,
         })
         .collect()
 }

@@ -303,6 +303,7 @@ fn acpi(mmio64: (u64, u64)) -> (GuestMemoryMmap, arch::Result<GuestAddress>) {
         com1: true,
         numa: Vec::new(),
         pci_pxm: None,
+        pci_bridges: Vec::new(),
     };
     let rsdp = create_acpi_tables(&mem, &cfg);
     (mem, rsdp)

@@ -76,11 +76,34 @@ impl VmError {
     }
 }
 
-/// What the guest's ACPI tables say about NUMA: the nodes and the host bridge's node.
+/// What the guest's ACPI tables say about NUMA: the nodes, the main host bridge's node
+/// and the extra host bridges (one per further node holding devices).
 #[derive(Debug, Clone)]
 pub(crate) struct GuestNuma {
     nodes: Vec<arch::x86_64::NumaNode>,
     pci_node: Option<u32>,
+    pci_bridges: Vec<arch::x86_64::PciHostBridge>,
+}
+
+impl GuestNuma {
+    /// The tables for `plan`, RAM laid out as `ram` and the placed PCI topology `map`.
+    fn new(plan: &numa::NumaPlan, ram: &[(u64, u64)], map: Option<&PciMap>) -> GuestNuma {
+        let (main, pci_bridges) = map.map(pci_layout::acpi_bridges).unwrap_or_default();
+        let devices = map.map(pci_layout::node_functions).unwrap_or_default();
+        for b in &pci_bridges {
+            log::info!(
+                "numa: host bridge on bus {:#04x} (buses up to {:#04x}) for guest node {:?}",
+                b.bus,
+                b.bus_end,
+                b.pxm
+            );
+        }
+        GuestNuma {
+            nodes: plan.acpi_nodes(ram, &devices),
+            pci_node: main.or((plan.nodes.len() == 1).then_some(0)),
+            pci_bridges,
+        }
+    }
 }
 
 /// Where the boot vCPU starts.
@@ -100,14 +123,17 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     setup_platform(&vm_fd)?;
     let platform = PlatformState::capture(&vm_fd)?;
     let cpuid = vcpu::guest_cpuid(&kvm)?;
-    let hosts = passthrough::expand_hosts(&Sysfs::default(), &spec.passthrough_hosts())
+    let entries = passthrough::expand_entries(&Sysfs::default(), &spec.passthrough_hosts())
         .map_err(PassthroughError::Vfio)?;
     let cliques = passthrough::cliques(&Sysfs::default(), spec).map_err(PassthroughError::Vfio)?;
     let virtio_slots = virtio::slot_requests(spec);
-    let mut passthrough = Passthrough::open(&vm_fd, &hosts, spec.memory_bytes(), &virtio_slots)?;
     let host_nodes = numa::HostNodes::default();
     let numa = numa::plan(spec, &host_nodes, &numa::device_nodes(spec, &host_nodes))
         .map_err(crate::host::HostError::Numa)?;
+    let nodes = passthrough::function_nodes(&entries, |i| numa.as_ref()?.entry_node(i));
+    let ram_bytes = spec.memory_bytes();
+    let mut passthrough =
+        Passthrough::open(&vm_fd, &entries.concat(), &nodes, ram_bytes, &virtio_slots)?;
     let regions = memory::plan_regions(spec.memory_bytes());
     let ram_layout: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest, r.len)).collect();
     let binds = numa
@@ -130,10 +156,13 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let windows = pci_windows(spec, passthrough.as_ref(), virtio_map.as_ref());
     let cmdline = vcpu::guest_cmdline(&kvm, &spec.kernel.cmdline, spec.cpu.hide_hypervisor);
-    let numa_acpi = numa.as_ref().map(|n| GuestNuma {
-        nodes: n.acpi_nodes(&ram_layout),
-        pci_node: n.pci_node(spec.passthrough.len()),
-    });
+    let pci_map = passthrough
+        .as_ref()
+        .and_then(Passthrough::pci_map)
+        .or(virtio_map.as_ref());
+    let numa_acpi = numa
+        .as_ref()
+        .map(|n| GuestNuma::new(n, &ram_layout, pci_map));
     let boot = load_guest(
         spec,
         ram.memory(),
@@ -297,6 +326,8 @@ fn pci_functions(
     let mut pci = passthrough
         .map(|p| p.pci_functions(effects))
         .unwrap_or_default();
+    let map = passthrough.and_then(Passthrough::pci_map).or(virtio_map);
+    pci.root_buses = map.map(pci_layout::root_buses).unwrap_or_default();
     let ports = virtio_map.map(|m| RootPorts::build(m, &[])).transpose()?;
     if let Some(p) = &ports {
         pci.functions.extend(p.functions());
@@ -425,13 +456,16 @@ fn write_acpi(
     pci: PciWindows,
     numa: Option<GuestNuma>,
 ) -> Result<GuestAddress, VmError> {
-    let (numa, pci_pxm) = numa.map_or((Vec::new(), None), |n| (n.nodes, n.pci_node));
+    let (numa, pci_pxm, pci_bridges) = numa.map_or((Vec::new(), None, Vec::new()), |n| {
+        (n.nodes, n.pci_node, n.pci_bridges)
+    });
     let cfg = AcpiConfig {
         vcpus: spec.vcpus,
         pci,
         com1: true,
         numa,
         pci_pxm,
+        pci_bridges,
     };
     arch::x86_64::create_acpi_tables(mem, &cfg).map_err(|source| VmError::Arch {
         what: "ACPI tables",

@@ -89,6 +89,8 @@ pub struct PciFunctions {
     pub effects: Option<Arc<ConfigEffects>>,
     pub watched: Vec<SharedPciDevice>,
     pub watched_ports: Vec<SharedPciDevice>,
+    /// The extra host bridges' root buses (one per further guest NUMA node).
+    pub root_buses: Vec<u8>,
 }
 
 /// The ACPI power button: an edge on the Generic Event Device's GSI
@@ -233,7 +235,8 @@ fn place(
 }
 
 /// The root complex: host bridge at 00:00.0, reachable through 0xcf8/0xcfc and ECAM,
-/// then `pci`'s root ports and passed-through functions.
+/// the extra host bridges' root buses, then `pci`'s root ports and passed-through
+/// functions.
 ///
 /// The handlers of both front-ends only queue the effects of config writes; the vCPU
 /// applies them after the dispatch that caused them (see [`IoBuses`] on lock order).
@@ -243,6 +246,13 @@ fn create_pci_root(buses: &IoBuses, pci: PciFunctions) -> Result<Arc<PciRoot>, D
     let bridge = Arc::new(Mutex::new(HostBridge::new()));
     root.add_device(bdf, bridge)
         .map_err(|source| DeviceError::AddPciFunction { bdf, source })?;
+    for &bus in &pci.root_buses {
+        root.add_root_bus(bus)
+            .map_err(|source| DeviceError::AddPciFunction {
+                bdf: Bdf::from_devfn(PCI_SEGMENT, bus, 0),
+                source,
+            })?;
+    }
     for (bdf, dev) in pci.functions {
         root.add_device(bdf, dev)
             .map_err(|source| DeviceError::AddPciFunction { bdf, source })?;

@@ -86,6 +86,14 @@ pub enum MemoryError {
     Regions(String),
 }
 
+/// Guest RAM `guest..guest + len` bound to host NUMA node `node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamBind {
+    pub guest: u64,
+    pub len: u64,
+    pub node: u32,
+}
+
 /// One guest RAM range: guest physical start and length in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRange {
@@ -246,7 +254,7 @@ impl GuestRam {
     pub fn new_bound(
         spec: &MemorySpec,
         ranges: &[RamRange],
-        binds: &[(u64, u64, u32)],
+        binds: &[RamBind],
     ) -> Result<GuestRam, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         check_backing(spec.hugepages, total)?;
@@ -393,9 +401,10 @@ fn map_hugetlb(len: usize, page: HugePages) -> Result<Mapping, MemoryError> {
 }
 
 /// Bind the parts of `binds` inside `r` (mapped at `map`) to their host nodes.
-fn bind_range(map: &Mapping, r: &RamRange, binds: &[(u64, u64, u32)]) -> Result<(), MemoryError> {
-    for &(guest, len, node) in binds {
-        let (start, end) = (guest.max(r.guest), (guest + len).min(r.guest + r.len));
+fn bind_range(map: &Mapping, r: &RamRange, binds: &[RamBind]) -> Result<(), MemoryError> {
+    for b in binds {
+        let node = b.node;
+        let (start, end) = (b.guest.max(r.guest), (b.guest + b.len).min(r.guest + r.len));
         if start >= end {
             continue;
         }

@@ -7,8 +7,11 @@
 //! node order, the vCPUs and RAM split evenly, each device on its host node's guest
 //! node (a device reporting no node, -1, on none); a host with one node gives the
 //! guest no NUMA tables. Guest RAM of a node
-//! is bound (`mbind(MPOL_BIND)`) to its host node before it is prefaulted, so the
-//! prefault threads allocate it there; its vCPU threads are pinned to that node's CPUs.
+//! is bound (`mbind(MPOL_BIND)`) to its host node before it is prefaulted, and the
+//! prefault threads of that RAM run on the host node's CPUs (so the zeroing is local
+//! too); its vCPU threads are pinned to that node's CPUs. Each guest node holding
+//! devices gets a PCIe host bridge of its own (`resources::Topology`), whose `_PXM`
+//! the guest reads its devices' node from.
 
 use std::path::PathBuf;
 
@@ -235,55 +238,55 @@ pub fn plan(
 }
 
 impl NumaPlan {
-    /// What the guest's SRAT and SLIT say, for RAM laid out as `ram` (base, length).
-    pub fn acpi_nodes(&self, ram: &[(u64, u64)]) -> Vec<NumaNode> {
+    /// What the guest's SRAT and SLIT say, for RAM laid out as `ram` (base, length) and
+    /// the guest PCI functions `devices` (guest node, `bus << 8 | devfn`).
+    pub fn acpi_nodes(&self, ram: &[(u64, u64)], devices: &[(u32, u16)]) -> Vec<NumaNode> {
         let sizes: Vec<u64> = self.nodes.iter().map(|n| n.memory).collect();
         let split = split_ram(ram, &sizes);
-        self.nodes
-            .iter()
+        (0u32..)
+            .zip(&self.nodes)
             .zip(split)
             .zip(&self.distances)
-            .map(|((n, memory), d)| NumaNode {
+            .map(|(((i, n), memory), d)| NumaNode {
                 vcpus: n.vcpus.clone(),
                 memory,
                 distances: d.clone(),
+                devices: devices
+                    .iter()
+                    .filter(|(node, _)| *node == i)
+                    .map(|(_, bdf)| *bdf)
+                    .collect(),
             })
             .collect()
     }
 
-    /// Guest RAM ranges and the host node each is bound to.
-    pub fn ram_binds(&self, ram: &[(u64, u64)]) -> Vec<(u64, u64, u32)> {
+    /// Guest RAM ranges and the host node each is bound to, with that node's CPUs for
+    /// the threads that prefault it.
+    pub fn ram_binds(&self, ram: &[(u64, u64)]) -> Vec<crate::memory::RamBind> {
         let sizes: Vec<u64> = self.nodes.iter().map(|n| n.memory).collect();
         split_ram(ram, &sizes)
             .into_iter()
             .zip(&self.nodes)
-            .flat_map(|(ranges, n)| ranges.into_iter().map(move |(b, l)| (b, l, n.host_node)))
+            .flat_map(|(ranges, n)| {
+                ranges
+                    .into_iter()
+                    .map(move |(guest, len)| crate::memory::RamBind {
+                        guest,
+                        len,
+                        node: n.host_node,
+                    })
+            })
             .collect()
     }
 
-    /// The guest node all passed-through devices sit on, for the one host bridge's
-    /// `_PXM`: the node listing them, or the only node. `None` when they are spread
-    /// over several nodes (one host bridge per node is not built yet).
-    pub fn pci_node(&self, devices: usize) -> Option<u32> {
+    /// The guest node of passthrough entry `entry`: the node whose `devices` lists it,
+    /// or the only node.
+    pub fn entry_node(&self, entry: usize) -> Option<u32> {
         if self.nodes.len() == 1 {
             return Some(0);
         }
-        let holding: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| !self.nodes[*i].devices.is_empty())
-            .collect();
-        let listed: usize = self.nodes.iter().map(|n| n.devices.len()).sum();
-        match holding.as_slice() {
-            [only] if listed == devices => u32::try_from(*only).ok(),
-            _ => {
-                if devices > 0 {
-                    log::warn!(
-                        "numa: the passed-through devices are not all on one guest node; \
-                         they get no proximity domain (one host bridge per node is not built yet)"
-                    );
-                }
-                None
-            }
-        }
+        let node = self.nodes.iter().position(|n| n.devices.contains(&entry))?;
+        u32::try_from(node).ok()
     }
 
     /// The host CPUs vCPU `index` may run on (its node's), if it is on a node.
@@ -404,11 +407,13 @@ mod tests {
         );
         assert_eq!((p.nodes[0].devices.len(), n.devices.clone()), (0, vec![0]));
         assert_eq!(p.vcpu_cpus(1), Some(&[2usize, 3][..]));
-        assert_eq!(
-            p.ram_binds(&[(0, 512 << 20)]),
-            [(0, 256 << 20, 0), (256 << 20, 256 << 20, 1)]
-        );
-        assert_eq!(p.pci_node(1), Some(1));
+        let binds: Vec<(u64, u64, u32)> = p
+            .ram_binds(&[(0, 512 << 20)])
+            .into_iter()
+            .map(|b| (b.guest, b.len, b.node))
+            .collect();
+        assert_eq!(binds, [(0, 256 << 20, 0), (256 << 20, 256 << 20, 1)]);
+        assert_eq!(p.entry_node(0), Some(1));
     }
 
     #[test]
@@ -442,8 +447,12 @@ mod tests {
         );
         let p = plan(&s, &h, &[]).unwrap().unwrap();
         assert_eq!(p.distances, [[10, 21], [21, 10]]);
-        let acpi = p.acpi_nodes(&[(0, 512 << 20)]);
+        let acpi = p.acpi_nodes(&[(0, 512 << 20)], &[(1, 0x0300), (0, 0x0100)]);
         assert_eq!(acpi[1].memory, [(256 << 20, 256 << 20)]);
+        assert_eq!(
+            (acpi[0].devices.clone(), acpi[1].devices.clone()),
+            (vec![0x0100], vec![0x0300])
+        );
     }
 
     #[test]
@@ -459,21 +468,23 @@ mod tests {
     }
 
     #[test]
-    fn the_host_bridge_goes_to_the_node_holding_every_device() {
+    fn each_entry_is_on_the_node_listing_it() {
         let (_d, h) = host();
-        let two = |devs0: &str, devs1: &str| {
-            spec(
-                &format!(
-                    r#"[{{"vcpus": [0], "memory_mib": 256, "host_node": 0, "devices": [{devs0}]}},
-                        {{"vcpus": [1], "memory_mib": 256, "host_node": 1, "devices": [{devs1}]}}]"#
-                ),
-                r#"{"host": "0000:81:00.0"}, {"host": "0000:82:00.0"}"#,
-            )
-        };
-        let p = plan(&two("", "0, 1"), &h, &[]).unwrap().unwrap();
-        assert_eq!(p.pci_node(2), Some(1));
-        let p = plan(&two("0", "1"), &h, &[]).unwrap().unwrap();
-        assert_eq!(p.pci_node(2), None);
+        let s = spec(
+            r#"[{"vcpus": [0], "memory_mib": 256, "host_node": 0, "devices": [1]},
+                {"vcpus": [1], "memory_mib": 256, "host_node": 1, "devices": [0]}]"#,
+            r#"{"host": "0000:81:00.0"}, {"host": "0000:82:00.0"}, {"host": "0000:83:00.0"}"#,
+        );
+        let p = plan(&s, &h, &[]).unwrap().unwrap();
+        assert_eq!(
+            (p.entry_node(0), p.entry_node(1), p.entry_node(2)),
+            (Some(1), Some(0), None)
+        );
+        let one = spec(
+            r#"[{"vcpus": [0, 1], "memory_mib": 512, "host_node": 1}]"#,
+            r#"{"host": "0000:81:00.0"}"#,
+        );
+        assert_eq!(plan(&one, &h, &[]).unwrap().unwrap().entry_node(0), Some(0));
     }
 
     #[test]

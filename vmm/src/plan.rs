@@ -27,7 +27,7 @@ use vfio_glue::pci::{guest_bars, msix_holes, msix_of, GuestBar};
 use vfio_glue::HostPciAddress;
 
 use crate::check::HostRoot;
-use crate::passthrough::plan_slots;
+use crate::passthrough::{function_nodes, plan_slots_with};
 use crate::spec::{HostSelector, VmSpec};
 
 /// Why the plan could not be made.
@@ -79,8 +79,13 @@ type NumaView = (Vec<u32>, Vec<(u64, u64)>, u32);
 
 /// Plan `spec` (loaded and validated) on the host seen from `root`.
 pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
-    let hosts = expand_slots(root, spec)?;
-    let (topology, groups) = plan_slots(&hosts).map_err(PlanError::Topology)?;
+    let entries = expand_slots(root, spec)?;
+    let hosts = entries.concat();
+    let nodes = crate::numa::HostNodes::new(root.path("sys"));
+    let numa_plan = crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?;
+    let slot_nodes = function_nodes(&entries, |i| numa_plan.as_ref()?.entry_node(i));
+    let (topology, groups) =
+        plan_slots_with(&hosts, &slot_nodes, &[]).map_err(PlanError::Topology)?;
     let cpuinfo = root.read("proc/cpuinfo").unwrap_or_default();
     let phys_bits = crate::check::phys_bits(&cpuinfo).ok_or(PlanError::PhysBits)?;
     let mut functions = Vec::new();
@@ -106,14 +111,13 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
         .iter()
         .map(|g| g.first().and_then(|h| sysfs.upstream_link(h)))
         .collect();
-    let nodes = crate::numa::HostNodes::new(root.path("sys"));
     let ram: Vec<(u64, u64)> = layout::ram_regions(spec.memory_bytes())
         .into_iter()
         .map(|(a, len)| (a.0, len))
         .collect();
-    let numa = crate::numa::plan(spec, &nodes, &crate::numa::device_nodes(spec, &nodes))?
+    let numa = numa_plan
         .map(|p| {
-            let acpi = p.acpi_nodes(&ram);
+            let acpi = p.acpi_nodes(&ram, &[]);
             p.nodes
                 .iter()
                 .zip(acpi)
@@ -143,14 +147,15 @@ pub fn plan(spec: &VmSpec, root: &HostRoot) -> Result<VmPlan, PlanError> {
     })
 }
 
-/// The host functions the spec names, a slot as every function sysfs lists for it (on
-/// whatever driver: the plan shows what `run` would build once they are on vfio-pci).
-fn expand_slots(root: &HostRoot, spec: &VmSpec) -> Result<Vec<HostPciAddress>, PlanError> {
+/// The host functions each spec entry names, a slot as every function sysfs lists for
+/// it (on whatever driver: the plan shows what `run` would build once they are on
+/// vfio-pci).
+fn expand_slots(root: &HostRoot, spec: &VmSpec) -> Result<Vec<Vec<HostPciAddress>>, PlanError> {
     let sysfs = vfio_glue::sysfs::Sysfs::new(root.path("sys"));
-    let mut addrs = Vec::new();
+    let mut entries = Vec::new();
     for h in spec.passthrough_hosts() {
         match h {
-            HostSelector::Function(a) => addrs.push(a),
+            HostSelector::Function(a) => entries.push(vec![a]),
             HostSelector::Slot(s) => {
                 let members = vfio_glue::host::slot_members(&sysfs, s).map_err(|_| {
                     PlanError::DeviceMissing {
@@ -158,11 +163,11 @@ fn expand_slots(root: &HostRoot, spec: &VmSpec) -> Result<Vec<HostPciAddress>, P
                         path: root.path("sys/bus/pci/devices").display().to_string(),
                     }
                 })?;
-                addrs.extend(members.iter().map(|m| m.addr));
+                entries.push(members.iter().map(|m| m.addr).collect());
             }
         }
     }
-    Ok(addrs)
+    Ok(entries)
 }
 
 /// A function's BARs (from `config` and `resource`) and the spans that trap.
@@ -329,6 +334,14 @@ fn prefetchable(class: BarClass) -> bool {
 }
 
 impl VmPlan {
+    /// The last bus of the main host bridge's range.
+    fn main_bus_end(&self) -> u8 {
+        self.map
+            .bridges
+            .first()
+            .map_or(self.map.bus_end, |b| b.bridge.bus_end)
+    }
+
     fn function(&self, guest: resources::Bdf) -> Option<&FunctionView> {
         self.functions.iter().find(|f| f.guest == guest)
     }
@@ -396,6 +409,7 @@ impl VmPlan {
                     .collect();
                 json!({
                     "bdf": p.slot.bdf.to_string(),
+                    "host_bridge": p.slot.bridge,
                     "secondary_bus": p.slot.secondary_bus,
                     "io": range_json(&p.io),
                     "mem": range_json(&p.mem),
@@ -431,8 +445,21 @@ impl VmPlan {
             "ecam": [hex(layout::PCI_ECAM_START.0), hex(layout::PCI_ECAM_SIZE)],
             "host_bridge": {
                 "bdf": resources::HOST_BRIDGE.to_string(),
-                "buses": [0, self.map.bus_end],
+                "buses": [0, self.main_bus_end()],
+                "node": self.map.bridges.first().and_then(|b| b.bridge.node),
             },
+            "extra_host_bridges": self.map.bridges.iter().skip(1).map(|b| {
+                let list = |l: &[std::ops::RangeInclusive<u64>]| {
+                    l.iter().map(|r| json!([hex(*r.start()), hex(*r.end())])).collect::<Vec<_>>()
+                };
+                json!({
+                    "buses": [b.bridge.bus, b.bridge.bus_end],
+                    "node": b.bridge.node,
+                    "io": list(&b.io),
+                    "mem": list(&b.mem),
+                    "prefetchable": list(&b.mem64),
+                })
+            }).collect::<Vec<_>>(),
             "root_ports": ports,
         })
     }
@@ -498,55 +525,97 @@ impl fmt::Display for VmPlan {
                 "NUMA node {i}  vCPUs {cpus:?}  {mib} MiB  on host node {host}"
             )?;
         }
+        for (b, bridge) in self.map.bridges.iter().enumerate() {
+            let node = bridge
+                .bridge
+                .node
+                .map_or(String::new(), |n| format!("  NUMA node {n}"));
+            if b == 0 {
+                writeln!(
+                    f,
+                    "host bridge  {}  buses 0-{}{node}",
+                    resources::HOST_BRIDGE,
+                    bridge.bridge.bus_end
+                )?;
+            } else {
+                let list = |l: &[std::ops::RangeInclusive<u64>]| {
+                    let v: Vec<String> = l.iter().map(|r| window(&Some(r.clone()))).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
+                };
+                writeln!(
+                    f,
+                    "host bridge  root bus {:02x}  buses {}-{}{node}  io {}  mem {}  prefetchable {}",
+                    bridge.bridge.bus,
+                    bridge.bridge.bus,
+                    bridge.bridge.bus_end,
+                    list(&bridge.io),
+                    list(&bridge.mem),
+                    list(&bridge.mem64)
+                )?;
+            }
+            for (i, p) in self.map.ports.iter().enumerate() {
+                if p.slot.bridge == b {
+                    self.fmt_port(f, i, p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VmPlan {
+    /// Root port `i` (`p`), its functions and their BARs, as `Display` prints them.
+    fn fmt_port(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        i: usize,
+        p: &resources::PortMap,
+    ) -> fmt::Result {
+        let link = self.link(i);
         writeln!(
             f,
-            "host bridge  {}  buses 0-{}",
-            resources::HOST_BRIDGE,
-            self.map.bus_end
+            "  root port {} -> bus {}  io {}  mem {}  prefetchable {}  link {} x{}",
+            p.slot.bdf,
+            p.slot.secondary_bus,
+            window(&p.io),
+            window(&p.mem),
+            window(&p.prefetchable),
+            link.speed.rate(),
+            link.width
         )?;
-        for (i, p) in self.map.ports.iter().enumerate() {
-            let link = self.link(i);
-            writeln!(
-                f,
-                "  root port {} -> bus {}  io {}  mem {}  prefetchable {}  link {} x{}",
-                p.slot.bdf,
-                p.slot.secondary_bus,
-                window(&p.io),
-                window(&p.mem),
-                window(&p.prefetchable),
-                link.speed.rate(),
-                link.width
-            )?;
-            for g in &p.slot.functions {
-                let host = self.function(*g).map_or("?".into(), |v| v.host.to_string());
-                writeln!(f, "    {g} (host {host})")?;
-                for b in p.bars.iter().filter(|b| b.function == *g) {
-                    let mut line = format!(
-                        "      BAR{} {} {}{} at {:#x}",
-                        b.index,
-                        Size(b.request.size),
-                        kind_name(b.request.class),
-                        if prefetchable(b.request.class) {
-                            " prefetchable"
-                        } else {
-                            ""
-                        },
-                        b.addr
-                    );
-                    match self.trapped(*g, b.index) {
-                        Some(t) if t.is_empty() => line.push_str(", mapped directly"),
-                        Some(t) => {
-                            let spans: Vec<String> = t
-                                .iter()
-                                .map(|s| format!("{:#x}+{:#x}", s.offset, s.size))
-                                .collect();
-                            let _ = write!(line, ", traps {}", spans.join(" "));
-                        }
-                        None if b.index == resources_rom() => line.push_str(", ROM (traps)"),
-                        None => line.push_str(", trapped spans unknown (run as root)"),
+        for g in &p.slot.functions {
+            let host = self.function(*g).map_or("?".into(), |v| v.host.to_string());
+            writeln!(f, "    {g} (host {host})")?;
+            for b in p.bars.iter().filter(|b| b.function == *g) {
+                let mut line = format!(
+                    "      BAR{} {} {}{} at {:#x}",
+                    b.index,
+                    Size(b.request.size),
+                    kind_name(b.request.class),
+                    if prefetchable(b.request.class) {
+                        " prefetchable"
+                    } else {
+                        ""
+                    },
+                    b.addr
+                );
+                match self.trapped(*g, b.index) {
+                    Some(t) if t.is_empty() => line.push_str(", mapped directly"),
+                    Some(t) => {
+                        let spans: Vec<String> = t
+                            .iter()
+                            .map(|s| format!("{:#x}+{:#x}", s.offset, s.size))
+                            .collect();
+                        let _ = write!(line, ", traps {}", spans.join(" "));
                     }
-                    writeln!(f, "{line}")?;
+                    None if b.index == resources_rom() => line.push_str(", ROM (traps)"),
+                    None => line.push_str(", trapped spans unknown (run as root)"),
                 }
+                writeln!(f, "{line}")?;
             }
         }
         Ok(())

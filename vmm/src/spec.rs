@@ -142,6 +142,12 @@ pub enum SpecError {
         device: usize,
         count: usize,
     },
+    #[error("numa[{node}].devices: passthrough {device} is already on numa[{first}]; list each device on one node")]
+    NumaDeviceTwice {
+        node: usize,
+        first: usize,
+        device: usize,
+    },
     #[error("numa: no node; give at least one, or \"auto\"")]
     NumaEmpty,
     #[error("passthrough[{index}].host: {addr} is already passed through by passthrough[{first}]")]
@@ -862,6 +868,7 @@ impl VmSpec {
             return Err(SpecError::NumaEmpty);
         }
         let mut owner: Vec<Option<usize>> = vec![None; self.vcpus as usize];
+        let mut device_owner: Vec<Option<usize>> = vec![None; self.passthrough.len()];
         let page_mib = (self.memory.hugepages.page_size() >> 20).max(1);
         for (node, n) in nodes.iter().enumerate() {
             if n.memory_mib % page_mib != 0 {
@@ -890,6 +897,15 @@ impl VmSpec {
                     device,
                     count: self.passthrough.len(),
                 });
+            }
+            for &device in &n.devices {
+                if let Some(first) = device_owner[device].replace(node) {
+                    return Err(SpecError::NumaDeviceTwice {
+                        node,
+                        first,
+                        device,
+                    });
+                }
             }
         }
         if let Some(cpu) = owner.iter().position(Option::is_none) {
@@ -1654,6 +1670,34 @@ mod tests {
             "{err:?}"
         );
         assert!(matches!(with_numa("[]"), Err(SpecError::NumaEmpty)));
+    }
+
+    #[test]
+    fn a_numa_device_sits_on_one_node() {
+        let text = GOOD.replacen(
+            "} }",
+            r#"}, "passthrough": [{"host": "0000:01:00.0"}, {"host": "0000:02:00.0"}],
+               "numa": [{"vcpus": [0], "memory_mib": 256, "host_node": 0, "devices": [1]},
+                        {"vcpus": [1], "memory_mib": 256, "host_node": 1, "devices": [0, 1]}] }"#,
+            1,
+        );
+        let err = VmSpec::parse(&text).unwrap().validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpecError::NumaDeviceTwice {
+                    node: 1,
+                    first: 0,
+                    device: 1
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("numa[1].devices: passthrough 1"),
+            "{err}"
+        );
     }
 
     #[test]

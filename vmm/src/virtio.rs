@@ -128,7 +128,11 @@ pub fn slot_requests(spec: &VmSpec) -> Vec<SlotRequest> {
     let nets = (0..spec.net.len()).map(|i| format!("virtio-net net[{i}]"));
     disks
         .chain(nets)
-        .map(|tag| SlotRequest { tag, functions: 1 })
+        .map(|tag| SlotRequest {
+            tag,
+            functions: 1,
+            node: None,
+        })
         .collect()
 }
 

@@ -33,7 +33,8 @@ pub mod paging;
 pub mod regs;
 
 pub use acpi::{
-    create_acpi_tables, split_ram, AcpiConfig, AddrRange, NumaNode, PciWindows, LOCAL_DISTANCE,
+    create_acpi_tables, split_ram, AcpiConfig, AddrRange, NumaNode, PciHostBridge, PciWindows,
+    LOCAL_DISTANCE,
 };
 pub use boot_params::{
     build_boot_params, initramfs_addr, kernel_entry, write_boot_params, BootParamsConfig,

@@ -34,6 +34,8 @@ pub enum PciError {
     SlotOccupied { bdf: Bdf },
     #[error("no bridge forwards to bus {bus:#04x}, cannot attach {bdf}")]
     NoRouteToBus { bus: u8, bdf: Bdf },
+    #[error("bus {bus:#04x} is already a root bus")]
+    RootBusTaken { bus: u8 },
     #[error("device at {bdf} is not on segment {segment:#06x}")]
     WrongSegment { bdf: Bdf, segment: u16 },
 }

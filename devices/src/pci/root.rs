@@ -1,9 +1,13 @@
-//! One PCI segment: the root bus and the buses behind its bridges.
+//! One PCI segment: its root buses and the buses behind their bridges.
 //!
-//! A config request for bus N is answered on the root bus if N is 0; otherwise
-//! it follows the type-1 bridge whose secondary..=subordinate range holds N, as
-//! programmed *now* (the guest may renumber buses), until a bus numbered N is
-//! reached (PCI-to-PCI Bridge 1.2, 3.1.2; PCIe Base 7.3.3). A function that is
+//! Bus 0 is the main host bridge's root bus; a guest with one host bridge per NUMA
+//! node has further root buses (`add_root_bus`), each decoding the bus numbers from
+//! its own up to the next root bus's, as a host bridge decodes the range in its
+//! `_CRS`. A config request for bus N goes to the root bus that decodes N: answered
+//! there if N is its number; otherwise it follows the type-1 bridge whose
+//! secondary..=subordinate range holds N, as programmed *now* (the guest may renumber
+//! buses), until a bus numbered N is reached (PCI-to-PCI Bridge 1.2, 3.1.2; PCIe Base
+//! 7.3.3). A function that is
 //! absent, or a bus no bridge forwards to, reads as all ones and drops writes,
 //! as a master abort / Unsupported Request does on hardware.
 //!
@@ -68,7 +72,8 @@ impl PciBus {
 /// The config-space view of one segment.
 pub struct PciRoot {
     segment: u16,
-    root_bus: PciBus,
+    /// Root buses by number; bus 0 always.
+    roots: BTreeMap<u8, PciBus>,
 }
 
 impl std::fmt::Debug for PciRoot {
@@ -82,18 +87,29 @@ impl PciRoot {
     pub fn new(segment: u16) -> Self {
         Self {
             segment,
-            root_bus: PciBus::default(),
+            roots: BTreeMap::from([(0, PciBus::default())]),
         }
+    }
+
+    /// Add a root bus numbered `bus` (an extra host bridge's); it decodes the buses
+    /// from `bus` up to the next root bus.
+    pub fn add_root_bus(&mut self, bus: u8) -> Result<(), PciError> {
+        if self.roots.contains_key(&bus) {
+            return Err(PciError::RootBusTaken { bus });
+        }
+        self.roots.insert(bus, PciBus::default());
+        Ok(())
     }
 
     pub fn segment(&self) -> u16 {
         self.segment
     }
 
-    /// The bus currently numbered `bus`. Each step descends one bridge, so the
-    /// walk ends within the depth of the tree.
+    /// The bus currently numbered `bus`, from the root bus that decodes it. Each step
+    /// descends one bridge, so the walk ends within the depth of the tree.
     fn find_bus(&self, bus: u8) -> Option<&PciBus> {
-        let (mut cur, mut number) = (&self.root_bus, 0u8);
+        let (&root, mut cur) = self.roots.range(..=bus).next_back()?;
+        let mut number = root;
         while number != bus {
             (number, cur) = cur.forward(bus)?;
         }
@@ -101,7 +117,8 @@ impl PciRoot {
     }
 
     fn find_bus_mut(&mut self, bus: u8) -> Option<&mut PciBus> {
-        let (mut cur, mut number) = (&mut self.root_bus, 0u8);
+        let (&root, mut cur) = self.roots.range_mut(..=bus).next_back()?;
+        let mut number = root;
         while number != bus {
             (number, cur) = cur.forward_mut(bus)?;
         }
@@ -142,7 +159,7 @@ impl PciRoot {
     /// Every function with its current address, depth first in bus order.
     pub fn devices(&self) -> Vec<(Bdf, SharedPciDevice)> {
         let mut out = Vec::new();
-        let mut stack = vec![(0u8, &self.root_bus)];
+        let mut stack: Vec<(u8, &PciBus)> = self.roots.iter().map(|(n, b)| (*n, b)).collect();
         while let Some((number, bus)) = stack.pop() {
             for (devfn, f) in bus.functions.iter().rev() {
                 if let Some(child) = f.child.as_deref() {
@@ -326,6 +343,35 @@ mod tests {
         );
         assert!(r.device(bdf("09:00.0")).is_some());
         assert!(r.device(bdf("02:00.0")).is_none());
+    }
+
+    #[test]
+    fn an_extra_root_bus_reaches_its_root_ports_and_what_sits_behind() {
+        let mut r = topology();
+        // An extra host bridge's root bus 3, its root port 03:03.0 -> bus 4.
+        r.add_root_bus(3).unwrap();
+        r.add_device(bdf("03:03.0"), root_port(4)).unwrap();
+        r.add_device(bdf("04:00.0"), TestEndpoint::shared(0x4444))
+            .unwrap();
+        assert_eq!(device_id(&r, "04:00.0"), 0x4444);
+        assert_eq!(r.config_read(bdf("03:03.0"), 0) & 0xffff, 0x1b36);
+        // Bus 0's tree is as before, and bus 3 has no slot 0.
+        assert_eq!(device_id(&r, "02:00.0"), 0x2222);
+        assert_eq!(r.config_read(bdf("03:00.0"), 0), u32::MAX);
+        let all: Vec<String> = r.devices().iter().map(|(b, _)| b.to_string()).collect();
+        assert_eq!(all.len(), 7);
+        assert!(all.contains(&"0000:04:00.0".to_string()));
+        assert_eq!(r.add_root_bus(3), Err(PciError::RootBusTaken { bus: 3 }));
+    }
+
+    #[test]
+    fn a_root_bus_decodes_only_up_to_the_next() {
+        let mut r = topology();
+        r.add_root_bus(2).unwrap();
+        // Bus 2 now belongs to the new root bus, which is empty: root port 00:02.0's
+        // secondary bus is no longer reachable from bus 0.
+        assert_eq!(r.config_read(bdf("02:00.0"), 0), u32::MAX);
+        assert_eq!(device_id(&r, "01:00.0"), 0x1111);
     }
 
     #[test]

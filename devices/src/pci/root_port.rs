@@ -101,7 +101,8 @@ impl PortLink {
 pub struct RootPortConfig {
     /// Port number in Link Capabilities (the `i` of root port `i`).
     pub port_number: u8,
-    /// Secondary (and subordinate) bus; the primary bus is 0.
+    /// Secondary (and subordinate) bus; the primary bus is 0 (`for_port` sets a
+    /// planned port's own).
     pub secondary_bus: u8,
     /// Physical slot number, if the port should report a slot.
     pub slot: Option<u16>,
@@ -188,6 +189,10 @@ impl RootPort {
             config.link_width = link.width;
         }
         let mut port = RootPort::new(config)?;
+        // On an extra host bridge's root bus the primary bus is that bus: Linux
+        // renumbers a bridge whose primary bus is not the bus it sits on.
+        let bus = plan.slot.secondary_bus;
+        port.set_bus_numbers(plan.slot.bdf.bus(), bus, bus);
         port.set_io_window(plan.io.clone())?;
         port.set_mem_window(plan.mem.clone())?;
         port.set_prefetchable_window(plan.prefetchable.clone())?;
@@ -601,6 +606,7 @@ mod tests {
         let topo = resources::Topology::new(&[resources::SlotRequest {
             tag: "gpu".into(),
             functions: 1,
+            node: None,
         }])
         .unwrap();
         resources::PortMap {
@@ -634,6 +640,30 @@ mod tests {
             p.config_space().read_u16(cap + EXP_LNKSTA) & 0x3ff,
             3 | 16 << 4
         );
+    }
+
+    #[test]
+    fn a_planned_port_on_an_extra_root_bus_names_it_as_primary() {
+        let topo = resources::Topology::new(&[
+            resources::SlotRequest {
+                tag: "edu".into(),
+                functions: 1,
+                node: Some(0),
+            },
+            resources::SlotRequest {
+                tag: "nvme".into(),
+                functions: 1,
+                node: Some(1),
+            },
+        ])
+        .unwrap();
+        let plan = resources::PortMap {
+            slot: topo.ports[1].clone(),
+            ..planned_port()
+        };
+        let mut p = RootPort::for_port(&plan, None).unwrap();
+        // Root bus 2 (bus 0 decodes 0..=1), secondary and subordinate bus 3.
+        assert_eq!(p.config_read(PRIMARY_BUS / 4) & 0xff_ffff, 0x03_0302);
     }
 
     #[test]

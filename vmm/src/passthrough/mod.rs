@@ -114,14 +114,33 @@ pub fn expand_hosts(
     sysfs: &vfio_glue::sysfs::Sysfs,
     hosts: &[HostSelector],
 ) -> Result<Vec<HostPciAddress>, vfio_glue::Error> {
-    let mut addrs = Vec::new();
-    for h in hosts {
-        match *h {
-            HostSelector::Function(a) => addrs.push(a),
-            HostSelector::Slot(s) => addrs.extend(vfio_glue::host::slot_functions(sysfs, s)?),
-        }
-    }
-    Ok(addrs)
+    Ok(expand_entries(sysfs, hosts)?.concat())
+}
+
+/// As [`expand_hosts`], the functions of each entry apart.
+pub fn expand_entries(
+    sysfs: &vfio_glue::sysfs::Sysfs,
+    hosts: &[HostSelector],
+) -> Result<Vec<Vec<HostPciAddress>>, vfio_glue::Error> {
+    hosts
+        .iter()
+        .map(|h| match *h {
+            HostSelector::Function(a) => Ok(vec![a]),
+            HostSelector::Slot(s) => vfio_glue::host::slot_functions(sysfs, s),
+        })
+        .collect()
+}
+
+/// Each function of `entries` (per passthrough entry) with its entry's guest NUMA node.
+pub fn function_nodes(
+    entries: &[Vec<HostPciAddress>],
+    node_of: impl Fn(usize) -> Option<u32>,
+) -> Vec<Option<u32>> {
+    entries
+        .iter()
+        .enumerate()
+        .flat_map(|(i, fs)| std::iter::repeat_n(node_of(i), fs.len()))
+        .collect()
 }
 
 /// The functions that get the GPUDirect P2P clique capability, with their ID: for each
@@ -148,15 +167,21 @@ pub fn cliques(
 pub fn plan_slots(
     addrs: &[HostPciAddress],
 ) -> Result<(Topology, Vec<Vec<HostPciAddress>>), TopologyError> {
-    plan_slots_with(addrs, &[])
+    plan_slots_with(addrs, &[], &[])
 }
 
-/// As [`plan_slots`], with `extra` slots (the virtio devices') numbered after the
-/// passed-through ones: one topology for every device of the guest.
+/// As [`plan_slots`], each slot on the guest NUMA node of its first function in
+/// `nodes` (per address; missing: none), with `extra` slots (the virtio devices')
+/// numbered after the passed-through ones: one topology for every device of the guest.
 pub fn plan_slots_with(
     addrs: &[HostPciAddress],
+    nodes: &[Option<u32>],
     extra: &[SlotRequest],
 ) -> Result<(Topology, Vec<Vec<HostPciAddress>>), TopologyError> {
+    let node_of = |a: &HostPciAddress| {
+        let i = addrs.iter().position(|b| b == a)?;
+        nodes.get(i).copied().flatten()
+    };
     let mut groups: Vec<Vec<HostPciAddress>> = Vec::new();
     for a in addrs {
         match groups.iter_mut().find(|g| same_slot(&g[0], a)) {
@@ -172,6 +197,7 @@ pub fn plan_slots_with(
         .map(|g| SlotRequest {
             tag: g[0].to_string(),
             functions: u8::try_from(g.len()).unwrap_or(u8::MAX),
+            node: g.iter().find_map(node_of),
         })
         .chain(extra.iter().cloned())
         .collect();
@@ -226,12 +252,13 @@ impl std::fmt::Debug for Passthrough {
 }
 
 impl Passthrough {
-    /// Check and open the devices `addrs` for a guest with `ram_bytes` of RAM; `None`
-    /// when there are none. `extra` slots (virtio devices) join the same topology after
-    /// the passed-through slots.
+    /// Check and open the devices `addrs` (on guest NUMA nodes `nodes`, per address)
+    /// for a guest with `ram_bytes` of RAM; `None` when there are none. `extra` slots
+    /// (virtio devices) join the same topology after the passed-through slots.
     pub fn open(
         vm: &VmFd,
         addrs: &[HostPciAddress],
+        nodes: &[Option<u32>],
         ram_bytes: u64,
         extra: &[SlotRequest],
     ) -> Result<Option<Passthrough>, PassthroughError> {
@@ -239,7 +266,7 @@ impl Passthrough {
             return Ok(None);
         }
         let (topology, hosts) =
-            plan_slots_with(addrs, extra).map_err(PassthroughError::Topology)?;
+            plan_slots_with(addrs, nodes, extra).map_err(PassthroughError::Topology)?;
         let mut dev = kvm_create_device {
             type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
             fd: 0,
@@ -314,6 +341,7 @@ impl Passthrough {
                 .map(|(_, f)| f.dev.clone() as SharedPciDevice)
                 .collect(),
             watched_ports: self.ports.shared(),
+            root_buses: Vec::new(),
         }
     }
 

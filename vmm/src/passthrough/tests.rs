@@ -101,3 +101,17 @@ fn duplicates_are_the_spec_s_to_refuse_once() {
         })
     ));
 }
+
+#[test]
+fn slots_take_the_node_of_their_entry_and_group_by_node() {
+    // A GPU slot (two functions) on node 1, an nvme on node 0.
+    let entries = vec![vec![a("00:10.0"), a("00:10.1")], vec![a("00:03.0")]];
+    let nodes = function_nodes(&entries, |i| Some(1 - i as u32));
+    assert_eq!(nodes, [Some(1), Some(1), Some(0)]);
+    let (topology, _) = plan_slots_with(&entries.concat(), &nodes, &[]).unwrap();
+    let ports: Vec<String> = topology.ports.iter().map(|p| p.bdf.to_string()).collect();
+    // Bus 0 holds node 0's nvme (bus 1); node 1's bridge is root bus 2.
+    assert_eq!(ports, ["0000:02:01.0", "0000:00:02.0"]);
+    assert_eq!(topology.bridges[1].node, Some(1));
+    assert_eq!(topology.ports[0].functions.len(), 2);
+}

@@ -139,27 +139,32 @@ fn no_devices_is_ram_and_bus_0() {
     assert!(p.to_string().contains("64-bit PCI   none"));
 }
 
-#[test]
-fn functions_of_one_device_share_a_slot_like_run() {
-    let h = host(true);
-    let audio = "0000:01:00.1";
+/// A function `name` of `class` on vfio-pci in IOMMU group `group`, with one 16 KiB
+/// 32-bit BAR and MSI-X.
+fn small_function(h: &FakeHost, name: &'static str, class: &'static str, group: u32) {
     h.pci(Pci {
-        name: audio,
-        class: "0x040300",
+        name,
+        class,
         driver: Some("vfio-pci"),
-        group: Some(1),
+        group: Some(group),
     });
     h.pci_attr(
-        audio,
+        name,
         "resource",
         "0x00000000fb000000 0x00000000fb003fff 0x0000000000040200\n",
     );
     std::fs::write(
-        h.root()
-            .path(&format!("sys/bus/pci/devices/{audio}/config")),
+        h.root().path(&format!("sys/bus/pci/devices/{name}/config")),
         config(&[0x0], true),
     )
     .unwrap();
+}
+
+#[test]
+fn functions_of_one_device_share_a_slot_like_run() {
+    let h = host(true);
+    let audio = "0000:01:00.1";
+    small_function(&h, audio, "0x040300", 1);
     let doc = plan(&spec(&[audio, GPU]), &h.root()).unwrap().to_json();
     let f = &doc["root_ports"][0]["functions"];
     assert_eq!(f[0]["host"], GPU);
@@ -206,4 +211,49 @@ fn the_readme_gpu_example_plans_on_a_ready_host() {
     let text = plan(&spec, &h.root()).unwrap().to_string();
     assert!(text.contains("0000:01:00.0 (host 0000:01:00.0)"), "{text}");
     assert!(text.contains("BAR1 32 GiB mem64 prefetchable"), "{text}");
+}
+
+#[test]
+fn devices_on_two_guest_nodes_get_a_host_bridge_each() {
+    let h = host(true);
+    let nic = "0000:02:00.0";
+    small_function(&h, nic, "0x020000", 2);
+    h.write("sys/devices/system/node/online", "0\n");
+    h.write("sys/devices/system/node/node0/cpulist", "0-3\n");
+    let mut s = spec(&[GPU, nic]);
+    s.numa = Some(crate::spec::NumaSpec::Nodes(
+        [(vec![0, 1], vec![1]), (vec![2, 3], vec![0])]
+            .into_iter()
+            .map(|(vcpus, devices)| crate::spec::NumaNodeSpec {
+                vcpus,
+                memory_mib: 4096,
+                host_node: 0,
+                devices,
+            })
+            .collect(),
+    ));
+    s.validate().unwrap();
+    let p = plan(&s, &h.root()).unwrap();
+    let doc = p.to_json();
+    // The GPU (entry 0) is on guest node 1: root bus 2, above bus 0's 0..=1.
+    assert_eq!(doc["host_bridge"]["buses"], json!([0, 1]));
+    assert_eq!(doc["host_bridge"]["node"], 0);
+    let extra = &doc["extra_host_bridges"][0];
+    assert_eq!(
+        (&extra["buses"], &extra["node"]),
+        (&json!([2, 3]), &json!(1))
+    );
+    assert_eq!(doc["root_ports"][0]["bdf"], "0000:02:01.0");
+    assert_eq!(doc["root_ports"][0]["host_bridge"], 1);
+    assert_eq!(doc["root_ports"][1]["bdf"], "0000:00:02.0");
+    let gpu_pref = &doc["root_ports"][0]["prefetchable"];
+    assert_eq!(extra["prefetchable"][0], *gpu_pref);
+    let text = p.to_string();
+    for want in [
+        "host bridge  0000:00:00.0  buses 0-1  NUMA node 0",
+        "host bridge  root bus 02  buses 2-3  NUMA node 1",
+        "  root port 0000:02:01.0 -> bus 3",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in\n{text}");
+    }
 }

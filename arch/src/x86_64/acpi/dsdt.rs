@@ -32,7 +32,8 @@ const OSC_UNRECOGNIZED_UUID: u32 = 1 << 2;
 /// Notify value of a power button press (ACPI 6.5 4.8.2.2.1.2: "Device Specific"
 /// 0x80 on a PNP0C0C device means the button was pressed).
 const POWER_BUTTON_PRESSED: u8 = 0x80;
-/// Devices per PCI bus (each gets a `_PRT` entry per pin).
+/// Devices per PCI bus (each gets a `_PRT` entry per pin). Root ports keep their device
+/// number on every root bus, so each host bridge's `_PRT` is the same.
 const PCI_SLOTS: u8 = 32;
 /// INTA..INTD.
 const PCI_PINS: u8 = 4;
@@ -50,35 +51,115 @@ fn last(w: AddrRange) -> u64 {
     w.base + w.size - 1
 }
 
-/// The host bridge `_CRS`: bus range, the 0xcf8 config ports, the I/O window and the
-/// 32-bit and (if sized) 64-bit MMIO windows. Both MMIO windows are non-prefetchable so
-/// Linux may place any BAR kind in either.
-fn host_bridge_crs(cfg: &AcpiConfig) -> Vec<u8> {
-    let pci = &cfg.pci;
-    let buses = AddressSpace::<u16>::new_bus_number(0, u16::from(pci.bus_end));
-    let cf8 = IO::new(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8);
-    // Validated to lie below 0x10000 and 4 GiB.
-    let io = AddressSpace::<u16>::new_io(pci.io.base as u16, last(pci.io) as u16, None);
-    let mmio32 = AddressSpace::<u32>::new_memory(
-        AddressSpaceCacheable::NotCacheable,
-        true,
-        pci.mmio32.base as u32,
-        last(pci.mmio32) as u32,
-        None,
-    );
-    let mmio64 = (pci.mmio64.size > 0).then(|| {
-        AddressSpace::<u64>::new_memory(
-            AddressSpaceCacheable::NotCacheable,
-            true,
-            pci.mmio64.base,
-            last(pci.mmio64),
-            None,
-        )
-    });
-    let mut resources: Vec<&dyn Aml> = vec![&buses, &cf8, &io, &mmio32];
-    if let Some(mmio64) = &mmio64 {
-        resources.push(mmio64);
+/// `w` less every range of `holes`: the pieces left, in address order.
+fn subtract(w: AddrRange, holes: &[AddrRange]) -> Vec<AddrRange> {
+    let mut pieces = vec![w];
+    for h in holes.iter().filter(|h| h.size > 0) {
+        let (h0, h1) = (h.base, last(*h));
+        pieces = pieces
+            .into_iter()
+            .flat_map(|p| {
+                let (p0, p1) = (p.base, last(p));
+                if h1 < p0 || h0 > p1 {
+                    return vec![p];
+                }
+                let mut out = Vec::new();
+                if h0 > p0 {
+                    out.push(AddrRange {
+                        base: p0,
+                        size: h0 - p0,
+                    });
+                }
+                if h1 < p1 {
+                    out.push(AddrRange {
+                        base: h1 + 1,
+                        size: p1 - h1,
+                    });
+                }
+                out
+            })
+            .collect();
     }
+    pieces
+}
+
+/// What one host bridge's `_CRS` lists.
+struct BridgeResources {
+    buses: (u8, u8),
+    /// The 0xcf8 config ports (the main bridge only).
+    cf8: bool,
+    io: Vec<AddrRange>,
+    mmio: Vec<AddrRange>,
+}
+
+/// The main bridge's resources: buses from 0 up to the first extra bridge's, the 0xcf8
+/// ports, and the platform's I/O, 32-bit and (if sized) 64-bit windows less the extra
+/// bridges' (PCI Firmware 3.3 4.1: host bridges' `_CRS` must not overlap).
+fn main_resources(cfg: &AcpiConfig) -> BridgeResources {
+    let pci = &cfg.pci;
+    let first_extra = cfg.pci_bridges.iter().map(|b| b.bus).min();
+    let bus_end = first_extra.map_or(pci.bus_end, |b| b.saturating_sub(1));
+    let io_holes: Vec<AddrRange> = cfg.pci_bridges.iter().flat_map(|b| b.io.clone()).collect();
+    let mmio_holes: Vec<AddrRange> = cfg
+        .pci_bridges
+        .iter()
+        .flat_map(|b| b.mmio.clone())
+        .collect();
+    let mut mmio = subtract(pci.mmio32, &mmio_holes);
+    if pci.mmio64.size > 0 {
+        mmio.extend(subtract(pci.mmio64, &mmio_holes));
+    }
+    BridgeResources {
+        buses: (0, bus_end),
+        cf8: true,
+        io: subtract(pci.io, &io_holes),
+        mmio,
+    }
+}
+
+/// A host bridge `_CRS`: bus range, the 0xcf8 config ports if it has them, its I/O
+/// windows and its memory windows (32-bit descriptors below 4 GiB, 64-bit above). The
+/// memory windows are non-prefetchable so Linux may place any BAR kind in either.
+fn host_bridge_crs(r: &BridgeResources) -> Vec<u8> {
+    let buses = AddressSpace::<u16>::new_bus_number(u16::from(r.buses.0), u16::from(r.buses.1));
+    let cf8 = IO::new(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8);
+    // Validated to lie below 0x10000.
+    let io: Vec<AddressSpace<u16>> =
+        r.io.iter()
+            .map(|w| AddressSpace::<u16>::new_io(w.base as u16, last(*w) as u16, None))
+            .collect();
+    let below_4g = |w: &&AddrRange| last(**w) <= u64::from(u32::MAX);
+    let mmio32: Vec<AddressSpace<u32>> = r
+        .mmio
+        .iter()
+        .filter(below_4g)
+        .map(|w| {
+            let (base, end) = (w.base as u32, last(*w) as u32);
+            AddressSpace::<u32>::new_memory(
+                AddressSpaceCacheable::NotCacheable,
+                true,
+                base,
+                end,
+                None,
+            )
+        })
+        .collect();
+    let mmio64: Vec<AddressSpace<u64>> = r
+        .mmio
+        .iter()
+        .filter(|w| !below_4g(w))
+        .map(|w| {
+            let cache = AddressSpaceCacheable::NotCacheable;
+            AddressSpace::<u64>::new_memory(cache, true, w.base, last(*w), None)
+        })
+        .collect();
+    let mut resources: Vec<&dyn Aml> = vec![&buses];
+    if r.cf8 {
+        resources.push(&cf8);
+    }
+    resources.extend(io.iter().map(|a| a as &dyn Aml));
+    resources.extend(mmio32.iter().map(|a| a as &dyn Aml));
+    resources.extend(mmio64.iter().map(|a| a as &dyn Aml));
     let mut bytes = Vec::new();
     Name::new("_CRS".into(), &ResourceTemplate::new(resources)).to_aml_bytes(&mut bytes);
     bytes
@@ -102,7 +183,7 @@ fn host_bridge_osc() -> Vec<u8> {
     bytes
 }
 
-/// `_PRT` for bus 0: INTx `pin` of device `slot` -> GSI [`pci_intx_gsi`]`(slot, pin)`, as
+/// `_PRT` for a root bus: INTx `pin` of device `slot` -> GSI [`pci_intx_gsi`]`(slot, pin)`, as
 /// GSI entries (source 0), which Linux configures level-triggered, active-low.
 fn host_bridge_prt() -> Vec<u8> {
     let entries: Vec<(u32, u8, u32)> = (0..PCI_SLOTS)
@@ -126,26 +207,41 @@ fn host_bridge_prt() -> Vec<u8> {
     bytes
 }
 
-/// `\_SB.PCI0`: the PCIe host bridge of segment 0, bus 0.
-fn host_bridge(cfg: &AcpiConfig) -> Vec<u8> {
+/// A PCIe host bridge of segment 0 named `path`, with `_UID` and `_BBN` its root bus.
+fn host_bridge(path: &str, pxm: Option<u32>, r: &BridgeResources) -> Vec<u8> {
     let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
     let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
-    let zero = 0u8;
-    let uid = Name::new("_UID".into(), &zero);
-    let seg = Name::new("_SEG".into(), &zero);
-    let bbn = Name::new("_BBN".into(), &zero);
-    let crs = host_bridge_crs(cfg);
+    let bus = r.buses.0;
+    let uid = Name::new("_UID".into(), &bus);
+    let seg = Name::new("_SEG".into(), &0u8);
+    let bbn = Name::new("_BBN".into(), &bus);
+    let crs = host_bridge_crs(r);
     let osc = host_bridge_osc();
     let prt = host_bridge_prt();
-    let mut pxm = Vec::new();
-    if let Some(node) = cfg.pci_pxm {
-        Name::new("_PXM".into(), &node).to_aml_bytes(&mut pxm);
+    let mut pxm_aml = Vec::new();
+    if let Some(node) = pxm {
+        Name::new("_PXM".into(), &node).to_aml_bytes(&mut pxm_aml);
     }
-    let raw = [crs, osc, prt, pxm].concat();
+    let raw = [crs, osc, prt, pxm_aml].concat();
     let raw = RawAml(&raw);
     let mut bytes = Vec::new();
-    Device::new("_SB_.PCI0".into(), vec![&hid, &cid, &uid, &seg, &bbn, &raw])
-        .to_aml_bytes(&mut bytes);
+    Device::new(path.into(), vec![&hid, &cid, &uid, &seg, &bbn, &raw]).to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// `\_SB.PCI0`, the main host bridge on bus 0, then `\_SB.PCxx` for each extra bridge
+/// (xx its root bus in hex, as QEMU names its expander bridges).
+fn host_bridges(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut bytes = host_bridge("_SB_.PCI0", cfg.pci_pxm, &main_resources(cfg));
+    for b in &cfg.pci_bridges {
+        let r = BridgeResources {
+            buses: (b.bus, b.bus_end),
+            cf8: false,
+            io: b.io.clone(),
+            mmio: b.mmio.clone(),
+        };
+        bytes.extend(host_bridge(&format!("_SB_.PC{:02X}", b.bus), b.pxm, &r));
+    }
     bytes
 }
 
@@ -224,7 +320,7 @@ pub(super) fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         OEM_REVISION,
     );
     dsdt.append_slice(&s5_package());
-    dsdt.append_slice(&host_bridge(cfg));
+    dsdt.append_slice(&host_bridges(cfg));
     dsdt.append_slice(&ecam_reservation(cfg));
     dsdt.append_slice(&power_button());
     dsdt.append_slice(&generic_event_device());
@@ -237,7 +333,7 @@ pub(super) fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x86_64::acpi::tests::{checksum, config};
+    use crate::x86_64::acpi::tests::{checksum, config, with_extra_bridge};
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
@@ -314,11 +410,11 @@ mod tests {
     #[test]
     fn crs_describes_the_64bit_window_when_sized() {
         let mut c = config(1);
-        let with = host_bridge_crs(&c);
+        let with = host_bridge_crs(&main_resources(&c));
         // QWord address space descriptor tag.
         assert!(with.contains(&0x8a));
         c.pci.mmio64.size = 0;
-        assert!(!host_bridge_crs(&c).contains(&0x8a));
+        assert!(!host_bridge_crs(&main_resources(&c)).contains(&0x8a));
     }
 
     #[test]
@@ -326,11 +422,73 @@ mod tests {
         let mut c = config(1);
         c.pci.bus_end = 0x3f;
         // WordBusNumber: tag 0x88, len 13, type 2, flags 0x0c, 0, gran 0, min 0, max 0x3f.
-        let crs = host_bridge_crs(&c);
+        let crs = host_bridge_crs(&main_resources(&c));
         assert!(contains(
             &crs,
             b"\x88\x0d\x00\x02\x0c\x00\x00\x00\x00\x00\x3f\x00"
         ));
+    }
+
+    /// WordBusNumber descriptor for `min..=max`.
+    fn bus_range(min: u8, max: u8) -> Vec<u8> {
+        vec![0x88, 0x0d, 0, 2, 0x0c, 0, 0, 0, min, 0, max, 0]
+    }
+
+    #[test]
+    fn an_extra_bridge_is_a_pnp0a08_on_its_root_bus_with_its_node() {
+        let c = with_extra_bridge();
+        let d = build_dsdt(&c);
+        // \_SB.PC04: _UID 4, _BBN 4, _PXM 1; \_SB.PCI0 keeps _PXM 0.
+        assert!(contains(&d, b"PC04"));
+        assert!(contains(&d, b"_UID\x0a\x04"));
+        assert!(contains(&d, b"_BBN\x0a\x04"));
+        assert!(contains(&d, b"\x08_PXM\x01"));
+        assert!(contains(&d, b"\x08_PXM\x00"));
+        let extra = host_bridge(
+            "_SB_.PC04",
+            Some(1),
+            &BridgeResources {
+                buses: (4, 5),
+                cf8: false,
+                io: c.pci_bridges[0].io.clone(),
+                mmio: c.pci_bridges[0].mmio.clone(),
+            },
+        );
+        assert!(contains(&d, &extra));
+        assert!(contains(&extra, &bus_range(4, 5)));
+        // No config ports: the IO port descriptor tag (0x47) with 0xcf8.
+        assert!(!contains(&extra, b"\x47\x01\xf8\x0c"));
+    }
+
+    #[test]
+    fn the_main_bridge_leaves_out_what_the_extra_bridges_claim() {
+        let c = with_extra_bridge();
+        let main = main_resources(&c);
+        assert_eq!(main.buses, (0, 3));
+        let r = |base, size| AddrRange { base, size };
+        assert_eq!(main.io, [r(0x1000, 0x1000), r(0x3000, 0xd000)]);
+        assert_eq!(
+            main.mmio,
+            [
+                r(0xc000_0000, 0x10_0000),
+                r(0xc020_0000, 0x1fe0_0000),
+                r(1 << 32, (1 << 33) - (1 << 32)),
+                r(
+                    (1 << 33) + (1 << 30),
+                    (1 << 34) + (1 << 32) - (1 << 33) - (1 << 30)
+                ),
+            ]
+        );
+        assert!(contains(&host_bridge_crs(&main), &bus_range(0, 3)));
+    }
+
+    #[test]
+    fn without_extra_bridges_the_main_bridge_has_the_whole_windows() {
+        let c = config(1);
+        let main = main_resources(&c);
+        assert_eq!(main.buses, (0, c.pci.bus_end));
+        assert_eq!(main.io, [c.pci.io]);
+        assert_eq!(main.mmio, [c.pci.mmio32, c.pci.mmio64]);
     }
 
     #[test]

@@ -122,6 +122,60 @@ impl PciWindows {
     }
 }
 
+/// An extra PCIe host bridge: the root bus of one guest NUMA node's root ports (the main
+/// bridge, `\_SB.PCI0` on bus 0, is described by [`PciWindows`] and
+/// [`AcpiConfig::pci_pxm`], less what the extra bridges claim).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PciHostBridge {
+    /// Its root bus (`_BBN`), above the main bridge's range.
+    pub bus: u8,
+    /// Last bus of its range.
+    pub bus_end: u8,
+    /// Its proximity domain (`_PXM`).
+    pub pxm: Option<u32>,
+    /// I/O windows it forwards, inside [`PciWindows::io`].
+    pub io: Vec<AddrRange>,
+    /// Memory windows it forwards, each inside the 32-bit or the 64-bit window.
+    pub mmio: Vec<AddrRange>,
+}
+
+impl PciHostBridge {
+    /// Checks its buses lie in `1..=pci.bus_end` and each window inside the platform's.
+    fn validate(&self, pci: &PciWindows) -> Result<()> {
+        let inside = |w: AddrRange, outer: AddrRange| {
+            w.size > 0
+                && w.base >= outer.base
+                && w.end().zip(outer.end()).is_some_and(|(e, o)| e <= o)
+        };
+        if self.bus == 0 || self.bus > self.bus_end || self.bus_end > pci.bus_end {
+            return Err(Error::PciWindow {
+                what: "extra host bridge bus",
+                base: u64::from(self.bus),
+                size: u64::from(self.bus_end) + 1 - u64::from(self.bus.min(self.bus_end)),
+            });
+        }
+        for &w in &self.io {
+            if !inside(w, pci.io) {
+                return Err(Error::PciWindow {
+                    what: "extra host bridge I/O",
+                    base: w.base,
+                    size: w.size,
+                });
+            }
+        }
+        for &w in &self.mmio {
+            if !inside(w, pci.mmio32) && !inside(w, pci.mmio64) {
+                return Err(Error::PciWindow {
+                    what: "extra host bridge MMIO",
+                    base: w.base,
+                    size: w.size,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Inputs of the ACPI tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiConfig {
@@ -134,8 +188,10 @@ pub struct AcpiConfig {
     pub com1: bool,
     /// Guest NUMA nodes (SRAT and SLIT); empty: no NUMA tables.
     pub numa: Vec<NumaNode>,
-    /// The host bridge's proximity domain (`_PXM`): the guest node its devices are on.
+    /// The main host bridge's proximity domain (`_PXM`): the guest node its devices are on.
     pub pci_pxm: Option<u32>,
+    /// Extra host bridges, one per further guest node holding devices; empty: one bridge.
+    pub pci_bridges: Vec<PciHostBridge>,
 }
 
 /// Largest vCPU count: xAPIC IDs 0..=254 (255 is the broadcast ID).
@@ -209,7 +265,10 @@ fn validate(cfg: &AcpiConfig) -> Result<()> {
             max: MAX_VCPUS,
         });
     }
-    cfg.pci.validate()
+    cfg.pci.validate()?;
+    cfg.pci_bridges
+        .iter()
+        .try_for_each(|b| b.validate(&cfg.pci))
 }
 
 /// Builds RSDP, XSDT, FADT, DSDT, MADT and MCFG and writes them from `layout::ACPI_START`
@@ -290,6 +349,7 @@ pub(crate) mod tests {
             com1: true,
             numa: Vec::new(),
             pci_pxm: None,
+            pci_bridges: Vec::new(),
         }
     }
 
@@ -432,6 +492,68 @@ pub(crate) mod tests {
         let (m, entries) = written(&c);
         let mcfg = find(&m, &entries, b"MCFG");
         assert_eq!((u64_at(&mcfg, 44), mcfg[55]), (0xe000_0000, 7));
+    }
+
+    /// A config with an extra bridge on buses 4..=5 holding part of each MMIO window.
+    pub(crate) fn with_extra_bridge() -> AcpiConfig {
+        let mut c = config(2);
+        c.pci.bus_end = 5;
+        c.pci_pxm = Some(0);
+        c.pci_bridges = vec![PciHostBridge {
+            bus: 4,
+            bus_end: 5,
+            pxm: Some(1),
+            io: vec![AddrRange {
+                base: 0x2000,
+                size: 0x1000,
+            }],
+            mmio: vec![
+                AddrRange {
+                    base: 0xc010_0000,
+                    size: 0x10_0000,
+                },
+                AddrRange {
+                    base: 1 << 33,
+                    size: 1 << 30,
+                },
+            ],
+        }];
+        c
+    }
+
+    #[test]
+    fn extra_bridges_are_checked_against_the_platform() {
+        assert!(create_acpi_tables(&mem(), &with_extra_bridge()).is_ok());
+        let mut c = with_extra_bridge();
+        c.pci_bridges[0].bus_end = 6;
+        let err = create_acpi_tables(&mem(), &c).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::PciWindow {
+                what: "extra host bridge bus",
+                ..
+            }
+        ));
+        let mut c = with_extra_bridge();
+        c.pci_bridges[0].mmio[0].base = 0xe000_0000;
+        let err = create_acpi_tables(&mem(), &c).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::PciWindow {
+                what: "extra host bridge MMIO",
+                ..
+            }
+        ));
+        let mut c = with_extra_bridge();
+        c.pci_bridges[0].io[0].base = 0x800;
+        let err = create_acpi_tables(&mem(), &c).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::PciWindow {
+                what: "extra host bridge I/O",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The guest's NUMA topology in ACPI (ACPI 6.5: 5.2.16 SRAT, 5.2.17 SLIT): which
 //! proximity domain each vCPU (by APIC ID) and each RAM range belongs to, and the
 //! relative distances between domains. A guest node with memory and no vCPU is a
-//! memory-only node.
+//! memory-only node. The PCI functions of a node without vCPUs are its initiators:
+//! each gets a Generic Initiator Affinity structure (ACPI 6.3+, 5.2.16.6), so the OS
+//! knows the node exists and that something there issues memory requests (Linux
+//! brings such a node online for its devices).
 
 use acpi_tables::slit::SLIT;
 use acpi_tables::Aml;
@@ -17,13 +20,22 @@ pub struct NumaNode {
     pub memory: Vec<(u64, u64)>,
     /// Distance to every node (its own included, 10 by convention), in node order.
     pub distances: Vec<u8>,
+    /// PCI functions (segment 0) on the node, as `bus << 8 | device << 3 | function`;
+    /// listed as Generic Initiators when the node has no vCPU.
+    pub devices: Vec<u16>,
 }
 
 /// SRAT structure type: processor local APIC affinity.
 const SRAT_LAPIC: u8 = 0;
 /// SRAT structure type: memory affinity.
 const SRAT_MEMORY: u8 = 1;
-/// Enabled flag of both structures.
+/// SRAT structure type: Generic Initiator affinity (ACPI 6.3, Table 5-79).
+const SRAT_GENERIC_INITIATOR: u8 = 5;
+/// Length of a Generic Initiator Affinity structure.
+const SRAT_GENERIC_INITIATOR_LEN: u8 = 32;
+/// Device Handle Type of a PCI function (ACPI 6.3, Table 5-79; 0 is an ACPI device).
+const SRAT_HANDLE_PCI: u8 = 1;
+/// Enabled flag of every structure.
 const SRAT_ENABLED: u32 = 1;
 /// Local distance (ACPI: the distance of a node to itself).
 pub const LOCAL_DISTANCE: u8 = 10;
@@ -46,8 +58,28 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
-/// The SRAT (revision 3): a local APIC affinity structure per vCPU and a memory
-/// affinity structure per RAM range of each node.
+/// A Generic Initiator Affinity structure for PCI function `bdf` of segment 0 in
+/// `domain`: type, length, reserved, handle type, domain, the 16-byte PCI device handle
+/// (segment, BDF, 12 reserved bytes; ACPI 6.3 Table 5-80), flags, 4 reserved bytes.
+fn generic_initiator(domain: u32, bdf: u16) -> Vec<u8> {
+    let mut s = vec![
+        SRAT_GENERIC_INITIATOR,
+        SRAT_GENERIC_INITIATOR_LEN,
+        0,
+        SRAT_HANDLE_PCI,
+    ];
+    s.extend_from_slice(&domain.to_le_bytes());
+    s.extend_from_slice(&0u16.to_le_bytes());
+    s.extend_from_slice(&bdf.to_le_bytes());
+    s.extend_from_slice(&[0; 12]);
+    s.extend_from_slice(&SRAT_ENABLED.to_le_bytes());
+    s.extend_from_slice(&[0; 4]);
+    s
+}
+
+/// The SRAT (revision 3): a local APIC affinity structure per vCPU, a memory affinity
+/// structure per RAM range of each node, and a Generic Initiator Affinity structure per
+/// PCI function of each node without vCPUs.
 pub fn build_srat(nodes: &[NumaNode]) -> Vec<u8> {
     // Reserved: 4 bytes that must read 1 (for compatibility), then 8 bytes.
     let mut body = 1u32.to_le_bytes().to_vec();
@@ -69,6 +101,11 @@ pub fn build_srat(nodes: &[NumaNode]) -> Vec<u8> {
             body.extend_from_slice(&[0; 4]);
             body.extend_from_slice(&SRAT_ENABLED.to_le_bytes());
             body.extend_from_slice(&[0; 8]);
+        }
+        if node.vcpus.is_empty() {
+            for &bdf in &node.devices {
+                body.extend(generic_initiator(domain, bdf));
+            }
         }
     }
     table(b"SRAT", 3, &body)
@@ -131,11 +168,13 @@ mod tests {
                 vcpus: vec![0, 1],
                 memory: vec![(0, 2 * GIB)],
                 distances: vec![10, 21],
+                devices: vec![0x0100],
             },
             NumaNode {
                 vcpus: vec![2],
                 memory: vec![(2 * GIB, GIB), (4 * GIB, GIB)],
                 distances: vec![21, 10],
+                devices: Vec::new(),
             },
         ]
     }
@@ -157,6 +196,33 @@ mod tests {
         assert_eq!(u64::from_le_bytes(mem[8..16].try_into().unwrap()), 4 * GIB);
         assert_eq!(u64::from_le_bytes(mem[16..24].try_into().unwrap()), GIB);
         assert_eq!(u32::from_le_bytes(mem[28..32].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn a_device_node_without_cpus_lists_its_functions_as_generic_initiators() {
+        let mut nodes = two_nodes();
+        // Node 2: no vCPU, no RAM, the GPU 04:00.0 and its audio function 04:00.1.
+        nodes.push(NumaNode {
+            vcpus: Vec::new(),
+            memory: Vec::new(),
+            distances: vec![21, 21, 10],
+            devices: vec![0x0400, 0x0401],
+        });
+        let t = build_srat(&nodes);
+        assert_eq!(checksum(&t), 0);
+        // Node 0's device has CPUs beside it: no entry for it.
+        assert_eq!(t.len(), 48 + 3 * 16 + 3 * 40 + 2 * 32);
+        let gi = &t[t.len() - 64..t.len() - 32];
+        let want: [u8; 32] = [
+            5, 32, 0, 1, // type, length, reserved, PCI handle
+            2, 0, 0, 0, // proximity domain 2
+            0, 0, 0x00, 0x04, // segment 0, BDF 04:00.0 (bus in bits 15:8)
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // handle: reserved
+            1, 0, 0, 0, // flags: enabled
+            0, 0, 0, 0, // reserved
+        ];
+        assert_eq!(gi, want);
+        assert_eq!(&t[t.len() - 32 + 10..t.len() - 32 + 12], &[0x01, 0x04]);
     }
 
     #[test]
