@@ -352,6 +352,14 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 detail,
             }
         }
+        HostCheck::BarMapsAligned { min_bytes } => {
+            let (passed, detail) = bar_maps_verdict(&read("vmm-maps.txt"), min_bytes);
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
         HostCheck::VmmLogLines { max } => {
             let lines = read("l2-console.log")
                 .lines()
@@ -398,6 +406,54 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 },
             }
         }
+    }
+}
+
+/// Judge L1's sample of the VMM's /proc/PID/maps: every VFIO device mapping of 2 MiB or
+/// more starts aligned to its size (capped at 1 GiB), and the largest is `min_bytes`
+/// or more.
+pub(crate) fn bar_maps_verdict(maps: &str, min_bytes: u64) -> (bool, String) {
+    let bars: Vec<(u64, u64)> = maps
+        .lines()
+        .filter(|l| l.contains("vfio-device"))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some((start, end.checked_sub(start)?))
+        })
+        .filter(|&(_, len)| len >= 2 << 20)
+        .collect();
+    let largest = bars.iter().map(|b| b.1).max().unwrap_or(0);
+    if largest < min_bytes {
+        let detail = format!(
+            "no VFIO BAR mapping of {min_bytes:#x} bytes in L1's sample of the VMM's maps \
+             (largest {largest:#x}; {} lines sampled)",
+            maps.lines().count()
+        );
+        return (false, detail);
+    }
+    let want = |len: u64| len.next_power_of_two().min(1 << 30);
+    let shown: Vec<String> = bars
+        .iter()
+        .map(|&(start, len)| format!("{start:#x}+{len:#x}"))
+        .collect();
+    let bad: Vec<&String> = bars
+        .iter()
+        .zip(&shown)
+        .filter(|((start, len), _)| start % want(*len) != 0)
+        .map(|(_, s)| s)
+        .collect();
+    if bad.is_empty() {
+        (
+            true,
+            format!("aligned to their size (max 1 GiB): {}", shown.join(", ")),
+        )
+    } else {
+        (
+            false,
+            format!("not aligned to their size: {bad:?} (all: {shown:?})"),
+        )
     }
 }
 
@@ -561,6 +617,13 @@ mod tests {
 
     #[test]
     fn sandbox_verdict_wants_every_thread_filtered_without_capabilities() {
+        let maps = "7f0000000000-7f0200000000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n\
+                    7f0240000000-7f0241000000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n\
+                    7f0241000000-7f0241001000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n";
+        assert!(bar_maps_verdict(maps, 8 << 30).0);
+        assert!(!bar_maps_verdict(maps, 16 << 30).0, "the BAR was not seen");
+        let off = "7f0010000000-7f0210000000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n";
+        assert!(!bar_maps_verdict(off, 8 << 30).0, "256 MiB aligned only");
         let good = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n\
                     strait-vcpu0 CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
         assert!(sandbox_verdict(good).0);

@@ -115,6 +115,13 @@ pub enum HostCheck {
         /// A fault must be there (otherwise: none may be).
         expected: bool,
     },
+    /// Strait only: in L1's sample of the VMM's /proc/PID/maps, every mapping of a VFIO
+    /// device of at least 2 MiB (a BAR) starts at an address aligned to its size, up to
+    /// 1 GiB, and the largest is at least `min_bytes` long (so the check saw the BAR).
+    BarMapsAligned {
+        /// The size of the largest BAR mapping expected.
+        min_bytes: u64,
+    },
     /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
     StraitLogged {
         /// The check's name.
@@ -143,6 +150,7 @@ impl HostCheck {
             HostCheck::P2pBacking { .. } => "p2p-backing",
             HostCheck::DmarFault { expected: true } => "l1-dmar-fault",
             HostCheck::DmarFault { expected: false } => "l1-no-dmar-fault",
+            HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
         }
     }
 
@@ -154,6 +162,7 @@ impl HostCheck {
                 | HostCheck::StraitPlan
                 | HostCheck::VmmSandboxed
                 | HostCheck::VmmLogLines { .. }
+                | HostCheck::BarMapsAligned { .. }
                 | HostCheck::StraitLogged { .. }
         )
     }
@@ -523,6 +532,7 @@ pub fn passthrough() -> Scenario {
         },
         HostCheck::StraitCheck,
         HostCheck::StraitPlan,
+        HostCheck::BarMapsAligned { min_bytes: 8 << 30 },
     ];
     s.timeout = Duration::from_secs(420);
     s

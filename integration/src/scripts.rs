@@ -76,6 +76,7 @@ sandbox_status() { # PID: each thread's name, seccomp mode, no_new_privs and Cap
 		read c < $t/comm || continue
 		echo "$c $(grep -E '^(Seccomp|NoNewPrivs|CapEff):' $t/status | tr '\t\n' '  ')"
 	done > $W/vmm-sandbox.tmp 2>/dev/null && mv $W/vmm-sandbox.tmp $W/vmm-sandbox.txt
+	cp /proc/$1/maps $W/vmm-maps.tmp 2>/dev/null && mv $W/vmm-maps.tmp $W/vmm-maps.txt
 }
 find_pci() { # VENDOR DEVICE -> BDF of the first match
 	for d in /sys/bus/pci/devices/*; do

@@ -268,6 +268,9 @@ pub(crate) fn irq_set_words(req: &IrqRequest<'_>) -> Vec<u32> {
     words
 }
 
+/// The largest alignment a BAR's host mapping gets: a PUD (1 GiB) page.
+const MAX_BAR_ALIGN: u64 = 1 << 30;
+
 impl VfioDeviceOps for VfioBackend {
     fn reset_supported(&self) -> bool {
         self.flags & VFIO_DEVICE_FLAGS_RESET != 0
@@ -316,7 +319,21 @@ impl VfioDeviceOps for VfioBackend {
         if info.writable {
             prot |= libc::PROT_WRITE;
         }
-        HostMapping::map_file(self.dev.as_raw_fd(), at, len, prot)
+        // Aligned like the BAR in guest physical space (its size, up to 1 GiB), the span
+        // at its offset in the BAR: see HostMapping::map_file_aligned.
+        let align = info
+            .size
+            .checked_next_power_of_two()
+            .unwrap_or(0)
+            .min(MAX_BAR_ALIGN);
+        HostMapping::map_file_aligned(
+            self.dev.as_raw_fd(),
+            at,
+            len,
+            prot,
+            usize::try_from(align).unwrap_or(0),
+            usize::try_from(offset).unwrap_or(0),
+        )
     }
 
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo> {

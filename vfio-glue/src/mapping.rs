@@ -28,6 +28,75 @@ impl HostMapping {
         })
     }
 
+    /// Map `len` bytes of `fd` at `offset` as [`HostMapping::map_file`] does, at a host
+    /// address `a` with `(a - phase) % align == 0` (`align` a power of two).
+    ///
+    /// A BAR sits in guest physical space aligned to its size; mapping its host side
+    /// with the same alignment lets the kernel back it with PMD/PUD entries (vfio-pci's
+    /// huge pfnmap, Linux 6.12+: the BAR's pfns are aligned the same way on the host) and
+    /// KVM with 2 MiB/1 GiB second-level pages, where both sides are aligned alike. The
+    /// span's offset in its BAR is the `phase`. An `align` of a page or less is plain
+    /// [`HostMapping::map_file`].
+    pub fn map_file_aligned(
+        fd: RawFd,
+        offset: u64,
+        len: usize,
+        prot: i32,
+        align: usize,
+        phase: usize,
+    ) -> io::Result<Self> {
+        if align <= page_size() || !align.is_power_of_two() {
+            return Self::map_file(fd, offset, len, prot);
+        }
+        let off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        let reserve = len
+            .checked_add(align)
+            .ok_or_else(|| io::Error::other("mapping size overflows"))?;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a fresh inaccessible reservation at a kernel-chosen address; only used
+        // to find room for the aligned mapping, then trimmed below.
+        let base =
+            unsafe { libc::mmap(std::ptr::null_mut(), reserve, libc::PROT_NONE, flags, -1, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = base as usize;
+        let phase = phase & (align - 1);
+        // The first address in the reservation congruent to `phase` modulo `align`.
+        let at = base + (phase.wrapping_sub(base) & (align - 1));
+        // SAFETY: [at, at + len) lies inside the reservation made above, which this
+        // function owns; MAP_FIXED replaces that part of it and nothing else.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
+        let err = (p == libc::MAP_FAILED).then(io::Error::last_os_error);
+        // Give back the reservation around the mapping (all of it on failure).
+        let (head, tail_start) = match err {
+            None => (at - base, at + len),
+            Some(_) => (reserve, base + reserve),
+        };
+        // SAFETY: these ranges are parts of the reservation that hold no mapping of ours.
+        unsafe {
+            if head > 0 {
+                libc::munmap(base as *mut libc::c_void, head);
+            }
+            if tail_start < base + reserve {
+                libc::munmap(tail_start as *mut libc::c_void, base + reserve - tail_start);
+            }
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        Ok(HostMapping { addr: at, len })
+    }
+
     /// Anonymous read-write memory, standing in for device memory in tests.
     pub fn anonymous(len: usize) -> io::Result<Self> {
         let prot = libc::PROT_READ | libc::PROT_WRITE;
@@ -57,6 +126,12 @@ impl HostMapping {
     }
 }
 
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
 impl Drop for HostMapping {
     fn drop(&mut self) {
         // SAFETY: addr/len are exactly what mmap returned and nothing else unmaps it.
@@ -75,6 +150,60 @@ impl Drop for HostMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn aligned_file_mapping_lands_on_the_asked_phase() {
+        let f = tempfile_of(3 * 4096);
+        for (align, phase) in [(1 << 21, 0), (1 << 21, 0x3000), (1 << 30, 0x1000)] {
+            let m = HostMapping::map_file_aligned(
+                f.as_raw_fd(),
+                4096,
+                8192,
+                libc::PROT_READ,
+                align,
+                phase,
+            )
+            .unwrap();
+            assert_eq!(m.len(), 8192);
+            assert_eq!(m.addr() as usize % align, phase, "align {align:#x}");
+            // SAFETY: the mapping is 8 KiB long and readable.
+            let byte = unsafe { *((m.addr() + 1) as *const u8) };
+            assert_eq!(byte, 2, "the file's second page, second byte");
+        }
+    }
+
+    #[test]
+    fn small_alignment_is_a_plain_mapping() {
+        let f = tempfile_of(4096);
+        let m = HostMapping::map_file_aligned(f.as_raw_fd(), 0, 4096, libc::PROT_READ, 4096, 0)
+            .unwrap();
+        assert_eq!(m.addr() % 4096, 0);
+    }
+
+    #[test]
+    fn failed_aligned_mapping_is_an_error() {
+        let e = HostMapping::map_file_aligned(-1, 0, 4096, libc::PROT_READ, 1 << 21, 0);
+        assert!(e.is_err());
+    }
+
+    /// An unlinked file of `len` bytes whose byte `i` is `(i / 4096 + i % 4096) as u8`:
+    /// page `p` starts with `p`.
+    fn tempfile_of(len: usize) -> std::fs::File {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("strait-map-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i / 4096 + i % 4096) as u8).collect();
+        f.write_all(&data).unwrap();
+        f
+    }
 
     #[test]
     fn anonymous_mapping_has_the_asked_length() {

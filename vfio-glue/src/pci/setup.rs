@@ -205,9 +205,26 @@ pub(super) fn map_bar(
                 size: span.size,
                 source,
             })?;
+        log::info!(
+            "{addr}: BAR {index} +{:#x} ({:#x} bytes) mapped at host {:#x} (aligned to {})",
+            span.offset,
+            span.size,
+            m.addr(),
+            alignment_name(m.addr().wrapping_sub(span.offset))
+        );
         maps.push((*span, m));
     }
     Ok(MappedBar { plan, maps })
+}
+
+/// The largest of 1 GiB, 2 MiB, 4 KiB that `addr` is a multiple of, as a word.
+fn alignment_name(addr: u64) -> &'static str {
+    match addr {
+        a if a % (1 << 30) == 0 => "1 GiB",
+        a if a % (1 << 21) == 0 => "2 MiB",
+        a if a % (1 << 12) == 0 => "4 KiB",
+        _ => "less than a page",
+    }
 }
 
 #[cfg(test)]
