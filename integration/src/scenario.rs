@@ -966,7 +966,7 @@ mod tests {
     #[test]
     fn expected_checks_include_host_checks() {
         let names = passthrough().expected_checks();
-        assert_eq!(names.last().map(String::as_str), Some("strait-plan"));
+        assert_eq!(names.last().map(String::as_str), Some("bar-maps-aligned"));
         let qemu = passthrough().expected_checks_for(false);
         assert_eq!(qemu.last().map(String::as_str), Some("ivshmem-backing"));
     }
