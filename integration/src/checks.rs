@@ -381,6 +381,24 @@ echo "${d##*/} bound to bochs-drm, /dev/dri/card0 present""#,
     check("bochs-drm", body)
 }
 
+/// L2 resets the display itself through sysfs: the kernel finds no FLR or PM reset on
+/// it and sets Secondary Bus Reset on its root port (Strait's), the reset Strait turns
+/// into a VFIO (hot) reset of the host function. The function must answer afterwards
+/// with its vendor ID and keep its driver.
+pub fn guest_bus_reset() -> Check {
+    let mut body = pci_lookup(Device::Bochs);
+    body.push_str(
+        r#"m=$(cat $d/reset_method 2>/dev/null)
+echo 1 > $d/reset || { echo "${d##*/}: reset failed (reset_method '$m')"; return 1; }
+read v < $d/vendor
+[ "$v" = 0x1234 ] || { echo "${d##*/}: vendor $v after the reset"; return 1; }
+drv=$(driver_of $d)
+[ "$drv" = bochs-drm ] || { echo "${d##*/}: on '$drv' after the reset"; return 1; }
+echo "${d##*/} reset by L2 (reset_method '$m'), vendor $v, still on $drv""#,
+    );
+    check("guest-bus-reset", body)
+}
+
 /// The GPU-like slot's HD-audio function sits in the display's slot as function 1
 /// and the stock snd_hda_intel driver bound it.
 pub fn hda_in_display_slot() -> Check {

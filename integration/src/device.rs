@@ -16,6 +16,12 @@ pub enum Device {
     Ivshmem,
     /// QEMU's educational device (MMIO registers, DMA, INTx and MSI).
     Edu,
+    /// bochs-display and edu as functions 0 and 1 of one slot behind a PCIe root port
+    /// of L0's: like a GPU and its audio function, neither has FLR and they share
+    /// their bus and IOMMU group, so the display resets only by a bus (hot) reset
+    /// that reaches both. The display is passed through; edu stays bound to vfio-pci
+    /// in L1 as its group sibling.
+    DisplayPair,
     /// A GPU-like multi-function slot: bochs-display at function 0 and an ICH9 HD-audio
     /// controller at function 1 (like a GPU and its HDMI audio), in one IOMMU group.
     /// Found by its display function; passed through as a whole slot.
@@ -24,12 +30,13 @@ pub enum Device {
 
 impl Device {
     /// Every device, in the order L0 adds them.
-    pub const ALL: [Device; 5] = [
+    pub const ALL: [Device; 6] = [
         Device::Nvme,
         Device::Bochs,
         Device::Ivshmem,
         Device::Edu,
         Device::GpuSlot,
+        Device::DisplayPair,
     ];
 
     /// PCI vendor and device id of the HD-audio function of [`Device::GpuSlot`].
@@ -39,7 +46,7 @@ impl Device {
     pub fn pci_id(self) -> (u16, u16) {
         match self {
             Device::Nvme => (0x1b36, 0x0010),
-            Device::Bochs => (0x1234, 0x1111),
+            Device::Bochs | Device::DisplayPair => (0x1234, 0x1111),
             Device::Ivshmem => (0x1af4, 0x1110),
             Device::Edu => (0x1234, 0x11e8),
             Device::GpuSlot => (0x1234, 0x1111),
@@ -54,6 +61,7 @@ impl Device {
             Device::Ivshmem => "ivshmem",
             Device::Edu => "edu",
             Device::GpuSlot => "gpu-slot",
+            Device::DisplayPair => "display-pair",
         }
     }
 
@@ -63,6 +71,15 @@ impl Device {
         match self {
             Device::GpuSlot => Some(2),
             _ => None,
+        }
+    }
+
+    /// PCI vendor:device ids of the other functions of its IOMMU group, which L1 binds
+    /// to vfio-pci too (the group must be viable and a hot reset needs them there).
+    pub fn group_siblings(self) -> &'static [(u16, u16)] {
+        match self {
+            Device::DisplayPair => &[(0x1234, 0x11e8)],
+            _ => &[],
         }
     }
 
@@ -76,7 +93,7 @@ impl Device {
         ];
         match self {
             Device::Nvme => NVME,
-            Device::Bochs => BOCHS,
+            Device::Bochs | Device::DisplayPair => BOCHS,
             Device::GpuSlot => GPU_SLOT,
             Device::Ivshmem | Device::Edu => &[],
         }

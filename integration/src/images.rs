@@ -30,6 +30,8 @@ pub const L1_MODULES: &[ModuleRequest] = &[
     ModuleRequest::required(&["virtio_pci"]),
     ModuleRequest::required(&["9pnet_virtio"]),
     ModuleRequest::required(&["9p"]),
+    // The disk L0 gives L1 (`l0::L1_DISK_DEVICE`) for O_DIRECT disks of L2.
+    ModuleRequest::required(&["virtio_blk"]),
     // The `net` scenario's tap and the vhost-net data path of the VMM under test.
     ModuleRequest::required(&["tun"]),
     ModuleRequest::required(&["vhost_net"]),
@@ -292,7 +294,12 @@ pub fn l2_bench_image(
     init: &str,
     iobench: &Path,
 ) -> Result<PathBuf> {
-    let requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
+    let mut requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
+    // The blk launch's disk.
+    requests.extend([
+        ModuleRequest::required(&["virtio_pci"]),
+        ModuleRequest::required(&["virtio_blk"]),
+    ]);
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let scripts = [("init", init)];
     let binaries = [("bin/iobench", iobench)];

@@ -24,6 +24,12 @@ pub const NVME_IMAGE: &str = "nvme.img";
 pub const IVSHMEM_FILE: &str = "ivshmem.shm";
 /// Size of the NVMe namespace.
 pub const NVME_IMAGE_BYTES: u64 = 64 << 20;
+/// Where L1 sees the disk L0 gives it ([`L0Config::l1_disk`]): L1's only virtio-blk
+/// device. A real block device in L1, so a VMM there can open it with O_DIRECT (L1's
+/// tmpfs refuses O_DIRECT before Linux 6.6).
+pub const L1_DISK_DEVICE: &str = "/dev/vda";
+/// Size of the blank disk L1 gets when the run did not put an image there.
+pub const L1_DISK_BYTES: u64 = 256 << 20;
 /// Size of ivshmem's shared memory (its BAR2), large enough to need a 64-bit BAR.
 pub const IVSHMEM_BYTES: u64 = 8 << 30;
 
@@ -46,6 +52,8 @@ pub struct L0Config {
     pub work_dir: PathBuf,
     /// Emulated devices to add.
     pub devices: Vec<Device>,
+    /// A raw image L0 gives L1 as a virtio-blk disk ([`L1_DISK_DEVICE`]); L1 keeps it.
+    pub l1_disk: Option<PathBuf>,
     /// Two NUMA nodes (CPU `i` and half the RAM on node `i`) and the devices behind a
     /// root port on a pxb-pcie expander bus (bus 0x80) on node 1.
     pub numa: bool,
@@ -132,6 +140,14 @@ fn device_args(device: Device, work_dir: &Path) -> Vec<String> {
             "-device",
             "ich9-intel-hda,bus=pcie.0,addr=0x10.1",
         ]),
+        Device::DisplayPair => strings(&[
+            "-device",
+            "pcie-root-port,id=rph0,bus=pcie.0,chassis=20,slot=20",
+            "-device",
+            "bochs-display,bus=rph0,addr=0.0,multifunction=on",
+            "-device",
+            "edu,bus=rph0,addr=0.1",
+        ]),
     }
 }
 
@@ -196,6 +212,20 @@ pub fn l0_args(cfg: &L0Config) -> Vec<String> {
             args.extend(["-virtfs".into(), share]);
         }
     }
+    if let Some(disk) = &cfg.l1_disk {
+        // Last, so the devices under test and the shares keep their addresses in L1;
+        // on pcie.0 by name, as an expander bus would otherwise take it.
+        let drive = format!(
+            "file={},if=none,id=l1disk,format=raw,cache=writeback",
+            disk.display()
+        );
+        args.extend([
+            "-drive".into(),
+            drive,
+            "-device".into(),
+            "virtio-blk-pci,drive=l1disk,serial=testbed-l1disk,bus=pcie.0".into(),
+        ]);
+    }
     args.extend(["-kernel".into(), cfg.kernel.display().to_string()]);
     args.extend(["-initrd".into(), cfg.initrd.display().to_string()]);
     args.extend(["-append".into(), cfg.cmdline.clone()]);
@@ -224,7 +254,8 @@ fn numa_args(memory_mib: u32) -> Vec<String> {
     .into()
 }
 
-/// Creates the devices' sparse backing files in the work dir.
+/// Creates the devices' sparse backing files in the work dir, and L1's disk if the
+/// run did not write one.
 pub fn create_backing_files(cfg: &L0Config) -> Result<()> {
     let sparse = |name: &str, len: u64| -> Result<()> {
         let path = cfg.work_dir.join(name);
@@ -242,6 +273,15 @@ pub fn create_backing_files(cfg: &L0Config) -> Result<()> {
     }
     if cfg.devices.contains(&Device::Ivshmem) {
         sparse(IVSHMEM_FILE, IVSHMEM_BYTES)?;
+    }
+    // L1's disk: the image the run wrote there, else a blank one.
+    if let Some(disk) = cfg.l1_disk.as_ref().filter(|d| !d.exists()) {
+        File::create(disk)
+            .and_then(|f| f.set_len(L1_DISK_BYTES))
+            .map_err(|source| Error::WriteFile {
+                path: disk.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -500,6 +540,7 @@ mod tests {
             smp: 2,
             work_dir: PathBuf::from("/w"),
             devices,
+            l1_disk: None,
             numa: false,
             nvme_known_block: false,
         }
@@ -548,11 +589,34 @@ mod tests {
     }
 
     #[test]
+    fn l1_gets_its_disk_after_the_devices_under_test() {
+        let mut cfg = config(vec![Device::Nvme]);
+        assert!(!joined(&cfg).contains("l1disk"));
+        cfg.l1_disk = Some(PathBuf::from("/w/root.img"));
+        let args = joined(&cfg);
+        let disk = args
+            .find("-drive file=/w/root.img,if=none,id=l1disk,format=raw")
+            .unwrap();
+        assert!(args.find("nvme,drive=nvme0").unwrap() < disk, "{args}");
+        assert!(args.contains("-device virtio-blk-pci,drive=l1disk"));
+    }
+
+    #[test]
     fn devices_are_backed_by_files_in_the_work_dir() {
         let args = joined(&config(vec![Device::Nvme, Device::Ivshmem]));
         assert!(args.contains("-drive file=/w/nvme.img,if=none,id=nvme0,format=raw"));
         assert!(args.contains("mem-path=/w/ivshmem.shm,size=8G,share=on"));
         assert!(args.contains("-device ivshmem-plain,memdev=shm0"));
+    }
+
+    #[test]
+    fn display_pair_shares_one_slot_behind_a_root_port() {
+        let args = joined(&config(vec![Device::DisplayPair]));
+        assert!(args.contains(
+            "-device pcie-root-port,id=rph0,bus=pcie.0,chassis=20,slot=20 \
+             -device bochs-display,bus=rph0,addr=0.0,multifunction=on \
+             -device edu,bus=rph0,addr=0.1"
+        ));
     }
 
     #[test]

@@ -102,9 +102,13 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
     let mut guest = guest_config(ctx);
     if let Some(disk) = &ctx.scenario.root_disk {
         let (h, w) = (ctx.host, work_dir);
-        guest
-            .disks
-            .push(rootdisk::build(&h.mke2fs, &h.busybox, w, disk)?);
+        let image = rootdisk::build(&h.mke2fs, &h.busybox, w, disk)?;
+        if ctx.scenario.l1_disk == Some(rootdisk::ROOT_IMAGE) {
+            guest.disks.push(PathBuf::from(l0::L1_DISK_DEVICE));
+            guest.direct_disks = true;
+        } else {
+            guest.disks.push(image);
+        }
     }
     let spec_template = ctx.opts.vmm.spec_template(&guest);
     if let Some(text) = &spec_template {
@@ -154,6 +158,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         smp: ctx.opts.l0_smp,
         work_dir: work_dir.to_path_buf(),
         devices: ctx.scenario.devices.clone(),
+        l1_disk: ctx.scenario.l1_disk.map(|name| work_dir.join(name)),
         numa: ctx.scenario.l0_numa,
         nvme_known_block: ctx.scenario.nvme_known_block,
     }
@@ -194,6 +199,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         devices: ctx.scenario.devices.len(),
         strait: ctx.scenario.strait.clone(),
         disks: Vec::new(),
+        direct_disks: false,
         net: ctx.scenario.net,
         whole_slots: (0..)
             .zip(&ctx.scenario.devices)

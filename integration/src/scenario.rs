@@ -277,6 +277,9 @@ pub struct Scenario {
     pub net: bool,
     /// L0's nvme image holds [`p2p::known_block`] at [`p2p::DISK_OFFSET`].
     pub nvme_known_block: bool,
+    /// A file in the work dir that L0 gives L1 as a disk (`l0::L1_DISK_DEVICE`); with
+    /// the root disk's image, L2's root disk is that block device opened with O_DIRECT.
+    pub l1_disk: Option<&'static str>,
 }
 
 /// What L2's /init does after its checks unless a scenario says otherwise.
@@ -297,8 +300,10 @@ pub const BUILTIN: &[&str] = &[
     "graceful-shutdown",
     "graceful-shutdown-timeout",
     "reboot",
+    "hot-reset",
     "api",
     "root-disk",
+    "root-disk-direct",
     "hostile",
     "net",
     "net-userspace",
@@ -347,6 +352,7 @@ impl Scenario {
             root_disk: None,
             net: false,
             nvme_known_block: false,
+            l1_disk: None,
         }
     }
 
@@ -381,8 +387,10 @@ impl Scenario {
             "graceful-shutdown" => Ok(graceful_shutdown()),
             "graceful-shutdown-timeout" => Ok(graceful_shutdown_timeout()),
             "reboot" => Ok(reboot()),
+            "hot-reset" => Ok(hot_reset()),
             "api" => Ok(api()),
             "root-disk" => Ok(root_disk()),
+            "root-disk-direct" => Ok(root_disk_direct()),
             "hostile" => Ok(hostile()),
             "net" => Ok(net()),
             "net-userspace" => Ok(net_userspace()),
@@ -670,6 +678,35 @@ reboot -f"#
     s
 }
 
+/// What Strait logs for each VFIO hot reset (vfio-glue's `pci` module).
+pub const HOT_RESET_LOG: &str = "bus reset through VFIO hot reset";
+
+/// The `reboot` guest plus a display that resets only by a bus reset
+/// ([`Device::DisplayPair`]: bochs-display beside edu in one slot behind an L0 root
+/// port, one IOMMU group, no FLR). Strait holds the group, so it resets the display with
+/// VFIO_DEVICE_PCI_HOT_RESET when it takes it, at each guest-set secondary bus reset
+/// (L2 resets the display through sysfs in each boot), at the reboot in place and at
+/// release: five hot resets, and the display keeps working across them.
+pub fn hot_reset() -> Scenario {
+    let mut s = reboot();
+    s.name = "hot-reset".into();
+    s.devices.push(Device::DisplayPair);
+    s.checks.push(checks::bochs_drm());
+    s.checks.push(checks::guest_bus_reset());
+    s.host_checks.push(HostCheck::L2PrintedTimes {
+        name: "vfio-hot-resets",
+        marker: HOT_RESET_LOG,
+        count: 5,
+    });
+    s.host_checks.push(HostCheck::L2PrintedTimes {
+        name: "guest-bus-reset-twice",
+        marker: "TESTBED-CHECK guest-bus-reset PASS",
+        count: 2,
+    });
+    s.timeout = Duration::from_secs(420);
+    s
+}
+
 /// The L2 marker after which L1 drives the control API.
 pub const API_READY: &str = "TESTBED-API-READY";
 /// Seconds L1 keeps the guest paused.
@@ -775,6 +812,18 @@ pub fn root_disk() -> Scenario {
     ];
     s.host_checks = vec![HostCheck::RootDiskFile(disk)];
     s.root_disk = Some(disk);
+    s
+}
+
+/// `root-disk` with the image on a real block device in L1: L0 gives L1 the image as a
+/// virtio-blk disk and the VMM opens L1's /dev/vda with O_DIRECT (Strait `"direct":
+/// true`, QEMU `cache=none,aio=io_uring`), which L1's tmpfs would refuse. L1's sample of
+/// the VMM's threads, the disk's workers among them, must show each sandboxed.
+pub fn root_disk_direct() -> Scenario {
+    let mut s = root_disk();
+    s.name = "root-disk-direct".into();
+    s.l1_disk = Some(crate::rootdisk::ROOT_IMAGE);
+    s.host_checks.push(HostCheck::VmmSandboxed);
     s
 }
 
@@ -967,6 +1016,7 @@ mod tests {
     fn expected_checks_include_host_checks() {
         let names = passthrough().expected_checks();
         assert_eq!(names.last().map(String::as_str), Some("bar-maps-aligned"));
+        assert!(names.iter().any(|n| n == "strait-plan"));
         let qemu = passthrough().expected_checks_for(false);
         assert_eq!(qemu.last().map(String::as_str), Some("ivshmem-backing"));
     }

@@ -85,14 +85,23 @@ find_pci() { # VENDOR DEVICE -> BDF of the first match
 	done
 	return 1
 }
-bind_vfio() { # BDF: hand the device to vfio-pci; it must be alone in its IOMMU group
+bind_vfio() { # BDF [shared]: hand the device to vfio-pci; it must be alone in its IOMMU
+	# group, or with "shared" share it only with functions on vfio-pci (or none) and
+	# bridges on pcieport
 	d=/sys/bus/pci/devices/$1
 	[ -e $d/driver ] && echo $1 > $d/driver/unbind
 	echo vfio-pci > $d/driver_override
 	echo $1 > /sys/bus/pci/drivers_probe
 	g=$(basename "$(readlink $d/iommu_group)")
 	n=$(ls $d/iommu_group/devices | wc -l)
-	[ "$n" = 1 ] || fail "$1 shares IOMMU group $g with other devices"
+	if [ "$2" = shared ]; then
+		for m in $d/iommu_group/devices/*; do
+			drv=; [ -e $m/driver ] && drv=$(basename "$(readlink $m/driver)")
+			case $drv in vfio-pci|pcieport|'') ;; *) fail "$1: IOMMU group $g member ${m##*/} on '$drv'";; esac
+		done
+	else
+		[ "$n" = 1 ] || fail "$1 shares IOMMU group $g with other devices"
+	fi
 	[ -c /dev/vfio/$g ] || fail "$1 handed to vfio-pci but no /dev/vfio/$g"
 	echo "TESTBED-L1 $1 bound to vfio-pci, IOMMU group $g"
 }
@@ -318,15 +327,24 @@ fn l1_setup_script(plan: &RunPlan) -> String {
     s.push_str(L1_RUN_LIB);
     push_hugepages(&mut s, plan);
     for (i, device) in plan.devices.iter().enumerate() {
+        let siblings = device.group_siblings();
+        for (vendor, id) in siblings {
+            let _ = writeln!(
+                s,
+                "sib=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} sibling {vendor:04x}:{id:04x} not found in L1\"\nbind_vfio $sib shared",
+                device.name()
+            );
+        }
         let (vendor, id) = device.pci_id();
-        let bind = if device.slot_functions().is_some() {
-            "bind_slot"
-        } else {
-            "bind_vfio"
-        };
+        let bind = match (device.slot_functions(), siblings.is_empty()) {
+            (Some(_), _) => "bind_slot $DEV{i}",
+            (None, true) => "bind_vfio $DEV{i}",
+            (None, false) => "bind_vfio $DEV{i} shared",
+        }
+        .replace("{i}", &i.to_string());
         let _ = writeln!(
             s,
-            "DEV{i}=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} ({vendor:04x}:{id:04x}) not found in L1\"\nSLOT{i}=${{DEV{i}%.*}}\n{bind} $DEV{i}",
+            "DEV{i}=$(find_pci 0x{vendor:04x} 0x{id:04x}) || fail \"{} ({vendor:04x}:{id:04x}) not found in L1\"\nSLOT{i}=${{DEV{i}%.*}}\n{bind}",
             device.name()
         );
     }
@@ -437,6 +455,20 @@ mod tests {
             actions: Vec::new(),
             net: false,
         }
+    }
+
+    #[test]
+    fn a_device_with_group_siblings_binds_them_first_and_shares_its_group() {
+        let script = l1_run_script(&plan(
+            vec![Device::Nvme, Device::DisplayPair],
+            HugePages::Size2M,
+        ));
+        let sib = script.find("sib=$(find_pci 0x1234 0x11e8)");
+        let dev = script.find("DEV1=$(find_pci 0x1234 0x1111)");
+        assert!(sib.is_some() && sib < dev, "{script}");
+        assert!(script.contains("bind_vfio $sib shared\n"));
+        assert!(script.contains("bind_vfio $DEV1 shared\n"));
+        assert!(script.contains("bind_vfio $DEV0\n"));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct GuestConfig {
     pub strait: StraitSettings,
     /// Raw disk images given to L2 as virtio-blk (host paths, /dev/vda first).
     pub disks: Vec<PathBuf>,
+    /// Open the disks with O_DIRECT: Strait `"direct": true`, QEMU
+    /// `cache=none,aio=io_uring`; they must be block devices in L1.
+    pub direct_disks: bool,
     /// Give L2 virtio-net on L1's tap ([`crate::net`]).
     pub net: bool,
     /// Devices passed through as whole slots: (index, functions). Strait gets the slot
@@ -171,11 +174,17 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
         }
     }
     // Each disk behind a root port of its own, after the passed-through devices, as
-    // Strait places them; host page cache, like Strait's `"direct": false`.
+    // Strait places them; host page cache like Strait's `"direct": false`, or O_DIRECT
+    // with QEMU's fastest asynchronous backend like `"direct": true`.
+    let cache = if guest.direct_disks {
+        "cache=none,aio=io_uring"
+    } else {
+        "cache=writeback"
+    };
     for (i, disk) in guest.disks.iter().enumerate() {
         let n = guest.devices + i + 1;
         let drive = format!(
-            "file={},if=none,id=vd{i},format=raw,cache=writeback",
+            "file={},if=none,id=vd{i},format=raw,{cache}",
             disk.display()
         );
         let port = format!("pcie-root-port,id=rpv{i},bus=pcie.0,chassis={n},slot={n}");
@@ -238,7 +247,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
         let disks = guest
             .disks
             .iter()
-            .map(|p| serde_json::json!({ "path": p.display().to_string() }))
+            .map(|p| {
+                serde_json::json!({ "path": p.display().to_string(), "direct": guest.direct_disks })
+            })
             .collect();
         spec["disks"] = serde_json::Value::Array(disks);
     }
@@ -279,6 +290,7 @@ mod tests {
             cmdline: "console=ttyS0 pci=nomsi".into(),
             devices,
             disks: Vec::new(),
+            direct_disks: false,
             net: false,
             whole_slots: Vec::new(),
             hide_hypervisor: false,

@@ -20,9 +20,14 @@
 //! - `graceful-shutdown`, `graceful-shutdown-timeout`: SIGTERM presses the ACPI power
 //!   button; acpid in L2 powers off (exit 0), or L2 ignores it and is stopped (exit 9).
 //! - `reboot`: L2 reboots once and boots again in the same Strait process.
+//! - `hot-reset`: as `reboot`, plus a display that only a bus reset resets (beside a
+//!   sibling function in its IOMMU group): VFIO hot resets at take, at L2's own bus
+//!   resets, at the reboot and at release.
 //! - `api`: `strait ctl` reads, pauses, resumes and shuts down the VM over its socket.
 //! - `root-disk`: L2 switches root to ext4 on virtio-blk (/dev/vda) with nvme passed
 //!   through; the file it writes there is found in the image by the host (debugfs).
+//! - `root-disk-direct`: the same with the image on L1's block device (a disk L0 gives
+//!   L1) opened with O_DIRECT (`"direct": true`).
 //! - `hostile`: L2 writes every config offset with every size on every function, moves
 //!   BARs onto RAM and onto each other and toggles the MSI-X function mask in a loop;
 //!   Strait keeps running with a short log, nvme still works, and L1 sees every Strait
@@ -168,6 +173,14 @@ fn strait_reboots_the_guest_in_place() {
     run_with_strait(scenario::reboot());
 }
 
+/// A display without FLR beside a sibling function (one IOMMU group, one bus): Strait
+/// holds the group, so take, L2's secondary bus resets, the reboot in place and release
+/// each reset it with VFIO_DEVICE_PCI_HOT_RESET; the display keeps its driver throughout.
+#[test]
+fn strait_hot_resets_a_function_that_only_a_bus_reset_resets() {
+    run_with_strait(scenario::hot_reset());
+}
+
 /// `strait ctl` against the control API while L2 runs: info names the devices at the
 /// guest addresses L2 sees, pause/resume shows as a gap in L2's clock, a burst of
 /// malformed requests leaves the VM running, and `shutdown` ends it through the button.
@@ -186,6 +199,11 @@ fn strait_is_controlled_through_its_api_socket() {
 #[test]
 fn strait_boots_l2_from_a_virtio_blk_root_disk() {
     run_with_strait(scenario::root_disk());
+}
+
+#[test]
+fn strait_boots_l2_from_an_o_direct_root_disk_on_l1s_block_device() {
+    run_with_strait(scenario::root_disk_direct());
 }
 
 #[test]

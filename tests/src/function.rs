@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use devices::pci::regs::{CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_PM};
 use devices::pci::{BarKind, PciIds};
 use vfio_glue::device::{IrqIndex, IrqInfo, IrqRequest, RegionInfo, ROM_REGION};
+use vfio_glue::hot_reset::HotResetTarget;
 use vfio_glue::mapping::HostMapping;
 use vfio_glue::VfioDeviceOps;
 
@@ -320,6 +321,18 @@ impl VfioDeviceOps for LargeRegions {
 
     fn reset(&self) -> io::Result<()> {
         self.inner.reset()
+    }
+
+    fn hot_reset_info(&self) -> io::Result<Vec<HotResetTarget>> {
+        self.inner.hot_reset_info()
+    }
+
+    fn held_groups(&self) -> Vec<u32> {
+        self.inner.held_groups()
+    }
+
+    fn hot_reset(&self, groups: &[u32]) -> io::Result<()> {
+        self.inner.hot_reset(groups)
     }
 }
 

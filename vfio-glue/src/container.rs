@@ -22,6 +22,7 @@ use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::error::{Error, Result};
+use crate::hot_reset::HeldGroups;
 
 ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
 
@@ -62,6 +63,8 @@ pub trait DmaMapper: Send + Sync {
 /// A VFIO container (one IOMMU domain shared by all passed-through groups).
 pub struct Container {
     inner: Arc<VfioContainer>,
+    /// Duplicates of the attached groups' fds, for hot resets.
+    groups: Arc<HeldGroups>,
 }
 
 impl Container {
@@ -73,7 +76,13 @@ impl Container {
         let inner = VfioContainer::new(handle).map_err(Error::OpenContainer)?;
         Ok(Container {
             inner: Arc::new(inner),
+            groups: Arc::default(),
         })
+    }
+
+    /// The group fds this container's devices may name in a hot reset.
+    pub(crate) fn held_groups(&self) -> Arc<HeldGroups> {
+        self.groups.clone()
     }
 
     /// The handle vfio-ioctls opens devices through (attaching their group).

@@ -12,6 +12,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use log::warn;
 use vfio_bindings::bindings::vfio::{
@@ -22,17 +23,24 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_WRITE, VFIO_TYPE,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
-use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr};
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr};
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
+use crate::hot_reset::{self, HeldGroups, HotResetTarget};
 use crate::mapping::HostMapping;
 
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+ioctl_io_nr!(
+    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+    VFIO_TYPE as u32,
+    VFIO_BASE + 12
+);
+ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE as u32, VFIO_BASE + 13);
 
 /// VFIO region index of the ROM BAR and of config space (vfio.h VFIO_PCI_*_REGION_INDEX).
 pub const ROM_REGION: u32 = 6;
@@ -113,6 +121,13 @@ pub trait VfioDeviceOps: Send {
     fn irq_info(&self, index: IrqIndex) -> Option<IrqInfo>;
     fn set_irqs(&self, req: IrqRequest<'_>) -> io::Result<()>;
     fn reset(&self) -> io::Result<()>;
+    /// VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: every function a bus or slot reset of this
+    /// one resets too (itself included), with its IOMMU group. ENODEV: there is none.
+    fn hot_reset_info(&self) -> io::Result<Vec<HotResetTarget>>;
+    /// The IOMMU groups this process holds, which a hot reset may name.
+    fn held_groups(&self) -> Vec<u32>;
+    /// VFIO_DEVICE_PCI_HOT_RESET naming `groups` (each one held).
+    fn hot_reset(&self, groups: &[u32]) -> io::Result<()>;
 }
 
 /// A device opened through vfio-ioctls.
@@ -123,6 +138,8 @@ pub struct VfioBackend {
     regions: Vec<Option<RegionInfo>>,
     /// The function's sysfs directory, which vfio-ioctls reads again on drop.
     sysfs_path: PathBuf,
+    /// The container's group fds, for a hot reset.
+    groups: Arc<HeldGroups>,
 }
 
 /// Whether vfio-ioctls can release the device at `sysfs_path`: its drop reads the
@@ -201,11 +218,14 @@ impl VfioBackend {
             );
         }
         let regions = (0..=CONFIG_REGION).map(|i| region_from(&dev, i)).collect();
+        let groups = container.held_groups();
+        groups.keep(host.group);
         Ok(VfioBackend {
             dev: ManuallyDrop::new(dev),
             flags: info.flags,
             regions,
             sysfs_path: host.sysfs_path.clone(),
+            groups,
         })
     }
 
@@ -361,6 +381,48 @@ impl VfioDeviceOps for VfioBackend {
     fn reset(&self) -> io::Result<()> {
         // SAFETY: VFIO_DEVICE_RESET takes no argument and the fd is a VFIO device.
         let ret = unsafe { ioctl(&*self.dev, VFIO_DEVICE_RESET()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn hot_reset_info(&self) -> io::Result<Vec<HotResetTarget>> {
+        // The first call learns the count (ENOSPC), the second fetches the list.
+        let mut buf = hot_reset::info_buffer(0);
+        for _ in 0..2 {
+            // SAFETY: `buf` is a struct vfio_pci_hot_reset_info of argsz bytes (its
+            // first word); the kernel writes at most that many.
+            let ret = unsafe {
+                ioctl_with_mut_ptr(
+                    &*self.dev,
+                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                    buf.as_mut_ptr(),
+                )
+            };
+            if ret == 0 {
+                return Ok(hot_reset::parse_info(&buf));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOSPC) {
+                return Err(err);
+            }
+            buf = hot_reset::info_buffer(hot_reset::info_count(&buf));
+        }
+        Err(io::Error::other("the hot reset list kept growing"))
+    }
+
+    fn held_groups(&self) -> Vec<u32> {
+        self.groups.ids()
+    }
+
+    fn hot_reset(&self, groups: &[u32]) -> io::Result<()> {
+        let ret = self.groups.with_fds(groups, |fds| {
+            let words = hot_reset::reset_words(fds);
+            // SAFETY: `words` is a complete struct vfio_pci_hot_reset of argsz bytes
+            // naming open group fds; the kernel only reads it.
+            unsafe { ioctl_with_ptr(&*self.dev, VFIO_DEVICE_PCI_HOT_RESET(), words.as_ptr()) }
+        })?;
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }

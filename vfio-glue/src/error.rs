@@ -276,6 +276,39 @@ pub enum Error {
     },
 
     #[error(
+        "{addr}: not reset: it has no FLR or PM reset, and a bus reset would also reset \
+         {blocker} (IOMMU group {group}), which Strait does not hold; pass every function \
+         of that bus through to this VM (all of group {group} included) or give {addr} \
+         another reset method; device state may leak between VMs"
+    )]
+    HotResetBlocked {
+        addr: HostPciAddress,
+        blocker: HostPciAddress,
+        group: u32,
+    },
+
+    #[error(
+        "{addr}: no reset mechanism (no FLR or PM reset, and VFIO offers no bus or slot \
+         reset for it); device state may leak between VMs"
+    )]
+    NoResetMethod { addr: HostPciAddress },
+
+    #[error("{addr}: VFIO_DEVICE_GET_PCI_HOT_RESET_INFO")]
+    HotResetInfo {
+        addr: HostPciAddress,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{addr}: VFIO_DEVICE_PCI_HOT_RESET of IOMMU groups {groups:?}")]
+    HotReset {
+        addr: HostPciAddress,
+        groups: Vec<u32>,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
         "{addr}: the card does not answer after its reset (config space {}); it is stuck. \
          Try another reset method (`cat /sys/bus/pci/devices/{addr}/reset_method`, then \
          e.g. `echo bus > /sys/bus/pci/devices/{addr}/reset_method`) or power-cycle the host",

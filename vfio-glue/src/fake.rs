@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::{DmaMapper, IovaRange};
 use crate::device::{IrqIndex, IrqInfo, IrqRequest, RegionInfo, VfioDeviceOps, CONFIG_REGION};
+use crate::hot_reset::HotResetTarget;
 use crate::mapping::HostMapping;
 
 /// An MSI router that accepts every call and does nothing.
@@ -60,6 +61,9 @@ pub enum Call {
         size: u64,
     },
     Reset,
+    HotReset {
+        groups: Vec<u32>,
+    },
     DeviceClosed,
     DmaMap {
         iova: u64,
@@ -123,6 +127,10 @@ pub struct FakeDevice {
     dies_on_reset: Arc<AtomicBool>,
     /// Fail SET_IRQS with this errno.
     pub fail_set_irqs: Option<i32>,
+    /// What GET_PCI_HOT_RESET_INFO lists (None: ENODEV, no bus or slot reset).
+    hot_reset_targets: Option<Vec<HotResetTarget>>,
+    /// The groups this process holds.
+    held_groups: Vec<u32>,
 }
 
 impl FakeDevice {
@@ -138,6 +146,8 @@ impl FakeDevice {
             reset_supported: true,
             dies_on_reset: Arc::default(),
             fail_set_irqs: None,
+            hot_reset_targets: None,
+            held_groups: Vec::new(),
         };
         let info = RegionInfo {
             size: 4096,
@@ -181,6 +191,21 @@ impl FakeDevice {
     pub fn without_reset(mut self) -> Self {
         self.reset_supported = false;
         self
+    }
+
+    /// A hot reset of this device would reset `targets`; the process holds `held`.
+    pub fn with_hot_reset(mut self, targets: Vec<HotResetTarget>, held: Vec<u32>) -> Self {
+        self.hot_reset_targets = Some(targets);
+        self.held_groups = held;
+        self
+    }
+
+    /// A reset leaves config space reading all ones while the flag is set.
+    fn after_reset(&self) -> io::Result<()> {
+        if self.dies_on_reset.load(Ordering::SeqCst) {
+            self.with_data(CONFIG_REGION, |d| d.fill(0xff))?;
+        }
+        Ok(())
     }
 
     fn with_data<T>(&self, index: u32, f: impl FnOnce(&mut Vec<u8>) -> T) -> io::Result<T> {
@@ -265,10 +290,24 @@ impl VfioDeviceOps for FakeDevice {
 
     fn reset(&self) -> io::Result<()> {
         self.log.push(Call::Reset);
-        if self.dies_on_reset.load(Ordering::SeqCst) {
-            self.with_data(CONFIG_REGION, |d| d.fill(0xff))?;
-        }
-        Ok(())
+        self.after_reset()
+    }
+
+    fn hot_reset_info(&self) -> io::Result<Vec<HotResetTarget>> {
+        self.hot_reset_targets
+            .clone()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+    }
+
+    fn held_groups(&self) -> Vec<u32> {
+        self.held_groups.clone()
+    }
+
+    fn hot_reset(&self, groups: &[u32]) -> io::Result<()> {
+        self.log.push(Call::HotReset {
+            groups: groups.to_vec(),
+        });
+        self.after_reset()
     }
 }
 

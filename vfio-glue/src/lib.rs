@@ -19,6 +19,9 @@
 //!    memory decode off, remove them (vfio-pci zaps the mmaps then).
 //! 5. Teardown: remove the slots, then drop the devices (interrupts off, bus
 //!    master off, reset), then the last `GuestDma` handle (DMA unmapped).
+//!
+//! Every reset is VFIO_DEVICE_RESET, or for a function without one a hot reset of its
+//! bus when this process holds every group it reaches ([`hot_reset`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -31,6 +34,7 @@ pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod host;
+pub mod hot_reset;
 pub mod irq;
 pub mod mapping;
 pub mod open;

@@ -5,12 +5,13 @@
 //! process a request; this thread never touches a vCPU.
 //!
 //! Kept apart from the control API's event loop on purpose: a slow disk must not hold up
-//! an API request, nor an API client the guest's I/O.
+//! an API request, nor an API client the guest's I/O. Disk requests themselves run on
+//! each disk's worker threads (`devices::virtio::block::workers`); this thread hands
+//! them out and watches their completion eventfds.
 //!
 //! Syscalls this thread makes (for its seccomp filter): epoll_wait/epoll_pwait (the
-//! loop), read (notify eventfds), write (irqfd eventfds; log lines to stderr), preadv,
-//! pwritev, fdatasync, fallocate (discard, write zeroes on files), ioctl BLKDISCARD and
-//! BLKZEROOUT (block devices only); for virtio-net on the userspace path read and
+//! loop), read (notify and completion eventfds), write (irqfd eventfds; log lines to
+//! stderr); for virtio-net on the userspace path read and
 //! writev on the tap fd (epoll_ctl happens before the thread starts; vhost-net
 //! interfaces put nothing on this thread); futex (the device mutex), mmap/munmap/madvise/brk
 //! (the allocator), clock_gettime (log timestamps, usually vDSO), and at exit

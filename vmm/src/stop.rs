@@ -102,6 +102,12 @@ impl StopSignal {
         }
     }
 
+    /// True from a reboot request until [`StopSignal::rearm`] (or for good, when the VM
+    /// exits on a reboot instead).
+    pub fn reboot_requested(&self) -> bool {
+        matches!(lock(&self.state).reason, Some(StopReason::Reboot(_)))
+    }
+
     /// The guest's power button, once its device exists (before the vCPUs start), and
     /// the time a guest gets to power off after it (`lifecycle.shutdown_timeout_s`).
     pub fn arm_power_button(&self, button: Arc<dyn PowerButton>, timeout: Duration) {
@@ -276,5 +282,18 @@ mod tests {
         assert!(matches!(s.wait(), StopReason::Reboot(_)));
         s.rearm();
         assert!(!s.is_stopping() && s.shutdown_under_way());
+    }
+
+    #[test]
+    fn a_reboot_request_shows_until_rearmed_and_only_a_reboot() {
+        let s = StopSignal::default();
+        assert!(!s.reboot_requested());
+        s.request(PowerAction::Reboot);
+        s.stop(StopReason::PowerOff);
+        assert!(s.reboot_requested(), "the first reason wins");
+        s.rearm();
+        assert!(!s.reboot_requested());
+        s.request(PowerAction::PowerOff);
+        assert!(!s.reboot_requested());
     }
 }

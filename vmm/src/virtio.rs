@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusDevice, SharedDevice};
 use devices::pci::{Bdf, PciDevice, SharedPciDevice};
-use devices::virtio::block::{Block, DiskError, DiskFile, DiskOptions};
+use devices::virtio::block::{
+    Block, DiskError, DiskFile, DiskOptions, WorkerConfig, WORKER_THREADS,
+};
 use devices::virtio::net::tap::{self, Tap, TapError};
 use devices::virtio::net::vhost::VhostNet;
 use devices::virtio::net::Net;
@@ -36,6 +38,10 @@ use crate::interrupts::{GsiRouting, KvmIrqProvider};
 use crate::io_buses::IoBuses;
 use crate::io_thread::{IoThread, QueueEvents};
 use crate::spec::VmSpec;
+
+/// Names of a disk's worker threads: `strait-blk<disk>-<worker>` (for logs, `ps -T` and
+/// the seccomp filter).
+pub const BLOCK_THREAD_PREFIX: &str = "strait-blk";
 
 /// Failures setting up virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +102,12 @@ pub enum VirtioError {
     },
     #[error("cannot start the I/O thread")]
     IoThread(#[source] io::Error),
+    #[error("{label}: cannot start its worker threads")]
+    BlockWorkers {
+        label: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl VirtioError {
@@ -305,7 +317,19 @@ impl VirtioDevices {
                 },
                 d.serial_or_default(index)
             );
-            let block = Block::new(label.clone(), disk, &d.serial_or_default(index));
+            let workers = WorkerConfig {
+                threads: WORKER_THREADS,
+                name: format!("{BLOCK_THREAD_PREFIX}{index}-"),
+                on_start: Arc::new(|| {
+                    crate::sandbox::enter(crate::sandbox::ThreadKind::Blk)
+                        .map_err(|e| crate::error::Error::from(e).one_line())
+                }),
+            };
+            let block = Block::new(label.clone(), disk, &d.serial_or_default(index), &workers)
+                .map_err(|source| VirtioError::BlockWorkers {
+                    label: label.clone(),
+                    source,
+                })?;
             functions.push(function(label, Arc::new(Mutex::new(block)), mem, routing)?);
         }
         for index in 0..spec.net.len() {

@@ -254,6 +254,7 @@ impl Vm {
             memory_mib: spec.memory.size_mib,
             hugepages: spec.memory.hugepages.to_string(),
             boots: self.boots.clone(),
+            restarts: spec.lifecycle.on_reboot == OnReboot::Restart,
             devices: self
                 .passthrough
                 .as_ref()
@@ -365,13 +366,17 @@ pub struct VmHandle {
     memory_mib: u64,
     hugepages: String,
     boots: Arc<AtomicU32>,
+    /// A reboot restarts the guest in place (`lifecycle.on_reboot` "restart").
+    restarts: bool,
     /// Host and guest addresses, IDs and BARs as placed at boot.
     devices: Vec<DeviceView>,
 }
 
 impl VmControl for VmHandle {
     fn view(&self) -> VmView {
-        let state = if self.stop.is_stopping() {
+        let state = if self.restarts && self.stop.reboot_requested() {
+            RunState::Rebooting
+        } else if self.stop.is_stopping() {
             RunState::Stopping
         } else if self.gate.is_paused() {
             RunState::Paused

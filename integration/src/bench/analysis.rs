@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::bench::plan::{
-    LaunchKind, LaunchRecord, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, STRAIT_READY_MARK,
+    LaunchKind, LaunchRecord, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, REBOOTING_MARKER,
+    SECOND_BOOT_MARKER, STRAIT_READY_MARK,
 };
 use crate::scenario::HugePages;
 
@@ -106,7 +107,7 @@ fn launch_problem(r: &LaunchRecord) -> Option<String> {
 /// for launches that pass the controller through; the VMM's first warning
 /// about passthrough, if any, says why.
 fn device_problem(r: &LaunchRecord) -> Option<String> {
-    if r.key.kind == LaunchKind::Bare {
+    if matches!(r.key.kind, LaunchKind::Bare | LaunchKind::Blk) {
         return None;
     }
     let line = r
@@ -313,6 +314,39 @@ pub fn resident_mib(r: &LaunchRecord) -> Result<f64, String> {
     Ok(p.rss_excl_guest_kib() as f64 / 1024.0)
 }
 
+/// The guest's reboot request to its /init running again, in seconds: from the first
+/// boot's last line before `reboot -f` to the next `TESTBED-INIT`. The second boot must
+/// have found the first boot's token on the nvme (same VMM process, device re-attached).
+pub fn reboot_to_init(r: &LaunchRecord) -> Result<f64, String> {
+    if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
+        return Err(p);
+    }
+    let asked = first_ms(r, REBOOTING_MARKER).ok_or("L2 never asked for a reboot")?;
+    let again = r
+        .lines
+        .iter()
+        .find(|l| l.ms >= asked && l.text.contains(INIT_MARKER))
+        .ok_or("L2 did not reach /init again after its reboot")?;
+    if first_ms(r, SECOND_BOOT_MARKER).is_none() {
+        return Err("the second boot did not find the first boot's token on the nvme".into());
+    }
+    Ok((again.ms - asked) / 1000.0)
+}
+
+/// Strait's own measure of a reboot in place, in ms: from the guest's request to the
+/// vCPUs started again (`strait: reboot: boot 2 started N ms after the guest's request`).
+pub fn strait_reset_ms(r: &LaunchRecord) -> Result<f64, String> {
+    reboot_to_init(r)?;
+    r.lines
+        .iter()
+        .find_map(|l| {
+            let rest = l.text.split("strait: reboot: boot ").nth(1)?;
+            let ms = rest.split(" started ").nth(1)?.split(" ms").next()?;
+            ms.trim().parse().ok()
+        })
+        .ok_or_else(|| "Strait printed no `reboot: boot N started` line".into())
+}
+
 /// Exits to Strait's userspace over a whole launch, from Strait's own counters.
 pub fn strait_exit_total(r: &LaunchRecord) -> Result<f64, String> {
     if let Some(p) = launch_problem(r).or_else(|| device_problem(r)) {
@@ -367,6 +401,57 @@ pub(crate) mod tests {
             })
             .collect();
         r
+    }
+
+    pub(crate) fn reboot_record(vmm: VmmKind) -> LaunchRecord {
+        record(
+            LaunchKind::Reboot,
+            vmm,
+            &[
+                (3000.0, "TESTBED-INIT"),
+                (3100.0, "TESTBED-BENCH mode=reboot nvme=0000:01:00.0"),
+                (4000.0, "TESTBED-BENCH rebooting"),
+                (
+                    4040.0,
+                    "strait: reboot: boot 2 started 35 ms after the guest's request",
+                ),
+                (6500.0, "TESTBED-INIT"),
+                (6600.0, "TESTBED-BENCH mode=reboot nvme=0000:01:00.0"),
+                (7000.0, "TESTBED-BENCH second-boot"),
+            ],
+        )
+    }
+
+    #[test]
+    fn reboot_time_runs_from_the_request_to_the_second_init() {
+        let r = reboot_record(VmmKind::Strait);
+        assert_eq!(reboot_to_init(&r), Ok(2.5));
+        assert_eq!(strait_reset_ms(&r), Ok(35.0));
+        let qemu = reboot_record(VmmKind::Qemu);
+        assert!(strait_reset_ms(&record(LaunchKind::Reboot, VmmKind::Qemu, &[])).is_err());
+        assert_eq!(reboot_to_init(&qemu), Ok(2.5));
+    }
+
+    #[test]
+    fn a_reboot_that_never_came_back_or_lost_its_token_is_no_sample() {
+        let mut r = reboot_record(VmmKind::Strait);
+        r.lines.retain(|l| !l.text.contains("second-boot"));
+        assert!(reboot_to_init(&r).unwrap_err().contains("token"));
+        let r = record(
+            LaunchKind::Reboot,
+            VmmKind::Qemu,
+            &[
+                (3000.0, "TESTBED-INIT"),
+                (4000.0, "TESTBED-BENCH rebooting"),
+            ],
+        );
+        assert!(reboot_to_init(&r).unwrap_err().contains("/init again"));
+        let r = record(
+            LaunchKind::Reboot,
+            VmmKind::Qemu,
+            &[(3000.0, "TESTBED-INIT")],
+        );
+        assert!(reboot_to_init(&r).unwrap_err().contains("never asked"));
     }
 
     pub(crate) fn sample(

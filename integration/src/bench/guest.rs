@@ -1,16 +1,26 @@
 //! What the benchmark runs inside L2: a /init that prints its marker, says
 //! whether the passed-through nvme controller is on its PCI bus and, in `nvme`
 //! mode, binds the stock driver and runs `iobench` (sequential 64 KiB, then
-//! random 4 KiB reads, O_DIRECT, several in flight) before powering off. The
-//! mode and load come from L2's command line (`testbed.bench=boot|nvme`,
-//! `testbed.iosecs=`, `testbed.qd=`), so one image serves every launch.
+//! random 4 KiB reads, O_DIRECT, several in flight) before powering off; in
+//! `blk` mode it does the same on the virtio-blk disk /dev/vda. In
+//! `reboot` mode it binds nvme and looks for its launch's token in a block of the
+//! namespace: absent (first boot), it writes it and reboots; present (second boot,
+//! in the same VMM process), it clears it and powers off. The mode, load and launch
+//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot`,
+//! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
+//! launch.
 //! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
 
 use std::path::{Path, PathBuf};
 
+use crate::bench::plan::{REBOOTING_MARKER, SECOND_BOOT_MARKER};
 use crate::device::Device;
 use crate::error::Result;
 use crate::images::Cache;
+
+/// The 4 KiB block of the nvme namespace that carries a reboot launch's token, 8 MiB
+/// in (iobench only reads the namespace).
+const TOKEN_BLOCK: u32 = 2048;
 
 /// iobench's source, compiled into a static executable for L2.
 const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");
@@ -26,14 +36,23 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mode=boot; secs=4; qd=4
+mode=boot; secs=4; qd=4; launch=none
 for w in $(cat /proc/cmdline); do
 	case $w in
 	testbed.bench=*) mode=${{w#*=}};;
 	testbed.iosecs=*) secs=${{w#*=}};;
 	testbed.qd=*) qd=${{w#*=}};;
+	testbed.launch=*) launch=${{w#*=}};;
 	esac
 done
+wait_dev() {{ # DEV: load the modules, wait up to 30 s for the block device DEV
+	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
+	n=0
+	while [ ! -b $1 ] && [ $n -lt 300 ]; do usleep 100000; n=$((n + 1)); done
+	[ -b $1 ] && return 0
+	echo "TESTBED-BENCH error: no $1 after 30 s"
+	return 1
+}}
 nvme=none
 for d in /sys/bus/pci/devices/*; do
 	[ -e "$d/vendor" ] || continue
@@ -41,16 +60,24 @@ for d in /sys/bus/pci/devices/*; do
 	[ "$v:$i" = "0x{vendor:04x}:0x{device:04x}" ] && nvme=${{d##*/}}
 done
 echo "TESTBED-BENCH mode=$mode nvme=$nvme"
-if [ "$mode" = nvme ] && [ "$nvme" != none ]; then
-	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
-	n=0
-	while [ ! -b /dev/nvme0n1 ] && [ $n -lt 300 ]; do usleep 100000; n=$((n + 1)); done
-	if [ -b /dev/nvme0n1 ]; then
-		echo "TESTBED-BENCH ready"
-		iobench --mode seq --bs 65536 --qd $qd --secs $secs /dev/nvme0n1
-		iobench --mode rand --bs 4096 --qd $qd --secs $secs /dev/nvme0n1
+dev=none
+[ "$mode" = nvme ] && [ "$nvme" != none ] && dev=/dev/nvme0n1
+[ "$mode" = blk ] && dev=/dev/vda
+if [ "$dev" != none ] && wait_dev $dev; then
+	echo "TESTBED-BENCH ready"
+	iobench --mode seq --bs 65536 --qd $qd --secs $secs $dev
+	iobench --mode rand --bs 4096 --qd $qd --secs $secs $dev
+fi
+if [ "$mode" = reboot ] && [ "$nvme" != none ] && wait_dev /dev/nvme0n1; then
+	t="TESTBED-REBOOT-$launch"
+	m=$(dd if=/dev/nvme0n1 bs=4k skip={TOKEN_BLOCK} count=1 iflag=direct 2>/dev/null | head -c ${{#t}})
+	if [ "$m" = "$t" ]; then
+		dd if=/dev/zero of=/dev/nvme0n1 bs=4k seek={TOKEN_BLOCK} count=1 oflag=direct 2>/dev/null
+		echo "{SECOND_BOOT_MARKER}"
 	else
-		echo "TESTBED-BENCH error: no /dev/nvme0n1 after 30 s"
+		printf %s "$t" | dd of=/dev/nvme0n1 bs=4k seek={TOKEN_BLOCK} count=1 conv=sync oflag=direct 2>/dev/null
+		echo "{REBOOTING_MARKER}"
+		reboot -f
 	fi
 fi
 echo TESTBED-DONE
@@ -86,9 +113,22 @@ mod tests {
     #[test]
     fn init_runs_both_loads_with_the_command_line_settings() {
         let init = l2_init();
-        assert!(init.contains("iobench --mode seq --bs 65536 --qd $qd --secs $secs /dev/nvme0n1"));
-        assert!(init.contains("iobench --mode rand --bs 4096 --qd $qd --secs $secs /dev/nvme0n1"));
+        assert!(init.contains("iobench --mode seq --bs 65536 --qd $qd --secs $secs $dev"));
+        assert!(init.contains("iobench --mode rand --bs 4096 --qd $qd --secs $secs $dev"));
+        assert!(init.contains("[ \"$mode\" = nvme ] && [ \"$nvme\" != none ] && dev=/dev/nvme0n1"));
+        assert!(init.contains("[ \"$mode\" = blk ] && dev=/dev/vda"));
         assert!(init.contains("testbed.iosecs=*) secs=${w#*=};;"));
+    }
+
+    #[test]
+    fn init_reboots_once_per_launch_token_and_powers_off_on_the_second_boot() {
+        let init = l2_init();
+        assert!(init.contains("testbed.launch=*) launch=${w#*=};;"));
+        assert!(init.contains("t=\"TESTBED-REBOOT-$launch\""));
+        let rebooting = init.find("echo \"TESTBED-BENCH rebooting\"\n\t\treboot -f");
+        let second = init.find("echo \"TESTBED-BENCH second-boot\"");
+        assert!(rebooting.is_some() && second.is_some(), "{init}");
+        assert!(init.contains("skip=2048") && init.contains("seek=2048"));
     }
 
     #[test]

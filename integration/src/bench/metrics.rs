@@ -207,8 +207,11 @@ fn sides(
 pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
     let mut rows = launch_rows(records);
     rows.extend(memory_rows(records, layout));
-    rows.extend(nvme_rows(records));
+    rows.extend(io_rows(records, LaunchKind::Nvme));
+    rows.extend(io_rows(records, LaunchKind::Blk));
+    rows.extend(reboot_rows(records));
     rows.extend(exit_rows(records));
+    rows.extend(blk_exit_rows(records));
     rows.push(row(
         "Resident memory",
         "VMM resident memory, guest RAM excluded".into(),
@@ -324,30 +327,109 @@ fn per_gib_row(medians: &[(u32, Option<f64>, Option<f64>)], pages: HugePages) ->
     ))
 }
 
-fn nvme_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+/// iobench's rates in the nvme launch (passthrough) or the blk launch (virtio-blk).
+fn io_rows(records: &[LaunchRecord], kind: LaunchKind) -> Vec<Metric> {
+    let (section, what) = if kind == LaunchKind::Blk {
+        (
+            "virtio-blk (iobench in L2, O_DIRECT on L1's disk; QEMU cache=none,aio=io_uring)",
+            "virtio-blk",
+        )
+    } else {
+        ("NVMe passthrough (iobench in L2, O_DIRECT)", "NVMe")
+    };
     let io = |name: &str, unit: &'static str, f: fn(&LaunchRecord) -> Result<f64, String>| {
         row(
-            "NVMe passthrough (iobench in L2, O_DIRECT)",
-            name.to_string(),
+            section,
+            format!("{what} {name}"),
             unit,
             Better::Higher,
             Some(Target::Ratio(1.0)),
-            sides(records, LaunchKind::Nvme, None, f),
+            sides(records, kind, None, f),
         )
     };
     vec![
-        io("NVMe sequential 64 KiB reads", "MB/s", |r| {
+        io("sequential 64 KiB reads", "MB/s", |r| {
             analysis::io_run(r, "seq").map(|x| x.mbps())
         }),
-        io("NVMe sequential 64 KiB reads", "IOPS", |r| {
+        io("sequential 64 KiB reads", "IOPS", |r| {
             analysis::io_run(r, "seq").map(|x| x.iops())
         }),
-        io("NVMe random 4 KiB reads", "MB/s", |r| {
+        io("random 4 KiB reads", "MB/s", |r| {
             analysis::io_run(r, "rand").map(|x| x.mbps())
         }),
-        io("NVMe random 4 KiB reads", "IOPS", |r| {
+        io("random 4 KiB reads", "IOPS", |r| {
             analysis::io_run(r, "rand").map(|x| x.iops())
         }),
+    ]
+}
+
+/// KVM's `counter` per 1000 iobench reads in the launches of `kind`, both VMMs.
+fn kvm_row(
+    records: &[LaunchRecord],
+    kind: LaunchKind,
+    section: &'static str,
+    name: &str,
+    counter: &'static str,
+    target: Option<Target>,
+) -> Metric {
+    row(
+        section,
+        name.to_string(),
+        "/1000 IO",
+        Better::Lower,
+        target,
+        sides(records, kind, None, move |r| {
+            analysis::kvm_per_kilo_io(r, counter)
+        }),
+    )
+}
+
+/// Exits during the virtio-blk load: the goal is none to userspace (queue notifies
+/// end in KVM's ioeventfds, completions leave by irqfd).
+fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Exits during the virtio-blk run";
+    let kvm =
+        |name, counter, target| kvm_row(records, LaunchKind::Blk, section, name, counter, target);
+    vec![
+        kvm(
+            "virtio-blk: MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)",
+            "mmio_exits",
+            Some(Target::StraitAtMost(1.0)),
+        ),
+        kvm(
+            "virtio-blk: all VM exits per 1000 reads (KVM `exits`)",
+            "exits",
+            None,
+        ),
+    ]
+}
+
+fn reboot_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Reboot (guest reboots once, NVMe attached)";
+    let strait = Side::collect(
+        &select(records, LaunchKind::Reboot, None, VmmKind::Strait),
+        analysis::strait_reset_ms,
+    );
+    vec![
+        row(
+            section,
+            "Guest reboot request → guest /init again".into(),
+            "s",
+            Better::Lower,
+            None,
+            sides(records, LaunchKind::Reboot, None, analysis::reboot_to_init),
+        ),
+        row(
+            section,
+            "Reboot request → vCPUs running again (Strait's log)".into(),
+            "ms",
+            Better::Lower,
+            None,
+            (
+                Side::unavailable("QEMU logs no reset time; see the row above"),
+                strait,
+            ),
+        ),
     ]
 }
 
@@ -363,11 +445,8 @@ fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             strait,
         )
     };
-    let kvm = |counter: &'static str| {
-        sides(records, LaunchKind::Nvme, None, move |r| {
-            analysis::kvm_per_kilo_io(r, counter)
-        })
-    };
+    let kvm =
+        |name, counter, target| kvm_row(records, LaunchKind::Nvme, section, name, counter, target);
     vec![
         row(
             section,
@@ -385,30 +464,17 @@ fn exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             None,
             strait_only(LaunchKind::Boot),
         ),
-        row(
-            section,
-            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "MMIO exits to userspace per 1000 reads (KVM `mmio_exits`)",
+            "mmio_exits",
             Some(Target::StraitAtMost(1.0)),
-            kvm("mmio_exits"),
         ),
-        row(
-            section,
-            "Port I/O exits per 1000 reads (KVM `io_exits`, in-kernel too)".into(),
-            "/1000 IO",
-            Better::Lower,
+        kvm(
+            "Port I/O exits per 1000 reads (KVM `io_exits`, in-kernel too)",
+            "io_exits",
             None,
-            kvm("io_exits"),
         ),
-        row(
-            section,
-            "All VM exits per 1000 reads (KVM `exits`)".into(),
-            "/1000 IO",
-            Better::Lower,
-            None,
-            kvm("exits"),
-        ),
+        kvm("All VM exits per 1000 reads (KVM `exits`)", "exits", None),
     ]
 }
 
@@ -515,6 +581,27 @@ mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(goals, ["Launch → RAM + DMA ready, 2048 MiB, 2 MiB pages"]);
+    }
+
+    #[test]
+    fn reboot_rows_compare_both_vmms_and_add_strait_s_reset_time() {
+        use crate::bench::analysis::tests::reboot_record;
+        let mut qemu = reboot_record(VmmKind::Qemu);
+        qemu.lines[4].ms = 9000.0;
+        let records = [qemu, reboot_record(VmmKind::Strait)];
+        let layout = Layout {
+            memory_sizes: vec![],
+            page_kinds: vec![],
+        };
+        let rows = metrics(&records, &layout);
+        let reboot: Vec<&Metric> = rows
+            .iter()
+            .filter(|m| m.section.starts_with("Reboot"))
+            .collect();
+        assert_eq!(reboot.len(), 2);
+        assert_eq!(reboot[0].ratio(), Some(0.5));
+        assert_eq!(reboot[1].strait.median(), Some(35.0));
+        assert!(reboot[1].qemu.na_reason().is_some());
     }
 
     #[test]

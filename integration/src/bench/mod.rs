@@ -40,6 +40,8 @@ use report::Machine;
 
 /// RAM of the boot and NVMe launches, on 2 MiB pages, like the scenarios'.
 const BASE_MEMORY_MIB: u32 = 512;
+/// The disk L0 gives L1 for the blk launch (blank, sparse; `l0::L1_DISK_BYTES`).
+const L1_DISK_IMAGE: &str = "bench-disk.img";
 /// L1 RAM beyond L2's hugepages and the largest 4 KiB-page guest: L1's kernel,
 /// the page cache of the host share, the VMMs themselves.
 const L1_HEADROOM_MIB: u32 = 2048;
@@ -207,6 +209,7 @@ impl Testbed {
         scenario.devices = vec![Device::Nvme];
         scenario.vcpus = opts.vcpus;
         scenario.memory_mib = BASE_MEMORY_MIB;
+        scenario.l1_disk = Some(L1_DISK_IMAGE);
         let ctx = RunContext {
             opts: &testbed,
             host: &self.host,
@@ -277,10 +280,13 @@ impl Testbed {
             ),
             l2: format!(
                 "{} vCPU(s); boot and NVMe launches {BASE_MEMORY_MIB} MiB on 2 MiB pages; memory launches {:?} MiB on 4 KiB and 2 MiB pages; \
-                 L0's emulated NVMe controller ({} MiB namespace) passed through",
+                 L0's emulated NVMe controller ({} MiB namespace) passed through; \
+                 the blk launch: no passthrough, a virtio-blk disk on L1's {} (L0's virtio-blk, {} MiB, sparse), O_DIRECT",
                 opts.vcpus,
                 opts.memory_sizes,
-                l0::NVME_IMAGE_BYTES >> 20
+                l0::NVME_IMAGE_BYTES >> 20,
+                l0::L1_DISK_DEVICE,
+                l0::L1_DISK_BYTES >> 20
             ),
             kernel: self.host.kernel_version.clone(),
             qemu,

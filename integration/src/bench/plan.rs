@@ -32,6 +32,11 @@ pub const INIT_MARKER: &str = "TESTBED-INIT";
 pub const IO_BEGIN: &str = "IOBENCH-BEGIN";
 /// See [`IO_BEGIN`].
 pub const IO_RESULT: &str = "IOBENCH-RESULT";
+/// The bench /init prints this just before `reboot -f` (first boot of a reboot launch).
+pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
+/// ... and this on the second boot, once it found the first boot's token on the nvme.
+pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
+
 /// Strait's timeline mark after RAM, kernel, devices (and their DMA maps) are set
 /// up and the vCPUs started: the end of a memory launch under Strait.
 pub const STRAIT_READY_MARK: &str = "vcpus_started";
@@ -69,8 +74,15 @@ pub enum LaunchKind {
     Bare,
     /// L2 boots, binds nvme, runs iobench (sequential then random), powers off.
     Nvme,
+    /// L2 boots with no passed-through device and a virtio-blk disk on L1's disk
+    /// (O_DIRECT in both VMMs), runs iobench against /dev/vda, powers off.
+    Blk,
     /// The VMM sets up RAM and DMA maps and is stopped once ready to run.
     Memory,
+    /// L2 boots, binds nvme, leaves a token on it and reboots; the second boot finds
+    /// the token, clears it and powers off. The VMM resets in place (QEMU's
+    /// system_reset, Strait's reboot in place).
+    Reboot,
 }
 
 /// Identifies a launch and the configuration it measured.
@@ -164,6 +176,8 @@ impl Measurement {
             LaunchKind::Boot => "boot".into(),
             LaunchKind::Bare => "bare".into(),
             LaunchKind::Nvme => "nvme".into(),
+            LaunchKind::Blk => "blk".into(),
+            LaunchKind::Reboot => "reboot".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
@@ -186,6 +200,14 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         },
         Measurement {
             kind: LaunchKind::Nvme,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Blk,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Reboot,
             ..base
         },
     ];
@@ -213,14 +235,22 @@ pub fn build(cfg: &PlanConfig) -> Plan {
     }
 }
 
-/// L2's command line for a launch: the bench mode and iobench's load, read by
-/// the bench /init from /proc/cmdline.
-fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad) -> String {
+/// L2's command line for a launch: the bench mode and iobench's load (or, for a
+/// reboot, the launch's id, which its token on the nvme carries), read by the bench
+/// /init from /proc/cmdline.
+fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
     match kind {
-        LaunchKind::Nvme => format!(
-            "{base} testbed.bench=nvme testbed.iosecs={} testbed.qd={}",
-            io.secs, io.queue_depth
+        LaunchKind::Nvme | LaunchKind::Blk => format!(
+            "{base} testbed.bench={} testbed.iosecs={} testbed.qd={}",
+            if kind == LaunchKind::Nvme {
+                "nvme"
+            } else {
+                "blk"
+            },
+            io.secs,
+            io.queue_depth
         ),
+        LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
         LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
             format!("{base} testbed.bench=boot")
         }
@@ -232,9 +262,17 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     let mut guest = cfg.guest.clone();
     guest.memory_mib = m.memory_mib;
     guest.hugepages = m.hugepages;
-    guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io);
+    guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io, &id);
     if m.kind == LaunchKind::Bare {
         guest.devices = 0;
+    }
+    if m.kind == LaunchKind::Blk {
+        guest.devices = 0;
+        guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
+        guest.direct_disks = true;
+    }
+    if m.kind == LaunchKind::Reboot {
+        guest.strait.on_reboot = Some("restart");
     }
     let memory = m.kind == LaunchKind::Memory;
     let qmp_socket = (memory && vmm == VmmKind::Qemu)
@@ -247,6 +285,10 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
         .command(&guest, spec),
         (_, socket, _) => {
             let mut args = qemu_command(&guest);
+            if m.kind == LaunchKind::Reboot {
+                // QEMU resets the machine in place (system_reset) instead of exiting.
+                args.retain(|a| a != "-no-reboot");
+            }
             if let Some(socket) = socket {
                 // -S: stop before the first instruction; QMP answers once machine
                 // init (RAM prealloc, vfio realize and its DMA maps) is done.
@@ -281,7 +323,8 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 100,
-        LaunchKind::Nvme => 120 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
+        LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
     }
 }
@@ -299,7 +342,8 @@ impl LaunchKey {
 pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 30,
-        LaunchKind::Nvme => 45 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
+        LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
     }
 }
@@ -422,6 +466,7 @@ pub fn is_marker_line(line: &str) -> bool {
     line.contains("TESTBED-")
         || line.contains("IOBENCH-")
         || line.contains("strait: timeline:")
+        || line.contains("strait: reboot:")
         || line.contains("strait: exits:")
         || line.contains("strait: warn:")
         || line.contains("strait: error:")
@@ -460,6 +505,7 @@ mod tests {
                 cmdline: "console=ttyS0".into(),
                 devices: 1,
                 disks: Vec::new(),
+                direct_disks: false,
                 net: false,
                 whole_slots: Vec::new(),
                 hide_hypervisor: false,
@@ -478,20 +524,20 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, 2 sizes x 2 page kinds = 7 measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 28);
+        // boot, bare, nvme, blk, reboot, 2 sizes x 2 page kinds = 9 measurements, 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 36);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[14].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[18].key.id, "r2-boot-qemu");
     }
 
     #[test]
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[14].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[18].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -506,7 +552,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[6];
+        let l = &plan.launches[10];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -524,7 +570,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[13];
+        let l = &plan.launches[17];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -555,6 +601,28 @@ mod tests {
             .iter()
             .any(|a| a.ends_with("testbed.bench=nvme testbed.iosecs=4 testbed.qd=4")));
         assert!(!l.stop_at_qmp && l.stop_at_line.is_none());
+    }
+
+    #[test]
+    fn blk_launch_gives_l1s_disk_with_o_direct_and_no_passthrough() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[6], &plan.launches[7]);
+        assert_eq!(qemu.key.id, "r1-blk-qemu");
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a == "file=/dev/vda,if=none,id=vd0,format=raw,cache=none,aio=io_uring"));
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=blk testbed.iosecs=4 testbed.qd=4")));
+        let spec = strait.spec.as_ref().unwrap();
+        assert_eq!(
+            spec["disks"],
+            serde_json::json!([{ "path": "/dev/vda", "direct": true }])
+        );
+        assert!(spec.get("passthrough").is_none());
     }
 
     #[test]
@@ -596,7 +664,28 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 8 memory (20) = 386 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 386 + 180);
+        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 reboot (60) + 8 memory (20) = 612 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 612 + 180);
+    }
+
+    #[test]
+    fn reboot_launch_lets_both_vmms_reset_in_place() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
+        assert_eq!(qemu.key.id, "r1-reboot-qemu");
+        assert!(!qemu.command.iter().any(|a| a == "-no-reboot"));
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=reboot testbed.launch=r1-reboot-qemu")));
+        let spec = strait.spec.as_ref();
+        assert_eq!(
+            spec.map(|s| s["lifecycle"]["on_reboot"].clone()),
+            Some(serde_json::json!("restart"))
+        );
+        assert!(spec.is_some_and(|s| s["kernel"]["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("testbed.launch=r1-reboot-strait"))));
+        assert!(plan.launches[0].command.iter().any(|a| a == "-no-reboot"));
     }
 }

@@ -262,7 +262,12 @@ fn timeline_medians(records: &[&LaunchRecord]) -> String {
 fn exit_table(records: &[LaunchRecord]) -> String {
     let mut s = String::from("\n## Strait's exit counters by kind (medians over launches)\n\n");
     let mut any = false;
-    for kind in [LaunchKind::Bare, LaunchKind::Boot, LaunchKind::Nvme] {
+    for kind in [
+        LaunchKind::Bare,
+        LaunchKind::Boot,
+        LaunchKind::Nvme,
+        LaunchKind::Blk,
+    ] {
         let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in select(records, kind, None, VmmKind::Strait) {
             for (k, v) in strait_exits(r).unwrap_or_default() {
@@ -293,6 +298,7 @@ fn exit_table(records: &[LaunchRecord]) -> String {
         let label = match kind {
             LaunchKind::Bare => "boot, no device",
             LaunchKind::Boot => "boot",
+            LaunchKind::Blk => "virtio-blk",
             _ => "nvme",
         };
         let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
@@ -392,6 +398,18 @@ writes (guest console and its own log) is timestamped as it arrives.
   O_DIRECT from N threads (queue depth N), sequential 64 KiB then random 4 KiB, each for a fixed
   time. Bytes and reads come from iobench; the duration is the time between its BEGIN and RESULT
   lines on L1's clock (a nested guest's clock is the less trustworthy one). MB/s = 10^6 bytes/s.
+- **virtio-blk reads**: the same loads on /dev/vda, a virtio-blk disk over L1's own /dev/vda (a
+  blank disk L0 gives L1), with no device passed through. Both VMMs open it with O_DIRECT:
+  Strait `"direct": true` (requests on its worker threads), QEMU `cache=none,aio=io_uring`.
+- **Reboot**: L2 boots with the NVMe controller, binds it, writes its launch's token into a
+  block of the namespace, prints `TESTBED-BENCH rebooting` and runs `reboot -f` (the kernel
+  resets through the ACPI reset register). QEMU runs without `-no-reboot`, so it resets the
+  machine in the same process (`system_reset`: SeaBIOS and the linuxboot ROM again); Strait
+  reboots in place (`lifecycle.on_reboot` `"restart"`). The time runs from that line to the next
+  `TESTBED-INIT`; a sample counts only if the second boot found the token on the NVMe
+  (`TESTBED-BENCH second-boot`, then it powers off). Strait's own row is its log line
+  `reboot: boot 2 started N ms after the guest's request` (vCPUs stopped, devices reset, kernel
+  reloaded, vCPUs running again).
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,

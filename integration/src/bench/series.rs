@@ -388,6 +388,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             devices: 0,
             disks: Vec::new(),
+            direct_disks: false,
             net: false,
             whole_slots: Vec::new(),
             hide_hypervisor: false,

@@ -17,7 +17,8 @@
 //! read through the ROM region.
 //!
 //! Lifetime: the device is reset when taken, when the guest reboots or resets
-//! its bus ([`VfioPciDevice::reset`]) and when let go; after each reset its
+//! its bus ([`VfioPciDevice::reset`]) and when let go (VFIO_DEVICE_RESET, or a hot
+//! reset of its bus for a function without one: [`crate::hot_reset`]); after each reset its
 //! config space must read back (a vendor ID of 0xffff means the card did not
 //! come back: [`Error::DeviceStuck`]). Dropping it (on every exit path) turns
 //! interrupts off, clears bus mastering, resets, then drops its hold on the
@@ -43,7 +44,7 @@ use devices::pci::{
     walk_capabilities, BarInfo, ConfigSize, ConfigWriteResult, PciConfigSpace, PciDevice,
     ROM_BAR_INDEX,
 };
-use log::{error, info, warn};
+use log::{error, info};
 use resources::LogLimiter;
 use resources::{limited_debug, limited_log};
 
@@ -61,6 +62,8 @@ static GUEST_ODDITY: LogLimiter = LogLimiter::new();
 /// VFIO_DEVICE_SET_IRQS failures: host problems, but a guest toggling MSI/MSI-X in a
 /// loop repeats them.
 static IRQ_FAILED: LogLimiter = LogLimiter::new();
+/// Resets that failed or could not be done: a guest may reboot or reset its bus in a loop.
+static RESET_FAILED: LogLimiter = LogLimiter::new();
 
 /// The dword holding the header type (cache line size, latency, header, BIST).
 const HEADER_DWORD: usize = regs::CACHE_LINE_SIZE;
@@ -119,13 +122,45 @@ fn cap_error(addr: HostPciAddress, what: &'static str, e: CapError) -> Error {
 }
 
 /// Reset the device, or say loudly that it cannot be; then check it still answers.
+/// A function without a reset of its own gets a bus reset through VFIO's hot reset,
+/// when this process holds every group that reset reaches ([`crate::hot_reset`]).
+/// The warnings are limited: a guest that reboots or resets its bus in a loop comes
+/// here each time.
 fn reset_or_warn(ops: &dyn VfioDeviceOps, addr: HostPciAddress) -> Result<()> {
-    if !ops.reset_supported() {
-        warn!("{addr}: no reset mechanism (no FLR/PM reset); device state may leak between VMs");
-    } else if let Err(source) = ops.reset() {
-        warn!("{}", Error::Reset { addr, source });
+    let done = if ops.reset_supported() {
+        ops.reset().map_err(|source| Error::Reset { addr, source })
+    } else {
+        hot_reset(ops, addr)
+    };
+    if let Err(e) = done {
+        let cause = std::error::Error::source(&e).map(|s| format!(": {s}"));
+        limited_log!(RESET_FAILED, warn, "{e}{}", cause.unwrap_or_default());
     }
     check_alive(ops, addr)
+}
+
+/// The bus reset of a function that has no reset of its own: VFIO lists what it would
+/// reset, every group must be ours, then VFIO_DEVICE_PCI_HOT_RESET.
+fn hot_reset(ops: &dyn VfioDeviceOps, addr: HostPciAddress) -> Result<()> {
+    let targets = ops.hot_reset_info().map_err(|source| {
+        if source.raw_os_error() == Some(libc::ENODEV) {
+            Error::NoResetMethod { addr }
+        } else {
+            Error::HotResetInfo { addr, source }
+        }
+    })?;
+    let groups = crate::hot_reset::plan(addr, &targets, &ops.held_groups())?;
+    ops.hot_reset(&groups).map_err(|source| Error::HotReset {
+        addr,
+        groups: groups.clone(),
+        source,
+    })?;
+    let names: Vec<String> = targets.iter().map(|t| t.addr.to_string()).collect();
+    info!(
+        "{addr}: bus reset through VFIO hot reset (functions {}; IOMMU groups {groups:?})",
+        names.join(", ")
+    );
+    Ok(())
 }
 
 /// A function that answers config reads with all ones after a reset is gone from the

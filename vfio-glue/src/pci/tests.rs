@@ -420,6 +420,74 @@ fn device_without_reset_is_not_reset_on_teardown() {
     }));
 }
 
+fn hot_reset_targets() -> Vec<crate::hot_reset::HotResetTarget> {
+    ["0000:01:00.0", "0000:01:00.1"]
+        .iter()
+        .map(|a| crate::hot_reset::HotResetTarget {
+            addr: a.parse().unwrap(),
+            group: 7,
+        })
+        .collect()
+}
+
+/// A function without a reset of its own whose hot reset reaches group 7; this
+/// process holds `held`.
+fn bus_reset_only(log: &CallLog, held: Vec<u32>) -> crate::fake::FakeDevice {
+    fake(log, &config())
+        .without_reset()
+        .with_hot_reset(hot_reset_targets(), held)
+}
+
+#[test]
+fn a_function_without_reset_gets_a_hot_reset_when_every_group_is_held() {
+    let log = CallLog::default();
+    let mut f = build(bus_reset_only(&log, vec![7]), log.clone(), false);
+    let hot = Call::HotReset { groups: vec![7] };
+    assert!(log.calls().contains(&hot), "taken with a hot reset");
+    log.take();
+    f.dev.reset().unwrap();
+    assert!(
+        log.calls().contains(&hot),
+        "reset in place with a hot reset"
+    );
+    assert!(!log.calls().contains(&Call::Reset));
+    log.take();
+    drop(f.dev);
+    assert!(log.calls().contains(&hot), "released with a hot reset");
+}
+
+#[test]
+fn a_hot_reset_reaching_a_group_not_held_is_not_done() {
+    let log = CallLog::default();
+    let mut f = build(bus_reset_only(&log, vec![3]), log.clone(), false);
+    f.dev.reset().unwrap();
+    let hot = |c: &Call| matches!(c, Call::HotReset { .. } | Call::Reset);
+    assert!(!log.calls().iter().any(hot));
+}
+
+#[test]
+fn a_function_with_its_own_reset_never_gets_a_hot_reset() {
+    let log = CallLog::default();
+    let dev = fake(&log, &config()).with_hot_reset(hot_reset_targets(), vec![7]);
+    let mut f = build(dev, log.clone(), false);
+    f.dev.reset().unwrap();
+    assert!(log.calls().contains(&Call::Reset));
+    assert!(!log
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::HotReset { .. })));
+}
+
+#[test]
+fn a_card_stuck_after_a_hot_reset_fails_that_reset() {
+    let log = CallLog::default();
+    let dev = bus_reset_only(&log, vec![7]);
+    let stuck = dev.stuck_after_reset();
+    let mut f = build(dev, log, false);
+    stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(f.dev.reset(), Err(Error::DeviceStuck { .. })));
+}
+
 #[test]
 fn reset_brings_the_guest_view_back_to_power_on() {
     let mut f = fixture();

@@ -33,6 +33,9 @@ pub enum RunState {
     Running,
     Paused,
     ShuttingDown,
+    /// A reboot in place is under way: from the guest's (or the API's) request until
+    /// the vCPUs run the next boot.
+    Rebooting,
     Stopping,
 }
 
@@ -135,6 +138,7 @@ fn is_endpoint(path: &str) -> bool {
 fn act(vm: &VmView, action: Action) -> (Response, Option<Action>) {
     let conflict = match (vm.state, action) {
         (RunState::Stopping, _) => Some("the VM is stopping"),
+        (RunState::Rebooting, _) => Some("the VM is rebooting: try again once it runs"),
         (RunState::Paused, Action::Pause) => Some("the VM is already paused"),
         (RunState::Running | RunState::ShuttingDown, Action::Resume) => {
             Some("the VM is not paused")
@@ -342,6 +346,20 @@ mod tests {
         assert_eq!(run("PUT", "/vm/resume", "").1, None);
         let stopping = vm(RunState::Stopping);
         assert_eq!(handle(&req("PUT", "/vm/reboot", ""), &stopping).1, None);
+    }
+
+    #[test]
+    fn a_vm_rebooting_in_place_says_so_and_refuses_every_action() {
+        let rebooting = vm(RunState::Rebooting);
+        let (r, _) = handle(&req("GET", "/vm", ""), &rebooting);
+        assert_eq!(r.body["state"], "rebooting");
+        for path in ENDPOINTS
+            .iter()
+            .filter(|p| p.starts_with("/vm/") && **p != "/vm/counters")
+        {
+            let (r, a) = handle(&req("PUT", path, ""), &rebooting);
+            assert_eq!((r.status, a), (Status::Conflict, None), "{path}");
+        }
     }
 
     #[test]

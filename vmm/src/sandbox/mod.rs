@@ -48,10 +48,12 @@ pub enum ThreadKind {
     Io,
     /// `strait-api`: the control API's event loop (Unix socket connections).
     Api,
+    /// `strait-blk<d>-<n>`: a virtio-blk disk's worker threads (disk reads and writes).
+    Blk,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Signals,
@@ -59,6 +61,7 @@ impl ThreadKind {
         ThreadKind::Prefault,
         ThreadKind::Io,
         ThreadKind::Api,
+        ThreadKind::Blk,
     ];
 
     fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl ThreadKind {
             ThreadKind::Prefault => "prefault",
             ThreadKind::Io => "io",
             ThreadKind::Api => "api",
+            ThreadKind::Blk => "blk",
         }
     }
 }

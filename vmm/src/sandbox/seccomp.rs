@@ -14,9 +14,11 @@
 //!   BARs' peer-to-peer DMA mappings), MSI/MSI-X programming (KVM_IRQFD,
 //!   KVM_SET_GSI_ROUTING), eventfd reads and writes, register dumps of a dead guest;
 //! - main, after setup: waiting, kicking vCPUs (tgkill), teardown (the same KVM/VFIO
-//!   ioctls plus VFIO_DEVICE_RESET, VFIO_IOMMU_UNMAP_DMA, group release, close, the
+//!   ioctls plus VFIO_DEVICE_RESET and the hot reset pair, VFIO_IOMMU_UNMAP_DMA, group release, close, the
 //!   readlink vfio-ioctls does when a device is dropped);
-//! - signals: sigwait; stdin: read; prefault: madvise.
+//! - signals: sigwait; stdin: read; prefault: madvise;
+//! - I/O thread: epoll, eventfd reads, tap reads and writes; block workers: the disk's
+//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls.
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
 //! (SECCOMP_RET_TRAP): the handler writes one line naming the syscall number and thread
@@ -99,6 +101,14 @@ const VFIO_BASE: u32 = 100;
 ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
+ioctl_io_nr!(
+    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+    VFIO_TYPE,
+    VFIO_BASE + 12
+);
+// A device fd's PCI_HOT_RESET and a container fd's MAP_DMA share one number (vfio.h
+// numbers device and container ioctls apart only by the fd they are made on).
+ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
@@ -188,6 +198,8 @@ fn guest_exit_ioctls() -> Vec<libc::c_ulong> {
         KVM_SET_GSI_ROUTING(),
         VFIO_DEVICE_SET_IRQS(),
         VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+        VFIO_DEVICE_PCI_HOT_RESET(),
         VHOST_SET_FEATURES(),
         VHOST_SET_MEM_TABLE(),
         VHOST_SET_VRING_NUM(),
@@ -298,16 +310,24 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                 &[
                     libc::SYS_read,
                     libc::SYS_readv,
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
                     libc::SYS_epoll_wait,
                     libc::SYS_epoll_pwait,
                     libc::SYS_epoll_ctl,
+                    libc::SYS_close,
+                ],
+            );
+            allow_ioctls(&mut r, &[TCGETS, TCSETS])?;
+        }
+        ThreadKind::Blk => {
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
                     libc::SYS_fsync,
                     libc::SYS_fdatasync,
                     libc::SYS_fallocate,
+                    // The last worker to exit may hold the last reference to the disk.
                     libc::SYS_close,
                 ],
             );
@@ -451,6 +471,8 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(), 0x3b70);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
     }
 
     #[test]
@@ -497,6 +519,7 @@ mod tests {
             ThreadKind::Stdin,
             ThreadKind::Io,
             ThreadKind::Api,
+            ThreadKind::Blk,
         ] {
             assert!(!has_kvm_run(kind), "{kind:?}");
         }
@@ -504,6 +527,14 @@ mod tests {
 
     fn rules_with_request(r: libc::c_ulong) -> SeccompRule {
         SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, u64::from(r as u32)).unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn disk_io_happens_on_the_block_workers_only() {
+        for s in [libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fdatasync] {
+            assert!(rules(ThreadKind::Blk).unwrap().contains_key(&s));
+            assert!(!rules(ThreadKind::Io).unwrap().contains_key(&s), "{s}");
+        }
     }
 
     #[test]
