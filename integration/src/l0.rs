@@ -58,6 +58,8 @@ pub struct L0Config {
     /// root port on a pxb-pcie expander bus (bus 0x80) on node 1; the edu device
     /// behind one on node 0 (bus 0x40).
     pub numa: bool,
+    /// The nvme image holds [`crate::p2p::known_block`].
+    pub nvme_known_block: bool,
 }
 
 /// The expander bus's root port that devices plug into when [`L0Config::numa`] is set.
@@ -275,6 +277,11 @@ pub fn create_backing_files(cfg: &L0Config) -> Result<()> {
     };
     if cfg.devices.contains(&Device::Nvme) {
         sparse(NVME_IMAGE, NVME_IMAGE_BYTES)?;
+        if cfg.nvme_known_block {
+            let path = cfg.work_dir.join(NVME_IMAGE);
+            crate::p2p::write_known_block(&path)
+                .map_err(|source| Error::WriteFile { path, source })?;
+        }
     }
     if cfg.devices.contains(&Device::Ivshmem) {
         sparse(IVSHMEM_FILE, IVSHMEM_BYTES)?;
@@ -547,6 +554,7 @@ mod tests {
             devices,
             l1_disk: None,
             numa: false,
+            nvme_known_block: false,
         }
     }
 

@@ -28,7 +28,7 @@
 //! 1. `error`, `cpio`: the crate's errors; a cpio writer.
 //! 2. `host` (prerequisites on the host), `modules` (kernel modules to pack).
 //! 3. `device`: the emulated PCI devices under test.
-//! 4. `checks`: L2's checks, per device.
+//! 4. `checks`: L2's checks, per device; `p2p`: the peer-to-peer DMA checks.
 //! 5. `scenario`: what one run does, and the built-in scenarios.
 //! 6. `l0` (L0's QEMU and the watch for a stalled L1), `vmm` (the VMM under
 //!    test: QEMU's command line or Strait's spec).
@@ -55,6 +55,7 @@ pub mod modules;
 pub mod net;
 mod options;
 pub mod outcome;
+pub mod p2p;
 pub mod preflight;
 pub mod rootdisk;
 mod run;

@@ -162,6 +162,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         devices: ctx.scenario.devices.clone(),
         l1_disk: ctx.scenario.l1_disk.map(|name| work_dir.join(name)),
         numa: ctx.scenario.l0_numa,
+        nvme_known_block: ctx.scenario.nvme_known_block,
     }
 }
 
@@ -405,6 +406,16 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 passed: lines <= max,
                 detail: format!("{lines} log lines (at most {max})"),
             }
+        }
+        HostCheck::P2pBacking { mapped } => {
+            let (passed, detail) =
+                crate::p2p::backing_verdict(&logs.work_dir.join(l0::IVSHMEM_FILE), mapped);
+            result(passed, detail)
+        }
+        HostCheck::DmarFault { expected } => {
+            let (passed, detail) =
+                crate::p2p::fault_verdict(&read("l1-console.log"), logs.l2_console, expected);
+            result(passed, detail)
         }
         HostCheck::IvshmemWord { value } => {
             let work_dir = logs.work_dir;

@@ -9,6 +9,7 @@ use crate::checks::{self, Check};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::modules::ModuleRequest;
+use crate::p2p;
 use crate::rootdisk::RootDisk;
 use crate::vmm::API_SOCKET;
 
@@ -111,6 +112,18 @@ pub enum HostCheck {
         /// The most lines allowed.
         max: usize,
     },
+    /// L0's ivshmem backing file holds, at the `p2p` data buffer's offset, the known
+    /// block (`mapped`) or `p2pread`'s fill with no DMA on it (not `mapped`).
+    P2pBacking {
+        /// The VMM mapped the BAR for peer-to-peer DMA.
+        mapped: bool,
+    },
+    /// L1's console has a DMAR fault inside ivshmem's BAR2 (as L2 placed it) exactly
+    /// when `expected`.
+    DmarFault {
+        /// A fault must be there (otherwise: none may be).
+        expected: bool,
+    },
     /// Strait only: in L1's sample of the VMM's /proc/PID/maps, every mapping of a VFIO
     /// device of at least 2 MiB (a BAR) starts at an address aligned to its size, up to
     /// 1 GiB, and the largest is at least `min_bytes` long (so the check saw the BAR).
@@ -153,6 +166,9 @@ impl HostCheck {
             HostCheck::VmmRanAs { .. } => "vmm-ran-as-user",
             HostCheck::ApiSocketRemoved => "api-socket-removed",
             HostCheck::VmmLogLines { .. } => "vmm-log-lines",
+            HostCheck::P2pBacking { .. } => "p2p-backing",
+            HostCheck::DmarFault { expected: true } => "l1-dmar-fault",
+            HostCheck::DmarFault { expected: false } => "l1-no-dmar-fault",
             HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
             HostCheck::TimelineOrder { .. } => "timeline-order",
         }
@@ -180,6 +196,9 @@ impl HostCheck {
 pub enum GuestTool {
     /// `hostile`: abuses config space, BARs and MSI-X of every PCI function.
     Hostile,
+    /// `p2pread`: drives the nvme from userspace, reading by peer-to-peer DMA into
+    /// ivshmem's BAR.
+    P2pRead,
 }
 
 impl GuestTool {
@@ -187,6 +206,7 @@ impl GuestTool {
     pub fn name(self) -> &'static str {
         match self {
             GuestTool::Hostile => "hostile",
+            GuestTool::P2pRead => "p2pread",
         }
     }
 
@@ -194,6 +214,7 @@ impl GuestTool {
     pub fn image_path(self) -> &'static str {
         match self {
             GuestTool::Hostile => "bin/hostile",
+            GuestTool::P2pRead => "bin/p2pread",
         }
     }
 
@@ -201,6 +222,7 @@ impl GuestTool {
     pub fn source(self) -> &'static str {
         match self {
             GuestTool::Hostile => include_str!("bin/hostile.rs"),
+            GuestTool::P2pRead => include_str!("bin/p2pread.rs"),
         }
     }
 }
@@ -243,6 +265,8 @@ pub struct StraitSettings {
     /// No per-user cache for the VMM: Strait finds no decompressed kernel (the testbed
     /// reads one slowly, over 9p) and the guest decompresses its own.
     pub no_kernel_cache: bool,
+    /// `p2p` (`"off"`, `"on"`...); `None`: the default (on with several devices).
+    pub p2p: Option<&'static str>,
 }
 
 /// Everything one testbed run needs to know about the scenario.
@@ -290,6 +314,8 @@ pub struct Scenario {
     pub root_disk: Option<RootDisk>,
     /// L2 gets virtio-net on a tap that L1 creates ([`crate::net`]).
     pub net: bool,
+    /// L0's nvme image holds [`p2p::known_block`] at [`p2p::DISK_OFFSET`].
+    pub nvme_known_block: bool,
     /// A file in the work dir that L0 gives L1 as a disk (`l0::L1_DISK_DEVICE`); with
     /// the root disk's image, L2's root disk is that block device opened with O_DIRECT.
     pub l1_disk: Option<&'static str>,
@@ -327,6 +353,8 @@ pub const BUILTIN: &[&str] = &[
     "preopened",
     "unprivileged",
     "numa-split",
+    "p2p",
+    "p2p-off",
 ];
 
 /// The modules L2 needs for virtio-net.
@@ -366,6 +394,7 @@ impl Scenario {
             expected_exit: 0,
             root_disk: None,
             net: false,
+            nvme_known_block: false,
             l1_disk: None,
         }
     }
@@ -415,6 +444,8 @@ impl Scenario {
             "preopened" => Ok(preopened(Launcher::RootWithUser)),
             "unprivileged" => Ok(preopened(Launcher::Unprivileged)),
             "numa-split" => Ok(numa_split()),
+            "p2p" => Ok(p2p()),
+            "p2p-off" => Ok(p2p_off()),
             _ => Err(Error::UnknownScenario {
                 name: name.into(),
                 known: BUILTIN.join(", "),
@@ -1006,6 +1037,45 @@ pub fn numa_split() -> Scenario {
         checks::edu_mmio(),
         checks::device_node(Device::Nvme, 1),
         checks::device_node(Device::Edu, 0),
+    ];
+    s
+}
+
+/// Peer-to-peer DMA between passed-through devices: `p2pread` in L2 drives the nvme from
+/// userspace (driver unbound, BAR0 mapped through sysfs, bus mastering on) with its
+/// queues and data buffer in ivshmem's BAR2, and reads the known block L0's image holds;
+/// it must arrive in the BAR (checked in L2) and in L0's backing file. Strait's `p2p`
+/// is left at its default, on with two devices.
+pub fn p2p() -> Scenario {
+    let mut s = Scenario::new("p2p");
+    s.devices = vec![Device::Nvme, Device::Ivshmem];
+    s.nvme_known_block = true;
+    s.tools = vec![GuestTool::P2pRead];
+    s.checks = vec![checks::nvme_bound(), p2p::read_check(true)];
+    s.host_checks = vec![
+        HostCheck::P2pBacking { mapped: true },
+        HostCheck::DmarFault { expected: false },
+        HostCheck::StraitLogged {
+            name: "strait-p2p-on",
+            text: "peer-to-peer DMA mappings for 2 of 2 functions",
+        },
+    ];
+    s.timeout = Duration::from_secs(420);
+    s
+}
+
+/// The same with Strait's `"p2p": "off"`: the controller's DMA into ivshmem's BAR must
+/// be blocked (L1's IOMMU reports a DMAR fault inside the BAR) and the backing file must
+/// keep `p2pread`'s fill. It proves `p2p` measures the mapping. Strait only: QEMU maps
+/// every mmapped BAR into the IOMMU and has no switch to stop it.
+pub fn p2p_off() -> Scenario {
+    let mut s = p2p();
+    s.name = "p2p-off".into();
+    s.strait.p2p = Some("off");
+    s.checks = vec![checks::nvme_bound(), p2p::read_check(false)];
+    s.host_checks = vec![
+        HostCheck::P2pBacking { mapped: false },
+        HostCheck::DmarFault { expected: true },
     ];
     s
 }

@@ -304,6 +304,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
     if guest.net {
         spec["net"] = crate::net::strait_spec(!guest.strait.net_userspace);
     }
+    if let Some(p2p) = guest.strait.p2p {
+        spec["p2p"] = p2p.into();
+    }
     if guest.hide_hypervisor {
         spec["cpu"] = serde_json::json!({ "hide_hypervisor": true });
     }

@@ -17,6 +17,11 @@
 //! - `nvme-intx`: the same with `pci=nomsi`, on INTx through an IO-APIC pin.
 //! - `passthrough`: nvme, bochs-display (bochs-drm binds) and ivshmem (its 8 GiB BAR
 //!   above 4 GiB, written by L2 and found in L0's backing file) at once.
+//! - `p2p`: L2 drives the nvme from userspace with its queues and data buffer in
+//!   ivshmem's BAR; the known block arrives there by peer-to-peer DMA (checked in L2 and
+//!   in L0's backing file).
+//! - `p2p-off`: the same with `"p2p": "off"`: the DMA is blocked, L1's IOMMU reports a
+//!   fault inside the BAR, and the backing file keeps the fill.
 //! - `graceful-shutdown`, `graceful-shutdown-timeout`: SIGTERM presses the ACPI power
 //!   button; acpid in L2 powers off (exit 0), or L2 ignores it and is stopped (exit 9).
 //! - `reboot`: L2 reboots once and boots again in the same Strait process.
@@ -159,6 +164,19 @@ fn strait_delivers_nvme_intx_through_the_ioapic() {
 #[test]
 fn strait_passes_nvme_bochs_and_ivshmem_through_root_ports() {
     run_with_strait(scenario::passthrough());
+}
+
+/// The nvme reads a known block by peer-to-peer DMA into ivshmem's BAR (issue 14).
+#[test]
+fn strait_maps_bars_for_peer_to_peer_dma() {
+    run_with_strait(scenario::p2p());
+}
+
+/// With `"p2p": "off"` the same read is blocked by L1's IOMMU: the test above measures
+/// the mapping.
+#[test]
+fn strait_without_p2p_blocks_peer_to_peer_dma() {
+    run_with_strait(scenario::p2p_off());
 }
 
 /// SIGTERM presses the ACPI power button; L2's acpid runs its power-button script
