@@ -149,7 +149,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     if let Some(p) = passthrough.as_mut() {
         attach_passthrough(p, &ram, spec, &cpuid, &routing, virtio.bars(), &cliques)?;
     }
-    let ram_setup = start_ram_setup(spec, &ram, passthrough.as_ref(), &stop)?;
+    let ram_setup = start_ram_setup(spec, &ram, passthrough.as_ref(), &stop, &binds)?;
     let virtio_map = place_virtio(&vm_fd, spec, &cpuid, passthrough.as_ref(), &mut virtio)?;
     let files = files
         .join()
@@ -250,6 +250,7 @@ fn start_ram_setup(
     ram: &GuestRam,
     passthrough: Option<&Passthrough>,
     stop: &Arc<StopSignal>,
+    binds: &[memory::RamBind],
 ) -> Result<RamSetup, Error> {
     let dma = passthrough.and_then(|p| Some((p.dma()?.clone(), p.function_devices())));
     if let Some((d, _)) = &dma {
@@ -262,6 +263,14 @@ fn start_ram_setup(
         chunk: crate::ram_setup::CHUNK,
         dma,
         stop: stop.clone(),
+        nodes: binds
+            .iter()
+            .filter(|b| !b.cpus.is_empty())
+            .map(|b| crate::ram_setup::NodeRam {
+                guest: b.guest..b.guest + b.len,
+                cpus: b.cpus.clone(),
+            })
+            .collect(),
     };
     RamSetup::start(ram, params).map_err(|e| VmError::RamSetupThread(e).into())
 }

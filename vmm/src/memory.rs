@@ -86,12 +86,14 @@ pub enum MemoryError {
     Regions(String),
 }
 
-/// Guest RAM `guest..guest + len` bound to host NUMA node `node`.
+/// Guest RAM `guest..guest + len` bound to host NUMA node `node`, faulted in by
+/// threads on host CPUs `cpus` (the node's; none: wherever the scheduler puts them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RamBind {
     pub guest: u64,
     pub len: u64,
     pub node: u32,
+    pub cpus: Vec<usize>,
 }
 
 /// One guest RAM range: guest physical start and length in bytes.

@@ -274,6 +274,7 @@ impl NumaPlan {
                         guest,
                         len,
                         node: n.host_node,
+                        cpus: n.host_cpus.clone(),
                     })
             })
             .collect()
@@ -407,12 +408,18 @@ mod tests {
         );
         assert_eq!((p.nodes[0].devices.len(), n.devices.clone()), (0, vec![0]));
         assert_eq!(p.vcpu_cpus(1), Some(&[2usize, 3][..]));
-        let binds: Vec<(u64, u64, u32)> = p
+        let binds: Vec<(u64, u64, u32, Vec<usize>)> = p
             .ram_binds(&[(0, 512 << 20)])
             .into_iter()
-            .map(|b| (b.guest, b.len, b.node))
+            .map(|b| (b.guest, b.len, b.node, b.cpus))
             .collect();
-        assert_eq!(binds, [(0, 256 << 20, 0), (256 << 20, 256 << 20, 1)]);
+        assert_eq!(
+            binds,
+            [
+                (0, 256 << 20, 0, vec![0, 1]),
+                (256 << 20, 256 << 20, 1, vec![2, 3])
+            ]
+        );
         assert_eq!(p.entry_node(0), Some(1));
     }
 

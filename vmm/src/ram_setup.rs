@@ -16,6 +16,11 @@
 //! The threads run at a lower priority (nice 10) than the vCPUs and the kernel
 //! loader: on a host with few CPUs the zeroing must not delay the guest's start.
 //!
+//! With guest NUMA, the chunks of each node's RAM form a queue of their own, and the
+//! threads that start on it are pinned to that host node's CPUs, so its pages are zeroed
+//! by the node that will use them; a thread whose queue is empty helps with the others
+//! (every chunk gets done, even on a node no thread started on).
+//!
 //! The end is a timeline mark (`dma_mapped`, or `ram_prefaulted` without devices).
 //! A chunk that fails stops the VM with the error. A reboot in place goes on with the
 //! work; the VM's teardown cancels it between chunks and joins the threads
@@ -64,6 +69,15 @@ pub struct RamSetupParams {
     /// is released once it is complete.
     pub dma: Option<PendingDma>,
     pub stop: Arc<StopSignal>,
+    /// Guest RAM bound to host nodes, with the CPUs whose threads fault it in.
+    pub nodes: Vec<NodeRam>,
+}
+
+/// Guest RAM bound to a host NUMA node: its guest physical range and the node's CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRam {
+    pub guest: Range<u64>,
+    pub cpus: Vec<usize>,
 }
 
 /// The threads making guest RAM ready, until joined.
@@ -73,10 +87,52 @@ pub struct RamSetup {
     cancelled: Arc<AtomicBool>,
 }
 
-/// The chunk list the threads share, and how far they got.
-struct Work {
+/// The chunks of one host node's RAM (or of RAM bound to none: `cpus` empty), and how
+/// far the threads got.
+#[derive(Debug)]
+struct Queue {
     chunks: Vec<RamRegion>,
     next: AtomicUsize,
+    cpus: Vec<usize>,
+}
+
+impl Queue {
+    fn take(&self) -> Option<&RamRegion> {
+        self.chunks.get(self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn done(&self) -> bool {
+        self.next.load(Ordering::SeqCst) >= self.chunks.len()
+    }
+}
+
+/// `chunks` split by node: one queue per entry of `nodes` holding the chunks that start
+/// in its range, then one unpinned queue for the rest; empty queues left out.
+fn queues(chunks: Vec<RamRegion>, nodes: &[NodeRam]) -> Vec<Queue> {
+    let mut split: Vec<(Vec<RamRegion>, Vec<usize>)> =
+        nodes.iter().map(|n| (Vec::new(), n.cpus.clone())).collect();
+    let mut rest = Vec::new();
+    for c in chunks {
+        match nodes.iter().position(|n| n.guest.contains(&c.gpa)) {
+            Some(i) => split[i].0.push(c),
+            None => rest.push(c),
+        }
+    }
+    split.push((rest, Vec::new()));
+    split
+        .into_iter()
+        .filter(|(chunks, _)| !chunks.is_empty())
+        .map(|(chunks, cpus)| Queue {
+            chunks,
+            next: AtomicUsize::new(0),
+            cpus,
+        })
+        .collect()
+}
+
+/// The chunk queues the threads share, and how the work went.
+struct Work {
+    queues: Vec<Queue>,
     failed: AtomicBool,
     error: Mutex<Option<(String, ExitCode)>>,
     populate: bool,
@@ -107,8 +163,7 @@ impl RamSetup {
         let (dma, release) = p.dma.unzip();
         let cancelled = Arc::new(AtomicBool::new(false));
         let work = Work {
-            chunks: dma_chunks(&regions, p.chunk, page),
-            next: AtomicUsize::new(0),
+            queues: queues(dma_chunks(&regions, p.chunk, page), &p.nodes),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             populate: p.populate || dma.is_some(),
@@ -117,7 +172,9 @@ impl RamSetup {
             stop: p.stop,
             cancelled: cancelled.clone(),
         };
-        let threads = thread_count(&work.chunks);
+        let chunks = work.queues.iter().map(|q| q.chunks.len()).sum();
+        // At least one thread per queue, so each node's RAM starts on its own CPUs.
+        let threads = thread_count(chunks).max(work.queues.len());
         let release = release.unwrap_or_default();
         let thread = std::thread::Builder::new()
             .name("strait-ram".into())
@@ -145,24 +202,36 @@ impl Drop for RamSetup {
     }
 }
 
-/// Threads for `chunks`: one per CPU, at most one per chunk and [`MAX_THREADS`].
-fn thread_count(chunks: &[RamRegion]) -> usize {
+/// Threads for `chunks` chunks: one per CPU, at most one per chunk and [`MAX_THREADS`].
+fn thread_count(chunks: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cpus.min(chunks.len()).clamp(1, MAX_THREADS)
+    cpus.min(chunks).clamp(1, MAX_THREADS)
 }
 
 /// The first thread: start the others, work with them, then finish the mapping.
 fn run(work: &Work, threads: usize, release: &[Arc<Mutex<VfioPciDevice>>]) {
+    for q in work.queues.iter().filter(|q| !q.cpus.is_empty()) {
+        let (first, last) = (q.chunks.first(), q.chunks.last());
+        if let (Some(a), Some(b)) = (first, last) {
+            log::info!(
+                "numa: RAM {:#x}..{:#x} faulted in on host CPUs {:?}",
+                a.gpa,
+                b.gpa + b.size,
+                q.cpus
+            );
+        }
+    }
+    let home = |i: usize| i % work.queues.len().max(1);
     std::thread::scope(|s| {
-        for _ in 1..threads {
+        for i in 1..threads {
             let spawned = std::thread::Builder::new()
                 .name("strait-ram".into())
-                .spawn_scoped(s, || work_on(work));
+                .spawn_scoped(s, move || work_on(work, home(i)));
             if spawned.is_err() {
                 break; // Fewer threads: the others take the chunks.
             }
         }
-        work_on(work);
+        work_on(work, home(0));
     });
     finish(work, release);
 }
@@ -171,9 +240,22 @@ fn run(work: &Work, threads: usize, release: &[Arc<Mutex<VfioPciDevice>>]) {
 /// zeroing takes the CPU time the guest's boot leaves.
 const NICENESS: libc::c_int = 10;
 
-/// One thread: lower its priority, enter the sandbox, then take chunks until none is
-/// left, one failed or the VM stops.
-fn work_on(work: &Work) {
+/// One thread: pin it to its queue's CPUs (`home`), lower its priority, enter the
+/// sandbox, then take chunks (its queue's first, then the others') until none is left,
+/// one failed or the VM stops.
+fn work_on(work: &Work, home: usize) {
+    if let Some(cpus) = work
+        .queues
+        .get(home)
+        .map(|q| &q.cpus)
+        .filter(|c| !c.is_empty())
+    {
+        // SAFETY: pthread_self is always valid for the calling thread.
+        let me = unsafe { libc::pthread_self() };
+        if let Err(e) = crate::numa::pin_thread(me, cpus) {
+            log::warn!("numa: a RAM setup thread stays unpinned (host CPUs {cpus:?}): {e}");
+        }
+    }
     // SAFETY: setpriority on this thread (a TID is a PRIO_PROCESS target on Linux).
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICENESS) } != 0
     {
@@ -187,9 +269,16 @@ fn work_on(work: &Work) {
         fail(work, format!("a RAM setup thread: {what}"), ExitCode::Fatal);
         return;
     }
+    let n = work.queues.len();
+    let mut order = (0..n).map(|k| &work.queues[(home + k) % n]);
+    let mut queue = order.next();
     while !work.failed.load(Ordering::SeqCst) && !work.cancelled.load(Ordering::SeqCst) {
-        let Some(c) = work.chunks.get(work.next.fetch_add(1, Ordering::SeqCst)) else {
+        let Some(q) = queue else {
             return;
+        };
+        let Some(c) = q.take() else {
+            queue = order.next();
+            continue;
         };
         if work.populate {
             let range = host_range(c);
@@ -221,7 +310,7 @@ fn fail(work: &Work, what: String, code: ExitCode) {
 /// After every thread: complete the mapping and release the held bus mastering, or
 /// stop the VM with the failure.
 fn finish(work: &Work, release: &[Arc<Mutex<VfioPciDevice>>]) {
-    let done = work.next.load(Ordering::SeqCst) >= work.chunks.len();
+    let done = work.queues.iter().all(Queue::done);
     if let Some((what, exit)) = lock(&work.error).take() {
         if let Some(dma) = &work.dma {
             dma.finish(false);
@@ -290,11 +379,22 @@ mod tests {
         dev: &Arc<Mutex<VfioPciDevice>>,
         stop: &Arc<StopSignal>,
     ) -> RamSetup {
+        start_on(ram, dma, dev, stop, Vec::new())
+    }
+
+    fn start_on(
+        ram: &GuestRam,
+        dma: &Arc<GuestDma>,
+        dev: &Arc<Mutex<VfioPciDevice>>,
+        stop: &Arc<StopSignal>,
+        nodes: Vec<NodeRam>,
+    ) -> RamSetup {
         let params = RamSetupParams {
             populate: false,
             chunk: 2 * MIB,
             dma: Some((dma.clone(), vec![dev.clone()])),
             stop: stop.clone(),
+            nodes,
         };
         RamSetup::start(ram, params).unwrap()
     }
@@ -334,6 +434,65 @@ mod tests {
 
     #[test]
     fn a_vcpu_setting_bus_master_runs_on_only_after_all_ram_is_mapped() {
+        bus_master_waits_for_all_ram(Vec::new());
+    }
+
+    #[test]
+    fn ram_split_over_nodes_is_all_mapped_before_bus_master() {
+        // The first 4 MiB on one node, 2 MiB on another (no thread may be left for it),
+        // the last 2 MiB on none; CPU 0 exists everywhere.
+        let node = |guest: Range<u64>| NodeRam {
+            guest,
+            cpus: vec![0],
+        };
+        bus_master_waits_for_all_ram(vec![node(0..4 * MIB), node(4 * MIB..6 * MIB)]);
+    }
+
+    #[test]
+    fn chunks_queue_by_the_node_they_start_in() {
+        let chunk = |gpa| RamRegion {
+            gpa,
+            size: 2 * MIB,
+            host_addr: 0,
+        };
+        let chunks = (0..4).map(|i| chunk(i * 2 * MIB)).collect();
+        let nodes = [
+            NodeRam {
+                guest: 0..4 * MIB,
+                cpus: vec![0, 1],
+            },
+            NodeRam {
+                guest: 4 * MIB..6 * MIB,
+                cpus: vec![2],
+            },
+            NodeRam {
+                guest: 64 * MIB..128 * MIB,
+                cpus: vec![3],
+            },
+        ];
+        let q = queues(chunks, &nodes);
+        let picture: Vec<(Vec<u64>, Vec<usize>)> = q
+            .iter()
+            .map(|q| {
+                (
+                    q.chunks.iter().map(|c| c.gpa / MIB).collect(),
+                    q.cpus.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            picture,
+            [
+                (vec![0, 2], vec![0, 1]),
+                (vec![4], vec![2]),
+                (vec![6], vec![])
+            ],
+            "the empty node's queue is left out, the unbound rest comes last"
+        );
+        assert_eq!(queues(Vec::new(), &nodes).len(), 0);
+    }
+
+    fn bus_master_waits_for_all_ram(nodes: Vec<NodeRam>) {
         let log = CallLog::default();
         let (ram, dma, dev) = machine(FakeDmaMapper::new(log.clone(), vec![]), &log);
         let stop = Arc::new(StopSignal::default());
@@ -341,7 +500,7 @@ mod tests {
         let vcpu = guest_sets_bus_master(&dev, &dma, &stop, &log);
         // The device got memory decode only.
         assert_eq!(bme_writes(&log.calls()), vec![vec![2, 0]]);
-        let mut setup = start(&ram, &dma, &dev, &stop);
+        let mut setup = start_on(&ram, &dma, &dev, &stop, nodes);
         let seen = vcpu.join().unwrap();
         setup.cancel();
         let maps = seen
@@ -405,6 +564,7 @@ mod tests {
             chunk: CHUNK,
             dma: None,
             stop: Arc::new(StopSignal::default()),
+            nodes: Vec::new(),
         };
         assert!(RamSetup::start(&ram, params).unwrap().thread.is_none());
     }
