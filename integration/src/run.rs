@@ -396,6 +396,15 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 detail,
             }
         }
+        HostCheck::NumaPlacement { nodes } => {
+            let (passed, detail) =
+                numa_verdict(&read("vmm-numa-maps.txt"), &read("vmm-sandbox.txt"), nodes);
+            CheckResult {
+                name,
+                passed,
+                detail,
+            }
+        }
         HostCheck::VmmLogLines { max } => {
             let lines = read("l2-console.log")
                 .lines()
@@ -489,6 +498,64 @@ pub(crate) fn bar_maps_verdict(maps: &str, min_bytes: u64) -> (bool, String) {
         (
             false,
             format!("not aligned to their size: {bad:?} (all: {shown:?})"),
+        )
+    }
+}
+
+/// Judge L1's samples of the VMM's /proc/PID/numa_maps and threads (with their
+/// `Cpus_allowed_list`) on an L1 whose node `i` has CPU `i`: for each node `i` below
+/// `nodes`, the mappings bound to it (`bind:i`) hold pages on `Ni` and on no other node,
+/// and thread `strait-vcpu{i}` may run on CPU `i` only.
+pub(crate) fn numa_verdict(numa_maps: &str, threads: &str, nodes: u32) -> (bool, String) {
+    let pages_on = |l: &str, n: u32| {
+        let key = format!("N{n}=");
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(key.as_str()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut found = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..nodes {
+        let bind = format!("bind:{i}");
+        let bound: Vec<&str> = numa_maps
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == bind))
+            .collect();
+        let here: u64 = bound.iter().map(|l| pages_on(l, i)).sum();
+        let elsewhere: u64 = bound
+            .iter()
+            .map(|l| {
+                (0..nodes)
+                    .filter(|&n| n != i)
+                    .map(|n| pages_on(l, n))
+                    .sum::<u64>()
+            })
+            .sum();
+        if here == 0 || elsewhere != 0 {
+            bad.push(format!(
+                "RAM bound to node {i}: {here} pages there, {elsewhere} elsewhere"
+            ));
+        } else {
+            found.push(format!("node {i}: {here} pages"));
+        }
+        let vcpu = format!("strait-vcpu{i} ");
+        let cpus = threads
+            .lines()
+            .find(|l| l.starts_with(&vcpu))
+            .and_then(|l| l.split("Cpus_allowed_list:").nth(1))
+            .map(|c| c.trim().to_string());
+        match cpus {
+            Some(c) if c == i.to_string() => found.push(format!("vcpu{i} on CPU {c}")),
+            other => bad.push(format!("vcpu{i} may run on {other:?}, want CPU {i}")),
+        }
+    }
+    if bad.is_empty() {
+        (true, found.join(", "))
+    } else {
+        (
+            false,
+            format!("{} (seen: {})", bad.join("; "), found.join(", ")),
         )
     }
 }
@@ -679,6 +746,20 @@ mod tests {
 
     #[test]
     fn sandbox_verdict_wants_every_thread_filtered_without_capabilities() {
+        let numa = "7f0000000000 bind:0 file=/h/strait-ram huge dirty=128 N0=128 kernelpagesize_kB=2048\n\
+                    7f0010000000 bind:1 file=/h/strait-ram huge dirty=128 N1=128 kernelpagesize_kB=2048\n";
+        let threads = "strait Seccomp: 2 Cpus_allowed_list: 0-1 \n\
+                       strait-vcpu0 Seccomp: 2 Cpus_allowed_list: 0 \n\
+                       strait-vcpu1 Seccomp: 2 Cpus_allowed_list: 1 \n";
+        assert!(numa_verdict(numa, threads, 2).0);
+        let spread = numa.replace("N1=128", "N0=64 N1=64");
+        assert!(
+            !numa_verdict(&spread, threads, 2).0,
+            "node 1's RAM partly on node 0"
+        );
+        let unpinned = threads.replace("Cpus_allowed_list: 1 ", "Cpus_allowed_list: 0-1 ");
+        assert!(!numa_verdict(numa, &unpinned, 2).0, "vcpu1 not pinned");
+        assert!(!numa_verdict("", threads, 2).0, "no sample");
         let maps = "7f0000000000-7f0200000000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n\
                     7f0240000000-7f0241000000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n\
                     7f0241000000-7f0241001000 rw-s 00000000 00:0e 12 anon_inode:[vfio-device]\n";

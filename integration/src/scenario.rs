@@ -131,6 +131,14 @@ pub enum HostCheck {
         /// The size of the largest BAR mapping expected.
         min_bytes: u64,
     },
+    /// Strait only, L1 with NUMA nodes (CPU `i` on node `i`): in L1's samples taken while
+    /// L2 ran, guest RAM bound to host node `i` has its pages there (/proc/PID/numa_maps:
+    /// a `bind:i` mapping with pages on `Ni` only), for each of `nodes` nodes, and vCPU
+    /// thread `i` may run on CPU `i` only (Cpus_allowed_list).
+    NumaPlacement {
+        /// Guest (and host) nodes.
+        nodes: u32,
+    },
     /// Strait only: its log (on the VMM's output, with L2's console) holds `text`.
     StraitLogged {
         /// The check's name.
@@ -170,6 +178,7 @@ impl HostCheck {
             HostCheck::DmarFault { expected: true } => "l1-dmar-fault",
             HostCheck::DmarFault { expected: false } => "l1-no-dmar-fault",
             HostCheck::BarMapsAligned { .. } => "bar-maps-aligned",
+            HostCheck::NumaPlacement { .. } => "numa-placement",
             HostCheck::TimelineOrder { .. } => "timeline-order",
         }
     }
@@ -185,6 +194,7 @@ impl HostCheck {
                 | HostCheck::ApiSocketRemoved
                 | HostCheck::VmmLogLines { .. }
                 | HostCheck::BarMapsAligned { .. }
+                | HostCheck::NumaPlacement { .. }
                 | HostCheck::StraitLogged { .. }
                 | HostCheck::TimelineOrder { .. }
         )
@@ -1021,6 +1031,7 @@ pub fn numa_auto() -> Scenario {
         checks::nvme_bound(),
         checks::device_node(Device::Nvme, 1),
     ];
+    s.host_checks = vec![HostCheck::NumaPlacement { nodes: 2 }];
     s
 }
 

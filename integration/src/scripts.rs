@@ -74,9 +74,10 @@ mark() { read up _ < /proc/uptime; echo "TESTBED-L1 $1 uptime=$up"; echo "$1=$up
 sandbox_status() { # PID: each thread's name, seccomp mode, no_new_privs and CapEff, while L2 runs
 	for t in /proc/$1/task/*; do
 		read c < $t/comm || continue
-		echo "$c $(grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff):' $t/status | tr '\t\n' '  ')"
+		echo "$c $(grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff|Cpus_allowed_list):' $t/status | tr '\t\n' '  ')"
 	done > $W/vmm-sandbox.tmp 2>/dev/null && mv $W/vmm-sandbox.tmp $W/vmm-sandbox.txt
 	cp /proc/$1/maps $W/vmm-maps.tmp 2>/dev/null && mv $W/vmm-maps.tmp $W/vmm-maps.txt
+	cp /proc/$1/numa_maps $W/vmm-numa-maps.tmp 2>/dev/null && mv $W/vmm-numa-maps.tmp $W/vmm-numa-maps.txt
 }
 find_pci() { # VENDOR DEVICE -> BDF of the first match
 	for d in /sys/bus/pci/devices/*; do
