@@ -183,6 +183,17 @@ impl HostCheck {
         }
     }
 
+    /// Whether L1 judges it from samples of the VMM (threads, maps) taken while L2 runs.
+    pub fn sampled_by_l1(self) -> bool {
+        matches!(
+            self,
+            HostCheck::VmmSandboxed
+                | HostCheck::VmmRanAs { .. }
+                | HostCheck::NumaPlacement { .. }
+                | HostCheck::BarMapsAligned { .. }
+        )
+    }
+
     /// Whether the check is about Strait itself (not run for another VMM).
     pub fn strait_only(self) -> bool {
         matches!(
@@ -381,6 +392,11 @@ const ROOT_DISK_MODULES: &[ModuleRequest] = &[
 ];
 
 impl Scenario {
+    /// Whether L1 samples the VMM while L2 runs for one of the host checks.
+    pub fn samples_vmm(&self) -> bool {
+        self.host_checks.iter().any(|c| c.sampled_by_l1())
+    }
+
     /// A scenario with no devices or checks and the defaults of the baseline.
     pub fn new(name: &str) -> Self {
         Self {

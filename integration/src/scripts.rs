@@ -149,7 +149,7 @@ while kill -0 $vmm 2>/dev/null; do
 	l1_actions
 	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
 	# Sampled while L2 runs: once it is done, vCPU threads start going away.
-	[ $seen = 1 ] && [ $((n % 4)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log && sandbox_status $vmm
+	[ $seen = 1 ] && [ $((n % 2)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log && sandbox_status $vmm
 	usleep 500000
 done
 wait $vmm; rc=$?
@@ -440,8 +440,17 @@ pub fn l2_checks_script(scenario: &Scenario) -> String {
         }
         let _ = writeln!(s, "run_check {} check_{i}", check.name);
     }
+    if scenario.samples_vmm() {
+        // L1 samples the VMM's threads and maps every second while L2 runs (before
+        // TESTBED-DONE): a guest done in under a second would leave it nothing to judge.
+        let _ = writeln!(s, "sleep {L1_SAMPLE_HOLD_SECS}");
+    }
     s
 }
+
+/// How long L2 stays up after its checks when L1 judges samples of the VMM taken while
+/// L2 runs ([`Scenario::samples_vmm`]): several of L1's sampling periods.
+pub const L1_SAMPLE_HOLD_SECS: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -596,6 +605,14 @@ mod tests {
         let script = l2_checks_script(&scenario::nvme());
         assert!(script.contains("run_check nvme-bound check_0"));
         assert!(script.contains("run_check nvme-msix check_2"));
+    }
+
+    #[test]
+    fn a_guest_whose_vmm_l1_samples_stays_up_for_the_samples() {
+        let hold = format!("sleep {L1_SAMPLE_HOLD_SECS}");
+        assert!(l2_checks_script(&scenario::hostile()).ends_with(&format!("{hold}\n")));
+        assert!(l2_checks_script(&scenario::numa_auto()).contains(&hold));
+        assert!(!l2_checks_script(&scenario::nvme()).contains(&hold));
     }
 
     #[test]
