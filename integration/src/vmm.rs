@@ -62,6 +62,32 @@ pub struct GuestConfig {
     pub numa_auto: bool,
 }
 
+#[cfg(test)]
+impl GuestConfig {
+    /// A 2-vCPU, 512 MiB guest on 2 MiB pages with nothing else: the unit tests' base,
+    /// which they override with struct update syntax.
+    pub(crate) fn for_tests() -> GuestConfig {
+        GuestConfig {
+            strait: Default::default(),
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            vcpus: 2,
+            memory_mib: 512,
+            hugepages: HugePages::Size2M,
+            kernel: PathBuf::from("/boot/vmlinuz"),
+            initramfs: PathBuf::from("/c/l2.cpio"),
+            cmdline: "console=ttyS0".into(),
+            devices: 0,
+            disks: Vec::new(),
+            direct_disks: false,
+            net: false,
+            whole_slots: Vec::new(),
+            hide_hypervisor: false,
+            numa_nodes: 0,
+            numa_auto: false,
+        }
+    }
+}
+
 /// The control API socket in L1's chroot: on its /run tmpfs (a Unix socket cannot be
 /// created on the 9p share that holds the work dir).
 pub const API_SOCKET: &str = "/run/strait-api.sock";
@@ -328,22 +354,12 @@ mod tests {
 
     fn guest(devices: usize, hugepages: HugePages) -> GuestConfig {
         GuestConfig {
-            strait: Default::default(),
-            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            vcpus: 2,
-            memory_mib: 512,
             hugepages,
             kernel: PathBuf::from("/boot/vmlinuz-test"),
             initramfs: PathBuf::from("/cache/l2.cpio"),
             cmdline: "console=ttyS0 pci=nomsi".into(),
             devices,
-            disks: Vec::new(),
-            direct_disks: false,
-            net: false,
-            whole_slots: Vec::new(),
-            hide_hypervisor: false,
-            numa_nodes: 0,
-            numa_auto: false,
+            ..GuestConfig::for_tests()
         }
     }
 

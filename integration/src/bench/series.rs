@@ -378,22 +378,8 @@ mod tests {
 
     fn guest() -> GuestConfig {
         GuestConfig {
-            strait: Default::default(),
-            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            vcpus: 2,
-            memory_mib: 512,
-            hugepages: crate::HugePages::Size2M,
-            kernel: PathBuf::from("/boot/vmlinuz"),
             initramfs: PathBuf::from("/c/l2-boot.cpio"),
-            cmdline: "console=ttyS0".into(),
-            devices: 0,
-            disks: Vec::new(),
-            direct_disks: false,
-            net: false,
-            whole_slots: Vec::new(),
-            hide_hypervisor: false,
-            numa_nodes: 0,
-            numa_auto: false,
+            ..GuestConfig::for_tests()
         }
     }
 
