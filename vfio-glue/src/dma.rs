@@ -209,12 +209,15 @@ impl GuestDma {
         } else {
             DmaProgress::Failed
         };
+        // Nothing is held once the mapping has ended: from here on every vCPU exit
+        // checks one atomic, not the progress lock.
+        self.held.store(false, Ordering::SeqCst);
         self.changed.notify_all();
     }
 
     /// True while a vCPU must not go back to the guest: some function holds its Bus
     /// Master Enable back and the mapping has not finished. One atomic load when no
-    /// function ever held it.
+    /// function held it, or once the mapping has ended.
     pub fn bus_master_held(&self) -> bool {
         self.held.load(Ordering::SeqCst) && *lock(&self.progress) == DmaProgress::Mapping
     }
