@@ -110,6 +110,10 @@ struct BenchArgs {
     /// Directory that receives `<date>/` (default: integration/results).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only these kinds of launch (boot, bare, nvme, blk, reboot, memory), e.g. `--only blk`
+    /// while working on one path; the report leaves the others out.
+    #[arg(long, value_delimiter = ',', value_parser = parse_launch_kind)]
+    only: Vec<bench::plan::LaunchKind>,
     /// Only re-render results.md and chart.svg from an existing raw.json.
     #[arg(long, value_name = "RAW_JSON")]
     render: Option<PathBuf>,
@@ -316,6 +320,16 @@ fn demo_report(outcome: &testbed::Outcome, out: &mut impl Write) {
     let _ = writeln!(out, "== result\n{}", outcome.summary());
 }
 
+fn parse_launch_kind(name: &str) -> Result<bench::plan::LaunchKind, String> {
+    bench::plan::LaunchKind::from_name(name).ok_or_else(|| {
+        let all: Vec<&str> = bench::plan::LaunchKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        format!("no launch kind `{name}`; one of {}", all.join(", "))
+    })
+}
+
 /// `testbed bench`: runs the benchmark (or re-renders a result set) and prints the tables.
 fn bench(
     args: &BenchArgs,
@@ -336,6 +350,7 @@ fn bench(
         b.io.secs = args.io_secs.unwrap_or(b.io.secs);
         b.io.queue_depth = args.qd.unwrap_or(b.io.queue_depth);
         b.vcpus = args.vcpus.unwrap_or(b.vcpus);
+        b.only = args.only.clone();
         if let Some(path) = &args.strait_binary {
             b.strait_binary = path.clone();
         }

@@ -32,6 +32,7 @@ use crate::run::{self, RunContext};
 use crate::scenario::{HugePages, Scenario};
 use crate::vmm::Vmm;
 use crate::{images, l0, Testbed};
+use plan::LaunchKind;
 
 use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
@@ -65,6 +66,8 @@ pub struct BenchOptions {
     pub results_root: PathBuf,
     /// The command line, for the report.
     pub command: String,
+    /// Only these kinds of launch; all when empty.
+    pub only: Vec<LaunchKind>,
 }
 
 impl BenchOptions {
@@ -83,6 +86,7 @@ impl BenchOptions {
             agent_binary: options::workspace_dir().join("target/release/testbed"),
             results_root: options::crate_dir().join("results"),
             command: format!("cargo run --release -p testbed -- bench --reps {reps}"),
+            only: vec![],
         }
     }
 
@@ -225,6 +229,7 @@ impl Testbed {
             strait: opts.strait_binary.clone(),
             work_dir: PathBuf::new(),
             io: opts.io,
+            only: opts.only.clone(),
         };
         Ok(AgentRun {
             testbed,

@@ -86,6 +86,35 @@ pub enum LaunchKind {
     Reboot,
 }
 
+impl LaunchKind {
+    /// Every kind, in the order a repetition runs them.
+    pub const ALL: [LaunchKind; 6] = [
+        LaunchKind::Boot,
+        LaunchKind::Bare,
+        LaunchKind::Nvme,
+        LaunchKind::Blk,
+        LaunchKind::Reboot,
+        LaunchKind::Memory,
+    ];
+
+    /// Lower-case name, as in the plan's JSON and `bench --only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LaunchKind::Boot => "boot",
+            LaunchKind::Bare => "bare",
+            LaunchKind::Nvme => "nvme",
+            LaunchKind::Blk => "blk",
+            LaunchKind::Memory => "memory",
+            LaunchKind::Reboot => "reboot",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// Identifies a launch and the configuration it measured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchKey {
@@ -161,6 +190,8 @@ pub struct PlanConfig {
     pub work_dir: PathBuf,
     /// iobench's load.
     pub io: IoLoad,
+    /// Only these kinds of launch (`bench --only`); all when empty.
+    pub only: Vec<LaunchKind>,
 }
 
 /// A measurement: what runs, on how much RAM.
@@ -220,6 +251,9 @@ pub fn build(cfg: &PlanConfig) -> Plan {
                 hugepages,
             });
         }
+    }
+    if !cfg.only.is_empty() {
+        measurements.retain(|m| cfg.only.contains(&m.kind));
     }
     let mut launches = Vec::new();
     for rep in 1..=cfg.reps {
@@ -502,6 +536,7 @@ mod tests {
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),
+            only: vec![],
             io: IoLoad {
                 secs: 4,
                 queue_depth: 4,
@@ -519,6 +554,22 @@ mod tests {
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
         assert_eq!(plan.launches[18].key.id, "r2-boot-qemu");
+    }
+
+    #[test]
+    fn only_keeps_the_kinds_asked_for() {
+        let plan = build(&PlanConfig {
+            only: vec![LaunchKind::Blk, LaunchKind::Memory],
+            ..config(1)
+        });
+        let ids: Vec<&str> = plan.launches.iter().map(|l| l.key.id.as_str()).collect();
+        assert_eq!(ids[..2], ["r1-blk-qemu", "r1-blk-strait"]);
+        // blk plus 2 sizes x 2 page kinds, 2 VMMs.
+        assert_eq!(plan.launches.len(), 10);
+        assert!(LaunchKind::ALL
+            .iter()
+            .all(|k| LaunchKind::from_name(k.name()) == Some(*k)));
+        assert_eq!(LaunchKind::from_name("net"), None);
     }
 
     #[test]
