@@ -6,12 +6,11 @@ use super::request::{IOERR, OK, UNSUPP};
 use super::*;
 use crate::virtio::testutil::*;
 use std::io::Read;
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::workers::Job;
 use crate::virtio::Interrupts;
 
 const HDR: u64 = DATA;
@@ -94,11 +93,9 @@ impl Rig {
     }
 
     /// Swap the worker threads for a pool the test runs by hand, and activate again.
-    fn stall(&mut self) -> Receiver<Job> {
-        let (pool, jobs) = Workers::stalled(self.dev.requests.clone()).unwrap();
-        self.dev.workers = pool;
+    fn stall(&mut self) {
+        self.dev.workers = Workers::stalled(self.dev.requests.clone()).unwrap();
         self.activate(false);
-        jobs
     }
 
     fn header(&self, kind: u32, sector: u64) {
@@ -452,23 +449,17 @@ fn a_flush_after_completed_writes_succeeds_and_the_data_is_on_disk() {
 #[test]
 fn a_reset_drops_queued_requests_unexecuted() {
     let mut r = rig();
-    let jobs = r.stall();
+    r.stall();
     let statuses = publish_many(&mut r, VIRTIO_BLK_T_OUT, 3);
     r.dev.process_queue(0);
     assert_eq!(r.dev.workers.in_flight(), 3);
     let before = r.disk();
-    std::thread::scope(|scope| {
-        let pool = &r.dev.workers;
-        // The workers pick the requests up only after the reset began.
-        scope.spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            for _ in 0..3 {
-                pool.run(jobs.recv().unwrap());
-            }
-        });
-        pool.cancel();
-    });
+    r.dev.reset();
     assert_eq!(r.dev.workers.in_flight(), 0);
+    assert!(
+        !r.dev.workers.run_next(),
+        "nothing is left for a worker to take"
+    );
     assert_eq!(r.q.used_idx(), 0);
     assert_eq!(r.interrupts(), 0);
     for s in statuses {
@@ -480,24 +471,24 @@ fn a_reset_drops_queued_requests_unexecuted() {
 #[test]
 fn a_reset_waits_for_a_request_being_carried_out_and_drops_its_completion() {
     let mut r = rig();
-    let jobs = r.stall();
+    r.stall();
     r.request(VIRTIO_BLK_T_IN, 0, 512, true);
     r.dev.process_queue(0);
-    let job = jobs.recv().unwrap();
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let job = r.dev.workers.take().unwrap();
+    let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let pool = &r.dev.workers;
         let reset = scope.spawn(|| {
             pool.cancel();
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            done.store(true, Ordering::SeqCst);
         });
         std::thread::sleep(Duration::from_millis(50));
-        // The request is still "executing": the reset has not returned.
-        assert!(!done.load(std::sync::atomic::Ordering::SeqCst));
+        // The request is still being carried out: the reset has not returned.
+        assert!(!done.load(Ordering::SeqCst));
         pool.finish(job, 513);
         reset.join().unwrap();
     });
-    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(done.load(Ordering::SeqCst));
     assert_eq!(r.q.used_idx(), 0);
     assert_eq!(r.interrupts(), 0);
 }
@@ -505,13 +496,13 @@ fn a_reset_waits_for_a_request_being_carried_out_and_drops_its_completion() {
 #[test]
 fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
     let mut r = rig();
-    let jobs = r.stall();
+    r.stall();
     r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
     r.dev.process_queue(0);
-    let old = jobs.recv().unwrap();
+    let old = r.dev.workers.take().unwrap();
     std::thread::scope(|scope| {
         let pool = &r.dev.workers;
-        scope.spawn(|| {
+        scope.spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             pool.finish(old, 1);
         });
@@ -521,7 +512,7 @@ fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
     assert_eq!(r.q.used_idx(), 0);
     // The new queue starts over: the request is popped again, completed once.
     r.dev.process_queue(0);
-    r.dev.workers.run(jobs.recv().unwrap());
+    assert!(r.dev.workers.run_next());
     assert_eq!(r.q.used_idx(), 1);
     assert_eq!(r.q.used(0), (0, 1));
     assert_eq!(r.interrupts(), 1);
@@ -533,7 +524,7 @@ fn in_flight_requests_are_capped_at_the_queue_size() {
     // than the queue holds: with workers that have not finished, the rest stays in the
     // ring until a completion makes room and wakes the I/O thread.
     let mut r = rig_with(false, 4096);
-    let jobs = r.stall();
+    r.stall();
     r.header(VIRTIO_BLK_T_FLUSH, 0);
     r.q.desc(0, HDR, 16, F_NEXT, 1);
     r.q.desc(1, STATUS, 1, F_WRITE, 0);
@@ -548,10 +539,17 @@ fn in_flight_requests_are_capped_at_the_queue_size() {
     // The eventfd the I/O thread watches (non-blocking: a read finds its count or fails).
     let mut wake = std::fs::File::from(r.dev.workers.wake_fd().unwrap());
     let mut count = [0u8; 8];
-    assert!(wake.read(&mut count).is_err(), "no wake-up while nothing completed");
-    r.dev.workers.run(jobs.recv().unwrap());
+    assert!(
+        wake.read(&mut count).is_err(),
+        "no wake-up while nothing completed"
+    );
+    assert!(r.dev.workers.run_next());
     assert_eq!(r.q.used_idx(), 1);
-    assert_eq!(wake.read(&mut count).unwrap(), 8, "a completion in a full pool wakes the I/O thread");
+    assert_eq!(
+        wake.read(&mut count).unwrap(),
+        8,
+        "a completion in a full pool wakes the I/O thread"
+    );
     r.dev.process_queue(0);
     assert_eq!(r.dev.workers.in_flight(), 16);
 }

@@ -33,15 +33,21 @@
 //! must not rely on it). A FLUSH is an fdatasync of the whole file, so it covers every
 //! write that completed before it was submitted, which is all the spec promises.
 //!
-//! Reset: [`Workers::cancel`] takes the ring away, makes queued requests be dropped
-//! unexecuted and waits until no worker is inside one, so after a device reset nothing
+//! Hand-off: requests wait in one queue under the same mutex; queueing one wakes one
+//! idle worker (a condition variable, not a channel behind a lock, which would wake a
+//! second thread per request to take the lock), and a worker that finishes takes the
+//! next queued request without sleeping.
+//!
+//! Reset: [`Workers::cancel`] takes the ring away, drops the queued requests unexecuted
+//! and waits until no worker is inside one, so after a device reset nothing
 //! writes into guest memory the driver may reuse, and no completion of the old queue
 //! reaches the new one. The wait is bounded by one request per worker (QEMU drains the
 //! same way).
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -113,18 +119,40 @@ pub(super) struct Job {
 
 #[derive(Default)]
 struct State {
-    /// Bumped by each reset: jobs of an older generation are dropped.
+    /// Bumped by each reset: a request carried out across one is not completed.
     generation: u64,
+    /// Requests queued or being carried out.
     in_flight: usize,
+    /// Requests no worker has taken yet, oldest first.
+    queued: VecDeque<Job>,
     /// The queue while the device is active.
     ring: Option<Ring>,
     /// [`Workers::process`] stopped at the in-flight cap: the next completion wakes the
     /// I/O thread to pop the rest.
     capped: bool,
+    /// The wake eventfd was written and not read yet (read only then: one syscall less
+    /// per notify).
+    woken: bool,
+    /// The pool is being dropped: workers return once nothing is queued.
+    closing: bool,
+}
+
+impl State {
+    /// A request of `generation` is done, `len` bytes written into its chain: complete
+    /// it if its queue is still the current one.
+    fn finish(&mut self, label: &str, generation: u64, head: u16, len: u32) {
+        if let (true, Some(ring)) = (self.generation == generation, &mut self.ring) {
+            ring.add_used(label, head, len);
+            ring.notify();
+        }
+        self.in_flight -= 1;
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Signalled when a request is queued (one worker) or the pool closes (all).
+    work: Condvar,
     /// Signalled when `in_flight` drops to 0.
     idle: Condvar,
     /// Written when a completion frees room after the pool was full; the I/O thread
@@ -136,26 +164,20 @@ impl Shared {
     fn new() -> io::Result<Shared> {
         Ok(Shared {
             state: Mutex::new(State::default()),
+            work: Condvar::new(),
             idle: Condvar::new(),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
 
-    /// A request of `generation` is done, `len` bytes written into its chain (`None`:
-    /// dropped unexecuted): complete it if its queue is still the current one.
-    fn finish(&self, label: &str, generation: u64, head: u16, len: Option<u32>) {
-        let mut s = lock(&self.state);
-        if let (true, Some(len), Some(ring)) = (s.generation == generation, len, &mut s.ring) {
-            ring.add_used(label, head, len);
-            ring.notify();
-        }
-        s.in_flight -= 1;
+    /// Complete a request (see [`State::finish`]), wake whoever waits for room or idle.
+    fn finish(&self, s: &mut State, label: &str, job: &Job, len: u32) {
+        s.finish(label, job.generation, job.chain.head, len);
         if s.in_flight == 0 {
             self.idle.notify_all();
         }
-        let wake = std::mem::take(&mut s.capped);
-        drop(s);
-        if wake {
+        if std::mem::take(&mut s.capped) {
+            s.woken = true;
             let _ = self.wake.write(1);
         }
     }
@@ -164,7 +186,6 @@ impl Shared {
 /// The running pool of one disk.
 pub struct Workers {
     requests: Arc<Requests>,
-    jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -181,17 +202,14 @@ impl Workers {
     /// Start `config.threads` workers over `requests`; fails if a thread cannot be
     /// spawned or its start hook fails (the threads already started are joined).
     pub fn start(requests: Arc<Requests>, config: &WorkerConfig) -> io::Result<Workers> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let mut pool = Workers {
             requests,
-            jobs: Some(tx),
             threads: Vec::new(),
             shared: Arc::new(Shared::new()?),
         };
         for i in 0..config.threads.max(1) {
-            let (rx, requests, shared) = (rx.clone(), pool.requests.clone(), pool.shared.clone());
+            let (requests, shared) = (pool.requests.clone(), pool.shared.clone());
             let (ready, on_start) = (ready_tx.clone(), config.on_start.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("{}{i}", config.name))
@@ -200,7 +218,7 @@ impl Workers {
                     let ok = started.is_ok();
                     let _ = ready.send(started);
                     if ok {
-                        work(&rx, &requests, &shared);
+                        work(&requests, &shared);
                     }
                 })?;
             pool.threads.push(handle);
@@ -216,32 +234,39 @@ impl Workers {
         Ok(pool)
     }
 
-    /// A pool without threads: the test takes the handed-out requests from the returned
-    /// receiver and runs them (or not) with [`Workers::run`] and [`Workers::finish`].
+    /// A pool without threads: the test runs the queued requests (or not) with
+    /// [`Workers::take`], [`Workers::finish`] and [`Workers::run_next`].
     #[cfg(test)]
-    pub(super) fn stalled(requests: Arc<Requests>) -> io::Result<(Workers, Receiver<Job>)> {
-        let (jobs, rx) = mpsc::channel();
-        let pool = Workers {
+    pub(super) fn stalled(requests: Arc<Requests>) -> io::Result<Workers> {
+        Ok(Workers {
             requests,
-            jobs: Some(jobs),
             threads: Vec::new(),
             shared: Arc::new(Shared::new()?),
-        };
-        Ok((pool, rx))
+        })
     }
 
-    /// Carry out `job` as a worker thread does.
+    /// Take the oldest queued request, as a worker starting it does.
     #[cfg(test)]
-    pub(super) fn run(&self, job: Job) {
-        run(job, &self.requests, &self.shared);
+    pub(super) fn take(&self) -> Option<Job> {
+        lock(&self.shared.state).queued.pop_front()
     }
 
-    /// Complete `job` as if its I/O had just written `len` bytes (a request whose
-    /// execution a reset overtook).
+    /// Complete a taken request as if its I/O had just written `len` bytes.
     #[cfg(test)]
     pub(super) fn finish(&self, job: Job, len: u32) {
-        let label = &self.requests.label;
-        self.shared.finish(label, job.generation, job.chain.head, Some(len));
+        let mut s = lock(&self.shared.state);
+        self.shared.finish(&mut s, &self.requests.label, &job, len);
+    }
+
+    /// Carry out the oldest queued request as a worker thread does; false if none.
+    #[cfg(test)]
+    pub(super) fn run_next(&self) -> bool {
+        let Some(job) = self.take() else {
+            return false;
+        };
+        let len = self.requests.execute(&job.mem, &job.chain);
+        self.finish(job, len);
+        true
     }
 
     /// Take the queue of a freshly activated device.
@@ -258,16 +283,12 @@ impl Workers {
     /// a refused chain is completed on the spot. Stops when a pass finds none, so an
     /// avail index the ring cannot hold (refused by the queue) cannot spin it.
     pub fn process(&self) {
-        let mut s = lock(&self.shared.state);
-        let _ = self.shared.wake.read();
-        let generation = s.generation;
-        let State {
-            ring: Some(ring),
-            in_flight,
-            capped,
-            ..
-        } = &mut *s
-        else {
+        let mut guard = lock(&self.shared.state);
+        let s = &mut *guard;
+        if std::mem::take(&mut s.woken) {
+            let _ = self.shared.wake.read();
+        }
+        let Some(ring) = &mut s.ring else {
             return;
         };
         let cap = usize::from(ring.queue.size());
@@ -275,7 +296,7 @@ impl Workers {
         loop {
             let _ = ring.queue.disable_notification(&*ring.mem);
             let mut progressed = false;
-            while *in_flight < cap {
+            while s.in_flight < cap {
                 let Some(desc) = ring.queue.pop_descriptor_chain(&*ring.mem) else {
                     break;
                 };
@@ -283,15 +304,13 @@ impl Workers {
                 let head = desc.head_index();
                 match parse_chain(&*ring.mem, desc) {
                     Ok(chain) => {
-                        let job = Job {
-                            generation,
+                        s.queued.push_back(Job {
+                            generation: s.generation,
                             chain,
                             mem: ring.mem.clone(),
-                        };
-                        // The receivers live as long as `jobs` does: sending cannot fail.
-                        if self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok()) {
-                            *in_flight += 1;
-                        }
+                        });
+                        s.in_flight += 1;
+                        self.shared.work.notify_one();
                     }
                     Err(e) => {
                         limited_log!(
@@ -306,8 +325,8 @@ impl Workers {
                 }
             }
             // Full: the next completion wakes the I/O thread to run this again.
-            if *in_flight >= cap {
-                *capped = true;
+            if s.in_flight >= cap {
+                s.capped = true;
                 break;
             }
             if !progressed || !ring.queue.enable_notification(&*ring.mem).unwrap_or(false) {
@@ -326,6 +345,9 @@ impl Workers {
         s.generation = s.generation.wrapping_add(1);
         s.ring = None;
         s.capped = false;
+        let dropped = s.queued.len();
+        s.queued.clear();
+        s.in_flight -= dropped;
         drop(self.wait_idle_locked(s));
     }
 
@@ -351,8 +373,9 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Closing the channel ends every worker after its current request.
-        self.jobs = None;
+        // Every worker returns after the requests still queued.
+        lock(&self.shared.state).closing = true;
+        self.shared.work.notify_all();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("a block worker panicked");
@@ -361,18 +384,21 @@ impl Drop for Workers {
     }
 }
 
-fn work(rx: &Mutex<Receiver<Job>>, requests: &Requests, shared: &Shared) {
+/// A worker thread: carry out queued requests, oldest first, and complete each; after
+/// a completion take the next request without sleeping if one is queued.
+fn work(requests: &Requests, shared: &Shared) {
+    let mut s = lock(&shared.state);
     loop {
-        let Ok(job) = lock(rx).recv() else {
-            return;
+        let Some(job) = s.queued.pop_front() else {
+            if s.closing {
+                return;
+            }
+            s = shared.work.wait(s).unwrap_or_else(|p| p.into_inner());
+            continue;
         };
-        run(job, requests, shared);
+        drop(s);
+        let len = requests.execute(&job.mem, &job.chain);
+        s = lock(&shared.state);
+        shared.finish(&mut s, &requests.label, &job, len);
     }
-}
-
-fn run(job: Job, requests: &Requests, shared: &Shared) {
-    let current = lock(&shared.state).generation == job.generation;
-    // A request queued before a reset is dropped: its buffers may be reused.
-    let len = current.then(|| requests.execute(&job.mem, &job.chain));
-    shared.finish(&requests.label, job.generation, job.chain.head, len);
 }
