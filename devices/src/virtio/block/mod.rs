@@ -26,7 +26,8 @@ use virtio_queue::QueueT;
 use super::{ActivateError, Activation, IoEvents, VirtioDevice};
 pub use disk::{DiskError, DiskFile, DiskOptions, SECTOR_SIZE};
 use request::Requests;
-pub use workers::{Ring, ThreadStart, WorkerConfig, Workers};
+use workers::Ring;
+pub use workers::{ThreadStart, WorkerConfig, Workers};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;

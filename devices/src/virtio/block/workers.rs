@@ -84,10 +84,10 @@ impl std::fmt::Debug for WorkerConfig {
 }
 
 /// The request queue of an activated device: what popping and completing need.
-pub struct Ring {
-    pub mem: Arc<GuestMemoryMmap>,
-    pub queue: Queue,
-    pub irqs: Interrupts,
+pub(super) struct Ring {
+    pub(super) mem: Arc<GuestMemoryMmap>,
+    pub(super) queue: Queue,
+    pub(super) irqs: Interrupts,
 }
 
 impl Ring {
@@ -270,7 +270,7 @@ impl Workers {
     }
 
     /// Take the queue of a freshly activated device.
-    pub fn attach(&self, ring: Ring) {
+    pub(super) fn attach(&self, ring: Ring) {
         lock(&self.shared.state).ring = Some(ring);
     }
 
