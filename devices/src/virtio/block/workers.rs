@@ -199,6 +199,7 @@ impl Shared {
             mem: ring.mem.clone(),
         };
         s.in_flight += 1;
+        drop(s);
         if more {
             self.kick_one();
         }
