@@ -199,7 +199,6 @@ impl Shared {
             mem: ring.mem.clone(),
         };
         s.in_flight += 1;
-        drop(s);
         if more {
             self.kick_one();
         }
