@@ -455,9 +455,7 @@ impl VirtioDevices {
                 .map(|(_, fd)| fd.try_clone())
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(VirtioError::IoThread)?;
-            let wanted = lock(&f.device)
-                .io_events(&kicks)
-                .map_err(VirtioError::IoThread)?;
+            let wanted = lock(&f.device).io_events().map_err(VirtioError::IoThread)?;
             events.push(QueueEvents {
                 label: f.label.clone(),
                 device: f.device.clone(),

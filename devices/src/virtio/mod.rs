@@ -121,10 +121,8 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The driver notified queue `index` (or its backend became ready): process it.
     fn process_queue(&mut self, index: usize);
-    /// What the I/O thread should wait on (asked once, when it starts). `kicks` are the
-    /// queues' notify eventfds: a device whose own threads wait on them takes them here
-    /// and answers `kicks: false`.
-    fn io_events(&self, _kicks: &[EventFd]) -> std::io::Result<IoEvents> {
+    /// What the I/O thread should wait on (asked once, when it starts).
+    fn io_events(&self) -> std::io::Result<IoEvents> {
         Ok(IoEvents {
             kicks: true,
             backend: Vec::new(),

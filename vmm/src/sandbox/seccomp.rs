@@ -22,9 +22,8 @@
 //!   madvise, VFIO_IOMMU_MAP_DMA, getrlimit, config reads and writes (pread64/pwrite64
 //!   on VFIO device fds) releasing held bus mastering;
 //! - I/O thread: epoll, eventfd reads, tap reads and writes; block workers: the disk's
-//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls; epoll_wait and
-//!   eventfd reads for the queue's notify, eventfd writes for its irqfd and to wake
-//!   another worker (write is in every thread's list).
+//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls, and eventfd
+//!   writes (the queue's irqfd after a completion; write is in every thread's list).
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
 //! (SECCOMP_RET_TRAP): the handler writes one line naming the syscall number and thread
@@ -329,12 +328,7 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
                     libc::SYS_fsync,
                     libc::SYS_fdatasync,
                     libc::SYS_fallocate,
-                    // Waiting for a notify and resetting its eventfd.
-                    libc::SYS_epoll_wait,
-                    libc::SYS_epoll_pwait,
-                    libc::SYS_read,
-                    // The last worker to exit may hold the last reference to the disk
-                    // (and closes its epoll).
+                    // The last worker to exit may hold the last reference to the disk.
                     libc::SYS_close,
                 ],
             );

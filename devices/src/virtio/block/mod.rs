@@ -6,9 +6,10 @@
 //! (one segment each), INDIRECT_DESC and EVENT_IDX; GET_ID answers the serial, which
 //! Linux shows as /dev/disk/by-id/virtio-SERIAL.
 //!
-//! The I/O thread has no part in it: the workers wait on the queue's notify eventfd,
-//! pop and check the chains, carry them out and put each into the used ring when done.
-//! Several requests are in flight at once, one per worker.
+//! On the I/O thread the device only moves chains: it pops and checks them and hands
+//! them to the workers, which put each into the used ring when done. Several requests
+//! are in flight at once, at most the queue's size (all a driver can have outstanding):
+//! one that publishes the same descriptors again and again cannot queue unbounded work.
 
 pub mod disk;
 pub mod request;
@@ -21,7 +22,6 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, Activation, IoEvents, VirtioDevice};
 pub use disk::{DiskError, DiskFile, DiskOptions, SECTOR_SIZE};
@@ -152,18 +152,17 @@ impl VirtioDevice for Block {
         self.workers.cancel();
     }
 
-    /// Nothing to do: the workers wait on the notify eventfd themselves.
-    fn process_queue(&mut self, _index: usize) {}
-
-    /// The workers take the request queue's notify eventfd; the I/O thread waits on
-    /// nothing of this device.
-    fn io_events(&self, kicks: &[EventFd]) -> io::Result<IoEvents> {
-        if let Some(kick) = kicks.first() {
-            self.workers.watch(kick)?;
+    /// Runs on a queue notify, and when a completion makes room in a full pool.
+    fn process_queue(&mut self, index: usize) {
+        if index == 0 {
+            self.workers.process();
         }
+    }
+
+    fn io_events(&self) -> io::Result<IoEvents> {
         Ok(IoEvents {
-            kicks: false,
-            backend: Vec::new(),
+            kicks: true,
+            backend: vec![(self.workers.wake_fd()?, 0)],
         })
     }
 }

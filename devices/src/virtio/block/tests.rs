@@ -5,8 +5,9 @@
 use super::request::{IOERR, OK, UNSUPP};
 use super::*;
 use crate::virtio::testutil::*;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,8 +23,6 @@ struct Rig {
     dev: Block,
     /// The queue's interrupt: its count is the number of interrupts raised.
     irq: EventFd,
-    /// The queue's notify eventfd, which the workers wait on.
-    kick: EventFd,
     _dir: TempDir,
     path: std::path::PathBuf,
 }
@@ -46,14 +45,10 @@ fn rig_sized(readonly: bool, disk_bytes: usize, queue_size: u16) -> Rig {
     .unwrap();
     let q = TestQueue::new(queue_size);
     let dev = Block::new("test".into(), disk, "serial-7", &test_workers()).unwrap();
-    let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let events = dev.io_events(std::slice::from_ref(&kick)).unwrap();
-    assert!(!events.kicks && events.backend.is_empty());
     let mut r = Rig {
         q,
         dev,
         irq: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        kick,
         _dir: dir,
         path,
     };
@@ -121,25 +116,9 @@ impl Rig {
         self.q.publish(0);
     }
 
-    /// Notify, help the workers carry out what is available, and wait for them.
+    /// Process the queue and wait for the workers to complete what it handed out.
     fn run(&mut self) {
-        self.kick.write(1).unwrap();
-        while self.dev.workers.run_next() {}
-        self.dev.workers.wait_idle();
-    }
-
-    /// Notify and let the worker threads alone complete until the used index is `n`.
-    fn run_on_workers(&mut self, n: u16) {
-        self.kick.write(1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.q.used_idx() != n {
-            assert!(
-                Instant::now() < deadline,
-                "used index {} of {n}",
-                self.q.used_idx()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.dev.process_queue(0);
         self.dev.workers.wait_idle();
     }
 
@@ -468,10 +447,33 @@ fn a_flush_after_completed_writes_succeeds_and_the_data_is_on_disk() {
 }
 
 #[test]
+fn a_reset_drops_queued_requests_unexecuted() {
+    let mut r = rig();
+    r.stall();
+    let statuses = publish_many(&mut r, VIRTIO_BLK_T_OUT, 3);
+    r.dev.process_queue(0);
+    assert_eq!(r.dev.workers.in_flight(), 3);
+    let before = r.disk();
+    r.dev.reset();
+    assert_eq!(r.dev.workers.in_flight(), 0);
+    assert!(
+        !r.dev.workers.run_next(),
+        "nothing is left for a worker to take"
+    );
+    assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.interrupts(), 0);
+    for s in statuses {
+        assert_eq!(r.q.read(s, 1), [0xee]);
+    }
+    assert_eq!(r.disk(), before);
+}
+
+#[test]
 fn a_reset_waits_for_a_request_being_carried_out_and_drops_its_completion() {
     let mut r = rig();
     r.stall();
-    let statuses = publish_many(&mut r, VIRTIO_BLK_T_IN, 3);
+    r.request(VIRTIO_BLK_T_IN, 0, 512, true);
+    r.dev.process_queue(0);
     let job = r.dev.workers.take().unwrap();
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -487,14 +489,8 @@ fn a_reset_waits_for_a_request_being_carried_out_and_drops_its_completion() {
         reset.join().unwrap();
     });
     assert!(done.load(Ordering::SeqCst));
-    assert_eq!(r.dev.workers.in_flight(), 0);
-    // What no worker took stays untouched; the taken request's completion is dropped.
-    assert!(!r.dev.workers.run_next());
     assert_eq!(r.q.used_idx(), 0);
     assert_eq!(r.interrupts(), 0);
-    for s in statuses {
-        assert_eq!(r.q.read(s, 1), [0xee]);
-    }
 }
 
 #[test]
@@ -502,6 +498,7 @@ fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
     let mut r = rig();
     r.stall();
     r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
+    r.dev.process_queue(0);
     let old = r.dev.workers.take().unwrap();
     std::thread::scope(|scope| {
         let pool = &r.dev.workers;
@@ -513,9 +510,9 @@ fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
     });
     r.activate(false);
     assert_eq!(r.q.used_idx(), 0);
-    // The new queue starts over: the request is taken again, completed once.
+    // The new queue starts over: the request is popped again, completed once.
+    r.dev.process_queue(0);
     assert!(r.dev.workers.run_next());
-    assert!(!r.dev.workers.run_next());
     assert_eq!(r.q.used_idx(), 1);
     assert_eq!(r.q.used(0), (0, 1));
     assert_eq!(r.interrupts(), 1);
@@ -523,37 +520,38 @@ fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
 
 #[test]
 fn in_flight_requests_are_capped_at_the_queue_size() {
-    // A driver that republishes the same chain again and again cannot have more work
-    // taken than the queue holds: the rest stays in the ring until a completion.
+    // A driver that republishes the same chain again and again cannot queue more work
+    // than the queue holds: with workers that have not finished, the rest stays in the
+    // ring until a completion makes room and wakes the I/O thread.
     let mut r = rig_with(false, 4096);
     r.stall();
     r.header(VIRTIO_BLK_T_FLUSH, 0);
     r.q.desc(0, HDR, 16, F_NEXT, 1);
     r.q.desc(1, STATUS, 1, F_WRITE, 0);
-    for _ in 0..16 {
-        r.q.publish(0);
+    for _ in 0..2 {
+        for _ in 0..16 {
+            r.q.publish(0);
+        }
+        r.dev.process_queue(0);
+        assert_eq!(r.dev.workers.in_flight(), 16);
     }
-    let mut jobs: Vec<_> = std::iter::from_fn(|| r.dev.workers.take()).collect();
-    assert_eq!(jobs.len(), 16);
-    for _ in 0..16 {
-        r.q.publish(0);
-    }
-    assert!(r.dev.workers.take().is_none(), "full");
-    assert_eq!(r.dev.workers.in_flight(), 16);
     assert_eq!(r.q.used_idx(), 0);
-    r.dev.workers.finish(jobs.pop().unwrap(), 1);
+    // The eventfd the I/O thread watches (non-blocking: a read finds its count or fails).
+    let mut wake = std::fs::File::from(r.dev.workers.wake_fd().unwrap());
+    let mut count = [0u8; 8];
+    assert!(
+        wake.read(&mut count).is_err(),
+        "no wake-up while nothing completed"
+    );
+    assert!(r.dev.workers.run_next());
     assert_eq!(r.q.used_idx(), 1);
-    jobs.push(r.dev.workers.take().expect("a completion makes room"));
-    assert!(r.dev.workers.take().is_none());
-}
-
-#[test]
-fn one_notify_gets_every_available_request_done_on_the_workers() {
-    let mut r = rig_sized(false, 64 * 1024, 256);
-    publish_many(&mut r, VIRTIO_BLK_T_IN, 12);
-    // One notify for 12 requests: each worker that takes one wakes the next.
-    r.run_on_workers(12);
-    assert_eq!(r.dev.workers.in_flight(), 0);
+    assert_eq!(
+        wake.read(&mut count).unwrap(),
+        8,
+        "a completion in a full pool wakes the I/O thread"
+    );
+    r.dev.process_queue(0);
+    assert_eq!(r.dev.workers.in_flight(), 16);
 }
 
 #[test]
@@ -567,7 +565,8 @@ fn concurrent_completions_each_reach_the_used_ring_once_with_an_interrupt() {
         std::fs::write(&r.path, disk).unwrap();
     }
     let statuses = publish_many(&mut r, VIRTIO_BLK_T_IN, n);
-    r.run_on_workers(n);
+    r.run();
+    assert_eq!(r.q.used_idx(), n);
     let mut heads: Vec<u32> = (0..n).map(|i| r.q.used(i).0).collect();
     heads.sort_unstable();
     assert_eq!(heads, (0..u32::from(n)).map(|i| 3 * i).collect::<Vec<_>>());

@@ -551,7 +551,7 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn io_events(&self, _kicks: &[vmm_sys_util::eventfd::EventFd]) -> io::Result<IoEvents> {
+    fn io_events(&self) -> io::Result<IoEvents> {
         if self.vhost.is_some() {
             // vhost-net waits on the kicks and the tap itself.
             return Ok(IoEvents {

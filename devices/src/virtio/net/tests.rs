@@ -270,7 +270,7 @@ fn config_space_holds_the_mac_and_link_up() {
 #[test]
 fn the_userspace_path_watches_kicks_and_the_tap() {
     let r = rig(0);
-    let ev = r.dev.io_events(&[]).unwrap();
+    let ev = r.dev.io_events().unwrap();
     assert!(ev.kicks);
     assert_eq!(ev.backend.len(), 1);
     assert_eq!(ev.backend[0].1, RX_QUEUE);
