@@ -209,6 +209,7 @@ pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
     rows.extend(memory_rows(records, layout));
     rows.extend(io_rows(records, LaunchKind::Nvme));
     rows.extend(io_rows(records, LaunchKind::Blk));
+    rows.extend(teardown_rows(records));
     rows.extend(reboot_rows(records));
     rows.extend(exit_rows(records));
     rows.extend(blk_exit_rows(records));
@@ -260,6 +261,29 @@ fn launch_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             analysis::launch_to_exit,
         ),
     ]
+}
+
+/// Teardown: the guest's power-off to the VMM's exit, with and without the device.
+fn teardown_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    [
+        ("Guest power-off → VMM exit", LaunchKind::Boot),
+        (
+            "Guest power-off → VMM exit, no device passed through",
+            LaunchKind::Bare,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        row(
+            "Teardown",
+            name.into(),
+            "ms",
+            Better::Lower,
+            None,
+            sides(records, kind, None, analysis::power_off_to_exit),
+        )
+    })
+    .collect()
 }
 
 fn memory_rows(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
