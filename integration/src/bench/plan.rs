@@ -6,13 +6,15 @@
 //!
 //! Launches come in repetitions; inside one, every measurement runs QEMU then
 //! Strait back to back (Q S Q S ...), so slow drift of the shared 2-core host
-//! hits both alike.
+//! hits both alike. The launch series over RAM, kernel cache and devices
+//! ([`super::sweep`]) runs first, in an order of its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::sweep::{self, Sweep};
 use crate::scenario::HugePages;
 use crate::vmm::{qemu_command, strait_spec, GuestConfig, Vmm};
 
@@ -41,6 +43,8 @@ pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 /// background, usually after the vCPUs started): the end of a memory launch under
 /// Strait.
 pub const STRAIT_READY_MARK: &str = "dma_mapped";
+/// Strait's timeline mark once all guest RAM is faulted in, with no device.
+pub const STRAIT_RAM_MARK: &str = "ram_prefaulted";
 
 /// The VMM of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,6 +54,9 @@ pub enum VmmKind {
     Qemu,
     /// Strait.
     Strait,
+    /// No VMM: the agent itself faults the same hugepages in L1 (mmap with
+    /// `MAP_POPULATE`), the zeroing bandwidth a VMM's RAM setup is held to.
+    Populate,
 }
 
 impl VmmKind {
@@ -61,6 +68,7 @@ impl VmmKind {
         match self {
             VmmKind::Qemu => "qemu",
             VmmKind::Strait => "strait",
+            VmmKind::Populate => "populate",
         }
     }
 }
@@ -84,17 +92,36 @@ pub enum LaunchKind {
     /// the token, clears it and powers off. The VMM resets in place (QEMU's
     /// system_reset, Strait's reboot in place).
     Reboot,
+    /// As `Bare`, Strait with its kernel cache empty (cold: it decompresses the
+    /// bzImage beside RAM setup) or filled (cached); QEMU boots the same bzImage.
+    Kernel,
+    /// Launch series over RAM: L2 with no device boots to /init and powers off, at
+    /// one RAM size on 2 MiB or 1 GiB pages, prefault on or off (QEMU: `prealloc`);
+    /// and the plain populate of the same pages in L1 ([`VmmKind::Populate`]).
+    Ram,
+    /// Strait's RAM setup alone for the RAM series: prefault on, L2 (no device) holds
+    /// at /init, and Strait is stopped at its `ram_prefaulted` mark (a guest that
+    /// powers off first would end the setup before it is done).
+    RamSetup,
+    /// As `Boot` with the `passthrough` scenario's three devices: nvme,
+    /// bochs-display and ivshmem with its 8 GiB BAR.
+    Passthrough,
 }
 
 impl LaunchKind {
-    /// Every kind, in the order a repetition runs them.
-    pub const ALL: [LaunchKind; 6] = [
+    /// Every kind: first those of a repetition, in the order it runs them, then
+    /// those of the launch series.
+    pub const ALL: [LaunchKind; 10] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Nvme,
         LaunchKind::Blk,
         LaunchKind::Reboot,
         LaunchKind::Memory,
+        LaunchKind::Kernel,
+        LaunchKind::Ram,
+        LaunchKind::RamSetup,
+        LaunchKind::Passthrough,
     ];
 
     /// Lower-case name, as in the plan's JSON and `bench --only`.
@@ -106,6 +133,23 @@ impl LaunchKind {
             LaunchKind::Blk => "blk",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
+            LaunchKind::Kernel => "kernel",
+            LaunchKind::Ram => "ram",
+            LaunchKind::RamSetup => "ram-setup",
+            LaunchKind::Passthrough => "passthrough",
+        }
+    }
+
+    /// Devices L2 gets: none, the nvme (`@DEV0@`), or all three of the bench's L1.
+    pub fn devices(self) -> usize {
+        match self {
+            LaunchKind::Bare
+            | LaunchKind::Blk
+            | LaunchKind::Kernel
+            | LaunchKind::Ram
+            | LaunchKind::RamSetup => 0,
+            LaunchKind::Passthrough => 3,
+            LaunchKind::Boot | LaunchKind::Nvme | LaunchKind::Memory | LaunchKind::Reboot => 1,
         }
     }
 
@@ -130,6 +174,16 @@ pub struct LaunchKey {
     pub memory_mib: u32,
     /// Backing of L2 RAM.
     pub hugepages: HugePages,
+    /// RAM faulted in at the start (Strait `memory.prefault`, QEMU `prealloc`).
+    #[serde(default = "yes")]
+    pub prefault: bool,
+    /// Strait started with its kernel cache empty.
+    #[serde(default)]
+    pub cold_kernel: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One VMM invocation for the agent.
@@ -162,6 +216,10 @@ pub struct Plan {
     pub work_dir: PathBuf,
     /// Value written to L1's transparent_hugepage/enabled before the first launch.
     pub transparent_hugepages: String,
+    /// Strait's per-user cache (`XDG_CACHE_HOME`) in L1, on its own tmpfs (a local
+    /// disk's part), filled at the start from the testbed's; `None`: the run script's.
+    #[serde(default)]
+    pub vmm_cache: Option<PathBuf>,
 }
 
 /// iobench's load.
@@ -192,14 +250,20 @@ pub struct PlanConfig {
     pub io: IoLoad,
     /// Only these kinds of launch (`bench --only`); all when empty.
     pub only: Vec<LaunchKind>,
+    /// The launch series.
+    pub sweep: Sweep,
+    /// Strait's cache in L1 ([`Plan::vmm_cache`]).
+    pub vmm_cache: Option<PathBuf>,
 }
 
 /// A measurement: what runs, on how much RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Measurement {
-    kind: LaunchKind,
-    memory_mib: u32,
-    hugepages: HugePages,
+pub(crate) struct Measurement {
+    pub kind: LaunchKind,
+    pub memory_mib: u32,
+    pub hugepages: HugePages,
+    pub prefault: bool,
+    pub cold_kernel: bool,
 }
 
 impl Measurement {
@@ -213,6 +277,20 @@ impl Measurement {
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
+            LaunchKind::Ram => format!(
+                "ram-{}-{}{}",
+                self.memory_mib,
+                self.hugepages.spec_value(),
+                if self.prefault { "" } else { "-lazy" }
+            ),
+            LaunchKind::RamSetup => format!(
+                "ram-{}-{}-setup",
+                self.memory_mib,
+                self.hugepages.spec_value()
+            ),
+            LaunchKind::Kernel if self.cold_kernel => "kernel-cold".into(),
+            LaunchKind::Kernel => "kernel-cached".into(),
+            LaunchKind::Passthrough => "passthrough".into(),
         }
     }
 }
@@ -223,6 +301,8 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         kind: LaunchKind::Boot,
         memory_mib: cfg.guest.memory_mib,
         hugepages: cfg.guest.hugepages,
+        prefault: true,
+        cold_kernel: false,
     };
     let mut measurements = vec![
         base,
@@ -249,13 +329,17 @@ pub fn build(cfg: &PlanConfig) -> Plan {
                 kind: LaunchKind::Memory,
                 memory_mib,
                 hugepages,
+                ..base
             });
         }
     }
     if !cfg.only.is_empty() {
         measurements.retain(|m| cfg.only.contains(&m.kind));
     }
-    let mut launches = Vec::new();
+    let mut launches: Vec<Launch> = sweep::order(&cfg.sweep, base, &cfg.only)
+        .into_iter()
+        .map(|(rep, m, vmm)| launch(cfg, m, rep, vmm))
+        .collect();
     for rep in 1..=cfg.reps {
         for m in &measurements {
             for vmm in VmmKind::BOTH {
@@ -267,6 +351,7 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         launches,
         work_dir: cfg.work_dir.clone(),
         transparent_hugepages: "never".into(),
+        vmm_cache: cfg.vmm_cache.clone(),
     }
 }
 
@@ -286,23 +371,26 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.queue_depth
         ),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
-        LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
-            format!("{base} testbed.bench=boot")
-        }
+        LaunchKind::RamSetup => format!("{base} testbed.bench=hold"),
+        LaunchKind::Boot
+        | LaunchKind::Bare
+        | LaunchKind::Memory
+        | LaunchKind::Kernel
+        | LaunchKind::Ram
+        | LaunchKind::Passthrough => format!("{base} testbed.bench=boot"),
     }
 }
 
-fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
+/// One launch of measurement `m` in repetition `rep` under `vmm`.
+pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     let id = format!("r{rep}-{}-{}", m.label(), vmm.name());
     let mut guest = cfg.guest.clone();
     guest.memory_mib = m.memory_mib;
     guest.hugepages = m.hugepages;
+    guest.prefault = m.prefault;
     guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io, &id);
-    if m.kind == LaunchKind::Bare {
-        guest.devices = 0;
-    }
+    guest.devices = m.kind.devices();
     if m.kind == LaunchKind::Blk {
-        guest.devices = 0;
         guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
         guest.direct_disks = true;
     }
@@ -313,18 +401,18 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     let qmp_socket = (memory && vmm == VmmKind::Qemu)
         .then(|| PathBuf::from(format!("/tmp/testbed-qmp-{id}.sock")));
     let spec_path = (vmm == VmmKind::Strait).then(|| cfg.work_dir.join(format!("spec-{id}.json")));
-    let command = match (vmm, &qmp_socket, &spec_path) {
-        (VmmKind::Strait, _, Some(spec)) => Vmm::Strait {
+    let command = match (vmm, &spec_path) {
+        (VmmKind::Strait, Some(spec)) => Vmm::Strait {
             binary: cfg.strait.clone(),
         }
         .command(&guest, spec),
-        (_, socket, _) => {
+        (VmmKind::Qemu, _) => {
             let mut args = qemu_command(&guest);
             if m.kind == LaunchKind::Reboot {
                 // QEMU resets the machine in place (system_reset) instead of exiting.
                 args.retain(|a| a != "-no-reboot");
             }
-            if let Some(socket) = socket {
+            if let Some(socket) = &qmp_socket {
                 // -S: stop before the first instruction; QMP answers once machine
                 // init (RAM prealloc, vfio realize and its DMA maps) is done.
                 let qmp = format!("unix:{},server=on,wait=off", socket.display());
@@ -332,24 +420,45 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
             }
             args
         }
+        // The agent populates in its own process.
+        _ => Vec::new(),
+    };
+    let key = LaunchKey {
+        id,
+        kind: m.kind,
+        vmm,
+        rep,
+        memory_mib: m.memory_mib,
+        hugepages: m.hugepages,
+        prefault: m.prefault,
+        cold_kernel: m.cold_kernel,
     };
     Launch {
-        key: LaunchKey {
-            id,
-            kind: m.kind,
-            vmm,
-            rep,
-            memory_mib: m.memory_mib,
-            hugepages: m.hugepages,
-        },
         command,
         spec: spec_path.as_ref().map(|_| strait_spec(&guest)),
         spec_path,
         stop_at_qmp: qmp_socket.is_some(),
         qmp_socket,
-        stop_at_line: (memory && vmm == VmmKind::Strait)
-            .then(|| format!("strait: timeline: {STRAIT_READY_MARK}=")),
-        timeout_secs: timeout_secs(m.kind, cfg.io),
+        stop_at_line: match (m.kind, vmm) {
+            (LaunchKind::Memory, VmmKind::Strait) => {
+                Some(format!("strait: timeline: {STRAIT_READY_MARK}="))
+            }
+            (LaunchKind::RamSetup, _) => Some(format!("strait: timeline: {STRAIT_RAM_MARK}=")),
+            _ => None,
+        },
+        timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 10),
+        key,
+    }
+}
+
+/// Seconds per GiB of RAM a launch series' launch may add to its kind's time
+/// (L1 zeroes hugepages under TCG at about 1 GiB/s when busy).
+fn ram_secs(key: &LaunchKey, per_gib: u64) -> u64 {
+    match key.kind {
+        LaunchKind::Ram | LaunchKind::RamSetup => {
+            u64::from(key.memory_mib).div_ceil(1024) * per_gib
+        }
+        _ => 0,
     }
 }
 
@@ -357,10 +466,16 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
 /// About three times the slowest seen on the testbed (QEMU to /init: up to 37 s).
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
-        LaunchKind::Boot | LaunchKind::Bare => 100,
+        LaunchKind::Boot
+        | LaunchKind::Bare
+        | LaunchKind::Kernel
+        | LaunchKind::Ram
+        | LaunchKind::RamSetup => 100,
         LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
+        // QEMU took 55-93 s to the 3-device guest's exit, with its checks.
+        LaunchKind::Passthrough => 300,
     }
 }
 
@@ -376,10 +491,23 @@ impl LaunchKey {
 /// What a launch usually takes on the testbed (for L0's time limit).
 pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
-        LaunchKind::Boot | LaunchKind::Bare => 30,
+        LaunchKind::Boot
+        | LaunchKind::Bare
+        | LaunchKind::Kernel
+        | LaunchKind::Ram
+        | LaunchKind::RamSetup => 30,
         LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
+        LaunchKind::Passthrough => 100,
+    }
+}
+
+/// What a planned launch usually takes: its kind's time, and its RAM's.
+pub fn expected_launch_secs(key: &LaunchKey, io: IoLoad) -> u64 {
+    match key.vmm {
+        VmmKind::Populate => ram_secs(key, 2),
+        VmmKind::Qemu | VmmKind::Strait => expected_secs(key.kind, io) + ram_secs(key, 3),
     }
 }
 
@@ -389,7 +517,7 @@ pub fn l0_timeout_secs(plan: &Plan, io: IoLoad) -> u64 {
     let expected: u64 = plan
         .launches
         .iter()
-        .map(|l| expected_secs(l.key.kind, io))
+        .map(|l| expected_launch_secs(&l.key, io))
         .sum();
     2 * expected + 180
 }
@@ -537,6 +665,8 @@ mod tests {
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),
             only: vec![],
+            sweep: Sweep::none(),
+            vmm_cache: None,
             io: IoLoad {
                 secs: 4,
                 queue_depth: 4,
