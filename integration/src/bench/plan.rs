@@ -446,13 +446,14 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
             (LaunchKind::RamSetup, _) => Some(format!("strait: timeline: {STRAIT_RAM_MARK}=")),
             _ => None,
         },
-        timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 10),
+        timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 25),
         key,
     }
 }
 
-/// Seconds per GiB of RAM a launch series' launch may add to its kind's time
-/// (L1 zeroes hugepages under TCG at about 1 GiB/s when busy).
+/// Seconds per GiB of RAM a launch series' launch may add to its kind's time: L1
+/// zeroes warm hugepages at about 1 GiB/s under TCG, but the first touch of a page of
+/// L1's RAM makes L0 allocate it, 10-25 s per GiB on the loaded build machine.
 fn ram_secs(key: &LaunchKey, per_gib: u64) -> u64 {
     match key.kind {
         LaunchKind::Ram | LaunchKind::RamSetup => {
@@ -506,7 +507,8 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
 /// What a planned launch usually takes: its kind's time, and its RAM's.
 pub fn expected_launch_secs(key: &LaunchKey, io: IoLoad) -> u64 {
     match key.vmm {
-        VmmKind::Populate => ram_secs(key, 2),
+        // The populate touches a size's pages first (twice).
+        VmmKind::Populate => ram_secs(key, 15),
         VmmKind::Qemu | VmmKind::Strait => expected_secs(key.kind, io) + ram_secs(key, 3),
     }
 }

@@ -401,8 +401,9 @@ writes (guest console and its own log) is timestamped as it arrives.
   `vcpus_started` timeline mark; "flat" means the largest size's median is at most 1.25 times
   the smallest's. QEMU logs no such point: its comparable numbers are launch → /init and → exit.
 - **RAM setup bandwidth**: before the VMM launches of each size, the agent maps the same number
-  of hugepages in L1 with `MAP_POPULATE` (one thread; the kernel zeroes each page), which sets
-  the zeroing bandwidth of this machine. Strait's comes from a launch of its own (prefault on)
+  of hugepages in L1 with `MAP_POPULATE` (one thread; the kernel zeroes each page), twice: the
+  first pass also has L0 (TCG) allocate L1's pages, many times slower; the second, timed, sets
+  the zeroing bandwidth of this machine, and the VMM launches run on the same warm pages. Strait's comes from a launch of its own (prefault on)
   whose guest waits at /init: RAM size over its timeline's `memory_ready` → `ram_prefaulted`,
   after which the agent kills it. Goal: at least half the populate's GiB/s ("within 2x").
 - **Launch → RAM + DMA maps ready**: QEMU runs with `-S` and a QMP socket; the agent connects,

@@ -8,8 +8,9 @@
 //! one L1 hold it: L1 reserves its 1 GiB pages at boot (they cannot be had
 //! later), so every 1 GiB launch runs first; then the agent gives those pages
 //! back and grows the 2 MiB pool size by size, smallest first. Next to each
-//! size, the agent faults the same pages in itself (one thread, `MAP_POPULATE`),
-//! which sets the zeroing bandwidth Strait's RAM setup is held to; Strait's is
+//! size, the agent faults the same pages in itself (one thread, `MAP_POPULATE`,
+//! twice: the first pass also makes L0 back them, the second is timed), which
+//! sets the zeroing bandwidth Strait's RAM setup is held to; Strait's is
 //! taken from a launch of its own whose guest waits at /init until the agent
 //! stops Strait at its `ram_prefaulted` mark (a guest that powers off first
 //! would cut the setup short).
@@ -26,7 +27,9 @@ use crate::bench::metrics::{pages_label, Better, Metric, Side, Target};
 use crate::bench::plan::{LaunchKind, LaunchRecord, Measurement, VmmKind, STRAIT_RAM_MARK};
 use crate::scenario::HugePages;
 
-/// What the plain populate prints (agent, in L1): `TESTBED-POPULATE pages=2M mib=512 ms=81.2`.
+/// What the plain populate prints (agent, in L1): `TESTBED-POPULATE pages=2M mib=512
+/// ms=81.2 first_ms=410.5` (`ms`: the timed second pass; the first also has L0 back the
+/// pages, [`super::l1mem::populate_twice`]).
 pub const POPULATE_MARK: &str = "TESTBED-POPULATE";
 /// "Flat": launch -> vCPUs started at the largest size at most this times the smallest's.
 pub const FLAT_LIMIT: f64 = 1.25;
@@ -202,13 +205,13 @@ fn populate_ms(r: &LaunchRecord) -> Result<f64, String> {
 }
 
 /// Records of the RAM series at one point, per VMM.
-fn at<'a>(
-    records: &'a [LaunchRecord],
+fn at(
+    records: &[LaunchRecord],
     mib: u32,
     pages: HugePages,
     prefault: bool,
     vmm: VmmKind,
-) -> Vec<&'a LaunchRecord> {
+) -> Vec<&LaunchRecord> {
     select(records, LaunchKind::Ram, Some((mib, pages)), vmm)
         .into_iter()
         .filter(|r| r.key.prefault == prefault)
@@ -228,11 +231,6 @@ fn setup_at(
     }
 }
 
-/// The median of `f` over `records`.
-fn median_of(records: &[&LaunchRecord], f: fn(&LaunchRecord) -> Result<f64, String>) -> Side {
-    Side::collect(records, f)
-}
-
 /// The goal rows: launch -> vCPUs started flat across sizes, and Strait's RAM setup
 /// within 2x of the plain populate, per page kind measured; the kernel cache's rows.
 pub fn rows(records: &[LaunchRecord], sweep: &Sweep) -> Vec<Metric> {
@@ -247,7 +245,7 @@ pub fn rows(records: &[LaunchRecord], sweep: &Sweep) -> Vec<Metric> {
             continue;
         }
         let vcpus = |mib| {
-            median_of(
+            Side::collect(
                 &at(records, mib, pages, true, VmmKind::Strait),
                 launch_to_vcpus,
             )
@@ -281,8 +279,8 @@ pub fn rows(records: &[LaunchRecord], sweep: &Sweep) -> Vec<Metric> {
             ),
             unit: "GiB/s",
             better: Better::Higher,
-            qemu: median_of(&setup_at(records, hi, pages, VmmKind::Populate), setup_gibps),
-            strait: median_of(&setup_at(records, hi, pages, VmmKind::Strait), setup_gibps),
+            qemu: Side::collect(&setup_at(records, hi, pages, VmmKind::Populate), setup_gibps),
+            strait: Side::collect(&setup_at(records, hi, pages, VmmKind::Strait), setup_gibps),
             target: Some(Target::Ratio(SETUP_SHARE)),
         });
     }
@@ -383,19 +381,19 @@ pub fn tables(records: &[LaunchRecord], sweep: &Sweep) -> String {
                 let sel = |vmm| at(records, mib, pages, prefault, vmm);
                 let (q, st) = (sel(VmmKind::Qemu), sel(VmmKind::Strait));
                 let (qi, si) = (
-                    median_of(&q, launch_to_init),
-                    median_of(&st, launch_to_init),
+                    Side::collect(&q, launch_to_init),
+                    Side::collect(&st, launch_to_init),
                 );
                 let (qe, se) = (
-                    median_of(&q, launch_to_exit),
-                    median_of(&st, launch_to_exit),
+                    Side::collect(&q, launch_to_exit),
+                    Side::collect(&st, launch_to_exit),
                 );
                 let _ = writeln!(
                     s,
                     "| {mib} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     pages_label(pages),
                     if prefault { "on" } else { "off" },
-                    cell(&median_of(&st, launch_to_vcpus)),
+                    cell(&Side::collect(&st, launch_to_vcpus)),
                     cell(&si),
                     cell(&qi),
                     ratio_cell(&si, &qi),
@@ -424,13 +422,14 @@ fn bandwidth_table(records: &[LaunchRecord], sweep: &Sweep) -> String {
     );
     for pages in PAGE_KINDS {
         for mib in sweep.sizes_on(pages) {
-            let pop = median_of(
+            let pop = Side::collect(
                 &setup_at(records, mib, pages, VmmKind::Populate),
                 setup_gibps,
             );
-            let strait = median_of(&setup_at(records, mib, pages, VmmKind::Strait), setup_gibps);
+            let strait =
+                Side::collect(&setup_at(records, mib, pages, VmmKind::Strait), setup_gibps);
             let init = |prefault| {
-                median_of(
+                Side::collect(
                     &at(records, mib, pages, prefault, VmmKind::Qemu),
                     launch_to_init,
                 )
