@@ -181,19 +181,7 @@ fn prepare_l1(plan: &Plan) {
 }
 
 fn mount_debugfs() -> bool {
-    let (source, target, fstype) = (c"debugfs", c"/sys/kernel/debug", c"debugfs");
-    // SAFETY: mount(2) with NUL-terminated static strings and no data; it
-    // changes only the mount table of this (L1's) system.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    rc == 0
+    l1mem::mount(c"debugfs", c"/sys/kernel/debug", c"debugfs", None).is_ok()
 }
 
 fn append(path: &Path, record: &LaunchRecord) -> Result<()> {

@@ -11,6 +11,7 @@
 //! pages back when a guest on 4 KiB pages would not fit beside it. A launch whose
 //! pages L1 cannot provide is recorded as not run, with the count it got.
 
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
@@ -102,24 +103,26 @@ pub fn mount_gigantic() {
         return;
     };
     let _ = fs::create_dir_all(dir);
-    let target = std::ffi::CString::new(dir).unwrap_or_default();
-    let (source, fstype, data) = (c"none", c"hugetlbfs", c"pagesize=1G");
+    let target = CString::new(dir).unwrap_or_default();
+    if let Err(e) = mount(c"none", &target, c"hugetlbfs", Some(c"pagesize=1G")) {
+        log::warn!("cannot mount hugetlbfs at {dir}: {e}");
+    }
+}
+
+/// mount(2) of `fstype` from `source` at `target` with the options `data`.
+pub(crate) fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    data: Option<&CStr>,
+) -> std::io::Result<()> {
+    let data = data.map_or(std::ptr::null(), |d| d.as_ptr().cast());
     // SAFETY: mount(2) with NUL-terminated strings that outlive the call; it changes
     // only the mount table of this (L1's) system.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        log::warn!(
-            "cannot mount hugetlbfs at {dir}: {}",
-            std::io::Error::last_os_error()
-        );
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
