@@ -118,7 +118,7 @@ struct BenchArgs {
     /// Guest RAM sizes (MiB) of the launch series (on 1 GiB pages rounded up to whole GiB).
     #[arg(long, value_delimiter = ',')]
     series_sizes: Option<Vec<u32>>,
-    /// Repetitions of the launch series (default: 2, or the repetitions if fewer; 1 with --quick).
+    /// Repetitions of the launch series (default 1; each adds about 20-25 minutes).
     #[arg(long)]
     series_reps: Option<u32>,
     /// Only re-render results.md and chart.svg from an existing raw.json.

@@ -814,6 +814,57 @@ mod tests {
     }
 
     #[test]
+    fn the_series_runs_first_with_its_own_guests() {
+        let plan = build(&PlanConfig {
+            sweep: Sweep {
+                sizes: vec![512],
+                reps: 1,
+            },
+            vmm_cache: Some(PathBuf::from("/run/c")),
+            ..config(1)
+        });
+        let ids: Vec<&str> = plan.launches.iter().map(|l| l.key.id.as_str()).collect();
+        assert_eq!(
+            ids[..7],
+            [
+                "r1-kernel-cold-strait",
+                "r1-kernel-cached-qemu",
+                "r1-kernel-cached-strait",
+                "r1-ram-1024-1G-populate",
+                "r1-ram-1024-1G-setup-strait",
+                "r1-ram-1024-1G-qemu",
+                "r1-ram-1024-1G-strait",
+            ]
+        );
+        assert_eq!(plan.vmm_cache.as_deref(), Some(Path::new("/run/c")));
+        let find = |id: &str| plan.launches.iter().find(|l| l.key.id == id);
+        assert!(find("r1-kernel-cold-strait").is_some_and(|l| l.key.cold_kernel));
+        assert!(find("r1-ram-1024-1G-populate").is_some_and(|l| l.command.is_empty()));
+        let setup = find("r1-ram-1024-1G-setup-strait");
+        assert_eq!(
+            setup.and_then(|l| l.stop_at_line.clone()).as_deref(),
+            Some("strait: timeline: ram_prefaulted=")
+        );
+        assert!(
+            setup.is_some_and(|l| l.spec.as_ref().is_some_and(|s| s["kernel"]["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("testbed.bench=hold"))))
+        );
+        let lazy = find("r1-ram-512-2M-lazy-strait").and_then(|l| l.spec.clone());
+        assert_eq!(
+            lazy.map(|s| s["memory"]["prefault"].clone()),
+            Some(false.into())
+        );
+        let three = find("r1-passthrough-qemu").map(|l| l.command.join(" "));
+        assert!(three.is_some_and(|c| c.contains("host=@DEV2@") && !c.contains("@DEV3@")));
+        // 1 GiB launches time out later: 100 s and 25 s per GiB.
+        assert_eq!(
+            find("r1-ram-1024-1G-strait").map(|l| l.timeout_secs),
+            Some(125)
+        );
+    }
+
+    #[test]
     fn results_parse_skips_a_torn_line() {
         let key = build(&config(1)).launches[0].key.clone();
         let line = serde_json::to_string(&LaunchRecord::not_run(key, "skipped".into()))
