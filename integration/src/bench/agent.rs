@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 use crate::bench::l1mem;
 use crate::bench::plan::{
     is_marker_line, Launch, LaunchRecord, Plan, Sample, TimedLine, VmmKind, IO_BEGIN, IO_RESULT,
-    LOGS_DIR, READY_MARKER,
+    LOGS_DIR, POPULATE_MARK, READY_MARKER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
-use crate::bench::sweep::POPULATE_MARK;
 use crate::error::{Error, Result};
 use crate::vmm::device_placeholder;
 

@@ -46,7 +46,10 @@ fn write_pool(pages: HugePages, count: u32) {
 /// The pages a launch needs from a pool: its RAM and, on 2 MiB pages, the VMM's slack.
 pub fn pages_needed(key: &LaunchKey) -> Option<(HugePages, u32)> {
     match key.hugepages {
-        HugePages::Size2M => Some((HugePages::Size2M, super::bench_hugepages(key.memory_mib))),
+        HugePages::Size2M => Some((
+            HugePages::Size2M,
+            crate::bench::plan::bench_hugepages(key.memory_mib),
+        )),
         HugePages::Size1G => Some((HugePages::Size1G, key.memory_mib.div_ceil(1024))),
         HugePages::None => None,
     }

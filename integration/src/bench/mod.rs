@@ -39,9 +39,9 @@ use plan::LaunchKind;
 
 use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
+use plan::Sweep;
 use plan::{IoLoad, LaunchRecord, PlanConfig};
 use report::Machine;
-use sweep::Sweep;
 
 /// RAM of the boot and NVMe launches, on 2 MiB pages, like the scenarios'.
 const BASE_MEMORY_MIB: u32 = 512;
@@ -161,10 +161,7 @@ impl BenchOptions {
     }
 }
 
-/// 2 MiB pages L1 reserves: the largest guest plus the VMM's slack.
-pub fn bench_hugepages(largest_mib: u32) -> u32 {
-    largest_mib.div_ceil(2) + 8
-}
+pub use plan::bench_hugepages;
 
 /// Repetitions of the launch series in the full benchmark: one takes about 25 minutes
 /// with the full sizes on the loaded 2-core build machine (a second, on pages L0 has

@@ -7,14 +7,14 @@
 //! Launches come in repetitions; inside one, every measurement runs QEMU then
 //! Strait back to back (Q S Q S ...), so slow drift of the shared 2-core host
 //! hits both alike. The launch series over RAM, kernel cache and devices
-//! ([`super::sweep`]) runs first, in an order of its own.
+//! ([`Sweep`]; what it measures: [`super::sweep`]) runs first, in an order of
+//! its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::sweep::{self, Sweep};
 use crate::scenario::HugePages;
 use crate::vmm::{qemu_command, strait_spec, GuestConfig, Vmm};
 
@@ -45,6 +45,10 @@ pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 pub const STRAIT_READY_MARK: &str = "dma_mapped";
 /// Strait's timeline mark once all guest RAM is faulted in, with no device.
 pub const STRAIT_RAM_MARK: &str = "ram_prefaulted";
+/// What the plain populate prints (agent, in L1): `TESTBED-POPULATE pages=2M mib=512
+/// ms=81.2 first_ms=410.5` (`ms`: the timed second pass; the first also has L0 back the
+/// pages, `l1mem::populate_twice`).
+pub const POPULATE_MARK: &str = "TESTBED-POPULATE";
 
 /// The VMM of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -336,7 +340,7 @@ pub fn build(cfg: &PlanConfig) -> Plan {
     if !cfg.only.is_empty() {
         measurements.retain(|m| cfg.only.contains(&m.kind));
     }
-    let mut launches: Vec<Launch> = sweep::order(&cfg.sweep, base, &cfg.only)
+    let mut launches: Vec<Launch> = order(&cfg.sweep, base, &cfg.only)
         .into_iter()
         .map(|(rep, m, vmm)| launch(cfg, m, rep, vmm))
         .collect();
@@ -461,6 +465,137 @@ fn ram_secs(key: &LaunchKey, per_gib: u64) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// 2 MiB pages for a guest of `mib` MiB: its RAM and the VMM's slack.
+pub fn bench_hugepages(mib: u32) -> u32 {
+    mib.div_ceil(2) + 8
+}
+
+/// A page kind as the tables name it.
+pub fn pages_label(pages: HugePages) -> &'static str {
+    match pages {
+        HugePages::None => "4 KiB pages",
+        HugePages::Size2M => "2 MiB pages",
+        HugePages::Size1G => "1 GiB pages",
+    }
+}
+
+// The launch series (what it measures: `super::sweep`). It runs before the
+// repetitions, in an order that lets one L1 hold it: L1 reserves its 1 GiB pages at
+// boot (they cannot be had later), so every 1 GiB launch runs first; then the agent
+// gives those pages back and grows the 2 MiB pool size by size, smallest first.
+
+/// The page kinds of the RAM series, in the order they run (1 GiB first: see above).
+pub const PAGE_KINDS: [HugePages; 2] = [HugePages::Size1G, HugePages::Size2M];
+
+/// What the series runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sweep {
+    /// Guest RAM sizes, MiB (on 1 GiB pages rounded up to whole GiB).
+    pub sizes: Vec<u32>,
+    /// Repetitions of every launch.
+    pub reps: u32,
+}
+
+impl Sweep {
+    /// No series.
+    pub fn none() -> Self {
+        Sweep {
+            sizes: Vec::new(),
+            reps: 0,
+        }
+    }
+
+    /// The sizes run on `pages`: whole pages, ascending, each once.
+    pub fn sizes_on(&self, pages: HugePages) -> Vec<u32> {
+        let page = pages.page_mib().unwrap_or(1);
+        let mut sizes: Vec<u32> = self.sizes.iter().map(|s| s.div_ceil(page) * page).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    /// 1 GiB pages L1 must reserve at boot: the largest 1 GiB guest's.
+    pub fn gigantic_pages(&self) -> u32 {
+        let sizes = self.sizes_on(HugePages::Size1G);
+        sizes.last().map_or(0, |mib| mib / 1024)
+    }
+
+    /// The largest guest, MiB.
+    pub fn largest_mib(&self) -> u32 {
+        PAGE_KINDS
+            .iter()
+            .flat_map(|&p| self.sizes_on(p))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The series' launches in order, as (repetition, measurement, VMM): the kernel
+/// cache's (Strait cold, then both VMMs cached), the RAM series (1 GiB pages, then
+/// 2 MiB; sizes ascending; per size and repetition the populate, then prefault on
+/// and off under both VMMs), the three-device launches. `base` is the boot
+/// launch's guest; `only` as `bench --only`.
+pub(crate) fn order(
+    sweep: &Sweep,
+    base: Measurement,
+    only: &[LaunchKind],
+) -> Vec<(u32, Measurement, VmmKind)> {
+    let wanted = |k| only.is_empty() || only.contains(&k);
+    let reps = 1..=sweep.reps;
+    let mut out = Vec::new();
+    if wanted(LaunchKind::Kernel) {
+        let cached = Measurement {
+            kind: LaunchKind::Kernel,
+            ..base
+        };
+        let cold = Measurement {
+            cold_kernel: true,
+            ..cached
+        };
+        for rep in reps.clone() {
+            out.push((rep, cold, VmmKind::Strait));
+            out.extend(VmmKind::BOTH.map(|v| (rep, cached, v)));
+        }
+    }
+    if wanted(LaunchKind::Ram) {
+        for pages in PAGE_KINDS {
+            for memory_mib in sweep.sizes_on(pages) {
+                let on = Measurement {
+                    kind: LaunchKind::Ram,
+                    memory_mib,
+                    hugepages: pages,
+                    ..base
+                };
+                let off = Measurement {
+                    prefault: false,
+                    ..on
+                };
+                let setup = Measurement {
+                    kind: LaunchKind::RamSetup,
+                    ..on
+                };
+                for rep in reps.clone() {
+                    out.push((rep, on, VmmKind::Populate));
+                    out.push((rep, setup, VmmKind::Strait));
+                    for m in [on, off] {
+                        out.extend(VmmKind::BOTH.map(|v| (rep, m, v)));
+                    }
+                }
+            }
+        }
+    }
+    if wanted(LaunchKind::Passthrough) {
+        let m = Measurement {
+            kind: LaunchKind::Passthrough,
+            ..base
+        };
+        for rep in reps {
+            out.extend(VmmKind::BOTH.map(|v| (rep, m, v)));
+        }
+    }
+    out
 }
 
 /// How long a launch may take before the agent kills it.
@@ -862,6 +997,85 @@ mod tests {
             find("r1-ram-1024-1G-strait").map(|l| l.timeout_secs),
             Some(125)
         );
+    }
+
+    fn base() -> Measurement {
+        Measurement {
+            kind: LaunchKind::Boot,
+            memory_mib: 512,
+            hugepages: HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
+        }
+    }
+
+    fn sweep() -> Sweep {
+        Sweep {
+            sizes: vec![512, 2048],
+            reps: 1,
+        }
+    }
+
+    #[test]
+    fn sizes_on_1g_pages_round_up_to_whole_pages_once() {
+        let s = Sweep {
+            sizes: vec![512, 1024, 2048, 3000],
+            reps: 1,
+        };
+        assert_eq!(s.sizes_on(HugePages::Size1G), [1024, 2048, 3072]);
+        assert_eq!(s.sizes_on(HugePages::Size2M), [512, 1024, 2048, 3000]);
+        assert_eq!(s.gigantic_pages(), 3);
+        assert_eq!(s.largest_mib(), 3072);
+        assert_eq!(Sweep::none().gigantic_pages(), 0);
+    }
+
+    #[test]
+    fn order_runs_the_cache_then_1g_then_2m_then_three_devices() {
+        let o = order(&sweep(), base(), &[]);
+        let labels: Vec<String> = o
+            .iter()
+            .map(|(_, m, v)| {
+                format!(
+                    "{:?}-{}-{}-{}-{}",
+                    m.kind,
+                    m.memory_mib,
+                    m.hugepages.spec_value(),
+                    m.prefault,
+                    v.name()
+                )
+            })
+            .collect();
+        assert_eq!(labels[0], "Kernel-512-2M-true-strait");
+        assert!(o[0].1.cold_kernel && !o[1].1.cold_kernel && !o[2].1.cold_kernel);
+        assert_eq!(
+            &labels[3..9],
+            [
+                "Ram-1024-1G-true-populate",
+                "RamSetup-1024-1G-true-strait",
+                "Ram-1024-1G-true-qemu",
+                "Ram-1024-1G-true-strait",
+                "Ram-1024-1G-false-qemu",
+                "Ram-1024-1G-false-strait",
+            ]
+        );
+        // 3 kernel + 2 sizes x 2 page kinds x 6 + 2 three-device launches.
+        assert_eq!(o.len(), 3 + 24 + 2);
+        assert_eq!(labels[15], "Ram-512-2M-true-populate");
+        assert_eq!(labels[27], "Passthrough-512-2M-true-qemu");
+        let only = order(&sweep(), base(), &[LaunchKind::Passthrough]);
+        assert_eq!(only.len(), 2);
+    }
+
+    #[test]
+    fn repetitions_of_a_size_run_together() {
+        let o = order(&Sweep { reps: 2, ..sweep() }, base(), &[LaunchKind::Ram]);
+        let first: Vec<(u32, u32)> = o
+            .iter()
+            .take(12)
+            .map(|(rep, m, _)| (*rep, m.memory_mib))
+            .collect();
+        assert!(first[..6].iter().all(|&p| p == (1, 1024)));
+        assert!(first[6..].iter().all(|&p| p == (2, 1024)));
     }
 
     #[test]

@@ -582,7 +582,7 @@ mod tests {
         Layout {
             memory_sizes: vec![512],
             page_kinds: vec![HugePages::Size2M],
-            sweep: crate::bench::sweep::Sweep::none(),
+            sweep: crate::bench::plan::Sweep::none(),
         }
     }
 
