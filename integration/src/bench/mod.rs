@@ -100,7 +100,7 @@ impl BenchOptions {
             command: format!("cargo run --release -p testbed -- bench --reps {reps}"),
             only: vec![],
             sweep: Sweep {
-                sizes: vec![512, 2048, 8192, 12288],
+                sizes: vec![BASE_MEMORY_MIB, 4096, 12288],
                 reps: reps.min(FULL_SERIES_REPS),
             },
         }
@@ -163,9 +163,9 @@ impl BenchOptions {
 
 pub use plan::bench_hugepages;
 
-/// Repetitions of the launch series in the full benchmark: one takes about 25 minutes
-/// with the full sizes on the loaded 2-core build machine (a second, on pages L0 has
-/// already backed, about 20 more), beside about 12 for five repetitions of the rest.
+/// Repetitions of the launch series in the full benchmark: one takes about 30 minutes
+/// with the full sizes on the 2-core build machine under other testbeds' load (about 20
+/// on a quiet one), beside 10-13 for five repetitions of the rest.
 const FULL_SERIES_REPS: u32 = 1;
 
 /// L1's RAM: headroom and the most that one phase of the plan holds at once: the
@@ -569,7 +569,7 @@ mod tests {
         assert_eq!(BenchOptions::full(3).largest_mib(), 2048);
         assert_eq!(q.sweep.sizes, [512, 2048]);
         let full = BenchOptions::full(5).sweep;
-        assert_eq!((full.sizes, full.reps), (vec![512, 2048, 8192, 12288], 1));
+        assert_eq!((full.sizes, full.reps), (vec![512, 4096, 12288], 1));
     }
 
     #[test]
