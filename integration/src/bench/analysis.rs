@@ -84,7 +84,7 @@ pub fn first_ms(record: &LaunchRecord, needle: &str) -> Option<f64> {
 }
 
 /// Why a launch measured nothing at all, if so.
-fn launch_problem(r: &LaunchRecord) -> Option<String> {
+pub(crate) fn launch_problem(r: &LaunchRecord) -> Option<String> {
     if let Some(why) = &r.not_run {
         return Some(why.clone());
     }
@@ -107,7 +107,7 @@ fn launch_problem(r: &LaunchRecord) -> Option<String> {
 /// for launches that pass the controller through; the VMM's first warning
 /// about passthrough, if any, says why.
 fn device_problem(r: &LaunchRecord) -> Option<String> {
-    if matches!(r.key.kind, LaunchKind::Bare | LaunchKind::Blk) {
+    if r.key.kind.devices() == 0 {
         return None;
     }
     let line = r
@@ -167,6 +167,7 @@ pub fn memory_ready(r: &LaunchRecord) -> Result<f64, String> {
         return Err(p);
     }
     let (at, trigger) = match r.key.vmm {
+        VmmKind::Populate => return Err("not a VMM launch".into()),
         VmmKind::Qemu => (
             r.qmp_ready_ms.ok_or_else(|| {
                 r.qmp_error
@@ -400,6 +401,8 @@ pub(crate) mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let mut r = LaunchRecord::not_run(key, String::new());
         r.not_run = None;
