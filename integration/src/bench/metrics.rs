@@ -6,6 +6,7 @@
 //! userspace). Goals are reported, never asserted.
 
 use crate::bench::analysis::{self, median, ratio, select};
+use crate::bench::initcalls;
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
 use crate::scenario::HugePages;
 
@@ -258,6 +259,14 @@ fn launch_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             LaunchKind::Bare,
             None,
             analysis::launch_to_exit,
+        ),
+        // The guest's own boot (its clock, firmware and kernel loading excluded): the
+        // platform the VMM gives it must cost no more than q35 with -cpu host.
+        launch(
+            "L2 uptime at /init (no device, initcall_debug)",
+            LaunchKind::Initcall,
+            Some(Target::Ratio(1.0)),
+            initcalls::uptime_at_init,
         ),
     ]
 }

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod analysis;
 pub(crate) mod boots;
 pub mod guest;
+pub mod initcalls;
 pub mod metrics;
 pub mod plan;
 pub mod probe;

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::analysis::{median, memory_ready, select, strait_exits, strait_timeline};
+use crate::bench::initcalls;
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
 
@@ -188,6 +189,9 @@ pub fn markdown(
         );
     }
     s.push_str(&detail_tables(records, layout));
+    if records.iter().any(|r| r.key.kind == LaunchKind::Initcall) {
+        s.push_str(&initcalls::markdown(&initcalls::compare(records)));
+    }
     s.push_str(&machine_table(machine));
     s.push_str(METHOD);
     s.push_str(&not_run(records));
