@@ -30,6 +30,10 @@ use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind, TICK_TRIGGER};
 pub const DMESG_BEGIN: &str = "TESTBED-DMESG begin";
 /// ... and this after them.
 pub const DMESG_END: &str = "TESTBED-DMESG end";
+/// /init prints its CPU's flags (/proc/cpuinfo) after this.
+pub const CPU_FLAGS: &str = "TESTBED-CPUFLAGS";
+/// /init prints its current clock source after this.
+pub const CLOCKSOURCE: &str = "TESTBED-CLOCKSOURCE";
 /// Initcalls at least this long (ms, median) under either VMM are listed.
 pub const SLOW_INITCALL_MS: f64 = 50.0;
 /// /init prints initcalls of at least this long (ms; a power of ten, see [`dump_script`]).
@@ -53,6 +57,14 @@ pub struct Phase {
 /// The boot's milestones in the order Linux 6.1 prints them; each phase runs from the
 /// previous milestone (the kernel's start, uptime 0, for the first) to its own.
 pub const PHASES: &[Phase] = &[
+    Phase {
+        label: "TSC frequency known",
+        needle: "tsc: Detected",
+    },
+    Phase {
+        label: "direct map started",
+        needle: "Using GB pages",
+    },
     Phase {
         label: "ACPI tables found",
         needle: "ACPI: RSDP",
@@ -119,7 +131,9 @@ pub fn dump_script() -> String {
         "echo \"{DMESG_BEGIN} uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
          dmesg -s 4194304 | grep -E 'initcall .* after [0-9]{{{digits},}} usecs'\n\
          dmesg -s 4194304 | grep -F {}\n\
-         echo \"{DMESG_END}\"\n",
+         echo \"{DMESG_END}\"\n\
+         echo \"{CPU_FLAGS} $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)\"\n\
+         echo \"{CLOCKSOURCE} $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\"\n",
         needles.join(" ")
     )
 }
@@ -265,6 +279,26 @@ pub struct Comparison {
     pub slow: Vec<InitcallRow>,
     /// Every phase.
     pub phases: Vec<PhaseRow>,
+    /// CPU flags only one VMM's guest has: (only under QEMU, only under Strait), from
+    /// each one's first launch that printed them.
+    pub flag_differences: Option<(Vec<String>, Vec<String>)>,
+    /// The clock sources the guests used (first launch of each), QEMU then Strait.
+    pub clocksources: [Option<String>; 2],
+}
+
+/// The rest of the first line of `record`'s output that starts with `marker`.
+fn marker_value<'a>(record: &'a LaunchRecord, marker: &str) -> Option<&'a str> {
+    record
+        .lines
+        .iter()
+        .find_map(|l| l.text.trim_start().strip_prefix(marker))
+        .map(str::trim)
+}
+
+/// The flags one VMM's guests printed (first launch that did).
+fn cpu_flags(records: &[&LaunchRecord]) -> Option<std::collections::BTreeSet<String>> {
+    let flags = records.iter().find_map(|r| marker_value(r, CPU_FLAGS))?;
+    Some(flags.split_whitespace().map(str::to_string).collect())
 }
 
 impl Comparison {
@@ -420,10 +454,25 @@ pub fn compare(records: &[LaunchRecord]) -> Comparison {
             }
         })
         .collect();
+    let select_vmm = |vmm| select(records, LaunchKind::Initcall, None, vmm);
+    let (q, st) = (select_vmm(VmmKind::Qemu), select_vmm(VmmKind::Strait));
+    let flag_differences = cpu_flags(&q).zip(cpu_flags(&st)).map(|(fq, fs)| {
+        (
+            fq.difference(&fs).cloned().collect(),
+            fs.difference(&fq).cloned().collect(),
+        )
+    });
+    let clocksource = |rs: &[&LaunchRecord]| {
+        rs.iter()
+            .find_map(|r| marker_value(r, CLOCKSOURCE))
+            .map(str::to_string)
+    };
     Comparison {
         launches: [sides[0].logs.len(), sides[1].logs.len()],
         slow,
         phases,
+        flag_differences,
+        clocksources: [clocksource(&q), clocksource(&st)],
     }
 }
 
@@ -474,6 +523,21 @@ pub fn markdown(c: &Comparison) -> String {
         "| L2 uptime at /init (s) | QEMU | Strait | Strait − QEMU |\n|---|---|---|---|\n| {RUN_INIT} | {} | {} | {diff} |\n",
         cell(q, 3),
         cell(st, 3)
+    );
+    let none = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Clock source: QEMU {}, Strait {}. CPU flags (/proc/cpuinfo) only under QEMU: {}; only under Strait: {}.\n",
+        c.clocksources[0].as_deref().unwrap_or("n/a"),
+        c.clocksources[1].as_deref().unwrap_or("n/a"),
+        c.flag_differences.as_ref().map_or("n/a".into(), |(q, _)| none(q)),
+        c.flag_differences.as_ref().map_or("n/a".into(), |(_, st)| none(st)),
     );
     let _ = writeln!(
         s,
@@ -600,7 +664,8 @@ mod tests {
         assert!(script.contains("-e 'printk: console [ttyS0] enabled'"));
         assert!(script.contains("-e 'Run /init as init process'"));
         assert!(script.starts_with("echo \"TESTBED-DMESG begin"));
-        assert!(script.ends_with("echo \"TESTBED-DMESG end\"\n"));
+        assert!(script.contains("echo \"TESTBED-DMESG end\"\n"));
+        assert!(script.contains("echo \"TESTBED-CPUFLAGS $(grep -m1 '^flags' /proc/cpuinfo"));
     }
 
     /// A launch whose dump (uptimes x `scale`) begins at L1 ms 3000 = uptime 2.0 s, so
@@ -664,7 +729,8 @@ mod tests {
     fn exits_are_read_at_each_phase_s_ends_on_l1_s_clock() {
         let c = compare(&[launch(VmmKind::Strait, 1.0, 2)]);
         let row = |label: &str| c.phases.iter().find(|p| p.label == label).cloned();
-        // The kernel started at L1 1000 ms: ACPI tables at 1002 ms, 2 ms at 2 exits/ms.
+        // The kernel started at L1 1000 ms: ACPI tables at 1002 ms, 2 ms at 2 exits/ms
+        // (no TSC or direct-map line in this log: the phase runs from the start).
         let acpi = row("ACPI tables found").unwrap_or_else(|| panic!("no row"));
         assert!((acpi.exits[1]["exits"] - 4.0).abs() < 1e-6, "{acpi:?}");
         // /init at 1234.567 ms, the previous phase (PCI) at 1400 ms... in guest order:
@@ -677,6 +743,35 @@ mod tests {
             row("TSC deadline timer checked").map(|r| r.uptime),
             Some([None, None])
         );
+    }
+
+    #[test]
+    fn cpu_flags_and_clock_sources_are_compared() {
+        let mut q = launch(VmmKind::Qemu, 1.0, 1);
+        let mut st = launch(VmmKind::Strait, 1.0, 1);
+        for (r, flags, cs) in [
+            (&mut q, "fpu tsc x2apic arat", "kvm-clock"),
+            (&mut st, "fpu tsc x2apic hypervisor", "tsc"),
+        ] {
+            r.lines.push(crate::bench::plan::TimedLine {
+                ms: 4000.0,
+                text: format!("{CPU_FLAGS}  {flags}"),
+            });
+            r.lines.push(crate::bench::plan::TimedLine {
+                ms: 4000.0,
+                text: format!("{CLOCKSOURCE} {cs}"),
+            });
+        }
+        let c = compare(&[q, st]);
+        assert_eq!(
+            c.flag_differences,
+            Some((vec!["arat".to_string()], vec!["hypervisor".to_string()]))
+        );
+        assert_eq!(
+            c.clocksources,
+            [Some("kvm-clock".into()), Some("tsc".into())]
+        );
+        assert!(markdown(&c).contains("Clock source: QEMU kvm-clock, Strait tsc. CPU flags (/proc/cpuinfo) only under QEMU: arat; only under Strait: hypervisor."));
     }
 
     #[test]

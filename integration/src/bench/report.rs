@@ -388,6 +388,11 @@ writes (guest console and its own log) is timestamped as it arrives.
   (/init checks it is on the PCI bus, then powers off). QEMU boots through SeaBIOS and its
   linuxboot option ROM, Strait loads the kernel directly.
 - **Launch → VMM exit**: the same launches, until the VMM process is reaped after L2's poweroff.
+- **L2 uptime at /init**: the `initcall` launches (no device, `quiet initcall_debug`): L2's own
+  clock at its kernel's `Run /init as init process` line, which /init prints from the kernel
+  log with every initcall of 10 ms or more and the boot's milestone lines (section "L2's own
+  boot" below). Firmware, kernel loading and decompression come before L2's clock starts, so
+  this is the platform's cost to the guest's own boot.
 - **Launch → RAM + DMA maps ready**: QEMU runs with `-S` and a QMP socket; the agent connects,
   negotiates and asks `query-status`. In-band QMP commands are served by QEMU's main loop, which
   starts after machine init: RAM allocated (hugetlbfs with `prealloc=on` for 2 MiB pages),

@@ -443,6 +443,10 @@ mod tests {
                 3200.0,
                 "TESTBED-CHECK tsc-deadline PASS TSC deadline timer available",
             ),
+            line(
+                3300.0,
+                "TESTBED-CHECK mp-table PASS found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]",
+            ),
         ];
         r
     }
