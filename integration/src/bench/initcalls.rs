@@ -193,10 +193,13 @@ pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> BootLog {
     log
 }
 
-/// The lines /init printed between the dump markers, if it got to the end, and the
+/// What /init printed of its kernel log: the lines between the dump markers, and the
 /// begin marker's L1 arrival (ms) with the guest uptime (s) it carries
 /// (`TESTBED-DMESG begin uptime=12.34`).
-fn dump(record: &LaunchRecord) -> Option<(Vec<&str>, Option<(f64, f64)>)> {
+type Dump<'a> = (Vec<&'a str>, Option<(f64, f64)>);
+
+/// The launch's [`Dump`], if /init got to the end of it.
+fn dump(record: &LaunchRecord) -> Option<Dump<'_>> {
     let lines = &record.lines;
     let begin = lines.iter().position(|l| l.text.contains(DMESG_BEGIN))?;
     let end = begin
