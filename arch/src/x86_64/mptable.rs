@@ -180,10 +180,7 @@ pub fn write_mptable<M: GuestMemoryBackend>(mem: &M, vcpus: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sum(bytes: &[u8]) -> u8 {
-        bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
-    }
+    use crate::x86_64::acpi::tests::checksum as sum;
 
     fn table(vcpus: u32) -> Vec<u8> {
         mptable_bytes(MPTABLE_START.0, vcpus).unwrap()
