@@ -39,6 +39,9 @@ pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
 /// ... and this on the second boot, once it found the first boot's token on the nvme.
 pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 
+/// The trigger of a periodic sample ([`Launch::sample_period_ms`]).
+pub const TICK_TRIGGER: &str = "tick";
+
 /// Strait's timeline mark once all guest RAM is faulted in and DMA-mapped (in the
 /// background, usually after the vCPUs started): the end of a memory launch under
 /// Strait.
@@ -110,14 +113,19 @@ pub enum LaunchKind {
     /// As `Boot` with the `passthrough` scenario's three devices: nvme,
     /// bochs-display and ivshmem with its 8 GiB BAR.
     Passthrough,
+    /// L2 boots with no device and `initcall_debug`; /init prints the slow initcalls and
+    /// the boot's milestones from its kernel log, which [`crate::bench::initcalls`]
+    /// compares initcall by initcall.
+    Initcall,
 }
 
 impl LaunchKind {
     /// Every kind: first those of a repetition, in the order it runs them, then
     /// those of the launch series.
-    pub const ALL: [LaunchKind; 10] = [
+    pub const ALL: [LaunchKind; 11] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
+        LaunchKind::Initcall,
         LaunchKind::Nvme,
         LaunchKind::Blk,
         LaunchKind::Reboot,
@@ -141,6 +149,7 @@ impl LaunchKind {
             LaunchKind::Ram => "ram",
             LaunchKind::RamSetup => "ram-setup",
             LaunchKind::Passthrough => "passthrough",
+            LaunchKind::Initcall => "initcall",
         }
     }
 
@@ -151,7 +160,8 @@ impl LaunchKind {
             | LaunchKind::Blk
             | LaunchKind::Kernel
             | LaunchKind::Ram
-            | LaunchKind::RamSetup => 0,
+            | LaunchKind::RamSetup
+            | LaunchKind::Initcall => 0,
             LaunchKind::Passthrough => 3,
             LaunchKind::Boot | LaunchKind::Nvme | LaunchKind::Memory | LaunchKind::Reboot => 1,
         }
@@ -209,6 +219,14 @@ pub struct Launch {
     pub stop_at_line: Option<String>,
     /// Kill the VMM after this long.
     pub timeout_secs: u64,
+    /// Keep every output line in the record, not only the marker lines (the
+    /// initcall launch: its kernel log is the measurement).
+    #[serde(default)]
+    pub keep_all_lines: bool,
+    /// Sample KVM's counters every this many ms from spawn until L2's /init marker
+    /// (trigger [`TICK_TRIGGER`]): exits per boot phase.
+    #[serde(default)]
+    pub sample_period_ms: Option<u64>,
 }
 
 /// Everything the agent runs in one L1 boot.
@@ -278,6 +296,7 @@ impl Measurement {
             LaunchKind::Nvme => "nvme".into(),
             LaunchKind::Blk => "blk".into(),
             LaunchKind::Reboot => "reboot".into(),
+            LaunchKind::Initcall => "initcall".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
@@ -312,6 +331,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         base,
         Measurement {
             kind: LaunchKind::Bare,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Initcall,
             ..base
         },
         Measurement {
@@ -375,6 +398,10 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.queue_depth
         ),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
+        LaunchKind::Initcall => format!(
+            "{} testbed.bench=initcall",
+            crate::bench::initcalls::debug_cmdline(base)
+        ),
         LaunchKind::RamSetup => format!("{base} testbed.bench=hold"),
         LaunchKind::Boot
         | LaunchKind::Bare
@@ -451,6 +478,9 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
             _ => None,
         },
         timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 25),
+        keep_all_lines: m.kind == LaunchKind::Initcall,
+        sample_period_ms: (m.kind == LaunchKind::Initcall)
+            .then_some(crate::bench::initcalls::SAMPLE_PERIOD_MS),
         key,
     }
 }
@@ -606,6 +636,9 @@ pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         // A cold launch decompresses the kernel twice at once, in Strait and in the
         // guest: 28 s, and once over 100 s with L1 starved by other testbeds.
         LaunchKind::Kernel => 240,
+        // QEMU's guest reached /init after up to 15 s of uptime on a loaded testbed, on
+        // top of SeaBIOS and the guest's own decompression (about 30 s).
+        LaunchKind::Initcall => 150,
         LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
@@ -631,6 +664,7 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         | LaunchKind::Kernel
         | LaunchKind::Ram
         | LaunchKind::RamSetup => 30,
+        LaunchKind::Initcall => 40,
         LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
@@ -813,13 +847,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, blk, reboot, 2 sizes x 2 page kinds = 9 measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 36);
+        // boot, bare, initcall, nvme, blk, reboot, 2 sizes x 2 page kinds = 10 measurements,
+        // 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 40);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[18].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[20].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -842,7 +877,7 @@ mod tests {
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[18].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[20].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -857,7 +892,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[10];
+        let l = &plan.launches[12];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -875,7 +910,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[17];
+        let l = &plan.launches[19];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -899,7 +934,7 @@ mod tests {
     #[test]
     fn nvme_launch_passes_the_io_load_on_the_command_line() {
         let plan = build(&config(1));
-        let l = &plan.launches[4];
+        let l = &plan.launches[6];
         assert_eq!(l.key.kind, LaunchKind::Nvme);
         assert!(l
             .command
@@ -911,7 +946,7 @@ mod tests {
     #[test]
     fn blk_launch_gives_l1s_disk_with_o_direct_and_no_passthrough() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[6], &plan.launches[7]);
+        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
         assert_eq!(qemu.key.id, "r1-blk-qemu");
         assert!(qemu
             .command
@@ -1078,6 +1113,28 @@ mod tests {
     }
 
     #[test]
+    fn initcall_launch_boots_without_device_or_quiet_and_samples_its_phases() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[4], &plan.launches[5]);
+        assert_eq!(qemu.key.id, "r1-initcall-qemu");
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        let cmdline = strait.spec.as_ref().map(|s| s["kernel"]["cmdline"].clone());
+        assert_eq!(
+            cmdline,
+            Some(serde_json::json!(
+                "console=ttyS0 quiet initcall_debug log_buf_len=4M testbed.bench=initcall"
+            ))
+        );
+        assert!(strait
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.get("passthrough").is_none()));
+        assert!(qemu.keep_all_lines && strait.keep_all_lines);
+        assert_eq!(strait.sample_period_ms, Some(100));
+        assert!(!plan.launches[0].keep_all_lines && plan.launches[0].sample_period_ms.is_none());
+    }
+
+    #[test]
     fn results_parse_skips_a_torn_line() {
         let key = build(&config(1)).launches[0].key.clone();
         let line = serde_json::to_string(&LaunchRecord::not_run(key, "skipped".into()))
@@ -1099,14 +1156,15 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 reboot (60) + 8 memory (20) = 612 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 612 + 180);
+        // 4 boot (30) + 2 initcall (40) + 2 nvme (53) + 2 blk (53) + 2 reboot (60)
+        // + 8 memory (20) = 692 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 692 + 180);
     }
 
     #[test]
     fn reboot_launch_lets_both_vmms_reset_in_place() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
+        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
         assert_eq!(qemu.key.id, "r1-reboot-qemu");
         assert!(!qemu.command.iter().any(|a| a == "-no-reboot"));
         assert!(qemu
