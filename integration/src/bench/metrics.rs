@@ -282,6 +282,10 @@ fn teardown_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             "Guest power-off → VMM exit, no device passed through",
             LaunchKind::Bare,
         ),
+        (
+            "Guest power-off → VMM exit, three devices",
+            LaunchKind::Passthrough,
+        ),
     ]
     .into_iter()
     .map(|(name, kind)| {
