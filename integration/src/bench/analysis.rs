@@ -359,6 +359,71 @@ pub fn strait_exit_total(r: &LaunchRecord) -> Result<f64, String> {
 }
 
 /// Records of one measurement: launches of `kind` on that RAM, per VMM.
+/// One `bartouch` pass in a `bar` launch: how much it read and how long it took, on L1's
+/// clock (its BEGIN and END lines' arrival) and on L2's (its own report).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BarPass {
+    /// Bytes of the BAR read, one word per 4 KiB page.
+    pub bytes: u64,
+    /// Seconds between the pass's BEGIN and END lines, on L1's clock.
+    pub secs: f64,
+    /// The same pass timed by L2.
+    pub guest_secs: f64,
+}
+
+impl BarPass {
+    /// GiB of BAR covered per second (L1's clock).
+    pub fn gib_per_sec(&self) -> f64 {
+        self.bytes as f64 / f64::from(1u32 << 30) / self.secs
+    }
+}
+
+/// `bartouch`'s pass `pass` (`first`: the faults that map the BAR; `mapped`: the
+/// accesses alone) in a `bar` launch.
+pub fn bar_pass(r: &LaunchRecord, pass: &str) -> Result<BarPass, String> {
+    if let Some(p) = launch_problem(r) {
+        return Err(p);
+    }
+    if let Some(l) = r
+        .lines
+        .iter()
+        .find(|l| l.text.contains("TESTBED-BENCH error"))
+    {
+        return Err(l.text.clone());
+    }
+    let find = |tag: &str| {
+        r.lines.iter().find(|l| {
+            l.text.contains(tag)
+                && key_values(&l.text).get("pass").map(String::as_str) == Some(pass)
+        })
+    };
+    let result = r.lines.iter().find(|l| l.text.contains("BARTOUCH-RESULT"));
+    let (Some(begin), Some(end), Some(result)) =
+        (find("BARTOUCH-BEGIN"), find("BARTOUCH-END"), result)
+    else {
+        return Err(format!("no complete bartouch {pass} pass in L2's output"));
+    };
+    let kv = key_values(&result.text);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    let guest_ms = num(if pass == "first" {
+        "first_ms"
+    } else {
+        "second_ms"
+    });
+    let (Some(mib), Some(guest_ms)) = (num("mib"), guest_ms) else {
+        return Err(format!("unreadable bartouch line: {}", result.text));
+    };
+    let secs = (end.ms - begin.ms) / 1000.0;
+    if secs <= 0.0 {
+        return Err(format!("bartouch {pass} pass took no time on L1's clock"));
+    }
+    Ok(BarPass {
+        bytes: (mib as u64) << 20,
+        secs,
+        guest_secs: guest_ms / 1000.0,
+    })
+}
+
 pub fn select(
     records: &[LaunchRecord],
     kind: LaunchKind,

@@ -5,8 +5,9 @@
 //! `blk` mode it does the same on the virtio-blk disk /dev/vda. In
 //! `reboot` mode it binds nvme and looks for its launch's token in a block of the
 //! namespace: absent (first boot), it writes it and reboots; present (second boot,
-//! in the same VMM process), it clears it and powers off. The mode, load and launch
-//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot`,
+//! in the same VMM process), it clears it and powers off. In `bar` mode it runs
+//! `bartouch` over ivshmem's BAR2 (`src/bin/bartouch.rs`). The mode, load and launch
+//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot|bar`,
 //! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
 //! launch.
 //! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
@@ -28,6 +29,7 @@ const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");
 /// L2's /init for the benchmark.
 pub fn l2_init() -> String {
     let (vendor, device) = Device::Nvme.pci_id();
+    let (shm_vendor, shm_device) = Device::Ivshmem.pci_id();
     format!(
         r#"#!/bin/sh
 echo TESTBED-INIT
@@ -79,6 +81,10 @@ if [ "$mode" = reboot ] && [ "$nvme" != none ] && wait_dev /dev/nvme0n1; then
 		echo "{REBOOTING_MARKER}"
 		reboot -f
 	fi
+fi
+if [ "$mode" = bar ]; then
+	echo "TESTBED-BENCH ready"
+	bartouch --device {shm_vendor:04x}:{shm_device:04x} --bar 2 || echo "TESTBED-BENCH error: bartouch failed"
 fi
 echo TESTBED-DONE
 poweroff -f

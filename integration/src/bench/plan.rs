@@ -84,16 +84,22 @@ pub enum LaunchKind {
     /// the token, clears it and powers off. The VMM resets in place (QEMU's
     /// system_reset, Strait's reboot in place).
     Reboot,
+    /// L2 boots with the nvme and ivshmem passed through and `bartouch` reads every
+    /// 4 KiB page of ivshmem's 8 GiB BAR twice: the first pass takes the faults that
+    /// map it (nested page faults, KVM, vfio-pci's fault handler), the second is the
+    /// accesses alone.
+    Bar,
 }
 
 impl LaunchKind {
     /// Every kind, in the order a repetition runs them.
-    pub const ALL: [LaunchKind; 6] = [
+    pub const ALL: [LaunchKind; 7] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Nvme,
         LaunchKind::Blk,
         LaunchKind::Reboot,
+        LaunchKind::Bar,
         LaunchKind::Memory,
     ];
 
@@ -106,6 +112,7 @@ impl LaunchKind {
             LaunchKind::Blk => "blk",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
+            LaunchKind::Bar => "bar",
         }
     }
 
@@ -210,6 +217,7 @@ impl Measurement {
             LaunchKind::Nvme => "nvme".into(),
             LaunchKind::Blk => "blk".into(),
             LaunchKind::Reboot => "reboot".into(),
+            LaunchKind::Bar => "bar".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
@@ -240,6 +248,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         },
         Measurement {
             kind: LaunchKind::Reboot,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Bar,
             ..base
         },
     ];
@@ -286,6 +298,7 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.queue_depth
         ),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
+        LaunchKind::Bar => format!("{base} testbed.bench=bar"),
         LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
             format!("{base} testbed.bench=boot")
         }
@@ -308,6 +321,10 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     }
     if m.kind == LaunchKind::Reboot {
         guest.strait.on_reboot = Some("restart");
+    }
+    if m.kind == LaunchKind::Bar {
+        // The nvme and the ivshmem (`BAR_DEVICES`), as L1 bound them.
+        guest.devices = BAR_DEVICES.len();
     }
     let memory = m.kind == LaunchKind::Memory;
     let qmp_socket = (memory && vmm == VmmKind::Qemu)
@@ -353,6 +370,16 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     }
 }
 
+/// The devices L1 binds for a plan with `bar` launches, in `@DEVn@` order: every other
+/// launch passes the first (the nvme) only.
+pub const BAR_DEVICES: [crate::device::Device; 2] =
+    [crate::device::Device::Nvme, crate::device::Device::Ivshmem];
+
+/// Whether the plan `cfg` builds has `bar` launches (L1 then needs ivshmem).
+pub fn has_bar_launches(only: &[LaunchKind]) -> bool {
+    only.is_empty() || only.contains(&LaunchKind::Bar)
+}
+
 /// How long a launch may take before the agent kills it.
 /// About three times the slowest seen on the testbed (QEMU to /init: up to 37 s).
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
@@ -361,6 +388,7 @@ pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
+        LaunchKind::Bar => 400,
     }
 }
 
@@ -380,6 +408,7 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
+        LaunchKind::Bar => 120,
     }
 }
 
@@ -500,6 +529,7 @@ impl LaunchRecord {
 pub fn is_marker_line(line: &str) -> bool {
     line.contains("TESTBED-")
         || line.contains("IOBENCH-")
+        || line.contains("BARTOUCH-")
         || line.contains("strait: timeline:")
         || line.contains("strait: reboot:")
         || line.contains("strait: exits:")

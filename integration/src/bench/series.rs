@@ -180,6 +180,7 @@ impl Testbed {
             max_boots: MAX_L1_BOOTS,
             stall_tries: STALL_TRIES,
             plan: Box::new(move |dir| series_plan(&guest, &strait, &order, &label, dir)),
+            warm_up: None,
         };
         let boots = self.agent_boots(&agent_run)?;
         Ok(SeriesOutcome::new(
