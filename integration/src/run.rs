@@ -830,4 +830,15 @@ mod tests {
         let main_only = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
         assert!(!sandbox_verdict(main_only).0, "taken after the vCPUs left");
     }
+
+    #[test]
+    fn huge_mapped_wants_a_1g_page_in_some_sample() {
+        let faults = "[ 56.7] vfio-pci 0000:00:03.0: vfio_pci_mmap_huge_fault(,order = 18) BAR 2 page offset 0x0: 0x100\n\
+                      [ 50.0] vfio-pci 0000:00:02.0: vfio_pci_mmap_huge_fault(,order = 9) BAR 0 page offset 0x0: 0x100\n";
+        let (passed, detail) = huge_mapped_verdict("3 68 0 \n3 76 2 \n3 76 0 \n", faults);
+        assert!(passed, "{detail}");
+        assert!(detail.contains("2 x 1 GiB") && detail.contains("order 9 x1, order 18 x1"));
+        assert!(!huge_mapped_verdict("3 68 0 \n", "").0);
+        assert!(!huge_mapped_verdict("", "").0, "no samples: nothing seen");
+    }
 }

@@ -481,4 +481,13 @@ mod tests {
             ["/repo/target/release/strait", "run", "/work/spec.json"]
         );
     }
+
+    #[test]
+    fn qemu_searches_its_own_firmware_first() {
+        let mut g = guest(0, HugePages::Size2M);
+        g.qemu_data_dirs = vec![PathBuf::from("/b/seabios"), PathBuf::from("/b/qemu")];
+        let args = qemu_command(&g);
+        assert_eq!(after(&args, "-L"), ["/b/seabios", "/b/qemu"]);
+        assert!(after(&qemu_command(&guest(0, HugePages::Size2M)), "-L").is_empty());
+    }
 }

@@ -799,4 +799,45 @@ pub(crate) mod tests {
             1
         );
     }
+
+    #[test]
+    fn bar_passes_are_timed_on_l1s_clock() {
+        let r = record(
+            LaunchKind::Bar,
+            VmmKind::Strait,
+            &[
+                (3000.0, "TESTBED-INIT"),
+                (4000.0, "BARTOUCH-BEGIN pass=first"),
+                (12000.0, "BARTOUCH-END pass=first"),
+                (12000.0, "BARTOUCH-BEGIN pass=mapped"),
+                (14000.0, "BARTOUCH-END pass=mapped"),
+                (14100.0, "BARTOUCH-RESULT mib=8192 pages=2097152 map_ms=5 first_ms=7900.5 second_ms=1990"),
+            ],
+        );
+        let first = bar_pass(&r, "first").unwrap();
+        assert_eq!(first.bytes, 8 << 30);
+        assert_eq!(first.secs, 8.0);
+        assert_eq!(first.gib_per_sec(), 1.0);
+        assert_eq!(first.guest_secs, 7.9005);
+        assert_eq!(bar_pass(&r, "mapped").map(|p| p.secs), Ok(2.0));
+    }
+
+    #[test]
+    fn bar_pass_without_its_end_is_an_error() {
+        let r = record(
+            LaunchKind::Bar,
+            VmmKind::Qemu,
+            &[(4000.0, "BARTOUCH-BEGIN pass=first")],
+        );
+        assert!(bar_pass(&r, "first").is_err());
+        let failed = record(
+            LaunchKind::Bar,
+            VmmKind::Qemu,
+            &[(4000.0, "TESTBED-BENCH error: bartouch failed")],
+        );
+        assert_eq!(
+            bar_pass(&failed, "first"),
+            Err("TESTBED-BENCH error: bartouch failed".into())
+        );
+    }
 }

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod report;
 pub mod series;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -263,6 +264,13 @@ impl Testbed {
         };
         let mut guest = run::guest_config(&ctx);
         (guest.qemu, guest.qemu_data_dirs) = self.reference_qemu(&opts.qemu)?;
+        // L1 runs it from the cache as is (an artefact is written without the
+        // execute bit).
+        let executable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&bartouch, executable).map_err(|source| Error::WriteFile {
+            path: bartouch.clone(),
+            source,
+        })?;
         let warm_up = plan::has_bar_launches(&opts.only).then(|| {
             let (vendor, device) = Device::Ivshmem.pci_id();
             vec![

@@ -577,13 +577,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, blk, reboot, 2 sizes x 2 page kinds = 9 measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 36);
+        // boot, bare, nvme, blk, reboot, bar, 2 sizes x 2 page kinds = 10 measurements,
+        // 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 40);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[18].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[20].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -603,10 +604,39 @@ mod tests {
     }
 
     #[test]
+    fn bar_launch_passes_the_nvme_and_ivshmem_and_asks_for_bartouch() {
+        let plan = build(&PlanConfig {
+            only: vec![LaunchKind::Bar],
+            ..config(1)
+        });
+        let (qemu, strait) = (&plan.launches[0], &plan.launches[1]);
+        assert_eq!(qemu.key.id, "r1-bar-qemu");
+        let vfio = |l: &Launch| {
+            l.command
+                .iter()
+                .filter(|a| a.starts_with("vfio-pci,"))
+                .count()
+        };
+        assert_eq!(vfio(qemu), BAR_DEVICES.len());
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=bar")));
+        let spec = strait
+            .spec
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert!(spec.contains("@DEV0@") && spec.contains("@DEV1@"), "{spec}");
+        assert!(has_bar_launches(&[]) && has_bar_launches(&[LaunchKind::Bar]));
+        assert!(!has_bar_launches(&[LaunchKind::Nvme]));
+    }
+
+    #[test]
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[18].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[20].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -621,7 +651,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[10];
+        let l = &plan.launches[12];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -639,7 +669,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[17];
+        let l = &plan.launches[19];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -727,14 +757,16 @@ mod tests {
         assert!(is_marker_line("strait: timeline: memory_ready=12.0ms"));
         assert!(is_marker_line("[  2.1] TESTBED-INIT"));
         assert!(!is_marker_line("strait: guest powered off"));
+        assert!(is_marker_line("BARTOUCH-END pass=first"));
     }
 
     #[test]
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 reboot (60) + 8 memory (20) = 612 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 612 + 180);
+        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 reboot (60) + 2 bar (120)
+        // + 8 memory (20) = 852 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 852 + 180);
     }
 
     #[test]
