@@ -128,6 +128,7 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         kernel_cache: !ctx.scenario.strait.no_kernel_cache,
         kvm_pages: ctx.scenario.host_checks.contains(&HostCheck::BarHugeMapped),
         warm_up: None,
+        thp: ctx.scenario.l1_thp,
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }

@@ -325,6 +325,9 @@ pub struct Scenario {
     pub numa_nodes: u32,
     /// The kernel L1 boots (L2 boots the stock one).
     pub l1_kernel: L1Kernel,
+    /// L1's transparent hugepages mode (`always`, `madvise`, `never`); `None`: the
+    /// kernel's default.
+    pub l1_thp: Option<&'static str>,
     /// L1 gets two NUMA nodes, the devices on node 1 behind an expander bus, and
     /// Strait's spec says `"numa": "auto"`.
     pub l0_numa: bool,
@@ -426,6 +429,7 @@ impl Scenario {
             hide_hypervisor: false,
             numa_nodes: 0,
             l1_kernel: L1Kernel::Stock,
+            l1_thp: None,
             l0_numa: false,
             checks: Vec::new(),
             host_checks: Vec::new(),
@@ -662,11 +666,14 @@ pub fn passthrough() -> Scenario {
 /// `passthrough` with Linux 6.12 from bookworm-backports as L1, whose vfio-pci maps BARs
 /// with huge pfns: after the usual checks L2 touches every page of ivshmem's 8 GiB BAR
 /// (`bar-touch`, timed), and KVM in L1 must have mapped it with 1 GiB pages
-/// (`bar-huge-mapped`). L2 stays on the stock kernel.
+/// (`bar-huge-mapped`). L1's transparent hugepages are set to `madvise`, under which
+/// vfio-pci's huge faults happen only on a mapping the VMM marked (Strait's
+/// MADV_HUGEPAGE on its BAR mappings). L2 stays on the stock kernel.
 pub fn passthrough_612() -> Scenario {
     let mut s = passthrough();
     s.name = "passthrough-612".into();
     s.l1_kernel = L1Kernel::Backports;
+    s.l1_thp = Some("madvise");
     s.tools = vec![GuestTool::BarTouch];
     s.checks.push(checks::bar_touch(Device::Ivshmem, 2));
     s.host_checks.push(HostCheck::BarHugeMapped);

@@ -214,6 +214,8 @@ pub struct RunPlan {
     /// BAR through L1's sysfs there, so L0 has its backing in memory before the first
     /// measured launch and no launch pays for it.
     pub warm_up: Option<Vec<String>>,
+    /// L1's transparent hugepages mode, set before the VMM starts; `None`: the default.
+    pub thp: Option<&'static str>,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -359,6 +361,12 @@ fn l1_setup_script(plan: &RunPlan) -> String {
     if plan.kvm_pages {
         s.push_str(KVM_PAGES_SETUP);
     }
+    if let Some(mode) = plan.thp {
+        let _ = writeln!(
+            s,
+            "echo {mode} > /sys/kernel/mm/transparent_hugepage/enabled || fail \"cannot set transparent hugepages to {mode}\""
+        );
+    }
     push_hugepages(&mut s, plan);
     if let Some(words) = &plan.warm_up {
         let words: Vec<String> = words.iter().map(|w| shell_word(w, 0)).collect();
@@ -500,6 +508,7 @@ mod tests {
             kernel_cache: true,
             kvm_pages: false,
             warm_up: None,
+            thp: None,
             work_dir: PathBuf::from("/repo/integration/cache/runs/x"),
             devices,
             hugepages,

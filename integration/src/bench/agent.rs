@@ -77,7 +77,11 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             )
         } else {
             log::info!("{}: starting; L1 {}", launch.key.id, meminfo_summary());
-            run_launch(launch, &args.devices, &logs, left)
+            let thp = launch.transparent_hugepages.as_deref();
+            thp.inspect(|mode| set_thp(mode));
+            let record = run_launch(launch, &args.devices, &logs, left);
+            thp.inspect(|_| set_thp(&plan.transparent_hugepages));
+            record
         };
         if record.timed_out {
             hung.push(measurement);
@@ -86,6 +90,18 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         append(&args.results, &record)?;
     }
     Ok(())
+}
+
+/// Sets L1's transparent hugepages mode (best effort, logged).
+fn set_thp(mode: &str) {
+    let thp = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if let Err(e) = fs::write(thp, mode) {
+        log::warn!("cannot set {thp}: {e}");
+    }
+    log::info!(
+        "{thp}: {}",
+        fs::read_to_string(thp).unwrap_or_default().trim()
+    );
 }
 
 /// L1's free memory and hugepages, for the agent's log.
@@ -121,14 +137,7 @@ fn summary(r: &LaunchRecord) -> String {
 /// which both madvise THP), and debugfs for KVM's counters. Best effort:
 /// failures show as n/a in the report.
 fn prepare_l1(plan: &Plan) {
-    let thp = "/sys/kernel/mm/transparent_hugepage/enabled";
-    if let Err(e) = fs::write(thp, &plan.transparent_hugepages) {
-        log::warn!("cannot set {thp}: {e}");
-    }
-    log::info!(
-        "{thp}: {}",
-        fs::read_to_string(thp).unwrap_or_default().trim()
-    );
+    set_thp(&plan.transparent_hugepages);
     if !Path::new(KVM_DEBUGFS).exists() && !mount_debugfs() {
         log::warn!("no {KVM_DEBUGFS}: KVM exit counts will be n/a");
     }

@@ -219,6 +219,7 @@ fn write_agent_files(
         kernel_cache: true,
         kvm_pages: false,
         warm_up: run.warm_up.clone(),
+        thp: None,
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }

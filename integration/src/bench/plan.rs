@@ -158,6 +158,9 @@ pub struct Launch {
     pub stop_at_line: Option<String>,
     /// Kill the VMM after this long.
     pub timeout_secs: u64,
+    /// L1's transparent hugepages mode for this launch (the plan's is restored after).
+    #[serde(default)]
+    pub transparent_hugepages: Option<String>,
 }
 
 /// Everything the agent runs in one L1 boot.
@@ -367,8 +370,14 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
         stop_at_line: (memory && vmm == VmmKind::Strait)
             .then(|| format!("strait: timeline: {STRAIT_READY_MARK}=")),
         timeout_secs: timeout_secs(m.kind, cfg.io),
+        // vfio-pci's huge pfnmap (Linux 6.12) needs transparent hugepages on for the
+        // BAR mapping: the L1 kernel's default (Debian: `always`), not the plan's `never`.
+        transparent_hugepages: (m.kind == LaunchKind::Bar).then(|| BAR_THP.to_string()),
     }
 }
+
+/// L1's transparent hugepages mode during `bar` launches.
+pub const BAR_THP: &str = "always";
 
 /// The devices L1 binds for a plan with `bar` launches, in `@DEVn@` order: every other
 /// launch passes the first (the nvme) only.
@@ -629,6 +638,8 @@ mod tests {
             .unwrap_or_default();
         assert!(spec.contains("@DEV0@") && spec.contains("@DEV1@"), "{spec}");
         assert!(has_bar_launches(&[]) && has_bar_launches(&[LaunchKind::Bar]));
+        assert_eq!(qemu.transparent_hugepages.as_deref(), Some(BAR_THP));
+        assert_eq!(plan.transparent_hugepages, "never", "the other launches' mode");
         assert!(!has_bar_launches(&[LaunchKind::Nvme]));
     }
 
