@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::bench::plan::{
-    LaunchKind, LaunchRecord, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, REBOOTING_MARKER,
-    SECOND_BOOT_MARKER, STRAIT_READY_MARK,
+    LaunchKind, LaunchRecord, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT,
+    REBOOTING_MARKER, SECOND_BOOT_MARKER, STRAIT_READY_MARK,
 };
 use crate::scenario::HugePages;
 
@@ -226,19 +226,8 @@ pub fn io_run(r: &LaunchRecord, mode: &str) -> Result<IoRun, String> {
     if let Some(l) = r.lines.iter().find(|l| l.text.contains("IOBENCH-ERROR")) {
         return Err(l.text.clone());
     }
-    if let Some(l) = r
-        .lines
-        .iter()
-        .find(|l| l.text.contains("TESTBED-BENCH error"))
-    {
-        return Err(l.text.clone());
-    }
-    let find = |tag: &str| {
-        r.lines.iter().find(|l| {
-            l.text.contains(tag)
-                && key_values(&l.text).get("mode").map(String::as_str) == Some(mode)
-        })
-    };
+    guest_error(r)?;
+    let find = |tag: &str| tagged_line(r, tag, "mode", mode);
     let (Some(begin), Some(result)) = (find(IO_BEGIN), find(IO_RESULT)) else {
         return Err(format!("no complete iobench {mode} run in L2's output"));
     };
@@ -359,6 +348,30 @@ pub fn strait_exit_total(r: &LaunchRecord) -> Result<f64, String> {
 }
 
 /// Records of one measurement: launches of `kind` on that RAM, per VMM.
+/// The bench /init's own error line, if it printed one.
+fn guest_error(r: &LaunchRecord) -> Result<(), String> {
+    match r
+        .lines
+        .iter()
+        .find(|l| l.text.contains("TESTBED-BENCH error"))
+    {
+        Some(l) => Err(l.text.clone()),
+        None => Ok(()),
+    }
+}
+
+/// The first line holding `tag` and `key=value`.
+fn tagged_line<'a>(
+    r: &'a LaunchRecord,
+    tag: &str,
+    key: &str,
+    value: &str,
+) -> Option<&'a TimedLine> {
+    r.lines.iter().find(|l| {
+        l.text.contains(tag) && key_values(&l.text).get(key).map(String::as_str) == Some(value)
+    })
+}
+
 /// One `bartouch` pass in a `bar` launch: how much it read and how long it took, on L1's
 /// clock (its BEGIN and END lines' arrival) and on L2's (its own report).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -384,19 +397,8 @@ pub fn bar_pass(r: &LaunchRecord, pass: &str) -> Result<BarPass, String> {
     if let Some(p) = launch_problem(r) {
         return Err(p);
     }
-    if let Some(l) = r
-        .lines
-        .iter()
-        .find(|l| l.text.contains("TESTBED-BENCH error"))
-    {
-        return Err(l.text.clone());
-    }
-    let find = |tag: &str| {
-        r.lines.iter().find(|l| {
-            l.text.contains(tag)
-                && key_values(&l.text).get("pass").map(String::as_str) == Some(pass)
-        })
-    };
+    guest_error(r)?;
+    let find = |tag: &str| tagged_line(r, tag, "pass", pass);
     let result = r.lines.iter().find(|l| l.text.contains("BARTOUCH-RESULT"));
     let (Some(begin), Some(end), Some(result)) =
         (find("BARTOUCH-BEGIN"), find("BARTOUCH-END"), result)
@@ -442,7 +444,7 @@ pub fn select(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::bench::plan::{LaunchKey, ProcessSample, Sample, TimedLine};
+    use crate::bench::plan::{LaunchKey, ProcessSample, Sample};
 
     /// A finished launch with marker `lines` given as (ms, text).
     pub(crate) fn record(kind: LaunchKind, vmm: VmmKind, lines: &[(f64, &str)]) -> LaunchRecord {

@@ -405,11 +405,12 @@ fn blk_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
     ]
 }
 
-/// `bartouch` over ivshmem's 8 GiB BAR: the first touch of every page (the faults that
+/// `bartouch` over the first GiB of ivshmem's 8 GiB BAR: the first touch of every page (the faults that
 /// map it: nested page faults resolved by KVM from the VMM's mapping, which vfio-pci
 /// fills with 4 KiB or huge pfns by L1's kernel) and the same reads once mapped.
 fn bar_rows(records: &[LaunchRecord]) -> Vec<Metric> {
-    let section = "BAR mapping (bartouch in L2: one read per 4 KiB page of ivshmem's 8 GiB BAR)";
+    let section =
+        "BAR mapping (bartouch in L2: one read per 4 KiB page of the first GiB of ivshmem's 8 GiB BAR)";
     let bar = |name: &str, unit, better, f: fn(&LaunchRecord) -> Result<f64, String>| {
         row(
             section,

@@ -639,7 +639,10 @@ mod tests {
         assert!(spec.contains("@DEV0@") && spec.contains("@DEV1@"), "{spec}");
         assert!(has_bar_launches(&[]) && has_bar_launches(&[LaunchKind::Bar]));
         assert_eq!(qemu.transparent_hugepages.as_deref(), Some(BAR_THP));
-        assert_eq!(plan.transparent_hugepages, "never", "the other launches' mode");
+        assert_eq!(
+            plan.transparent_hugepages, "never",
+            "the other launches' mode"
+        );
         assert!(!has_bar_launches(&[LaunchKind::Nvme]));
     }
 
