@@ -412,8 +412,9 @@ writes (guest console and its own log) is timestamped as it arrives.
   reloaded, vCPUs running again).
 - **BAR mapping**: L2 boots with the NVMe controller and ivshmem passed through; `bartouch`
   (integration/src/bin/bartouch.rs, static) maps the first GiB of ivshmem's 8 GiB BAR2 through
-  sysfs and reads one word per 4 KiB page, twice. Each pass is timed on L1's clock between its
-  `BARTOUCH-BEGIN` and `BARTOUCH-END` lines. The first pass takes the faults that map the BAR
+  sysfs and reads one word per 4 KiB page, twice. Each pass is timed by `bartouch` on L2's
+  clock (Strait hands the guest's console on in batches: a sub-second pass cannot be timed
+  from the lines' arrival in L1). The first pass takes the faults that map the BAR
   (nested page faults to L1's KVM, which resolves them from the VMM's mapping of the BAR,
   filled by vfio-pci with 4 KiB pfns on Linux 6.1 and huge ones on 6.12); the second reads
   it mapped. L1 read the whole BAR once before the first launch (so L0's backing is in

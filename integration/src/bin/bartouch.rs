@@ -13,8 +13,7 @@
 //! not writes, so the emulated device's backing file is not filled with dirty pages.
 //!
 //! Output: `BARTOUCH-BEGIN pass=P` and `BARTOUCH-END pass=P` around each pass (`first`,
-//! `mapped`), printed as they happen so a reader of the console can time the passes on
-//! its own clock; then a human line and `BARTOUCH-RESULT mib=M pages=N map_ms=A
+//! `mapped`), printed as they happen (progress on the console); then a human line and `BARTOUCH-RESULT mib=M pages=N map_ms=A
 //! first_ms=B second_ms=C` (milliseconds on L2's monotonic clock). Exit status 0, or 1
 //! with the reason on stderr.
 
