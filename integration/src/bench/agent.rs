@@ -5,7 +5,9 @@
 //! line as it arrives (monotonic clock, from just before spawn), times QMP's
 //! first answer, samples /proc and KVM's counters when the guest prints a
 //! marker, stops the VMM when the launch's stop rule is met, and appends a
-//! [`LaunchRecord`] to the results file.
+//! [`LaunchRecord`] to the results file. Before each launch it sizes L1's
+//! hugepage pools for it ([`l1mem`]); a populate launch is run in its own
+//! process.
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -18,9 +20,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::l1mem;
 use crate::bench::plan::{
-    is_marker_line, Launch, LaunchRecord, Plan, Sample, TimedLine, IO_BEGIN, IO_RESULT, LOGS_DIR,
-    READY_MARKER,
+    is_marker_line, Launch, LaunchRecord, Plan, Sample, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN,
+    IO_RESULT, LOGS_DIR, POPULATE_MARK, READY_MARKER, TICK_TRIGGER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
 use crate::error::{Error, Result};
@@ -62,7 +65,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     // A measurement that hung once (a VMM that cannot boot this guest yet)
     // would eat its whole time limit every repetition: it is run once.
     let mut hung: Vec<String> = Vec::new();
-    for launch in &plan.launches {
+    for (i, launch) in plan.launches.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         let measurement = launch.key.measurement();
         let record = if left < Duration::from_secs(launch.timeout_secs.min(60)) {
@@ -75,11 +78,22 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                 launch.key.clone(),
                 "skipped: an earlier repetition hit its time limit".into(),
             )
+        } else if let Err(why) = l1mem::size_pools(&launch.key, &plan.launches[i..]) {
+            LaunchRecord::not_run(launch.key.clone(), why)
         } else {
             log::info!("{}: starting; L1 {}", launch.key.id, meminfo_summary());
             let thp = launch.transparent_hugepages.as_deref();
             thp.inspect(|mode| set_thp(mode));
-            let record = run_launch(launch, &args.devices, &logs, left);
+            let record = match launch.key.vmm {
+                VmmKind::Populate => run_populate(launch),
+                VmmKind::Qemu | VmmKind::Strait => {
+                    let cache = plan.vmm_cache.as_deref();
+                    if let Some(dir) = cache.filter(|_| launch.key.cold_kernel) {
+                        l1mem::empty_cache(dir);
+                    }
+                    run_launch(launch, &args.devices, &logs, (left, cache))
+                }
+            };
             thp.inspect(|_| set_thp(&plan.transparent_hugepages));
             record
         };
@@ -102,6 +116,30 @@ fn set_thp(mode: &str) {
         "{thp}: {}",
         fs::read_to_string(thp).unwrap_or_default().trim()
     );
+}
+
+/// The plain populate of a launch's pages, timed by the agent itself.
+fn run_populate(launch: &Launch) -> LaunchRecord {
+    let (key, start) = (&launch.key, Instant::now());
+    match l1mem::populate_twice(key.hugepages, key.memory_mib) {
+        Ok((first, ms)) => {
+            let mut r = LaunchRecord::not_run(key.clone(), String::new());
+            let text = format!(
+                "{POPULATE_MARK} pages={} mib={} ms={ms:.1} first_ms={first:.1}",
+                key.hugepages.spec_value(),
+                key.memory_mib
+            );
+            r.not_run = None;
+            r.exit_code = Some(0);
+            r.exit_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+            r.lines.push(TimedLine {
+                ms: r.exit_ms.unwrap_or(first + ms),
+                text,
+            });
+            r
+        }
+        Err(e) => LaunchRecord::not_run(key.clone(), format!("populate: {e}")),
+    }
 }
 
 /// L1's free memory and hugepages, for the agent's log.
@@ -141,22 +179,17 @@ fn prepare_l1(plan: &Plan) {
     if !Path::new(KVM_DEBUGFS).exists() && !mount_debugfs() {
         log::warn!("no {KVM_DEBUGFS}: KVM exit counts will be n/a");
     }
+    let gigantic = crate::scenario::HugePages::Size1G;
+    if plan.launches.iter().any(|l| l.key.hugepages == gigantic) {
+        l1mem::mount_gigantic();
+    }
+    if let Some(dir) = &plan.vmm_cache {
+        l1mem::fill_cache(dir);
+    }
 }
 
 fn mount_debugfs() -> bool {
-    let (source, target, fstype) = (c"debugfs", c"/sys/kernel/debug", c"debugfs");
-    // SAFETY: mount(2) with NUL-terminated static strings and no data; it
-    // changes only the mount table of this (L1's) system.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    rc == 0
+    l1mem::mount(c"debugfs", c"/sys/kernel/debug", c"debugfs", None).is_ok()
 }
 
 fn append(path: &Path, record: &LaunchRecord) -> Result<()> {
@@ -204,9 +237,18 @@ struct Running<'a> {
     log: Vec<String>,
     tail: VecDeque<String>,
     kill_at: Option<Instant>,
+    /// When KVM's counters are sampled next ([`Launch::sample_period_ms`]).
+    next_tick: Option<Instant>,
 }
 
-fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) -> LaunchRecord {
+/// Runs one VMM launch with at most `left` of L1's time, Strait's cache in `cache`
+/// (`XDG_CACHE_HOME`; the run script's if `None`).
+fn run_launch(
+    launch: &Launch,
+    devices: &[String],
+    logs: &Path,
+    (left, cache): (Duration, Option<&Path>),
+) -> LaunchRecord {
     if let (Some(spec), Some(path)) = (&launch.spec, &launch.spec_path) {
         let text = serde_json::to_string_pretty(spec).unwrap_or_default();
         if let Err(e) = fs::write(path, substitute(&text, devices)) {
@@ -223,7 +265,11 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
         .collect();
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
-    let spawned = Command::new(&args[0])
+    let mut command = Command::new(&args[0]);
+    if let Some(dir) = cache {
+        command.env("XDG_CACHE_HOME", dir);
+    }
+    let spawned = command
         .args(&args[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -254,6 +300,7 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
         log: Vec::new(),
         tail: VecDeque::new(),
         kill_at: None,
+        next_tick: launch.sample_period_ms.map(|_| start),
     };
     running.record.not_run = None;
     running.watch(&rx, limit);
@@ -305,7 +352,15 @@ impl Running<'_> {
                 );
                 return;
             }
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            let wait = match self.next_tick {
+                Some(tick) if tick <= now => {
+                    self.tick();
+                    continue;
+                }
+                Some(tick) => (tick - now).min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Event::Line(at, text)) => self.on_line(at, text),
                 Ok(Event::Eof) => open_streams -= 1,
                 Ok(Event::Qmp(result)) => self.on_qmp(result),
@@ -322,7 +377,11 @@ impl Running<'_> {
             self.tail.pop_front();
         }
         self.tail.push_back(text.clone());
-        if !is_marker_line(&text) && self.launch.stop_at_line.is_none() {
+        if text.contains(INIT_MARKER) {
+            self.next_tick = None;
+        }
+        let keep = self.launch.keep_all_lines || is_marker_line(&text);
+        if !keep && self.launch.stop_at_line.is_none() {
             return;
         }
         let stop = self
@@ -336,7 +395,7 @@ impl Running<'_> {
             let trigger: Vec<&str> = text.split_whitespace().take(2).collect();
             self.sample(&trigger.join(" "), false);
         }
-        if is_marker_line(&text) {
+        if keep {
             self.record.lines.push(TimedLine { ms, text });
         }
         if stop && self.kill_at.is_none() {
@@ -344,6 +403,14 @@ impl Running<'_> {
             self.record.stopped = true;
             self.kill();
         }
+    }
+
+    /// KVM's counters now, and the next tick one period on (launches that sample
+    /// periodically, until L2's /init marker).
+    fn tick(&mut self) {
+        self.sample(TICK_TRIGGER, false);
+        let period = Duration::from_millis(self.launch.sample_period_ms.unwrap_or(100));
+        self.next_tick = self.next_tick.map(|t| t + period);
     }
 
     fn on_qmp(&mut self, result: std::result::Result<Duration, String>) {
@@ -451,6 +518,8 @@ mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: crate::scenario::HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let r = LaunchRecord::not_run(plan_key, "skipped: 3s left".into());
         assert_eq!(summary(&r), "not run (skipped: 3s left)");

@@ -5,15 +5,18 @@
 //! `blk` mode it does the same on the virtio-blk disk /dev/vda. In
 //! `reboot` mode it binds nvme and looks for its launch's token in a block of the
 //! namespace: absent (first boot), it writes it and reboots; present (second boot,
-//! in the same VMM process), it clears it and powers off. In `bar` mode it runs
-//! `bartouch` over the first GiB of ivshmem's BAR2 (`src/bin/bartouch.rs`). The mode, load and launch
-//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot|bar`,
+//! in the same VMM process), it clears it and powers off. In `initcall` mode it
+//! prints its kernel log (`dmesg`) between two markers first; in `hold` mode it never
+//! powers off (the agent stops the VMM); in `bar` mode it runs `bartouch` over the
+//! first GiB of ivshmem's BAR2 (`src/bin/bartouch.rs`). The mode, load and launch
+//! id come from L2's command line (`testbed.bench=boot|initcall|nvme|blk|reboot|hold|bar`,
 //! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
 //! launch.
 //! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
 
 use std::path::{Path, PathBuf};
 
+use crate::bench::initcalls;
 use crate::bench::plan::{REBOOTING_MARKER, SECOND_BOOT_MARKER};
 use crate::device::Device;
 use crate::error::Result;
@@ -35,6 +38,7 @@ const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");
 pub fn l2_init() -> String {
     let (vendor, device) = Device::Nvme.pci_id();
     let (shm_vendor, shm_device) = Device::Ivshmem.pci_id();
+    let dump = initcalls::dump_script();
     format!(
         r#"#!/bin/sh
 echo TESTBED-INIT
@@ -52,6 +56,8 @@ for w in $(cat /proc/cmdline); do
 	testbed.launch=*) launch=${{w#*=}};;
 	esac
 done
+[ "$mode" = initcall ] && {{
+{dump}}}
 wait_dev() {{ # DEV: load the modules, wait up to 30 s for the block device DEV
 	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
 	n=0
@@ -91,6 +97,8 @@ if [ "$mode" = bar ]; then
 	echo "TESTBED-BENCH ready"
 	bartouch --device {shm_vendor:04x}:{shm_device:04x} --bar 2 --mib {BAR_TOUCH_MIB} || echo "TESTBED-BENCH error: bartouch failed"
 fi
+# hold: stay up until the agent stops the VMM (Strait's RAM setup in the launch series)
+[ "$mode" = hold ] && while :; do sleep 60; done
 echo TESTBED-DONE
 poweroff -f
 "#
@@ -140,6 +148,13 @@ mod tests {
         let second = init.find("echo \"TESTBED-BENCH second-boot\"");
         assert!(rebooting.is_some() && second.is_some(), "{init}");
         assert!(init.contains("skip=2048") && init.contains("seek=2048"));
+    }
+
+    #[test]
+    fn init_holds_in_hold_mode_before_powering_off() {
+        let init = l2_init();
+        let hold = init.find("[ \"$mode\" = hold ] && while :; do sleep 60; done");
+        assert!(hold.is_some_and(|h| init.find("poweroff -f").is_some_and(|p| h < p)));
     }
 
     #[test]

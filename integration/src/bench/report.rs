@@ -8,8 +8,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::analysis::{median, memory_ready, select, strait_exits, strait_timeline};
+use crate::bench::initcalls;
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
+use crate::bench::sweep;
 
 /// The machine and software a result set was taken on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,7 +66,7 @@ pub fn fmt_value(v: f64) -> String {
 
 fn fmt_side(m: &Metric, vmm: VmmKind) -> String {
     let side = match vmm {
-        VmmKind::Qemu => &m.qemu,
+        VmmKind::Qemu | VmmKind::Populate => &m.qemu,
         VmmKind::Strait => &m.strait,
     };
     match (side.median(), side.na_reason()) {
@@ -187,7 +189,11 @@ pub fn markdown(
             fmt_verdict(m)
         );
     }
+    s.push_str(&sweep::tables(records, &layout.sweep));
     s.push_str(&detail_tables(records, layout));
+    if records.iter().any(|r| r.key.kind == LaunchKind::Initcall) {
+        s.push_str(&initcalls::markdown(&initcalls::compare(records)));
+    }
     s.push_str(&machine_table(machine));
     s.push_str(METHOD);
     s.push_str(&not_run(records));
@@ -384,6 +390,31 @@ writes (guest console and its own log) is timestamped as it arrives.
   (/init checks it is on the PCI bus, then powers off). QEMU boots through SeaBIOS and its
   linuxboot option ROM, Strait loads the kernel directly.
 - **Launch → VMM exit**: the same launches, until the VMM process is reaped after L2's poweroff.
+- **Launch → VMM exit, three devices**: as the boot launch, with the `passthrough` scenario's
+  nvme, bochs-display and ivshmem (8 GiB BAR) passed through, each behind its own root port;
+  L2's /init checks the nvme is on its bus and powers off. Goal: at most 0.2 of QEMU's (and at
+  most 0.5 of QEMU's with no device).
+- **Kernel cache**: Strait's decompressed kernels live in `$XDG_CACHE_HOME/strait`, here on L1's
+  own tmpfs (as on a local disk). A cold launch starts with it emptied, so Strait decompresses
+  the bzImage beside RAM setup (and fills it); a cached launch finds it. QEMU boots the same
+  bzImage (SeaBIOS and its linuxboot ROM; the guest decompresses itself).
+- **Launch series**: L2 with no device boots to /init and powers off, at each RAM size on 2 MiB
+  and 1 GiB pages (1 GiB pages reserved on L1's command line; those launches run first, then the
+  agent frees them and grows the 2 MiB pool per size), with prefault on and off (Strait
+  `memory.prefault`, QEMU `prealloc`). **Launch → vCPUs started** is the arrival of Strait's
+  `vcpus_started` timeline mark; "flat" means the largest size's median is at most 1.25 times
+  the smallest's. QEMU logs no such point: its comparable numbers are launch → /init and → exit.
+- **RAM setup bandwidth**: before the VMM launches of each size, the agent maps the same number
+  of hugepages in L1 with `MAP_POPULATE` (one thread; the kernel zeroes each page), twice: the
+  first pass also has L0 (TCG) allocate L1's pages, many times slower; the second, timed, sets
+  the zeroing bandwidth of this machine, and the VMM launches run on the same warm pages. Strait's comes from a launch of its own (prefault on)
+  whose guest waits at /init: RAM size over its timeline's `memory_ready` → `ram_prefaulted`,
+  after which the agent kills it. Goal: at least half the populate's GiB/s ("within 2x").
+- **L2 uptime at /init**: the `initcall` launches (no device, `quiet initcall_debug`): L2's own
+  clock at its kernel's `Run /init as init process` line, which /init prints from the kernel
+  log with every initcall of 10 ms or more and the boot's milestone lines (section "L2's own
+  boot" below). Firmware, kernel loading and decompression come before L2's clock starts, so
+  this is the platform's cost to the guest's own boot.
 - **Launch → RAM + DMA maps ready**: QEMU runs with `-S` and a QMP socket; the agent connects,
   negotiates and asks `query-status`. In-band QMP commands are served by QEMU's main loop, which
   starts after machine init: RAM allocated (hugetlbfs with `prealloc=on` for 2 MiB pages),
@@ -410,7 +441,7 @@ writes (guest console and its own log) is timestamped as it arrives.
   (`TESTBED-BENCH second-boot`, then it powers off). Strait's own row is its log line
   `reboot: boot 2 started N ms after the guest's request` (vCPUs stopped, devices reset, kernel
   reloaded, vCPUs running again).
-- **BAR mapping**: L2 boots with the NVMe controller and ivshmem passed through; `bartouch`
+- **BAR mapping**: L2 boots with the three devices (NVMe, bochs-display, ivshmem) passed through; `bartouch`
   (integration/src/bin/bartouch.rs, static) maps the first GiB of ivshmem's 8 GiB BAR2 through
   sysfs and reads one word per 4 KiB page, twice. Each pass is timed by `bartouch` on L2's
   clock (Strait hands the guest's console on in batches: a sub-second pass cannot be timed
@@ -570,6 +601,7 @@ mod tests {
         Layout {
             memory_sizes: vec![512],
             page_kinds: vec![HugePages::Size2M],
+            sweep: crate::bench::plan::Sweep::none(),
         }
     }
 

@@ -101,6 +101,8 @@ pub fn series_plan(
                     rep: n,
                     memory_mib: guest.memory_mib,
                     hugepages: guest.hugepages,
+                    prefault: guest.prefault,
+                    cold_kernel: false,
                 },
                 command,
                 spec: spec_path.as_ref().map(|_| strait_spec(guest)),
@@ -110,6 +112,8 @@ pub fn series_plan(
                 stop_at_line: None,
                 timeout_secs: plan::timeout_secs(LaunchKind::Boot, NO_IO),
                 transparent_hugepages: None,
+                keep_all_lines: false,
+                sample_period_ms: None,
             }
         })
         .collect();
@@ -117,6 +121,7 @@ pub fn series_plan(
         launches,
         work_dir: work_dir.to_path_buf(),
         transparent_hugepages: "never".into(),
+        vmm_cache: None,
     }
 }
 
@@ -426,6 +431,8 @@ mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: crate::HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let mut r = LaunchRecord::not_run(key, String::new());
         r.not_run = None;
@@ -442,6 +449,10 @@ mod tests {
             line(
                 3200.0,
                 "TESTBED-CHECK tsc-deadline PASS TSC deadline timer available",
+            ),
+            line(
+                3300.0,
+                "TESTBED-CHECK mp-table PASS found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]",
             ),
         ];
         r
