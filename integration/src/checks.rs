@@ -463,6 +463,19 @@ echo "BAR2 at $bar, wrote and read back 0x{IVSHMEM_MAGIC:08X}""#
     check("ivshmem-bar", body)
 }
 
+/// `bartouch` reads one word from every 4 KiB page of the first `mib` MiB of `device`'s
+/// BAR `bar`, first touch then again, and reports both times (the detail; it fails only
+/// if it cannot map or read the BAR: times are the benchmark's business).
+pub fn bar_touch(device: Device, bar: u32, mib: u32) -> Check {
+    let (vendor, id) = device.pci_id();
+    let body = format!(
+        r#"out=$(/bin/bartouch --device {vendor:04x}:{id:04x} --bar {bar} --mib {mib} 2>&1); rc=$?
+echo "$out" | grep -v '^BARTOUCH-' | head -n 2
+[ $rc = 0 ]"#
+    );
+    check("bar-touch", body)
+}
+
 /// QEMU's edu device answers on BAR0: its identification register ends in
 /// 0xed and its liveness register returns the inverse of what was written.
 pub fn edu_mmio() -> Check {

@@ -23,6 +23,45 @@ const QEMU: &str = "qemu-system-x86_64";
 const BUSYBOX_CANDIDATES: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
 const MODPROBE_CANDIDATES: &[&str] = &["/sbin/modprobe", "/usr/sbin/modprobe", "/usr/bin/modprobe"];
 
+/// The kernel L1 boots. L2 always boots the stock one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum L1Kernel {
+    /// The host's own (bookworm's Linux 6.1): vfio-pci maps BARs with 4 KiB pfns.
+    #[default]
+    Stock,
+    /// The newest from bookworm-backports (Linux 6.12), unpacked into the cache:
+    /// vfio-pci maps BARs with huge (PMD/PUD) pfns.
+    Backports,
+}
+
+impl L1Kernel {
+    /// Its name on command lines (`--l1-kernel`).
+    pub fn name(self) -> &'static str {
+        match self {
+            L1Kernel::Stock => "stock",
+            L1Kernel::Backports => "backports",
+        }
+    }
+
+    /// The kernel called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [L1Kernel::Stock, L1Kernel::Backports]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// A kernel the testbed boots: its release, bzImage and the root its modules are under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTree {
+    /// The release, the directory name under `<root>/lib/modules`.
+    pub version: String,
+    /// The bzImage.
+    pub image: PathBuf,
+    /// `/` for the host's kernel; the unpacked tree for a backported one.
+    pub root: PathBuf,
+}
+
 /// Where the host's tools and kernel are.
 #[derive(Debug, Clone)]
 pub struct HostEnv {
@@ -42,6 +81,15 @@ pub struct HostEnv {
 }
 
 impl HostEnv {
+    /// The host's own kernel (L2's, and L1's unless a scenario asks for another).
+    pub fn stock_kernel(&self) -> KernelTree {
+        KernelTree {
+            version: self.kernel_version.clone(),
+            image: self.kernel_image.clone(),
+            root: PathBuf::from("/"),
+        }
+    }
+
     /// Finds the prerequisites; when some are missing and `install` is set,
     /// installs [`PACKAGES`] with apt-get (root only) and looks again.
     pub fn discover(install: bool) -> Result<Self> {

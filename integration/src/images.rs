@@ -12,7 +12,7 @@ use std::process::Command;
 
 use crate::cpio::CpioWriter;
 use crate::error::{Error, Result};
-use crate::host::{elf_is_static, HostEnv};
+use crate::host::{elf_is_static, HostEnv, KernelTree};
 use crate::modules::{self, ModuleRequest};
 use crate::scenario::Scenario;
 use crate::scripts;
@@ -42,6 +42,8 @@ pub const L1_MODULES: &[ModuleRequest] = &[
 pub struct Artefacts {
     /// L1's kernel: the extracted ELF vmlinux, or the bzImage if extraction failed.
     pub l1_kernel: PathBuf,
+    /// L1's kernel release.
+    pub l1_version: String,
     /// L2's kernel: the stock bzImage.
     pub kernel: PathBuf,
     /// L1 initramfs.
@@ -170,12 +172,12 @@ struct ImageFiles<'a> {
     binaries: &'a [(&'a str, &'a Path)],
 }
 
-fn image_key(host: &HostEnv, kind: &str, files: &ImageFiles<'_>) -> u64 {
+fn image_key(host: &HostEnv, kernel: &str, kind: &str, files: &ImageFiles<'_>) -> u64 {
     let mut hasher = KeyHasher::default();
     hasher
         .str(FORMAT_VERSION)
         .str(kind)
-        .str(&host.kernel_version)
+        .str(kernel)
         .file(&host.busybox);
     for module in files.modules {
         hasher.file(module);
@@ -243,24 +245,33 @@ fn build_image(host: &HostEnv, files: &ImageFiles<'_>) -> Result<Vec<u8>> {
     Ok(cpio.finish())
 }
 
-/// The L1 image: generic, shared by every scenario and VMM.
-pub fn l1_image(host: &HostEnv, cache: &Cache) -> Result<PathBuf> {
-    let modules = modules::resolve(&host.modprobe, &host.kernel_version, L1_MODULES)?;
+/// The L1 image for `kernel`: generic, shared by every scenario and VMM.
+pub fn l1_image(host: &HostEnv, cache: &Cache, kernel: &KernelTree) -> Result<PathBuf> {
+    let modules = modules::resolve(&host.modprobe, &kernel.root, &kernel.version, L1_MODULES)?;
     let scripts = [("init", scripts::L1_INIT)];
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
         binaries: &[],
     };
-    cache.artefact("l1", image_key(host, "l1", &files), "cpio", || {
-        build_image(host, &files)
-    })
+    let key = image_key(host, &kernel.version, "l1", &files);
+    cache.artefact("l1", key, "cpio", || build_image(host, &files))
+}
+
+/// L2's modules: always from the host's own kernel.
+fn stock_modules(host: &HostEnv, requests: &[ModuleRequest]) -> Result<Vec<PathBuf>> {
+    modules::resolve(
+        &host.modprobe,
+        Path::new("/"),
+        &host.kernel_version,
+        requests,
+    )
 }
 
 /// The L2 image of `scenario`: the modules its devices need and its checks.
 pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<PathBuf> {
     let requests = scenario.all_l2_modules();
-    let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
+    let modules = stock_modules(host, &requests)?;
     let checks = scripts::l2_checks_script(scenario);
     let finish = scripts::l2_finish_script(scenario);
     let scripts = [
@@ -281,18 +292,17 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
         binaries: &binaries,
     };
     let prefix = format!("l2-{}", scenario.name);
-    cache.artefact(&prefix, image_key(host, &prefix, &files), "cpio", || {
-        build_image(host, &files)
-    })
+    let key = image_key(host, &host.kernel_version, &prefix, &files);
+    cache.artefact(&prefix, key, "cpio", || build_image(host, &files))
 }
 
-/// The benchmark's L2 image: the nvme driver, the bench /init and `iobench`
-/// (a static executable) as /bin/iobench.
+/// The benchmark's L2 image: the nvme driver, the bench /init and its static tools
+/// (`(path in the image, host file)`: `iobench`, `bartouch`).
 pub fn l2_bench_image(
     host: &HostEnv,
     cache: &Cache,
     init: &str,
-    iobench: &Path,
+    tools: &[(&str, &Path)],
 ) -> Result<PathBuf> {
     let mut requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
     // The blk launch's disk.
@@ -300,18 +310,16 @@ pub fn l2_bench_image(
         ModuleRequest::required(&["virtio_pci"]),
         ModuleRequest::required(&["virtio_blk"]),
     ]);
-    let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
+    let modules = stock_modules(host, &requests)?;
     let scripts = [("init", init)];
-    let binaries = [("bin/iobench", iobench)];
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
-        binaries: &binaries,
+        binaries: tools,
     };
     let prefix = "l2-bench";
-    cache.artefact(prefix, image_key(host, prefix, &files), "cpio", || {
-        build_image(host, &files)
-    })
+    let key = image_key(host, &host.kernel_version, prefix, &files);
+    cache.artefact(prefix, key, "cpio", || build_image(host, &files))
 }
 
 /// The rustc that builds the guest tools: `$RUSTC`, else `rustc` on the PATH.

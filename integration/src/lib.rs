@@ -26,7 +26,8 @@
 //! no core module imports `bench`:
 //!
 //! 1. `error`, `cpio`: the crate's errors; a cpio writer.
-//! 2. `host` (prerequisites on the host), `modules` (kernel modules to pack).
+//! 2. `host` (prerequisites on the host), `modules` (kernel modules to pack),
+//!    `backports` (Linux 6.12 and QEMU 10 from bookworm-backports, unpacked).
 //! 3. `device`: the emulated PCI devices under test.
 //! 4. `checks`: L2's checks, per device; `p2p`: the peer-to-peer DMA checks.
 //! 5. `scenario`: what one run does, and the built-in scenarios.
@@ -42,6 +43,7 @@
 //!     side); `boots` (an agent's L1 boots, on `run`) <- `series` and the
 //!     benchmark itself in `bench/mod.rs`.
 
+pub mod backports;
 pub mod bench;
 pub mod checks;
 pub mod cpio;
@@ -73,7 +75,7 @@ pub use outcome::{CheckResult, Outcome, Timings};
 pub use scenario::{HugePages, Scenario};
 pub use vmm::Vmm;
 
-use host::HostEnv;
+use host::{HostEnv, KernelTree, L1Kernel};
 use images::Cache;
 use options::hidden_in_l1;
 
@@ -140,20 +142,32 @@ impl Testbed {
     pub fn prepare(&self, scenario: &Scenario) -> Result<Artefacts> {
         scenario.validate()?;
         let l2_initrd = images::l2_image(&self.host, &self.cache, scenario)?;
-        self.artefacts_with(l2_initrd)
+        self.artefacts_with(l2_initrd, scenario.l1_kernel)
     }
 
-    /// L1's kernel and image, L2's kernel, and the given L2 image.
-    fn artefacts_with(&self, l2_initrd: PathBuf) -> Result<Artefacts> {
-        let bzimage = &self.host.kernel_image;
-        let l1_kernel = kernel::vmlinux(bzimage, &self.cache).unwrap_or_else(|e| {
+    /// The kernel tree `which` names: the host's, or one unpacked from backports.
+    pub fn l1_kernel(&self, which: L1Kernel) -> Result<KernelTree> {
+        match which {
+            L1Kernel::Stock => Ok(self.host.stock_kernel()),
+            L1Kernel::Backports => {
+                let depmod = self.host.modprobe.with_file_name("depmod");
+                backports::Backports::new(self.cache.dir()).kernel(&depmod)
+            }
+        }
+    }
+
+    /// L1's kernel (`which`) and image, L2's kernel, and the given L2 image.
+    fn artefacts_with(&self, l2_initrd: PathBuf, which: L1Kernel) -> Result<Artefacts> {
+        let l1 = self.l1_kernel(which)?;
+        let l1_kernel = kernel::vmlinux(&l1.image, &self.cache).unwrap_or_else(|e| {
             log::warn!("booting L1 from the bzImage (slower under TCG): {e}");
-            bzimage.clone()
+            l1.image.clone()
         });
         Ok(Artefacts {
             l1_kernel,
-            kernel: bzimage.clone(),
-            l1_initrd: images::l1_image(&self.host, &self.cache)?,
+            l1_version: l1.version.clone(),
+            kernel: self.host.kernel_image.clone(),
+            l1_initrd: images::l1_image(&self.host, &self.cache, &l1)?,
             l2_initrd,
         })
     }

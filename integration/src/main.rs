@@ -110,8 +110,8 @@ struct BenchArgs {
     /// Directory that receives `<date>/` (default: integration/results).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these kinds of launch (boot, bare, initcall, nvme, blk, reboot, memory, kernel,
-    /// ram, passthrough), e.g. `--only blk`
+    /// Only these kinds of launch (boot, bare, initcall, nvme, blk, reboot, bar, memory,
+    /// kernel, ram, passthrough), e.g. `--only blk`
     /// while working on one path; the report leaves the others out.
     #[arg(long, value_delimiter = ',', value_parser = parse_launch_kind)]
     only: Vec<bench::plan::LaunchKind>,
@@ -121,6 +121,14 @@ struct BenchArgs {
     /// Repetitions of the launch series (default 1; each adds about 20-25 minutes).
     #[arg(long)]
     series_reps: Option<u32>,
+    /// The kernel L1 boots: `stock` (the host's, Linux 6.1) or `backports` (Linux 6.12
+    /// from bookworm-backports, whose vfio-pci maps BARs with huge pfns).
+    #[arg(long, default_value = "stock", value_parser = parse_l1_kernel)]
+    l1_kernel: testbed::host::L1Kernel,
+    /// The reference VMM in L1: `backports` (QEMU 10.0 from bookworm-backports, the
+    /// default), `stock` (the host's QEMU 7.2), or a path to a qemu-system-x86_64.
+    #[arg(long, default_value = "backports")]
+    qemu: String,
     /// Only re-render results.md and chart.svg from an existing raw.json.
     #[arg(long, value_name = "RAW_JSON")]
     render: Option<PathBuf>,
@@ -327,6 +335,11 @@ fn demo_report(outcome: &testbed::Outcome, out: &mut impl Write) {
     let _ = writeln!(out, "== result\n{}", outcome.summary());
 }
 
+fn parse_l1_kernel(name: &str) -> Result<testbed::host::L1Kernel, String> {
+    testbed::host::L1Kernel::from_name(name)
+        .ok_or_else(|| format!("no L1 kernel `{name}`; one of stock, backports"))
+}
+
 fn parse_launch_kind(name: &str) -> Result<bench::plan::LaunchKind, String> {
     bench::plan::LaunchKind::from_name(name).ok_or_else(|| {
         let all: Vec<&str> = bench::plan::LaunchKind::ALL
@@ -362,6 +375,8 @@ fn bench(
         b.io.queue_depth = args.qd.unwrap_or(b.io.queue_depth);
         b.vcpus = args.vcpus.unwrap_or(b.vcpus);
         b.only = args.only.clone();
+        b.l1_kernel = args.l1_kernel;
+        b.qemu = bench::QemuChoice::parse(&args.qemu);
         if let Some(path) = &args.strait_binary {
             b.strait_binary = path.clone();
         }

@@ -75,14 +75,20 @@ pub fn merge_load_order(order: &mut Vec<PathBuf>, lines: &[DependLine]) {
     }
 }
 
-/// Resolves `requests` for kernel `version` into module files in load order.
-pub fn resolve(modprobe: &Path, version: &str, requests: &[ModuleRequest]) -> Result<Vec<PathBuf>> {
+/// Resolves `requests` for kernel `version`, whose `lib/modules` is under `root` (`/`
+/// for the host's own), into module files in load order.
+pub fn resolve(
+    modprobe: &Path,
+    root: &Path,
+    version: &str,
+    requests: &[ModuleRequest],
+) -> Result<Vec<PathBuf>> {
     let mut order = Vec::new();
     for request in requests {
         let mut last_error = String::from("no names given");
         let mut found = false;
         for name in request.names {
-            match show_depends(modprobe, version, name) {
+            match show_depends(modprobe, root, version, name) {
                 Ok(lines) => {
                     merge_load_order(&mut order, &lines);
                     found = true;
@@ -104,10 +110,15 @@ pub fn resolve(modprobe: &Path, version: &str, requests: &[ModuleRequest]) -> Re
 
 fn show_depends(
     modprobe: &Path,
+    root: &Path,
     version: &str,
     name: &str,
 ) -> std::result::Result<Vec<DependLine>, String> {
-    let output = Command::new(modprobe)
+    let mut command = Command::new(modprobe);
+    if root != Path::new("/") {
+        command.arg("-d").arg(root);
+    }
+    let output = command
         .args(["-C", "/dev/null", "-S", version, "--show-depends", name])
         .output()
         .map_err(|e| format!("running {}: {e}", modprobe.display()))?;
@@ -257,14 +268,24 @@ mod tests {
     #[test]
     fn missing_required_module_is_resolve_error() {
         let missing = [ModuleRequest::required(&["no-such-module-testbed"])];
-        let result = resolve(Path::new("/nonexistent/modprobe"), "0.0", &missing);
+        let result = resolve(
+            Path::new("/nonexistent/modprobe"),
+            Path::new("/"),
+            "0.0",
+            &missing,
+        );
         assert!(matches!(result, Err(Error::ResolveModule { .. })));
     }
 
     #[test]
     fn missing_optional_module_is_skipped() {
         let missing = [ModuleRequest::optional(&["no-such-module-testbed"])];
-        let result = resolve(Path::new("/nonexistent/modprobe"), "0.0", &missing);
+        let result = resolve(
+            Path::new("/nonexistent/modprobe"),
+            Path::new("/"),
+            "0.0",
+            &missing,
+        );
         assert!(matches!(result, Ok(files) if files.is_empty()));
     }
 }

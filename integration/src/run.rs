@@ -126,6 +126,9 @@ fn write_l1_script(ctx: &RunContext<'_>, work_dir: &Path) -> Result<()> {
         actions: ctx.scenario.l1_actions.clone(),
         net: ctx.scenario.net,
         kernel_cache: !ctx.scenario.strait.no_kernel_cache,
+        kvm_pages: ctx.scenario.host_checks.contains(&HostCheck::BarHugeMapped),
+        warm_up: None,
+        thp: ctx.scenario.l1_thp,
     };
     write(&work_dir.join("run.sh"), &scripts::l1_run_script(&plan))
 }
@@ -192,6 +195,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
     }
     GuestConfig {
         qemu: ctx.host.qemu.clone(),
+        qemu_data_dirs: Vec::new(),
         vcpus: ctx.scenario.vcpus,
         memory_mib: ctx.scenario.memory_mib,
         hugepages: ctx.scenario.hugepages,
@@ -397,6 +401,11 @@ fn host_check(ctx: &RunContext<'_>, check: HostCheck, logs: &HostLogs<'_>) -> Ch
                 detail,
             }
         }
+        HostCheck::BarHugeMapped => {
+            let (passed, detail) =
+                huge_mapped_verdict(&read("kvm-pages.txt"), &read("vfio-faults.log"));
+            result(passed, detail)
+        }
         HostCheck::NumaPlacement { nodes } => {
             let (passed, detail) =
                 numa_verdict(&read("vmm-numa-maps.txt"), &read("vmm-sandbox.txt"), nodes);
@@ -501,6 +510,52 @@ pub(crate) fn bar_maps_verdict(maps: &str, min_bytes: u64) -> (bool, String) {
             format!("not aligned to their size: {bad:?} (all: {shown:?})"),
         )
     }
+}
+
+/// Judge L1's samples of KVM's page-size counters (lines of `pages_4k pages_2m
+/// pages_1g`): some guest memory was mapped with a 1 GiB page. The detail adds the
+/// largest counts seen and vfio-pci's faults by order (its dynamic debug lines
+/// `vfio_pci_mmap_huge_fault(,order = N) ...`).
+pub(crate) fn huge_mapped_verdict(samples: &str, vfio_faults: &str) -> (bool, String) {
+    let mut most = [0u64; 3];
+    let mut seen = 0;
+    for line in samples.lines() {
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [a, b, c] = counts[..] {
+            seen += 1;
+            for (m, v) in most.iter_mut().zip([a, b, c]) {
+                *m = (*m).max(v);
+            }
+        }
+    }
+    let mut orders: std::collections::BTreeMap<u32, usize> = Default::default();
+    for line in vfio_faults.lines() {
+        let order = line
+            .split("order = ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok());
+        if let Some(order) = order {
+            *orders.entry(order).or_default() += 1;
+        }
+    }
+    let orders: Vec<String> = orders
+        .iter()
+        .map(|(order, n)| format!("order {order} x{n}"))
+        .collect();
+    let faults = if orders.is_empty() {
+        "no vfio-pci fault messages".to_string()
+    } else {
+        format!("vfio-pci faults logged: {}", orders.join(", "))
+    };
+    let detail = format!(
+        "KVM mapped at most {} x 4 KiB, {} x 2 MiB, {} x 1 GiB ({seen} samples); {faults}",
+        most[0], most[1], most[2]
+    );
+    (most[2] > 0, detail)
 }
 
 /// Judge L1's samples of the VMM's /proc/PID/numa_maps and threads (with their
@@ -776,5 +831,16 @@ mod tests {
         assert!(!sandbox_verdict("").0);
         let main_only = "strait CapEff: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 \n";
         assert!(!sandbox_verdict(main_only).0, "taken after the vCPUs left");
+    }
+
+    #[test]
+    fn huge_mapped_wants_a_1g_page_in_some_sample() {
+        let faults = "[ 56.7] vfio-pci 0000:00:03.0: vfio_pci_mmap_huge_fault(,order = 18) BAR 2 page offset 0x0: 0x100\n\
+                      [ 50.0] vfio-pci 0000:00:02.0: vfio_pci_mmap_huge_fault(,order = 9) BAR 0 page offset 0x0: 0x100\n";
+        let (passed, detail) = huge_mapped_verdict("3 68 0 \n3 76 2 \n3 76 0 \n", faults);
+        assert!(passed, "{detail}");
+        assert!(detail.contains("2 x 1 GiB") && detail.contains("order 9 x1, order 18 x1"));
+        assert!(!huge_mapped_verdict("3 68 0 \n", "").0);
+        assert!(!huge_mapped_verdict("", "").0, "no samples: nothing seen");
     }
 }

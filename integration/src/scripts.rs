@@ -78,6 +78,8 @@ sandbox_status() { # PID: each thread's name, seccomp mode, no_new_privs and Cap
 	done > $W/vmm-sandbox.tmp 2>/dev/null && mv $W/vmm-sandbox.tmp $W/vmm-sandbox.txt
 	cp /proc/$1/maps $W/vmm-maps.tmp 2>/dev/null && mv $W/vmm-maps.tmp $W/vmm-maps.txt
 	cp /proc/$1/numa_maps $W/vmm-numa-maps.tmp 2>/dev/null && mv $W/vmm-numa-maps.tmp $W/vmm-numa-maps.txt
+	[ -z "$KVM_PAGES" ] || cat $KVM_PAGES/pages_4k $KVM_PAGES/pages_2m $KVM_PAGES/pages_1g 2>/dev/null | tr '\n' ' ' >> $W/kvm-pages.txt
+	[ -z "$KVM_PAGES" ] || echo >> $W/kvm-pages.txt
 }
 find_pci() { # VENDOR DEVICE -> BDF of the first match
 	for d in /sys/bus/pci/devices/*; do
@@ -134,6 +136,17 @@ mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && mount -t devtmpfs d
 mount -o bind $W "$R$WORK" || fail "cannot bind the work share to $WORK in the chroot"
 "#;
 
+/// For [`RunPlan::kvm_pages`]: debugfs for KVM's counters, and vfio-pci's fault handler
+/// made to log each fault with its order (dynamic debug; the huge-fault handler of
+/// Linux 6.12 has such a message, 6.1's plain one none).
+const KVM_PAGES_SETUP: &str = r#"mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+KVM_PAGES=/sys/kernel/debug/kvm
+[ -r $KVM_PAGES/pages_1g ] || echo "TESTBED-L1 no KVM page counters in debugfs"
+for c in /proc/dynamic_debug/control /sys/kernel/debug/dynamic_debug/control; do
+	[ -w $c ] && echo 'module vfio_pci_core +p' > $c 2>/dev/null && break
+done
+"#;
+
 /// Runs the VMM in the background, notes when L2's first marker shows up,
 /// kills the VMM at its deadline, and saves console, status and timings.
 const L1_RUN_VMM: &str = r#"vmm=$!
@@ -161,6 +174,7 @@ wait $vmm; rc=$?
 mark vmm-exit
 ls -a $R/run > $W/run-after-vmm.txt 2>&1
 dmesg | grep 'type=1326' > $W/seccomp-audit.log
+[ -z "$KVM_PAGES" ] || dmesg | grep vfio_pci_mmap > $W/vfio-faults.log
 [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log && mark l2-init
 kill $wd $hb 2>/dev/null
 cp /tmp/l2-console.log $W/l2-console.log
@@ -197,6 +211,16 @@ pub struct RunPlan {
     pub net: bool,
     /// Lend the VMM its per-user cache (`XDG_CACHE_HOME`); without, it has none.
     pub kernel_cache: bool,
+    /// Sample KVM's page-size counters with the VMM (`kvm-pages.txt`: 4 KiB, 2 MiB and
+    /// 1 GiB mappings) and keep vfio-pci's fault messages (`vfio-faults.log`).
+    pub kvm_pages: bool,
+    /// A command (words) run in the chroot before any device is bound to vfio-pci, with
+    /// L1's heartbeat going; its output in `warm-up.log`. The benchmark reads ivshmem's
+    /// BAR through L1's sysfs there, so L0 has its backing in memory before the first
+    /// measured launch and no launch pays for it.
+    pub warm_up: Option<Vec<String>>,
+    /// L1's transparent hugepages mode, set before the VMM starts; `None`: the default.
+    pub thp: Option<&'static str>,
 }
 
 /// Seconds of L0's time limit kept for L1 to save results and power off.
@@ -339,7 +363,29 @@ fn l1_setup_script(plan: &RunPlan) -> String {
         writeln!(s, "export XDG_CACHE_HOME=/nonexistent-cache")
     };
     s.push_str(L1_RUN_LIB);
+    if plan.kvm_pages {
+        s.push_str(KVM_PAGES_SETUP);
+    }
+    if let Some(mode) = plan.thp {
+        let _ = writeln!(
+            s,
+            "echo {mode} > /sys/kernel/mm/transparent_hugepage/enabled || fail \"cannot set transparent hugepages to {mode}\""
+        );
+    }
     push_hugepages(&mut s, plan);
+    if let Some(words) = &plan.warm_up {
+        let words: Vec<String> = words.iter().map(|w| shell_word(w, 0)).collect();
+        let _ = writeln!(
+            s,
+            "( while sleep 20; do echo \"TESTBED-L1 heartbeat (warm-up)\"; done ) &
+warm=$!
+mark warm-up
+chroot $R {} > $W/warm-up.log 2>&1 < /dev/null || echo \"TESTBED-L1 warm-up failed: $(tail -n 1 $W/warm-up.log)\"
+kill $warm
+mark warm-up-done",
+            words.join(" ")
+        );
+    }
     for (i, device) in plan.devices.iter().enumerate() {
         let siblings = device.group_siblings();
         for (vendor, id) in siblings {
@@ -465,6 +511,9 @@ mod tests {
     fn plan(devices: Vec<Device>, hugepages: HugePages) -> RunPlan {
         RunPlan {
             kernel_cache: true,
+            kvm_pages: false,
+            warm_up: None,
+            thp: None,
             work_dir: PathBuf::from("/repo/integration/cache/runs/x"),
             devices,
             hugepages,

@@ -26,6 +26,9 @@ pub enum Vmm {
 pub struct GuestConfig {
     /// QEMU binary (used by `Vmm::Qemu`).
     pub qemu: PathBuf,
+    /// Firmware directories QEMU searches first (`-L`): a QEMU unpacked from
+    /// backports brings its own SeaBIOS and option ROMs.
+    pub qemu_data_dirs: Vec<PathBuf>,
     /// L2 vCPUs.
     pub vcpus: u32,
     /// L2 RAM in MiB.
@@ -73,6 +76,7 @@ impl GuestConfig {
         GuestConfig {
             strait: Default::default(),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            qemu_data_dirs: Vec::new(),
             vcpus: 2,
             memory_mib: 512,
             hugepages: HugePages::Size2M,
@@ -200,6 +204,9 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
     let mut args = vec![guest.qemu.display().to_string()];
     let mut machine = String::from("q35,accel=kvm");
     let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+    for dir in &guest.qemu_data_dirs {
+        push(&["-L", &dir.display().to_string()]);
+    }
     if let Some(dir) = hugetlbfs_mount(guest.hugepages) {
         let backend = format!(
             "memory-backend-file,id=ram0,size={}M,mem-path={dir},prealloc={}",
@@ -497,5 +504,14 @@ mod tests {
             cmd,
             ["/repo/target/release/strait", "run", "/work/spec.json"]
         );
+    }
+
+    #[test]
+    fn qemu_searches_its_own_firmware_first() {
+        let mut g = guest(0, HugePages::Size2M);
+        g.qemu_data_dirs = vec![PathBuf::from("/b/seabios"), PathBuf::from("/b/qemu")];
+        let args = qemu_command(&g);
+        assert_eq!(after(&args, "-L"), ["/b/seabios", "/b/qemu"]);
+        assert!(after(&qemu_command(&guest(0, HugePages::Size2M)), "-L").is_empty());
     }
 }

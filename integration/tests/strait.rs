@@ -166,6 +166,14 @@ fn strait_passes_nvme_bochs_and_ivshmem_through_root_ports() {
     run_with_strait(scenario::passthrough());
 }
 
+/// The same with Linux 6.12 from bookworm-backports as L1 (issue 12): vfio-pci's huge
+/// pfnmap and Strait's aligned, MADV_HUGEPAGE BAR mappings let L1's KVM map ivshmem's
+/// BAR with 1 GiB pages (L1's transparent hugepages at `madvise`).
+#[test]
+fn strait_bar_is_mapped_with_huge_pages_on_linux_6_12() {
+    run_with_strait(scenario::passthrough_612());
+}
+
 /// The nvme reads a known block by peer-to-peer DMA into ivshmem's BAR (issue 14).
 #[test]
 fn strait_maps_bars_for_peer_to_peer_dma() {

@@ -35,8 +35,10 @@ impl HostMapping {
     /// with the same alignment lets the kernel back it with PMD/PUD entries (vfio-pci's
     /// huge pfnmap, Linux 6.12+: the BAR's pfns are aligned the same way on the host) and
     /// KVM with 2 MiB/1 GiB second-level pages, where both sides are aligned alike. The
-    /// span's offset in its BAR is the `phase`. An `align` of a page or less is plain
-    /// [`HostMapping::map_file`].
+    /// mapping is marked MADV_HUGEPAGE: vfio-pci's huge faults need transparent
+    /// hugepages to apply to it, which on a host set to `madvise` they do only then (the
+    /// testbed's `passthrough-612` runs so). The span's offset in its BAR is the
+    /// `phase`. An `align` of a page or less is plain [`HostMapping::map_file`].
     pub fn map_file_aligned(
         fd: RawFd,
         offset: u64,
@@ -93,6 +95,17 @@ impl HostMapping {
         }
         if let Some(e) = err {
             return Err(e);
+        }
+        // Where vfio-pci maps BARs with huge pfns (Linux 6.12+), its PMD/PUD fault path
+        // runs only where transparent hugepages apply to the mapping: always, or, on a
+        // host set to `madvise`, on ranges marked so. Best effort: an older kernel maps
+        // 4 KiB pfns either way, and a host set to `never` keeps them.
+        // SAFETY: advice on the mapping just made, which this function owns.
+        if unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+            log::debug!(
+                "madvise(MADV_HUGEPAGE) on the mapping at {at:#x}+{len:#x}: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(HostMapping { addr: at, len })
     }

@@ -82,7 +82,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             LaunchRecord::not_run(launch.key.clone(), why)
         } else {
             log::info!("{}: starting; L1 {}", launch.key.id, meminfo_summary());
-            match launch.key.vmm {
+            let thp = launch.transparent_hugepages.as_deref();
+            thp.inspect(|mode| set_thp(mode));
+            let record = match launch.key.vmm {
                 VmmKind::Populate => run_populate(launch),
                 VmmKind::Qemu | VmmKind::Strait => {
                     let cache = plan.vmm_cache.as_deref();
@@ -91,7 +93,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                     }
                     run_launch(launch, &args.devices, &logs, (left, cache))
                 }
-            }
+            };
+            thp.inspect(|_| set_thp(&plan.transparent_hugepages));
+            record
         };
         if record.timed_out {
             hung.push(measurement);
@@ -100,6 +104,18 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         append(&args.results, &record)?;
     }
     Ok(())
+}
+
+/// Sets L1's transparent hugepages mode (best effort, logged).
+fn set_thp(mode: &str) {
+    let thp = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if let Err(e) = fs::write(thp, mode) {
+        log::warn!("cannot set {thp}: {e}");
+    }
+    log::info!(
+        "{thp}: {}",
+        fs::read_to_string(thp).unwrap_or_default().trim()
+    );
 }
 
 /// The plain populate of a launch's pages, timed by the agent itself.
@@ -159,14 +175,7 @@ fn summary(r: &LaunchRecord) -> String {
 /// which both madvise THP), and debugfs for KVM's counters. Best effort:
 /// failures show as n/a in the report.
 fn prepare_l1(plan: &Plan) {
-    let thp = "/sys/kernel/mm/transparent_hugepage/enabled";
-    if let Err(e) = fs::write(thp, &plan.transparent_hugepages) {
-        log::warn!("cannot set {thp}: {e}");
-    }
-    log::info!(
-        "{thp}: {}",
-        fs::read_to_string(thp).unwrap_or_default().trim()
-    );
+    set_thp(&plan.transparent_hugepages);
     if !Path::new(KVM_DEBUGFS).exists() && !mount_debugfs() {
         log::warn!("no {KVM_DEBUGFS}: KVM exit counts will be n/a");
     }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::bench::plan::{
-    LaunchKind, LaunchRecord, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, REBOOTING_MARKER,
-    SECOND_BOOT_MARKER, STRAIT_READY_MARK,
+    LaunchKind, LaunchRecord, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT,
+    REBOOTING_MARKER, SECOND_BOOT_MARKER, STRAIT_READY_MARK,
 };
 use crate::scenario::HugePages;
 
@@ -239,19 +239,8 @@ pub fn io_run(r: &LaunchRecord, mode: &str) -> Result<IoRun, String> {
     if let Some(l) = r.lines.iter().find(|l| l.text.contains("IOBENCH-ERROR")) {
         return Err(l.text.clone());
     }
-    if let Some(l) = r
-        .lines
-        .iter()
-        .find(|l| l.text.contains("TESTBED-BENCH error"))
-    {
-        return Err(l.text.clone());
-    }
-    let find = |tag: &str| {
-        r.lines.iter().find(|l| {
-            l.text.contains(tag)
-                && key_values(&l.text).get("mode").map(String::as_str) == Some(mode)
-        })
-    };
+    guest_error(r)?;
+    let find = |tag: &str| tagged_line(r, tag, "mode", mode);
     let (Some(begin), Some(result)) = (find(IO_BEGIN), find(IO_RESULT)) else {
         return Err(format!("no complete iobench {mode} run in L2's output"));
     };
@@ -372,6 +361,77 @@ pub fn strait_exit_total(r: &LaunchRecord) -> Result<f64, String> {
 }
 
 /// Records of one measurement: launches of `kind` on that RAM, per VMM.
+/// The bench /init's own error line, if it printed one.
+fn guest_error(r: &LaunchRecord) -> Result<(), String> {
+    match r
+        .lines
+        .iter()
+        .find(|l| l.text.contains("TESTBED-BENCH error"))
+    {
+        Some(l) => Err(l.text.clone()),
+        None => Ok(()),
+    }
+}
+
+/// The first line holding `tag` and `key=value`.
+fn tagged_line<'a>(
+    r: &'a LaunchRecord,
+    tag: &str,
+    key: &str,
+    value: &str,
+) -> Option<&'a TimedLine> {
+    r.lines.iter().find(|l| {
+        l.text.contains(tag) && key_values(&l.text).get(key).map(String::as_str) == Some(value)
+    })
+}
+
+/// One `bartouch` pass in a `bar` launch, as `bartouch` timed it on L2's clock: its
+/// BEGIN and END lines can reach L1 together (a VMM may hand the guest's console on in
+/// batches), which would make a pass shorter than a batch look instant on L1's clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BarPass {
+    /// Bytes of the BAR read, one word per 4 KiB page.
+    pub bytes: u64,
+    /// Seconds the pass took (L2's monotonic clock).
+    pub secs: f64,
+}
+
+impl BarPass {
+    /// GiB of BAR covered per second.
+    pub fn gib_per_sec(&self) -> f64 {
+        self.bytes as f64 / f64::from(1u32 << 30) / self.secs
+    }
+}
+
+/// `bartouch`'s pass `pass` (`first`: the faults that map the BAR; `mapped`: the
+/// accesses alone) in a `bar` launch, from its `BARTOUCH-RESULT` line.
+pub fn bar_pass(r: &LaunchRecord, pass: &str) -> Result<BarPass, String> {
+    if let Some(p) = launch_problem(r) {
+        return Err(p);
+    }
+    guest_error(r)?;
+    let Some(result) = r.lines.iter().find(|l| l.text.contains("BARTOUCH-RESULT")) else {
+        return Err("no BARTOUCH-RESULT line in L2's output".into());
+    };
+    let kv = key_values(&result.text);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    let ms = num(if pass == "first" {
+        "first_ms"
+    } else {
+        "second_ms"
+    });
+    let (Some(mib), Some(ms)) = (num("mib"), ms) else {
+        return Err(format!("unreadable bartouch line: {}", result.text));
+    };
+    if ms <= 0.0 {
+        return Err(format!("bartouch {pass} pass took no time"));
+    }
+    Ok(BarPass {
+        bytes: (mib as u64) << 20,
+        secs: ms / 1000.0,
+    })
+}
+
 pub fn select(
     records: &[LaunchRecord],
     kind: LaunchKind,
@@ -390,7 +450,7 @@ pub fn select(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::bench::plan::{LaunchKey, ProcessSample, Sample, TimedLine};
+    use crate::bench::plan::{LaunchKey, ProcessSample, Sample};
 
     /// A finished launch with marker `lines` given as (ms, text).
     pub(crate) fn record(kind: LaunchKind, vmm: VmmKind, lines: &[(f64, &str)]) -> LaunchRecord {
@@ -760,6 +820,47 @@ pub(crate) mod tests {
         assert_eq!(
             select(&records, LaunchKind::Nvme, None, VmmKind::Qemu).len(),
             1
+        );
+    }
+
+    #[test]
+    fn bar_passes_come_from_bartouchs_result_line() {
+        let r = record(
+            LaunchKind::Bar,
+            VmmKind::Strait,
+            &[
+                (3000.0, "TESTBED-INIT"),
+                (4000.0, "BARTOUCH-BEGIN pass=first"),
+                (4000.0, "BARTOUCH-END pass=first"),
+                (
+                    4000.0,
+                    "BARTOUCH-RESULT mib=1024 pages=262144 map_ms=5 first_ms=500 second_ms=125",
+                ),
+            ],
+        );
+        let first = bar_pass(&r, "first").unwrap();
+        assert_eq!(first.bytes, 1 << 30);
+        assert_eq!(first.secs, 0.5);
+        assert_eq!(first.gib_per_sec(), 2.0);
+        assert_eq!(bar_pass(&r, "mapped").map(|p| p.secs), Ok(0.125));
+    }
+
+    #[test]
+    fn bar_pass_without_its_result_is_an_error() {
+        let r = record(
+            LaunchKind::Bar,
+            VmmKind::Qemu,
+            &[(4000.0, "BARTOUCH-BEGIN pass=first")],
+        );
+        assert!(bar_pass(&r, "first").is_err());
+        let failed = record(
+            LaunchKind::Bar,
+            VmmKind::Qemu,
+            &[(4000.0, "TESTBED-BENCH error: bartouch failed")],
+        );
+        assert_eq!(
+            bar_pass(&failed, "first"),
+            Err("TESTBED-BENCH error: bartouch failed".into())
         );
     }
 }

@@ -61,7 +61,13 @@ pub(crate) struct AgentRun<'a> {
     pub stall_tries: u32,
     /// The plan for a work dir (spec files live there).
     pub plan: Box<dyn Fn(&Path) -> Plan + 'a>,
+    /// What L1 runs before binding the devices ([`RunPlan::warm_up`]).
+    pub warm_up: Option<Vec<String>>,
 }
+
+/// What L0's time limit allows for L1's warm-up ([`AgentRun::warm_up`]): reading
+/// ivshmem's 8 GiB BAR once took about 130 s on the loaded 2-core machine.
+const WARM_UP_SECS: u64 = 400;
 
 /// What the L1 boots of one plan produced.
 #[derive(Debug, Default)]
@@ -145,7 +151,10 @@ impl Testbed {
             plan
         };
         let planned = subset(Path::new(""));
-        let timeout = plan::l0_timeout_secs(&planned, run.io);
+        let mut timeout = plan::l0_timeout_secs(&planned, run.io);
+        if run.warm_up.is_some() {
+            timeout += WARM_UP_SECS;
+        }
         let longest = planned.launches.iter().map(|l| l.timeout_secs).max();
         let mut scenario = run.scenario.clone();
         scenario.timeout = Duration::from_secs(timeout);
@@ -208,6 +217,9 @@ fn write_agent_files(
         actions: Vec::new(),
         net: false,
         kernel_cache: true,
+        kvm_pages: false,
+        warm_up: run.warm_up.clone(),
+        thp: None,
     };
     run::write(&dir.join("run.sh"), &scripts::l1_bench_script(&run_plan))
 }

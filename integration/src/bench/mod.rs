@@ -23,6 +23,7 @@ pub mod report;
 pub mod series;
 pub mod sweep;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,9 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::host::L1Kernel;
 use crate::options::{self, TestbedOptions};
 use crate::run::{self, RunContext};
-use crate::scenario::{HugePages, Scenario};
+use crate::scenario::{GuestTool, HugePages, Scenario};
 use crate::vmm::Vmm;
 use crate::{images, l0, Testbed};
 use plan::LaunchKind;
@@ -79,8 +81,35 @@ pub struct BenchOptions {
     pub command: String,
     /// Only these kinds of launch; all when empty.
     pub only: Vec<LaunchKind>,
+    /// The kernel L1 boots.
+    pub l1_kernel: L1Kernel,
+    /// The reference VMM in L1.
+    pub qemu: QemuChoice,
     /// The launch series over RAM, kernel cache and devices.
     pub sweep: Sweep,
+}
+
+/// Which QEMU is the reference VMM in L1 (`bench --qemu`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QemuChoice {
+    /// The host's (bookworm: 7.2), the one that is also L0.
+    Stock,
+    /// The newest Debian ships, from bookworm-backports (10.0), unpacked into the
+    /// cache with its firmware.
+    Backports,
+    /// This binary (its own firmware path).
+    Path(PathBuf),
+}
+
+impl QemuChoice {
+    /// `stock`, `backports`, or a path to a qemu-system-x86_64.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "stock" => QemuChoice::Stock,
+            "backports" => QemuChoice::Backports,
+            path => QemuChoice::Path(PathBuf::from(path)),
+        }
+    }
 }
 
 impl BenchOptions {
@@ -100,6 +129,8 @@ impl BenchOptions {
             results_root: options::crate_dir().join("results"),
             command: format!("cargo run --release -p testbed -- bench --reps {reps}"),
             only: vec![],
+            l1_kernel: L1Kernel::Stock,
+            qemu: QemuChoice::Backports,
             sweep: Sweep {
                 sizes: vec![BASE_MEMORY_MIB, 4096, 12288],
                 reps: reps.min(FULL_SERIES_REPS),
@@ -144,9 +175,11 @@ impl BenchOptions {
         }
     }
 
-    /// L1's devices: the three of the `passthrough` scenario if a launch passes them.
+    /// L1's devices: the three of the `passthrough` scenario if a launch passes them
+    /// (the three-device launches of the series, or the `bar` launches).
     fn l1_devices(&self) -> Vec<Device> {
-        match self.wants(LaunchKind::Passthrough) && self.sweep.reps > 0 {
+        let series = self.wants(LaunchKind::Passthrough) && self.sweep.reps > 0;
+        match series || self.wants(LaunchKind::Bar) {
             true => BENCH_DEVICES.to_vec(),
             false => vec![Device::Nvme],
         }
@@ -261,8 +294,14 @@ impl Testbed {
             }
         }
         let iobench = guest::iobench(&self.cache)?;
-        let l2 = images::l2_bench_image(&self.host, &self.cache, &guest::l2_init(), &iobench)?;
-        let artefacts = self.artefacts_with(l2)?;
+        let bar = GuestTool::BarTouch;
+        let bartouch = images::static_tool(&self.cache, bar.name(), bar.source())?;
+        let tools = [
+            ("bin/iobench", iobench.as_path()),
+            (bar.image_path(), bartouch.as_path()),
+        ];
+        let l2 = images::l2_bench_image(&self.host, &self.cache, &guest::l2_init(), &tools)?;
+        let artefacts = self.artefacts_with(l2, opts.l1_kernel)?;
         let largest = opts.largest_mib();
         let mut testbed = self.opts.clone();
         testbed.l0_memory_mib = Some(bench_l1_memory_mib(largest, &opts.ram_sweep()));
@@ -282,11 +321,30 @@ impl Testbed {
             scenario: &scenario,
             artefacts: &artefacts,
         };
+        let mut guest = run::guest_config(&ctx);
+        (guest.qemu, guest.qemu_data_dirs) = self.reference_qemu(&opts.qemu)?;
+        // L1 runs it from the cache as is (an artefact is written without the
+        // execute bit).
+        let executable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&bartouch, executable).map_err(|source| Error::WriteFile {
+            path: bartouch.clone(),
+            source,
+        })?;
+        let warm_up = opts.wants(LaunchKind::Bar).then(|| {
+            let (vendor, device) = Device::Ivshmem.pci_id();
+            vec![
+                bartouch.display().to_string(),
+                "--device".into(),
+                format!("{vendor:04x}:{device:04x}"),
+                "--bar".into(),
+                "2".into(),
+            ]
+        });
         let cfg = PlanConfig {
             reps: opts.reps,
             memory_sizes: opts.memory_sizes.clone(),
             page_kinds: opts.layout().page_kinds,
-            guest: run::guest_config(&ctx),
+            guest,
             strait: opts.strait_binary.clone(),
             work_dir: PathBuf::new(),
             io: opts.io,
@@ -308,7 +366,20 @@ impl Testbed {
                 cfg.work_dir = dir.to_path_buf();
                 plan::build(&cfg)
             }),
+            warm_up,
         })
+    }
+
+    /// The reference QEMU's binary and firmware directories.
+    fn reference_qemu(&self, choice: &QemuChoice) -> Result<(PathBuf, Vec<PathBuf>)> {
+        match choice {
+            QemuChoice::Stock => Ok((self.host.qemu.clone(), Vec::new())),
+            QemuChoice::Path(path) => Ok((path.clone(), Vec::new())),
+            QemuChoice::Backports => {
+                let qemu = crate::backports::Backports::new(self.cache.dir()).qemu()?;
+                Ok((qemu.binary, qemu.data_dirs))
+            }
+        }
     }
 
     fn machine(
@@ -333,14 +404,25 @@ impl Testbed {
                 })
                 .unwrap_or_default()
         };
-        let qemu = first_line(&self.host.qemu.display().to_string(), &["--version"]);
+        let l0_qemu = first_line(&self.host.qemu.display().to_string(), &["--version"]);
+        let qemu = match self.reference_qemu(&opts.qemu) {
+            Ok((binary, _)) => format!(
+                "{} ({})",
+                first_line(&binary.display().to_string(), &["--version"]),
+                binary.display()
+            ),
+            Err(e) => format!("unknown: {e}"),
+        };
+        let l1_kernel = self
+            .l1_kernel(opts.l1_kernel)
+            .map_or_else(|e| format!("unknown: {e}"), |k| k.version);
         let l1_mib = tb.l0_memory_mib.unwrap_or(0);
         Machine {
             date: utc_date(SystemTime::now()),
             command: opts.command.clone(),
             host_cpu: host_cpu_model(),
             host_cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            l0: format!("{qemu}; TCG, q35 + intel-iommu, -cpu EPYC,+svm,+npt"),
+            l0: format!("{l0_qemu}; TCG, q35 + intel-iommu, -cpu EPYC,+svm,+npt"),
             l1: format!(
                 "{} vCPUs, {l1_mib} MiB; kvm_amd (nested SVM), vfio-pci; {} x 2 MiB hugepages reserved (the agent resizes the pool per launch), \
                  {} x 1 GiB on the command line (freed after the last 1 GiB launch); transparent hugepages: never; Strait's kernel cache on L1's tmpfs ({L1_VMM_CACHE})",
@@ -362,7 +444,11 @@ impl Testbed {
                 opts.sweep.reps,
                 l0::IVSHMEM_BYTES >> 30
             ),
-            kernel: self.host.kernel_version.clone(),
+            kernel: format!(
+                "L1 {l1_kernel} ({}), L2 {}",
+                opts.l1_kernel.name(),
+                self.host.kernel_version
+            ),
             qemu,
             strait_commit: git_commit(&options::workspace_dir()),
             rustc: guest::rustc_version().unwrap_or_default(),
@@ -579,6 +665,9 @@ mod tests {
         assert_eq!(o.l1_devices(), BENCH_DEVICES);
         o.only = vec![LaunchKind::Ram];
         assert_eq!(o.l1_devices(), [Device::Nvme]);
+        o.only = vec![LaunchKind::Bar];
+        assert_eq!(o.l1_devices(), BENCH_DEVICES, "bar reads ivshmem's BAR");
+        o.only = vec![LaunchKind::Ram];
         assert_eq!(o.ram_sweep().gigantic_pages(), 2);
         o.only = vec![LaunchKind::Nvme];
         assert_eq!(o.ram_sweep(), Sweep::none());

@@ -99,6 +99,11 @@ pub enum LaunchKind {
     /// the token, clears it and powers off. The VMM resets in place (QEMU's
     /// system_reset, Strait's reboot in place).
     Reboot,
+    /// L2 boots with the three devices passed through and `bartouch` reads every
+    /// 4 KiB page of the first GiB of ivshmem's 8 GiB BAR twice: the first pass takes
+    /// the faults that map it (nested page faults, KVM, vfio-pci's fault handler), the
+    /// second is the accesses alone.
+    Bar,
     /// As `Bare`, Strait with its kernel cache empty (cold: it decompresses the
     /// bzImage beside RAM setup) or filled (cached); QEMU boots the same bzImage.
     Kernel,
@@ -122,13 +127,14 @@ pub enum LaunchKind {
 impl LaunchKind {
     /// Every kind: first those of a repetition, in the order it runs them, then
     /// those of the launch series.
-    pub const ALL: [LaunchKind; 11] = [
+    pub const ALL: [LaunchKind; 12] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Initcall,
         LaunchKind::Nvme,
         LaunchKind::Blk,
         LaunchKind::Reboot,
+        LaunchKind::Bar,
         LaunchKind::Memory,
         LaunchKind::Kernel,
         LaunchKind::Ram,
@@ -145,6 +151,7 @@ impl LaunchKind {
             LaunchKind::Blk => "blk",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
+            LaunchKind::Bar => "bar",
             LaunchKind::Kernel => "kernel",
             LaunchKind::Ram => "ram",
             LaunchKind::RamSetup => "ram-setup",
@@ -153,7 +160,8 @@ impl LaunchKind {
         }
     }
 
-    /// Devices L2 gets: none, the nvme (`@DEV0@`), or all three of the bench's L1.
+    /// Devices L2 gets: none, the nvme (`@DEV0@`), or all three of the bench's L1
+    /// (`bar` reads ivshmem's BAR).
     pub fn devices(self) -> usize {
         match self {
             LaunchKind::Bare
@@ -162,7 +170,7 @@ impl LaunchKind {
             | LaunchKind::Ram
             | LaunchKind::RamSetup
             | LaunchKind::Initcall => 0,
-            LaunchKind::Passthrough => 3,
+            LaunchKind::Passthrough | LaunchKind::Bar => 3,
             LaunchKind::Boot | LaunchKind::Nvme | LaunchKind::Memory | LaunchKind::Reboot => 1,
         }
     }
@@ -219,6 +227,9 @@ pub struct Launch {
     pub stop_at_line: Option<String>,
     /// Kill the VMM after this long.
     pub timeout_secs: u64,
+    /// L1's transparent hugepages mode for this launch (the plan's is restored after).
+    #[serde(default)]
+    pub transparent_hugepages: Option<String>,
     /// Keep every output line in the record, not only the marker lines (the
     /// initcall launch: its kernel log is the measurement).
     #[serde(default)]
@@ -296,6 +307,7 @@ impl Measurement {
             LaunchKind::Nvme => "nvme".into(),
             LaunchKind::Blk => "blk".into(),
             LaunchKind::Reboot => "reboot".into(),
+            LaunchKind::Bar => "bar".into(),
             LaunchKind::Initcall => "initcall".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
@@ -349,6 +361,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
             kind: LaunchKind::Reboot,
             ..base
         },
+        Measurement {
+            kind: LaunchKind::Bar,
+            ..base
+        },
     ];
     for &memory_mib in &cfg.memory_sizes {
         for &hugepages in &cfg.page_kinds {
@@ -398,6 +414,7 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.queue_depth
         ),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
+        LaunchKind::Bar => format!("{base} testbed.bench=bar"),
         LaunchKind::Initcall => format!(
             "{} testbed.bench=initcall",
             crate::bench::initcalls::debug_cmdline(base)
@@ -481,9 +498,15 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
         keep_all_lines: m.kind == LaunchKind::Initcall,
         sample_period_ms: (m.kind == LaunchKind::Initcall)
             .then_some(crate::bench::initcalls::SAMPLE_PERIOD_MS),
+        // vfio-pci's huge pfnmap (Linux 6.12) needs transparent hugepages on for the
+        // BAR mapping: the L1 kernel's default (Debian: `always`), not the plan's `never`.
+        transparent_hugepages: (m.kind == LaunchKind::Bar).then(|| BAR_THP.to_string()),
         key,
     }
 }
+
+/// L1's transparent hugepages mode during `bar` launches.
+pub const BAR_THP: &str = "always";
 
 /// Seconds per GiB of RAM a launch series' launch may add to its kind's time: L1
 /// zeroes warm hugepages at about 1 GiB/s under TCG, but the first touch of a page of
@@ -642,6 +665,7 @@ pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
+        LaunchKind::Bar => 400,
         // QEMU took 55-93 s to the 3-device guest's exit, with its checks.
         LaunchKind::Passthrough => 300,
     }
@@ -668,6 +692,7 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
+        LaunchKind::Bar => 120,
         LaunchKind::Passthrough => 100,
     }
 }
@@ -798,6 +823,7 @@ impl LaunchRecord {
 pub fn is_marker_line(line: &str) -> bool {
     line.contains("TESTBED-")
         || line.contains("IOBENCH-")
+        || line.contains("BARTOUCH-")
         || line.contains("strait: timeline:")
         || line.contains("strait: reboot:")
         || line.contains("strait: exits:")
@@ -847,14 +873,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, initcall, nvme, blk, reboot, 2 sizes x 2 page kinds = 10 measurements,
-        // 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 40);
+        // boot, bare, initcall, nvme, blk, reboot, bar, 2 sizes x 2 page kinds = 11
+        // measurements, 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 44);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[20].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[22].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -874,10 +900,42 @@ mod tests {
     }
 
     #[test]
+    fn bar_launch_passes_the_three_devices_and_asks_for_bartouch() {
+        let plan = build(&PlanConfig {
+            only: vec![LaunchKind::Bar],
+            ..config(1)
+        });
+        let (qemu, strait) = (&plan.launches[0], &plan.launches[1]);
+        assert_eq!(qemu.key.id, "r1-bar-qemu");
+        let vfio = |l: &Launch| {
+            l.command
+                .iter()
+                .filter(|a| a.starts_with("vfio-pci,"))
+                .count()
+        };
+        assert_eq!(vfio(qemu), LaunchKind::Bar.devices());
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=bar")));
+        let spec = strait
+            .spec
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert!(spec.contains("@DEV2@"), "ivshmem, the third device: {spec}");
+        assert_eq!(qemu.transparent_hugepages.as_deref(), Some(BAR_THP));
+        assert_eq!(
+            plan.transparent_hugepages, "never",
+            "the other launches' mode"
+        );
+    }
+
+    #[test]
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[20].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[22].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -892,7 +950,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[12];
+        let l = &plan.launches[14];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -910,7 +968,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[19];
+        let l = &plan.launches[21];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -1150,6 +1208,7 @@ mod tests {
         assert!(is_marker_line("strait: timeline: memory_ready=12.0ms"));
         assert!(is_marker_line("[  2.1] TESTBED-INIT"));
         assert!(!is_marker_line("strait: guest powered off"));
+        assert!(is_marker_line("BARTOUCH-END pass=first"));
     }
 
     #[test]
@@ -1157,8 +1216,8 @@ mod tests {
         let cfg = config(1);
         let plan = build(&cfg);
         // 4 boot (30) + 2 initcall (40) + 2 nvme (53) + 2 blk (53) + 2 reboot (60)
-        // + 8 memory (20) = 692 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 692 + 180);
+        // + 2 bar (120) + 8 memory (20) = 932 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 932 + 180);
     }
 
     #[test]

@@ -441,6 +441,16 @@ writes (guest console and its own log) is timestamped as it arrives.
   (`TESTBED-BENCH second-boot`, then it powers off). Strait's own row is its log line
   `reboot: boot 2 started N ms after the guest's request` (vCPUs stopped, devices reset, kernel
   reloaded, vCPUs running again).
+- **BAR mapping**: L2 boots with the three devices (NVMe, bochs-display, ivshmem) passed through; `bartouch`
+  (integration/src/bin/bartouch.rs, static) maps the first GiB of ivshmem's 8 GiB BAR2 through
+  sysfs and reads one word per 4 KiB page, twice. Each pass is timed by `bartouch` on L2's
+  clock (Strait hands the guest's console on in batches: a sub-second pass cannot be timed
+  from the lines' arrival in L1). The first pass takes the faults that map the BAR
+  (nested page faults to L1's KVM, which resolves them from the VMM's mapping of the BAR,
+  filled by vfio-pci with 4 KiB pfns on Linux 6.1 and huge ones on 6.12); the second reads
+  it mapped. L1 read the whole BAR once before the first launch (so L0's backing is in
+  memory), and its transparent hugepages are `always` during these launches (6.12's huge
+  pfnmap needs them). The L1 kernel row above says which kernel ran.
 - **Exits**: Strait counts every KVM_RUN return it handles, per kind, and logs
   `strait: exits: total=...` when the VM stops (whole launch; the boot launch is the no-I/O
   baseline). For both VMMs the agent also reads KVM's debugfs counters (summed over live VMs,

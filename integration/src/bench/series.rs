@@ -111,6 +111,7 @@ pub fn series_plan(
                 stop_at_qmp: false,
                 stop_at_line: None,
                 timeout_secs: plan::timeout_secs(LaunchKind::Boot, NO_IO),
+                transparent_hugepages: None,
                 keep_all_lines: false,
                 sample_period_ms: None,
             }
@@ -185,6 +186,7 @@ impl Testbed {
             max_boots: MAX_L1_BOOTS,
             stall_tries: STALL_TRIES,
             plan: Box::new(move |dir| series_plan(&guest, &strait, &order, &label, dir)),
+            warm_up: None,
         };
         let boots = self.agent_boots(&agent_run)?;
         Ok(SeriesOutcome::new(
