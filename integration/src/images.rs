@@ -286,27 +286,28 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
     })
 }
 
-/// The benchmark's L2 image: the nvme driver, the bench /init and `iobench`
-/// (a static executable) as /bin/iobench.
+/// The benchmark's L2 image: the nvme, virtio-blk and virtio-net drivers, the
+/// bench /init and its static tools as (path in the image, host file):
+/// `bin/iobench`, `bin/netbench`.
 pub fn l2_bench_image(
     host: &HostEnv,
     cache: &Cache,
     init: &str,
-    iobench: &Path,
+    tools: &[(&str, &Path)],
 ) -> Result<PathBuf> {
     let mut requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
-    // The blk launch's disk.
+    // The blk launch's disk and the net launch's interface.
     requests.extend([
         ModuleRequest::required(&["virtio_pci"]),
         ModuleRequest::required(&["virtio_blk"]),
+        ModuleRequest::required(&["virtio_net"]),
     ]);
     let modules = modules::resolve(&host.modprobe, &host.kernel_version, &requests)?;
     let scripts = [("init", init)];
-    let binaries = [("bin/iobench", iobench)];
     let files = ImageFiles {
         modules: &modules,
         scripts: &scripts,
-        binaries: &binaries,
+        binaries: tools,
     };
     let prefix = "l2-bench";
     cache.artefact(prefix, image_key(host, prefix, &files), "cpio", || {

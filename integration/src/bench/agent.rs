@@ -5,7 +5,10 @@
 //! line as it arrives (monotonic clock, from just before spawn), times QMP's
 //! first answer, samples /proc and KVM's counters when the guest prints a
 //! marker, stops the VMM when the launch's stop rule is met, and appends a
-//! [`LaunchRecord`] to the results file.
+//! [`LaunchRecord`] to the results file. For net launches it makes L1's tap once
+//! and runs the launch's peer (netbench's server) beside the VMM, its lines
+//! timestamped with the VMM's; without a /dev/vhost-net that opens, a net launch
+//! is not run (both VMMs are meant to measure vhost-net).
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -19,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bench::plan::{
-    is_marker_line, Launch, LaunchRecord, Plan, Sample, TimedLine, IO_BEGIN, IO_RESULT, LOGS_DIR,
-    READY_MARKER,
+    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, IO_BEGIN, IO_RESULT,
+    LOGS_DIR, NET_BEGIN, NET_RESULT, READY_MARKER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
 use crate::error::{Error, Result};
@@ -132,7 +135,40 @@ fn prepare_l1(plan: &Plan) {
     if !Path::new(KVM_DEBUGFS).exists() && !mount_debugfs() {
         log::warn!("no {KVM_DEBUGFS}: KVM exit counts will be n/a");
     }
+    if plan.launches.iter().any(|l| l.key.kind == LaunchKind::Net) {
+        make_tap();
+    }
 }
+
+/// L1's tap for the net launches ([`crate::net`]); a failure shows in the
+/// launches' records (the VMMs cannot open the tap).
+fn make_tap() {
+    for command in crate::net::tap_commands() {
+        match Command::new(&command[0]).args(&command[1..]).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => log::warn!(
+                "{}: {}",
+                command.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => log::warn!("{}: {e}", command.join(" ")),
+        }
+    }
+    log::info!("tap {} up with {}", crate::net::TAP, crate::net::L1_ADDR);
+}
+
+/// Why vhost-net cannot carry a net launch's frames in L1, if it cannot.
+fn vhost_net_problem() -> Option<String> {
+    match OpenOptions::new().read(true).write(true).open(VHOST_NET) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "not run: {VHOST_NET} does not open in L1 ({e}); both VMMs are to be measured on vhost-net"
+        )),
+    }
+}
+
+/// The device both VMMs open for the in-kernel virtio-net data path.
+const VHOST_NET: &str = "/dev/vhost-net";
 
 fn mount_debugfs() -> bool {
     let (source, target, fstype) = (c"debugfs", c"/sys/kernel/debug", c"debugfs");
@@ -207,6 +243,11 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
     if let Some(socket) = &launch.qmp_socket {
         let _ = fs::remove_file(socket);
     }
+    if launch.key.kind == LaunchKind::Net {
+        if let Some(why) = vhost_net_problem() {
+            return LaunchRecord::not_run(launch.key.clone(), why);
+        }
+    }
     let args: Vec<String> = launch
         .command
         .iter()
@@ -214,6 +255,11 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
         .collect();
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
+    let mut peer = match launch.peer.as_deref().map(|p| spawn_peer(p, start, &tx)) {
+        Some(Err(why)) => return LaunchRecord::not_run(launch.key.clone(), why),
+        Some(Ok(child)) => Some(child),
+        None => None,
+    };
     let spawned = Command::new(&args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
@@ -223,11 +269,12 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            return LaunchRecord::not_run(launch.key.clone(), format!("spawning {}: {e}", args[0]))
+            stop_peer(peer.as_mut());
+            return LaunchRecord::not_run(launch.key.clone(), format!("spawning {}: {e}", args[0]));
         }
     };
-    spawn_reader(child.stdout.take(), start, tx.clone());
-    spawn_reader(child.stderr.take(), start, tx.clone());
+    spawn_reader(child.stdout.take(), start, tx.clone(), true);
+    spawn_reader(child.stderr.take(), start, tx.clone(), true);
     let limit = Duration::from_secs(launch.timeout_secs).min(left);
     let cancel = Arc::new(AtomicBool::new(false));
     if let Some(socket) = launch.qmp_socket.clone() {
@@ -249,12 +296,53 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
     running.record.not_run = None;
     running.watch(&rx, limit);
     cancel.store(true, Ordering::Relaxed);
+    stop_peer(peer.as_mut());
+    // The peer's last lines (after the VMM closed its output) are kept too.
+    while let Ok(Event::Line(at, text)) = rx.try_recv() {
+        running.on_line(at, text);
+    }
     running.finish(logs)
 }
 
-fn spawn_reader(stream: Option<impl Read + Send + 'static>, start: Instant, tx: Sender<Event>) {
+/// Starts a launch's peer in L1 with its output joining the VMM's (no end of
+/// stream is reported: the launch ends with the VMM).
+fn spawn_peer(
+    command: &[String],
+    start: Instant,
+    tx: &Sender<Event>,
+) -> std::result::Result<Child, String> {
+    let program = command.first().ok_or("the peer command is empty")?;
+    let mut child = Command::new(program)
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning the peer {program}: {e}"))?;
+    spawn_reader(child.stdout.take(), start, tx.clone(), false);
+    Ok(child)
+}
+
+/// Kills and reaps the launch's peer (a server that never ends by itself).
+fn stop_peer(peer: Option<&mut Child>) {
+    if let Some(peer) = peer {
+        let _ = peer.kill();
+        let _ = peer.wait();
+    }
+}
+
+/// Forwards `stream`'s lines, timestamped from `start`; at its end sends
+/// [`Event::Eof`] if `eof` (the VMM's streams, which the watch loop counts).
+fn spawn_reader(
+    stream: Option<impl Read + Send + 'static>,
+    start: Instant,
+    tx: Sender<Event>,
+    eof: bool,
+) {
     let Some(stream) = stream else {
-        let _ = tx.send(Event::Eof);
+        if eof {
+            let _ = tx.send(Event::Eof);
+        }
         return;
     };
     std::thread::spawn(move || {
@@ -267,7 +355,9 @@ fn spawn_reader(stream: Option<impl Read + Send + 'static>, start: Instant, tx: 
                 return;
             }
         }
-        let _ = tx.send(Event::Eof);
+        if eof {
+            let _ = tx.send(Event::Eof);
+        }
     });
 }
 
@@ -323,7 +413,10 @@ impl Running<'_> {
             .is_some_and(|needle| text.contains(needle));
         if text.contains(READY_MARKER) {
             self.sample("ready", true);
-        } else if text.contains(IO_BEGIN) || text.contains(IO_RESULT) {
+        } else if [IO_BEGIN, IO_RESULT, NET_BEGIN, NET_RESULT]
+            .iter()
+            .any(|m| text.contains(m))
+        {
             let trigger: Vec<&str> = text.split_whitespace().take(2).collect();
             self.sample(&trigger.join(" "), false);
         }

@@ -1,7 +1,8 @@
 //! `testbed bench`: Strait against QEMU, phase by phase, in one L1 boot.
 //!
-//! The host builds a plan of VMM launches (boot to /init, NVMe reads, RAM +
-//! DMA setup at several sizes and page kinds), repetition by repetition with
+//! The host builds a plan of VMM launches (boot to /init, NVMe and virtio-blk
+//! reads, virtio-net throughput both ways, reboot, RAM + DMA setup at several
+//! sizes and page kinds), repetition by repetition with
 //! QEMU and Strait alternating, and boots L1 once. Inside L1 the agent
 //! ([`agent`], the `testbed l1-agent` subcommand of this same binary) runs
 //! the launches and records timestamps and samples; back on the host
@@ -201,7 +202,12 @@ impl Testbed {
             }
         }
         let iobench = guest::iobench(&self.cache)?;
-        let l2 = images::l2_bench_image(&self.host, &self.cache, &guest::l2_init(), &iobench)?;
+        let netbench = guest::netbench(&self.cache)?;
+        let tools = [
+            ("bin/iobench", iobench.as_path()),
+            ("bin/netbench", &netbench),
+        ];
+        let l2 = images::l2_bench_image(&self.host, &self.cache, &guest::l2_init(), &tools)?;
         let artefacts = self.artefacts_with(l2)?;
         let largest = opts.largest_mib();
         let mut testbed = self.opts.clone();
@@ -229,6 +235,7 @@ impl Testbed {
             strait: opts.strait_binary.clone(),
             work_dir: PathBuf::new(),
             io: opts.io,
+            netbench,
             only: opts.only.clone(),
         };
         Ok(AgentRun {
@@ -286,12 +293,15 @@ impl Testbed {
             l2: format!(
                 "{} vCPU(s); boot and NVMe launches {BASE_MEMORY_MIB} MiB on 2 MiB pages; memory launches {:?} MiB on 4 KiB and 2 MiB pages; \
                  L0's emulated NVMe controller ({} MiB namespace) passed through; \
-                 the blk launch: no passthrough, a virtio-blk disk on L1's {} (L0's virtio-blk, {} MiB, sparse), O_DIRECT",
+                 the blk launch: no passthrough, a virtio-blk disk on L1's {} (L0's virtio-blk, {} MiB, sparse), O_DIRECT; \
+                 the net launch: no passthrough, virtio-net on L1's tap {} with vhost-net, its netbench peer in L1 at {}",
                 opts.vcpus,
                 opts.memory_sizes,
                 l0::NVME_IMAGE_BYTES >> 20,
                 l0::L1_DISK_DEVICE,
-                l0::L1_DISK_BYTES >> 20
+                l0::L1_DISK_BYTES >> 20,
+                crate::net::TAP,
+                crate::net::L1_ADDR
             ),
             kernel: self.host.kernel_version.clone(),
             qemu,

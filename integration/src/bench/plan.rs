@@ -32,6 +32,12 @@ pub const INIT_MARKER: &str = "TESTBED-INIT";
 pub const IO_BEGIN: &str = "IOBENCH-BEGIN";
 /// See [`IO_BEGIN`].
 pub const IO_RESULT: &str = "IOBENCH-RESULT";
+/// netbench (in L2) prints these around each direction; the agent samples KVM's counters.
+pub const NET_BEGIN: &str = "NETBENCH-BEGIN";
+/// See [`NET_BEGIN`].
+pub const NET_RESULT: &str = "NETBENCH-RESULT";
+/// The netbench peer's lines in L1 (what it received, or sent and the client got).
+pub const NET_PEER: &str = "NETBENCH-PEER";
 /// The bench /init prints this just before `reboot -f` (first boot of a reboot launch).
 pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
 /// ... and this on the second boot, once it found the first boot's token on the nvme.
@@ -78,6 +84,9 @@ pub enum LaunchKind {
     /// L2 boots with no passed-through device and a virtio-blk disk on L1's disk
     /// (O_DIRECT in both VMMs), runs iobench against /dev/vda, powers off.
     Blk,
+    /// L2 boots with no passed-through device and virtio-net on L1's tap (vhost-net
+    /// in both VMMs), runs netbench against its peer in L1 both ways, powers off.
+    Net,
     /// The VMM sets up RAM and DMA maps and is stopped once ready to run.
     Memory,
     /// L2 boots, binds nvme, leaves a token on it and reboots; the second boot finds
@@ -88,11 +97,12 @@ pub enum LaunchKind {
 
 impl LaunchKind {
     /// Every kind, in the order a repetition runs them.
-    pub const ALL: [LaunchKind; 6] = [
+    pub const ALL: [LaunchKind; 7] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Nvme,
         LaunchKind::Blk,
+        LaunchKind::Net,
         LaunchKind::Reboot,
         LaunchKind::Memory,
     ];
@@ -104,6 +114,7 @@ impl LaunchKind {
             LaunchKind::Bare => "bare",
             LaunchKind::Nvme => "nvme",
             LaunchKind::Blk => "blk",
+            LaunchKind::Net => "net",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
         }
@@ -151,6 +162,11 @@ pub struct Launch {
     pub stop_at_line: Option<String>,
     /// Kill the VMM after this long.
     pub timeout_secs: u64,
+    /// A program the agent runs in L1 for the launch's length (started before the
+    /// VMM, killed after it): the net launch's netbench peer. Its output lines join
+    /// the VMM's.
+    #[serde(default)]
+    pub peer: Option<Vec<String>>,
 }
 
 /// Everything the agent runs in one L1 boot.
@@ -188,8 +204,10 @@ pub struct PlanConfig {
     pub strait: PathBuf,
     /// The run's work dir.
     pub work_dir: PathBuf,
-    /// iobench's load.
+    /// iobench's load (netbench sends `io.secs` each way).
     pub io: IoLoad,
+    /// The static netbench executable (the net launch's peer in L1).
+    pub netbench: PathBuf,
     /// Only these kinds of launch (`bench --only`); all when empty.
     pub only: Vec<LaunchKind>,
 }
@@ -209,6 +227,7 @@ impl Measurement {
             LaunchKind::Bare => "bare".into(),
             LaunchKind::Nvme => "nvme".into(),
             LaunchKind::Blk => "blk".into(),
+            LaunchKind::Net => "net".into(),
             LaunchKind::Reboot => "reboot".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
@@ -236,6 +255,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         },
         Measurement {
             kind: LaunchKind::Blk,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Net,
             ..base
         },
         Measurement {
@@ -270,9 +293,9 @@ pub fn build(cfg: &PlanConfig) -> Plan {
     }
 }
 
-/// L2's command line for a launch: the bench mode and iobench's load (or, for a
-/// reboot, the launch's id, which its token on the nvme carries), read by the bench
-/// /init from /proc/cmdline.
+/// L2's command line for a launch: the bench mode and iobench's load (netbench's
+/// seconds each way; or, for a reboot, the launch's id, which its token on the nvme
+/// carries), read by the bench /init from /proc/cmdline.
 fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
     match kind {
         LaunchKind::Nvme | LaunchKind::Blk => format!(
@@ -285,6 +308,7 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.secs,
             io.queue_depth
         ),
+        LaunchKind::Net => format!("{base} testbed.bench=net testbed.iosecs={}", io.secs),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
         LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
             format!("{base} testbed.bench=boot")
@@ -305,6 +329,10 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
         guest.devices = 0;
         guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
         guest.direct_disks = true;
+    }
+    if m.kind == LaunchKind::Net {
+        guest.devices = 0;
+        guest.net = true;
     }
     if m.kind == LaunchKind::Reboot {
         guest.strait.on_reboot = Some("restart");
@@ -350,6 +378,11 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
         stop_at_line: (memory && vmm == VmmKind::Strait)
             .then(|| format!("strait: timeline: {STRAIT_READY_MARK}=")),
         timeout_secs: timeout_secs(m.kind, cfg.io),
+        peer: (m.kind == LaunchKind::Net).then(|| {
+            let port = crate::net::BENCH_PORT.to_string();
+            let netbench = cfg.netbench.display().to_string();
+            vec![netbench, "serve".into(), "--port".into(), port]
+        }),
     }
 }
 
@@ -358,7 +391,7 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 100,
-        LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
     }
@@ -377,7 +410,7 @@ impl LaunchKey {
 pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
         LaunchKind::Boot | LaunchKind::Bare => 30,
-        LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
     }
@@ -422,6 +455,10 @@ pub struct ProcessSample {
     pub hugetlb_kib: u64,
     /// Open file descriptors on /dev/vfio/*.
     pub vfio_fds: u32,
+    /// vhost worker threads owned by the process (L1's kernel names them
+    /// `vhost-<owner tid>`): at least one while vhost-net carries its frames.
+    #[serde(default)]
+    pub vhost_workers: u32,
 }
 
 impl ProcessSample {
@@ -435,7 +472,8 @@ impl ProcessSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// What triggered it: `ready`, `qmp-ready`, `stop-line`, or the first two
-    /// words of an iobench line (`IOBENCH-BEGIN mode=seq`).
+    /// words of an iobench or netbench line (`IOBENCH-BEGIN mode=seq`,
+    /// `NETBENCH-BEGIN dir=up`).
     pub trigger: String,
     /// Milliseconds since spawn.
     pub ms: f64,
@@ -464,7 +502,8 @@ pub struct LaunchRecord {
     pub timed_out: bool,
     /// Milliseconds from spawn to reaping the process.
     pub exit_ms: Option<f64>,
-    /// Marker lines (TESTBED-*, IOBENCH-*, strait timeline and exit counts).
+    /// Marker lines (TESTBED-*, IOBENCH-*, NETBENCH-*, strait timeline, exit
+    /// counts and virtio-net data path).
     pub lines: Vec<TimedLine>,
     /// The last lines of output, to explain a failure.
     pub tail: Vec<String>,
@@ -500,6 +539,8 @@ impl LaunchRecord {
 pub fn is_marker_line(line: &str) -> bool {
     line.contains("TESTBED-")
         || line.contains("IOBENCH-")
+        || line.contains("NETBENCH-")
+        || line.contains("strait: virtio-net")
         || line.contains("strait: timeline:")
         || line.contains("strait: reboot:")
         || line.contains("strait: exits:")
@@ -536,6 +577,7 @@ mod tests {
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),
+            netbench: PathBuf::from("/c/netbench.bin"),
             only: vec![],
             io: IoLoad {
                 secs: 4,
@@ -547,13 +589,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, blk, reboot, 2 sizes x 2 page kinds = 9 measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 36);
+        // boot, bare, nvme, blk, net, reboot, 2 sizes x 2 page kinds = 10 measurements,
+        // 2 VMMs, 2 reps.
+        assert_eq!(plan.launches.len(), 40);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[18].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[20].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -569,14 +612,15 @@ mod tests {
         assert!(LaunchKind::ALL
             .iter()
             .all(|k| LaunchKind::from_name(k.name()) == Some(*k)));
-        assert_eq!(LaunchKind::from_name("net"), None);
+        assert_eq!(LaunchKind::from_name("net"), Some(LaunchKind::Net));
+        assert_eq!(LaunchKind::from_name("disk"), None);
     }
 
     #[test]
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[18].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[20].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -591,7 +635,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[10];
+        let l = &plan.launches[12];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -609,7 +653,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[17];
+        let l = &plan.launches[19];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -665,6 +709,30 @@ mod tests {
     }
 
     #[test]
+    fn net_launch_gives_virtio_net_on_vhost_and_runs_the_peer() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
+        assert_eq!(qemu.key.id, "r1-net-qemu");
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a == "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=on"));
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=net testbed.iosecs=4")));
+        let spec = strait.spec.as_ref().unwrap();
+        assert_eq!(spec["net"][0]["vhost"], serde_json::json!(true));
+        assert!(spec.get("passthrough").is_none());
+        let peer = ["/c/netbench.bin", "serve", "--port", "5201"];
+        for l in [qemu, strait] {
+            assert_eq!(l.peer.as_deref(), Some(&peer.map(String::from)[..]));
+        }
+        assert!(plan.launches[6].peer.is_none());
+    }
+
+    #[test]
     fn bare_launch_passes_nothing_through() {
         let plan = build(&config(1));
         let (qemu, strait) = (&plan.launches[2], &plan.launches[3]);
@@ -703,14 +771,15 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 reboot (60) + 8 memory (20) = 612 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 612 + 180);
+        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 net (53) + 2 reboot (60)
+        // + 8 memory (20) = 718 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 718 + 180);
     }
 
     #[test]
     fn reboot_launch_lets_both_vmms_reset_in_place() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
+        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
         assert_eq!(qemu.key.id, "r1-reboot-qemu");
         assert!(!qemu.command.iter().any(|a| a == "-no-reboot"));
         assert!(qemu

@@ -109,6 +109,7 @@ pub fn series_plan(
                 stop_at_qmp: false,
                 stop_at_line: None,
                 timeout_secs: plan::timeout_secs(LaunchKind::Boot, NO_IO),
+                peer: None,
             }
         })
         .collect();
