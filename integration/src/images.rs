@@ -4,6 +4,7 @@
 //! script text), so a rerun with unchanged inputs reuses the file as is.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
@@ -357,10 +358,22 @@ pub fn static_rustc_args(name: &str, source: &Path, output: &Path) -> Vec<String
 }
 
 /// A std-only guest tool (`src/bin/NAME.rs`) as a static executable for L2, built once
-/// per source text and compiler.
+/// per source text and compiler. The cached file is executable, so L1 can run it
+/// too (the benchmark's netbench peer).
 pub fn static_tool(cache: &Cache, name: &str, source_text: &str) -> Result<PathBuf> {
     let version = rustc_version()?;
     let key = KeyHasher::default().str(source_text).str(&version).finish();
+    let path = build_static_tool(cache, name, source_text, key)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| {
+        Error::WriteFile {
+            path: path.clone(),
+            source: e,
+        }
+    })?;
+    Ok(path)
+}
+
+fn build_static_tool(cache: &Cache, name: &str, source_text: &str, key: u64) -> Result<PathBuf> {
     cache.artefact(name, key, "bin", || {
         let stem = cache
             .dir()

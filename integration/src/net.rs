@@ -9,6 +9,10 @@
 //!   console; L1's action ([`upload_action`]) fetches it and publishes the md5 (and the
 //!   time it took) for L2 to compare.
 //!
+//! The benchmark's net launch uses the same tap and addresses (the agent makes the tap
+//! with [`tap_commands`]) with `netbench` instead of httpd: its peer listens in L1 on
+//! [`BENCH_PORT`].
+//!
 //! Both VMMs use the same tap: QEMU with `-netdev tap,vhost=on`, Strait with
 //! `"net": [{"tap": ...}]` (vhost-net when /dev/vhost-net opens, which the L1 modules
 //! `tun` and `vhost_net` provide).

@@ -85,6 +85,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         if record.timed_out {
             hung.push(measurement);
         }
+        if launch.key.kind == LaunchKind::Net {
+            log::info!("{}: L1 TCP drops so far: {}", launch.key.id, tcp_drops());
+        }
         log::info!("{}: {}", launch.key.id, summary(&record));
         append(&args.results, &record)?;
     }
@@ -164,6 +167,27 @@ fn vhost_net_problem() -> Option<String> {
         Err(e) => Some(format!(
             "not run: {VHOST_NET} does not open in L1 ({e}); both VMMs are to be measured on vhost-net"
         )),
+    }
+}
+
+/// L1's nonzero TCP drop counters (/proc/net/netstat, TcpExt `*Drop*`): where the
+/// peer's receive path lost segments, for the agent's log.
+fn tcp_drops() -> String {
+    let text = fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        return "n/a".into();
+    };
+    let drops: Vec<String> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, v)| n.contains("Drop") && *v != "0")
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if drops.is_empty() {
+        "none".into()
+    } else {
+        drops.join(" ")
     }
 }
 

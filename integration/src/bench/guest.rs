@@ -74,6 +74,7 @@ net_up() {{ # load the modules, configure the first interface, wait for L1's add
 	until ping -c 1 -W 1 {L1_ADDR} >/dev/null 2>&1; do
 		n=$((n + 1)); [ $n -ge 30 ] && {{ echo "TESTBED-BENCH error: $i cannot reach {L1_ADDR}"; return 1; }}
 	done
+	return 0
 }}
 nvme=none
 for d in /sys/bus/pci/devices/*; do
@@ -93,6 +94,10 @@ fi
 if [ "$mode" = net ] && net_up; then
 	echo "{READY_MARKER}"
 	netbench client --server {L1_ADDR}:{BENCH_PORT} --secs $secs
+	# Where the interrupts went (per queue vector), for the report's data-path table.
+	grep virtio /proc/interrupts | while read l; do echo "TESTBED-BENCH irq $l"; done
+	# TCP's own view: segments sent and retransmitted (losses on the path show here).
+	grep '^Tcp:' /proc/net/snmp | tail -n 1 | while read _ _ _ _ _ _ _ _ _ _ _ o r _; do echo "TESTBED-BENCH tcp out=$o retrans=$r"; done
 fi
 if [ "$mode" = reboot ] && [ "$nvme" != none ] && wait_dev /dev/nvme0n1; then
 	t="TESTBED-REBOOT-$launch"
