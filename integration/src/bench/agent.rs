@@ -165,7 +165,7 @@ fn vhost_net_problem() -> Option<String> {
     match OpenOptions::new().read(true).write(true).open(VHOST_NET) {
         Ok(_) => None,
         Err(e) => Some(format!(
-            "not run: {VHOST_NET} does not open in L1 ({e}); both VMMs are to be measured on vhost-net"
+            "{VHOST_NET} does not open in L1 ({e}); both VMMs are to be measured on vhost-net"
         )),
     }
 }

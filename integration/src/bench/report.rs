@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::analysis::{median, memory_ready, select, strait_exits, strait_timeline};
+use crate::bench::analysis::{
+    key_values, median, memory_ready, select, strait_exits, strait_timeline,
+};
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
 
@@ -223,8 +225,9 @@ fn detail_tables(records: &[LaunchRecord], layout: &Layout) -> String {
     s
 }
 
-/// Each net launch's data path: Strait's own line, the VMM's vhost workers in L1
-/// and the virtio-net feature bits L2's driver negotiated (bit 0 first).
+/// Each net launch's data path: Strait's own line, the VMM's vhost workers in L1,
+/// the virtio-net feature bits L2's driver negotiated (bit 0 first) and L2's TCP
+/// segments sent and retransmitted over the launch.
 fn net_table(records: &[LaunchRecord]) -> String {
     let net: Vec<&LaunchRecord> = records
         .iter()
@@ -233,15 +236,11 @@ fn net_table(records: &[LaunchRecord]) -> String {
     if net.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "
-## virtio-net launches: data path
-
-",
+    let mut s = String::from("\n## virtio-net launches: data path\n\n");
+    s.push_str(
+        "| Launch | VMM's data path line | vhost workers in L1 | Guest's feature bits (bit 0 first) \
+         | L2 TCP segments out, retransmitted |\n|---|---|---|---|---|\n",
     );
-    s.push_str("| Launch | VMM's data path line | vhost workers in L1 | Guest's feature bits (bit 0 first) |
-|---|---|---|---|
-");
     for r in net {
         let line = |needle: &str| r.lines.iter().find(|l| l.text.contains(needle));
         let path = line("data path").map_or("—".into(), |l| {
@@ -259,9 +258,14 @@ fn net_table(records: &[LaunchRecord]) -> String {
         let features = line("TESTBED-BENCH net ")
             .and_then(|l| l.text.split("features=").nth(1))
             .map_or("n/a", str::trim);
+        let tcp = line("TESTBED-BENCH tcp ").map_or("n/a".into(), |l| {
+            let kv = key_values(&l.text);
+            let get = |k: &str| kv.get(k).map_or("?", String::as_str).to_string();
+            format!("{}, {}", get("out"), get("retrans"))
+        });
         let _ = writeln!(
             s,
-            "| {} | {} | {workers} | `{}` |",
+            "| {} | {} | {workers} | `{}` | {tcp} |",
             r.key.id,
             short(&path),
             escape_md(features)
@@ -682,6 +686,29 @@ mod tests {
             fmt_side(&m, VmmKind::Qemu),
             "2.00 s (n=3, 1.00–3.00; 2 failed)"
         );
+    }
+
+    #[test]
+    fn net_launches_show_their_data_path_features_and_retransmits() {
+        use crate::bench::analysis::tests::net_record;
+        use crate::bench::plan::TimedLine;
+        let mut r = net_record(VmmKind::Strait);
+        let strait_line = "strait: virtio-net net[0] (tap0): MAC 52:54:00:12:34:56, data path vhost-net (in the host kernel)";
+        for (ms, text) in [
+            (900.0, strait_line),
+            (13000.0, "TESTBED-BENCH tcp out=3271 retrans=1"),
+        ] {
+            r.lines.push(TimedLine {
+                ms,
+                text: text.into(),
+            });
+        }
+        let t = net_table(&[r, nvme_record(VmmKind::Qemu)]);
+        assert!(
+            t.contains("| r1-x-strait | vhost-net (in the host kernel) | 1 | `1100010110011001` | 3271, 1 |"),
+            "{t}"
+        );
+        assert_eq!(net_table(&[nvme_record(VmmKind::Qemu)]), "");
     }
 
     #[test]
