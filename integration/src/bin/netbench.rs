@@ -181,6 +181,36 @@ fn send_for(to: &mut impl Write, pattern: &[u8], run_for: Duration) -> io::Resul
     Ok(sent)
 }
 
+/// The receiving side of a transfer: checks the stream to its end, then tells
+/// the sender what arrived.
+fn receive(from: &mut impl Read, to: &mut impl Write, pattern: &[u8]) -> Result<Report, String> {
+    let report = Checker::new(pattern)
+        .drain(from)
+        .map_err(|e| format!("receiving: {e}"))?;
+    to.write_all(report.line().as_bytes())
+        .map_err(|e| format!("answering: {e}"))?;
+    Ok(report)
+}
+
+/// The sending side: the stream for `secs`, then a half-close; returns the bytes sent.
+fn send(stream: &mut TcpStream, pattern: &[u8], secs: u64) -> Result<u64, String> {
+    let sent = send_for(stream, pattern, Duration::from_secs(secs))
+        .map_err(|e| format!("sending: {e}"))?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| format!("half-close: {e}"))?;
+    Ok(sent)
+}
+
+/// Both ways give up after [`IO_TIMEOUT`] without progress.
+fn with_timeouts(stream: TcpStream) -> Result<TcpStream, String> {
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| format!("socket: {e}"))?;
+    Ok(stream)
+}
+
 /// One line from `reader` (the header or a report).
 fn read_line(reader: &mut impl BufRead) -> Result<String, String> {
     let mut line = String::new();
@@ -193,34 +223,21 @@ fn read_line(reader: &mut impl BufRead) -> Result<String, String> {
 
 /// The peer's side of one connection; returns its `NETBENCH-PEER` line.
 fn serve_one(stream: TcpStream, pattern: &[u8]) -> Result<String, String> {
-    let io = |what: &'static str| move |e: io::Error| format!("{what}: {e}");
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(io("socket"))?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(io("socket"))?;
-    let mut writer = stream.try_clone().map_err(io("socket"))?;
+    let stream = with_timeouts(stream)?;
+    let mut writer = stream.try_clone().map_err(|e| format!("socket: {e}"))?;
     // The header is read byte by byte so that no stream byte is buffered away.
     let mut reader = BufReader::with_capacity(1, stream);
     let header = Header::parse(&read_line(&mut reader)?)?;
     match header.dir {
         Dir::Up => {
-            let report = Checker::new(pattern)
-                .drain(&mut reader)
-                .map_err(io("receiving"))?;
-            writer
-                .write_all(report.line().as_bytes())
-                .map_err(io("answering"))?;
+            let report = receive(&mut reader, &mut writer, pattern)?;
             Ok(format!(
                 "NETBENCH-PEER dir=up bytes={} bad={}",
                 report.bytes, report.bad
             ))
         }
         Dir::Down => {
-            let run_for = Duration::from_secs(header.secs);
-            let sent = send_for(&mut writer, pattern, run_for).map_err(io("sending"))?;
-            writer.shutdown(Shutdown::Write).map_err(io("half-close"))?;
+            let sent = send(&mut writer, pattern, header.secs)?;
             let report = Report::parse(&read_line(&mut reader)?)?;
             Ok(format!(
                 "NETBENCH-PEER dir=down sent={sent} bytes={} bad={}",
@@ -250,22 +267,14 @@ fn serve(port: u16, out: &mut impl Write) -> Result<(), String> {
 
 /// One transfer from the client's side; returns the receiver's report.
 fn transfer(server: &str, header: Header, pattern: &[u8]) -> Result<Report, String> {
-    let io = |what: &'static str| move |e: io::Error| format!("{what}: {e}");
-    let mut stream = TcpStream::connect(server).map_err(|e| format!("connecting {server}: {e}"))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(io("socket"))?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(io("socket"))?;
+    let stream = TcpStream::connect(server).map_err(|e| format!("connecting {server}: {e}"))?;
+    let mut stream = with_timeouts(stream)?;
     stream
         .write_all(header.line().as_bytes())
-        .map_err(io("sending the header"))?;
+        .map_err(|e| format!("sending the header: {e}"))?;
     match header.dir {
         Dir::Up => {
-            let run_for = Duration::from_secs(header.secs);
-            let sent = send_for(&mut stream, pattern, run_for).map_err(io("sending"))?;
-            stream.shutdown(Shutdown::Write).map_err(io("half-close"))?;
+            let sent = send(&mut stream, pattern, header.secs)?;
             let report = Report::parse(&read_line(&mut BufReader::new(&stream))?)?;
             if report.bytes != sent {
                 return Err(format!("sent {sent} bytes, L1 received {}", report.bytes));
@@ -273,13 +282,8 @@ fn transfer(server: &str, header: Header, pattern: &[u8]) -> Result<Report, Stri
             Ok(report)
         }
         Dir::Down => {
-            let report = Checker::new(pattern)
-                .drain(&mut stream)
-                .map_err(io("receiving"))?;
-            stream
-                .write_all(report.line().as_bytes())
-                .map_err(io("answering"))?;
-            Ok(report)
+            let mut writer = stream.try_clone().map_err(|e| format!("socket: {e}"))?;
+            receive(&mut stream, &mut writer, pattern)
         }
     }
 }
