@@ -74,12 +74,14 @@ const NUMA_PORT_NODE0: &str = "rpx0";
 /// panics with "timer doesn't work through Interrupt-remapped IO-APIC" before any test
 /// runs (seen with the machine's two cores shared by several testbeds). The timer works;
 /// only the check's window is too short for an emulated CPU that is not scheduled.
-pub fn l1_cmdline(scenario: &Scenario) -> String {
+/// `pages_1g` overrides the 1 GiB pages the scenario's RAM needs.
+pub fn l1_cmdline(scenario: &Scenario, pages_1g: Option<u32>) -> String {
     let mut cmdline = String::from(
         "console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet mitigations=off no_timer_check",
     );
-    if scenario.hugepages == HugePages::Size1G {
-        let pages = scenario.memory_mib.div_ceil(1024);
+    let needed =
+        (scenario.hugepages == HugePages::Size1G).then(|| scenario.memory_mib.div_ceil(1024));
+    if let Some(pages) = pages_1g.or(needed).filter(|&n| n > 0) {
         cmdline.push_str(&format!(" hugepagesz=1G hugepages={pages}"));
     }
     cmdline
@@ -672,7 +674,9 @@ mod tests {
         let mut s = scenario::nvme();
         s.hugepages = HugePages::Size1G;
         s.memory_mib = 1536;
-        assert!(l1_cmdline(&s).ends_with(" hugepagesz=1G hugepages=2"));
+        assert!(l1_cmdline(&s, None).ends_with(" hugepagesz=1G hugepages=2"));
+        assert!(l1_cmdline(&s, Some(12)).ends_with(" hugepagesz=1G hugepages=12"));
+        assert!(!l1_cmdline(&scenario::nvme(), Some(0)).contains("hugepages"));
         assert_eq!(hugepage_count(&s), 2);
         assert_eq!(l1_memory_mib(&s), 5120);
     }

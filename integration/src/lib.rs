@@ -37,8 +37,8 @@
 //! 8. `images` (L1 and L2 initramfs, cached), `kernel` (L1's vmlinux).
 //! 9. `run`: one L1 boot and one run, as a linear recipe.
 //! 10. this file: [`Testbed`], the entry type (new, prepare, run with reruns).
-//! 11. `bench`, on top of all the above: `plan` <- `probe` <- `agent` (inside
-//!     L1); `plan` <- `analysis` <- `metrics` <- `report`; `guest` (the L2
+//! 11. `bench`, on top of all the above: `plan` <- `probe` <- `l1mem` <- `agent`
+//!     (inside L1); `plan` <- `analysis` <- `sweep` <- `metrics` <- `report`; `guest` (the L2
 //!     side); `boots` (an agent's L1 boots, on `run`) <- `series` and the
 //!     benchmark itself in `bench/mod.rs`.
 

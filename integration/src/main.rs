@@ -110,10 +110,17 @@ struct BenchArgs {
     /// Directory that receives `<date>/` (default: integration/results).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these kinds of launch (boot, bare, nvme, blk, net, reboot, memory), e.g. `--only blk`
+    /// Only these kinds of launch (boot, bare, nvme, blk, net, reboot, memory, kernel, ram,
+    /// passthrough), e.g. `--only blk`
     /// while working on one path; the report leaves the others out.
     #[arg(long, value_delimiter = ',', value_parser = parse_launch_kind)]
     only: Vec<bench::plan::LaunchKind>,
+    /// Guest RAM sizes (MiB) of the launch series (on 1 GiB pages rounded up to whole GiB).
+    #[arg(long, value_delimiter = ',')]
+    series_sizes: Option<Vec<u32>>,
+    /// Repetitions of the launch series (default 1; each adds about 20-25 minutes).
+    #[arg(long)]
+    series_reps: Option<u32>,
     /// Only re-render results.md and chart.svg from an existing raw.json.
     #[arg(long, value_name = "RAW_JSON")]
     render: Option<PathBuf>,
@@ -347,6 +354,10 @@ fn bench(
         if let Some(sizes) = &args.sizes {
             b.memory_sizes = sizes.clone();
         }
+        if let Some(sizes) = &args.series_sizes {
+            b.sweep.sizes = sizes.clone();
+        }
+        b.sweep.reps = args.series_reps.unwrap_or(b.sweep.reps);
         b.io.secs = args.io_secs.unwrap_or(b.io.secs);
         b.io.queue_depth = args.qd.unwrap_or(b.io.queue_depth);
         b.vcpus = args.vcpus.unwrap_or(b.vcpus);

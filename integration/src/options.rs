@@ -23,6 +23,9 @@ pub struct TestbedOptions {
     pub l0_smp: u32,
     /// L1 RAM in MiB; default sized from the scenario.
     pub l0_memory_mib: Option<u32>,
+    /// 1 GiB pages L1 reserves on its command line; default: those the scenario's RAM
+    /// needs (the benchmark reserves its own).
+    pub l1_1g_pages: Option<u32>,
     /// Force the first check of each scenario to FAIL (default: env TESTBED_BREAK=1).
     pub break_checks: bool,
     /// Keep the devices' backing files after a passing run.
@@ -37,6 +40,7 @@ impl Default for TestbedOptions {
             install_missing: true,
             l0_smp: 2,
             l0_memory_mib: None,
+            l1_1g_pages: None,
             break_checks: std::env::var("TESTBED_BREAK").is_ok_and(|v| v == "1"),
             keep_backing_files: false,
         }

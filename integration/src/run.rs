@@ -152,7 +152,7 @@ pub(crate) fn l0_config(ctx: &RunContext<'_>, work_dir: &Path) -> L0Config {
         qemu: ctx.host.qemu.clone(),
         kernel: ctx.artefacts.l1_kernel.clone(),
         initrd: ctx.artefacts.l1_initrd.clone(),
-        cmdline: l0::l1_cmdline(ctx.scenario),
+        cmdline: l0::l1_cmdline(ctx.scenario, ctx.opts.l1_1g_pages),
         memory_mib: ctx
             .opts
             .l0_memory_mib
@@ -195,6 +195,7 @@ pub(crate) fn guest_config(ctx: &RunContext<'_>) -> GuestConfig {
         vcpus: ctx.scenario.vcpus,
         memory_mib: ctx.scenario.memory_mib,
         hugepages: ctx.scenario.hugepages,
+        prefault: true,
         kernel: ctx.artefacts.kernel.clone(),
         initramfs: ctx.artefacts.l2_initrd.clone(),
         cmdline,

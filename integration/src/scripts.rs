@@ -142,14 +142,19 @@ mark launch
 wd=$!
 ( while sleep 20; do read up _ < /proc/uptime; echo "TESTBED-L1 heartbeat uptime=$up"; done ) &
 hb=$!
-seen=0; out=0; n=0
+seen=0; out=0; n=0; held=0
 while kill -0 $vmm 2>/dev/null; do
 	[ $out = 0 ] && [ -s /tmp/l2-console.log ] && { out=1; mark l2-output; }
 	if [ $seen = 0 ] && grep -q TESTBED-INIT /tmp/l2-console.log; then seen=1; mark l2-init; fi
 	l1_actions
 	n=$((n + 1)); [ $((n % 10)) = 0 ] && cp /tmp/l2-console.log $W/l2-console.log
-	# Sampled while L2 runs: once it is done, vCPU threads start going away.
-	[ $seen = 1 ] && [ $((n % 2)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log && sandbox_status $vmm
+	# Sampled while L2 runs: once it is done, threads and mappings start going away.
+	# The last sample is taken as L2 starts its hold (TESTBED-HOLD, then it sleeps),
+	# so it falls in the hold even when L1 lags behind the console.
+	if [ $seen = 1 ] && [ $held = 0 ]; then
+		if grep -q TESTBED-HOLD /tmp/l2-console.log; then held=1; sandbox_status $vmm
+		elif [ $((n % 2)) = 0 ] && ! grep -q TESTBED-DONE /tmp/l2-console.log; then sandbox_status $vmm; fi
+	fi
 	usleep 500000
 done
 wait $vmm; rc=$?
@@ -443,7 +448,7 @@ pub fn l2_checks_script(scenario: &Scenario) -> String {
     if scenario.samples_vmm() {
         // L1 samples the VMM's threads and maps every second while L2 runs (before
         // TESTBED-DONE): a guest done in under a second would leave it nothing to judge.
-        let _ = writeln!(s, "sleep {L1_SAMPLE_HOLD_SECS}");
+        let _ = writeln!(s, "echo TESTBED-HOLD; sleep {L1_SAMPLE_HOLD_SECS}");
     }
     s
 }

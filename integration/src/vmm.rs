@@ -32,6 +32,9 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// Backing of L2 RAM.
     pub hugepages: HugePages,
+    /// Fault all of RAM in before (QEMU: `prealloc` of its hugetlbfs backend) or
+    /// beside (Strait: `memory.prefault`) the guest's start.
+    pub prefault: bool,
     /// L2 kernel (bzImage).
     pub kernel: PathBuf,
     /// L2 initramfs.
@@ -73,6 +76,7 @@ impl GuestConfig {
             vcpus: 2,
             memory_mib: 512,
             hugepages: HugePages::Size2M,
+            prefault: true,
             kernel: PathBuf::from("/boot/vmlinuz"),
             initramfs: PathBuf::from("/c/l2.cpio"),
             cmdline: "console=ttyS0".into(),
@@ -198,8 +202,9 @@ pub fn qemu_command(guest: &GuestConfig) -> Vec<String> {
     let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
     if let Some(dir) = hugetlbfs_mount(guest.hugepages) {
         let backend = format!(
-            "memory-backend-file,id=ram0,size={}M,mem-path={dir},prealloc=on",
-            guest.memory_mib
+            "memory-backend-file,id=ram0,size={}M,mem-path={dir},prealloc={}",
+            guest.memory_mib,
+            if guest.prefault { "on" } else { "off" }
         );
         push(&["-object", &backend]);
         machine.push_str(",memory-backend=ram0");
@@ -301,6 +306,9 @@ pub fn strait_spec(guest: &GuestConfig) -> serde_json::Value {
         },
         "serial": "stdio",
     });
+    if !guest.prefault {
+        spec["memory"]["prefault"] = false.into();
+    }
     if !passthrough.is_empty() {
         spec["passthrough"] = serde_json::Value::Array(passthrough);
     }
@@ -422,6 +430,22 @@ mod tests {
             ["q35,accel=kvm,memory-backend=ram0"]
         );
         assert_eq!(after(&args, "-m"), ["512M"]);
+    }
+
+    #[test]
+    fn prefault_off_reaches_both_vmms() {
+        let g = GuestConfig {
+            prefault: false,
+            ..guest(0, HugePages::Size1G)
+        };
+        assert_eq!(
+            after(&qemu_command(&g), "-object"),
+            ["memory-backend-file,id=ram0,size=512M,mem-path=/dev/hugepages1G,prealloc=off"]
+        );
+        assert_eq!(
+            strait_spec(&g)["memory"],
+            serde_json::json!({ "size_mib": 512, "hugepages": "1G", "prefault": false })
+        );
     }
 
     #[test]

@@ -131,6 +131,50 @@ pub trait VfioDeviceOps: Send {
     fn hot_reset(&self, groups: &[u32]) -> io::Result<()>;
 }
 
+/// What a released function's operations become: its device fd is closed, so every
+/// call fails with EBADF and nothing reaches the host device again.
+pub(crate) struct Closed;
+
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
+impl VfioDeviceOps for Closed {
+    fn reset_supported(&self) -> bool {
+        false
+    }
+    fn region_info(&self, _: u32) -> Option<RegionInfo> {
+        None
+    }
+    fn region_read(&self, _: u32, _: u64, _: &mut [u8]) -> io::Result<()> {
+        Err(closed())
+    }
+    fn region_write(&self, _: u32, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(closed())
+    }
+    fn mmap(&self, _: u32, _: u64, _: u64) -> io::Result<HostMapping> {
+        Err(closed())
+    }
+    fn irq_info(&self, _: IrqIndex) -> Option<IrqInfo> {
+        None
+    }
+    fn set_irqs(&self, _: IrqRequest<'_>) -> io::Result<()> {
+        Err(closed())
+    }
+    fn reset(&self) -> io::Result<()> {
+        Err(closed())
+    }
+    fn hot_reset_info(&self) -> io::Result<Vec<HotResetTarget>> {
+        Err(closed())
+    }
+    fn held_groups(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    fn hot_reset(&self, _: &[u32]) -> io::Result<()> {
+        Err(closed())
+    }
+}
+
 /// A device opened through its VFIO group.
 pub struct VfioBackend {
     file: File,

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::container::{DmaMapper, IovaRange};
 use crate::device::{IrqIndex, IrqInfo, IrqRequest, RegionInfo, VfioDeviceOps, CONFIG_REGION};
@@ -144,6 +145,45 @@ pub struct FakeDevice {
     hot_reset_targets: Option<Vec<HotResetTarget>>,
     /// The groups this process holds.
     held_groups: Vec<u32>,
+    /// Closing waits here for the other devices' closes.
+    close_meeting: Option<Arc<Meeting>>,
+}
+
+/// Where `n` device closes wait for each other: each waits (at most 5 s) until all `n`
+/// are closing at the same time. Closes that run one after the other never all meet,
+/// so a test can tell overlapping releases from sequential ones without timing them.
+#[derive(Debug)]
+pub struct Meeting {
+    n: usize,
+    arrived: Mutex<usize>,
+    all: Condvar,
+    /// Closes that saw all `n` arrive.
+    pub met: std::sync::atomic::AtomicUsize,
+}
+
+impl Meeting {
+    /// A meeting of `n` closes.
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(Meeting {
+            n,
+            arrived: Mutex::new(0),
+            all: Condvar::new(),
+            met: Default::default(),
+        })
+    }
+
+    fn arrive(&self) {
+        let mut arrived = lock(&self.arrived);
+        *arrived += 1;
+        self.all.notify_all();
+        let (arrived, _) = self
+            .all
+            .wait_timeout_while(arrived, Duration::from_secs(5), |a| *a < self.n)
+            .unwrap_or_else(|e| e.into_inner());
+        if *arrived >= self.n {
+            self.met.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl FakeDevice {
@@ -161,6 +201,7 @@ impl FakeDevice {
             fail_set_irqs: None,
             hot_reset_targets: None,
             held_groups: Vec::new(),
+            close_meeting: None,
         };
         let info = RegionInfo {
             size: 4096,
@@ -176,6 +217,12 @@ impl FakeDevice {
             },
         );
         dev
+    }
+
+    /// Its close waits at `meeting` for the other devices'.
+    pub fn closing_at(mut self, meeting: Arc<Meeting>) -> Self {
+        self.close_meeting = Some(meeting);
+        self
     }
 
     /// Add region `index` described by `info`, filled with zeros.
@@ -326,6 +373,9 @@ impl VfioDeviceOps for FakeDevice {
 
 impl Drop for FakeDevice {
     fn drop(&mut self) {
+        if let Some(m) = &self.close_meeting {
+            m.arrive();
+        }
         self.log.push(Call::DeviceClosed);
     }
 }

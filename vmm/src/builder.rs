@@ -181,7 +181,7 @@ pub fn build_vm(spec: &VmSpec, stop: Arc<StopSignal>) -> Result<Vm, Error> {
     let devices = DeviceManager::new(&vm_fd, &spec.serial, stop.clone(), pci)?;
     stop.arm_power_button(devices.power_button(), spec.lifecycle.shutdown_timeout());
     if let Some(p) = passthrough.as_mut() {
-        p.start(vm_fd.clone(), slots, devices.buses(), effects);
+        p.start(vm_fd.clone(), slots, devices.buses(), effects)?;
     }
     virtio.map_bars(devices.buses())?;
     virtio.start()?;

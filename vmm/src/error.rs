@@ -168,6 +168,7 @@ fn passthrough_exit_code(e: &PassthroughError) -> ExitCode {
         PassthroughError::Topology(_) => ExitCode::Spec,
         PassthroughError::IovaRanges(_)
         | PassthroughError::GsiPool(_)
+        | PassthroughError::ReleaseThreads(_)
         | PassthroughError::RootPort { .. } => ExitCode::Fatal,
         PassthroughError::P2pOutsideIova { .. } => ExitCode::Host,
     }

@@ -30,6 +30,8 @@ pub mod phase {
     pub const DMA_MAPPED: &str = "dma_mapped";
     /// The guest stopped (powered off, crashed, signal).
     pub const GUEST_EXIT: &str = "guest_exit";
+    /// Every passed-through function quiet, reset and closed (side by side).
+    pub const DEVICES_RELEASED: &str = "devices_released";
     /// vCPUs joined, devices reset, DMA unmapped, RAM unmapped: Strait exits next.
     pub const TORN_DOWN: &str = "torn_down";
 }

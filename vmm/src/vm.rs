@@ -458,6 +458,7 @@ impl Drop for Vm {
         self.virtio.stop();
         if let Some(p) = &self.passthrough {
             p.shutdown();
+            logger::mark(phase::DEVICES_RELEASED);
         }
     }
 }

@@ -5,10 +5,12 @@
 //! line as it arrives (monotonic clock, from just before spawn), times QMP's
 //! first answer, samples /proc and KVM's counters when the guest prints a
 //! marker, stops the VMM when the launch's stop rule is met, and appends a
-//! [`LaunchRecord`] to the results file. For net launches it makes L1's tap once
-//! and runs the launch's peer (netbench's server) beside the VMM, its lines
-//! timestamped with the VMM's; without a /dev/vhost-net that opens, a net launch
-//! is not run (both VMMs are meant to measure vhost-net).
+//! [`LaunchRecord`] to the results file. Before each launch it sizes L1's
+//! hugepage pools for it ([`l1mem`]); a populate launch is run in its own
+//! process. For net launches it makes L1's tap once and runs the launch's peer
+//! (netbench's server) beside the VMM, its lines timestamped with the VMM's;
+//! without a /dev/vhost-net that opens, a net launch is not run (both VMMs are
+//! meant to measure vhost-net).
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -21,9 +23,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::l1mem;
 use crate::bench::plan::{
-    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, IO_BEGIN, IO_RESULT,
-    LOGS_DIR, NET_BEGIN, NET_RESULT, READY_MARKER,
+    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, VmmKind, IO_BEGIN,
+    IO_RESULT, LOGS_DIR, NET_BEGIN, NET_RESULT, POPULATE_MARK, READY_MARKER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
 use crate::error::{Error, Result};
@@ -65,7 +68,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     // A measurement that hung once (a VMM that cannot boot this guest yet)
     // would eat its whole time limit every repetition: it is run once.
     let mut hung: Vec<String> = Vec::new();
-    for launch in &plan.launches {
+    for (i, launch) in plan.launches.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         let measurement = launch.key.measurement();
         let record = if left < Duration::from_secs(launch.timeout_secs.min(60)) {
@@ -78,9 +81,20 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                 launch.key.clone(),
                 "skipped: an earlier repetition hit its time limit".into(),
             )
+        } else if let Err(why) = l1mem::size_pools(&launch.key, &plan.launches[i..]) {
+            LaunchRecord::not_run(launch.key.clone(), why)
         } else {
             log::info!("{}: starting; L1 {}", launch.key.id, meminfo_summary());
-            run_launch(launch, &args.devices, &logs, left)
+            match launch.key.vmm {
+                VmmKind::Populate => run_populate(launch),
+                VmmKind::Qemu | VmmKind::Strait => {
+                    let cache = plan.vmm_cache.as_deref();
+                    if let Some(dir) = cache.filter(|_| launch.key.cold_kernel) {
+                        l1mem::empty_cache(dir);
+                    }
+                    run_launch(launch, &args.devices, &logs, (left, cache))
+                }
+            }
         };
         if record.timed_out {
             hung.push(measurement);
@@ -92,6 +106,30 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         append(&args.results, &record)?;
     }
     Ok(())
+}
+
+/// The plain populate of a launch's pages, timed by the agent itself.
+fn run_populate(launch: &Launch) -> LaunchRecord {
+    let (key, start) = (&launch.key, Instant::now());
+    match l1mem::populate_twice(key.hugepages, key.memory_mib) {
+        Ok((first, ms)) => {
+            let mut r = LaunchRecord::not_run(key.clone(), String::new());
+            let text = format!(
+                "{POPULATE_MARK} pages={} mib={} ms={ms:.1} first_ms={first:.1}",
+                key.hugepages.spec_value(),
+                key.memory_mib
+            );
+            r.not_run = None;
+            r.exit_code = Some(0);
+            r.exit_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+            r.lines.push(TimedLine {
+                ms: r.exit_ms.unwrap_or(first + ms),
+                text,
+            });
+            r
+        }
+        Err(e) => LaunchRecord::not_run(key.clone(), format!("populate: {e}")),
+    }
 }
 
 /// L1's free memory and hugepages, for the agent's log.
@@ -137,6 +175,13 @@ fn prepare_l1(plan: &Plan) {
     );
     if !Path::new(KVM_DEBUGFS).exists() && !mount_debugfs() {
         log::warn!("no {KVM_DEBUGFS}: KVM exit counts will be n/a");
+    }
+    let gigantic = crate::scenario::HugePages::Size1G;
+    if plan.launches.iter().any(|l| l.key.hugepages == gigantic) {
+        l1mem::mount_gigantic();
+    }
+    if let Some(dir) = &plan.vmm_cache {
+        l1mem::fill_cache(dir);
     }
     if plan.launches.iter().any(|l| l.key.kind == LaunchKind::Net) {
         make_tap();
@@ -195,19 +240,7 @@ fn tcp_drops() -> String {
 const VHOST_NET: &str = "/dev/vhost-net";
 
 fn mount_debugfs() -> bool {
-    let (source, target, fstype) = (c"debugfs", c"/sys/kernel/debug", c"debugfs");
-    // SAFETY: mount(2) with NUL-terminated static strings and no data; it
-    // changes only the mount table of this (L1's) system.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    rc == 0
+    l1mem::mount(c"debugfs", c"/sys/kernel/debug", c"debugfs", None).is_ok()
 }
 
 fn append(path: &Path, record: &LaunchRecord) -> Result<()> {
@@ -257,7 +290,14 @@ struct Running<'a> {
     kill_at: Option<Instant>,
 }
 
-fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) -> LaunchRecord {
+/// Runs one VMM launch with at most `left` of L1's time, Strait's cache in `cache`
+/// (`XDG_CACHE_HOME`; the run script's if `None`).
+fn run_launch(
+    launch: &Launch,
+    devices: &[String],
+    logs: &Path,
+    (left, cache): (Duration, Option<&Path>),
+) -> LaunchRecord {
     if let (Some(spec), Some(path)) = (&launch.spec, &launch.spec_path) {
         let text = serde_json::to_string_pretty(spec).unwrap_or_default();
         if let Err(e) = fs::write(path, substitute(&text, devices)) {
@@ -284,7 +324,11 @@ fn run_launch(launch: &Launch, devices: &[String], logs: &Path, left: Duration) 
         Some(Ok(child)) => Some(child),
         None => None,
     };
-    let spawned = Command::new(&args[0])
+    let mut command = Command::new(&args[0]);
+    if let Some(dir) = cache {
+        command.env("XDG_CACHE_HOME", dir);
+    }
+    let spawned = command
         .args(&args[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -559,6 +603,8 @@ mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: crate::scenario::HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let r = LaunchRecord::not_run(plan_key, "skipped: 3s left".into());
         assert_eq!(summary(&r), "not run (skipped: 3s left)");

@@ -85,7 +85,7 @@ pub fn first_ms(record: &LaunchRecord, needle: &str) -> Option<f64> {
 }
 
 /// Why a launch measured nothing at all, if so.
-fn launch_problem(r: &LaunchRecord) -> Option<String> {
+pub(crate) fn launch_problem(r: &LaunchRecord) -> Option<String> {
     if let Some(why) = &r.not_run {
         return Some(why.clone());
     }
@@ -108,10 +108,7 @@ fn launch_problem(r: &LaunchRecord) -> Option<String> {
 /// for launches that pass the controller through; the VMM's first warning
 /// about passthrough, if any, says why.
 fn device_problem(r: &LaunchRecord) -> Option<String> {
-    if matches!(
-        r.key.kind,
-        LaunchKind::Bare | LaunchKind::Blk | LaunchKind::Net
-    ) {
+    if r.key.kind.devices() == 0 {
         return None;
     }
     let line = r
@@ -150,6 +147,18 @@ pub fn launch_to_exit(r: &LaunchRecord) -> Result<f64, String> {
         .ok_or_else(|| "no exit time".into())
 }
 
+/// What L2's kernel prints as it powers off (`pr_emerg`, so even under `quiet`).
+pub const POWER_DOWN_LINE: &str = "reboot: Power down";
+
+/// The guest's power-off (its kernel's last line) to the VMM's exit, in ms: the
+/// teardown (devices reset and released, DMA and RAM unmapped) as the host sees it.
+pub fn power_off_to_exit(r: &LaunchRecord) -> Result<f64, String> {
+    launch_to_init(r)?;
+    let off = first_ms(r, POWER_DOWN_LINE).ok_or("L2 never printed its power-off line")?;
+    let exit = r.exit_ms.ok_or("no exit time")?;
+    Ok((exit - off).max(0.0))
+}
+
 /// Launch to "RAM allocated, pinned and DMA-mapped, VM ready to run", in ms:
 /// QEMU's QMP answer under -S, Strait's `dma_mapped` line as read by the
 /// agent. The VMM must have pinned (nearly) all guest RAM by then: VFIO's type1
@@ -159,6 +168,7 @@ pub fn memory_ready(r: &LaunchRecord) -> Result<f64, String> {
         return Err(p);
     }
     let (at, trigger) = match r.key.vmm {
+        VmmKind::Populate => return Err("not a VMM launch".into()),
         VmmKind::Qemu => (
             r.qmp_ready_ms.ok_or_else(|| {
                 r.qmp_error
@@ -528,6 +538,8 @@ pub(crate) mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let mut r = LaunchRecord::not_run(key, String::new());
         r.not_run = None;
@@ -822,6 +834,19 @@ pub(crate) mod tests {
         );
         assert_eq!(launch_to_init(&r), Ok(11.1));
         assert_eq!(launch_to_exit(&r), Ok(9.0));
+    }
+
+    #[test]
+    fn teardown_runs_from_the_power_off_line_to_the_exit() {
+        let lines = [
+            (5_000.0, "TESTBED-INIT"),
+            (8_200.0, "[  3.1] reboot: Power down"),
+        ];
+        let r = record(LaunchKind::Boot, VmmKind::Strait, &lines);
+        assert_eq!(r.exit_ms, Some(9_000.0));
+        assert_eq!(power_off_to_exit(&r), Ok(800.0));
+        let r = record(LaunchKind::Boot, VmmKind::Strait, &lines[..1]);
+        assert!(power_off_to_exit(&r).is_err());
     }
 
     #[test]

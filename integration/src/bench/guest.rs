@@ -8,8 +8,9 @@
 //! in L1 (sending, then receiving, `testbed.iosecs` seconds each). In
 //! `reboot` mode it binds nvme and looks for its launch's token in a block of the
 //! namespace: absent (first boot), it writes it and reboots; present (second boot,
-//! in the same VMM process), it clears it and powers off. The mode, load and launch
-//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot`,
+//! in the same VMM process), it clears it and powers off. In `hold` mode it never
+//! powers off (the agent stops the VMM). The mode, load and launch
+//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot|hold`,
 //! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
 //! launch.
 //! `iobench` (src/bin/iobench.rs) and `netbench` (src/bin/netbench.rs) are
@@ -111,6 +112,8 @@ if [ "$mode" = reboot ] && [ "$nvme" != none ] && wait_dev /dev/nvme0n1; then
 		reboot -f
 	fi
 fi
+# hold: stay up until the agent stops the VMM (Strait's RAM setup in the launch series)
+[ "$mode" = hold ] && while :; do sleep 60; done
 echo TESTBED-DONE
 poweroff -f
 "#
@@ -176,6 +179,13 @@ mod tests {
         let second = init.find("echo \"TESTBED-BENCH second-boot\"");
         assert!(rebooting.is_some() && second.is_some(), "{init}");
         assert!(init.contains("skip=2048") && init.contains("seek=2048"));
+    }
+
+    #[test]
+    fn init_holds_in_hold_mode_before_powering_off() {
+        let init = l2_init();
+        let hold = init.find("[ \"$mode\" = hold ] && while :; do sleep 60; done");
+        assert!(hold.is_some_and(|h| init.find("poweroff -f").is_some_and(|p| h < p)));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The host builds a plan of VMM launches (boot to /init, NVMe and virtio-blk
 //! reads, virtio-net throughput both ways, reboot, RAM + DMA setup at several
-//! sizes and page kinds), repetition by repetition with
-//! QEMU and Strait alternating, and boots L1 once. Inside L1 the agent
+//! sizes and page kinds), repetition by repetition with QEMU and Strait
+//! alternating, after a launch series over RAM sizes, page sizes, prefault,
+//! kernel cache and devices ([`sweep`]), and boots L1 once. Inside L1 the agent
 //! ([`agent`], the `testbed l1-agent` subcommand of this same binary) runs
 //! the launches and records timestamps and samples; back on the host
 //! [`metrics`] turns them into medians and ratios and [`report`] writes a
@@ -14,11 +15,13 @@ pub mod agent;
 pub mod analysis;
 pub(crate) mod boots;
 pub mod guest;
+pub mod l1mem;
 pub mod metrics;
 pub mod plan;
 pub mod probe;
 pub mod report;
 pub mod series;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +40,7 @@ use plan::LaunchKind;
 
 use boots::{AgentRun, Boots};
 use metrics::{Layout, Metric};
+use plan::Sweep;
 use plan::{IoLoad, LaunchRecord, PlanConfig};
 use report::Machine;
 
@@ -47,6 +51,12 @@ const L1_DISK_IMAGE: &str = "bench-disk.img";
 /// L1 RAM beyond L2's hugepages and the largest 4 KiB-page guest: L1's kernel,
 /// the page cache of the host share, the VMMs themselves.
 const L1_HEADROOM_MIB: u32 = 2048;
+/// Strait's per-user cache in L1 during the benchmark: on L1's own tmpfs (in the
+/// chroot), as on a local disk, not on the host share that L1 reads slowly.
+const L1_VMM_CACHE: &str = "/run/strait-cache";
+/// The `passthrough` scenario's devices, in `@DEVn@` order (nvme first: the other
+/// launches pass it alone).
+const BENCH_DEVICES: [Device; 3] = [Device::Nvme, Device::Bochs, Device::Ivshmem];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -69,6 +79,8 @@ pub struct BenchOptions {
     pub command: String,
     /// Only these kinds of launch; all when empty.
     pub only: Vec<LaunchKind>,
+    /// The launch series over RAM, kernel cache and devices.
+    pub sweep: Sweep,
 }
 
 impl BenchOptions {
@@ -88,6 +100,10 @@ impl BenchOptions {
             results_root: options::crate_dir().join("results"),
             command: format!("cargo run --release -p testbed -- bench --reps {reps}"),
             only: vec![],
+            sweep: Sweep {
+                sizes: vec![BASE_MEMORY_MIB, 4096, 12288],
+                reps: reps.min(FULL_SERIES_REPS),
+            },
         }
     }
 
@@ -100,6 +116,10 @@ impl BenchOptions {
                 queue_depth: 4,
             },
             command: "cargo run --release -p testbed -- bench --quick".into(),
+            sweep: Sweep {
+                sizes: vec![BASE_MEMORY_MIB, 2048],
+                reps: 1,
+            },
             ..Self::full(1)
         }
     }
@@ -108,6 +128,27 @@ impl BenchOptions {
         Layout {
             memory_sizes: self.memory_sizes.clone(),
             page_kinds: vec![HugePages::None, HugePages::Size2M],
+            sweep: self.sweep.clone(),
+        }
+    }
+
+    fn wants(&self, kind: LaunchKind) -> bool {
+        self.only.is_empty() || self.only.contains(&kind)
+    }
+
+    /// The RAM series as far as this run has it (for L1's size).
+    fn ram_sweep(&self) -> Sweep {
+        match self.wants(LaunchKind::Ram) {
+            true => self.sweep.clone(),
+            false => Sweep::none(),
+        }
+    }
+
+    /// L1's devices: the three of the `passthrough` scenario if a launch passes them.
+    fn l1_devices(&self) -> Vec<Device> {
+        match self.wants(LaunchKind::Passthrough) && self.sweep.reps > 0 {
+            true => BENCH_DEVICES.to_vec(),
+            false => vec![Device::Nvme],
         }
     }
 
@@ -121,15 +162,29 @@ impl BenchOptions {
     }
 }
 
-/// 2 MiB pages L1 reserves: the largest guest plus the VMM's slack.
-pub fn bench_hugepages(largest_mib: u32) -> u32 {
-    largest_mib.div_ceil(2) + 8
-}
+pub use plan::bench_hugepages;
 
-/// L1's RAM: the reserved hugepages, room for the largest guest on 4 KiB
-/// pages next to them, and headroom.
-pub fn bench_l1_memory_mib(largest_mib: u32) -> u32 {
-    2 * bench_hugepages(largest_mib) + largest_mib + L1_HEADROOM_MIB
+/// Repetitions of the launch series in the full benchmark: one takes about 30 minutes
+/// with the full sizes on the 2-core build machine under other testbeds' load (about 20
+/// on a quiet one), beside 10-13 for five repetitions of the rest.
+const FULL_SERIES_REPS: u32 = 1;
+
+/// L1's RAM: headroom and the most that one phase of the plan holds at once: the
+/// run script's 2 MiB pages beside the largest guest on 4 KiB pages, or beside the
+/// 1 GiB pages reserved at boot (the series' 1 GiB launches run first); the series'
+/// largest guest on 2 MiB pages (the agent frees the 1 GiB pages before).
+pub fn bench_l1_memory_mib(largest_mib: u32, ram: &Sweep) -> u32 {
+    let pool = 2 * bench_hugepages(largest_mib);
+    let on_2m = ram
+        .sizes_on(HugePages::Size2M)
+        .last()
+        .map_or(0, |&mib| 2 * bench_hugepages(mib));
+    let phases = [
+        pool + largest_mib,
+        pool + 1024 * ram.gigantic_pages(),
+        on_2m,
+    ];
+    phases.into_iter().max().unwrap_or(0) + L1_HEADROOM_MIB
 }
 
 /// Everything a result set holds; `raw.json` in the result directory.
@@ -141,6 +196,9 @@ pub struct RawResults {
     pub memory_sizes: Vec<u32>,
     /// Page kinds measured.
     pub page_kinds: Vec<HugePages>,
+    /// The launch series.
+    #[serde(default = "Sweep::none")]
+    pub sweep: Sweep,
     /// The agent's records.
     pub records: Vec<LaunchRecord>,
 }
@@ -182,6 +240,7 @@ impl Testbed {
             machine,
             memory_sizes: opts.memory_sizes.clone(),
             page_kinds: opts.layout().page_kinds,
+            sweep: opts.sweep.clone(),
             records: boots.records,
         };
         let dir = result_dir(&opts.results_root, &raw.machine.date)?;
@@ -211,12 +270,13 @@ impl Testbed {
         let artefacts = self.artefacts_with(l2)?;
         let largest = opts.largest_mib();
         let mut testbed = self.opts.clone();
-        testbed.l0_memory_mib = Some(bench_l1_memory_mib(largest));
+        testbed.l0_memory_mib = Some(bench_l1_memory_mib(largest, &opts.ram_sweep()));
+        testbed.l1_1g_pages = Some(opts.ram_sweep().gigantic_pages());
         testbed.vmm = Vmm::Strait {
             binary: opts.strait_binary.clone(),
         };
         let mut scenario = Scenario::new("bench");
-        scenario.devices = vec![Device::Nvme];
+        scenario.devices = opts.l1_devices();
         scenario.vcpus = opts.vcpus;
         scenario.memory_mib = BASE_MEMORY_MIB;
         scenario.l1_disk = Some(L1_DISK_IMAGE);
@@ -237,6 +297,8 @@ impl Testbed {
             io: opts.io,
             netbench,
             only: opts.only.clone(),
+            sweep: opts.sweep.clone(),
+            vmm_cache: Some(PathBuf::from(L1_VMM_CACHE)),
         };
         Ok(AgentRun {
             testbed,
@@ -286,22 +348,28 @@ impl Testbed {
             host_cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             l0: format!("{qemu}; TCG, q35 + intel-iommu, -cpu EPYC,+svm,+npt"),
             l1: format!(
-                "{} vCPUs, {l1_mib} MiB; kvm_amd (nested SVM), vfio-pci; {} x 2 MiB hugepages reserved; transparent hugepages: never",
+                "{} vCPUs, {l1_mib} MiB; kvm_amd (nested SVM), vfio-pci; {} x 2 MiB hugepages reserved (the agent resizes the pool per launch), \
+                 {} x 1 GiB on the command line (freed after the last 1 GiB launch); transparent hugepages: never; Strait's kernel cache on L1's tmpfs ({L1_VMM_CACHE})",
                 tb.l0_smp,
-                bench_hugepages(largest)
+                bench_hugepages(largest),
+                tb.l1_1g_pages.unwrap_or(0)
             ),
             l2: format!(
                 "{} vCPU(s); boot and NVMe launches {BASE_MEMORY_MIB} MiB on 2 MiB pages; memory launches {:?} MiB on 4 KiB and 2 MiB pages; \
                  L0's emulated NVMe controller ({} MiB namespace) passed through; \
                  the blk launch: no passthrough, a virtio-blk disk on L1's {} (L0's virtio-blk, {} MiB, sparse), O_DIRECT; \
-                 the net launch: no passthrough, virtio-net on L1's tap {} with vhost-net, its netbench peer in L1 at {}",
+                 the net launch: no passthrough, virtio-net on L1's tap {} with vhost-net, its netbench peer in L1 at {}; \
+                 launch series: {:?} MiB on 2 MiB and 1 GiB pages (1 GiB: rounded up to whole GiB), {} repetition(s); the three-device launch passes nvme, bochs-display and ivshmem ({} GiB BAR)",
                 opts.vcpus,
                 opts.memory_sizes,
                 l0::NVME_IMAGE_BYTES >> 20,
                 l0::L1_DISK_DEVICE,
                 l0::L1_DISK_BYTES >> 20,
                 crate::net::TAP,
-                crate::net::L1_ADDR
+                crate::net::L1_ADDR,
+                opts.sweep.sizes,
+                opts.sweep.reps,
+                l0::IVSHMEM_BYTES >> 30
             ),
             kernel: self.host.kernel_version.clone(),
             qemu,
@@ -353,6 +421,7 @@ pub fn write_results(dir: &Path, raw: &RawResults) -> Result<BenchResults> {
     let layout = Layout {
         memory_sizes: raw.memory_sizes.clone(),
         page_kinds: raw.page_kinds.clone(),
+        sweep: raw.sweep.clone(),
     };
     let metrics = metrics::metrics(&raw.records, &layout);
     let markdown = repo_relative(&report::markdown(
@@ -477,7 +546,29 @@ mod tests {
     #[test]
     fn l1_fits_2g_of_hugepages_and_a_2g_guest_on_4k_pages() {
         assert_eq!(bench_hugepages(2048), 1032);
-        assert_eq!(bench_l1_memory_mib(2048), 2064 + 2048 + 2048);
+        assert_eq!(
+            bench_l1_memory_mib(2048, &Sweep::none()),
+            2064 + 2048 + 2048
+        );
+    }
+
+    #[test]
+    fn l1_holds_the_series_phase_by_phase() {
+        let ram = BenchOptions::full(5).sweep;
+        // 12 GiB of 1 GiB pages beside the 2 MiB pool of the 2 GiB memory launches.
+        assert_eq!(bench_l1_memory_mib(2048, &ram), 12288 + 2064 + 2048);
+        let small = Sweep {
+            sizes: vec![512, 8192],
+            reps: 1,
+        };
+        // 8 GiB of 1 GiB pages beside the run script's pool outweigh 8 GiB on 2 MiB pages.
+        assert_eq!(bench_l1_memory_mib(512, &small), 8192 + 528 + 2048);
+        let only_2m = Sweep {
+            sizes: vec![512, 4000],
+            reps: 1,
+        };
+        assert_eq!(only_2m.gigantic_pages(), 4);
+        assert_eq!(bench_l1_memory_mib(512, &Sweep::none()), 528 + 512 + 2048);
     }
 
     #[test]
@@ -486,6 +577,20 @@ mod tests {
         assert_eq!((q.reps, q.memory_sizes.clone()), (1, vec![512]));
         assert_eq!(q.largest_mib(), 512);
         assert_eq!(BenchOptions::full(3).largest_mib(), 2048);
+        assert_eq!(q.sweep.sizes, [512, 2048]);
+        let full = BenchOptions::full(5).sweep;
+        assert_eq!((full.sizes, full.reps), (vec![512, 4096, 12288], 1));
+    }
+
+    #[test]
+    fn l1_gets_three_devices_only_when_the_three_device_launch_runs() {
+        let mut o = BenchOptions::quick();
+        assert_eq!(o.l1_devices(), BENCH_DEVICES);
+        o.only = vec![LaunchKind::Ram];
+        assert_eq!(o.l1_devices(), [Device::Nvme]);
+        assert_eq!(o.ram_sweep().gigantic_pages(), 2);
+        o.only = vec![LaunchKind::Nvme];
+        assert_eq!(o.ram_sweep(), Sweep::none());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!
 //! Launches come in repetitions; inside one, every measurement runs QEMU then
 //! Strait back to back (Q S Q S ...), so slow drift of the shared 2-core host
-//! hits both alike.
+//! hits both alike. The launch series over RAM, kernel cache and devices
+//! ([`Sweep`]; what it measures: [`super::sweep`]) runs first, in an order of
+//! its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,12 @@ pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 /// background, usually after the vCPUs started): the end of a memory launch under
 /// Strait.
 pub const STRAIT_READY_MARK: &str = "dma_mapped";
+/// Strait's timeline mark once all guest RAM is faulted in, with no device.
+pub const STRAIT_RAM_MARK: &str = "ram_prefaulted";
+/// What the plain populate prints (agent, in L1): `TESTBED-POPULATE pages=2M mib=512
+/// ms=81.2 first_ms=410.5` (`ms`: the timed second pass; the first also has L0 back the
+/// pages, `l1mem::populate_twice`).
+pub const POPULATE_MARK: &str = "TESTBED-POPULATE";
 
 /// The VMM of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,6 +64,9 @@ pub enum VmmKind {
     Qemu,
     /// Strait.
     Strait,
+    /// No VMM: the agent itself faults the same hugepages in L1 (mmap with
+    /// `MAP_POPULATE`), the zeroing bandwidth a VMM's RAM setup is held to.
+    Populate,
 }
 
 impl VmmKind {
@@ -67,6 +78,7 @@ impl VmmKind {
         match self {
             VmmKind::Qemu => "qemu",
             VmmKind::Strait => "strait",
+            VmmKind::Populate => "populate",
         }
     }
 }
@@ -93,11 +105,26 @@ pub enum LaunchKind {
     /// the token, clears it and powers off. The VMM resets in place (QEMU's
     /// system_reset, Strait's reboot in place).
     Reboot,
+    /// As `Bare`, Strait with its kernel cache empty (cold: it decompresses the
+    /// bzImage beside RAM setup) or filled (cached); QEMU boots the same bzImage.
+    Kernel,
+    /// Launch series over RAM: L2 with no device boots to /init and powers off, at
+    /// one RAM size on 2 MiB or 1 GiB pages, prefault on or off (QEMU: `prealloc`);
+    /// and the plain populate of the same pages in L1 ([`VmmKind::Populate`]).
+    Ram,
+    /// Strait's RAM setup alone for the RAM series: prefault on, L2 (no device) holds
+    /// at /init, and Strait is stopped at its `ram_prefaulted` mark (a guest that
+    /// powers off first would end the setup before it is done).
+    RamSetup,
+    /// As `Boot` with the `passthrough` scenario's three devices: nvme,
+    /// bochs-display and ivshmem with its 8 GiB BAR.
+    Passthrough,
 }
 
 impl LaunchKind {
-    /// Every kind, in the order a repetition runs them.
-    pub const ALL: [LaunchKind; 7] = [
+    /// Every kind: first those of a repetition, in the order it runs them, then
+    /// those of the launch series.
+    pub const ALL: [LaunchKind; 11] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Nvme,
@@ -105,6 +132,10 @@ impl LaunchKind {
         LaunchKind::Net,
         LaunchKind::Reboot,
         LaunchKind::Memory,
+        LaunchKind::Kernel,
+        LaunchKind::Ram,
+        LaunchKind::RamSetup,
+        LaunchKind::Passthrough,
     ];
 
     /// Lower-case name, as in the plan's JSON and `bench --only`.
@@ -117,6 +148,24 @@ impl LaunchKind {
             LaunchKind::Net => "net",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
+            LaunchKind::Kernel => "kernel",
+            LaunchKind::Ram => "ram",
+            LaunchKind::RamSetup => "ram-setup",
+            LaunchKind::Passthrough => "passthrough",
+        }
+    }
+
+    /// Devices L2 gets: none, the nvme (`@DEV0@`), or all three of the bench's L1.
+    pub fn devices(self) -> usize {
+        match self {
+            LaunchKind::Bare
+            | LaunchKind::Blk
+            | LaunchKind::Net
+            | LaunchKind::Kernel
+            | LaunchKind::Ram
+            | LaunchKind::RamSetup => 0,
+            LaunchKind::Passthrough => 3,
+            LaunchKind::Boot | LaunchKind::Nvme | LaunchKind::Memory | LaunchKind::Reboot => 1,
         }
     }
 
@@ -141,6 +190,16 @@ pub struct LaunchKey {
     pub memory_mib: u32,
     /// Backing of L2 RAM.
     pub hugepages: HugePages,
+    /// RAM faulted in at the start (Strait `memory.prefault`, QEMU `prealloc`).
+    #[serde(default = "yes")]
+    pub prefault: bool,
+    /// Strait started with its kernel cache empty.
+    #[serde(default)]
+    pub cold_kernel: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One VMM invocation for the agent.
@@ -178,6 +237,10 @@ pub struct Plan {
     pub work_dir: PathBuf,
     /// Value written to L1's transparent_hugepage/enabled before the first launch.
     pub transparent_hugepages: String,
+    /// Strait's per-user cache (`XDG_CACHE_HOME`) in L1, on its own tmpfs (a local
+    /// disk's part), filled at the start from the testbed's; `None`: the run script's.
+    #[serde(default)]
+    pub vmm_cache: Option<PathBuf>,
 }
 
 /// iobench's load.
@@ -210,14 +273,20 @@ pub struct PlanConfig {
     pub netbench: PathBuf,
     /// Only these kinds of launch (`bench --only`); all when empty.
     pub only: Vec<LaunchKind>,
+    /// The launch series.
+    pub sweep: Sweep,
+    /// Strait's cache in L1 ([`Plan::vmm_cache`]).
+    pub vmm_cache: Option<PathBuf>,
 }
 
 /// A measurement: what runs, on how much RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Measurement {
-    kind: LaunchKind,
-    memory_mib: u32,
-    hugepages: HugePages,
+pub(crate) struct Measurement {
+    pub kind: LaunchKind,
+    pub memory_mib: u32,
+    pub hugepages: HugePages,
+    pub prefault: bool,
+    pub cold_kernel: bool,
 }
 
 impl Measurement {
@@ -232,6 +301,20 @@ impl Measurement {
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
+            LaunchKind::Ram => format!(
+                "ram-{}-{}{}",
+                self.memory_mib,
+                self.hugepages.spec_value(),
+                if self.prefault { "" } else { "-lazy" }
+            ),
+            LaunchKind::RamSetup => format!(
+                "ram-{}-{}-setup",
+                self.memory_mib,
+                self.hugepages.spec_value()
+            ),
+            LaunchKind::Kernel if self.cold_kernel => "kernel-cold".into(),
+            LaunchKind::Kernel => "kernel-cached".into(),
+            LaunchKind::Passthrough => "passthrough".into(),
         }
     }
 }
@@ -242,6 +325,8 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         kind: LaunchKind::Boot,
         memory_mib: cfg.guest.memory_mib,
         hugepages: cfg.guest.hugepages,
+        prefault: true,
+        cold_kernel: false,
     };
     let mut measurements = vec![
         base,
@@ -272,13 +357,17 @@ pub fn build(cfg: &PlanConfig) -> Plan {
                 kind: LaunchKind::Memory,
                 memory_mib,
                 hugepages,
+                ..base
             });
         }
     }
     if !cfg.only.is_empty() {
         measurements.retain(|m| cfg.only.contains(&m.kind));
     }
-    let mut launches = Vec::new();
+    let mut launches: Vec<Launch> = order(&cfg.sweep, base, &cfg.only)
+        .into_iter()
+        .map(|(rep, m, vmm)| launch(cfg, m, rep, vmm))
+        .collect();
     for rep in 1..=cfg.reps {
         for m in &measurements {
             for vmm in VmmKind::BOTH {
@@ -290,6 +379,7 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         launches,
         work_dir: cfg.work_dir.clone(),
         transparent_hugepages: "never".into(),
+        vmm_cache: cfg.vmm_cache.clone(),
     }
 }
 
@@ -310,28 +400,30 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
         ),
         LaunchKind::Net => format!("{base} testbed.bench=net testbed.iosecs={}", io.secs),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
-        LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Memory => {
-            format!("{base} testbed.bench=boot")
-        }
+        LaunchKind::RamSetup => format!("{base} testbed.bench=hold"),
+        LaunchKind::Boot
+        | LaunchKind::Bare
+        | LaunchKind::Memory
+        | LaunchKind::Kernel
+        | LaunchKind::Ram
+        | LaunchKind::Passthrough => format!("{base} testbed.bench=boot"),
     }
 }
 
-fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
+/// One launch of measurement `m` in repetition `rep` under `vmm`.
+pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     let id = format!("r{rep}-{}-{}", m.label(), vmm.name());
     let mut guest = cfg.guest.clone();
     guest.memory_mib = m.memory_mib;
     guest.hugepages = m.hugepages;
+    guest.prefault = m.prefault;
     guest.cmdline = guest_cmdline(&cfg.guest.cmdline, m.kind, cfg.io, &id);
-    if m.kind == LaunchKind::Bare {
-        guest.devices = 0;
-    }
+    guest.devices = m.kind.devices();
     if m.kind == LaunchKind::Blk {
-        guest.devices = 0;
         guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
         guest.direct_disks = true;
     }
     if m.kind == LaunchKind::Net {
-        guest.devices = 0;
         guest.net = true;
     }
     if m.kind == LaunchKind::Reboot {
@@ -341,18 +433,18 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
     let qmp_socket = (memory && vmm == VmmKind::Qemu)
         .then(|| PathBuf::from(format!("/tmp/testbed-qmp-{id}.sock")));
     let spec_path = (vmm == VmmKind::Strait).then(|| cfg.work_dir.join(format!("spec-{id}.json")));
-    let command = match (vmm, &qmp_socket, &spec_path) {
-        (VmmKind::Strait, _, Some(spec)) => Vmm::Strait {
+    let command = match (vmm, &spec_path) {
+        (VmmKind::Strait, Some(spec)) => Vmm::Strait {
             binary: cfg.strait.clone(),
         }
         .command(&guest, spec),
-        (_, socket, _) => {
+        (VmmKind::Qemu, _) => {
             let mut args = qemu_command(&guest);
             if m.kind == LaunchKind::Reboot {
                 // QEMU resets the machine in place (system_reset) instead of exiting.
                 args.retain(|a| a != "-no-reboot");
             }
-            if let Some(socket) = socket {
+            if let Some(socket) = &qmp_socket {
                 // -S: stop before the first instruction; QMP answers once machine
                 // init (RAM prealloc, vfio realize and its DMA maps) is done.
                 let qmp = format!("unix:{},server=on,wait=off", socket.display());
@@ -360,40 +452,198 @@ fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -> Launch {
             }
             args
         }
+        // The agent populates in its own process.
+        _ => Vec::new(),
+    };
+    let key = LaunchKey {
+        id,
+        kind: m.kind,
+        vmm,
+        rep,
+        memory_mib: m.memory_mib,
+        hugepages: m.hugepages,
+        prefault: m.prefault,
+        cold_kernel: m.cold_kernel,
     };
     Launch {
-        key: LaunchKey {
-            id,
-            kind: m.kind,
-            vmm,
-            rep,
-            memory_mib: m.memory_mib,
-            hugepages: m.hugepages,
-        },
         command,
         spec: spec_path.as_ref().map(|_| strait_spec(&guest)),
         spec_path,
         stop_at_qmp: qmp_socket.is_some(),
         qmp_socket,
-        stop_at_line: (memory && vmm == VmmKind::Strait)
-            .then(|| format!("strait: timeline: {STRAIT_READY_MARK}=")),
-        timeout_secs: timeout_secs(m.kind, cfg.io),
+        stop_at_line: match (m.kind, vmm) {
+            (LaunchKind::Memory, VmmKind::Strait) => {
+                Some(format!("strait: timeline: {STRAIT_READY_MARK}="))
+            }
+            (LaunchKind::RamSetup, _) => Some(format!("strait: timeline: {STRAIT_RAM_MARK}=")),
+            _ => None,
+        },
+        timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 25),
         peer: (m.kind == LaunchKind::Net).then(|| {
             let port = crate::net::BENCH_PORT.to_string();
             let netbench = cfg.netbench.display().to_string();
             vec![netbench, "serve".into(), "--port".into(), port]
         }),
+        key,
     }
+}
+
+/// Seconds per GiB of RAM a launch series' launch may add to its kind's time: L1
+/// zeroes warm hugepages at about 1 GiB/s under TCG, but the first touch of a page of
+/// L1's RAM makes L0 allocate it, 10-25 s per GiB on the loaded build machine.
+fn ram_secs(key: &LaunchKey, per_gib: u64) -> u64 {
+    match key.kind {
+        LaunchKind::Ram | LaunchKind::RamSetup => {
+            u64::from(key.memory_mib).div_ceil(1024) * per_gib
+        }
+        _ => 0,
+    }
+}
+
+/// 2 MiB pages for a guest of `mib` MiB: its RAM and the VMM's slack.
+pub fn bench_hugepages(mib: u32) -> u32 {
+    mib.div_ceil(2) + 8
+}
+
+/// A page kind as the tables name it.
+pub fn pages_label(pages: HugePages) -> &'static str {
+    match pages {
+        HugePages::None => "4 KiB pages",
+        HugePages::Size2M => "2 MiB pages",
+        HugePages::Size1G => "1 GiB pages",
+    }
+}
+
+// The launch series (what it measures: `super::sweep`). It runs before the
+// repetitions, in an order that lets one L1 hold it: L1 reserves its 1 GiB pages at
+// boot (they cannot be had later), so every 1 GiB launch runs first; then the agent
+// gives those pages back and grows the 2 MiB pool size by size, smallest first.
+
+/// The page kinds of the RAM series, in the order they run (1 GiB first: see above).
+pub const PAGE_KINDS: [HugePages; 2] = [HugePages::Size1G, HugePages::Size2M];
+
+/// What the series runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sweep {
+    /// Guest RAM sizes, MiB (on 1 GiB pages rounded up to whole GiB).
+    pub sizes: Vec<u32>,
+    /// Repetitions of every launch.
+    pub reps: u32,
+}
+
+impl Sweep {
+    /// No series.
+    pub fn none() -> Self {
+        Sweep {
+            sizes: Vec::new(),
+            reps: 0,
+        }
+    }
+
+    /// The sizes run on `pages`: whole pages, ascending, each once.
+    pub fn sizes_on(&self, pages: HugePages) -> Vec<u32> {
+        let page = pages.page_mib().unwrap_or(1);
+        let mut sizes: Vec<u32> = self.sizes.iter().map(|s| s.div_ceil(page) * page).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    /// 1 GiB pages L1 must reserve at boot: the largest 1 GiB guest's.
+    pub fn gigantic_pages(&self) -> u32 {
+        let sizes = self.sizes_on(HugePages::Size1G);
+        sizes.last().map_or(0, |mib| mib / 1024)
+    }
+
+    /// The largest guest, MiB.
+    pub fn largest_mib(&self) -> u32 {
+        PAGE_KINDS
+            .iter()
+            .flat_map(|&p| self.sizes_on(p))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The series' launches in order, as (repetition, measurement, VMM): the kernel
+/// cache's (Strait cold, then both VMMs cached), the RAM series (1 GiB pages, then
+/// 2 MiB; sizes ascending; per size and repetition the populate, then prefault on
+/// and off under both VMMs), the three-device launches. `base` is the boot
+/// launch's guest; `only` as `bench --only`.
+pub(crate) fn order(
+    sweep: &Sweep,
+    base: Measurement,
+    only: &[LaunchKind],
+) -> Vec<(u32, Measurement, VmmKind)> {
+    let wanted = |k| only.is_empty() || only.contains(&k);
+    let reps = 1..=sweep.reps;
+    let mut out = Vec::new();
+    if wanted(LaunchKind::Kernel) {
+        let cached = Measurement {
+            kind: LaunchKind::Kernel,
+            ..base
+        };
+        let cold = Measurement {
+            cold_kernel: true,
+            ..cached
+        };
+        for rep in reps.clone() {
+            out.push((rep, cold, VmmKind::Strait));
+            out.extend(VmmKind::BOTH.map(|v| (rep, cached, v)));
+        }
+    }
+    if wanted(LaunchKind::Ram) {
+        for pages in PAGE_KINDS {
+            for memory_mib in sweep.sizes_on(pages) {
+                let on = Measurement {
+                    kind: LaunchKind::Ram,
+                    memory_mib,
+                    hugepages: pages,
+                    ..base
+                };
+                let off = Measurement {
+                    prefault: false,
+                    ..on
+                };
+                let setup = Measurement {
+                    kind: LaunchKind::RamSetup,
+                    ..on
+                };
+                for rep in reps.clone() {
+                    out.push((rep, on, VmmKind::Populate));
+                    out.push((rep, setup, VmmKind::Strait));
+                    for m in [on, off] {
+                        out.extend(VmmKind::BOTH.map(|v| (rep, m, v)));
+                    }
+                }
+            }
+        }
+    }
+    if wanted(LaunchKind::Passthrough) {
+        let m = Measurement {
+            kind: LaunchKind::Passthrough,
+            ..base
+        };
+        for rep in reps {
+            out.extend(VmmKind::BOTH.map(|v| (rep, m, v)));
+        }
+    }
+    out
 }
 
 /// How long a launch may take before the agent kills it.
 /// About three times the slowest seen on the testbed (QEMU to /init: up to 37 s).
 pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
-        LaunchKind::Boot | LaunchKind::Bare => 100,
+        LaunchKind::Boot | LaunchKind::Bare | LaunchKind::Ram | LaunchKind::RamSetup => 100,
+        // A cold launch decompresses the kernel twice at once, in Strait and in the
+        // guest: 28 s, and once over 100 s with L1 starved by other testbeds.
+        LaunchKind::Kernel => 240,
         LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
+        // QEMU took 55-93 s to the 3-device guest's exit, with its checks.
+        LaunchKind::Passthrough => 300,
     }
 }
 
@@ -409,10 +659,24 @@ impl LaunchKey {
 /// What a launch usually takes on the testbed (for L0's time limit).
 pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
     match kind {
-        LaunchKind::Boot | LaunchKind::Bare => 30,
+        LaunchKind::Boot
+        | LaunchKind::Bare
+        | LaunchKind::Kernel
+        | LaunchKind::Ram
+        | LaunchKind::RamSetup => 30,
         LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
+        LaunchKind::Passthrough => 100,
+    }
+}
+
+/// What a planned launch usually takes: its kind's time, and its RAM's.
+pub fn expected_launch_secs(key: &LaunchKey, io: IoLoad) -> u64 {
+    match key.vmm {
+        // The populate touches a size's pages first (twice).
+        VmmKind::Populate => ram_secs(key, 15),
+        VmmKind::Qemu | VmmKind::Strait => expected_secs(key.kind, io) + ram_secs(key, 3),
     }
 }
 
@@ -422,7 +686,7 @@ pub fn l0_timeout_secs(plan: &Plan, io: IoLoad) -> u64 {
     let expected: u64 = plan
         .launches
         .iter()
-        .map(|l| expected_secs(l.key.kind, io))
+        .map(|l| expected_launch_secs(&l.key, io))
         .sum();
     2 * expected + 180
 }
@@ -579,6 +843,8 @@ mod tests {
             work_dir: PathBuf::from("/w"),
             netbench: PathBuf::from("/c/netbench.bin"),
             only: vec![],
+            sweep: Sweep::none(),
+            vmm_cache: None,
             io: IoLoad {
                 secs: 4,
                 queue_depth: 4,
@@ -747,6 +1013,136 @@ mod tests {
             .command
             .iter()
             .any(|a| a == "vfio-pci,host=@DEV0@,bus=rp0"));
+    }
+
+    #[test]
+    fn the_series_runs_first_with_its_own_guests() {
+        let plan = build(&PlanConfig {
+            sweep: Sweep {
+                sizes: vec![512],
+                reps: 1,
+            },
+            vmm_cache: Some(PathBuf::from("/run/c")),
+            ..config(1)
+        });
+        let ids: Vec<&str> = plan.launches.iter().map(|l| l.key.id.as_str()).collect();
+        assert_eq!(
+            ids[..7],
+            [
+                "r1-kernel-cold-strait",
+                "r1-kernel-cached-qemu",
+                "r1-kernel-cached-strait",
+                "r1-ram-1024-1G-populate",
+                "r1-ram-1024-1G-setup-strait",
+                "r1-ram-1024-1G-qemu",
+                "r1-ram-1024-1G-strait",
+            ]
+        );
+        assert_eq!(plan.vmm_cache.as_deref(), Some(Path::new("/run/c")));
+        let find = |id: &str| plan.launches.iter().find(|l| l.key.id == id);
+        assert!(find("r1-kernel-cold-strait").is_some_and(|l| l.key.cold_kernel));
+        assert!(find("r1-ram-1024-1G-populate").is_some_and(|l| l.command.is_empty()));
+        let setup = find("r1-ram-1024-1G-setup-strait");
+        assert_eq!(
+            setup.and_then(|l| l.stop_at_line.clone()).as_deref(),
+            Some("strait: timeline: ram_prefaulted=")
+        );
+        assert!(
+            setup.is_some_and(|l| l.spec.as_ref().is_some_and(|s| s["kernel"]["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("testbed.bench=hold"))))
+        );
+        let lazy = find("r1-ram-512-2M-lazy-strait").and_then(|l| l.spec.clone());
+        assert_eq!(
+            lazy.map(|s| s["memory"]["prefault"].clone()),
+            Some(false.into())
+        );
+        let three = find("r1-passthrough-qemu").map(|l| l.command.join(" "));
+        assert!(three.is_some_and(|c| c.contains("host=@DEV2@") && !c.contains("@DEV3@")));
+        // 1 GiB launches time out later: 100 s and 25 s per GiB.
+        assert_eq!(
+            find("r1-ram-1024-1G-strait").map(|l| l.timeout_secs),
+            Some(125)
+        );
+    }
+
+    fn base() -> Measurement {
+        Measurement {
+            kind: LaunchKind::Boot,
+            memory_mib: 512,
+            hugepages: HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
+        }
+    }
+
+    fn sweep() -> Sweep {
+        Sweep {
+            sizes: vec![512, 2048],
+            reps: 1,
+        }
+    }
+
+    #[test]
+    fn sizes_on_1g_pages_round_up_to_whole_pages_once() {
+        let s = Sweep {
+            sizes: vec![512, 1024, 2048, 3000],
+            reps: 1,
+        };
+        assert_eq!(s.sizes_on(HugePages::Size1G), [1024, 2048, 3072]);
+        assert_eq!(s.sizes_on(HugePages::Size2M), [512, 1024, 2048, 3000]);
+        assert_eq!(s.gigantic_pages(), 3);
+        assert_eq!(s.largest_mib(), 3072);
+        assert_eq!(Sweep::none().gigantic_pages(), 0);
+    }
+
+    #[test]
+    fn order_runs_the_cache_then_1g_then_2m_then_three_devices() {
+        let o = order(&sweep(), base(), &[]);
+        let labels: Vec<String> = o
+            .iter()
+            .map(|(_, m, v)| {
+                format!(
+                    "{:?}-{}-{}-{}-{}",
+                    m.kind,
+                    m.memory_mib,
+                    m.hugepages.spec_value(),
+                    m.prefault,
+                    v.name()
+                )
+            })
+            .collect();
+        assert_eq!(labels[0], "Kernel-512-2M-true-strait");
+        assert!(o[0].1.cold_kernel && !o[1].1.cold_kernel && !o[2].1.cold_kernel);
+        assert_eq!(
+            &labels[3..9],
+            [
+                "Ram-1024-1G-true-populate",
+                "RamSetup-1024-1G-true-strait",
+                "Ram-1024-1G-true-qemu",
+                "Ram-1024-1G-true-strait",
+                "Ram-1024-1G-false-qemu",
+                "Ram-1024-1G-false-strait",
+            ]
+        );
+        // 3 kernel + 2 sizes x 2 page kinds x 6 + 2 three-device launches.
+        assert_eq!(o.len(), 3 + 24 + 2);
+        assert_eq!(labels[15], "Ram-512-2M-true-populate");
+        assert_eq!(labels[27], "Passthrough-512-2M-true-qemu");
+        let only = order(&sweep(), base(), &[LaunchKind::Passthrough]);
+        assert_eq!(only.len(), 2);
+    }
+
+    #[test]
+    fn repetitions_of_a_size_run_together() {
+        let o = order(&Sweep { reps: 2, ..sweep() }, base(), &[LaunchKind::Ram]);
+        let first: Vec<(u32, u32)> = o
+            .iter()
+            .take(12)
+            .map(|(rep, m, _)| (*rep, m.memory_mib))
+            .collect();
+        assert!(first[..6].iter().all(|&p| p == (1, 1024)));
+        assert!(first[6..].iter().all(|&p| p == (2, 1024)));
     }
 
     #[test]

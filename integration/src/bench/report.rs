@@ -12,6 +12,7 @@ use crate::bench::analysis::{
 };
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
+use crate::bench::sweep;
 
 /// The machine and software a result set was taken on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -66,7 +67,7 @@ pub fn fmt_value(v: f64) -> String {
 
 fn fmt_side(m: &Metric, vmm: VmmKind) -> String {
     let side = match vmm {
-        VmmKind::Qemu => &m.qemu,
+        VmmKind::Qemu | VmmKind::Populate => &m.qemu,
         VmmKind::Strait => &m.strait,
     };
     match (side.median(), side.na_reason()) {
@@ -189,6 +190,7 @@ pub fn markdown(
             fmt_verdict(m)
         );
     }
+    s.push_str(&sweep::tables(records, &layout.sweep));
     s.push_str(&detail_tables(records, layout));
     s.push_str(&machine_table(machine));
     s.push_str(METHOD);
@@ -438,6 +440,26 @@ writes (guest console and its own log) is timestamped as it arrives.
   (/init checks it is on the PCI bus, then powers off). QEMU boots through SeaBIOS and its
   linuxboot option ROM, Strait loads the kernel directly.
 - **Launch → VMM exit**: the same launches, until the VMM process is reaped after L2's poweroff.
+- **Launch → VMM exit, three devices**: as the boot launch, with the `passthrough` scenario's
+  nvme, bochs-display and ivshmem (8 GiB BAR) passed through, each behind its own root port;
+  L2's /init checks the nvme is on its bus and powers off. Goal: at most 0.2 of QEMU's (and at
+  most 0.5 of QEMU's with no device).
+- **Kernel cache**: Strait's decompressed kernels live in `$XDG_CACHE_HOME/strait`, here on L1's
+  own tmpfs (as on a local disk). A cold launch starts with it emptied, so Strait decompresses
+  the bzImage beside RAM setup (and fills it); a cached launch finds it. QEMU boots the same
+  bzImage (SeaBIOS and its linuxboot ROM; the guest decompresses itself).
+- **Launch series**: L2 with no device boots to /init and powers off, at each RAM size on 2 MiB
+  and 1 GiB pages (1 GiB pages reserved on L1's command line; those launches run first, then the
+  agent frees them and grows the 2 MiB pool per size), with prefault on and off (Strait
+  `memory.prefault`, QEMU `prealloc`). **Launch → vCPUs started** is the arrival of Strait's
+  `vcpus_started` timeline mark; "flat" means the largest size's median is at most 1.25 times
+  the smallest's. QEMU logs no such point: its comparable numbers are launch → /init and → exit.
+- **RAM setup bandwidth**: before the VMM launches of each size, the agent maps the same number
+  of hugepages in L1 with `MAP_POPULATE` (one thread; the kernel zeroes each page), twice: the
+  first pass also has L0 (TCG) allocate L1's pages, many times slower; the second, timed, sets
+  the zeroing bandwidth of this machine, and the VMM launches run on the same warm pages. Strait's comes from a launch of its own (prefault on)
+  whose guest waits at /init: RAM size over its timeline's `memory_ready` → `ram_prefaulted`,
+  after which the agent kills it. Goal: at least half the populate's GiB/s ("within 2x").
 - **Launch → RAM + DMA maps ready**: QEMU runs with `-S` and a QMP socket; the agent connects,
   negotiates and asks `query-status`. In-band QMP commands are served by QEMU's main loop, which
   starts after machine init: RAM allocated (hugetlbfs with `prealloc=on` for 2 MiB pages),
@@ -626,6 +648,7 @@ mod tests {
         Layout {
             memory_sizes: vec![512],
             page_kinds: vec![HugePages::Size2M],
+            sweep: crate::bench::plan::Sweep::none(),
         }
     }
 

@@ -101,6 +101,8 @@ pub fn series_plan(
                     rep: n,
                     memory_mib: guest.memory_mib,
                     hugepages: guest.hugepages,
+                    prefault: guest.prefault,
+                    cold_kernel: false,
                 },
                 command,
                 spec: spec_path.as_ref().map(|_| strait_spec(guest)),
@@ -117,6 +119,7 @@ pub fn series_plan(
         launches,
         work_dir: work_dir.to_path_buf(),
         transparent_hugepages: "never".into(),
+        vmm_cache: None,
     }
 }
 
@@ -425,6 +428,8 @@ mod tests {
             rep: 1,
             memory_mib: 512,
             hugepages: crate::HugePages::Size2M,
+            prefault: true,
+            cold_kernel: false,
         };
         let mut r = LaunchRecord::not_run(key, String::new());
         r.not_run = None;

@@ -118,6 +118,8 @@ pub struct VfioPciDevice {
     /// Decode bits (COMMAND_MEMORY, COMMAND_IO) the guest turned off that the device
     /// still has on, until the VMM removed the BAR mappings ([`Self::release_decode`]).
     held_decode: u16,
+    /// [`Self::quiesce_for_release`] ran: interrupts and bus mastering stay off.
+    quiet: bool,
     torn_down: bool,
     // Dropped last, in this order: DMA stays mapped until the device is reset,
     // the device fd closes after.
@@ -241,6 +243,7 @@ impl VfioPciDevice {
             placed: Vec::new(),
             bus_master_held: false,
             held_decode: 0,
+            quiet: false,
             torn_down: false,
             dma,
             ops,
@@ -406,17 +409,55 @@ fn access_ok(offset: u64, len: usize) -> bool {
 }
 
 impl VfioPciDevice {
-    /// Interrupts off, bus mastering off, reset. Runs once, from `Drop` or
-    /// earlier if the VMM wants the device quiet before tearing down more.
-    pub fn shutdown(&mut self) {
+    /// Teardown, step one: interrupts off and bus mastering off, for good. The VMM
+    /// quiets every function before it releases any, so no function DMAs into a peer's
+    /// BAR while that one is being reset.
+    pub fn quiesce_for_release(&mut self) {
+        if !self.torn_down && !self.quiet {
+            self.quiesce();
+            self.quiet = true;
+        }
+    }
+
+    /// Teardown, step two: give the function back to the host, reset. Runs once, from
+    /// `Drop` or earlier, on whichever thread the VMM picks (they overlap: a reset takes
+    /// 100 ms and more, a GPU's up to seconds).
+    ///
+    /// A function with a reset of its own (FLR, PM) is reset by VFIO as its device file
+    /// goes: vfio-pci resets every such function when its last user closes it. A reset
+    /// here first would be a second one, so Strait only drops its BAR mmaps (which hold
+    /// the file too) and closes the fd, and the reset happens right there, on this
+    /// thread. A function without one gets Strait's bus reset through VFIO's hot reset
+    /// first (or the warning that it has no reset at all).
+    pub fn release(&mut self) {
         if std::mem::replace(&mut self.torn_down, true) {
             return;
         }
-        self.quiesce();
-        match reset_or_warn(&*self.ops, self.addr) {
-            Ok(()) => info!("{}: released", self.addr),
-            Err(e) => error!("{e}"),
+        let started = std::time::Instant::now();
+        if !std::mem::replace(&mut self.quiet, true) {
+            self.quiesce();
         }
+        let by_close = self.ops.reset_supported();
+        if !by_close {
+            if let Err(e) = reset_or_warn(&*self.ops, self.addr) {
+                error!("{e}");
+            }
+        }
+        self.bars.clear();
+        drop(std::mem::replace(
+            &mut self.ops,
+            Box::new(crate::device::Closed),
+        ));
+        info!(
+            "{}: released in {} ms{}",
+            self.addr,
+            started.elapsed().as_millis(),
+            if by_close {
+                " (reset by VFIO as its fd closed)"
+            } else {
+                ""
+            }
+        );
     }
 
     /// Reset the function in place, as a machine reset or the guest's secondary bus
@@ -704,6 +745,6 @@ impl PciDevice for VfioPciDevice {
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
-        self.shutdown();
+        self.release();
     }
 }

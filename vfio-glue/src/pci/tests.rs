@@ -434,8 +434,11 @@ fn device_is_reset_when_taken() {
     assert!(f.log.calls().contains(&Call::Reset));
 }
 
+/// Interrupts off, bus mastering off, then the device fd closes (VFIO resets a
+/// function with FLR as its last user closes it: no reset of Strait's before that),
+/// and only then guest RAM's DMA mapping goes.
 #[test]
-fn teardown_order_irqs_bus_master_reset_dma_close() {
+fn teardown_order_irqs_bus_master_close_then_dma() {
     let mut f = fixture();
     f.write(0x04, &0x0006u16.to_le_bytes());
     f.msix_control(0x8000);
@@ -452,15 +455,35 @@ fn teardown_order_irqs_bus_master_reset_dma_close() {
                 offset: 4,
                 data: vec![2, 0]
             },
-            Call::Reset,
+            Call::DeviceClosed,
             Call::DmaUnmap {
                 iova: 0,
                 size: 0x10000
             },
             Call::ContainerClosed,
-            Call::DeviceClosed,
         ]
     );
+}
+
+/// The VMM quiets every function before releasing any: the release itself then only
+/// closes, and a late guest access after it reaches nothing.
+#[test]
+fn release_after_quiesce_only_closes_and_later_accesses_reach_nothing() {
+    let mut f = fixture();
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.msix_control(0x8000);
+    f.log.take();
+    f.dev.quiesce_for_release();
+    let quiet = f.log.take();
+    assert!(quiet.contains(&Call::IrqDisable {
+        index: IrqIndex::Msix
+    }));
+    f.dev.release();
+    assert_eq!(f.log.take(), vec![Call::DeviceClosed]);
+    f.write(0x04, &0x0006u16.to_le_bytes());
+    f.dev.release();
+    f.dev.quiesce_for_release();
+    assert_eq!(f.log.take(), vec![]);
 }
 
 #[test]

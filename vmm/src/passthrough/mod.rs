@@ -25,6 +25,7 @@
 mod attach;
 mod bar_rules;
 mod bars;
+mod release;
 
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +63,8 @@ pub enum PassthroughError {
     PlaceBars(#[source] Box<PlanError>),
     #[error("passthrough: {0}")]
     Topology(#[source] TopologyError),
+    #[error("cannot start the threads that release the devices at teardown")]
+    ReleaseThreads(#[source] std::io::Error),
     #[error("cannot set up the MSI GSI pool")]
     GsiPool(#[source] resources::IdError),
     #[error(
@@ -241,6 +244,8 @@ pub struct Passthrough {
     bars: Option<Arc<BarMapper>>,
     /// After attach: guest RAM's DMA mapping (its chunks mapped by `ram_setup`).
     dma: Option<Arc<GuestDma>>,
+    /// After start: the threads that release the functions side by side at teardown.
+    release: Option<release::ReleasePool>,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -302,6 +307,7 @@ impl Passthrough {
             p2p: None,
             bars: None,
             dma: None,
+            release: None,
         }))
     }
 
@@ -353,9 +359,12 @@ impl Passthrough {
         pool: SlotPool,
         buses: &IoBuses,
         effects: Arc<ConfigEffects>,
-    ) {
+    ) -> Result<(), PassthroughError> {
+        let threads = release::ReleasePool::start(self.functions.len())
+            .map_err(PassthroughError::ReleaseThreads)?;
+        self.release = Some(threads);
         let Some(windows) = self.bar_windows.clone() else {
-            return;
+            return Ok(());
         };
         let p2p = self.p2p.as_ref().map(|plan| bars::P2pDma {
             mapper: self.container.clone(),
@@ -387,6 +396,7 @@ impl Passthrough {
             .map(|(i, (_, f))| (f.label.clone(), f.dev.clone(), on(i)))
             .collect();
         self.bars = Some(Arc::new(BarMapper::new(params, watched)));
+        Ok(())
     }
 
     /// For each passthrough root port (topology order), the indices in `functions` of
@@ -463,16 +473,20 @@ impl Passthrough {
             .collect()
     }
 
-    /// BAR slots and traps out, then every function quiet and reset, one after the
-    /// other: the main thread, sandboxed by now, may not start threads (a pool started
-    /// before the sandbox would let the resets overlap). Guest RAM's DMA is unmapped
-    /// when the last function lets it go, in one call per contiguous span.
+    /// Teardown, once the vCPUs are gone: every function quiet (interrupts and bus
+    /// mastering off), then all released side by side on the release threads, each
+    /// ending in its reset ([`VfioPciDevice::release`]). The BARs' KVM slots are left
+    /// to go with the VM: removing them one by one only cost time (about 0.4 s for
+    /// three functions on the testbed) with no vCPU left to reach them. Guest RAM's
+    /// DMA is unmapped when the last function lets it go, after every reset.
     pub fn shutdown(&self) {
-        if let Some(bars) = &self.bars {
-            bars.unmap_all();
+        let devices = self.function_devices();
+        for d in &devices {
+            lock(d).quiesce_for_release();
         }
-        for (_, f) in &self.functions {
-            lock(&f.dev).shutdown();
+        match &self.release {
+            Some(pool) => pool.release(&devices),
+            None => devices.iter().for_each(|d| lock(d).release()),
         }
     }
 }

@@ -51,10 +51,13 @@ pub enum ThreadKind {
     Api,
     /// `strait-blk<d>-<n>`: a virtio-blk disk's worker threads (disk reads and writes).
     Blk,
+    /// `strait-release<n>`: releasing passed-through functions at teardown (their
+    /// resets, the device fds' close).
+    Release,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Signals,
@@ -63,6 +66,7 @@ impl ThreadKind {
         ThreadKind::Io,
         ThreadKind::Api,
         ThreadKind::Blk,
+        ThreadKind::Release,
     ];
 
     fn name(self) -> &'static str {
@@ -75,6 +79,7 @@ impl ThreadKind {
             ThreadKind::Io => "io",
             ThreadKind::Api => "api",
             ThreadKind::Blk => "blk",
+            ThreadKind::Release => "release",
         }
     }
 }

@@ -333,6 +333,25 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
             );
             allow_ioctls(&mut r, &[BLKDISCARD(), BLKZEROOUT(), TCGETS, TCSETS])?;
         }
+        ThreadKind::Release => {
+            // A function's last interrupt and bus-master changes (if teardown came
+            // before the main thread quieted it), its hot reset, the close of its fd
+            // (VFIO's reset runs inside) and the munmap of its BARs.
+            allow(&mut r, DEVICE_SYSCALLS);
+            allow_ioctls(
+                &mut r,
+                &[
+                    KVM_IRQFD(),
+                    KVM_SET_GSI_ROUTING(),
+                    VFIO_DEVICE_SET_IRQS(),
+                    VFIO_DEVICE_RESET(),
+                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                    VFIO_DEVICE_PCI_HOT_RESET(),
+                    TCGETS,
+                    TCSETS,
+                ],
+            )?;
+        }
         ThreadKind::Api => {
             allow(
                 &mut r,
@@ -513,6 +532,7 @@ mod tests {
             ThreadKind::Io,
             ThreadKind::Api,
             ThreadKind::Blk,
+            ThreadKind::Release,
         ] {
             assert!(!has_kvm_run(kind), "{kind:?}");
         }
