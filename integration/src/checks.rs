@@ -331,6 +331,15 @@ echo "TSC deadline timer available""#;
     check("tsc-deadline", body.to_string())
 }
 
+/// The kernel found an MP floating pointer in its early scan (Strait's at 0x9fc00, the
+/// EBDA, where the scan's second step finds it; QEMU's SeaBIOS one in the BIOS area): the
+/// scan ended early instead of walking all its areas. The detail gives the address.
+pub fn mp_table() -> Check {
+    let body = r#"line=$(dmesg | grep -m1 'found SMP MP-table at') || { echo "dmesg lacks 'found SMP MP-table at': the kernel scanned every area and found no MP table"; return 1; }
+echo "${line#*] }""#;
+    check("mp-table", body.to_string())
+}
+
 /// L2 believes it runs on bare metal: no `hypervisor` flag in /proc/cpuinfo and no
 /// "Hypervisor detected" in dmesg. The detail names the clock source it chose instead
 /// of kvm-clock.

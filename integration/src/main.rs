@@ -110,8 +110,8 @@ struct BenchArgs {
     /// Directory that receives `<date>/` (default: integration/results).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these kinds of launch (boot, bare, nvme, blk, net, reboot, memory, kernel, ram,
-    /// passthrough), e.g. `--only blk`
+    /// Only these kinds of launch (boot, bare, initcall, nvme, blk, net, reboot, memory,
+    /// kernel, ram, passthrough), e.g. `--only blk`
     /// while working on one path; the report leaves the others out.
     #[arg(long, value_delimiter = ',', value_parser = parse_launch_kind)]
     only: Vec<bench::plan::LaunchKind>,

@@ -588,6 +588,7 @@ pub fn boot() -> Scenario {
         checks::cpus(s.vcpus),
         checks::memory(s.memory_mib),
         checks::tsc_deadline(),
+        checks::mp_table(),
     ];
     s
 }

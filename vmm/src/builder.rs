@@ -419,7 +419,7 @@ fn register_ram(vm: &VmFd, ram: &GuestRam, slots: &mut SlotPool) -> Result<(), V
     Ok(())
 }
 
-/// Kernel, initramfs, command line, ACPI tables, zero page and boot page tables.
+/// Kernel, initramfs, command line, ACPI and MP tables, zero page and boot page tables.
 pub(crate) fn load_guest(
     spec: &VmSpec,
     mem: &GuestMemoryMmap,
@@ -434,6 +434,7 @@ pub(crate) fn load_guest(
     let cmdline_size = boot::load_cmdline(mem, &files.image, cmdline)?;
     let rsdp = write_acpi(mem, spec, pci, numa)?;
     let arch_err = |what| move |source| VmError::Arch { what, source };
+    arch::x86_64::write_mptable(mem, spec.vcpus).map_err(arch_err("MP table"))?;
     let e820 = arch::x86_64::e820_table(ram_size).map_err(arch_err("e820 map"))?;
     let params = arch::x86_64::build_boot_params(&BootParamsConfig {
         setup_header: kernel.header,

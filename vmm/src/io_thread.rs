@@ -7,10 +7,11 @@
 //! Kept apart from the control API's event loop on purpose: a slow disk must not hold up
 //! an API request, nor an API client the guest's I/O. Disk requests themselves run on
 //! each disk's worker threads (`devices::virtio::block::workers`); this thread hands
-//! them out and watches their completion eventfds.
+//! them out, the workers complete them (used ring, irqfd), and a full pool's wake
+//! eventfd brings this thread back to hand out the rest.
 //!
 //! Syscalls this thread makes (for its seccomp filter): epoll_wait/epoll_pwait (the
-//! loop), read (notify and completion eventfds), write (irqfd eventfds; log lines to
+//! loop), read (notify eventfds, a disk pool's wake eventfd), write (irqfd eventfds; log lines to
 //! stderr); for virtio-net on the userspace path read and
 //! writev on the tap fd (epoll_ctl happens before the thread starts; vhost-net
 //! interfaces put nothing on this thread); futex (the device mutex), mmap/munmap/madvise/brk

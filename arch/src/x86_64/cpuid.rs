@@ -9,7 +9,10 @@
 //! those present is rewritten so the guest's view matches its own vCPUs. Feature bits are
 //! left as KVM reports them (including the paravirt leaves 0x4000_0000.., leaf 0x6 ARAT and
 //! leaf 0xa, whose PMU KVM emulates in the kernel, x2APIC, which KVM reports itself, and
-//! invariant TSC in 0x8000_0007, reported when the host's TSC is constant).
+//! invariant TSC in 0x8000_0007, reported when the host's TSC is constant). With the
+//! TSC-deadline bit added, the guest's /proc/cpuinfo flags are those QEMU's `-cpu host`
+//! gives it, flag for flag, and both guests run on kvm-clock (the benchmark's `initcall`
+//! launch compares them on the nested testbed).
 //!
 //! On request ([`hide_hypervisor`], the spec's `cpu.hide_hypervisor`, QEMU's `kvm=off`
 //! plus `-hypervisor`), the hypervisor bit and the whole hypervisor leaf range

@@ -34,6 +34,9 @@ pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 /// Start of the Extended BIOS Data Area; 0x9fc00..0x100000 is reserved in the e820 map.
 pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
+/// The MP table's floating pointer, its configuration table right behind it (see
+/// `mptable`): the start of the EBDA, the second place Linux looks.
+pub const MPTABLE_START: GuestAddress = EBDA_START;
 /// Start of the ACPI table area (the RSDP is the first thing in it, so the guest's scan of
 /// 0xe0000..0xfffff finds it on a 16-byte boundary).
 pub const ACPI_START: GuestAddress = GuestAddress(0xe0000);

@@ -8,7 +8,8 @@
 //! 2. Load the kernel at [`layout::HIMEM_START`] (linux-loader), the command line at
 //!    [`layout::CMDLINE_START`], the initramfs at [`initramfs_addr`].
 //! 3. [`write_boot_tables`] (GDT/IDT + identity page tables, returns CR3),
-//!    [`acpi::create_acpi_tables`] (returns the RSDP address), [`e820::e820_table`],
+//!    [`acpi::create_acpi_tables`] (returns the RSDP address), [`mptable::write_mptable`],
+//!    [`e820::e820_table`],
 //!    [`boot_params::build_boot_params`] + [`boot_params::write_boot_params`].
 //! 4. Once: `KVM_GET_SUPPORTED_CPUID` -> [`cpuid::add_emulated_features`] (from KVM's
 //!    capabilities). Per vCPU `i` of `n`: that table -> [`cpuid::patch_cpuid`] ->
@@ -29,6 +30,7 @@ pub mod cpuid;
 pub mod e820;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod paging;
 pub mod regs;
 
@@ -43,6 +45,7 @@ pub use cpuid::{
     add_emulated_features, hide_hypervisor, patch_cpuid, phys_address_bits, EmulatedFeatures,
 };
 pub use e820::{e820_table, E820Entry, E820Kind};
+pub use mptable::write_mptable;
 pub use regs::{boot_fpu, boot_msrs, boot_regs, set_boot_sregs, set_lint, KVM_PARAVIRT_MSRS};
 
 use vm_memory::GuestMemoryBackend;

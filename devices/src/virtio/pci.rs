@@ -19,7 +19,8 @@
 //!   registers [`VirtioPciTransport::notify_events`] with KVM_IOEVENTFD, so a notify costs
 //!   no exit to userspace; a notify that does trap (no ioeventfd) signals the same eventfd;
 //! - interrupts: MSI-X only. The vector eventfds come from the VMM (irqfds); the device
-//!   writes them from the I/O thread. A function whose driver does not enable MSI-X gets
+//!   writes them from the I/O thread (virtio-blk: from the worker that completed a
+//!   request). A function whose driver does not enable MSI-X gets
 //!   no interrupts (no INTx): Linux's virtio_pci always tries MSI-X first.
 //!
 //! Not implemented: the PCI configuration access capability (VIRTIO_PCI_CAP_PCI_CFG,

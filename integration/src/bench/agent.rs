@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::bench::l1mem;
 use crate::bench::plan::{
-    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, VmmKind, IO_BEGIN,
-    IO_RESULT, LOGS_DIR, NET_BEGIN, NET_RESULT, POPULATE_MARK, READY_MARKER,
+    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, VmmKind,
+    INIT_MARKER, IO_BEGIN, IO_RESULT, LOGS_DIR, NET_BEGIN, NET_RESULT, POPULATE_MARK, READY_MARKER,
+    TICK_TRIGGER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
 use crate::error::{Error, Result};
@@ -288,6 +289,8 @@ struct Running<'a> {
     log: Vec<String>,
     tail: VecDeque<String>,
     kill_at: Option<Instant>,
+    /// When KVM's counters are sampled next ([`Launch::sample_period_ms`]).
+    next_tick: Option<Instant>,
 }
 
 /// Runs one VMM launch with at most `left` of L1's time, Strait's cache in `cache`
@@ -360,6 +363,7 @@ fn run_launch(
         log: Vec::new(),
         tail: VecDeque::new(),
         kill_at: None,
+        next_tick: launch.sample_period_ms.map(|_| start),
     };
     running.record.not_run = None;
     running.watch(&rx, limit);
@@ -454,7 +458,15 @@ impl Running<'_> {
                 );
                 return;
             }
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            let wait = match self.next_tick {
+                Some(tick) if tick <= now => {
+                    self.tick();
+                    continue;
+                }
+                Some(tick) => (tick - now).min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Event::Line(at, text)) => self.on_line(at, text),
                 Ok(Event::Eof) => open_streams -= 1,
                 Ok(Event::Qmp(result)) => self.on_qmp(result),
@@ -471,7 +483,11 @@ impl Running<'_> {
             self.tail.pop_front();
         }
         self.tail.push_back(text.clone());
-        if !is_marker_line(&text) && self.launch.stop_at_line.is_none() {
+        if text.contains(INIT_MARKER) {
+            self.next_tick = None;
+        }
+        let keep = self.launch.keep_all_lines || is_marker_line(&text);
+        if !keep && self.launch.stop_at_line.is_none() {
             return;
         }
         let stop = self
@@ -488,7 +504,7 @@ impl Running<'_> {
             let trigger: Vec<&str> = text.split_whitespace().take(2).collect();
             self.sample(&trigger.join(" "), false);
         }
-        if is_marker_line(&text) {
+        if keep {
             self.record.lines.push(TimedLine { ms, text });
         }
         if stop && self.kill_at.is_none() {
@@ -496,6 +512,14 @@ impl Running<'_> {
             self.record.stopped = true;
             self.kill();
         }
+    }
+
+    /// KVM's counters now, and the next tick one period on (launches that sample
+    /// periodically, until L2's /init marker).
+    fn tick(&mut self) {
+        self.sample(TICK_TRIGGER, false);
+        let period = Duration::from_millis(self.launch.sample_period_ms.unwrap_or(100));
+        self.next_tick = self.next_tick.map(|t| t + period);
     }
 
     fn on_qmp(&mut self, result: std::result::Result<Duration, String>) {

@@ -8,9 +8,10 @@
 //! in L1 (sending, then receiving, `testbed.iosecs` seconds each). In
 //! `reboot` mode it binds nvme and looks for its launch's token in a block of the
 //! namespace: absent (first boot), it writes it and reboots; present (second boot,
-//! in the same VMM process), it clears it and powers off. In `hold` mode it never
+//! in the same VMM process), it clears it and powers off. In `initcall` mode it
+//! prints its kernel log (`dmesg`) between two markers first; in `hold` mode it never
 //! powers off (the agent stops the VMM). The mode, load and launch
-//! id come from L2's command line (`testbed.bench=boot|nvme|blk|reboot|hold`,
+//! id come from L2's command line (`testbed.bench=boot|initcall|nvme|blk|reboot|hold`,
 //! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
 //! launch.
 //! `iobench` (src/bin/iobench.rs) and `netbench` (src/bin/netbench.rs) are
@@ -18,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::bench::initcalls;
 use crate::bench::plan::{READY_MARKER, REBOOTING_MARKER, SECOND_BOOT_MARKER};
 use crate::device::Device;
 use crate::error::Result;
@@ -36,6 +38,7 @@ const NETBENCH_SOURCE: &str = include_str!("../bin/netbench.rs");
 /// L2's /init for the benchmark.
 pub fn l2_init() -> String {
     let (vendor, device) = Device::Nvme.pci_id();
+    let dump = initcalls::dump_script();
     format!(
         r#"#!/bin/sh
 echo TESTBED-INIT
@@ -53,6 +56,8 @@ for w in $(cat /proc/cmdline); do
 	testbed.launch=*) launch=${{w#*=}};;
 	esac
 done
+[ "$mode" = initcall ] && {{
+{dump}}}
 wait_dev() {{ # DEV: load the modules, wait up to 30 s for the block device DEV
 	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
 	n=0

@@ -10,6 +10,7 @@
 
 use crate::bench::analysis::{self, median, ratio, select};
 use crate::bench::analysis::{launch_to_exit, launch_to_init};
+use crate::bench::initcalls;
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
 use crate::bench::plan::{Sweep, PAGE_KINDS};
 use crate::bench::sweep::{self, launch_to_vcpus, setup_gibps, FLAT_LIMIT, SETUP_SHARE};
@@ -264,6 +265,14 @@ fn launch_rows(records: &[LaunchRecord]) -> Vec<Metric> {
             Some(Target::Ratio(0.5)),
             analysis::launch_to_exit,
         ),
+        // The guest's own boot (its clock, firmware and kernel loading excluded): the
+        // platform the VMM gives it must cost no more than q35 with -cpu host.
+        launch(
+            "L2 uptime at /init (no device, initcall_debug)",
+            LaunchKind::Initcall,
+            Some(Target::Ratio(1.0)),
+            initcalls::uptime_at_init,
+        ),
     ]
 }
 
@@ -274,6 +283,10 @@ fn teardown_rows(records: &[LaunchRecord]) -> Vec<Metric> {
         (
             "Guest power-off → VMM exit, no device passed through",
             LaunchKind::Bare,
+        ),
+        (
+            "Guest power-off → VMM exit, three devices",
+            LaunchKind::Passthrough,
         ),
     ]
     .into_iter()

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod analysis;
 pub(crate) mod boots;
 pub mod guest;
+pub mod initcalls;
 pub mod l1mem;
 pub mod metrics;
 pub mod plan;

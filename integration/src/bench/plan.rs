@@ -45,6 +45,9 @@ pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
 /// ... and this on the second boot, once it found the first boot's token on the nvme.
 pub const SECOND_BOOT_MARKER: &str = "TESTBED-BENCH second-boot";
 
+/// The trigger of a periodic sample ([`Launch::sample_period_ms`]).
+pub const TICK_TRIGGER: &str = "tick";
+
 /// Strait's timeline mark once all guest RAM is faulted in and DMA-mapped (in the
 /// background, usually after the vCPUs started): the end of a memory launch under
 /// Strait.
@@ -119,14 +122,19 @@ pub enum LaunchKind {
     /// As `Boot` with the `passthrough` scenario's three devices: nvme,
     /// bochs-display and ivshmem with its 8 GiB BAR.
     Passthrough,
+    /// L2 boots with no device and `initcall_debug`; /init prints the slow initcalls and
+    /// the boot's milestones from its kernel log, which [`crate::bench::initcalls`]
+    /// compares initcall by initcall.
+    Initcall,
 }
 
 impl LaunchKind {
     /// Every kind: first those of a repetition, in the order it runs them, then
     /// those of the launch series.
-    pub const ALL: [LaunchKind; 11] = [
+    pub const ALL: [LaunchKind; 12] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
+        LaunchKind::Initcall,
         LaunchKind::Nvme,
         LaunchKind::Blk,
         LaunchKind::Net,
@@ -152,6 +160,7 @@ impl LaunchKind {
             LaunchKind::Ram => "ram",
             LaunchKind::RamSetup => "ram-setup",
             LaunchKind::Passthrough => "passthrough",
+            LaunchKind::Initcall => "initcall",
         }
     }
 
@@ -163,7 +172,8 @@ impl LaunchKind {
             | LaunchKind::Net
             | LaunchKind::Kernel
             | LaunchKind::Ram
-            | LaunchKind::RamSetup => 0,
+            | LaunchKind::RamSetup
+            | LaunchKind::Initcall => 0,
             LaunchKind::Passthrough => 3,
             LaunchKind::Boot | LaunchKind::Nvme | LaunchKind::Memory | LaunchKind::Reboot => 1,
         }
@@ -226,6 +236,14 @@ pub struct Launch {
     /// the VMM's.
     #[serde(default)]
     pub peer: Option<Vec<String>>,
+    /// Keep every output line in the record, not only the marker lines (the
+    /// initcall launch: its kernel log is the measurement).
+    #[serde(default)]
+    pub keep_all_lines: bool,
+    /// Sample KVM's counters every this many ms from spawn until L2's /init marker
+    /// (trigger [`TICK_TRIGGER`]): exits per boot phase.
+    #[serde(default)]
+    pub sample_period_ms: Option<u64>,
 }
 
 /// Everything the agent runs in one L1 boot.
@@ -298,6 +316,7 @@ impl Measurement {
             LaunchKind::Blk => "blk".into(),
             LaunchKind::Net => "net".into(),
             LaunchKind::Reboot => "reboot".into(),
+            LaunchKind::Initcall => "initcall".into(),
             LaunchKind::Memory => {
                 format!("mem-{}-{}", self.memory_mib, self.hugepages.spec_value())
             }
@@ -332,6 +351,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
         base,
         Measurement {
             kind: LaunchKind::Bare,
+            ..base
+        },
+        Measurement {
+            kind: LaunchKind::Initcall,
             ..base
         },
         Measurement {
@@ -400,6 +423,10 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
         ),
         LaunchKind::Net => format!("{base} testbed.bench=net testbed.iosecs={}", io.secs),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
+        LaunchKind::Initcall => format!(
+            "{} testbed.bench=initcall",
+            crate::bench::initcalls::debug_cmdline(base)
+        ),
         LaunchKind::RamSetup => format!("{base} testbed.bench=hold"),
         LaunchKind::Boot
         | LaunchKind::Bare
@@ -484,6 +511,9 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
             let netbench = cfg.netbench.display().to_string();
             vec![netbench, "serve".into(), "--port".into(), port]
         }),
+        keep_all_lines: m.kind == LaunchKind::Initcall,
+        sample_period_ms: (m.kind == LaunchKind::Initcall)
+            .then_some(crate::bench::initcalls::SAMPLE_PERIOD_MS),
         key,
     }
 }
@@ -639,6 +669,9 @@ pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         // A cold launch decompresses the kernel twice at once, in Strait and in the
         // guest: 28 s, and once over 100 s with L1 starved by other testbeds.
         LaunchKind::Kernel => 240,
+        // QEMU's guest reached /init after up to 15 s of uptime on a loaded testbed, on
+        // top of SeaBIOS and the guest's own decompression (about 30 s).
+        LaunchKind::Initcall => 150,
         LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
@@ -664,6 +697,7 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         | LaunchKind::Kernel
         | LaunchKind::Ram
         | LaunchKind::RamSetup => 30,
+        LaunchKind::Initcall => 40,
         LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
@@ -855,14 +889,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, nvme, blk, net, reboot, 2 sizes x 2 page kinds = 10 measurements,
+        // boot, bare, initcall, nvme, blk, net, reboot, 2 sizes x 2 page kinds = 11 measurements,
         // 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 40);
+        assert_eq!(plan.launches.len(), 44);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[20].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[22].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -886,7 +920,7 @@ mod tests {
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[20].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[22].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -901,7 +935,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[12];
+        let l = &plan.launches[14];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -919,7 +953,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[19];
+        let l = &plan.launches[21];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -943,7 +977,7 @@ mod tests {
     #[test]
     fn nvme_launch_passes_the_io_load_on_the_command_line() {
         let plan = build(&config(1));
-        let l = &plan.launches[4];
+        let l = &plan.launches[6];
         assert_eq!(l.key.kind, LaunchKind::Nvme);
         assert!(l
             .command
@@ -955,7 +989,7 @@ mod tests {
     #[test]
     fn blk_launch_gives_l1s_disk_with_o_direct_and_no_passthrough() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[6], &plan.launches[7]);
+        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
         assert_eq!(qemu.key.id, "r1-blk-qemu");
         assert!(qemu
             .command
@@ -977,7 +1011,7 @@ mod tests {
     #[test]
     fn net_launch_gives_virtio_net_on_vhost_and_runs_the_peer() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[8], &plan.launches[9]);
+        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
         assert_eq!(qemu.key.id, "r1-net-qemu");
         assert!(qemu
             .command
@@ -995,7 +1029,7 @@ mod tests {
         for l in [qemu, strait] {
             assert_eq!(l.peer.as_deref(), Some(&peer.map(String::from)[..]));
         }
-        assert!(plan.launches[6].peer.is_none());
+        assert!(plan.launches[8].peer.is_none());
     }
 
     #[test]
@@ -1146,6 +1180,28 @@ mod tests {
     }
 
     #[test]
+    fn initcall_launch_boots_without_device_or_quiet_and_samples_its_phases() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[4], &plan.launches[5]);
+        assert_eq!(qemu.key.id, "r1-initcall-qemu");
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        let cmdline = strait.spec.as_ref().map(|s| s["kernel"]["cmdline"].clone());
+        assert_eq!(
+            cmdline,
+            Some(serde_json::json!(
+                "console=ttyS0 quiet initcall_debug log_buf_len=4M testbed.bench=initcall"
+            ))
+        );
+        assert!(strait
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.get("passthrough").is_none()));
+        assert!(qemu.keep_all_lines && strait.keep_all_lines);
+        assert_eq!(strait.sample_period_ms, Some(100));
+        assert!(!plan.launches[0].keep_all_lines && plan.launches[0].sample_period_ms.is_none());
+    }
+
+    #[test]
     fn results_parse_skips_a_torn_line() {
         let key = build(&config(1)).launches[0].key.clone();
         let line = serde_json::to_string(&LaunchRecord::not_run(key, "skipped".into()))
@@ -1167,15 +1223,15 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 nvme (53) + 2 blk (53) + 2 net (53) + 2 reboot (60)
-        // + 8 memory (20) = 718 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 718 + 180);
+        // 4 boot (30) + 2 initcall (40) + 2 nvme (53) + 2 blk (53) + 2 net (53)
+        // + 2 reboot (60) + 8 memory (20) = 798 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 798 + 180);
     }
 
     #[test]
     fn reboot_launch_lets_both_vmms_reset_in_place() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
+        let (qemu, strait) = (&plan.launches[12], &plan.launches[13]);
         assert_eq!(qemu.key.id, "r1-reboot-qemu");
         assert!(!qemu.command.iter().any(|a| a == "-no-reboot"));
         assert!(qemu

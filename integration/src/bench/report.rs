@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::bench::analysis::{
     key_values, median, memory_ready, select, strait_exits, strait_timeline,
 };
+use crate::bench::initcalls;
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
 use crate::bench::sweep;
@@ -192,6 +193,9 @@ pub fn markdown(
     }
     s.push_str(&sweep::tables(records, &layout.sweep));
     s.push_str(&detail_tables(records, layout));
+    if records.iter().any(|r| r.key.kind == LaunchKind::Initcall) {
+        s.push_str(&initcalls::markdown(&initcalls::compare(records)));
+    }
     s.push_str(&machine_table(machine));
     s.push_str(METHOD);
     s.push_str(&not_run(records));
@@ -460,6 +464,11 @@ writes (guest console and its own log) is timestamped as it arrives.
   the zeroing bandwidth of this machine, and the VMM launches run on the same warm pages. Strait's comes from a launch of its own (prefault on)
   whose guest waits at /init: RAM size over its timeline's `memory_ready` → `ram_prefaulted`,
   after which the agent kills it. Goal: at least half the populate's GiB/s ("within 2x").
+- **L2 uptime at /init**: the `initcall` launches (no device, `quiet initcall_debug`): L2's own
+  clock at its kernel's `Run /init as init process` line, which /init prints from the kernel
+  log with every initcall of 10 ms or more and the boot's milestone lines (section "L2's own
+  boot" below). Firmware, kernel loading and decompression come before L2's clock starts, so
+  this is the platform's cost to the guest's own boot.
 - **Launch → RAM + DMA maps ready**: QEMU runs with `-S` and a QMP socket; the agent connects,
   negotiates and asks `query-status`. In-band QMP commands are served by QEMU's main loop, which
   starts after machine init: RAM allocated (hugetlbfs with `prealloc=on` for 2 MiB pages),

@@ -112,6 +112,8 @@ pub fn series_plan(
                 stop_at_line: None,
                 timeout_secs: plan::timeout_secs(LaunchKind::Boot, NO_IO),
                 peer: None,
+                keep_all_lines: false,
+                sample_period_ms: None,
             }
         })
         .collect();
@@ -446,6 +448,10 @@ mod tests {
             line(
                 3200.0,
                 "TESTBED-CHECK tsc-deadline PASS TSC deadline timer available",
+            ),
+            line(
+                3300.0,
+                "TESTBED-CHECK mp-table PASS found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]",
             ),
         ];
         r

@@ -22,7 +22,8 @@
 //!   madvise, VFIO_IOMMU_MAP_DMA, getrlimit, config reads and writes (pread64/pwrite64
 //!   on VFIO device fds) releasing held bus mastering;
 //! - I/O thread: epoll, eventfd reads, tap reads and writes; block workers: the disk's
-//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls.
+//!   preadv, pwritev, fdatasync, fallocate and discard/zero-out ioctls, and eventfd
+//!   writes (the queue's irqfd after a completion; write is in every thread's list).
 //!
 //! No thread may open, exec, fork or use sockets. A call outside the list traps
 //! (SECCOMP_RET_TRAP): the handler writes one line naming the syscall number and thread

@@ -23,8 +23,9 @@ const TYPE_IOAPIC: u8 = 1;
 const TYPE_INTERRUPT_OVERRIDE: u8 = 2;
 const TYPE_LOCAL_APIC_NMI: u8 = 4;
 const LOCAL_APIC_ENABLED: u32 = 1;
-/// IOAPIC ID: KVM's in-kernel IOAPIC resets its ID register to 0.
-const IOAPIC_ID: u8 = 0;
+/// IOAPIC ID: KVM's in-kernel IOAPIC resets its ID register to 0 (the MP table says the
+/// same).
+pub(crate) const IOAPIC_ID: u8 = 0;
 /// ACPI processor UID meaning "all processors" in a Local APIC NMI structure.
 const ALL_PROCESSORS: u8 = 0xff;
 

@@ -11,6 +11,7 @@ mod dsdt;
 mod madt;
 mod numa;
 
+pub(crate) use madt::IOAPIC_ID;
 pub use numa::{split_ram, NumaNode, LOCAL_DISTANCE};
 
 use acpi_tables::fadt::{FADTBuilder, Flags, FADT};

@@ -6,11 +6,10 @@
 //! (one segment each), INDIRECT_DESC and EVENT_IDX; GET_ID answers the serial, which
 //! Linux shows as /dev/disk/by-id/virtio-SERIAL.
 //!
-//! On the I/O thread the device only moves chains: it pops and checks them, hands them
-//! to the workers, and puts what the workers completed into the used ring. Several
-//! requests are in flight at once, at most the queue's size (all a driver can have
-//! outstanding): one that publishes the same descriptors again and again cannot queue
-//! unbounded work.
+//! On the I/O thread the device only moves chains: it pops and checks them and hands
+//! them to the workers, which put each into the used ring when done. Several requests
+//! are in flight at once, at most the queue's size (all a driver can have outstanding):
+//! one that publishes the same descriptors again and again cannot queue unbounded work.
 
 pub mod disk;
 pub mod request;
@@ -19,17 +18,15 @@ pub mod workers;
 use std::io;
 use std::sync::Arc;
 
-use resources::limited_log;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 
-use super::chain::parse_chain;
-use super::{ActivateError, Activation, Interrupts, IoEvents, VirtioDevice};
+use super::{ActivateError, Activation, IoEvents, VirtioDevice};
 pub use disk::{DiskError, DiskFile, DiskOptions, SECTOR_SIZE};
-use request::{Requests, BAD_REQUEST};
+use request::Requests;
+use workers::Ring;
 pub use workers::{ThreadStart, WorkerConfig, Workers};
 
 /// Size of the request queue.
@@ -47,17 +44,10 @@ const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 /// Mass storage, "other" (what QEMU's virtio-blk reports).
 const PCI_CLASS_STORAGE_OTHER: u32 = 0x01_8000;
 
-struct Active {
-    mem: Arc<GuestMemoryMmap>,
-    queue: Queue,
-    irqs: Interrupts,
-}
-
 /// A virtio-blk device over one disk.
 pub struct Block {
     requests: Arc<Requests>,
     workers: Workers,
-    active: Option<Active>,
 }
 
 impl std::fmt::Debug for Block {
@@ -89,7 +79,6 @@ impl Block {
         Ok(Block {
             workers: Workers::start(requests.clone(), workers)?,
             requests,
-            active: None,
         })
     }
 
@@ -150,7 +139,7 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(ActivateError::NoQueue);
         }
-        self.active = Some(Active {
+        self.workers.attach(Ring {
             mem: Arc::new(a.mem),
             queue,
             irqs: a.interrupts,
@@ -160,93 +149,21 @@ impl VirtioDevice for Block {
 
     /// Waits until no worker is inside a request of the old queue (see [`workers`]).
     fn reset(&mut self) {
-        self.active = None;
         self.workers.cancel();
     }
 
-    /// Runs on a queue notify and on a worker's completion alike.
+    /// Runs on a queue notify, and when a completion makes room in a full pool.
     fn process_queue(&mut self, index: usize) {
-        if index != 0 {
-            return;
+        if index == 0 {
+            self.workers.process();
         }
-        let Some(mut a) = self.active.take() else {
-            let _ = self.workers.take_done();
-            return;
-        };
-        let mut used = self.complete(&mut a);
-        used |= self.submit(&mut a);
-        if used && a.queue.needs_notification(&*a.mem).unwrap_or(true) {
-            a.irqs.signal_queue(0);
-        }
-        self.active = Some(a);
     }
 
     fn io_events(&self) -> io::Result<IoEvents> {
         Ok(IoEvents {
             kicks: true,
-            backend: vec![(self.workers.completion_fd()?, 0)],
+            backend: vec![(self.workers.wake_fd()?, 0)],
         })
-    }
-}
-
-impl Block {
-    /// Put what the workers finished into the used ring; true if anything was.
-    fn complete(&self, a: &mut Active) -> bool {
-        let done = self.workers.take_done();
-        for &(head, len) in &done {
-            self.add_used(a, head, len);
-        }
-        !done.is_empty()
-    }
-
-    /// Hand every available request to the workers (up to the queue's size in flight);
-    /// true if a refused chain was completed on the spot. Stops when a pass finds none,
-    /// so an avail index the ring cannot hold (refused by the queue) cannot spin it.
-    fn submit(&self, a: &mut Active) -> bool {
-        let mut used = false;
-        loop {
-            let _ = a.queue.disable_notification(&*a.mem);
-            let mut progressed = false;
-            while self.workers.in_flight() < usize::from(a.queue.size()) {
-                let Some(desc) = a.queue.pop_descriptor_chain(&*a.mem) else {
-                    break;
-                };
-                progressed = true;
-                let head = desc.head_index();
-                match parse_chain(&*a.mem, desc) {
-                    Ok(chain) => self.workers.submit(head, chain, a.mem.clone()),
-                    Err(e) => {
-                        limited_log!(
-                            BAD_REQUEST,
-                            debug,
-                            "{}: chain {head} refused: {e}",
-                            self.requests.label
-                        );
-                        self.add_used(a, head, 0);
-                        used = true;
-                    }
-                }
-            }
-            // Full: the next completion runs this again.
-            if self.workers.in_flight() >= usize::from(a.queue.size()) {
-                break;
-            }
-            if !progressed || !a.queue.enable_notification(&*a.mem).unwrap_or(false) {
-                break;
-            }
-        }
-        used
-    }
-
-    fn add_used(&self, a: &mut Active, head: u16, len: u32) {
-        if a.queue.add_used(&*a.mem, head, len).is_err() {
-            limited_log!(
-                BAD_REQUEST,
-                debug,
-                "{}: used ring write for {head} failed",
-                self.requests.label
-            );
-        }
     }
 }
 

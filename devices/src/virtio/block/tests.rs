@@ -5,6 +5,13 @@
 use super::request::{IOERR, OK, UNSUPP};
 use super::*;
 use crate::virtio::testutil::*;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio::Interrupts;
 
 const HDR: u64 = DATA;
 const BUF: u64 = DATA + 0x1000;
@@ -14,11 +21,18 @@ const FAR: u64 = RAM_SIZE + 0x1000;
 struct Rig {
     q: TestQueue,
     dev: Block,
+    /// The queue's interrupt: its count is the number of interrupts raised.
+    irq: EventFd,
     _dir: TempDir,
     path: std::path::PathBuf,
 }
 
 fn rig_with(readonly: bool, disk_bytes: usize) -> Rig {
+    rig_sized(readonly, disk_bytes, 16)
+}
+
+/// A device over a disk of `disk_bytes` with a queue of `queue_size`, activated.
+fn rig_sized(readonly: bool, disk_bytes: usize, queue_size: u16) -> Rig {
     let dir = TempDir::new();
     let path = dir.image(disk_bytes, 0x5a);
     let disk = DiskFile::open(
@@ -29,22 +43,17 @@ fn rig_with(readonly: bool, disk_bytes: usize) -> Rig {
         },
     )
     .unwrap();
-    let q = TestQueue::new(16);
-    let mut dev = Block::new("test".into(), disk, "serial-7", &test_workers()).unwrap();
-    dev.activate(Activation {
-        mem: q.mem.clone(),
-        features: 0,
-        queues: vec![q.queue()],
-        interrupts: Interrupts::default(),
-        kicks: Vec::new(),
-    })
-    .unwrap();
-    Rig {
+    let q = TestQueue::new(queue_size);
+    let dev = Block::new("test".into(), disk, "serial-7", &test_workers()).unwrap();
+    let mut r = Rig {
         q,
         dev,
+        irq: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         _dir: dir,
         path,
-    }
+    };
+    r.activate(false);
+    r
 }
 
 fn test_workers() -> WorkerConfig {
@@ -60,6 +69,35 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// Activate the device on the test queue, with EVENT_IDX if `event_idx`.
+    fn activate(&mut self, event_idx: bool) {
+        let mut queue = self.q.queue();
+        queue.set_event_idx(event_idx);
+        self.dev
+            .activate(Activation {
+                mem: self.q.mem.clone(),
+                features: 0,
+                queues: vec![queue],
+                interrupts: Interrupts {
+                    queues: vec![Some(self.irq.try_clone().unwrap())],
+                    config: None,
+                },
+                kicks: Vec::new(),
+            })
+            .unwrap();
+    }
+
+    /// Interrupts raised since the last call.
+    fn interrupts(&self) -> u64 {
+        self.irq.read().unwrap_or(0)
+    }
+
+    /// Swap the worker threads for a pool the test runs by hand, and activate again.
+    fn stall(&mut self) {
+        self.dev.workers = Workers::stalled(self.dev.requests.clone()).unwrap();
+        self.activate(false);
+    }
+
     fn header(&self, kind: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -78,11 +116,10 @@ impl Rig {
         self.q.publish(0);
     }
 
-    /// Process the queue, wait for the workers, and complete what they did.
+    /// Process the queue and wait for the workers to complete what it handed out.
     fn run(&mut self) {
         self.dev.process_queue(0);
         self.dev.workers.wait_idle();
-        self.dev.process_queue(0);
     }
 
     fn status(&self) -> u8 {
@@ -353,8 +390,13 @@ fn config_space_reports_capacity_and_segments() {
 /// Publish `n` single-sector requests (`kind`), request `i` on sector `i` with its
 /// header, data and status at their own addresses; returns the status addresses.
 fn publish_many(r: &mut Rig, kind: u32, n: u16) -> Vec<u64> {
+    publish_many_from(r, kind, 0, n)
+}
+
+/// [`publish_many`] for requests `first..first + n`.
+fn publish_many_from(r: &mut Rig, kind: u32, first: u16, n: u16) -> Vec<u64> {
     let mut statuses = Vec::new();
-    for i in 0..n {
+    for i in first..first + n {
         let base = DATA + 0x2_0000 + u64::from(i) * 0x1000;
         let (hdr, buf, status) = (base, base + 0x200, base + 0x400);
         let mut h = [0u8; 16];
@@ -405,31 +447,84 @@ fn a_flush_after_completed_writes_succeeds_and_the_data_is_on_disk() {
 }
 
 #[test]
-fn a_reset_mid_io_waits_for_the_workers_and_drops_their_completions() {
+fn a_reset_drops_queued_requests_unexecuted() {
     let mut r = rig();
-    let statuses = publish_many(&mut r, VIRTIO_BLK_T_IN, 5);
+    r.stall();
+    let statuses = publish_many(&mut r, VIRTIO_BLK_T_OUT, 3);
     r.dev.process_queue(0);
+    assert_eq!(r.dev.workers.in_flight(), 3);
+    let before = r.disk();
     r.dev.reset();
-    // After reset returns no worker is inside a request: nothing written from now on.
     assert_eq!(r.dev.workers.in_flight(), 0);
-    for &s in &statuses {
-        r.q.write(s, &[0xcc]);
-    }
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    r.dev.process_queue(0);
+    assert!(
+        !r.dev.workers.run_next(),
+        "nothing is left for a worker to take"
+    );
     assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.interrupts(), 0);
     for s in statuses {
-        assert_eq!(r.q.read(s, 1), [0xcc]);
+        assert_eq!(r.q.read(s, 1), [0xee]);
     }
-    assert!(r.dev.workers.take_done().is_empty());
+    assert_eq!(r.disk(), before);
+}
+
+#[test]
+fn a_reset_waits_for_a_request_being_carried_out_and_drops_its_completion() {
+    let mut r = rig();
+    r.stall();
+    r.request(VIRTIO_BLK_T_IN, 0, 512, true);
+    r.dev.process_queue(0);
+    let job = r.dev.workers.take().unwrap();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let pool = &r.dev.workers;
+        let reset = scope.spawn(|| {
+            pool.cancel();
+            done.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // The request is still being carried out: the reset has not returned.
+        assert!(!done.load(Ordering::SeqCst));
+        pool.finish(job, 513);
+        reset.join().unwrap();
+    });
+    assert!(done.load(Ordering::SeqCst));
+    assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.interrupts(), 0);
+}
+
+#[test]
+fn a_completion_after_reset_and_reactivation_does_not_reach_the_new_queue() {
+    let mut r = rig();
+    r.stall();
+    r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
+    r.dev.process_queue(0);
+    let old = r.dev.workers.take().unwrap();
+    std::thread::scope(|scope| {
+        let pool = &r.dev.workers;
+        scope.spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            pool.finish(old, 1);
+        });
+        pool.cancel();
+    });
+    r.activate(false);
+    assert_eq!(r.q.used_idx(), 0);
+    // The new queue starts over: the request is popped again, completed once.
+    r.dev.process_queue(0);
+    assert!(r.dev.workers.run_next());
+    assert_eq!(r.q.used_idx(), 1);
+    assert_eq!(r.q.used(0), (0, 1));
+    assert_eq!(r.interrupts(), 1);
 }
 
 #[test]
 fn in_flight_requests_are_capped_at_the_queue_size() {
     // A driver that republishes the same chain again and again cannot queue more work
-    // than the queue holds: with workers that never finish, the rest stays in the ring.
+    // than the queue holds: with workers that have not finished, the rest stays in the
+    // ring until a completion makes room and wakes the I/O thread.
     let mut r = rig_with(false, 4096);
-    r.dev.workers = Workers::stalled().unwrap();
+    r.stall();
     r.header(VIRTIO_BLK_T_FLUSH, 0);
     r.q.desc(0, HDR, 16, F_NEXT, 1);
     r.q.desc(1, STATUS, 1, F_WRITE, 0);
@@ -441,6 +536,69 @@ fn in_flight_requests_are_capped_at_the_queue_size() {
         assert_eq!(r.dev.workers.in_flight(), 16);
     }
     assert_eq!(r.q.used_idx(), 0);
+    // The eventfd the I/O thread watches (non-blocking: a read finds its count or fails).
+    let mut wake = std::fs::File::from(r.dev.workers.wake_fd().unwrap());
+    let mut count = [0u8; 8];
+    assert!(
+        wake.read(&mut count).is_err(),
+        "no wake-up while nothing completed"
+    );
+    assert!(r.dev.workers.run_next());
+    assert_eq!(r.q.used_idx(), 1);
+    assert_eq!(
+        wake.read(&mut count).unwrap(),
+        8,
+        "a completion in a full pool wakes the I/O thread"
+    );
+    r.dev.process_queue(0);
+    assert_eq!(r.dev.workers.in_flight(), 16);
+}
+
+#[test]
+fn concurrent_completions_each_reach_the_used_ring_once_with_an_interrupt() {
+    let mut r = rig_sized(false, 64 * 1024, 256);
+    let n = 80;
+    for i in 0..n {
+        let at = usize::from(i) * 512;
+        let mut disk = r.disk();
+        disk[at..at + 512].fill(i as u8 ^ 0xa5);
+        std::fs::write(&r.path, disk).unwrap();
+    }
+    let statuses = publish_many(&mut r, VIRTIO_BLK_T_IN, n);
+    r.run();
+    assert_eq!(r.q.used_idx(), n);
+    let mut heads: Vec<u32> = (0..n).map(|i| r.q.used(i).0).collect();
+    heads.sort_unstable();
+    assert_eq!(heads, (0..u32::from(n)).map(|i| 3 * i).collect::<Vec<_>>());
+    for i in 0..n {
+        assert_eq!(r.q.used(i).1, 513);
+        let base = DATA + 0x2_0000 + u64::from(i) * 0x1000;
+        assert_eq!(r.q.read(base + 0x200, 512), vec![i as u8 ^ 0xa5; 512]);
+        assert_eq!(r.q.read(statuses[usize::from(i)], 1), [OK]);
+    }
+    // Without EVENT_IDX every completion interrupts.
+    assert_eq!(r.interrupts(), u64::from(n));
+}
+
+#[test]
+fn with_event_idx_concurrent_completions_interrupt_only_as_the_driver_asked() {
+    let mut r = rig_sized(false, 64 * 1024, 256);
+    r.activate(true);
+    // used_event (after the avail ring) = 0: interrupt once the used index passes 0.
+    r.q.write(AVAIL + 4 + 2 * 256, &0u16.to_le_bytes());
+    publish_many(&mut r, VIRTIO_BLK_T_IN, 40);
+    r.run();
+    assert_eq!(r.q.used_idx(), 40);
+    assert_eq!(r.interrupts(), 1);
+    // The driver now asks for the 50th entry: the next 9 stay quiet, the 10th interrupts.
+    r.q.write(AVAIL + 4 + 2 * 256, &49u16.to_le_bytes());
+    publish_many_from(&mut r, VIRTIO_BLK_T_IN, 40, 9);
+    r.run();
+    assert_eq!(r.q.used_idx(), 49);
+    assert_eq!(r.interrupts(), 0);
+    publish_many_from(&mut r, VIRTIO_BLK_T_IN, 49, 1);
+    r.run();
+    assert_eq!(r.interrupts(), 1);
 }
 
 #[test]
