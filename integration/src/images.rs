@@ -4,6 +4,7 @@
 //! script text), so a rerun with unchanged inputs reuses the file as is.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
@@ -296,8 +297,9 @@ pub fn l2_image(host: &HostEnv, cache: &Cache, scenario: &Scenario) -> Result<Pa
     cache.artefact(&prefix, key, "cpio", || build_image(host, &files))
 }
 
-/// The benchmark's L2 image: the nvme driver, the bench /init and its static tools
-/// (`(path in the image, host file)`: `iobench`, `bartouch`).
+/// The benchmark's L2 image: the nvme, virtio-blk and virtio-net drivers, the
+/// bench /init and its static tools as (path in the image, host file):
+/// `bin/iobench`, `bin/netbench`, `bartouch`.
 pub fn l2_bench_image(
     host: &HostEnv,
     cache: &Cache,
@@ -305,10 +307,11 @@ pub fn l2_bench_image(
     tools: &[(&str, &Path)],
 ) -> Result<PathBuf> {
     let mut requests: Vec<ModuleRequest> = crate::device::Device::Nvme.l2_modules().to_vec();
-    // The blk launch's disk.
+    // The blk launch's disk and the net launch's interface.
     requests.extend([
         ModuleRequest::required(&["virtio_pci"]),
         ModuleRequest::required(&["virtio_blk"]),
+        ModuleRequest::required(&["virtio_net"]),
     ]);
     let modules = stock_modules(host, &requests)?;
     let scripts = [("init", init)];
@@ -364,10 +367,22 @@ pub fn static_rustc_args(name: &str, source: &Path, output: &Path) -> Vec<String
 }
 
 /// A std-only guest tool (`src/bin/NAME.rs`) as a static executable for L2, built once
-/// per source text and compiler.
+/// per source text and compiler. The cached file is executable, so L1 can run it
+/// too (the benchmark's netbench peer).
 pub fn static_tool(cache: &Cache, name: &str, source_text: &str) -> Result<PathBuf> {
     let version = rustc_version()?;
     let key = KeyHasher::default().str(source_text).str(&version).finish();
+    let path = build_static_tool(cache, name, source_text, key)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| {
+        Error::WriteFile {
+            path: path.clone(),
+            source: e,
+        }
+    })?;
+    Ok(path)
+}
+
+fn build_static_tool(cache: &Cache, name: &str, source_text: &str, key: u64) -> Result<PathBuf> {
     cache.artefact(name, key, "bin", || {
         let stem = cache
             .dir()

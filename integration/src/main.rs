@@ -95,7 +95,7 @@ struct BenchArgs {
     /// Guest RAM sizes (MiB) of the memory setup launches.
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<u32>>,
-    /// Seconds of each iobench pattern.
+    /// Seconds of each iobench pattern (and of each netbench direction).
     #[arg(long)]
     io_secs: Option<u64>,
     /// iobench's queue depth (threads).
@@ -110,7 +110,7 @@ struct BenchArgs {
     /// Directory that receives `<date>/` (default: integration/results).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these kinds of launch (boot, bare, initcall, nvme, blk, reboot, bar, memory,
+    /// Only these kinds of launch (boot, bare, initcall, nvme, blk, net, reboot, bar, memory,
     /// kernel, ram, passthrough), e.g. `--only blk`
     /// while working on one path; the report leaves the others out.
     #[arg(long, value_delimiter = ',', value_parser = parse_launch_kind)]

@@ -9,6 +9,10 @@
 //!   console; L1's action ([`upload_action`]) fetches it and publishes the md5 (and the
 //!   time it took) for L2 to compare.
 //!
+//! The benchmark's net launch uses the same tap and addresses (the agent makes the tap
+//! with [`tap_commands`]) with `netbench` instead of httpd: its peer listens in L1 on
+//! [`BENCH_PORT`].
+//!
 //! Both VMMs use the same tap: QEMU with `-netdev tap,vhost=on`, Strait with
 //! `"net": [{"tap": ...}]` (vhost-net when /dev/vhost-net opens, which the L1 modules
 //! `tun` and `vhost_net` provide).
@@ -31,16 +35,36 @@ pub const UPLOAD_READY: &str = "TESTBED-NET-UPLOAD-READY";
 pub const STRAIT_VHOST_LOG: &str = "data path vhost-net";
 /// What Strait logs when its I/O thread carries them.
 pub const STRAIT_USERSPACE_LOG: &str = "data path userspace";
+/// iproute2 in the host's tree (run inside L1's chroot of it).
+pub const IP: &str = "/usr/sbin/ip";
+/// The benchmark's `netbench` peer listens here in L1 ([`L1_ADDR`]).
+pub const BENCH_PORT: u16 = 5201;
+
+/// The commands that make L1's tap and give it [`L1_ADDR`], in order.
+pub fn tap_commands() -> [Vec<String>; 3] {
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let addr = format!("{L1_ADDR}/24");
+    [
+        words(&[IP, "tuntap", "add", "dev", TAP, "mode", "tap"]),
+        words(&[IP, "addr", "add", &addr, "dev", TAP]),
+        words(&[IP, "link", "set", TAP, "up"]),
+    ]
+}
 
 /// Shell for L1's run script, before the VMM starts: the tap, its address, the file
 /// L2 downloads and httpd serving it.
 pub fn l1_setup() -> String {
     let mut s = String::new();
+    for command in tap_commands() {
+        let _ = writeln!(
+            s,
+            "chroot $R {} || fail \"cannot set up {TAP}\"",
+            command.join(" ")
+        );
+    }
     let _ = writeln!(
         s,
-        "chroot $R /usr/sbin/ip tuntap add dev {TAP} mode tap || fail \"cannot create {TAP}\"\n\
-         chroot $R /usr/sbin/ip addr add {L1_ADDR}/24 dev {TAP} && chroot $R /usr/sbin/ip link set {TAP} up || fail \"cannot configure {TAP}\"\n\
-         mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/down.bin bs=1M count={TRANSFER_MIB} 2>/dev/null || fail \"cannot write the download file\"\n\
+        "mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/down.bin bs=1M count={TRANSFER_MIB} 2>/dev/null || fail \"cannot write the download file\"\n\
          md5sum /tmp/www/down.bin | cut -d' ' -f1 > /tmp/www/down.md5\n\
          httpd -p 80 -h /tmp/www || fail \"cannot start httpd in L1\"\n\
          [ -c $R/dev/vhost-net ] && echo \"TESTBED-L1 /dev/vhost-net present\" || echo \"TESTBED-L1 no /dev/vhost-net\""

@@ -7,7 +7,10 @@
 //! marker, stops the VMM when the launch's stop rule is met, and appends a
 //! [`LaunchRecord`] to the results file. Before each launch it sizes L1's
 //! hugepage pools for it ([`l1mem`]); a populate launch is run in its own
-//! process.
+//! process. For net launches it makes L1's tap once and runs the launch's peer
+//! (netbench's server) beside the VMM, its lines timestamped with the VMM's;
+//! without a /dev/vhost-net that opens, a net launch is not run (both VMMs are
+//! meant to measure vhost-net).
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -22,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::bench::l1mem;
 use crate::bench::plan::{
-    is_marker_line, Launch, LaunchRecord, Plan, Sample, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN,
-    IO_RESULT, LOGS_DIR, POPULATE_MARK, READY_MARKER, TICK_TRIGGER,
+    is_marker_line, Launch, LaunchKind, LaunchRecord, Plan, Sample, TimedLine, VmmKind,
+    INIT_MARKER, IO_BEGIN, IO_RESULT, LOGS_DIR, NET_BEGIN, NET_RESULT, POPULATE_MARK, READY_MARKER,
+    TICK_TRIGGER,
 };
 use crate::bench::probe::{self, KVM_DEBUGFS};
 use crate::error::{Error, Result};
@@ -99,6 +103,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         };
         if record.timed_out {
             hung.push(measurement);
+        }
+        if launch.key.kind == LaunchKind::Net {
+            log::info!("{}: L1 TCP drops so far: {}", launch.key.id, tcp_drops());
         }
         log::info!("{}: {}", launch.key.id, summary(&record));
         append(&args.results, &record)?;
@@ -186,7 +193,61 @@ fn prepare_l1(plan: &Plan) {
     if let Some(dir) = &plan.vmm_cache {
         l1mem::fill_cache(dir);
     }
+    if plan.launches.iter().any(|l| l.key.kind == LaunchKind::Net) {
+        make_tap();
+    }
 }
+
+/// L1's tap for the net launches ([`crate::net`]); a failure shows in the
+/// launches' records (the VMMs cannot open the tap).
+fn make_tap() {
+    for command in crate::net::tap_commands() {
+        match Command::new(&command[0]).args(&command[1..]).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => log::warn!(
+                "{}: {}",
+                command.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => log::warn!("{}: {e}", command.join(" ")),
+        }
+    }
+    log::info!("tap {} up with {}", crate::net::TAP, crate::net::L1_ADDR);
+}
+
+/// Why vhost-net cannot carry a net launch's frames in L1, if it cannot.
+fn vhost_net_problem() -> Option<String> {
+    match OpenOptions::new().read(true).write(true).open(VHOST_NET) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "{VHOST_NET} does not open in L1 ({e}); both VMMs are to be measured on vhost-net"
+        )),
+    }
+}
+
+/// L1's nonzero TCP drop counters (/proc/net/netstat, TcpExt `*Drop*`): where the
+/// peer's receive path lost segments, for the agent's log.
+fn tcp_drops() -> String {
+    let text = fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        return "n/a".into();
+    };
+    let drops: Vec<String> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, v)| n.contains("Drop") && *v != "0")
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if drops.is_empty() {
+        "none".into()
+    } else {
+        drops.join(" ")
+    }
+}
+
+/// The device both VMMs open for the in-kernel virtio-net data path.
+const VHOST_NET: &str = "/dev/vhost-net";
 
 fn mount_debugfs() -> bool {
     l1mem::mount(c"debugfs", c"/sys/kernel/debug", c"debugfs", None).is_ok()
@@ -258,6 +319,11 @@ fn run_launch(
     if let Some(socket) = &launch.qmp_socket {
         let _ = fs::remove_file(socket);
     }
+    if launch.key.kind == LaunchKind::Net {
+        if let Some(why) = vhost_net_problem() {
+            return LaunchRecord::not_run(launch.key.clone(), why);
+        }
+    }
     let args: Vec<String> = launch
         .command
         .iter()
@@ -265,6 +331,11 @@ fn run_launch(
         .collect();
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
+    let mut peer = match launch.peer.as_deref().map(|p| spawn_peer(p, start, &tx)) {
+        Some(Err(why)) => return LaunchRecord::not_run(launch.key.clone(), why),
+        Some(Ok(child)) => Some(child),
+        None => None,
+    };
     let mut command = Command::new(&args[0]);
     if let Some(dir) = cache {
         command.env("XDG_CACHE_HOME", dir);
@@ -278,11 +349,12 @@ fn run_launch(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            return LaunchRecord::not_run(launch.key.clone(), format!("spawning {}: {e}", args[0]))
+            stop_peer(peer.as_mut());
+            return LaunchRecord::not_run(launch.key.clone(), format!("spawning {}: {e}", args[0]));
         }
     };
-    spawn_reader(child.stdout.take(), start, tx.clone());
-    spawn_reader(child.stderr.take(), start, tx.clone());
+    spawn_reader(child.stdout.take(), start, tx.clone(), true);
+    spawn_reader(child.stderr.take(), start, tx.clone(), true);
     let limit = Duration::from_secs(launch.timeout_secs).min(left);
     let cancel = Arc::new(AtomicBool::new(false));
     if let Some(socket) = launch.qmp_socket.clone() {
@@ -305,12 +377,53 @@ fn run_launch(
     running.record.not_run = None;
     running.watch(&rx, limit);
     cancel.store(true, Ordering::Relaxed);
+    stop_peer(peer.as_mut());
+    // The peer's last lines (after the VMM closed its output) are kept too.
+    while let Ok(Event::Line(at, text)) = rx.try_recv() {
+        running.on_line(at, text);
+    }
     running.finish(logs)
 }
 
-fn spawn_reader(stream: Option<impl Read + Send + 'static>, start: Instant, tx: Sender<Event>) {
+/// Starts a launch's peer in L1 with its output joining the VMM's (no end of
+/// stream is reported: the launch ends with the VMM).
+fn spawn_peer(
+    command: &[String],
+    start: Instant,
+    tx: &Sender<Event>,
+) -> std::result::Result<Child, String> {
+    let program = command.first().ok_or("the peer command is empty")?;
+    let mut child = Command::new(program)
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning the peer {program}: {e}"))?;
+    spawn_reader(child.stdout.take(), start, tx.clone(), false);
+    Ok(child)
+}
+
+/// Kills and reaps the launch's peer (a server that never ends by itself).
+fn stop_peer(peer: Option<&mut Child>) {
+    if let Some(peer) = peer {
+        let _ = peer.kill();
+        let _ = peer.wait();
+    }
+}
+
+/// Forwards `stream`'s lines, timestamped from `start`; at its end sends
+/// [`Event::Eof`] if `eof` (the VMM's streams, which the watch loop counts).
+fn spawn_reader(
+    stream: Option<impl Read + Send + 'static>,
+    start: Instant,
+    tx: Sender<Event>,
+    eof: bool,
+) {
     let Some(stream) = stream else {
-        let _ = tx.send(Event::Eof);
+        if eof {
+            let _ = tx.send(Event::Eof);
+        }
         return;
     };
     std::thread::spawn(move || {
@@ -323,7 +436,9 @@ fn spawn_reader(stream: Option<impl Read + Send + 'static>, start: Instant, tx: 
                 return;
             }
         }
-        let _ = tx.send(Event::Eof);
+        if eof {
+            let _ = tx.send(Event::Eof);
+        }
     });
 }
 
@@ -391,7 +506,10 @@ impl Running<'_> {
             .is_some_and(|needle| text.contains(needle));
         if text.contains(READY_MARKER) {
             self.sample("ready", true);
-        } else if text.contains(IO_BEGIN) || text.contains(IO_RESULT) {
+        } else if [IO_BEGIN, IO_RESULT, NET_BEGIN, NET_RESULT]
+            .iter()
+            .any(|m| text.contains(m))
+        {
             let trigger: Vec<&str> = text.split_whitespace().take(2).collect();
             self.sample(&trigger.join(" "), false);
         }

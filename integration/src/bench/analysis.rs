@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use crate::bench::plan::{
-    LaunchKind, LaunchRecord, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT,
-    REBOOTING_MARKER, SECOND_BOOT_MARKER, STRAIT_READY_MARK,
+    LaunchKind, LaunchRecord, TimedLine, VmmKind, INIT_MARKER, IO_BEGIN, IO_RESULT, NET_BEGIN,
+    NET_PEER, NET_RESULT, READY_MARKER, REBOOTING_MARKER, SECOND_BOOT_MARKER, STRAIT_READY_MARK,
 };
+use crate::net::STRAIT_USERSPACE_LOG;
 use crate::scenario::HugePages;
 
 /// Pinned memory below this share of guest RAM means the VMM did not map RAM for DMA.
@@ -267,12 +268,22 @@ pub fn io_run(r: &LaunchRecord, mode: &str) -> Result<IoRun, String> {
 /// KVM counter deltas over the iobench run of `mode` (all VM exits, port I/O
 /// exits, MMIO exits to userspace, ...), from the agent's debugfs samples.
 pub fn kvm_window(r: &LaunchRecord, mode: &str) -> Result<BTreeMap<String, u64>, String> {
+    kvm_between(r, (IO_BEGIN, IO_RESULT), &format!("mode={mode}"))
+}
+
+/// KVM counter deltas between the samples the agent took at the `tags` lines
+/// (BEGIN, RESULT) of one load (`which`: `mode=seq`, `dir=up`).
+fn kvm_between(
+    r: &LaunchRecord,
+    tags: (&str, &str),
+    which: &str,
+) -> Result<BTreeMap<String, u64>, String> {
     let sample = |tag: &str| {
-        let trigger = format!("{tag} mode={mode}");
+        let trigger = format!("{tag} {which}");
         r.samples.iter().find(|s| s.trigger == trigger)
     };
-    let (Some(begin), Some(end)) = (sample(IO_BEGIN), sample(IO_RESULT)) else {
-        return Err(format!("no KVM samples around iobench {mode}"));
+    let (Some(begin), Some(end)) = (sample(tags.0), sample(tags.1)) else {
+        return Err(format!("no KVM samples around the {which} load"));
     };
     if end.kvm.is_empty() {
         return Err("KVM's debugfs counters were not readable in L1".into());
@@ -296,6 +307,132 @@ pub fn kvm_per_kilo_io(r: &LaunchRecord, counter: &str) -> Result<f64, String> {
             .ok_or_else(|| format!("KVM has no `{counter}` counter"))?;
     }
     Ok(events as f64 * 1000.0 / ios as f64)
+}
+
+/// One netbench direction (`up`: L2 -> L1, `down`: L1 -> L2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetRun {
+    /// Bytes that arrived intact (the receiver checked each against the stream).
+    pub bytes: u64,
+    /// Seconds between the BEGIN and RESULT lines, on L1's clock.
+    pub secs: f64,
+    /// Seconds netbench measured on L2's clock.
+    pub guest_secs: f64,
+}
+
+impl NetRun {
+    /// MB/s (10^6 bytes) on L1's clock.
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+}
+
+/// Why a net launch did not measure vhost-net: the VMM's process had no vhost
+/// worker in L1 when L2 was ready, or Strait said its frames took the userspace path.
+fn net_path_problem(r: &LaunchRecord) -> Option<String> {
+    if let Some(l) = r
+        .lines
+        .iter()
+        .find(|l| l.text.contains(STRAIT_USERSPACE_LOG))
+    {
+        return Some(format!("not on vhost-net: {}", l.text.trim()));
+    }
+    let sample = r.samples.iter().find(|s| s.trigger == "ready")?;
+    match &sample.process {
+        Some(p) if p.vhost_workers == 0 => Some(
+            "not on vhost-net: the VMM had no vhost worker thread in L1 when L2 was ready".into(),
+        ),
+        Some(_) => None,
+        None => Some(format!(
+            "the VMM was not sampled when L2 was ready ({})",
+            sample.process_error.clone().unwrap_or_default()
+        )),
+    }
+}
+
+/// The netbench line tagged `tag` for direction `dir`.
+fn net_line<'a>(
+    r: &'a LaunchRecord,
+    tag: &str,
+    dir: &str,
+) -> Option<&'a crate::bench::plan::TimedLine> {
+    r.lines.iter().find(|l| {
+        l.text.contains(tag) && key_values(&l.text).get("dir").map(String::as_str) == Some(dir)
+    })
+}
+
+/// The netbench run of `dir` in a net launch: valid only on vhost-net, with every
+/// byte intact, and with the peer in L1 counting the same bytes as L2. The rate is
+/// taken on L1's clock, as for iobench.
+pub fn net_run(r: &LaunchRecord, dir: &str) -> Result<NetRun, String> {
+    if let Some(p) = launch_problem(r) {
+        return Err(p);
+    }
+    for error in ["NETBENCH-ERROR", "TESTBED-BENCH error"] {
+        if let Some(l) = r.lines.iter().find(|l| l.text.contains(error)) {
+            return Err(l.text.clone());
+        }
+    }
+    if first_ms(r, READY_MARKER).is_none() {
+        return Err("L2's network never came up (no ready marker)".into());
+    }
+    if let Some(p) = net_path_problem(r) {
+        return Err(p);
+    }
+    let (Some(begin), Some(result)) = (net_line(r, NET_BEGIN, dir), net_line(r, NET_RESULT, dir))
+    else {
+        return Err(format!("no complete netbench {dir} run in L2's output"));
+    };
+    let kv = key_values(&result.text);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u64>().ok());
+    let (Some(bytes), Some(0), Some(guest_secs)) = (
+        num("bytes"),
+        num("bad"),
+        kv.get("secs").and_then(|v| v.parse::<f64>().ok()),
+    ) else {
+        return Err(format!(
+            "unreadable or failed netbench line: {}",
+            result.text
+        ));
+    };
+    let peer = net_line(r, NET_PEER, dir)
+        .ok_or_else(|| format!("the peer in L1 reported no {dir} transfer"))?;
+    let pk = key_values(&peer.text);
+    let pnum = |k: &str| pk.get(k).and_then(|v| v.parse::<u64>().ok());
+    // Up: the peer received and checked; down: it sent, and took L2's report.
+    let agreed = pnum("bytes") == Some(bytes)
+        && pnum("bad") == Some(0)
+        && (dir == "up" || pnum("sent") == Some(bytes));
+    if !agreed {
+        return Err(format!(
+            "L2 and the peer in L1 disagree: `{}` vs `{}`",
+            result.text.trim(),
+            peer.text.trim()
+        ));
+    }
+    let secs = (result.ms - begin.ms) / 1000.0;
+    if secs <= 0.0 || bytes == 0 {
+        return Err(format!("netbench {dir} moved no data"));
+    }
+    Ok(NetRun {
+        bytes,
+        secs,
+        guest_secs,
+    })
+}
+
+/// `counter` per MB moved over both netbench directions, from KVM's counters.
+pub fn kvm_per_mb_net(r: &LaunchRecord, counter: &str) -> Result<f64, String> {
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    for dir in ["up", "down"] {
+        bytes += net_run(r, dir)?.bytes;
+        let window = kvm_between(r, (NET_BEGIN, NET_RESULT), &format!("dir={dir}"))?;
+        events += window
+            .get(counter)
+            .ok_or_else(|| format!("KVM has no `{counter}` counter"))?;
+    }
+    Ok(events as f64 * 1e6 / bytes as f64)
 }
 
 /// The VMM's resident memory without guest RAM, in MiB, sampled when L2
@@ -589,6 +726,119 @@ pub(crate) mod tests {
             ),
         ];
         r
+    }
+
+    /// A net launch on vhost-net: 40 MB up over 2 s and 20 MB down over 4 s of L1
+    /// time, the peer agreeing, and KVM samples around each direction.
+    pub(crate) fn net_record(vmm: VmmKind) -> LaunchRecord {
+        let mut r = record(
+            LaunchKind::Net,
+            vmm,
+            &[
+                (5000.0, "TESTBED-INIT"),
+                (5900.0, "TESTBED-BENCH net eth0 features=1100010110011001"),
+                (6000.0, "TESTBED-BENCH ready"),
+                (6100.0, "NETBENCH-BEGIN dir=up secs=2"),
+                (8050.0, "NETBENCH-PEER dir=up bytes=40000000 bad=0"),
+                (
+                    8100.0,
+                    "NETBENCH-RESULT dir=up bytes=40000000 bad=0 secs=2.010 mbps=19.90",
+                ),
+                (8200.0, "NETBENCH-BEGIN dir=down secs=2"),
+                (
+                    12200.0,
+                    "NETBENCH-RESULT dir=down bytes=20000000 bad=0 secs=3.990 mbps=5.01",
+                ),
+                (
+                    12210.0,
+                    "NETBENCH-PEER dir=down sent=20000000 bytes=20000000 bad=0",
+                ),
+            ],
+        );
+        let process = ProcessSample {
+            vhost_workers: 1,
+            ..Default::default()
+        };
+        r.samples = vec![
+            sample("ready", &[], Some(process)),
+            sample(
+                "NETBENCH-BEGIN dir=up",
+                &[("exits", 0), ("mmio_exits", 3)],
+                None,
+            ),
+            sample(
+                "NETBENCH-RESULT dir=up",
+                &[("exits", 30000), ("mmio_exits", 3)],
+                None,
+            ),
+            sample(
+                "NETBENCH-BEGIN dir=down",
+                &[("exits", 31000), ("mmio_exits", 3)],
+                None,
+            ),
+            sample(
+                "NETBENCH-RESULT dir=down",
+                &[("exits", 61000), ("mmio_exits", 9)],
+                None,
+            ),
+        ];
+        r
+    }
+
+    #[test]
+    fn net_rates_use_l1_time_and_need_the_peer_to_agree() {
+        let r = net_record(VmmKind::Strait);
+        assert_eq!(
+            net_run(&r, "up").map(|x| (x.bytes, x.secs)),
+            Ok((40_000_000, 2.0))
+        );
+        assert_eq!(net_run(&r, "up").map(|x| x.mbps()), Ok(20.0));
+        assert_eq!(net_run(&r, "down").map(|x| x.mbps()), Ok(5.0));
+        let mut short = net_record(VmmKind::Qemu);
+        short.lines[8].text = "NETBENCH-PEER dir=down sent=20065536 bytes=20000000 bad=0".into();
+        assert!(net_run(&short, "down").unwrap_err().contains("disagree"));
+        let mut lost = net_record(VmmKind::Qemu);
+        lost.lines
+            .retain(|l| !l.text.starts_with("NETBENCH-PEER dir=up"));
+        assert!(net_run(&lost, "up").unwrap_err().contains("peer in L1"));
+    }
+
+    #[test]
+    fn a_corrupted_stream_or_a_netbench_error_is_no_sample() {
+        let mut r = net_record(VmmKind::Qemu);
+        r.lines[5].text = "NETBENCH-RESULT dir=up bytes=40000000 bad=12 secs=2 mbps=19".into();
+        assert!(net_run(&r, "up")
+            .unwrap_err()
+            .contains("failed netbench line"));
+        let mut r = net_record(VmmKind::Qemu);
+        r.lines.push(TimedLine {
+            ms: 9000.0,
+            text: "NETBENCH-ERROR down: connecting 10.0.2.1:5201: refused".into(),
+        });
+        assert!(net_run(&r, "up").unwrap_err().contains("refused"));
+    }
+
+    #[test]
+    fn net_samples_count_only_on_vhost_net() {
+        let mut r = net_record(VmmKind::Strait);
+        r.lines.push(TimedLine {
+            ms: 100.0,
+            text: "strait: virtio-net net[0] (tap0): MAC 52:54:00:12:34:56, data path userspace on strait-io (vhost-net unavailable)".into(),
+        });
+        assert!(net_run(&r, "up")
+            .unwrap_err()
+            .starts_with("not on vhost-net: strait:"));
+        let mut r = net_record(VmmKind::Qemu);
+        r.samples[0].process = Some(ProcessSample::default());
+        assert!(net_run(&r, "down").unwrap_err().contains("no vhost worker"));
+    }
+
+    #[test]
+    fn net_exits_are_counted_per_mb_over_both_directions() {
+        let r = net_record(VmmKind::Strait);
+        // (30000 + 30000) exits over 60 MB; 6 MMIO exits to userspace.
+        assert_eq!(kvm_per_mb_net(&r, "exits"), Ok(1000.0));
+        assert_eq!(kvm_per_mb_net(&r, "mmio_exits"), Ok(0.1));
     }
 
     #[test]

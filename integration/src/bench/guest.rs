@@ -2,7 +2,10 @@
 //! whether the passed-through nvme controller is on its PCI bus and, in `nvme`
 //! mode, binds the stock driver and runs `iobench` (sequential 64 KiB, then
 //! random 4 KiB reads, O_DIRECT, several in flight) before powering off; in
-//! `blk` mode it does the same on the virtio-blk disk /dev/vda. In
+//! `blk` mode it does the same on the virtio-blk disk /dev/vda. In `net` mode it
+//! brings up the virtio-net interface, prints its negotiated feature bits, waits
+//! until L1's address answers and runs `netbench` against the peer the agent runs
+//! in L1 (sending, then receiving, `testbed.iosecs` seconds each). In
 //! `reboot` mode it binds nvme and looks for its launch's token in a block of the
 //! namespace: absent (first boot), it writes it and reboots; present (second boot,
 //! in the same VMM process), it clears it and powers off. In `initcall` mode it
@@ -12,15 +15,17 @@
 //! id come from L2's command line (`testbed.bench=boot|initcall|nvme|blk|reboot|hold|bar`,
 //! `testbed.iosecs=`, `testbed.qd=`, `testbed.launch=`), so one image serves every
 //! launch.
-//! `iobench` (src/bin/iobench.rs) is compiled here, statically, with rustc.
+//! `iobench` (src/bin/iobench.rs) and `netbench` (src/bin/netbench.rs) are
+//! compiled here, statically, with rustc.
 
 use std::path::{Path, PathBuf};
 
 use crate::bench::initcalls;
-use crate::bench::plan::{REBOOTING_MARKER, SECOND_BOOT_MARKER};
+use crate::bench::plan::{READY_MARKER, REBOOTING_MARKER, SECOND_BOOT_MARKER};
 use crate::device::Device;
 use crate::error::Result;
 use crate::images::Cache;
+use crate::net::{BENCH_PORT, L1_ADDR, L2_ADDR};
 
 /// The 4 KiB block of the nvme namespace that carries a reboot launch's token, 8 MiB
 /// in (iobench only reads the namespace).
@@ -33,6 +38,8 @@ pub const BAR_TOUCH_MIB: u32 = 1024;
 
 /// iobench's source, compiled into a static executable for L2.
 const IOBENCH_SOURCE: &str = include_str!("../bin/iobench.rs");
+/// netbench's source: the net launch's client in L2 and its peer in L1.
+const NETBENCH_SOURCE: &str = include_str!("../bin/netbench.rs");
 
 /// L2's /init for the benchmark.
 pub fn l2_init() -> String {
@@ -66,6 +73,22 @@ wait_dev() {{ # DEV: load the modules, wait up to 30 s for the block device DEV
 	echo "TESTBED-BENCH error: no $1 after 30 s"
 	return 1
 }}
+net_up() {{ # load the modules, configure the first interface, wait for L1's address
+	while read m; do insmod /lib/modules/$m || echo "TESTBED-BENCH insmod $m failed"; done < /etc/testbed/modules
+	n=0; i=none
+	while [ $i = none ] && [ $n -lt 300 ]; do
+		for d in /sys/class/net/*; do [ "${{d##*/}}" != lo ] && [ -e "$d" ] && i=${{d##*/}}; done
+		[ $i = none ] && usleep 100000; n=$((n + 1))
+	done
+	[ $i = none ] && {{ echo "TESTBED-BENCH error: no network interface after 30 s"; return 1; }}
+	ip link set $i up && ip addr add {L2_ADDR}/24 dev $i || {{ echo "TESTBED-BENCH error: cannot configure $i"; return 1; }}
+	echo "TESTBED-BENCH net $i features=$(cat /sys/class/net/$i/device/features)"
+	n=0
+	until ping -c 1 -W 1 {L1_ADDR} >/dev/null 2>&1; do
+		n=$((n + 1)); [ $n -ge 30 ] && {{ echo "TESTBED-BENCH error: $i cannot reach {L1_ADDR}"; return 1; }}
+	done
+	return 0
+}}
 nvme=none
 for d in /sys/bus/pci/devices/*; do
 	[ -e "$d/vendor" ] || continue
@@ -80,6 +103,14 @@ if [ "$dev" != none ] && wait_dev $dev; then
 	echo "TESTBED-BENCH ready"
 	iobench --mode seq --bs 65536 --qd $qd --secs $secs $dev
 	iobench --mode rand --bs 4096 --qd $qd --secs $secs $dev
+fi
+if [ "$mode" = net ] && net_up; then
+	echo "{READY_MARKER}"
+	netbench client --server {L1_ADDR}:{BENCH_PORT} --secs $secs
+	# Where the interrupts went (per queue vector), for the report's data-path table.
+	grep virtio /proc/interrupts | while read l; do echo "TESTBED-BENCH irq $l"; done
+	# TCP's own view: segments sent and retransmitted (losses on the path show here).
+	grep '^Tcp:' /proc/net/snmp | tail -n 1 | while read _ _ _ _ _ _ _ _ _ _ _ o r _; do echo "TESTBED-BENCH tcp out=$o retrans=$r"; done
 fi
 if [ "$mode" = reboot ] && [ "$nvme" != none ] && wait_dev /dev/nvme0n1; then
 	t="TESTBED-REBOOT-$launch"
@@ -117,6 +148,11 @@ pub fn iobench(cache: &Cache) -> Result<PathBuf> {
     crate::images::static_tool(cache, "iobench", IOBENCH_SOURCE)
 }
 
+/// The static netbench executable (L2's /bin/netbench, and the peer in L1).
+pub fn netbench(cache: &Cache) -> Result<PathBuf> {
+    crate::images::static_tool(cache, "netbench", NETBENCH_SOURCE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +173,17 @@ mod tests {
         assert!(init.contains("[ \"$mode\" = nvme ] && [ \"$nvme\" != none ] && dev=/dev/nvme0n1"));
         assert!(init.contains("[ \"$mode\" = blk ] && dev=/dev/vda"));
         assert!(init.contains("testbed.iosecs=*) secs=${w#*=};;"));
+    }
+
+    #[test]
+    fn init_runs_netbench_against_the_l1_peer_once_the_link_answers() {
+        let init = l2_init();
+        let up = init.find("if [ \"$mode\" = net ] && net_up; then");
+        let client = init.find("netbench client --server 10.0.2.1:5201 --secs $secs");
+        assert!(up.is_some() && client > up, "{init}");
+        assert!(init.contains("ip addr add 10.0.2.15/24 dev $i"));
+        assert!(init.contains("until ping -c 1 -W 1 10.0.2.1"));
+        assert!(init.contains("features=$(cat /sys/class/net/$i/device/features)"));
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The benchmark's rows: each metric with both VMMs' samples, the ratio
 //! Strait / QEMU of their medians, and the verdict against the project's goals
 //! (launch to /init <= 0.5 of QEMU's; RAM + DMA setup <= 0.5 at 2 GiB on 2 MiB
-//! pages; NVMe throughput and IOPS >= QEMU's; resident memory <= 0.2 of
-//! QEMU's; and the expectation that BAR data accesses cost no exit to
-//! userspace; launch -> exit <= 0.5 of QEMU's with no device and <= 0.2 with
-//! three; launch -> vCPUs started flat across RAM sizes, and Strait's RAM
-//! setup within 2x of a plain populate's bandwidth). Goals are reported, never
-//! asserted.
+//! pages; NVMe, virtio-blk and virtio-net (both ways) throughput and IOPS >=
+//! QEMU's; resident memory <= 0.2 of QEMU's; and the expectation that BAR data
+//! accesses and virtio queue notifies cost no exit to userspace; launch -> exit
+//! <= 0.5 of QEMU's with no device and <= 0.2 with three; launch -> vCPUs started
+//! flat across RAM sizes, and Strait's RAM setup within 2x of a plain populate's
+//! bandwidth). Goals are reported, never asserted.
 
 use crate::bench::analysis::{self, median, ratio, select};
 use crate::bench::analysis::{launch_to_exit, launch_to_init};
@@ -212,11 +212,13 @@ pub fn metrics(records: &[LaunchRecord], layout: &Layout) -> Vec<Metric> {
     rows.extend(memory_rows(records, layout));
     rows.extend(io_rows(records, LaunchKind::Nvme));
     rows.extend(io_rows(records, LaunchKind::Blk));
+    rows.extend(net_rows(records));
     rows.extend(teardown_rows(records));
     rows.extend(reboot_rows(records));
     rows.extend(bar_rows(records));
     rows.extend(exit_rows(records));
     rows.extend(blk_exit_rows(records));
+    rows.extend(net_exit_rows(records));
     rows.push(row(
         "Resident memory",
         "VMM resident memory, guest RAM excluded".into(),
@@ -526,6 +528,58 @@ fn io_rows(records: &[LaunchRecord], kind: LaunchKind) -> Vec<Metric> {
     ]
 }
 
+/// netbench's rates in the net launch, each way.
+fn net_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section =
+        "virtio-net (netbench in L2 and its peer in L1, one TCP stream over L1's tap; vhost-net in both VMMs)";
+    let net = |name: &str, dir: &'static str| {
+        row(
+            section,
+            name.into(),
+            "MB/s",
+            Better::Higher,
+            Some(Target::Ratio(1.0)),
+            sides(records, LaunchKind::Net, None, move |r| {
+                analysis::net_run(r, dir).map(|x| x.mbps())
+            }),
+        )
+    };
+    vec![
+        net("virtio-net L2 → L1 (guest sends)", "up"),
+        net("virtio-net L1 → L2 (guest receives)", "down"),
+    ]
+}
+
+/// Exits during the virtio-net load, per MB moved: notifies should end in KVM's
+/// ioeventfds (vhost-net's kicks) and interrupts arrive by irqfd (its calls).
+fn net_exit_rows(records: &[LaunchRecord]) -> Vec<Metric> {
+    let section = "Exits during the virtio-net run";
+    let kvm = |name: &str, counter: &'static str, target| {
+        row(
+            section,
+            name.into(),
+            "/MB",
+            Better::Lower,
+            target,
+            sides(records, LaunchKind::Net, None, move |r| {
+                analysis::kvm_per_mb_net(r, counter)
+            }),
+        )
+    };
+    vec![
+        kvm(
+            "virtio-net: MMIO exits to userspace per MB (KVM `mmio_exits`)",
+            "mmio_exits",
+            Some(Target::StraitAtMost(1.0)),
+        ),
+        kvm(
+            "virtio-net: all VM exits per MB (KVM `exits`)",
+            "exits",
+            None,
+        ),
+    ]
+}
+
 /// KVM's `counter` per 1000 iobench reads in the launches of `kind`, both VMMs.
 fn kvm_row(
     records: &[LaunchRecord],
@@ -800,6 +854,34 @@ mod tests {
         assert_eq!(reboot[0].ratio(), Some(0.5));
         assert_eq!(reboot[1].strait.median(), Some(35.0));
         assert!(reboot[1].qemu.na_reason().is_some());
+    }
+
+    #[test]
+    fn net_rows_compare_both_directions_and_exits_per_mb() {
+        use crate::bench::analysis::tests::net_record;
+        let mut strait = net_record(VmmKind::Strait);
+        // Strait's upload took 4 s instead of 2: half QEMU's rate.
+        strait.lines[5].ms = 10100.0;
+        let records = [net_record(VmmKind::Qemu), strait];
+        let layout = Layout {
+            memory_sizes: vec![],
+            page_kinds: vec![],
+            sweep: Sweep::none(),
+        };
+        let rows = metrics(&records, &layout);
+        let find = |name: &str| rows.iter().find(|m| m.name == name);
+        let up = find("virtio-net L2 → L1 (guest sends)");
+        assert_eq!(
+            up.map(|m| (m.ratio(), m.verdict())),
+            Some((Some(0.5), Verdict::Miss))
+        );
+        let down = find("virtio-net L1 → L2 (guest receives)");
+        assert_eq!(
+            down.map(|m| (m.ratio(), m.verdict())),
+            Some((Some(1.0), Verdict::Pass))
+        );
+        let mmio = find("virtio-net: MMIO exits to userspace per MB (KVM `mmio_exits`)");
+        assert_eq!(mmio.map(|m| m.verdict()), Some(Verdict::Pass));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `testbed bench`: Strait against QEMU, phase by phase, in one L1 boot.
 //!
-//! The host builds a plan of VMM launches (boot to /init, NVMe reads, RAM +
-//! DMA setup at several sizes and page kinds), repetition by repetition with
-//! QEMU and Strait alternating, after a launch series over RAM sizes, page
-//! sizes, prefault, kernel cache and devices ([`sweep`]), and boots L1 once. Inside L1 the agent
+//! The host builds a plan of VMM launches (boot to /init, NVMe and virtio-blk
+//! reads, virtio-net throughput both ways, reboot, RAM + DMA setup at several
+//! sizes and page kinds), repetition by repetition with QEMU and Strait
+//! alternating, after a launch series over RAM sizes, page sizes, prefault,
+//! kernel cache and devices ([`sweep`]), and boots L1 once. Inside L1 the agent
 //! ([`agent`], the `testbed l1-agent` subcommand of this same binary) runs
 //! the launches and records timestamps and samples; back on the host
 //! [`metrics`] turns them into medians and ratios and [`report`] writes a
@@ -296,8 +297,10 @@ impl Testbed {
         let iobench = guest::iobench(&self.cache)?;
         let bar = GuestTool::BarTouch;
         let bartouch = images::static_tool(&self.cache, bar.name(), bar.source())?;
+        let netbench = guest::netbench(&self.cache)?;
         let tools = [
             ("bin/iobench", iobench.as_path()),
+            ("bin/netbench", netbench.as_path()),
             (bar.image_path(), bartouch.as_path()),
         ];
         let l2 = images::l2_bench_image(&self.host, &self.cache, &guest::l2_init(), &tools)?;
@@ -348,6 +351,7 @@ impl Testbed {
             strait: opts.strait_binary.clone(),
             work_dir: PathBuf::new(),
             io: opts.io,
+            netbench,
             only: opts.only.clone(),
             sweep: opts.sweep.clone(),
             vmm_cache: Some(PathBuf::from(L1_VMM_CACHE)),
@@ -434,12 +438,15 @@ impl Testbed {
                 "{} vCPU(s); boot and NVMe launches {BASE_MEMORY_MIB} MiB on 2 MiB pages; memory launches {:?} MiB on 4 KiB and 2 MiB pages; \
                  L0's emulated NVMe controller ({} MiB namespace) passed through; \
                  the blk launch: no passthrough, a virtio-blk disk on L1's {} (L0's virtio-blk, {} MiB, sparse), O_DIRECT; \
+                 the net launch: no passthrough, virtio-net on L1's tap {} with vhost-net, its netbench peer in L1 at {}; \
                  launch series: {:?} MiB on 2 MiB and 1 GiB pages (1 GiB: rounded up to whole GiB), {} repetition(s); the three-device launch passes nvme, bochs-display and ivshmem ({} GiB BAR)",
                 opts.vcpus,
                 opts.memory_sizes,
                 l0::NVME_IMAGE_BYTES >> 20,
                 l0::L1_DISK_DEVICE,
                 l0::L1_DISK_BYTES >> 20,
+                crate::net::TAP,
+                crate::net::L1_ADDR,
                 opts.sweep.sizes,
                 opts.sweep.reps,
                 l0::IVSHMEM_BYTES >> 30

@@ -34,6 +34,12 @@ pub const INIT_MARKER: &str = "TESTBED-INIT";
 pub const IO_BEGIN: &str = "IOBENCH-BEGIN";
 /// See [`IO_BEGIN`].
 pub const IO_RESULT: &str = "IOBENCH-RESULT";
+/// netbench (in L2) prints these around each direction; the agent samples KVM's counters.
+pub const NET_BEGIN: &str = "NETBENCH-BEGIN";
+/// See [`NET_BEGIN`].
+pub const NET_RESULT: &str = "NETBENCH-RESULT";
+/// The netbench peer's lines in L1 (what it received, or sent and the client got).
+pub const NET_PEER: &str = "NETBENCH-PEER";
 /// The bench /init prints this just before `reboot -f` (first boot of a reboot launch).
 pub const REBOOTING_MARKER: &str = "TESTBED-BENCH rebooting";
 /// ... and this on the second boot, once it found the first boot's token on the nvme.
@@ -93,6 +99,9 @@ pub enum LaunchKind {
     /// L2 boots with no passed-through device and a virtio-blk disk on L1's disk
     /// (O_DIRECT in both VMMs), runs iobench against /dev/vda, powers off.
     Blk,
+    /// L2 boots with no passed-through device and virtio-net on L1's tap (vhost-net
+    /// in both VMMs), runs netbench against its peer in L1 both ways, powers off.
+    Net,
     /// The VMM sets up RAM and DMA maps and is stopped once ready to run.
     Memory,
     /// L2 boots, binds nvme, leaves a token on it and reboots; the second boot finds
@@ -127,12 +136,13 @@ pub enum LaunchKind {
 impl LaunchKind {
     /// Every kind: first those of a repetition, in the order it runs them, then
     /// those of the launch series.
-    pub const ALL: [LaunchKind; 12] = [
+    pub const ALL: [LaunchKind; 13] = [
         LaunchKind::Boot,
         LaunchKind::Bare,
         LaunchKind::Initcall,
         LaunchKind::Nvme,
         LaunchKind::Blk,
+        LaunchKind::Net,
         LaunchKind::Reboot,
         LaunchKind::Bar,
         LaunchKind::Memory,
@@ -149,6 +159,7 @@ impl LaunchKind {
             LaunchKind::Bare => "bare",
             LaunchKind::Nvme => "nvme",
             LaunchKind::Blk => "blk",
+            LaunchKind::Net => "net",
             LaunchKind::Memory => "memory",
             LaunchKind::Reboot => "reboot",
             LaunchKind::Bar => "bar",
@@ -166,6 +177,7 @@ impl LaunchKind {
         match self {
             LaunchKind::Bare
             | LaunchKind::Blk
+            | LaunchKind::Net
             | LaunchKind::Kernel
             | LaunchKind::Ram
             | LaunchKind::RamSetup
@@ -230,6 +242,11 @@ pub struct Launch {
     /// L1's transparent hugepages mode for this launch (the plan's is restored after).
     #[serde(default)]
     pub transparent_hugepages: Option<String>,
+    /// A program the agent runs in L1 for the launch's length (started before the
+    /// VMM, killed after it): the net launch's netbench peer. Its output lines join
+    /// the VMM's.
+    #[serde(default)]
+    pub peer: Option<Vec<String>>,
     /// Keep every output line in the record, not only the marker lines (the
     /// initcall launch: its kernel log is the measurement).
     #[serde(default)]
@@ -279,8 +296,10 @@ pub struct PlanConfig {
     pub strait: PathBuf,
     /// The run's work dir.
     pub work_dir: PathBuf,
-    /// iobench's load.
+    /// iobench's load (netbench sends `io.secs` each way).
     pub io: IoLoad,
+    /// The static netbench executable (the net launch's peer in L1).
+    pub netbench: PathBuf,
     /// Only these kinds of launch (`bench --only`); all when empty.
     pub only: Vec<LaunchKind>,
     /// The launch series.
@@ -306,6 +325,7 @@ impl Measurement {
             LaunchKind::Bare => "bare".into(),
             LaunchKind::Nvme => "nvme".into(),
             LaunchKind::Blk => "blk".into(),
+            LaunchKind::Net => "net".into(),
             LaunchKind::Reboot => "reboot".into(),
             LaunchKind::Bar => "bar".into(),
             LaunchKind::Initcall => "initcall".into(),
@@ -358,6 +378,10 @@ pub fn build(cfg: &PlanConfig) -> Plan {
             ..base
         },
         Measurement {
+            kind: LaunchKind::Net,
+            ..base
+        },
+        Measurement {
             kind: LaunchKind::Reboot,
             ..base
         },
@@ -398,9 +422,9 @@ pub fn build(cfg: &PlanConfig) -> Plan {
     }
 }
 
-/// L2's command line for a launch: the bench mode and iobench's load (or, for a
-/// reboot, the launch's id, which its token on the nvme carries), read by the bench
-/// /init from /proc/cmdline.
+/// L2's command line for a launch: the bench mode and iobench's load (netbench's
+/// seconds each way; or, for a reboot, the launch's id, which its token on the nvme
+/// carries), read by the bench /init from /proc/cmdline.
 fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
     match kind {
         LaunchKind::Nvme | LaunchKind::Blk => format!(
@@ -413,6 +437,7 @@ fn guest_cmdline(base: &str, kind: LaunchKind, io: IoLoad, id: &str) -> String {
             io.secs,
             io.queue_depth
         ),
+        LaunchKind::Net => format!("{base} testbed.bench=net testbed.iosecs={}", io.secs),
         LaunchKind::Reboot => format!("{base} testbed.bench=reboot testbed.launch={id}"),
         LaunchKind::Bar => format!("{base} testbed.bench=bar"),
         LaunchKind::Initcall => format!(
@@ -441,6 +466,9 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
     if m.kind == LaunchKind::Blk {
         guest.disks = vec![PathBuf::from(crate::l0::L1_DISK_DEVICE)];
         guest.direct_disks = true;
+    }
+    if m.kind == LaunchKind::Net {
+        guest.net = true;
     }
     if m.kind == LaunchKind::Reboot {
         guest.strait.on_reboot = Some("restart");
@@ -495,6 +523,11 @@ pub(crate) fn launch(cfg: &PlanConfig, m: Measurement, rep: u32, vmm: VmmKind) -
             _ => None,
         },
         timeout_secs: timeout_secs(m.kind, cfg.io) + ram_secs(&key, 25),
+        peer: (m.kind == LaunchKind::Net).then(|| {
+            let port = crate::net::BENCH_PORT.to_string();
+            let netbench = cfg.netbench.display().to_string();
+            vec![netbench, "serve".into(), "--port".into(), port]
+        }),
         keep_all_lines: m.kind == LaunchKind::Initcall,
         sample_period_ms: (m.kind == LaunchKind::Initcall)
             .then_some(crate::bench::initcalls::SAMPLE_PERIOD_MS),
@@ -662,7 +695,7 @@ pub fn timeout_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         // QEMU's guest reached /init after up to 15 s of uptime on a loaded testbed, on
         // top of SeaBIOS and the guest's own decompression (about 30 s).
         LaunchKind::Initcall => 150,
-        LaunchKind::Nvme | LaunchKind::Blk => 120 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 120 + 2 * io.secs,
         LaunchKind::Reboot => 200,
         LaunchKind::Memory => 60,
         LaunchKind::Bar => 400,
@@ -689,7 +722,7 @@ pub fn expected_secs(kind: LaunchKind, io: IoLoad) -> u64 {
         | LaunchKind::Ram
         | LaunchKind::RamSetup => 30,
         LaunchKind::Initcall => 40,
-        LaunchKind::Nvme | LaunchKind::Blk => 45 + 2 * io.secs,
+        LaunchKind::Nvme | LaunchKind::Blk | LaunchKind::Net => 45 + 2 * io.secs,
         LaunchKind::Reboot => 60,
         LaunchKind::Memory => 20,
         LaunchKind::Bar => 120,
@@ -745,6 +778,10 @@ pub struct ProcessSample {
     pub hugetlb_kib: u64,
     /// Open file descriptors on /dev/vfio/*.
     pub vfio_fds: u32,
+    /// vhost worker threads owned by the process (L1's kernel names them
+    /// `vhost-<owner tid>`): at least one while vhost-net carries its frames.
+    #[serde(default)]
+    pub vhost_workers: u32,
 }
 
 impl ProcessSample {
@@ -758,7 +795,8 @@ impl ProcessSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// What triggered it: `ready`, `qmp-ready`, `stop-line`, or the first two
-    /// words of an iobench line (`IOBENCH-BEGIN mode=seq`).
+    /// words of an iobench or netbench line (`IOBENCH-BEGIN mode=seq`,
+    /// `NETBENCH-BEGIN dir=up`).
     pub trigger: String,
     /// Milliseconds since spawn.
     pub ms: f64,
@@ -787,7 +825,8 @@ pub struct LaunchRecord {
     pub timed_out: bool,
     /// Milliseconds from spawn to reaping the process.
     pub exit_ms: Option<f64>,
-    /// Marker lines (TESTBED-*, IOBENCH-*, strait timeline and exit counts).
+    /// Marker lines (TESTBED-*, IOBENCH-*, NETBENCH-*, strait timeline, exit
+    /// counts and virtio-net data path).
     pub lines: Vec<TimedLine>,
     /// The last lines of output, to explain a failure.
     pub tail: Vec<String>,
@@ -824,6 +863,8 @@ pub fn is_marker_line(line: &str) -> bool {
     line.contains("TESTBED-")
         || line.contains("IOBENCH-")
         || line.contains("BARTOUCH-")
+        || line.contains("NETBENCH-")
+        || line.contains("strait: virtio-net")
         || line.contains("strait: timeline:")
         || line.contains("strait: reboot:")
         || line.contains("strait: exits:")
@@ -860,6 +901,7 @@ mod tests {
             },
             strait: PathBuf::from("/repo/target/release/strait"),
             work_dir: PathBuf::from("/w"),
+            netbench: PathBuf::from("/c/netbench.bin"),
             only: vec![],
             sweep: Sweep::none(),
             vmm_cache: None,
@@ -873,14 +915,14 @@ mod tests {
     #[test]
     fn each_measurement_runs_qemu_then_strait_per_repetition() {
         let plan = build(&config(2));
-        // boot, bare, initcall, nvme, blk, reboot, bar, 2 sizes x 2 page kinds = 11
+        // boot, bare, initcall, nvme, blk, net, reboot, bar, 2 sizes x 2 page kinds = 12
         // measurements, 2 VMMs, 2 reps.
-        assert_eq!(plan.launches.len(), 44);
+        assert_eq!(plan.launches.len(), 48);
         let vmms: Vec<_> = plan.launches.iter().map(|l| l.key.vmm).collect();
         assert!(vmms
             .chunks(2)
             .all(|pair| pair == [VmmKind::Qemu, VmmKind::Strait]));
-        assert_eq!(plan.launches[22].key.id, "r2-boot-qemu");
+        assert_eq!(plan.launches[24].key.id, "r2-boot-qemu");
     }
 
     #[test]
@@ -896,7 +938,8 @@ mod tests {
         assert!(LaunchKind::ALL
             .iter()
             .all(|k| LaunchKind::from_name(k.name()) == Some(*k)));
-        assert_eq!(LaunchKind::from_name("net"), None);
+        assert_eq!(LaunchKind::from_name("net"), Some(LaunchKind::Net));
+        assert_eq!(LaunchKind::from_name("disk"), None);
     }
 
     #[test]
@@ -935,7 +978,7 @@ mod tests {
     fn repetitions_share_their_measurement() {
         let plan = build(&config(2));
         assert_eq!(plan.launches[0].key.measurement(), "boot-qemu");
-        assert_eq!(plan.launches[22].key.measurement(), "boot-qemu");
+        assert_eq!(plan.launches[24].key.measurement(), "boot-qemu");
     }
 
     #[test]
@@ -950,7 +993,7 @@ mod tests {
     #[test]
     fn qemu_memory_launch_stops_before_running_and_answers_qmp() {
         let plan = build(&config(1));
-        let l = &plan.launches[14];
+        let l = &plan.launches[16];
         assert_eq!(l.key.id, "r1-mem-512-none-qemu");
         let tail: Vec<_> = l.command[l.command.len() - 3..].to_vec();
         assert_eq!(
@@ -968,7 +1011,7 @@ mod tests {
     #[test]
     fn strait_memory_launch_stops_at_its_ready_mark() {
         let plan = build(&config(1));
-        let l = &plan.launches[21];
+        let l = &plan.launches[23];
         assert_eq!(l.key.id, "r1-mem-2048-2M-strait");
         assert_eq!(
             l.stop_at_line.as_deref(),
@@ -1021,6 +1064,30 @@ mod tests {
             serde_json::json!([{ "path": "/dev/vda", "direct": true }])
         );
         assert!(spec.get("passthrough").is_none());
+    }
+
+    #[test]
+    fn net_launch_gives_virtio_net_on_vhost_and_runs_the_peer() {
+        let plan = build(&config(1));
+        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
+        assert_eq!(qemu.key.id, "r1-net-qemu");
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a == "tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=on"));
+        assert!(!qemu.command.iter().any(|a| a.contains("vfio-pci")));
+        assert!(qemu
+            .command
+            .iter()
+            .any(|a| a.ends_with("testbed.bench=net testbed.iosecs=4")));
+        let spec = strait.spec.as_ref().unwrap();
+        assert_eq!(spec["net"][0]["vhost"], serde_json::json!(true));
+        assert!(spec.get("passthrough").is_none());
+        let peer = ["/c/netbench.bin", "serve", "--port", "5201"];
+        for l in [qemu, strait] {
+            assert_eq!(l.peer.as_deref(), Some(&peer.map(String::from)[..]));
+        }
+        assert!(plan.launches[8].peer.is_none());
     }
 
     #[test]
@@ -1215,15 +1282,15 @@ mod tests {
     fn l0_limit_covers_twice_the_expected_time() {
         let cfg = config(1);
         let plan = build(&cfg);
-        // 4 boot (30) + 2 initcall (40) + 2 nvme (53) + 2 blk (53) + 2 reboot (60)
-        // + 2 bar (120) + 8 memory (20) = 932 s.
-        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 932 + 180);
+        // 4 boot (30) + 2 initcall (40) + 2 nvme (53) + 2 blk (53) + 2 net (53)
+        // + 2 reboot (60) + 2 bar (120) + 8 memory (20) = 1038 s.
+        assert_eq!(l0_timeout_secs(&plan, cfg.io), 2 * 1038 + 180);
     }
 
     #[test]
     fn reboot_launch_lets_both_vmms_reset_in_place() {
         let plan = build(&config(1));
-        let (qemu, strait) = (&plan.launches[10], &plan.launches[11]);
+        let (qemu, strait) = (&plan.launches[12], &plan.launches[13]);
         assert_eq!(qemu.key.id, "r1-reboot-qemu");
         assert!(!qemu.command.iter().any(|a| a == "-no-reboot"));
         assert!(qemu

@@ -2,7 +2,8 @@
 //! specification, docs/interop/qmp-spec.txt: a greeting, `qmp_capabilities`,
 //! then commands, each answered by a `return` or `error` object, with
 //! asynchronous `event` objects in between), the process's /proc files
-//! (proc(5): `status`, `smaps`, `fd/`), and KVM's debugfs counters
+//! (proc(5): `status`, `smaps`, `fd/`, `task/`; the `comm` of vhost's workers,
+//! which drivers/vhost/vhost.c names `vhost-<owner tid>`), and KVM's debugfs counters
 //! (Documentation/virt/kvm/api.rst, "KVM statistics": `exits`, `io_exits`,
 //! `mmio_exits`, ... summed over the live VMs).
 
@@ -221,7 +222,47 @@ pub fn sample_process(pid: u32, guest_ram_bytes: u64) -> Result<ProcessSample, S
         pss_excl_guest_kib: smaps.pss_excl_guest_kib,
         hugetlb_kib: smaps.hugetlb_kib,
         vfio_fds,
+        vhost_workers: vhost_workers(pid),
     })
+}
+
+/// The names L1's kernel gives the vhost workers of process `pid`'s threads.
+fn vhost_worker_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| Some(format!("vhost-{}", t.ok()?.file_name().to_str()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many of `comms` (process names) are in `names`.
+pub fn count_named(comms: impl Iterator<Item = String>, names: &[String]) -> u32 {
+    comms
+        .filter(|c| names.iter().any(|n| n == c.trim()))
+        .count() as u32
+}
+
+/// vhost worker threads serving process `pid`, named after the thread that became
+/// the device's owner: a kernel thread per vhost device up to Linux 6.3 (L1 runs
+/// 6.1), a thread of the owner's process itself from 6.4 on.
+fn vhost_workers(pid: u32) -> u32 {
+    let names = vhost_worker_names(pid);
+    let comms_in = |dir: String| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_name().to_str()?.parse::<u32>().ok()?;
+                std::fs::read_to_string(e.path().join("comm")).ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut comms = comms_in("/proc".into());
+    comms.extend(comms_in(format!("/proc/{pid}/task")));
+    count_named(comms.into_iter(), &names)
 }
 
 /// Reads [`KVM_COUNTERS`] from `dir` (normally [`KVM_DEBUGFS`]); counters that
@@ -326,6 +367,20 @@ VmFlags: rd wr mr mw me ac ht
         // With 64 MiB of guest RAM, the 64 MiB hugetlb mapping counts too.
         let t = smaps_totals(SMAPS, 64 << 20);
         assert_eq!(t.guest_vmas, 2);
+    }
+
+    #[test]
+    fn vhost_workers_are_matched_by_their_owner_thread() {
+        let names = ["vhost-100".to_string(), "vhost-101".to_string()];
+        let comms = [
+            "vhost-100\n",
+            "vhost-1000\n",
+            "kworker/0:1\n",
+            "vhost-101\n",
+        ];
+        assert_eq!(count_named(comms.iter().map(|c| c.to_string()), &names), 2);
+        // This test process owns no vhost device.
+        assert_eq!(vhost_workers(std::process::id()), 0);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::analysis::{median, memory_ready, select, strait_exits, strait_timeline};
+use crate::bench::analysis::{
+    key_values, median, memory_ready, select, strait_exits, strait_timeline,
+};
 use crate::bench::initcalls;
 use crate::bench::metrics::{pages_label, Better, Layout, Metric, Target, Verdict};
 use crate::bench::plan::{LaunchKind, LaunchRecord, VmmKind};
@@ -225,6 +227,56 @@ fn detail_tables(records: &[LaunchRecord], layout: &Layout) -> String {
         }
     }
     s.push_str(&exit_table(records));
+    s.push_str(&net_table(records));
+    s
+}
+
+/// Each net launch's data path: Strait's own line, the VMM's vhost workers in L1,
+/// the virtio-net feature bits L2's driver negotiated (bit 0 first) and L2's TCP
+/// segments sent and retransmitted over the launch.
+fn net_table(records: &[LaunchRecord]) -> String {
+    let net: Vec<&LaunchRecord> = records
+        .iter()
+        .filter(|r| r.key.kind == LaunchKind::Net && r.not_run.is_none())
+        .collect();
+    if net.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## virtio-net launches: data path\n\n");
+    s.push_str(
+        "| Launch | VMM's data path line | vhost workers in L1 | Guest's feature bits (bit 0 first) \
+         | L2 TCP segments out, retransmitted |\n|---|---|---|---|---|\n",
+    );
+    for r in net {
+        let line = |needle: &str| r.lines.iter().find(|l| l.text.contains(needle));
+        let path = line("data path").map_or("—".into(), |l| {
+            let text = l.text.trim();
+            text.split_once("data path ")
+                .map_or(text, |(_, rest)| rest)
+                .to_string()
+        });
+        let workers = r
+            .samples
+            .iter()
+            .find(|x| x.trigger == "ready")
+            .and_then(|x| x.process.as_ref())
+            .map_or("n/a".into(), |p| p.vhost_workers.to_string());
+        let features = line("TESTBED-BENCH net ")
+            .and_then(|l| l.text.split("features=").nth(1))
+            .map_or("n/a", str::trim);
+        let tcp = line("TESTBED-BENCH tcp ").map_or("n/a".into(), |l| {
+            let kv = key_values(&l.text);
+            let get = |k: &str| kv.get(k).map_or("?", String::as_str).to_string();
+            format!("{}, {}", get("out"), get("retrans"))
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {workers} | `{}` | {tcp} |",
+            r.key.id,
+            short(&path),
+            escape_md(features)
+        );
+    }
     s
 }
 
@@ -273,6 +325,7 @@ fn exit_table(records: &[LaunchRecord]) -> String {
         LaunchKind::Boot,
         LaunchKind::Nvme,
         LaunchKind::Blk,
+        LaunchKind::Net,
     ] {
         let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in select(records, kind, None, VmmKind::Strait) {
@@ -305,6 +358,7 @@ fn exit_table(records: &[LaunchRecord]) -> String {
             LaunchKind::Bare => "boot, no device",
             LaunchKind::Boot => "boot",
             LaunchKind::Blk => "virtio-blk",
+            LaunchKind::Net => "virtio-net",
             _ => "nvme",
         };
         let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
@@ -432,6 +486,18 @@ writes (guest console and its own log) is timestamped as it arrives.
 - **virtio-blk reads**: the same loads on /dev/vda, a virtio-blk disk over L1's own /dev/vda (a
   blank disk L0 gives L1), with no device passed through. Both VMMs open it with O_DIRECT:
   Strait `"direct": true` (requests on its worker threads), QEMU `cache=none,aio=io_uring`.
+- **virtio-net**: L2 with no device passed through and one virtio-net interface on a tap in L1
+  (`tap0`, 10.0.2.1/24; L2 takes 10.0.2.15/24), on vhost-net in both VMMs: QEMU
+  `-netdev tap,vhost=on` with `virtio-net-pci` behind a PCIe root port, Strait `"net": [{"tap": ...}]`
+  (vhost-net when /dev/vhost-net opens). The agent runs `netbench serve` (integration/src/bin/netbench.rs,
+  static, std only) in L1 for the launch; L2 runs `netbench client`, which sends for the load's
+  seconds on one TCP connection (L2 → L1), then receives on another while the peer sends for as
+  long (L1 → L2). The stream is a fixed pseudo-random pattern keyed by offset: the receiver checks
+  every byte, and the sender's and receiver's byte counts must agree (L2's RESULT line and the
+  peer's line). MB/s = bytes over the time between netbench's BEGIN and RESULT lines on L1's clock.
+  A sample counts only if vhost-net carried it: the VMM owns a vhost worker thread in L1 when L2 is
+  ready, and Strait did not log `data path userspace`; L1 without /dev/vhost-net runs no net launch.
+  KVM's counters are read at the same lines, per MB moved.
 - **Reboot**: L2 boots with the NVMe controller, binds it, writes its launch's token into a
   block of the namespace, prints `TESTBED-BENCH rebooting` and runs `reboot -f` (the kernel
   resets through the ACPI reset register). QEMU runs without `-no-reboot`, so it resets the
@@ -662,6 +728,29 @@ mod tests {
             fmt_side(&m, VmmKind::Qemu),
             "2.00 s (n=3, 1.00–3.00; 2 failed)"
         );
+    }
+
+    #[test]
+    fn net_launches_show_their_data_path_features_and_retransmits() {
+        use crate::bench::analysis::tests::net_record;
+        use crate::bench::plan::TimedLine;
+        let mut r = net_record(VmmKind::Strait);
+        let strait_line = "strait: virtio-net net[0] (tap0): MAC 52:54:00:12:34:56, data path vhost-net (in the host kernel)";
+        for (ms, text) in [
+            (900.0, strait_line),
+            (13000.0, "TESTBED-BENCH tcp out=3271 retrans=1"),
+        ] {
+            r.lines.push(TimedLine {
+                ms,
+                text: text.into(),
+            });
+        }
+        let t = net_table(&[r, nvme_record(VmmKind::Qemu)]);
+        assert!(
+            t.contains("| r1-x-strait | vhost-net (in the host kernel) | 1 | `1100010110011001` | 3271, 1 |"),
+            "{t}"
+        );
+        assert_eq!(net_table(&[nvme_record(VmmKind::Qemu)]), "");
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub fn series_plan(
                 stop_at_line: None,
                 timeout_secs: plan::timeout_secs(LaunchKind::Boot, NO_IO),
                 transparent_hugepages: None,
+                peer: None,
                 keep_all_lines: false,
                 sample_period_ms: None,
             }

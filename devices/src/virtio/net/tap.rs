@@ -28,6 +28,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -182,6 +183,16 @@ impl Tap {
         let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
         if rc < 0 {
             return Err(tap.configure_error("TUNSETVNETHDRSZ"));
+        }
+        // No send-buffer limit, as QEMU does: the tap's default (wmem_default, about
+        // 208 KiB) holds only three 64 KiB TSO frames on their way into the host's
+        // stack, and a writer that finds it full (vhost-net's TX worker, sending with
+        // MSG_DONTWAIT) stops until the host frees them.
+        let unlimited: libc::c_int = libc::c_int::MAX;
+        // SAFETY: TUNSETSNDBUF reads one int.
+        let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETSNDBUF, &unlimited) };
+        if rc < 0 {
+            return Err(tap.configure_error("TUNSETSNDBUF"));
         }
         tap.set_offload(0)?;
         Ok(tap)
