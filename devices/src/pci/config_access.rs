@@ -38,6 +38,7 @@ const CF8_ENABLE: u32 = 1 << 31;
 const CF8_WRITABLE: u32 = 0x80ff_fffc;
 
 static BAD_ACCESS: LogLimiter = LogLimiter::new();
+static NO_HANDLER: LogLimiter = LogLimiter::new();
 
 /// A config access decoded to (function, dword register, byte in register).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,15 +104,21 @@ impl Forwarder {
         }
         match &mut self.handler {
             Some(h) => h(a.bdf, result),
-            None => {
-                static NO_HANDLER: LogLimiter = LogLimiter::new();
-                if NO_HANDLER.allow() {
+            // No handler: no passed-through function, so decode switches, window
+            // writes and bus resets have nothing to act on (emulated functions keep
+            // their BARs where Strait placed them). Only a moved BAR is worth a word.
+            None if !result.bar_moves.is_empty() => {
+                static BAR_MOVED: LogLimiter = LogLimiter::new();
+                if BAR_MOVED.allow() {
                     log::warn!(
-                        "{}: config write effect dropped, no handler: {result:?}",
-                        a.bdf
+                        "{}: the guest moved a BAR ({:?}); Strait keeps emulated \
+                         functions' BARs where it placed them",
+                        a.bdf,
+                        result.bar_moves
                     );
                 }
             }
+            None => limited_debug!(NO_HANDLER, "{}: config write effect: {result:?}", a.bdf),
         }
     }
 }
