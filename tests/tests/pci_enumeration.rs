@@ -556,6 +556,8 @@ fn command_writes_reach_the_device_so_bus_mastering_follows_the_guest() {
     );
 }
 
+/// Bus mastering goes off first; then the device fd closes, and VFIO resets a function
+/// with its own reset (FLR) right there, so Strait does not reset it a second time.
 #[test]
 fn teardown_stops_bus_mastering_before_the_reset() {
     let vm = vm();
@@ -577,7 +579,6 @@ fn teardown_stops_bus_mastering_before_the_reset() {
                 offset: COMMAND as u64,
                 data: vec![0x02, 0x00]
             },
-            Call::Reset,
             Call::DeviceClosed
         ]
     );
