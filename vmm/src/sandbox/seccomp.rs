@@ -195,16 +195,11 @@ fn common() -> Result<Rules, SandboxError> {
 /// MSI-X programming, a secondary bus reset on a root port, a virtio device's
 /// DRIVER_OK (vhost-net activation, tap offloads) or reset.
 fn guest_exit_ioctls() -> Vec<libc::c_ulong> {
-    vec![
+    let mut v = function_reset_ioctls();
+    v.extend([
         KVM_SET_USER_MEMORY_REGION(),
         VFIO_IOMMU_MAP_DMA(),
         VFIO_IOMMU_UNMAP_DMA(),
-        KVM_IRQFD(),
-        KVM_SET_GSI_ROUTING(),
-        VFIO_DEVICE_SET_IRQS(),
-        VFIO_DEVICE_RESET(),
-        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
-        VFIO_DEVICE_PCI_HOT_RESET(),
         VHOST_SET_FEATURES(),
         VHOST_SET_MEM_TABLE(),
         VHOST_SET_VRING_NUM(),
@@ -217,6 +212,20 @@ fn guest_exit_ioctls() -> Vec<libc::c_ulong> {
         TUNSETOFFLOAD(),
         TCGETS,
         TCSETS,
+    ]);
+    v
+}
+
+/// Quieting and resetting a passed-through function: its interrupts off (VFIO and KVM
+/// routes), VFIO's reset or a hot reset of its bus.
+fn function_reset_ioctls() -> Vec<libc::c_ulong> {
+    vec![
+        KVM_IRQFD(),
+        KVM_SET_GSI_ROUTING(),
+        VFIO_DEVICE_SET_IRQS(),
+        VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+        VFIO_DEVICE_PCI_HOT_RESET(),
     ]
 }
 
@@ -339,19 +348,9 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, SandboxError> {
             // before the main thread quieted it), its hot reset, the close of its fd
             // (VFIO's reset runs inside) and the munmap of its BARs.
             allow(&mut r, DEVICE_SYSCALLS);
-            allow_ioctls(
-                &mut r,
-                &[
-                    KVM_IRQFD(),
-                    KVM_SET_GSI_ROUTING(),
-                    VFIO_DEVICE_SET_IRQS(),
-                    VFIO_DEVICE_RESET(),
-                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
-                    VFIO_DEVICE_PCI_HOT_RESET(),
-                    TCGETS,
-                    TCSETS,
-                ],
-            )?;
+            let mut ioctls = function_reset_ioctls();
+            ioctls.extend([TCGETS, TCSETS]);
+            allow_ioctls(&mut r, &ioctls)?;
         }
         ThreadKind::Api => {
             allow(
