@@ -870,6 +870,7 @@ pub fn is_marker_line(line: &str) -> bool {
         || line.contains("strait: exits:")
         || line.contains("strait: warn:")
         || line.contains("strait: error:")
+        || line.contains(crate::bench::analysis::POWER_DOWN_LINE)
 }
 
 /// Parses the agent's results file (one JSON record per line; a torn last line
@@ -1276,6 +1277,7 @@ mod tests {
         assert!(is_marker_line("[  2.1] TESTBED-INIT"));
         assert!(!is_marker_line("strait: guest powered off"));
         assert!(is_marker_line("BARTOUCH-END pass=first"));
+        assert!(is_marker_line("[   10.70] reboot: Power down"));
     }
 
     #[test]
