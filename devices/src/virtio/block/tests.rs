@@ -351,6 +351,20 @@ fn an_avail_index_far_ahead_processes_nothing_and_returns() {
     assert_eq!(r.status(), 0xee);
 }
 
+/// A pass that finds nothing new (its kick was served by the pass before) leaves
+/// notifications on: without EVENT_IDX the used ring's NO_NOTIFY flag must be clear,
+/// or the driver never kicks again.
+#[test]
+fn a_pass_with_nothing_new_leaves_notifications_on() {
+    let mut r = rig();
+    r.request(VIRTIO_BLK_T_FLUSH, 0, 0, true);
+    r.run();
+    assert_eq!(r.q.used_idx(), 1);
+    r.run();
+    let flags = u16::from_le_bytes(r.q.read(USED, 2).try_into().unwrap());
+    assert_eq!(flags & 1, 0, "VRING_USED_F_NO_NOTIFY left set");
+}
+
 #[test]
 fn a_head_index_beyond_the_queue_is_refused() {
     let mut r = rig();

@@ -329,7 +329,14 @@ impl Workers {
                 s.capped = true;
                 break;
             }
-            if !progressed || !ring.queue.enable_notification(&*ring.mem).unwrap_or(false) {
+            if !progressed {
+                // Nothing new: notifications go back on before leaving (turned off
+                // above; without EVENT_IDX the driver would never kick again), and
+                // an avail index the queue refuses cannot spin this loop.
+                let _ = ring.queue.enable_notification(&*ring.mem);
+                break;
+            }
+            if !ring.queue.enable_notification(&*ring.mem).unwrap_or(false) {
                 break;
             }
         }

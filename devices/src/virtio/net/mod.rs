@@ -411,8 +411,13 @@ impl UserPath {
                 used = true;
             }
             // Stop when a pass finds none, so an avail index the ring cannot hold
-            // (refused by the queue) cannot spin the loop.
-            if !progressed || !self.tx.enable_notification(&self.mem).unwrap_or(false) {
+            // (refused by the queue) cannot spin the loop; notifications go back on
+            // first (without EVENT_IDX the driver would never kick again).
+            if !progressed {
+                let _ = self.tx.enable_notification(&self.mem);
+                break;
+            }
+            if !self.tx.enable_notification(&self.mem).unwrap_or(false) {
                 break;
             }
         }
